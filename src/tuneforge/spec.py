@@ -1,0 +1,400 @@
+"""The job spec: MonsterAPI's fine-tune payload, unchanged, plus tuneforge's optional extensions.
+
+A payload that the official `monsterapi` client sends (`client.finetune("llm", params)`) validates here as is:
+same section names, same field names, same meanings. Fields that tuneforge adds are optional and marked
+"(tuneforge)" in their help. Every section forbids unknown fields, so a typo such as `lora_alpah` is an error
+naming the field instead of a silently ignored setting.
+
+The field descriptions are the documentation: the CLI's `tuneforge spec --help-fields`, the API's OpenAPI page
+and the UI's help texts are all generated from them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import TuneforgeError, did_you_mean
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+)
+
+
+class _Section(BaseModel):
+    # extra="forbid": an unknown field is an error that names it. protected_namespaces=(): allow `model_path`.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+
+
+class PretrainedModelConfig(_Section):
+    model_path: str = Field(
+        DEFAULT_MODEL,
+        description="Base model: a Hugging Face hub id, a local Hugging Face model folder, or a catalog alias "
+        "such as 'smollm2-135m'.",
+    )
+    resume_checkpoint_path: str = Field(
+        "",
+        description="Continue training from this checkpoint folder (a `checkpoint-N` folder of an earlier run) "
+        "or from an adapter folder. Empty: start fresh.",
+    )
+    use_lora: bool = Field(True, description="Train a LoRA adapter. Full fine-tuning is not offered: must be true.")
+    lora_r: int = Field(8, gt=0, lt=2048, description="LoRA rank r: the adapter adds r*(m+n) parameters per m*n weight.")
+    lora_alpha: int = Field(16, gt=0, lt=2048, description="LoRA scaling numerator: the update B·A is scaled by alpha/r.")
+    lora_dropout: float = Field(0.05, ge=0.0, le=1.0, description="Dropout on the LoRA input path (0 disables it).")
+    lora_bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="Which biases train: none, all of the model's, or only those of LoRA-wrapped layers."
+    )
+    use_quantization: bool = Field(
+        False,
+        description="QLoRA: load the frozen base model in 4-bit (NF4 with double quantization by default) with "
+        "bitsandbytes and train the LoRA adapter on top; paged AdamW on CUDA.",
+    )
+    use_gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about 30% more compute."
+    )
+    parallelization: Literal["nmp"] = Field("nmp", description="MonsterAPI's parallelization mode; only 'nmp' exists.")
+    # --- tuneforge extensions -------------------------------------------------------------------------------------
+    target_modules: list[str] | None = Field(
+        None,
+        description="(tuneforge) Module names that get LoRA adapters, e.g. ['q_proj', 'v_proj']. Default: the "
+        "attention and MLP projections of the model's architecture.",
+    )
+    quantization_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="(tuneforge) 4-bit data type for QLoRA: nf4 (NormalFloat, from the QLoRA paper) or fp4."
+    )
+    double_quantization: bool = Field(
+        True, description="(tuneforge) QLoRA: also quantize the quantization constants (saves ~0.4 bit per weight)."
+    )
+
+    @field_validator("use_lora")
+    @classmethod
+    def _lora_only(cls, v: bool) -> bool:
+        if not v:
+            raise ValueError("full fine-tuning (use_lora=false) is not supported by tuneforge; set use_lora to true")
+        return v
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or any(not m.strip() for m in v)):
+            raise ValueError("must name at least one module, without empty names")
+        return v
+
+
+class DataConfig(_Section):
+    data_path: str = Field(
+        ...,
+        description="Training data: a local .json/.jsonl/.csv/.parquet file or datasets folder, a Hugging Face "
+        "dataset id, or an http(s) URL to a file.",
+    )
+    data_subset: str | None = Field(None, description="Dataset configuration (subset) name on the hub, if any.")
+    data_source_type: Literal["hub_link", "s3_presigned_link"] = Field(
+        "hub_link",
+        description="MonsterAPI's hint of where data_path points; tuneforge detects the kind from data_path itself.",
+    )
+    prompt_template: str | None = Field(
+        None,
+        description="How a row becomes text: '{column}' placeholders are filled from the row; the last placeholder "
+        "is the completion the model learns, everything before it the prompt. '{{' and '}}' are literal braces. "
+        "Empty: use a 'messages', 'prompt'/'completion' or 'text' column.",
+    )
+    cutoff_len: int = Field(512, gt=0, description="Maximum tokens per example; longer examples are truncated.")
+    data_split_config: dict[str, float] = Field(
+        default_factory=lambda: {"train": 0.9, "validation": 0.1},
+        description="Fractions of the rows used for training and validation, e.g. {'train': 0.9, 'validation': 0.1}.",
+    )
+    prevalidated: bool = Field(
+        False,
+        description="MonsterAPI's flag to skip server-side validation; tuneforge always validates (it is cheap) "
+        "and accepts the flag for compatibility.",
+    )
+    # --- tuneforge extensions -------------------------------------------------------------------------------------
+    data_split: str | None = Field(
+        None, description="(tuneforge) Split to read from a hub dataset or datasets folder (default: 'train')."
+    )
+    validation_data_path: str | None = Field(
+        None, description="(tuneforge) Separate validation data (same kinds as data_path); then no split is taken."
+    )
+    data_format: Literal["auto", "template", "chat", "prompt_completion", "text"] = Field(
+        "auto",
+        description="(tuneforge) Row shape: template (prompt_template over columns), chat ('messages' column), "
+        "prompt_completion, or text (loss on everything). auto: template when given, else detected from columns.",
+    )
+    completion_column: str | None = Field(
+        None,
+        description="(tuneforge) The template column that is the completion; default: the template's last placeholder.",
+    )
+    train_on_inputs: bool = Field(
+        False, description="(tuneforge) Compute the loss on the prompt too, not only on the completion."
+    )
+
+    @field_validator("data_path")
+    @classmethod
+    def _path_non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty: give a file, folder, hub dataset id or URL")
+        return v.strip()
+
+    @field_validator("data_split_config")
+    @classmethod
+    def _fractions(cls, v: dict[str, float]) -> dict[str, float]:
+        allowed = {"train", "validation", "test"}
+        for key, frac in v.items():
+            if key not in allowed:
+                raise ValueError(f"unknown split {key!r}{did_you_mean(key, allowed)}; allowed: train, validation, test")
+            if not 0.0 <= frac <= 1.0:
+                raise ValueError(f"{key} fraction {frac} must be between 0 and 1")
+        if "train" not in v or v["train"] <= 0:
+            raise ValueError("needs a 'train' fraction greater than 0")
+        if sum(v.values()) > 1.0 + 1e-9:
+            raise ValueError(f"fractions add up to {sum(v.values()):g}, more than 1")
+        return v
+
+
+class TrainingConfig(_Section):
+    early_stopping_patience: int = Field(
+        5, gt=0, description="Stop when the validation loss has not improved for this many evaluations."
+    )
+    num_train_epochs: float = Field(1, gt=0, description="Passes over the training data (fractions allowed).")
+    gradient_accumulation_steps: int = Field(
+        1, gt=0, lt=1000, description="Micro-batches whose gradients add up to one optimizer step."
+    )
+    warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Optimizer steps of linear learning-rate warm-up from 0. Default: 5% of the steps (at least 1).",
+    )
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate of the LoRA weights.")
+    lr_scheduler_type: Literal[SCHEDULERS] = Field(  # type: ignore[valid-type]
+        "cosine",
+        description="Learning-rate schedule after warm-up: linear, cosine, cosine_with_restarts, polynomial, "
+        "constant, constant_with_warmup, inverse_sqrt, or reduce_lr_on_plateau (divides the rate by 10 when the "
+        "validation loss stops improving).",
+    )
+    group_by_length: bool = Field(
+        True,
+        description="Batch examples of similar length together so little compute is spent on padding; the batch "
+        "order stays shuffled.",
+    )
+    preference_optimization: Literal["ORPO", "DONT"] = Field(
+        "DONT", description="MonsterAPI's preference optimization switch. Only 'DONT' (supervised) is supported."
+    )
+    # --- tuneforge extensions -------------------------------------------------------------------------------------
+    batch_size: int = Field(8, gt=0, le=4096, description="(tuneforge) Examples per micro-batch.")
+    max_steps: int | None = Field(
+        None, gt=0, description="(tuneforge) Stop after this many optimizer steps (overrides num_train_epochs)."
+    )
+    eval_steps: int | None = Field(
+        None, gt=0, description="(tuneforge) Evaluate every N optimizer steps. Default: about 10 times per run."
+    )
+    save_steps: int | None = Field(
+        None, gt=0, description="(tuneforge) Write a resumable checkpoint every N optimizer steps. Default: at each evaluation."
+    )
+    save_total_limit: int = Field(2, gt=0, description="(tuneforge) Checkpoints kept on disk (oldest removed first).")
+    logging_steps: int = Field(1, gt=0, description="(tuneforge) Record the training loss every N optimizer steps.")
+    seed: int = Field(42, ge=0, description="(tuneforge) Seed for the data split, shuffling, dropout and LoRA init.")
+    weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="(tuneforge) AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="(tuneforge) Gradient clipping norm (0 disables).")
+    optimizer: Literal["auto", "adamw", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit"] = Field(
+        "auto",
+        description="(tuneforge) auto: paged AdamW 8-bit for QLoRA on CUDA, else torch AdamW. The bitsandbytes "
+        "optimizers need CUDA.",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="(tuneforge) Compute precision. auto: bf16 when the device supports it (CUDA with bf16, CPUs "
+        "with AVX-512 BF16/AMX), else fp32. Adapter weights and optimizer state stay fp32.",
+    )
+    early_stopping_threshold: float = Field(
+        0.0, ge=0.0, description="(tuneforge) Minimum decrease in validation loss that counts as an improvement."
+    )
+
+    @field_validator("preference_optimization")
+    @classmethod
+    def _no_orpo(cls, v: str) -> str:
+        if v != "DONT":
+            raise ValueError(
+                f"{v!r} is not supported yet: tuneforge trains supervised (SFT) adapters only; set it to 'DONT'"
+            )
+        return v
+
+
+class LoggingConfig(_Section):
+    use_wandb: bool = Field(False, description="Log metrics to Weights & Biases (needs the `wandb` package).")
+    wandb_username: str = Field("", description="W&B entity (user or team).")
+    wandb_login_key: str = Field("", description="W&B API key; empty: use the login already on this machine.")
+    wandb_project: str = Field("", description="W&B project (default: 'tuneforge').")
+    wandb_run_name: str = Field("", description="W&B run name (default: the output folder's name).")
+
+
+class HuggingfaceConfig(_Section):
+    hf_token: str | None = Field(None, description="Hugging Face token for private models and datasets.")
+    hf_model_path: str | None = Field(
+        None, description="Push the adapter to this hub repository after training (not supported yet: must be empty)."
+    )
+
+    @field_validator("hf_model_path")
+    @classmethod
+    def _no_push(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError(
+                "pushing the adapter to the hub is not supported yet; leave it empty and download the adapter instead"
+            )
+        return v
+
+
+class JobSpec(_Section):
+    """A fine-tuning job: MonsterAPI's `LLMServiceParams` payload plus tuneforge's optional extensions."""
+
+    pretrainedmodel_config: PretrainedModelConfig = Field(default_factory=PretrainedModelConfig)
+    data_config: DataConfig
+    training_config: TrainingConfig = Field(default_factory=TrainingConfig)
+    logging_config: LoggingConfig = Field(default_factory=LoggingConfig)
+    hf_config: HuggingfaceConfig = Field(default_factory=HuggingfaceConfig)
+    user_session_token: str | None = Field(None, description="MonsterAPI session token; accepted and not used.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> JobSpec:
+        t = self.training_config
+        if self.data_config.validation_data_path is None and self.data_config.data_split_config.get("validation", 0) == 0:
+            if t.lr_scheduler_type == "reduce_lr_on_plateau":
+                raise ValueError(
+                    "lr_scheduler_type 'reduce_lr_on_plateau' needs a validation split: give data_split_config a "
+                    "'validation' fraction or set validation_data_path"
+                )
+        return self
+
+    # --- serialisation ------------------------------------------------------------------------------------------
+    def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        if redact:
+            for section, key in (("logging_config", "wandb_login_key"), ("hf_config", "hf_token")):
+                if data[section].get(key):
+                    data[section][key] = "***"
+            if data.get("user_session_token"):
+                data["user_session_token"] = "***"
+        return data
+
+    def to_json(self, *, redact: bool = True) -> str:
+        return json.dumps(self.to_dict(redact=redact), indent=2)
+
+
+# --- parsing -------------------------------------------------------------------------------------------------------
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if p != "__root__") or "spec"
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at `loc`'s parent, for 'did you mean' hints."""
+    model: type[BaseModel] = JobSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """One readable line per problem: 'training_config.lora_r: 0 is not allowed: must be greater than 0'."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = _loc(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            name = str(loc[-1])
+            lines.append(f"{where}: unknown field{did_you_mean(name, _fields_at(loc))}")
+        elif kind == "missing":
+            lines.append(f"{where}: required field is missing")
+        else:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            if "input" in err and kind != "model_type" and not isinstance(err["input"], dict):
+                lines.append(f"{where}: {err['input']!r} is not allowed: {msg}")
+            else:
+                lines.append(f"{where}: {msg}")
+    return lines
+
+
+class SpecError(TuneforgeError):
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        prefix = f"{source}: " if source else ""
+        super().__init__(prefix + "; ".join(problems))
+
+
+def parse_spec(data: dict[str, Any], *, source: str | None = None) -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError([f"a job spec is a JSON/YAML object, got {type(data).__name__}"], source)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(describe_validation_error(exc), source) from None
+
+
+def _coerce_scalar(text: str) -> Any:
+    """`--set` values: JSON when it parses (numbers, true/false, null, lists), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.field=value` overrides (the CLI's --set) to a raw spec dict."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TuneforgeError(f"--set {item!r}: expected section.field=value, e.g. training_config.learning_rate=1e-4")
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise TuneforgeError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = _coerce_scalar(value)
+    return data
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise TuneforgeError(f"spec file {str(path)!r} does not exist", field="spec", value=str(path))
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise TuneforgeError(f"{path}: not valid YAML: {exc}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TuneforgeError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if data is None:
+        raise TuneforgeError(f"{path}: the file is empty")
+    return data
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    data = apply_overrides(read_spec_file(path), overrides or [])
+    return parse_spec(data, source=str(path))
