@@ -1,0 +1,28 @@
+"""The dataset layer: sources -> validated rows -> rendered text -> token ids with loss masks -> splits.
+
+- `validate_source(...)` -> `ValidationReport`: stream a dataset once and say everything wrong with it.
+- `prepare_dataset(...)` -> `PreparedData`: what training uses; raises `DataValidationError` (with the report)
+  when the data is not trainable.
+"""
+
+from .example import IGNORE_INDEX, Example
+from .formats import FORMATS, Template
+from .prepare import PreparedData, PromptRenderer, prepare_dataset, validate_source
+from .report import DataIssue, DataValidationError, ValidationReport
+from .split import DEFAULT_FRACTIONS, split_indices
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "FORMATS",
+    "IGNORE_INDEX",
+    "DataIssue",
+    "DataValidationError",
+    "Example",
+    "PreparedData",
+    "PromptRenderer",
+    "Template",
+    "ValidationReport",
+    "prepare_dataset",
+    "split_indices",
+    "validate_source",
+]

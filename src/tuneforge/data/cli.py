@@ -1,0 +1,76 @@
+"""`tuneforge data validate SOURCE ...`: print the validation report; exit 0 when trainable, 1 when not.
+
+Two functions so the main CLI can mount the command wherever it likes: `add_validate_arguments(parser)` and
+`run_validate(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .formats import FORMATS
+from .prepare import validate_source
+
+
+def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        help="a .json/.jsonl/.csv/.parquet file, a datasets folder, a Hugging Face dataset id, or an http(s) URL",
+    )
+    parser.add_argument(
+        "--template",
+        "--prompt-template",
+        dest="template",
+        default=None,
+        help="prompt_template with {column} placeholders; the last one is the completion ('{{' for a literal brace)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model (hub id, local folder or alias) whose tokenizer counts tokens and renders the first example; "
+        "without it token checks are skipped",
+    )
+    parser.add_argument("--cutoff-len", type=int, default=512, help="maximum tokens per example (default 512)")
+    parser.add_argument(
+        "--data-format",
+        default="auto",
+        choices=("auto", *FORMATS),
+        help="row shape; auto: template when --template is given, else detected from the columns",
+    )
+    parser.add_argument(
+        "--completion-column", default=None, help="the template column that is the completion (default: the last)"
+    )
+    parser.add_argument("--data-subset", default=None, help="configuration (subset) of a hub dataset")
+    parser.add_argument("--data-split", default=None, help="split of a hub dataset or datasets folder (default train)")
+    parser.add_argument("--hf-token", default=None, help="Hugging Face token for private datasets and models")
+    parser.add_argument("--max-errors", type=int, default=20, help="errors listed in full (all are counted)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    tokenizer = None
+    if args.model:
+        # Imported here: the model layer pulls in transformers, which plain validation does not need.
+        from tuneforge.models.loader import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
+    report = validate_source(
+        data_path=args.source,
+        tokenizer=tokenizer,
+        cutoff_len=args.cutoff_len,
+        prompt_template=args.template,
+        data_format=args.data_format,
+        completion_column=args.completion_column,
+        data_subset=args.data_subset,
+        data_split=args.data_split,
+        hf_token=args.hf_token,
+        max_errors=args.max_errors,
+    )
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        print(report.to_text())
+    return 0 if report.ok else 1

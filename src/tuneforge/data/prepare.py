@@ -1,0 +1,199 @@
+"""The data layer's two entry points: `validate_source` (report only) and `prepare_dataset` (what training uses).
+
+`prepare_dataset` validates and tokenizes in the same pass, refuses to return anything when the report has
+errors (`DataValidationError`, carrying the report), then splits the rows deterministically for the seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import TuneforgeError
+from .example import Example
+from .formats import ChatFormat, RowFormat
+from .report import DataIssue, DataValidationError, ValidationReport
+from .split import DEFAULT_FRACTIONS, MIN_USEFUL_VALIDATION, check_fractions, split_indices
+from .tokenize import Encoder
+from .validate import Kept, scan_path
+
+
+def validate_source(
+    *,
+    data_path: str,
+    tokenizer: Any = None,
+    cutoff_len: int = 512,
+    prompt_template: str | None = None,
+    data_format: str = "auto",
+    completion_column: str | None = None,
+    data_subset: str | None = None,
+    data_split: str | None = None,
+    hf_token: str | None = None,
+    max_errors: int = 20,
+    train_on_inputs: bool = False,
+) -> ValidationReport:
+    """Check a dataset without keeping it: streams the source once and returns the report (never raises for
+    problems with the data; they are in `report.errors`). Without a tokenizer, token checks and statistics are
+    skipped and the report notes it."""
+    return scan_path(
+        data_path,
+        tokenizer=tokenizer,
+        cutoff_len=cutoff_len,
+        prompt_template=prompt_template,
+        data_format=data_format,
+        completion_column=completion_column,
+        train_on_inputs=train_on_inputs,
+        data_subset=data_subset,
+        data_split=data_split,
+        hf_token=hf_token,
+        max_errors=max_errors,
+    ).report
+
+
+class PromptRenderer:
+    """The prompt of a row exactly as training tokenized it, for generating on held-out rows."""
+
+    def __init__(self, fmt: RowFormat, encoder: Encoder):
+        self.fmt = fmt
+        self.encoder = encoder
+
+    def render_prompt(self, row: dict[str, Any]) -> str:
+        if isinstance(self.fmt, ChatFormat):
+            return self.encoder.chat_prompt(self.fmt.messages(row))
+        return self.fmt.render(row)[0]
+
+    def prompt_ids(self, row: dict[str, Any]) -> list[int]:
+        """Token ids of the prompt, special tokens included as in training (BOS once; none appended)."""
+        if isinstance(self.fmt, ChatFormat):
+            # The chat template writes its own BOS; adding the tokenizer's would double it.
+            return list(self.encoder.tokenizer(self.render_prompt(row), add_special_tokens=False)["input_ids"])
+        return self.encoder.prompt_ids(self.fmt.render(row)[0])
+
+    def reference(self, row: dict[str, Any]) -> str:
+        """The text the model should generate after the prompt (the completion, or the last assistant turn),
+        without EOS."""
+        if isinstance(self.fmt, ChatFormat):
+            return self.fmt.completion_text(row) or ""
+        return self.fmt.render(row)[1]
+
+
+@dataclass
+class PreparedData:
+    """Tokenized splits plus the source rows they came from (same order), and the validation report."""
+
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    report: ValidationReport
+    train_rows: list[dict[str, Any]] = field(default_factory=list)
+    validation_rows: list[dict[str, Any]] = field(default_factory=list)
+    test_rows: list[dict[str, Any]] = field(default_factory=list)
+    validation_report: ValidationReport | None = None  # the report of validation_data_path, when given
+    renderer: PromptRenderer | None = field(default=None, repr=False)
+
+    def render_prompt(self, row: dict[str, Any]) -> str:
+        """The prompt text of `row` exactly as tokenized for training (for chat: the conversation up to its last
+        assistant turn, with the generation prompt)."""
+        assert self.renderer is not None
+        return self.renderer.render_prompt(row)
+
+    def prompt_ids(self, row: dict[str, Any]) -> list[int]:
+        """The prompt's token ids exactly as in training; feed these to `generate` rather than re-tokenizing the
+        text, which would add a second BOS with some tokenizers."""
+        assert self.renderer is not None
+        return self.renderer.prompt_ids(row)
+
+    def reference(self, row: dict[str, Any]) -> str:
+        """The expected output for `row` (completion text without EOS), for exact-match evaluation."""
+        assert self.renderer is not None
+        return self.renderer.reference(row)
+
+
+def prepare_dataset(
+    *,
+    data_path: str,
+    tokenizer: Any,
+    cutoff_len: int,
+    prompt_template: str | None = None,
+    data_format: str = "auto",
+    completion_column: str | None = None,
+    train_on_inputs: bool = False,
+    data_subset: str | None = None,
+    data_split: str | None = None,
+    split_fractions: dict[str, float] | None = None,
+    validation_data_path: str | None = None,
+    seed: int = 42,
+    hf_token: str | None = None,
+) -> PreparedData:
+    """Validate, tokenize and split. Raises `DataValidationError` (with `.report`) when the data is not trainable.
+
+    With `validation_data_path`, that source is the validation split (validated in the same format) and the
+    'validation' fraction is ignored; a 'test' fraction is still taken from `data_path`.
+    """
+    if tokenizer is None:
+        raise TuneforgeError("prepare_dataset needs the model's tokenizer to build training examples")
+    fractions = check_fractions(dict(split_fractions if split_fractions is not None else DEFAULT_FRACTIONS))
+    common = dict(
+        tokenizer=tokenizer,
+        cutoff_len=cutoff_len,
+        prompt_template=prompt_template,
+        completion_column=completion_column,
+        train_on_inputs=train_on_inputs,
+        data_subset=data_subset,
+        hf_token=hf_token,
+        keep=True,
+    )
+    result = scan_path(data_path, data_format=data_format, data_split=data_split, **common)
+    report = result.report
+    if not report.ok:
+        raise DataValidationError(report)
+    assert result.fmt is not None and result.encoder is not None
+    kept = result.kept
+
+    val_report = None
+    if validation_data_path:
+        # The same hub dataset or datasets folder as validation data means its 'validation' split.
+        val_split = "validation" if validation_data_path.strip() == data_path.strip() else None
+        vres = scan_path(validation_data_path, data_format=result.fmt.name, data_split=val_split, **common)
+        val_report = vres.report
+        if not val_report.ok:
+            raise DataValidationError(val_report)
+        fractions = {**fractions, "validation": 0.0}
+        idx = split_indices(len(kept), fractions, seed)
+        val_kept = vres.kept
+    else:
+        idx = split_indices(len(kept), fractions, seed)
+        val_kept = [kept[i] for i in idx["validation"]]
+    train_kept = [kept[i] for i in idx["train"]]
+    test_kept = [kept[i] for i in idx["test"]]
+
+    report.splits = {"train": len(train_kept), "validation": len(val_kept), "test": len(test_kept)}
+    wanted_val = validation_data_path or fractions.get("validation", 0) > 0
+    if wanted_val and len(val_kept) < MIN_USEFUL_VALIDATION:
+        if validation_data_path:
+            source = f"{val_report.source if val_report else validation_data_path} has"
+        else:
+            source = f"the 'validation' fraction {fractions['validation']:g} of {len(kept):,} rows gives"
+        report.add_warning(
+            DataIssue(
+                "small_validation",
+                f"{source} {len(val_kept)} validation row{'s' * (len(val_kept) != 1)}; fewer than "
+                f"{MIN_USEFUL_VALIDATION} make the validation loss too noisy for early stopping and choosing the "
+                "best checkpoint (add rows or raise the fraction)",
+            )
+        )
+
+    def examples(rows: list[Kept]) -> list[Example]:
+        return [k.example for k in rows if k.example is not None]
+
+    return PreparedData(
+        train=examples(train_kept),
+        validation=examples(val_kept),
+        test=examples(test_kept),
+        report=report,
+        train_rows=[k.data for k in train_kept],
+        validation_rows=[k.data for k in val_kept],
+        test_rows=[k.data for k in test_kept],
+        validation_report=val_report,
+        renderer=PromptRenderer(result.fmt, result.encoder),
+    )
