@@ -244,22 +244,15 @@ def _open_file(path: Path, name: str) -> Source:
 
 
 def _open_json(path: Path, name: str, head: bytes) -> Source:
-    """Either extension, decided by content: '[' starts an array of records; a first line that is a complete JSON
-    value means JSON Lines (also when saved as .json); otherwise one JSON document (e.g. {"data": [...]})."""
+    """Either extension, decided by content: '[' starts an array of records; a first line that opens a
+    pretty-printed document ('{' alone, or ending in '{' or '[' as in '{"data": [') means one JSON document;
+    anything else is JSON Lines (also when saved as .json), so a broken first line is one row's error."""
     text = head.lstrip(UTF8_BOM).lstrip()
     if text.startswith(b"["):
         return Source(name, "json", lambda: _json_array(path, name), no_rows_message=f"{name}: the JSON array is empty")
-    if text.startswith(b"{"):
-        first_line = text.split(b"\n", 1)[0]
-        try:
-            json.loads(first_line)
-            is_lines = True
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            is_lines = False
-        if not is_lines and b"\n" not in text and len(head) == SNIFF_BYTES:
-            is_lines = True  # a first line longer than the sniff window: a long record, read it line by line
-        if not is_lines:
-            return _json_document(path, name)
+    first_line = text.split(b"\n", 1)[0].strip()
+    if first_line.endswith((b"{", b"[")):
+        return _json_document(path, name)
     return Source(name, "jsonl", lambda: _json_lines(path, name))
 
 
