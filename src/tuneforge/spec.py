@@ -52,7 +52,9 @@ class PretrainedModelConfig(_Section):
     use_lora: bool = Field(True, description="Train a LoRA adapter. Full fine-tuning is not offered: must be true.")
     lora_r: int = Field(8, gt=0, lt=2048, description="LoRA rank r: the adapter adds r*(m+n) parameters per m*n weight.")
     lora_alpha: int = Field(16, gt=0, lt=2048, description="LoRA scaling numerator: the update B·A is scaled by alpha/r.")
-    lora_dropout: float = Field(0.05, ge=0.0, le=1.0, description="Dropout on the LoRA input path (0 disables it).")
+    lora_dropout: float = Field(
+        0.0, ge=0.0, le=1.0, description="Dropout on the LoRA input path (0 disables it and saves activation memory)."
+    )
     lora_bias: Literal["none", "all", "lora_only"] = Field(
         "none", description="Which biases train: none, all of the model's, or only those of LoRA-wrapped layers."
     )
@@ -180,8 +182,8 @@ class TrainingConfig(_Section):
     lr_scheduler_type: Literal[SCHEDULERS] = Field(  # type: ignore[valid-type]
         "cosine",
         description="Learning-rate schedule after warm-up: linear, cosine, cosine_with_restarts, polynomial, "
-        "constant, constant_with_warmup, inverse_sqrt, or reduce_lr_on_plateau (divides the rate by 10 when the "
-        "validation loss stops improving).",
+        "constant, constant_with_warmup, inverse_sqrt, or reduce_lr_on_plateau (warm-up, then the rate is halved "
+        "each time the validation loss fails to improve).",
     )
     group_by_length: bool = Field(
         True,

@@ -1,0 +1,136 @@
+"""The `tuneforge` command: parse arguments, call one function, print. Logic lives elsewhere.
+
+User errors (TuneforgeError) print one line `tuneforge: error: ...` and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .errors import TuneforgeError
+
+
+def _cmd_train(args) -> int:
+    from .spec import load_spec
+    from .train.recipe import train
+
+    spec = load_spec(args.spec, args.set)
+    result = train(spec, args.output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    r = result.report
+    summary = {k: r[k] for k in ("train_loss", "eval_loss", "eval_perplexity", "steps", "epochs", "tokens_per_second",
+                                 "wall_time_seconds", "trainable_parameters", "trainable_share")}
+    print(json.dumps({"output": str(result.output_dir), **summary}, indent=2))
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from .inference import format_prompt, generate, load_for_inference
+
+    model, tokenizer = load_for_inference(args.model, args.adapter)
+    text = format_prompt(tokenizer, args.prompt, chat=False if args.raw else None)
+    print(generate(model, tokenizer, text, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   seed=args.seed))
+    return 0
+
+
+def _cmd_merge(args) -> int:
+    from .inference import merge_adapter
+
+    out = merge_adapter(args.adapter, args.output, model_path=args.model)
+    print(f"merged model written to {out}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(output=args.output, max_steps=args.max_steps)
+
+
+def _cmd_spec(args) -> int:
+    from .spec import JobSpec, load_spec
+
+    if args.spec:
+        print(load_spec(args.spec, args.set).to_json())
+    else:
+        print(json.dumps(JobSpec.model_json_schema(), indent=2))
+    return 0
+
+
+def _cmd_data_validate(args) -> int:
+    from .data.cli import run_validate
+
+    return run_validate(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneforge", description="Self-hosted LoRA/QLoRA fine-tuning for open LLMs.")
+    parser.add_argument("--version", action="version", version=f"tuneforge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="fine-tune a LoRA/QLoRA adapter from a job spec (JSON or YAML)")
+    p.add_argument("spec", help="job spec file: the MonsterAPI fine-tune payload, plus optional tuneforge fields")
+    p.add_argument("--output", "-o", required=True, help="run folder to create (adapter/, report.json, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a spec field, e.g. --set training_config.learning_rate=1e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or log lines")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("generate", help="generate text with a base model, optionally with an adapter")
+    p.add_argument("prompt")
+    p.add_argument("--model", "-m", default=None, help="base model (default: the adapter's base, else SmolLM2)")
+    p.add_argument("--adapter", "-a", default=None, help="adapter folder (a run's adapter/)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("merge", help="merge an adapter into its base model (no added inference latency)")
+    p.add_argument("adapter", help="adapter folder")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--model", "-m", default=None, help="base model (default: the one recorded in the adapter)")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("demo", help="fine-tune SmolLM2-135M on the bundled example task and show before/after")
+    p.add_argument("--output", "-o", default="runs/demo")
+    p.add_argument("--max-steps", type=int, default=None, help="cap the optimizer steps (default: the demo spec)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("spec", help="print a resolved spec (with defaults), or the JSON schema without SPEC")
+    p.add_argument("spec", nargs="?")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    p.set_defaults(func=_cmd_spec)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True,
+                                                                       metavar="COMMAND")
+    p = data.add_parser("validate", help="check a dataset before training and print a report")
+    from .data.cli import add_validate_arguments
+
+    add_validate_arguments(p)
+    p.set_defaults(func=_cmd_data_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TuneforgeError as exc:
+        print(f"tuneforge: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tuneforge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

