@@ -158,7 +158,8 @@ def prepare_dataset(
         val_report = vres.report
         if not val_report.ok:
             raise DataValidationError(val_report)
-        fractions = {**fractions, "validation": 0.0}
+        # The validation rows come from the file: training gets everything but a requested test share.
+        fractions = {"train": 1.0 - fractions["test"], "validation": 0.0, "test": fractions["test"]}
         idx = split_indices(len(kept), fractions, seed)
         val_kept = vres.kept
     else:
