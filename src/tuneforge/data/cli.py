@@ -55,7 +55,7 @@ def run_validate(args: argparse.Namespace) -> int:
         # Imported here: the model layer pulls in transformers, which plain validation does not need.
         from tuneforge.models.loader import load_tokenizer
 
-        tokenizer = load_tokenizer(args.model)
+        tokenizer = load_tokenizer(args.model, hf_token=args.hf_token)
     report = validate_source(
         data_path=args.source,
         tokenizer=tokenizer,

@@ -39,6 +39,9 @@ class DataIssue:
     field: str | None = None
     column: int | None = None  # 1-based character column, for JSON syntax errors
 
+    def __str__(self) -> str:
+        return self.message
+
 
 @dataclass
 class ValidationReport:
