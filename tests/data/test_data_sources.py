@@ -297,3 +297,29 @@ def test_gzip_is_named(tmp_path):
     assert only_error(validate_source(data_path=str(tmp_path / "d.jsonl"))).message == (
         "d.jsonl: the file is gzip-compressed; decompress it first"
     )
+
+
+@pytest.mark.parametrize(
+    "body, rows, message",
+    [
+        ('["a", {"text": "b"}]', 2, 'a.json line 1: a string, not a JSON object; the array must hold records, such as'),
+        ('[{"text": "b"},]', 1, "a.json line 1 column 16: invalid JSON: a trailing comma before ']'"),
+        ('[{"text": "b"}] extra', 1, "a.json line 1 column 17: invalid JSON: extra data after the array's closing ']'"),
+        ('[{"text": "b"}\n', 1, "a.json line 2: the file ends before the array is closed with ']' (truncated file?) after 1 record"),
+    ],
+)
+def test_json_array_structure_errors(tmp_path, body, rows, message):
+    (tmp_path / "a.json").write_text(body)
+    report = validate_source(data_path=str(tmp_path / "a.json"))
+    assert report.n_rows == rows
+    assert report.errors[0].message.startswith(message)
+
+
+def test_csv_header_problems(tmp_path):
+    (tmp_path / "h.csv").write_text("text,text,\na,b,c\n")
+    report = validate_source(data_path=str(tmp_path / "h.csv"))
+    assert [e.message for e in report.errors] == [
+        "h.csv line 1: header column 3 has no name; every column needs one",
+        "h.csv line 1: column 'text' appears twice in the header",
+    ]
+    assert report.n_rows == 1

@@ -47,13 +47,12 @@ _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-_ARROW_STRING_TYPES = {"string", "large_string", "string_view"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass(slots=True)
 class Record:
-    row: int  # 1-based record number (header not counted)
+    row: int  # 1-based record number (header not counted); 0 for a problem with the file, not with a record
     line: int | None  # 1-based line where the record starts, for text files
     data: dict[str, Any] | None = None
     error: DataIssue | None = None  # why this record could not be read; `data` is None then
@@ -83,11 +82,6 @@ class Source:
 
     def records(self) -> Iterator[Record]:
         return self.read()
-
-    def text_columns(self) -> set[str] | None:
-        if self.schema is None:
-            return None
-        return {name for name, typ in self.schema.items() if typ in _ARROW_STRING_TYPES}
 
 
 def where(name: str, line: int | None, row: int | None) -> str:
@@ -162,9 +156,10 @@ def _note_ignored(source: Source, data_subset: str | None, data_split: str | Non
 
 
 def _looks_like_path(path: str) -> bool:
+    """A missing local path rather than a hub id: relative/absolute/home prefixes, a drive letter, or a data
+    file extension (hub ids have none)."""
     return (
         path.startswith((".", "/", "~", "\\"))
-        or os.sep in path and Path(path).suffix.lower() in _EXTENSIONS
         or Path(path).suffix.lower() in _EXTENSIONS
         or (len(path) > 1 and path[1] == ":")
     )
@@ -473,12 +468,12 @@ def _json_array(path: Path, name: str) -> Iterator[Record]:
                 if i >= len(w.buf):
                     line, col = w.position(i)
                     yield Record(
-                        row + 1,
+                        0,
                         line,
                         error=DataIssue(
                             "json_syntax",
                             f"{name} line {line}: the file ends before the array is closed with ']' "
-                            f"(truncated file?); {row} records were read",
+                            f"(truncated file?) after {plural(row, 'record')}",
                             line=line,
                         ),
                     )
@@ -489,7 +484,7 @@ def _json_array(path: Path, name: str) -> Iterator[Record]:
                     if j < len(w.buf):
                         line, col = w.position(j)
                         yield Record(
-                            row + 1,
+                            0,
                             line,
                             error=DataIssue(
                                 "json_syntax",
@@ -504,7 +499,7 @@ def _json_array(path: Path, name: str) -> Iterator[Record]:
                     if c != ",":
                         line, col = w.position(i)
                         yield Record(
-                            row + 1,
+                            0,
                             line,
                             error=_syntax_issue(name, f"expected ',' or ']' after record {row}", line, col, truncated=False),
                         )
@@ -513,7 +508,7 @@ def _json_array(path: Path, name: str) -> Iterator[Record]:
                     if i < len(w.buf) and w.buf[i] == "]":
                         line, col = w.position(i)
                         yield Record(
-                            row + 1,
+                            0,
                             line,
                             error=_syntax_issue(name, "a trailing comma before ']'", line, col, truncated=False),
                         )
@@ -743,6 +738,7 @@ def _open_saved(folder: Path, data_split: str | None) -> Source:
     import datasets
 
     name = folder.name
+    notes: list[str] = []
     try:
         ds = datasets.load_from_disk(str(folder))
     except Exception as err:
@@ -760,14 +756,19 @@ def _open_saved(folder: Path, data_split: str | None) -> Source:
             )
         ds = ds[split]
         detail = f"split '{split}'"
+    elif data_split:
+        notes.append(f"data_split {data_split!r} ignored: the folder holds a single dataset, not splits")
     table_ds = ds
 
     def read() -> Iterator[Record]:
         row = 0
-        for table in table_ds.with_format("arrow").iter(batch_size=2048):
-            for data in table.to_pylist():
-                row += 1
-                yield Record(row, None, data=data)
+        try:
+            for table in table_ds.with_format("arrow").iter(batch_size=2048):
+                for data in table.to_pylist():
+                    row += 1
+                    yield Record(row, None, data=data)
+        except Exception as err:  # a damaged Arrow file
+            yield Record(row + 1, None, error=DataIssue("read_error", f"{name} after row {row}: cannot read: {err}"))
 
     return Source(
         name,
@@ -775,6 +776,7 @@ def _open_saved(folder: Path, data_split: str | None) -> Source:
         read,
         detail=detail,
         schema=_arrow_schema(ds.features.arrow_schema),
+        notes=notes,
         no_rows_message=f"{name}: the dataset has no rows",
     )
 
