@@ -34,6 +34,7 @@ def test_untrainable_file_exits_1_with_line_numbers(capsys):
     assert "NOT TRAINABLE" in out
     assert "  - ragged.csv line 3: 3 fields, but the header has 2 (prompt, completion)" in out
     assert "Token lengths: skipped (no tokenizer given; pass --model to count tokens)" in out
+    assert out.count("pass --model") == 1
 
 
 def test_json_output(capsys):
@@ -55,3 +56,10 @@ def test_format_and_completion_column_options(tmp_path, capsys):
     assert report["first_example"]["segments"] == [
         {"text": "A: ", "trained": False}, {"text": "4 Q: 2+2?", "trained": True}
     ]
+
+
+def test_template_escapes_typed_in_a_shell(capsys):
+    args = parse(str(FIXTURES / "semicolon_bom.csv"), "--template", r"Q: {question}\nA: {answer}", "--json")
+    assert run_validate(args) == 0
+    first = json.loads(capsys.readouterr().out)["first_example"]
+    assert first["segments"][0] == {"text": "Q: What is 2+2?\nA: ", "trained": False}

@@ -51,7 +51,7 @@ def test_truncation_share_warning(tiny_tokenizer):
 def test_without_tokenizer_token_stats_are_skipped_and_said_so():
     r = validate_source(data_path=str(FIXTURES / "chat.jsonl"))
     assert r.ok and r.token_stats is None
-    assert "token statistics skipped: no tokenizer given (pass --model to count tokens)" in r.notes
+    assert r.to_dict()["token_stats_skipped"] == "no tokenizer given; pass --model to count tokens"
     assert r.first_example["tokenized"] is False
     assert r.first_example["rendered"] == (
         f"{MASK_OPEN}<system>\nYou are terse.\n{MASK_CLOSE}{MASK_OPEN}<user>\nWhat is 2+2?\n{MASK_CLOSE}"

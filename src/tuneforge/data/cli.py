@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from .formats import FORMATS
@@ -24,7 +25,8 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
         "--prompt-template",
         dest="template",
         default=None,
-        help="prompt_template with {column} placeholders; the last one is the completion ('{{' for a literal brace)",
+        help="prompt_template with {column} placeholders; the last one is the completion ('{{' for a literal brace; "
+        "\\n and \\t are a newline and a tab, as a shell cannot easily pass them)",
     )
     parser.add_argument(
         "--model",
@@ -49,6 +51,13 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def unescape_template(text: str | None) -> str | None:
+    """'\\n' -> newline, '\\t' -> tab, '\\\\' -> backslash: templates typed in a shell carry escapes, not newlines."""
+    if text is None:
+        return None
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
 def run_validate(args: argparse.Namespace) -> int:
     tokenizer = None
     if args.model:
@@ -60,7 +69,7 @@ def run_validate(args: argparse.Namespace) -> int:
         data_path=args.source,
         tokenizer=tokenizer,
         cutoff_len=args.cutoff_len,
-        prompt_template=args.template,
+        prompt_template=unescape_template(args.template),
         data_format=args.data_format,
         completion_column=args.completion_column,
         data_subset=args.data_subset,

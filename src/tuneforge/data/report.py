@@ -15,6 +15,7 @@ from ..errors import TuneforgeError
 # Markers around the masked (no-loss) part of the rendered first example. ASCII so that every terminal shows them.
 MASK_OPEN = "[no loss]"
 MASK_CLOSE = "[/no loss]"
+TOKENS_SKIPPED = "no tokenizer given; pass --model to count tokens"
 
 
 def plural(n: int, word: str) -> str:
@@ -60,6 +61,7 @@ class ValidationReport:
     first_example: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     splits: dict[str, int] | None = None  # rows per split, when the data was split for training
+    tokenizer_used: str | None = None  # the tokenizer's name when one was given; None: token checks were skipped
     cutoff_len: int | None = None
     max_errors: int = 20
 
@@ -109,6 +111,8 @@ class ValidationReport:
             "errors": [asdict(e) for e in self.errors],
             "warnings": [asdict(w) for w in self.warnings],
             "token_stats": dict(self.token_stats) if self.token_stats is not None else None,
+            "tokenizer": self.tokenizer_used,
+            "token_stats_skipped": None if self.tokenizer_used is not None else TOKENS_SKIPPED,
             "first_example": dict(self.first_example) if self.first_example is not None else None,
             "notes": list(self.notes),
             "splits": dict(self.splits) if self.splits is not None else None,
@@ -129,7 +133,7 @@ class ValidationReport:
         out: list[str] = []
         verdict = "trainable" if self.ok else "NOT TRAINABLE"
         out.append(f"Dataset {self.source}: {verdict}")
-        read_as = self.source_format or "not read"
+        read_as = self.source_format or "(could not be read)"
         out.append(f"  read as      {read_as}" + (f" ({self.source_detail})" if self.source_detail else ""))
         fmt = self.format or "not determined"
         out.append(f"  format       {fmt}" + (f" ({self.format_detail})" if self.format_detail else ""))
@@ -164,8 +168,8 @@ class ValidationReport:
                 f"median {s['median']}, p95 {s['p95']}, max {s['max']}; truncated {s['truncated']:,} "
                 f"({s['truncated_share']:.1%})"
             )
-        else:
-            out.append("Token lengths: skipped (no tokenizer given; pass --model to count tokens)")
+        elif self.tokenizer_used is None:
+            out.append(f"Token lengths: skipped ({TOKENS_SKIPPED})")
 
         if self.first_example:
             fe = self.first_example

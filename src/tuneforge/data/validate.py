@@ -225,6 +225,8 @@ class _Scan:
         rep.source_format = src.kind
         rep.source_detail = src.detail
         rep.notes.extend(src.notes)
+        if self.tokenizer is not None:
+            rep.tokenizer_used = getattr(self.tokenizer, "name_or_path", "") or type(self.tokenizer).__name__
         records: Iterator[Record] = src.records()
         head: list[Record] = []
         good = 0
@@ -430,8 +432,6 @@ class _Scan:
             )
         if self.lengths:
             self._token_stats()
-        elif self.encoder is None and n:
-            rep.notes.append("token statistics skipped: no tokenizer given (pass --model to count tokens)")
 
     def _warn_duplicates(self) -> None:
         if len(self.hashes) < 2:
@@ -477,7 +477,6 @@ class _Scan:
             "cutoff_len": self.cutoff,
             "truncated": int(self.truncated),
             "truncated_share": self.truncated / n,
-            "tokenizer": getattr(self.tokenizer, "name_or_path", "") or type(self.tokenizer).__name__,
         }
         if self.truncated:
             rep.add_warning(
