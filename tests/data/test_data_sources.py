@@ -323,3 +323,13 @@ def test_csv_header_problems(tmp_path):
         "h.csv line 1: column 'text' appears twice in the header",
     ]
     assert report.n_rows == 1
+
+
+def test_invalid_utf8_inside_a_json_array(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "JSON_CHUNK", 16)
+    (tmp_path / "a.json").write_bytes(b'[\n {"text": "ok"},\n {"text": "ok"},\n {"text": "caf\xe9"}\n]\n')
+    report = validate_source(data_path=str(tmp_path / "a.json"))
+    assert report.n_rows == 2 and report.error_counts == {"encoding": 1}
+    assert report.errors[0].message == (
+        "a.json line 4: not valid UTF-8 (byte 0xe9); save the file as UTF-8 (it may be Latin-1 or Windows-1252)"
+    )

@@ -393,7 +393,7 @@ class _Scan:
             rep.columns = dict(src.schema)
         else:
             rep.columns = {k: "|".join(sorted(v)) for k, v in self.types.items()}
-        if rep.n_rows == 0:
+        if rep.n_rows == 0 and not rep.error_counts:
             rep.add_error(DataIssue("no_rows", src.no_rows_message or f"{src.name}: no records"))
         # A field missing from every row is a missing column: say it once, with the columns there are.
         for name, count in self.missing.items():
