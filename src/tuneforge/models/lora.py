@@ -34,11 +34,6 @@ class QuantSettings:
 
 
 def _bnb_config(quant: QuantSettings, compute_dtype: torch.dtype):
-    import logging
-
-    # bitsandbytes looks for an optional CPU kernel package fetched from the hub at run time; without it, it
-    # uses its built-in CPU path (what runs here). The warning it logs on every load is noise for users.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         import bitsandbytes  # noqa: F401  (fail here with a clear message, not deep inside transformers)
     except ImportError:

@@ -44,7 +44,7 @@ def save_checkpoint(work_dir: Path, state: TrainerState, model, optimizer, sched
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "adapter")
+    save_adapter(model, tmp / "adapter")
     payload = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -58,6 +58,12 @@ def save_checkpoint(work_dir: Path, state: TrainerState, model, optimizer, sched
     tmp.rename(final)
     _prune(work_dir, keep)
     return final
+
+
+def save_adapter(model, folder: Path) -> None:
+    """The LoRA weights in PEFT format. save_embedding_layers=False: tuneforge never resizes the vocabulary, and
+    PEFT's "auto" would ask the hub whether the base's vocabulary changed (a network call, failing offline)."""
+    model.save_pretrained(folder, save_embedding_layers=False)
 
 
 def list_checkpoints(work_dir: Path) -> list[Path]:

@@ -33,7 +33,8 @@ from ..data.example import IGNORE_INDEX, Example
 from ..errors import TuneforgeError
 from ..spec import JobSpec
 from .batching import collate, epoch_batches
-from .checkpoint import TrainerState, is_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import (TrainerState, is_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint, save_adapter,
+                         save_checkpoint)
 from .loss import loss_sum
 from .metrics import MetricsLog, plot_loss
 from .runtime import Runtime, pick_runtime
@@ -262,7 +263,7 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
         improved = state.best_eval_loss is None or loss < state.best_eval_loss - t.early_stopping_threshold
         if improved:
             state.best_eval_loss, state.best_step, state.evals_without_improvement = loss, state.global_step, 0
-            model.save_pretrained(work / "best_adapter")  # small: only the LoRA weights
+            save_adapter(model, work / "best_adapter")  # small: only the LoRA weights
         else:
             state.evals_without_improvement += 1
         if isinstance(scheduler, WarmupPlateau):
@@ -338,7 +339,7 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
         _load_adapter_weights(model, work / "best_adapter")
         console.log(f"kept the adapter of step {state.best_step}, which had the lowest validation loss")
     adapter_dir = work / "adapter"
-    model.save_pretrained(adapter_dir)
+    save_adapter(model, adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     report = {
         "model": resolved.model_id,
