@@ -41,21 +41,62 @@ def build_tokenizer(vocab_size: int = 400):
     return fast
 
 
+# Per-architecture config kwargs for tiny random models (2 layers, 64 wide, 4 heads), in each config class's own
+# field names. `initializer_range` 0.2: large enough that the (often tied) output head can express confident
+# predictions — with the default 0.02 the final norm bounds every logit near 1 and no adapter can lower the loss
+# much. Keys are transformers `model_type`s, except variants named `<model_type>:<variant>`.
+_ATTN = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, initializer_range=0.2)
+_LLAMA_STYLE = dict(_ATTN, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=1024)
+TINY_CONFIGS: dict[str, dict] = {
+    "llama": dict(_LLAMA_STYLE, tie_word_embeddings=True),
+    "mistral": dict(_LLAMA_STYLE, sliding_window=None),
+    # MoE: experts are fused 3-D parameters in transformers 5 (MixtralExperts.gate_up_proj / down_proj).
+    "mixtral": dict(_LLAMA_STYLE, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=True),
+    "qwen2": dict(_LLAMA_STYLE, tie_word_embeddings=True),
+    "qwen3": dict(_LLAMA_STYLE, head_dim=16, tie_word_embeddings=True),
+    "phi3": dict(_LLAMA_STYLE, num_key_value_heads=4),
+    "gemma": dict(_LLAMA_STYLE, head_dim=16, num_key_value_heads=1),
+    "gemma2": dict(_LLAMA_STYLE, head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
+                   final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
+    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=1024, initializer_range=0.2),
+    "opt": dict(_ATTN, ffn_dim=128, word_embed_proj_dim=64, max_position_embeddings=1024, init_std=0.2),
+    # OPT-350m projects 512-wide embeddings to the 1024-wide decoder and normalises after each block.
+    "opt:project": dict(_ATTN, ffn_dim=128, word_embed_proj_dim=32, max_position_embeddings=1024, init_std=0.2,
+                        do_layer_norm_before=False),
+    "gptj": dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=1024, initializer_range=0.2),
+    "gpt_neox": dict(_ATTN, intermediate_size=128, rotary_pct=0.25, max_position_embeddings=1024),
+    # Falcon-7B: multi-query attention and parallel attention/MLP ...
+    "falcon": dict(_ATTN, multi_query=True, parallel_attn=True, new_decoder_architecture=False, bias=False),
+    # ... Falcon-40B: grouped-query attention with two layer norms per block (the "new decoder architecture").
+    "falcon:new_decoder": dict(_ATTN, new_decoder_architecture=True, num_kv_heads=2, bias=False),
+    "stablelm": dict(_LLAMA_STYLE, num_key_value_heads=4, partial_rotary_factor=0.25),
+    "phi": dict(_ATTN, intermediate_size=128, partial_rotary_factor=0.5, max_position_embeddings=1024),
+    "starcoder2": dict(_LLAMA_STYLE, sliding_window=None),
+    "qwen3_moe": dict(_LLAMA_STYLE, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      decoder_sparse_step=1, mlp_only_layers=[], tie_word_embeddings=True),
+}
+
+
+def tiny_architectures() -> list[str]:
+    return list(TINY_CONFIGS)
+
+
+def tiny_config(arch: str = "llama", vocab_size: int = 400):
+    from transformers import AutoConfig
+
+    if arch not in TINY_CONFIGS:
+        raise ValueError(arch)
+    model_type = arch.split(":")[0]
+    # Token ids of build_tokenizer(): 0 <|endoftext|> (padding), 2 <|im_end|> (end of sequence).
+    return AutoConfig.for_model(model_type, vocab_size=vocab_size, pad_token_id=0, eos_token_id=2, bos_token_id=None,
+                                **TINY_CONFIGS[arch])
+
+
 def build_model(arch: str = "llama", vocab_size: int = 400, seed: int = 0):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    common = dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
-    if arch == "llama":
-        config = AutoConfig.for_model(
-            "llama", intermediate_size=128, num_key_value_heads=2, max_position_embeddings=1024,
-            tie_word_embeddings=True, pad_token_id=0, eos_token_id=2, bos_token_id=None, **common,
-            # Large enough that the tied output head can express confident predictions: with the default
-            # 0.02, the final RMSNorm bounds every logit below ~1.3 and no adapter can lower the loss much.
-            initializer_range=0.2,
-        )
-    else:
-        raise ValueError(arch)
+    config = tiny_config(arch, vocab_size)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config)
 
@@ -68,3 +109,30 @@ def save_tiny(folder: Path, arch: str = "llama") -> Path:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def write_qa_data(path: Path, n: int = 80) -> Path:
+    """A learnable task for tiny runs: the completion is a fixed function of the question."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    with open(path, "w") as fh:
+        for _ in range(n):
+            a, b = rng.randint(0, 9), rng.randint(0, 9)
+            fh.write(json.dumps({"question": f"what is {a} plus {b}?", "answer": f"{a + b}"}) + "\n")
+    return path
+
+
+def make_tiny_spec(model_dir, data, **training):
+    """A job spec for a seconds-long run on the tiny model; `p={...}` adds pretrainedmodel_config fields."""
+    from tuneforge.spec import parse_spec
+
+    t = {"max_steps": 12, "batch_size": 8, "learning_rate": 3e-3, "eval_steps": 4, "precision": "fp32", **training}
+    extra_p = t.pop("p", {})
+    return parse_spec({
+        "pretrainedmodel_config": {"model_path": str(model_dir), "lora_r": 4, **extra_p},
+        "data_config": {"data_path": str(data), "prompt_template": "Question: {question}\nAnswer: {answer}",
+                        "cutoff_len": 64, "data_split_config": {"train": 0.8, "validation": 0.2}},
+        "training_config": t,
+    })

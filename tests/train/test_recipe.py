@@ -4,40 +4,21 @@ early stopping, resume equivalence, QLoRA on CPU, merge equivalence, and the CLI
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
 
 from tuneforge.cli import main
-from tuneforge.data.example import IGNORE_INDEX
-from tuneforge.errors import TuneforgeError
-from tuneforge.spec import parse_spec
 from tuneforge.train.recipe import evaluate, train, work_dir_for
 from tuneforge.train.runtime import pick_runtime
+
+from tiny import make_tiny_spec as make_spec
+from tiny import write_qa_data
 
 
 @pytest.fixture(scope="module")
 def qa_data(tmp_path_factory):
-    """A learnable task: the completion is a fixed function of the question."""
-    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
-    rng = random.Random(0)
-    with open(path, "w") as fh:
-        for _ in range(80):
-            a, b = rng.randint(0, 9), rng.randint(0, 9)
-            fh.write(json.dumps({"question": f"what is {a} plus {b}?", "answer": f"{a + b}"}) + "\n")
-    return path
-
-
-def make_spec(model_dir, data, **training):
-    t = {"max_steps": 12, "batch_size": 8, "learning_rate": 3e-3, "eval_steps": 4, "precision": "fp32", **training}
-    extra_p = t.pop("p", {})
-    return parse_spec({
-        "pretrainedmodel_config": {"model_path": str(model_dir), "lora_r": 4, **extra_p},
-        "data_config": {"data_path": str(data), "prompt_template": "Question: {question}\nAnswer: {answer}",
-                        "cutoff_len": 64, "data_split_config": {"train": 0.8, "validation": 0.2}},
-        "training_config": t,
-    })
+    return write_qa_data(tmp_path_factory.mktemp("data") / "qa.jsonl")
 
 
 def test_train_writes_a_complete_run_that_plain_peft_reloads(tiny_model_dir, qa_data, tmp_path):
