@@ -52,6 +52,19 @@ def _cmd_merge(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .serve.app import run_server
+
+    return run_server(model=args.model, adapters=args.adapter, host=args.host, port=args.port,
+                      max_adapters=args.max_adapters, api_key=args.api_key, model_name=args.model_name)
+
+
+def _cmd_export(args) -> int:
+    from .export import run_export
+
+    return run_export(args)
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -104,6 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--model", "-m", default=None, help="base model (default: the one recorded in the adapter)")
     p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("serve", help="serve a base model and LoRA adapters on an OpenAI-compatible API")
+    p.add_argument("--model", "-m", default="smollm2", help="base model (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", "-a", action="append", default=[], metavar="NAME=DIR",
+                   help="serve the adapter in DIR as model NAME (repeatable; loaded on first use)")
+    p.add_argument("--model-name", default=None, help="the base model's name in the API (default: its id)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-adapters", type=int, default=4,
+                   help="adapters kept in memory at once; the least recently used is evicted past this")
+    p.add_argument("--api-key", default=os.environ.get("TUNEFORGE_API_KEY"),
+                   help="require `Authorization: Bearer KEY` (default: $TUNEFORGE_API_KEY; none: open)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("export", help="export an adapter merged into its base: Hugging Face folder and/or GGUF")
+    p.add_argument("adapter", help="adapter folder (a run's adapter/)")
+    p.add_argument("--merged", default=None, metavar="DIR", help="write the merged Hugging Face model here")
+    p.add_argument("--gguf", default=None, metavar="FILE.gguf", help="write the merged model as GGUF here")
+    p.add_argument("--gguf-type", choices=["f16", "q8_0"], default="q8_0", help="GGUF weight type (default q8_0)")
+    p.add_argument("--model", "-m", default=None, help="base model (default: the one recorded in the adapter)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="fine-tune SmolLM2-135M on the bundled example task and show before/after")
     p.add_argument("--output", "-o", default="runs/demo")

@@ -1,0 +1,63 @@
+"""`tuneforge serve`: the OpenAI-compatible inference routes over one engine, without the job database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import TuneforgeError
+from .engine import InferenceEngine
+from .openai_routes import bearer_key_auth, openai_router
+
+
+def create_app(engine: InferenceEngine, *, api_key: str | None = None):
+    """A FastAPI app serving `engine` on /v1 (OpenAI-compatible), plus `GET /health`."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        engine.close()
+
+    app = FastAPI(title="tuneforge serve", description="OpenAI-compatible inference for a base model and its LoRA "
+                  "adapters.", lifespan=lifespan)
+    app.include_router(openai_router(engine, bearer_key_auth(api_key)))
+
+    @app.get("/health", tags=["service"])
+    def health():
+        return {"status": "ok", "models": engine.model_names(), "loaded_adapters": engine.loaded_adapters(),
+                "max_loaded_adapters": engine.max_loaded_adapters}
+
+    return app
+
+
+def parse_adapter_args(values: list[str]) -> dict[str, str]:
+    """`NAME=DIR` pairs (a bare `DIR` is named after its run folder) -> {name: dir}, with clear errors."""
+    adapters: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            path = value
+            p = Path(value).expanduser().resolve()
+            name = p.parent.name if p.name == "adapter" else p.name  # runs/orders/adapter -> "orders"
+        if not name or not path:
+            raise TuneforgeError(f"--adapter {value!r}: expected NAME=DIR", field="--adapter", value=value)
+        if name in adapters:
+            raise TuneforgeError(f"--adapter: name {name!r} is given twice", field="--adapter", value=value)
+        adapters[name] = path
+    return adapters
+
+
+def run_server(*, model: str, adapters: list[str], host: str, port: int, max_adapters: int, api_key: str | None,
+               model_name: str | None = None) -> int:
+    import uvicorn
+
+    engine = InferenceEngine(model, adapters=parse_adapter_args(adapters), max_loaded_adapters=max_adapters,
+                             model_name=model_name)
+    app = create_app(engine, api_key=api_key)
+    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    print(f"tuneforge serve: {', '.join(engine.model_names())}")
+    print(f"  OpenAI base URL: http://{shown}:{port}/v1" + ("  (API key required)" if api_key else ""))
+    uvicorn.run(app, host=host, port=port, log_level="info")
+    return 0
