@@ -257,6 +257,7 @@ class _Loaded:
 class EngineStats:
     adapter_loads: int = 0
     adapter_evictions: int = 0
+    adapter_switches: int = 0  # times the LoRA layers were pointed at another adapter (or the base)
     requests: int = 0
     completion_tokens: int = 0
     loaded: list[str] = field(default_factory=list)  # least recently used first
@@ -302,6 +303,9 @@ class InferenceEngine:
             raise TuneforgeError(f"--max-adapters must be at least 1, got {max_loaded_adapters}",
                                  field="max_adapters", value=max_loaded_adapters)
         quiet_transformers()
+        for name, path in (adapters or {}).items():  # fail on a wrong folder before spending time on the model
+            check_name(name)
+            check_adapter_folder(path, field=f"adapter {name!r}")
         resolved = resolve_model(model_path, field="--model")
         self.model_id = resolved.model_id
         local = Path(resolved.model_id).is_absolute()
@@ -554,6 +558,7 @@ class InferenceEngine:
                 self._peft.base_model.enable_adapter_layers()
             self._peft.set_adapter(adapter, inference_mode=True)
         self._active = adapter
+        self.stats.adapter_switches += 1
 
     @torch.no_grad()
     def _step(self, gen: Generation) -> None:
