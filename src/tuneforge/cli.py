@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_validate_arguments(p)
     p.set_defaults(func=_cmd_data_validate)
+
+    from .jobs.cli import add_service_commands  # server, worker, keys
+
+    add_service_commands(sub)
     return parser
 
 

@@ -1,0 +1,42 @@
+"""The FastAPI application: `create_app(settings)` wires the store, the error handlers and the routers.
+
+Routes only speak HTTP; what they do lives in `tuneforge.jobs.service`. Other parts of tuneforge that serve
+over the same server (deployments, the web UI) add their routers here.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..jobs.store import Store
+from ..settings import Settings
+from . import datasets, finetune
+from .errors import install_error_handlers
+
+DESCRIPTION = """
+Self-hosted LoRA/QLoRA fine-tuning with a MonsterAPI-compatible API.
+
+Every endpoint except `/v1/health` needs `Authorization: Bearer <key>`; keys are made on the server with
+`tuneforge keys create NAME [--admin]`. Each key's owner sees only their own jobs and datasets; an admin key sees
+all. Errors are `{"detail": "..."}`; invalid input (422) also lists `problems`, one per field.
+
+The official `monsterapi` Python client works unchanged with `MClient(api_key=KEY, base_url="http://HOST:PORT/v1")`.
+"""
+
+
+def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
+    settings = settings or Settings()
+    settings.ensure_dirs()
+    app = FastAPI(title="tuneforge", version=__version__, description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.store = store or Store(settings.database_url)
+    install_error_handlers(app)
+
+    @app.get("/v1/health", tags=["service"], summary="Liveness check (no key needed)")
+    def health() -> dict:
+        return {"status": "ok", "version": __version__}
+
+    app.include_router(finetune.router)
+    app.include_router(datasets.router)
+    return app

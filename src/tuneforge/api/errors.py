@@ -1,0 +1,70 @@
+"""Every error response has one shape: `{"detail": "<readable message>"}`, and for 422 also
+`"problems": [{"field": "training_config.lora_r", "message": "..."}]`, one per problem, in the same words as the
+CLI (`SpecError` lines from `tuneforge.spec`)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ..errors import TuneforgeError
+from ..jobs.service import Conflict, NotFound
+from ..spec import SpecError, describe_validation_error
+
+
+def split_problem(line: str) -> dict:
+    field, sep, message = line.partition(": ")
+    return {"field": field, "message": message} if sep else {"field": None, "message": line}
+
+
+def problems_response(lines: list[str], status: int = 422) -> JSONResponse:
+    return JSONResponse(status_code=status,
+                        content={"detail": "; ".join(lines), "problems": [split_problem(x) for x in lines]})
+
+
+def request_problems(errors: list[dict]) -> list[str]:
+    """FastAPI's validation errors as `field.path: message` lines; a body's own fields lose the `body.` prefix,
+    so a payload problem reads exactly as `tuneforge train` reports it."""
+    lines: list[str] = []
+    rest: list[dict] = []
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        if err.get("type") == "json_invalid":
+            where = f" at character {loc[1]}" if len(loc) > 1 else ""
+            reason = (err.get("ctx") or {}).get("error", "")
+            lines.append(f"body: not valid JSON{where}{': ' + reason if reason else ''}")
+        elif loc == ("body",) and err.get("type") == "missing":
+            lines.append("body: a JSON object is required (send it with Content-Type: application/json)")
+        else:
+            rest.append({**err, "loc": loc[1:] if loc[:1] == ("body",) else loc})
+    if rest:
+        lines += describe_validation_error(SimpleNamespace(errors=lambda: rest))
+    return lines
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError):
+        return problems_response(request_problems(list(exc.errors())))
+
+    @app.exception_handler(SpecError)
+    async def _bad_spec(_request: Request, exc: SpecError):
+        return problems_response(exc.problems)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_request: Request, exc: NotFound):
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_request: Request, exc: Conflict):
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(TuneforgeError)
+    async def _user_error(_request: Request, exc: TuneforgeError):
+        line = str(exc)
+        if exc.field and not line.startswith(f"{exc.field}:"):
+            line = f"{exc.field}: {line}"
+        return problems_response([line])

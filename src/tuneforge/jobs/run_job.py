@@ -1,0 +1,180 @@
+"""One job's training process: `python -m tuneforge.jobs.run_job JOB_ID --worker-id W` (started by a worker).
+
+Running each job in its own process is what makes the service robust: a crash, an out-of-memory kill or a
+cancel (SIGTERM/SIGKILL from the worker) ends this process only, and the worker records what happened. The
+process dies with its worker (Linux parent-death signal), so a SIGKILLed worker never leaves an orphan training
+behind that would race the job's next attempt for the same run folder.
+
+It validates the data (status `validating`; the report becomes an event), trains (status `running`; every
+metrics record and log line becomes an event), and records the final status itself. A job that already has
+checkpoints from an earlier attempt resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def die_with_parent(expected_parent: int | None) -> None:
+    """Ask the kernel to SIGKILL us when our parent dies (Linux only; elsewhere heartbeats still requeue)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    # The parent may have died before the prctl took effect: then we were re-parented already.
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(70)
+
+
+class LostClaim(Exception):
+    """Another worker owns the job now (ours was declared dead): stop without touching its state."""
+
+
+class Recorder:
+    """`train(on_event=...)`: store each record as an event and keep the job's progress columns current."""
+
+    def __init__(self, store, job_id: str, worker_id: str):
+        self.store, self.job_id, self.worker_id = store, job_id, worker_id
+        self.first: tuple[float, int] | None = None  # (time, step) of this attempt's first train record
+        self.best: float | None = None
+
+    def __call__(self, record: dict) -> None:
+        progress: dict = {"updated_at": time.time()}
+        kind = record.get("type")
+        if kind == "train":
+            now, step = float(record.get("time") or time.time()), int(record["step"])
+            if self.first is None:
+                self.first = (now, step)
+            elif now > self.first[0] and step > self.first[1]:
+                # Measured within this attempt only: model loading and a resume's gap would distort it.
+                progress["steps_per_second"] = (step - self.first[1]) / (now - self.first[0])
+            progress.update(step=step, total_steps=record.get("total_steps"), epoch=record.get("epoch"),
+                            train_loss=record.get("loss"))
+        elif kind == "eval":
+            loss = record.get("eval_loss")
+            progress["eval_loss"] = loss
+            if loss is not None and (self.best is None or loss < self.best):
+                self.best = loss
+                progress.update(best_eval_loss=loss, best_step=record.get("step"))
+        elif kind == "log":
+            print(record.get("message", ""), flush=True)  # the job's log file, for operators
+        if self.store.add_event(self.job_id, record, progress=progress, worker_id=self.worker_id) is None:
+            raise LostClaim(self.job_id)
+
+    def log(self, message: str) -> None:
+        self({"type": "log", "message": message, "time": time.time()})
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        return isinstance(exc, torch.OutOfMemoryError)
+    except (ImportError, AttributeError):
+        return False
+
+
+def run(job_id: str, worker_id: str) -> int:
+    from ..settings import Settings
+    from .store import ACTIVE, Store
+
+    settings = Settings()
+    store = Store(settings.database_url, create=False)
+    job = store.get_job(job_id)
+    if job is None or job["worker_id"] != worker_id or job["status"] not in ACTIVE:
+        print(f"job {job_id} is not claimed by worker {worker_id}; nothing to do", file=sys.stderr)
+        return 3
+    rec = Recorder(store, job_id, worker_id)
+    # Best losses survive a resume: continue the minimum the earlier attempt recorded.
+    rec.best = job["best_eval_loss"]
+
+    def fail(message: str) -> int:
+        store.finish(job_id, "failed", worker_id=worker_id, error=message, message="failed")
+        return 1
+
+    from ..data import DataValidationError, validate_source
+    from ..errors import TuneforgeError
+
+    try:
+        from ..spec import parse_spec
+        from ..train.checkpoint import latest_checkpoint
+        from ..train.recipe import is_finished_run, work_dir_for
+
+        spec = parse_spec(json.loads(job["spec"]))
+        run_dir = Path(job["run_dir"])
+        if is_finished_run(run_dir):  # an earlier attempt finished but died before recording it
+            report = json.loads((run_dir / "report.json").read_text())
+            store.finish(job_id, "succeeded", worker_id=worker_id, result=report, message="succeeded")
+            return 0
+        resume = latest_checkpoint(work_dir_for(run_dir)) is not None
+        rec.log(f"attempt {job['attempts']} on worker {worker_id} (pid {os.getpid()})"
+                + ("; continuing from the last checkpoint" if resume else ""))
+
+        from ..models.loader import load_tokenizer
+
+        d = spec.data_config
+        tokenizer = load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)
+        report = validate_source(data_path=d.data_path, tokenizer=tokenizer, cutoff_len=d.cutoff_len,
+                                 prompt_template=d.prompt_template, data_format=d.data_format,
+                                 completion_column=d.completion_column, data_subset=d.data_subset,
+                                 data_split=d.data_split, hf_token=spec.hf_config.hf_token,
+                                 train_on_inputs=d.train_on_inputs)
+        rec({"type": "validation", "report": report.to_dict(), "time": time.time()})
+        if not report.ok:
+            return fail(f"data_config.data_path: the dataset is not trainable: {report.summary()}")
+        if not store.set_running(job_id, worker_id):
+            raise LostClaim(job_id)
+
+        from ..train.recipe import train
+
+        result = train(spec, run_dir, resume=resume, quiet=True, on_event=rec)
+        store.finish(job_id, "succeeded", worker_id=worker_id, result=result.report, message="succeeded")
+        return 0
+    except LostClaim:
+        print(f"job {job_id}: another worker owns it now; stopping", file=sys.stderr)
+        return 4
+    except DataValidationError as exc:
+        rec({"type": "validation", "report": exc.report.to_dict(), "time": time.time()})
+        return fail(f"data_config.data_path: the dataset is not trainable: {exc.report.summary()}")
+    except TuneforgeError as exc:
+        return fail(str(exc))
+    except BaseException as exc:  # noqa: BLE001 - every failure must end up in the job's record
+        traceback.print_exc()
+        if _is_oom(exc):
+            return fail(f"out of memory: {exc}. Try use_quantization, a smaller batch_size with more "
+                        "gradient_accumulation_steps, a smaller cutoff_len, or use_gradient_checkpointing")
+        if isinstance(exc, KeyboardInterrupt):
+            return fail("interrupted")
+        return fail(f"internal error: {type(exc).__name__}: {exc} (the traceback is in the job's log on the server)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tuneforge.jobs.run_job")
+    parser.add_argument("job_id")
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    args = parser.parse_args(argv)
+    die_with_parent(args.parent_pid)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    return run(args.job_id, args.worker_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The fine-tuning service as plain functions: submit, look at, list, cancel jobs; register and validate datasets.
+
+The API routes only translate HTTP to these calls and back (and the CLI or a UI can call them the same way).
+Errors are `TuneforgeError`s that carry their meaning: `NotFound` (-> 404), `Conflict` (-> 409), `SpecError` and
+`PathRejected` (-> 422), each with a message that names the field or the id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import TuneforgeError
+from ..spec import DataConfig, JobSpec, SpecError, parse_spec
+from .paths import PathPolicy, PathRejected, classify_data_path, classify_model_path, is_job_id
+from .store import ACTIVE, TERMINAL, Principal, Store
+
+
+class NotFound(TuneforgeError):
+    pass
+
+
+class Conflict(TuneforgeError):
+    pass
+
+
+def scope(principal: Principal) -> str | None:
+    """The owner to filter by: None (everything) for an admin key."""
+    return None if principal.is_admin else principal.owner
+
+
+def iso(t: float | None) -> str | None:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z") if t is not None else None
+
+
+# --- jobs -------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_data(value: str, field: str, store: Store, principal: Principal, policy: PathPolicy,
+                  dataset_ids: list[str]) -> str:
+    kind = classify_data_path(value)
+    if kind == "url":
+        return policy.url(value, field)
+    if kind == "scheme":
+        raise PathRejected(f"{field}: {value!r}: only http(s) URLs are supported (or an uploaded dataset id, a "
+                           "hub dataset id, or a file in an allowed folder)", field=field, value=value)
+    if kind == "dataset":
+        ds = store.get_dataset(value, scope(principal))
+        if ds is None:
+            raise PathRejected(f"{field}: no uploaded dataset {value!r} (GET /v1/datasets lists yours)", field=field,
+                               value=value)
+        dataset_ids.append(value)
+        return ds["path"]
+    if kind == "hub":
+        return value
+    return policy.local(value, field)
+
+
+def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: PathPolicy) -> tuple[JobSpec, list[str]]:
+    """The spec the worker runs: dataset ids and job ids replaced by server paths, every local path checked
+    against the policy. Raises SpecError listing every rejected field."""
+    data = spec.to_dict(redact=False)
+    problems: list[str] = []
+    dataset_ids: list[str] = []
+    d, p = data["data_config"], data["pretrainedmodel_config"]
+    for name in ("data_path", "validation_data_path"):
+        if d.get(name):
+            try:
+                d[name] = _resolve_data(d[name], f"data_config.{name}", store, principal, policy, dataset_ids)
+            except PathRejected as exc:
+                problems.append(str(exc))
+    if classify_model_path(p["model_path"]) == "local":
+        try:
+            p["model_path"] = policy.local(p["model_path"], "pretrainedmodel_config.model_path")
+        except PathRejected as exc:
+            problems.append(str(exc))
+    resume = p.get("resume_checkpoint_path") or ""
+    if resume:
+        field = "pretrainedmodel_config.resume_checkpoint_path"
+        if is_job_id(resume):
+            job = store.get_job(resume.strip(), scope(principal))
+            if job is None or job["status"] != "succeeded":
+                problems.append(f"{field}: {resume!r} is not a succeeded job of yours; give a finished job id (its "
+                                "adapter is the starting point) or a checkpoint folder in an allowed folder")
+            else:
+                p["resume_checkpoint_path"] = str(Path(job["run_dir"]) / "adapter")
+        else:
+            try:
+                p["resume_checkpoint_path"] = policy.local(resume, field)
+            except PathRejected as exc:
+                problems.append(str(exc))
+    if problems:
+        raise SpecError(problems)
+    return parse_spec(data), dataset_ids
+
+
+def submit_job(store: Store, settings, principal: Principal, spec: JobSpec) -> dict:
+    resolved, dataset_ids = resolve_spec(spec, store, principal, PathPolicy.from_settings(settings))
+    return store.insert_job(owner=principal.owner, key_id=principal.key_id, spec=resolved.to_dict(redact=False),
+                            spec_public=spec.to_dict(redact=True), dataset_ids=dataset_ids, runs_dir=settings.runs_dir)
+
+
+def get_job(store: Store, principal: Principal, job_id: str) -> dict:
+    job = store.get_job(job_id, scope(principal))
+    if job is None:
+        raise NotFound(f"job {job_id!r} not found", field="job_id", value=job_id)
+    return job
+
+
+def cancel_job(store: Store, principal: Principal, job_id: str) -> dict:
+    job = get_job(store, principal, job_id)
+    if job["status"] in TERMINAL:
+        raise Conflict(f"job {job_id!r} has already {job['status']}; only queued or running jobs can be cancelled",
+                       field="job_id", value=job_id)
+    return store.request_cancel(job_id) or job
+
+
+def job_view(store: Store, job: dict, *, full: bool = True) -> dict[str, Any]:
+    spec = json.loads(job["spec_public"])
+    step, total, rate = job["step"], job["total_steps"], job["steps_per_second"]
+    eta = None
+    if job["status"] in ACTIVE and rate and total is not None and step is not None:
+        eta = max(0.0, (total - step) / rate)
+    elif job["status"] == "succeeded":
+        eta = 0.0
+    view: dict[str, Any] = {
+        "job_id": job["id"],
+        # MonsterAPI's launch response names the id `deployment_id`; scripts written for it read that key.
+        "deployment_id": job["id"],
+        "owner": job["owner"],
+        "status": job["status"],
+        "model": spec["pretrainedmodel_config"]["model_path"],
+        "data_path": spec["data_config"]["data_path"],
+        "created_at": iso(job["created_at"]),
+        "started_at": iso(job["started_at"]),
+        "finished_at": iso(job["finished_at"]),
+        "updated_at": iso(job["updated_at"]),
+        "queue_position": store.queue_position(job),
+        "progress": {
+            "step": step or 0,
+            "total_steps": total,
+            "epoch": job["epoch"],
+            "percent": round(100.0 * (step or 0) / total, 1) if total else (100.0 if job["status"] == "succeeded"
+                                                                             else 0.0),
+            "steps_per_second": rate,
+            "eta_seconds": eta,
+        },
+        "losses": {
+            "train_loss": job["train_loss"],
+            "eval_loss": job["eval_loss"],
+            "best_eval_loss": job["best_eval_loss"],
+            "best_step": job["best_step"],
+        },
+        "error": job["error"],
+        "cancel_requested": bool(job["cancel_requested"]),
+        "attempts": job["attempts"],
+        "events_url": f"/v1/finetune/llm/{job['id']}/events",
+        "adapter_url": f"/v1/finetune/llm/{job['id']}/adapter" if job["status"] == "succeeded" else None,
+    }
+    if full:
+        view["spec"] = spec
+        view["result"] = json.loads(job["result"]) if job["result"] else None
+    return view
+
+
+def adapter_zip(settings, job: dict) -> Path:
+    """A zip of the job's PEFT adapter folder (files at the zip's root), built once and cached."""
+    if job["status"] != "succeeded":
+        raise Conflict(f"job {job['id']!r} is {job['status']}; its adapter can be downloaded once it has succeeded",
+                       field="job_id", value=job["id"])
+    adapter = Path(job["run_dir"]) / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise NotFound(f"the adapter of job {job['id']!r} is no longer on the server", field="job_id", value=job["id"])
+    target = settings.cache_dir / "adapters" / f"{job['id']}.zip"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(adapter.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(adapter).as_posix())
+    os.replace(tmp, target)  # atomic: concurrent downloads never see half a zip
+    return target
+
+
+# --- datasets ---------------------------------------------------------------------------------------------------------
+
+_DC = DataConfig.model_fields
+
+
+class DatasetOptions(BaseModel):
+    """How to read an uploaded dataset for its validation report (the same meaning as in a job's data_config)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    prompt_template: str | None = Field(None, description=_DC["prompt_template"].description)
+    data_format: Literal["auto", "template", "chat", "prompt_completion", "text"] = Field(
+        "auto", description=_DC["data_format"].description)
+    completion_column: str | None = Field(None, description=_DC["completion_column"].description)
+    cutoff_len: int = Field(512, gt=0, description=_DC["cutoff_len"].description)
+    train_on_inputs: bool = Field(False, description=_DC["train_on_inputs"].description)
+    model_path: str | None = Field(
+        None, description="Tokenizer to count tokens with (a model id or a model folder in an allowed folder). "
+        "Empty: token statistics are skipped.")
+
+
+def new_dataset_id() -> str:
+    return "ds_" + secrets.token_hex(8)
+
+
+def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> dict:
+    """The data layer's validation report for a stored file, as JSON."""
+    from ..data import validate_source
+
+    tokenizer = None
+    if options.model_path:
+        model_path = options.model_path
+        if classify_model_path(model_path) == "local":
+            model_path = policy.local(model_path, "model_path")
+        from ..models.loader import load_tokenizer
+
+        tokenizer = load_tokenizer(model_path)
+    report = validate_source(data_path=str(path), tokenizer=tokenizer, cutoff_len=options.cutoff_len,
+                             prompt_template=options.prompt_template, data_format=options.data_format,
+                             completion_column=options.completion_column, train_on_inputs=options.train_on_inputs)
+    return report.to_dict()
+
+
+def dataset_view(ds: dict, *, full: bool = True) -> dict[str, Any]:
+    report = json.loads(ds["report"])
+    view = {
+        "id": ds["id"],
+        "owner": ds["owner"],
+        "filename": ds["filename"],
+        "size_bytes": ds["size_bytes"],
+        "sha256": ds["sha256"],
+        "created_at": iso(ds["created_at"]),
+        "ok": bool(ds["ok"]),
+        "n_rows": report.get("n_rows"),
+        "format": report.get("format"),
+    }
+    if full:
+        view["report"] = report
+    return view
+
+
+def get_dataset(store: Store, principal: Principal, dataset_id: str) -> dict:
+    ds = store.get_dataset(dataset_id, scope(principal))
+    if ds is None:
+        raise NotFound(f"dataset {dataset_id!r} not found", field="dataset_id", value=dataset_id)
+    return ds
+
+
+def delete_dataset(store: Store, principal: Principal, dataset_id: str) -> None:
+    ds = get_dataset(store, principal, dataset_id)
+    users = store.jobs_using_dataset(dataset_id)
+    if users:
+        raise Conflict(f"dataset {dataset_id!r} is used by unfinished job(s) {', '.join(users)}; cancel them or wait "
+                       "until they finish", field="dataset_id", value=dataset_id)
+    store.delete_dataset(dataset_id)
+    shutil.rmtree(Path(ds["path"]).parent, ignore_errors=True)

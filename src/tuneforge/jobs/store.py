@@ -1,0 +1,426 @@
+"""The service's state: API keys, jobs with their event streams, and uploaded datasets (SQLAlchemy Core).
+
+One database is shared by the API server, its workers and each job's training process, possibly on several
+machines (PostgreSQL) or as separate processes on one (SQLite in WAL mode). Every state change is one short
+transaction whose WHERE clause states what must still be true ("status is queued", "this worker still owns the
+job"), so two processes racing for the same job cannot both win, on either database.
+
+Times are UNIX seconds (floats): heartbeat arithmetic stays trivial and portable across both databases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+                        UniqueConstraint, create_engine, event, func, insert, select, text, update)
+from sqlalchemy.engine import Engine
+
+ACTIVE = ("validating", "running")  # a worker owns the job
+TERMINAL = ("succeeded", "failed", "cancelled")
+STATUSES = ("queued", *ACTIVE, *TERMINAL)
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("owner", String(200), nullable=False, index=True),
+    Column("prefix", String(16), nullable=False),  # shown in `keys list`, so a key can be recognised
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float),
+    Column("revoked_at", Float),
+)
+
+jobs = Table(
+    "jobs", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("key_id", Integer, ForeignKey("api_keys.id")),
+    Column("status", String(16), nullable=False),
+    Column("spec", Text, nullable=False),  # what the worker runs: local paths resolved, secrets kept
+    Column("spec_public", Text, nullable=False),  # what the owner sent, secrets redacted
+    Column("dataset_ids", Text, nullable=False, default=""),  # comma-separated uploads this job reads
+    Column("run_dir", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("worker_id", String(200)),
+    Column("pid", Integer),
+    Column("heartbeat_at", Float),
+    Column("attempts", Integer, nullable=False, default=0),  # claims by a worker
+    Column("lost", Integer, nullable=False, default=0),  # times its worker died under it
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("error", Text),
+    Column("step", Integer),
+    Column("total_steps", Integer),
+    Column("epoch", Float),
+    Column("train_loss", Float),
+    Column("eval_loss", Float),
+    Column("best_eval_loss", Float),
+    Column("best_step", Integer),
+    Column("steps_per_second", Float),
+    Column("last_seq", Integer, nullable=False, default=0),
+    Column("result", Text),  # the run's report.json
+    Index("ix_jobs_owner_created", "owner", "created_at"),
+    Index("ix_jobs_status_created", "status", "created_at"),
+)
+
+job_events = Table(
+    "job_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", Integer, nullable=False),  # 1, 2, 3... per job: the `after=N` cursor
+    Column("type", String(32), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("data", Text, nullable=False),
+    UniqueConstraint("job_id", "seq", name="uq_job_events_job_seq"),
+)
+
+datasets = Table(
+    "datasets", metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner", String(200), nullable=False, index=True),
+    Column("filename", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("report", Text, nullable=False),
+)
+
+
+# --- engine ---------------------------------------------------------------------------------------------------------
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (SQLAlchemy would otherwise pick psycopg2, which we don't install)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_setup(dbapi_connection, _record):
+            # Let SQLAlchemy's `begin` decide when transactions start (pysqlite's own implicit BEGIN is deferred
+            # and fails with "database is locked" when a reader later tries to write), and use WAL so readers
+            # (the API, SSE streams) never block the training process that writes events.
+            dbapi_connection.isolation_level = None
+            cur = dbapi_connection.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            # IMMEDIATE takes the write lock up front: concurrent writers queue on the busy timeout instead of
+            # deadlocking on a lock upgrade.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def hash_key(key: str) -> str:
+    # Keys are 256-bit random tokens, so a fast hash is enough: there is nothing to brute-force (unlike passwords).
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the owner name every job and dataset is filed under, and whether they see everything."""
+
+    owner: str
+    key_id: int
+    is_admin: bool
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _row(r) -> dict[str, Any] | None:
+    return dict(r._mapping) if r is not None else None
+
+
+class Store:
+    def __init__(self, url: str, *, create: bool = True):
+        self.url = url
+        self.engine = make_engine(url)
+        if create:
+            self.create_schema()
+
+    def create_schema(self) -> None:
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Server and workers may start at the same moment; CREATE TABLE is not race-free on PostgreSQL.
+                conn.execute(text("SELECT pg_advisory_xact_lock(727364)"))
+            metadata.create_all(conn)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- keys ----------------------------------------------------------------------------------------------------
+    def create_key(self, owner: str, *, admin: bool = False) -> tuple[int, str]:
+        """A new key for `owner`; returns (id, key). Only the hash is stored: the key is shown once."""
+        key = "tf_" + secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            key_id = conn.execute(
+                insert(api_keys).values(owner=owner, prefix=key[:10], key_hash=hash_key(key), is_admin=admin,
+                                        created_at=_now())
+            ).inserted_primary_key[0]
+        return int(key_id), key
+
+    def authenticate(self, key: str) -> Principal | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                select(api_keys).where(api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None))
+            ).first()
+        if r is None:
+            return None
+        return Principal(owner=r.owner, key_id=r.id, is_admin=bool(r.is_admin))
+
+    def list_keys(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(select(api_keys).order_by(api_keys.c.id))]
+
+    def revoke_key(self, key_id: int) -> bool:
+        with self.engine.begin() as conn:
+            res = conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                               .values(revoked_at=_now()))
+        return res.rowcount == 1
+
+    # --- jobs ----------------------------------------------------------------------------------------------------
+    def insert_job(self, *, owner: str, key_id: int | None, spec: dict, spec_public: dict, dataset_ids: list[str],
+                   runs_dir, job_id: str | None = None) -> dict:
+        job_id = job_id or str(uuid.uuid4())
+        now = _now()
+        with self.engine.begin() as conn:
+            conn.execute(insert(jobs).values(
+                id=job_id, owner=owner, key_id=key_id, status="queued", spec=json.dumps(spec),
+                spec_public=json.dumps(spec_public), dataset_ids=",".join(dataset_ids),
+                run_dir=str(runs_dir / job_id), created_at=now, updated_at=now, attempts=0, lost=0,
+                cancel_requested=False, last_seq=0,
+            ))
+            self._add_event(conn, job_id, {"type": "status", "status": "queued", "message": "job queued"})
+        return self.get_job(job_id)
+
+    def get_job(self, job_id: str, owner: str | None = None) -> dict | None:
+        q = select(jobs).where(jobs.c.id == job_id)
+        if owner is not None:
+            q = q.where(jobs.c.owner == owner)
+        with self.engine.connect() as conn:
+            return _row(conn.execute(q).first())
+
+    def list_jobs(self, *, owner: str | None, status: str | None = None, limit: int = 20,
+                  offset: int = 0) -> tuple[list[dict], int]:
+        where = []
+        if owner is not None:
+            where.append(jobs.c.owner == owner)
+        if status is not None:
+            where.append(jobs.c.status == status)
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(jobs).where(*where)).scalar_one()
+            rows = conn.execute(select(jobs).where(*where).order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+                                .limit(limit).offset(offset))
+            return [_row(r) for r in rows], int(total)
+
+    def queue_position(self, job: dict) -> int | None:
+        """1 = next to run."""
+        if job["status"] != "queued":
+            return None
+        with self.engine.connect() as conn:
+            ahead = conn.execute(select(func.count()).select_from(jobs).where(
+                jobs.c.status == "queued", jobs.c.created_at < job["created_at"])).scalar_one()
+        return int(ahead) + 1
+
+    def claim_next(self, worker_id: str) -> dict | None:
+        """Take the oldest queued job (FIFO) for `worker_id`, or None. Safe against racing workers."""
+        for _ in range(5):
+            with self.engine.begin() as conn:
+                candidate = conn.execute(select(jobs.c.id).where(jobs.c.status == "queued")
+                                         .order_by(jobs.c.created_at, jobs.c.id).limit(1)).scalar()
+                if candidate is None:
+                    return None
+                now = _now()
+                res = conn.execute(
+                    update(jobs).where(jobs.c.id == candidate, jobs.c.status == "queued").values(
+                        status="validating", worker_id=worker_id, heartbeat_at=now, updated_at=now, pid=None,
+                        attempts=jobs.c.attempts + 1)
+                )
+                if res.rowcount == 1:
+                    self._add_event(conn, candidate, {"type": "status", "status": "validating",
+                                                      "message": f"picked up by worker {worker_id}"})
+                    return self.get_job_conn(conn, candidate)
+        return None
+
+    @staticmethod
+    def get_job_conn(conn, job_id: str) -> dict | None:
+        return _row(conn.execute(select(jobs).where(jobs.c.id == job_id)).first())
+
+    def set_pid(self, job_id: str, worker_id: str, pid: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.worker_id == worker_id).values(pid=pid))
+
+    def heartbeat(self, job_id: str, worker_id: str) -> dict | None:
+        """Mark the job alive; returns its row, or None when this worker no longer owns it."""
+        with self.engine.begin() as conn:
+            res = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.worker_id == worker_id,
+                                                  jobs.c.status.in_(ACTIVE)).values(heartbeat_at=_now()))
+            if res.rowcount != 1:
+                return None
+            return self.get_job_conn(conn, job_id)
+
+    def set_running(self, job_id: str, worker_id: str) -> bool:
+        now = _now()
+        with self.engine.begin() as conn:
+            res = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.worker_id == worker_id,
+                                                  jobs.c.status.in_(ACTIVE))
+                               .values(status="running", updated_at=now,
+                                       started_at=func.coalesce(jobs.c.started_at, now)))
+            if res.rowcount == 1:
+                self._add_event(conn, job_id, {"type": "status", "status": "running", "message": "training"})
+            return res.rowcount == 1
+
+    def finish(self, job_id: str, status: str, *, worker_id: str | None = None, error: str | None = None,
+               result: dict | None = None, message: str | None = None,
+               from_statuses: tuple[str, ...] = ACTIVE) -> bool:
+        """Move a job from one of `from_statuses` (and, given `worker_id`, still owned by that worker) to a
+        terminal status; False when it was no longer in such a state (someone else finished it first)."""
+        assert status in TERMINAL
+        now = _now()
+        cond = [jobs.c.id == job_id, jobs.c.status.in_(from_statuses)]
+        if worker_id is not None:
+            cond.append(jobs.c.worker_id == worker_id)
+        values: dict[str, Any] = dict(status=status, updated_at=now, finished_at=now, error=error, pid=None)
+        if result is not None:
+            values["result"] = json.dumps(result)
+        with self.engine.begin() as conn:
+            res = conn.execute(update(jobs).where(*cond).values(**values))
+            if res.rowcount == 1:
+                ev = {"type": "status", "status": status, "message": message or status}
+                if error:
+                    ev["error"] = error
+                self._add_event(conn, job_id, ev)
+            return res.rowcount == 1
+
+    def request_cancel(self, job_id: str) -> dict | None:
+        """Cancel a job: a queued one at once, an active one by flagging it for its worker (which stops the
+        process within a poll interval). Returns the job afterwards."""
+        if not self.finish(job_id, "cancelled", message="cancelled before it started", from_statuses=("queued",)):
+            with self.engine.begin() as conn:
+                res = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE),
+                                                      jobs.c.cancel_requested.is_(False))
+                                   .values(cancel_requested=True, updated_at=_now()))
+                if res.rowcount == 1:
+                    self._add_event(conn, job_id, {"type": "log", "message": "cancel requested"})
+        return self.get_job(job_id)
+
+    def requeue(self, job_id: str, worker_id: str | None, *, message: str, lost: bool) -> bool:
+        """Put an active job back at the head of the queue (its `created_at` keeps its FIFO place)."""
+        cond = [jobs.c.id == job_id, jobs.c.status.in_(ACTIVE)]
+        if worker_id is not None:
+            cond.append(jobs.c.worker_id == worker_id)
+        with self.engine.begin() as conn:
+            res = conn.execute(update(jobs).where(*cond).values(
+                status="queued", worker_id=None, pid=None, heartbeat_at=None, updated_at=_now(),
+                lost=jobs.c.lost + (1 if lost else 0)))
+            if res.rowcount == 1:
+                self._add_event(conn, job_id, {"type": "status", "status": "queued", "message": message})
+            return res.rowcount == 1
+
+    def active_jobs(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(select(jobs).where(jobs.c.status.in_(ACTIVE)))]
+
+    def delete_job_rows(self, job_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(job_events.delete().where(job_events.c.job_id == job_id))
+            conn.execute(jobs.delete().where(jobs.c.id == job_id))
+
+    # --- events --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _add_event(conn, job_id: str, data: dict, *, progress: dict | None = None,
+                   worker_id: str | None = None) -> int | None:
+        cond = [jobs.c.id == job_id]
+        if worker_id is not None:
+            cond.append(jobs.c.worker_id == worker_id)
+        # Bumping last_seq on the job row takes its row lock, so events of one job get dense, ordered sequence
+        # numbers and commit in that order: a reader polling `after=N` never skips one (on PostgreSQL too).
+        seq = conn.execute(update(jobs).where(*cond).values(last_seq=jobs.c.last_seq + 1, **(progress or {}))
+                           .returning(jobs.c.last_seq)).scalar()
+        if seq is None:
+            return None
+        data = {**data, "time": float(data.get("time") or _now())}
+        conn.execute(insert(job_events).values(job_id=job_id, seq=seq, type=str(data.get("type", "log")),
+                                               time=data["time"], data=json.dumps(data, default=str)))
+        return int(seq)
+
+    def add_event(self, job_id: str, data: dict, *, progress: dict | None = None,
+                  worker_id: str | None = None) -> int | None:
+        """Append an event (and update the job's progress columns). None: `worker_id` no longer owns the job."""
+        with self.engine.begin() as conn:
+            return self._add_event(conn, job_id, data, progress=progress, worker_id=worker_id)
+
+    def events_after(self, job_id: str, after: int = 0, limit: int = 1000) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(job_events.c.seq, job_events.c.data).where(
+                job_events.c.job_id == job_id, job_events.c.seq > after).order_by(job_events.c.seq).limit(limit))
+            return [{"seq": r.seq, **json.loads(r.data)} for r in rows]
+
+    # --- datasets ------------------------------------------------------------------------------------------------
+    def insert_dataset(self, *, dataset_id: str, owner: str, filename: str, path: str, size_bytes: int, sha256: str,
+                       report: dict) -> dict:
+        with self.engine.begin() as conn:
+            conn.execute(insert(datasets).values(
+                id=dataset_id, owner=owner, filename=filename, path=path, size_bytes=size_bytes, sha256=sha256,
+                created_at=_now(), ok=bool(report.get("ok")), report=json.dumps(report, default=str)))
+        return self.get_dataset(dataset_id)
+
+    def update_dataset_report(self, dataset_id: str, report: dict) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(datasets).where(datasets.c.id == dataset_id)
+                         .values(ok=bool(report.get("ok")), report=json.dumps(report, default=str)))
+
+    def get_dataset(self, dataset_id: str, owner: str | None = None) -> dict | None:
+        q = select(datasets).where(datasets.c.id == dataset_id)
+        if owner is not None:
+            q = q.where(datasets.c.owner == owner)
+        with self.engine.connect() as conn:
+            return _row(conn.execute(q).first())
+
+    def list_datasets(self, *, owner: str | None, limit: int = 100, offset: int = 0) -> tuple[list[dict], int]:
+        where = [datasets.c.owner == owner] if owner is not None else []
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(datasets).where(*where)).scalar_one()
+            rows = conn.execute(select(datasets).where(*where).order_by(datasets.c.created_at.desc())
+                                .limit(limit).offset(offset))
+            return [_row(r) for r in rows], int(total)
+
+    def jobs_using_dataset(self, dataset_id: str) -> list[str]:
+        """Ids of unfinished jobs that read this dataset."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.id, jobs.c.dataset_ids).where(
+                jobs.c.status.in_(("queued", *ACTIVE)), jobs.c.dataset_ids.contains(dataset_id)))
+            return [r.id for r in rows if dataset_id in r.dataset_ids.split(",")]
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
