@@ -59,3 +59,25 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(10)
         self.sock.close()
+
+
+def craft_smollm2_adapter(out: Path, seed: int = 0, *, std: float = 0.02) -> Path:
+    """A LoRA adapter (r 8, all projections) for the real default model with random nonzero B, recorded against
+    the hub id as a trained tuneforge adapter is."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models.loader import SMOLLM2_ID, resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(SMOLLM2_ID).load_from, dtype=torch.float32)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM",
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, std)
+    peft_model.peft_config["default"].base_model_name_or_path = SMOLLM2_ID
+    peft_model.save_pretrained(out)
+    return out
