@@ -189,10 +189,10 @@ class Worker:
                 return "no longer ours; stopped"
             if job["cancel_requested"]:
                 self._terminate(proc)
-                self.store.finish(job_id, "cancelled", worker_id=wid, message="cancelled")
                 from ..train.recipe import work_dir_for
 
                 shutil.rmtree(work_dir_for(Path(job["run_dir"])), ignore_errors=True)  # checkpoints of a dead run
+                self.store.finish(job_id, "cancelled", worker_id=wid, message="cancelled")
                 return "cancelled"
         job = self.store.get_job(job_id)
         if job is not None and job["status"] in ACTIVE and job["worker_id"] == wid:

@@ -1,0 +1,187 @@
+"""Real jobs through `tuneforge server` with the tiny model: the official `monsterapi` client end to end, cancel of
+a running job, a crashing job that fails alone, SIGKILL of the whole server mid-job and resume after restart,
+and the same service on PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+import requests
+
+from tfservice import Client, Server, create_key, make_home, payload, wait_for
+from tuneforge.jobs.store import Store
+from tuneforge.jobs.worker import pid_alive
+
+pytestmark = pytest.mark.slow
+
+
+def _job_row(server: Server, job_id: str) -> dict:
+    store = Store(server.db or f"sqlite:///{server.home / 'tuneforge.db'}", create=False)
+    try:
+        return store.get_job(job_id)
+    finally:
+        store.close()
+
+
+def _wait_step(client: Client, job_id: str, step: int, timeout: float = 120) -> dict:
+    def reached():
+        job = client.job(job_id)
+        assert job["status"] not in ("failed", "cancelled", "succeeded"), job
+        return job if job["status"] == "running" and job["progress"]["step"] >= step else None
+
+    return wait_for(reached, timeout, interval=0.1, what=f"step {step} of job {job_id}")
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory, tiny_model_dir):
+    home = make_home(tmp_path_factory.mktemp("train-svc"), tiny_model_dir)
+    keys = {"alice": create_key(home, "alice"), "bob": create_key(home, "bob")}
+    server = Server(home, workers=1).start()
+    yield server, keys
+    server.stop()
+
+
+def test_official_monsterapi_client_launches_a_job_that_trains_and_yields_an_adapter(svc):
+    from monsterapi import client as mclient
+
+    server, keys = svc
+    client = mclient(api_key=keys["alice"], base_url=f"{server.url}/v1")
+    launched = client.finetune(service="llm", params=payload(server.home))
+    job_id = launched["deployment_id"]
+    assert launched["job_id"] == job_id and launched["status"] == "queued"
+
+    # The client has no fine-tune status helper; its own base URL and headers reach ours.
+    def status():
+        r = requests.get(f"{client.base_url}/finetune/llm/{job_id}", headers=client.headers, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    job = wait_for(lambda: (s := status())["status"] in ("succeeded", "failed") and s, 180, what="the job to end")
+    assert job["status"] == "succeeded", (job, server.log_tail())
+    assert job["progress"]["step"] == job["progress"]["total_steps"] == 12 and job["progress"]["eta_seconds"] == 0
+    assert job["losses"]["best_eval_loss"] is not None and job["losses"]["train_loss"] is not None
+    assert job["result"]["steps"] == 12 and job["error"] is None
+
+    events = Client(server.url, keys["alice"]).events(job_id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["status"] for e in events if e["type"] == "status"] == ["queued", "validating", "running", "succeeded"]
+    assert [e["step"] for e in events if e["type"] == "train"] == list(range(1, 13))
+    assert [e["step"] for e in events if e["type"] == "eval"] == [0, 4, 8, 12]
+    report = next(e["report"] for e in events if e["type"] == "validation")
+    assert report["ok"] and report["n_rows"] == 80
+
+    r = requests.get(f"{client.base_url}/finetune/llm/{job_id}/adapter", headers=client.headers, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= set(names)
+    cfg = json.loads(zipfile.ZipFile(io.BytesIO(r.content)).read("adapter_config.json"))
+    assert cfg["r"] == 4 and cfg["peft_type"] == "LORA"
+    assert Client(server.url, keys["bob"]).get(f"/v1/finetune/llm/{job_id}/adapter").status_code == 404
+
+    # The server-sent event stream replays from `after` and ends with the job.
+    with requests.get(f"{server.url}/v1/finetune/llm/{job_id}/events", params={"stream": "true", "after": 3},
+                      headers=client.headers, stream=True, timeout=30) as resp:
+        text = resp.text
+    ids = [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
+    assert ids == list(range(4, len(events) + 1)) and "event: end" in text
+
+
+def test_cancel_stops_a_running_job_within_seconds(svc):
+    server, keys = svc
+    alice = Client(server.url, keys["alice"])
+    job_id = alice.post("/v1/finetune/llm", json=payload(server.home, max_steps=2000, eval_steps=1000)).json()["job_id"]
+    _wait_step(alice, job_id, 2)
+    pid = _job_row(server, job_id)["pid"]
+    assert pid and pid_alive(pid)
+    t0 = time.time()
+    r = alice.post(f"/v1/finetune/llm/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["cancel_requested"]
+    job = alice.wait_status(job_id, ("cancelled",), 15, server)
+    assert time.time() - t0 < 10, "cancel took too long"
+    wait_for(lambda: not pid_alive(pid), 10, what="the training process to exit")
+    assert job["progress"]["step"] < 2000 and job["finished_at"]
+    assert not (server.home / "runs" / f"{job_id}.partial").exists()
+
+
+def test_a_crashing_job_fails_alone_with_its_error_and_the_next_job_runs(svc):
+    import os
+    import signal
+
+    server, keys = svc
+    alice = Client(server.url, keys["alice"])
+    doomed = alice.post("/v1/finetune/llm", json=payload(server.home, max_steps=2000, eval_steps=1000)).json()["job_id"]
+    nxt = alice.post("/v1/finetune/llm", json=payload(server.home, max_steps=4)).json()["job_id"]
+    _wait_step(alice, doomed, 2)
+    assert alice.job(nxt)["queue_position"] == 1
+    os.kill(_job_row(server, doomed)["pid"], signal.SIGKILL)  # what the out-of-memory killer does
+    job = alice.wait_status(doomed, ("failed",), 20, server)
+    assert "SIGKILL" in job["error"] and "out-of-memory" in job["error"]
+    assert alice.wait_status(nxt, ("succeeded", "failed"), 120, server)["status"] == "succeeded"
+
+
+def test_sigkill_of_the_server_mid_job_then_restart_resumes_from_the_last_checkpoint(tmp_path, tiny_model_dir):
+    home = make_home(tmp_path, tiny_model_dir)
+    key = create_key(home, "alice")
+    server = Server(home, workers=1).start()
+    try:
+        alice = Client(server.url, key)
+        body = payload(home, max_steps=40, save_steps=4, eval_steps=20, batch_size=4)
+        job_id = alice.post("/v1/finetune/llm", json=body).json()["job_id"]
+        _wait_step(alice, job_id, 10)
+        pid = _job_row(server, job_id)["pid"]
+        server.kill_server_only()
+        # The worker and the job's process die with the server (parent-death signals), leaving no orphan.
+        wait_for(lambda: not pid_alive(pid), 10, what="the training process to die with the server")
+        killed_at = _job_row(server, job_id)["step"]
+        assert 10 <= killed_at < 40
+        assert any((home / "runs" / f"{job_id}.partial").glob("checkpoint-*"))
+
+        server.start()
+        alice = Client(server.url, key)  # a new port
+        done = alice.wait_status(job_id, ("succeeded", "failed"), 180, server)
+        assert done["status"] == "succeeded", done
+        assert done["attempts"] == 2 and done["progress"]["step"] == 40
+        events = alice.events(job_id)
+    finally:
+        server.stop()
+
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # one stream, continued
+    requeue = next(i for i, e in enumerate(events) if e["type"] == "status" and e["status"] == "queued" and i > 0)
+    assert "resumes from its last checkpoint" in events[requeue]["message"]
+    before = [e["step"] for e in events[:requeue] if e["type"] == "train"]
+    after = [e["step"] for e in events[requeue:] if e["type"] == "train"]
+    resumed = next(e["message"] for e in events[requeue:] if e["type"] == "log" and "resumed from" in e["message"])
+    resumed_step = int(resumed.split(" at step ")[1].split("/")[0])
+    assert resumed_step > 0 and resumed_step % 4 == 0 and resumed_step in before
+    assert after[0] == resumed_step + 1, (resumed_step, after[:3])  # not from step 0
+    assert after[-1] == 40 and before[-1] >= 10
+
+
+def test_the_service_on_postgresql_with_a_separate_worker(tmp_path, tiny_model_dir, pg_database):
+    home = make_home(tmp_path, tiny_model_dir)
+    alice_key = create_key(home, "alice", db=pg_database)
+    bob_key = create_key(home, "bob", db=pg_database)
+    server = Server(home, workers=0, db=pg_database).start()
+    # `tuneforge worker` started on its own, as on a second machine sharing the database.
+    worker = subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "worker", "--home", str(home), "--db",
+                               pg_database, "--max-jobs", "1"], env=server.env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        alice, bob = Client(server.url, alice_key), Client(server.url, bob_key)
+        job_id = alice.post("/v1/finetune/llm", json=payload(home, max_steps=6, eval_steps=3)).json()["job_id"]
+        assert bob.get(f"/v1/finetune/llm/{job_id}").status_code == 404
+        job = alice.wait_status(job_id, ("succeeded", "failed"), 180, server)
+        assert job["status"] == "succeeded", job
+        assert [e["step"] for e in alice.events(job_id) if e["type"] == "train"] == list(range(1, 7))
+        assert alice.get(f"/v1/finetune/llm/{job_id}/adapter").status_code == 200
+        assert worker.wait(timeout=30) == 0  # --max-jobs 1
+    finally:
+        worker.kill()
+        server.stop()
+    assert not (home / "tuneforge.db").exists()  # everything went to PostgreSQL
