@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..jobs.store import Store
 from ..settings import Settings
-from . import datasets, finetune
+from . import datasets, deploy, finetune
 from .errors import install_error_handlers
 
 DESCRIPTION = """
@@ -39,4 +39,5 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     app.include_router(finetune.router)
     app.include_router(datasets.router)
+    deploy.install(app, settings, app.state.store)  # /v1/deploy/... and the OpenAI-compatible routes
     return app

@@ -410,10 +410,11 @@ class InferenceEngine:
     # ---------------------------------------------------------------- requests (any thread)
     def submit(self, model: str, prompt: str | Sequence[int] | None = None, params: SamplingParams | None = None,
                *, messages: list[dict] | None = None, chat: bool = False,
-               loop: asyncio.AbstractEventLoop | None = None) -> Generation:
+               loop: asyncio.AbstractEventLoop | None = None, context_length: int | None = None) -> Generation:
         """Queue a request and return at once. Give either `messages` (rendered with the chat template) or
         `prompt`: text (already chat-formatted when `chat`) or token ids. Pass `loop` to consume the result with
-        `async for` on that event loop. Bad input raises TuneforgeError here, before anything is queued."""
+        `async for` on that event loop. `context_length` caps prompt + completion below the model's own limit (a
+        deployment's max_model_len). Bad input raises TuneforgeError here, before anything is queued."""
         if self._closed:
             raise RuntimeError("the engine is closed")
         params = params or SamplingParams()
@@ -426,9 +427,10 @@ class InferenceEngine:
         ids = self.encode(prompt, chat=chat)
         if not ids:
             raise TuneforgeError("prompt must not be empty", field="prompt")
-        room = self.context_length - len(ids)
+        limit = min(self.context_length, context_length or self.context_length)
+        room = limit - len(ids)
         if room < 1:
-            raise TuneforgeError(f"the prompt has {len(ids)} tokens; this model's context is {self.context_length}",
+            raise TuneforgeError(f"the prompt has {len(ids)} tokens; this model's context is {limit}",
                                  field="prompt")
         max_tokens = min(params.max_tokens or self.default_max_tokens, room)
         gen = Generation(self, model, adapter, ids, params, max_tokens, loop)

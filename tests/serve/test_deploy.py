@@ -1,0 +1,223 @@
+"""MonsterAPI-compatible deployments on the fine-tuning service, driven by the official `monsterapi` client
+(deploy, status, logs, list, terminate) and the `openai` client (a live deployment answers with `model` = its
+name, only to its api_auth_token or its owner's key). In-process service app on a real uvicorn port."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import openai
+import pytest
+import requests
+
+from serve_helpers import LiveServer
+
+MESSAGES = [{"role": "user", "content": "what is two plus two?"}]
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory, tiny_model_dir, adapters):
+    from tuneforge.api.app import create_app
+    from tuneforge.jobs.store import Store
+    from tuneforge.settings import Settings
+
+    home = tmp_path_factory.mktemp("deploy") / "home"
+    settings = Settings(home=home)
+    settings.ensure_dirs()
+    shutil.copytree(tiny_model_dir, home / "models" / "tiny")
+    for name in ("alpha", "beta"):
+        shutil.copytree(adapters[name], home / "models" / "adapters" / name)
+    store = Store(settings.database_url)
+    keys = {"alice": store.create_key("alice")[1], "bob": store.create_key("bob")[1],
+            "root": store.create_key("root", admin=True)[1]}
+    app = create_app(settings, store=store)
+    with LiveServer(app) as live:
+        yield live, home, keys, store, app
+    app.state.deployments.close()
+
+
+def mclient(live, key):
+    from monsterapi.client import MClient
+
+    return MClient(api_key=key, base_url=live.url + "/v1")
+
+
+def wait_live(client, deployment_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = client.get_deployment_status(deployment_id)
+        if st["status"] in ("live", "failed"):
+            return st
+        assert time.monotonic() < deadline, st
+        time.sleep(0.2)
+
+
+def payload(home, adapter=None, **kw):
+    return {"basemodel_path": str(home / "models" / "tiny"),
+            "loramodel_path": str(home / "models" / "adapters" / adapter) if adapter else "",
+            "prompt_template": "{prompt}{completion}", "per_gpu_vram": 24, "gpu_count": 1, **kw}
+
+
+def test_monsterapi_client_deploys_and_openai_client_calls_it(svc, engine):
+    live, home, keys, _, _ = svc
+    alice = mclient(live, keys["alice"])
+    ret = alice.deploy("llm", payload(home, "alpha", deployment_name="alice-alpha"))
+    assert ret["status"] == "building" and ret["deployment_name"] == "alice-alpha"
+    deployment_id, token = ret["deployment_id"], ret["api_auth_token"]
+    st = wait_live(alice, deployment_id)
+    assert st["status"] == "live", st
+    assert st["URL"] == live.url + "/v1" and st["model"] == "alice-alpha"
+    assert st["api_auth_token"].endswith("…") and token not in str(st)  # the token is shown once
+
+    # The deployment answers with its own token, exactly as the adapter does in a plain engine.
+    expected = engine.generate("alpha", messages=MESSAGES, temperature=0, max_tokens=10).text
+    oc = openai.OpenAI(base_url=st["URL"], api_key=token, max_retries=0)
+    assert [m.id for m in oc.models.list().data] == ["alice-alpha"]
+    resp = oc.chat.completions.create(model="alice-alpha", messages=MESSAGES, temperature=0, max_tokens=10)
+    assert resp.model == "alice-alpha" and resp.choices[0].message.content == expected
+    streamed = "".join(c.choices[0].delta.content or "" for c in oc.chat.completions.create(
+        model="alice-alpha", messages=MESSAGES, temperature=0, max_tokens=10, stream=True) if c.choices)
+    assert streamed == expected
+    # ... and with the owner's key.
+    owner = openai.OpenAI(base_url=st["URL"], api_key=keys["alice"], max_retries=0)
+    assert owner.chat.completions.create(model="alice-alpha", messages=MESSAGES, temperature=0,
+                                         max_tokens=10).choices[0].message.content == expected
+
+    # Not to another tenant, nor to a made-up token.
+    bob = openai.OpenAI(base_url=st["URL"], api_key=keys["bob"], max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        bob.chat.completions.create(model="alice-alpha", messages=MESSAGES, max_tokens=2)
+    assert bob.models.list().data == []
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=st["URL"], api_key="made-up-token", max_retries=0).models.list()
+
+    logs = alice.get_deployment_logs(deployment_id, n_lines=50)
+    text = "\n".join(logs["logs"])
+    assert "loading base model" in text and "adapter loaded and checked" in text and "live:" in text
+    assert "request: chat" in text
+    assert len(alice.get_deployment_logs(deployment_id, n_lines=2)["logs"]) == 2
+
+    listed = alice.get_list_of_deployments()["deployments"]
+    assert [d["deployment_id"] for d in listed] == [deployment_id]
+    assert mclient(live, keys["bob"]).get_list_of_deployments()["deployments"] == []
+    assert deployment_id in [d["deployment_id"] for d in mclient(live, keys["root"]).get_list_of_deployments()
+                             ["deployments"]]
+
+    out = alice.terminate_deployment(deployment_id)
+    assert out["status"] == "terminated"
+    assert alice.get_deployment_status(deployment_id)["status"] == "terminated"
+    with pytest.raises(openai.AuthenticationError):  # a terminated deployment's token is dead
+        oc.chat.completions.create(model="alice-alpha", messages=MESSAGES, max_tokens=2)
+    with pytest.raises(openai.NotFoundError):
+        owner.chat.completions.create(model="alice-alpha", messages=MESSAGES, max_tokens=2)
+    with pytest.raises(requests.HTTPError, match="409"):
+        alice.terminate_deployment(deployment_id)
+
+
+def test_deploy_a_finished_job_and_the_base_model(svc, adapters, engine):
+    live, home, keys, store, app = svc
+    from tuneforge.jobs.store import Store  # noqa: F401  (the job store the service uses)
+
+    # A succeeded job of alice's, its run folder holding the adapter (as a worker leaves it).
+    job = store.insert_job(owner="alice", key_id=None, spec={}, spec_public={}, dataset_ids=[],
+                           runs_dir=app.state.settings.runs_dir)
+    shutil.copytree(adapters["beta"], f"{job['run_dir']}/adapter")
+    assert store.finish(job["id"], "succeeded", from_statuses=("queued",))
+    alice = mclient(live, keys["alice"])
+    ret = alice.deploy("llm", payload(home, deployment_name="from-job", api_auth_token="tok-from-job-123",
+                                      max_model_len=64) | {"loramodel_path": job["id"]})
+    base = alice.deploy("llm", payload(home, deployment_name="plain-base", api_auth_token="tok-plain-base-1"))
+    assert wait_live(alice, ret["deployment_id"])["status"] == "live"
+    assert wait_live(alice, base["deployment_id"])["status"] == "live"
+    oc = openai.OpenAI(base_url=live.url + "/v1", api_key=keys["alice"], max_retries=0)
+    assert sorted(m.id for m in oc.models.list().data) == ["from-job", "plain-base"]
+    for name, ref in (("from-job", "beta"), ("plain-base", "tiny")):
+        got = oc.chat.completions.create(model=name, messages=MESSAGES, temperature=0, max_tokens=8)
+        assert got.choices[0].message.content == engine.generate(ref, messages=MESSAGES, temperature=0,
+                                                                 max_tokens=8).text
+    # max_model_len caps prompt + completion
+    resp = oc.completions.create(model="from-job", prompt="the quick brown fox " * 4, temperature=0, max_tokens=500)
+    assert resp.usage.total_tokens <= 64
+    with pytest.raises(openai.BadRequestError, match="context is 64"):
+        oc.completions.create(model="from-job", prompt="the quick brown fox " * 40, max_tokens=5)
+    # Both share one base model in memory.
+    assert len(app.state.deployments._engines) == 1
+    for r in (ret, base):
+        alice.terminate_deployment(r["deployment_id"])
+    assert app.state.deployments._engines == {}  # freed with the last deployment
+
+
+def test_deploy_errors(svc):
+    live, home, keys, store, app = svc
+    alice = mclient(live, keys["alice"])
+    bad = [
+        ({"loramodel_path": "/etc"}, "outside the folders this server reads from"),
+        ({"loramodel_path": str(home / "models" / "tiny")}, "not a PEFT adapter folder"),
+        ({"loramodel_path": "12345678-1234-1234-1234-123456789abc"}, "no fine-tuning job"),
+        ({"loramodel_path": "https://example.com/a.zip"}, "URLs are not supported"),
+        ({"basemodel_path": str(home / "models" / "nope")}, "does not exist on the server"),
+    ]
+    for change, words in bad:
+        with pytest.raises(requests.HTTPError, match="422") as exc:
+            alice.deploy("llm", payload(home, "alpha") | change)
+        assert words in str(exc.value), (change, str(exc.value))
+    r = requests.post(live.url + "/v1/deploy/llm", json={**payload(home, "alpha"), "lora_path": "x"},
+                      headers={"Authorization": f"Bearer {keys['alice']}"})
+    assert r.status_code == 422 and "lora_path" in r.text
+    assert requests.get(live.url + "/v1/deploy/list").status_code == 401
+    with pytest.raises(requests.HTTPError, match="404"):
+        alice.get_deployment_status("12345678-1234-1234-1234-123456789abc")
+
+    # a name in use by a live deployment
+    first = alice.deploy("llm", payload(home, "alpha", deployment_name="dup"))
+    with pytest.raises(requests.HTTPError, match="409"):
+        mclient(live, keys["bob"]).deploy("llm", payload(home, "beta", deployment_name="dup"))
+    wait_live(alice, first["deployment_id"])
+    # bob cannot see or stop alice's deployment
+    with pytest.raises(requests.HTTPError, match="404"):
+        mclient(live, keys["bob"]).terminate_deployment(first["deployment_id"])
+    alice.terminate_deployment(first["deployment_id"])
+    again = alice.deploy("llm", payload(home, "beta", deployment_name="dup"))  # the name is free again
+    assert wait_live(alice, again["deployment_id"])["status"] == "live"
+    alice.terminate_deployment(again["deployment_id"])
+
+
+def test_an_adapter_that_does_not_fit_fails_with_its_reason(svc, tmp_path):
+    live, home, keys, store, app = svc
+    from tiny import tiny_config
+    from transformers import AutoModelForCausalLM
+
+    from serve_helpers import craft_adapter
+
+    config = tiny_config("llama", vocab_size=400)
+    config.hidden_size = 96
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "wide")
+    craft_adapter(tmp_path / "wide", home / "models" / "adapters" / "misfit", seed=0)
+    alice = mclient(live, keys["alice"])
+    ret = alice.deploy("llm", payload(home, "misfit", deployment_name="misfit"))
+    st = wait_live(alice, ret["deployment_id"])
+    assert st["status"] == "failed" and "could not be loaded" in st["error"]
+    assert "failed:" in "\n".join(alice.get_deployment_logs(ret["deployment_id"])["logs"])
+    oc = openai.OpenAI(base_url=live.url + "/v1", api_key=keys["alice"], max_retries=0)
+    with pytest.raises(openai.ConflictError, match="failed"):
+        oc.chat.completions.create(model="misfit", messages=MESSAGES, max_tokens=2)
+    alice.terminate_deployment(ret["deployment_id"])
+
+
+def test_a_restarted_service_rebuilds_live_deployments(svc):
+    live, home, keys, store, app = svc
+    from tuneforge.api.app import create_app
+
+    alice = mclient(live, keys["alice"])
+    ret = alice.deploy("llm", payload(home, "alpha", deployment_name="survivor", api_auth_token="survivor-token"))
+    assert wait_live(alice, ret["deployment_id"])["status"] == "live"
+    app2 = create_app(app.state.settings, store=store)  # a new server process on the same database
+    try:
+        app2.state.deployments.wait_idle()
+        with LiveServer(app2) as live2:
+            oc = openai.OpenAI(base_url=live2.url + "/v1", api_key="survivor-token", max_retries=0)
+            assert oc.chat.completions.create(model="survivor", messages=MESSAGES, max_tokens=3).choices
+    finally:
+        app2.state.deployments.close()
+    alice.terminate_deployment(ret["deployment_id"])
