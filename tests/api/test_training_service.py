@@ -125,6 +125,36 @@ def test_a_crashing_job_fails_alone_with_its_error_and_the_next_job_runs(svc):
     assert alice.wait_status(nxt, ("succeeded", "failed"), 120, server)["status"] == "succeeded"
 
 
+def _resume_point(events: list[dict]) -> tuple[int, list[int], list[int]]:
+    """(step resumed from, train steps before the requeue, train steps after it)."""
+    requeue = next(i for i, e in enumerate(events) if e["type"] == "status" and e["status"] == "queued" and i > 0)
+    assert "resumes from its last checkpoint" in events[requeue]["message"]
+    before = [e["step"] for e in events[:requeue] if e["type"] == "train"]
+    after = [e["step"] for e in events[requeue:] if e["type"] == "train"]
+    resumed = next(e["message"] for e in events[requeue:] if e["type"] == "log" and "resumed from" in e["message"])
+    return int(resumed.split(" at step ")[1].split("/")[0]), before, after
+
+
+def test_sigkill_of_the_worker_alone_restarts_it_and_the_job_resumes(svc):
+    import os
+    import signal
+
+    server, keys = svc
+    alice = Client(server.url, keys["alice"])
+    job_id = alice.post("/v1/finetune/llm", json=payload(server.home, max_steps=40, save_steps=4, eval_steps=20,
+                                                          batch_size=4)).json()["job_id"]
+    _wait_step(alice, job_id, 10)
+    row = _job_row(server, job_id)
+    worker_pid = int(row["worker_id"].split(":")[-2])
+    os.kill(worker_pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(row["pid"]), 10, what="the job's process to die with its worker")
+    done = alice.wait_status(job_id, ("succeeded", "failed"), 180, server)
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    resumed_step, before, after = _resume_point(alice.events(job_id))
+    assert resumed_step >= 8 and resumed_step in before and after[0] == resumed_step + 1 and after[-1] == 40
+    assert "exited (-9); starting another" in server.log_tail(200)
+
+
 def test_sigkill_of_the_server_mid_job_then_restart_resumes_from_the_last_checkpoint(tmp_path, tiny_model_dir):
     home = make_home(tmp_path, tiny_model_dir)
     key = create_key(home, "alice")
@@ -152,12 +182,7 @@ def test_sigkill_of_the_server_mid_job_then_restart_resumes_from_the_last_checkp
         server.stop()
 
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # one stream, continued
-    requeue = next(i for i, e in enumerate(events) if e["type"] == "status" and e["status"] == "queued" and i > 0)
-    assert "resumes from its last checkpoint" in events[requeue]["message"]
-    before = [e["step"] for e in events[:requeue] if e["type"] == "train"]
-    after = [e["step"] for e in events[requeue:] if e["type"] == "train"]
-    resumed = next(e["message"] for e in events[requeue:] if e["type"] == "log" and "resumed from" in e["message"])
-    resumed_step = int(resumed.split(" at step ")[1].split("/")[0])
+    resumed_step, before, after = _resume_point(events)
     assert resumed_step > 0 and resumed_step % 4 == 0 and resumed_step in before
     assert after[0] == resumed_step + 1, (resumed_step, after[:3])  # not from step 0
     assert after[-1] == 40 and before[-1] >= 10

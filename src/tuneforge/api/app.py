@@ -25,10 +25,10 @@ The official `monsterapi` Python client works unchanged with `MClient(api_key=KE
 """
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, store: Store | None = None, lifespan=None) -> FastAPI:
     settings = settings or Settings()
     settings.ensure_dirs()
-    app = FastAPI(title="tuneforge", version=__version__, description=DESCRIPTION)
+    app = FastAPI(title="tuneforge", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.store = store or Store(settings.database_url)
     install_error_handlers(app)
