@@ -87,7 +87,9 @@ async def events(job_id: str, request: Request, principal: Principal = Depends(g
                  accept: str | None = Header(None), last_event_id: str | None = Header(None)):
     """Each event has `seq` (1, 2, ...), `type` (`status`, `log`, `validation`, `train`, `eval`) and its fields:
     `train` has step, total_steps, epoch, loss, lr; `eval` has step, eval_loss. Pass the last `seq` you saw as
-    `after` to get only newer ones."""
+    `after` to get only newer ones. When a job resumes after its worker died, the steps after its last checkpoint
+    are trained and reported again (a `status` event `queued` marks the gap): the later values are the ones that
+    count."""
     store = _store(request)
     job = await anyio.to_thread.run_sync(service.get_job, store, principal, job_id)
     if stream or (accept and "text/event-stream" in accept):

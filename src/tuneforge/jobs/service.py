@@ -120,7 +120,12 @@ def cancel_job(store: Store, principal: Principal, job_id: str) -> dict:
     if job["status"] in TERMINAL:
         raise Conflict(f"job {job_id!r} has already {job['status']}; only queued or running jobs can be cancelled",
                        field="job_id", value=job_id)
-    return store.request_cancel(job_id) or job
+    after = store.request_cancel(job_id) or job
+    if after["status"] == "cancelled":  # a requeued job may hold checkpoints of an earlier attempt
+        from ..train.recipe import work_dir_for
+
+        shutil.rmtree(work_dir_for(Path(after["run_dir"])), ignore_errors=True)
+    return after
 
 
 def job_view(store: Store, job: dict, *, full: bool = True) -> dict[str, Any]:
