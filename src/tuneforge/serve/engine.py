@@ -135,6 +135,7 @@ class _TextAssembler:
                   default=-1)
         if cut >= 0:
             self.stopped = True
+            cut = max(cut, self.sent)
             delta, self.sent = text[self.sent:cut], cut
             return delta
         end = max(self.sent, len(text) - self._hold(text))
@@ -150,7 +151,8 @@ class _TextAssembler:
         return delta
 
 
-_DONE = object()
+_DONE = object()  # end of a Generation's stream
+_UNKNOWN = object()  # the LoRA layers' state after a load or delete: re-apply on the next switch
 
 
 class Generation:
@@ -326,7 +328,7 @@ class InferenceEngine:
         self.eos_ids = {int(e) for e in eos if e is not None}
 
         self._peft = None  # the PeftModel wrapping `self.base` once an adapter is loaded
-        self._active: str | None | object = _DONE  # adapter the LoRA layers are set to; None: disabled
+        self._active: str | None | object = _UNKNOWN  # adapter the LoRA layers are set to; None: disabled
         self._registry: dict[str, str] = {}
         self._registry_lock = threading.Lock()
         self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # LRU order: least recently used first
@@ -478,7 +480,10 @@ class InferenceEngine:
                         self._end(gen, error=GenerationError(f"generation failed: {exc}"))
                 if gen.finish_reason is not None or gen.error is not None:
                     active.remove(gen)
-            self._housekeep()
+            try:
+                self._housekeep()
+            except Exception:  # noqa: BLE001 -- an unload that failed must not stop the model thread
+                log.exception("adapter housekeeping failed")
 
     def _start(self, gen: Generation) -> bool:
         self.stats.requests += 1
@@ -518,7 +523,7 @@ class InferenceEngine:
                 from None
         self._peft.eval()
         self._loaded[name] = _Loaded(path)
-        self._active = _DONE  # new LoRA layers: the on/off state of the layers is no longer known
+        self._active = _UNKNOWN  # new LoRA layers: their on/off state is not known
         self.stats.adapter_loads += 1
         log.info("loaded adapter %r from %s", name, path)
 
@@ -531,7 +536,7 @@ class InferenceEngine:
             self._peft = None
         else:
             self._peft.delete_adapter(name)
-        self._active = _DONE
+        self._active = _UNKNOWN
         self.stats.loaded = list(self._loaded)
 
     def _housekeep(self) -> None:
@@ -556,7 +561,7 @@ class InferenceEngine:
         if adapter is None:
             self._peft.base_model.disable_adapter_layers()
         else:
-            if self._active is None or self._active is _DONE:
+            if self._active is None or self._active is _UNKNOWN:
                 self._peft.base_model.enable_adapter_layers()
             self._peft.set_adapter(adapter, inference_mode=True)
         self._active = adapter
