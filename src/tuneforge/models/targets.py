@@ -1,13 +1,22 @@
 """Which modules get LoRA adapters.
 
-Default: the attention and MLP projections (QLoRA paper, sec. 4: adapters on all linear layers are needed to
-match full fine-tuning). Known architectures use their module names; any other architecture is inspected, and
-every linear layer except the output head is chosen.
+Default: the attention and MLP projections (QLoRA paper, Dettmers et al. 2023, sec. 4: adapters on all linear layers
+are needed to match full fine-tuning). Known architectures use their module names (keys: transformers `model_type`);
+any other architecture is inspected, and every linear layer except the output head is chosen.
+
+Mixture-of-experts models in transformers 5 (Mixtral, Qwen3-MoE) keep their experts as fused 3-D parameters
+(`mlp.experts.gate_up_proj` of shape (experts, 2 x intermediate, hidden) and `mlp.experts.down_proj`), not as
+nn.Linear layers, so `target_modules` can only reach their attention projections (the router is a plain parameter
+too). PEFT >= 0.17 adapts such parameters with `LoraConfig(target_parameters=...)` (one rank-r update per expert,
+lora_A (r*E, in), lora_B (out, r*E)); `TARGET_PARAMETERS` lists them per architecture, and
+tests/models/test_architectures.py trains, round-trips and merges them.
 """
 
 from __future__ import annotations
 
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+_NEOX_LIKE = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
 
 TARGET_MODULES: dict[str, list[str]] = {
     "llama": _LLAMA_LIKE,
@@ -17,26 +26,41 @@ TARGET_MODULES: dict[str, list[str]] = {
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "stablelm": _LLAMA_LIKE,
-    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "mixtral": _ATTENTION,  # + TARGET_PARAMETERS for the experts
+    "qwen3_moe": _ATTENTION,  # + TARGET_PARAMETERS for the experts
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],  # fused q/k/v and gate/up projections
+    "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+    "starcoder2": ["q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],  # transformers' Conv1D (a linear layer with a transposed weight)
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],  # not OPT-350m's project_in/out
     "gptj": ["q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"],
-    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-    "falcon": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "gpt_neox": _NEOX_LIKE,
+    "falcon": _NEOX_LIKE,
 }
+
+# Fused 3-D expert weights, as PEFT `target_parameters` names (suffixes of the parameter names).
+TARGET_PARAMETERS: dict[str, list[str]] = {
+    "mixtral": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+    "qwen3_moe": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+}
+
+
+def _linear_types() -> tuple[type, ...]:
+    import torch.nn as nn
+
+    types: tuple[type, ...] = (nn.Linear,)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        types += (Conv1D,)
+    except ImportError:
+        pass
+    return types
 
 
 def inspect_linear_modules(model) -> list[str]:
     """Leaf names of every linear layer (nn.Linear, bitsandbytes 4-bit, GPT-2's Conv1D) except the output head."""
-    import torch.nn as nn
-
-    linear_types: tuple[type, ...] = (nn.Linear,)
-    try:
-        from transformers.pytorch_utils import Conv1D
-
-        linear_types += (Conv1D,)
-    except ImportError:
-        pass
+    linear_types = _linear_types()
     head = model.get_output_embeddings()
     names = set()
     for full_name, module in model.named_modules():
@@ -49,6 +73,19 @@ def default_target_modules(model) -> tuple[list[str], str]:
     """(module names, how they were chosen) for a loaded model."""
     model_type = getattr(model.config, "model_type", "")
     if model_type in TARGET_MODULES:
+        if model_type in TARGET_PARAMETERS:
+            return list(TARGET_MODULES[model_type]), (
+                f"the {model_type} attention projections; its experts are fused 3-D weights, not linear layers "
+                f"(PEFT target_parameters: {', '.join(TARGET_PARAMETERS[model_type])})"
+            )
         return list(TARGET_MODULES[model_type]), f"the {model_type} attention and MLP projections"
     names = inspect_linear_modules(model)
     return names, f"every linear layer except the output head (architecture {model_type!r} found by inspection)"
+
+
+def default_target_parameters(model) -> list[str]:
+    """PEFT `target_parameters` for the model's fused expert weights ([] for dense models), checked against the
+    model's actual parameter names."""
+    wanted = TARGET_PARAMETERS.get(getattr(model.config, "model_type", ""), [])
+    names = [name for name, _ in model.named_parameters()]
+    return [w for w in wanted if any(n == w or n.endswith("." + w) for n in names)]

@@ -1,0 +1,431 @@
+"""How much memory LoRA / QLoRA training of a model needs: an analytic estimate, term by term.
+
+    total = weights + LoRA parameters + their gradients + optimizer state + activations + logits + workspace + overhead
+
+`estimate_training_memory(model_shape, setup)` returns the breakdown (`MemoryEstimate`). The model enters only through
+a `ModelShape`: parameter counts by how they are stored and the widths that set activation sizes, read off the model's
+module structure, which `ModelShape.from_config` builds on the meta device (no weights, no download; ~0.03 s for a 70B
+config). Each term below says where it comes from; the constants are first-principles values meant to be calibrated
+against measured runs (peak `torch.cuda.max_memory_allocated` + context on CUDA, peak RSS on the CPU), which is why
+every term is reported separately.
+
+The terms follow what tuneforge's own code does (models/lora.py, train/loss.py), not a generic trainer:
+- LoRA, CUDA: the whole base in the compute dtype. LoRA, CPU: loaded in fp32, then the frozen linear weights are
+  cast to the compute dtype while embeddings and norms stay fp32 (so loading peaks at 4 bytes/parameter).
+- QLoRA: linear weights (not the output head) in 4-bit NF4; every other parameter (embeddings, output head, norms)
+  in the compute dtype, norms upcast to fp32 (a negligible share, not counted). For mixture-of-experts models "every
+  other" includes the experts, which transformers 5 stores as fused 3-D parameters that bitsandbytes does not
+  quantize — QLoRA saves little on Mixtral. (If models/lora.py went back to PEFT's prepare_model_for_kbit_training,
+  which upcasts all of them to fp32, QLORA_UNQUANTIZED_BYTES would become 4.)
+- The loss computes the output head only on target positions, CHUNK_TOKENS at a time (train/loss.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal
+
+GiB = 2**30
+
+# Bytes per element of each dtype.
+_DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+# QLoRA (Dettmers et al. 2023, arXiv:2305.14314, sec. 3): NF4 stores 4 bits per weight plus one absmax constant per
+# block of 64 weights. Without double quantization the constant is fp32: 32/64 = 0.5 bit/weight. With double
+# quantization it is 8-bit, and each block of 256 constants has one fp32 second-level constant:
+# 8/64 + 32/(64*256) = 0.127 bit/weight. (bitsandbytes' default blocksize is 64; checked in tests/models.)
+NF4_BITS = 4.0
+NF4_CONSTANT_BITS = {True: 8 / 64 + 32 / (64 * 256), False: 32 / 64}
+
+# Optimizer state per trainable parameter. torch.optim.AdamW keeps exp_avg and exp_avg_sq in the parameter's dtype
+# (fp32 for LoRA weights: 2 x 4 bytes; Loshchilov & Hutter 2019, arXiv:1711.05101). bitsandbytes' 8-bit optimizers
+# keep both moments in 8 bits, block-wise quantized (Dettmers et al. 2022, arXiv:2110.02861): 2 x 1 byte. Paged
+# variants may page their state out to CPU memory under pressure; counted here as resident.
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "paged_adamw_32bit": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2}
+
+# PEFT creates LoRA weights in fp32 even on a bf16 base (get_peft_model(autocast_adapter_dtype=True)), and their
+# gradients have the same dtype.
+LORA_PARAM_BYTES = 4
+
+# Memory that exists before the first tensor: on CUDA the context, kernels and cuBLAS workspace (~0.3-0.6 GiB by the
+# driver version and GPU, not visible to torch.cuda.memory_allocated); on the CPU the interpreter with torch,
+# transformers, peft and bitsandbytes imported (measured ~0.45 GiB RSS here).
+FRAMEWORK_OVERHEAD_BYTES = {"cuda": int(0.5 * GiB), "cpu": int(0.5 * GiB)}
+
+# Bytes per unquantized parameter under QLoRA; None: the compute dtype's (see the module docstring).
+QLORA_UNQUANTIZED_BYTES: int | None = None
+
+# Per layer and token, besides the inputs and outputs of its linear layers, a decoder block keeps about four
+# hidden-size vectors for backward: the inputs and outputs of its two norms (and the residual adds need none).
+_NORM_VECTORS_PER_LAYER = 4
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs to know about a model, read off its module structure."""
+
+    model_type: str
+    params: int  # all parameters (a tied output head counted once)
+    quantizable_params: int  # weights that bitsandbytes stores in 4-bit under QLoRA (linear layers, not the head)
+    untied_head_params: int  # the output head's weight when not tied to the input embeddings, else 0
+    largest_linear: int  # elements of the largest quantizable weight (QLoRA dequantizes one at a time)
+    lora_dims: Mapping[str, int]  # linear leaf name -> sum over the model of (in_features + out_features)
+    expert_lora_dims: Mapping[str, int]  # fused expert parameter -> sum over the model of experts*(in + out)
+    default_targets: tuple[str, ...]  # the architecture's default LoRA target modules (targets.py)
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+    layer_activation_elements: int  # per token in one decoder layer: sum of (in + out) of the linear layers it
+    #   runs (experts: those a token is routed to) + the norms' vectors — what autograd keeps for backward
+    eager_attention_heads: int = 0  # heads whose (T x T) scores are materialised (no SDPA support), else 0
+
+    @classmethod
+    def from_config(cls, config, *, extrapolate: bool = False) -> ModelShape:
+        """Build the model on the meta device (no memory, no weights) and read its shape.
+
+        `extrapolate`: build it with 1 and 2 decoder layers only and extend the per-layer difference to all layers —
+        exact for models whose layers all have the same parameters, ~20x faster for big models. The catalog uses it
+        (a test checks it against the full build for every entry); other models get the full build.
+        """
+        if not extrapolate or int(config.num_hidden_layers) <= 2:
+            return _shape_from_config_json(config.to_json_string(use_diff=False))
+        one, two = (_shape_from_config_json(_with_layers(config, n)) for n in (1, 2))
+        n = int(config.num_hidden_layers)
+
+        def grow(a: int, b: int) -> int:
+            return a + (n - 1) * (b - a)
+
+        def grow_dims(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+            return {k: grow(a.get(k, 0), b.get(k, 0)) for k in sorted(set(a) | set(b))}
+
+        return dataclasses.replace(
+            two,
+            params=grow(one.params, two.params),
+            quantizable_params=grow(one.quantizable_params, two.quantizable_params),
+            lora_dims=grow_dims(one.lora_dims, two.lora_dims),
+            expert_lora_dims=grow_dims(one.expert_lora_dims, two.expert_lora_dims),
+            num_layers=n,
+        )
+
+    @classmethod
+    def from_model(cls, model) -> ModelShape:
+        from .targets import TARGET_PARAMETERS, _linear_types, default_target_modules
+
+        config = model.config
+        linear_types = _linear_types()
+        head = model.get_output_embeddings()
+        embeddings = model.get_input_embeddings()
+        tied = head is not None and embeddings is not None and head.weight is embeddings.weight
+
+        def n_elements(p) -> int:
+            return p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)  # two 4-bit values per byte
+
+        def in_out(module) -> tuple[int, int]:
+            if hasattr(module, "in_features"):
+                return module.in_features, module.out_features
+            return module.nx, module.nf  # transformers' Conv1D
+
+        params = sum(n_elements(p) for p in model.parameters())
+        quantizable = largest = 0
+        lora_dims: dict[str, int] = {}
+        for name, module in model.named_modules():
+            if isinstance(module, linear_types) and module is not head:
+                fan_in, fan_out = in_out(module)
+                if _bnb_quantizes(module):
+                    quantizable += fan_in * fan_out
+                    largest = max(largest, fan_in * fan_out)
+                leaf = name.rsplit(".", 1)[-1]
+                lora_dims[leaf] = lora_dims.get(leaf, 0) + fan_in + fan_out
+
+        expert_names = TARGET_PARAMETERS.get(config.model_type, [])
+        expert_lora_dims: dict[str, int] = {}
+        for name, p in model.named_parameters():
+            for wanted in expert_names:
+                if name.endswith(wanted) and p.dim() == 3:  # (experts, out, in)
+                    n_experts, fan_out, fan_in = p.shape
+                    expert_lora_dims[wanted] = expert_lora_dims.get(wanted, 0) + n_experts * (fan_in + fan_out)
+
+        hidden = int(config.hidden_size)
+        layers = _decoder_layers(model, int(config.num_hidden_layers))
+        per_token = _NORM_VECTORS_PER_LAYER * hidden
+        if layers is not None:
+            top_k = int(getattr(config, "num_experts_per_tok", 1) or 1)
+            for module in layers[0].modules():
+                if isinstance(module, linear_types):
+                    per_token += sum(in_out(module))
+            for p in layers[0].parameters():
+                if p.dim() == 3:  # fused experts: a token runs through top_k of them
+                    per_token += top_k * (p.shape[1] + p.shape[2])
+        supports_sdpa = getattr(type(model), "_supports_sdpa", True)
+        return cls(
+            model_type=config.model_type,
+            params=int(params),
+            quantizable_params=int(quantizable),
+            untied_head_params=0 if (tied or head is None) else int(head.weight.numel()),
+            largest_linear=int(largest),
+            lora_dims=dict(sorted(lora_dims.items())),
+            expert_lora_dims=expert_lora_dims,
+            default_targets=tuple(default_target_modules(model)[0]),
+            hidden_size=hidden,
+            num_layers=int(config.num_hidden_layers),
+            vocab_size=int(config.vocab_size),
+            layer_activation_elements=int(per_token),
+            eager_attention_heads=0 if supports_sdpa else int(config.num_attention_heads),
+        )
+
+
+def _bnb_quantizes(module) -> bool:
+    """Whether transformers' bitsandbytes integration turns this layer into 4-bit: only layers whose type is exactly
+    nn.Linear, or GPT-2's Conv1D (integrations/bitsandbytes.py, replace_with_bnb_linear). Subclasses such as Falcon's
+    FalconLinear stay in the compute dtype. Already-quantized layers (Linear4bit) count as quantized."""
+    import torch.nn as nn
+
+    name = type(module).__name__
+    return type(module) is nn.Linear or name in ("Conv1D", "Linear4bit", "Linear8bitLt")
+
+
+def _decoder_layers(model, n_layers: int):
+    """The ModuleList of decoder blocks (the first list with one entry per layer)."""
+    import torch.nn as nn
+
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    return None
+
+
+def _with_layers(config, n: int) -> str:
+    """The config as JSON with only the first `n` decoder layers (per-layer lists such as `layer_types` cut too)."""
+    import json
+
+    layers = int(config.num_hidden_layers)
+    data = json.loads(config.to_json_string(use_diff=False))
+    for key, value in data.items():
+        if isinstance(value, list) and len(value) == layers:
+            data[key] = value[:n]
+    key = next((k for k, v in getattr(config, "attribute_map", {}).items() if v and k == "num_hidden_layers"), None)
+    data[config.attribute_map[key] if key else "num_hidden_layers"] = n
+    return json.dumps(data, sort_keys=True)
+
+
+@lru_cache(maxsize=256)
+def _shape_from_config_json(config_json: str) -> ModelShape:
+    import json
+    import warnings
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    data = json.loads(config_json)
+    config = AutoConfig.for_model(data.pop("model_type"), **data)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            model = AutoModelForCausalLM.from_config(config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return ModelShape.from_model(model)
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """The choices of a training job that change its memory (the job spec's fields, see `from_spec`)."""
+
+    method: Literal["lora", "qlora"] = "lora"
+    batch_size: int = 1  # sequences per micro-batch
+    seq_len: int = 512  # tokens per sequence (the spec's cutoff_len: the longest a batch can be)
+    lora_r: int = 8
+    target_modules: tuple[str, ...] | None = None  # None: the architecture's defaults
+    lora_on_experts: bool = False  # also adapt fused MoE experts (PEFT target_parameters)
+    gradient_checkpointing: bool = False
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # compute dtype
+    device: Literal["cuda", "cpu"] = "cuda"
+    double_quant: bool = True  # QLoRA only
+    optimizer: str = "adamw"  # a key of OPTIMIZER_STATE_BYTES
+
+    def __post_init__(self):
+        for name in ("batch_size", "seq_len", "lora_r"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.method not in ("lora", "qlora"):
+            raise ValueError(f"method must be 'lora' or 'qlora', not {self.method!r}")
+        if self.precision not in _DTYPE_BYTES:
+            raise ValueError(f"precision must be one of {sorted(_DTYPE_BYTES)}, not {self.precision!r}")
+        if self.device not in FRAMEWORK_OVERHEAD_BYTES:
+            raise ValueError(f"device must be 'cuda' or 'cpu', not {self.device!r}")
+        if self.optimizer not in OPTIMIZER_STATE_BYTES:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATE_BYTES)}, not {self.optimizer!r}")
+
+    @classmethod
+    def from_spec(cls, spec, *, device: str | None = None) -> TrainingSetup:
+        """The setup a job spec asks for, on `device` (default: CUDA when present, else the CPU), with the
+        precision and optimizer resolved as the training recipe resolves them."""
+        from ..train.runtime import pick_runtime
+
+        p, d, t = spec.pretrainedmodel_config, spec.data_config, spec.training_config
+        runtime = pick_runtime(t.precision, device)
+        quantized = bool(p.use_quantization)
+        optimizer = t.optimizer
+        if optimizer == "auto":  # as train/recipe.py's _build_optimizer
+            optimizer = "paged_adamw_8bit" if (quantized and runtime.is_cuda) else "adamw"
+        return cls(
+            method="qlora" if quantized else "lora",
+            batch_size=t.batch_size,
+            seq_len=d.cutoff_len,
+            lora_r=p.lora_r,
+            target_modules=tuple(p.target_modules) if p.target_modules else None,
+            gradient_checkpointing=bool(p.use_gradient_checkpointing),
+            precision=runtime.precision,
+            device=runtime.device.type,
+            double_quant=bool(p.double_quantization),
+            optimizer=optimizer if optimizer in OPTIMIZER_STATE_BYTES else "adamw",
+        )
+
+
+# The smallest footprint any job could have: what a model must fit in to be trainable on a device at all.
+MINIMAL_SETUP = TrainingSetup(method="qlora", batch_size=1, seq_len=256, lora_r=8, gradient_checkpointing=True)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per term; `total` is the estimated peak."""
+
+    weights: int  # the frozen base model, as stored during training
+    lora: int  # LoRA parameters
+    gradients: int  # gradients of the LoRA parameters
+    optimizer: int  # optimizer state
+    activations: int  # tensors autograd keeps for the backward pass
+    logits: int  # output-head logits and their gradient for one loss chunk
+    workspace: int  # QLoRA: one weight dequantized to the compute dtype
+    overhead: int  # CUDA context / interpreter and libraries
+    loading: int  # peak while loading the weights (before training starts), without overhead
+    trainable_params: int
+    setup: TrainingSetup = field(compare=False)
+
+    @property
+    def training(self) -> int:
+        return (self.weights + self.lora + self.gradients + self.optimizer + self.activations + self.logits
+                + self.workspace + self.overhead)
+
+    @property
+    def total(self) -> int:
+        return max(self.training, self.loading + self.overhead)
+
+    def to_dict(self) -> dict:
+        terms = ("weights", "lora", "gradients", "optimizer", "activations", "logits", "workspace", "overhead",
+                 "loading")
+        return {
+            "total_bytes": self.total,
+            "total_gib": round(self.total / GiB, 2),
+            "breakdown_bytes": {name: getattr(self, name) for name in terms},
+            "trainable_params": self.trainable_params,
+            "setup": dataclasses.asdict(self.setup),
+        }
+
+    def describe(self) -> str:
+        """One line: total and the biggest terms, for error messages and logs."""
+        terms = {"weights": self.weights, "activations": self.activations, "optimizer+gradients+LoRA":
+                 self.lora + self.gradients + self.optimizer, "logits": self.logits, "overhead": self.overhead}
+        parts = ", ".join(f"{name} {format_bytes(size)}" for name, size in terms.items() if size >= 0.05 * GiB)
+        return f"{format_bytes(self.total)} ({parts})"
+
+
+def format_bytes(n: int | float) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = None, **changes) -> MemoryEstimate:
+    """Peak memory of LoRA or QLoRA training of `model` with `setup` (fields of TrainingSetup may be given as
+    keywords instead: `estimate_training_memory(shape, method="qlora", batch_size=4)`)."""
+    s = dataclasses.replace(setup or TrainingSetup(), **changes)
+    compute = _DTYPE_BYTES[s.precision]
+    on_cpu = s.device == "cpu"
+    other = model.params - model.quantizable_params  # embeddings, norms, biases, the head, fused experts
+
+    # -- weights (see the module docstring for why each part has the dtype it has)
+    if s.method == "qlora":
+        bits = NF4_BITS + NF4_CONSTANT_BITS[s.double_quant]
+        weights = model.quantizable_params * bits / 8 + other * (QLORA_UNQUANTIZED_BYTES or compute)
+        # transformers quantizes tensor by tensor while loading: no full-precision copy of the model exists.
+        loading = weights
+        workspace = model.largest_linear * compute
+    elif on_cpu:
+        # load_base_model: fp32 from_pretrained, then frozen linear weights (untied head included) -> compute dtype
+        low = model.quantizable_params + model.untied_head_params
+        weights = low * compute + (model.params - low) * 4
+        loading = model.params * 4
+        workspace = 0
+    else:
+        weights = model.params * compute
+        loading = weights
+        workspace = 0
+
+    # -- LoRA (Hu et al. 2021, arXiv:2106.09685): r * (in + out) parameters per adapted m x n weight
+    targets = s.target_modules or model.default_targets
+    per_rank = sum(model.lora_dims.get(name, 0) for name in targets)
+    if s.lora_on_experts:
+        per_rank += sum(model.expert_lora_dims.values())  # PEFT target_parameters: one rank-r update per expert
+    trainable = s.lora_r * per_rank
+    lora = trainable * LORA_PARAM_BYTES
+    gradients = trainable * LORA_PARAM_BYTES
+    optimizer = trainable * OPTIMIZER_STATE_BYTES[s.optimizer]
+
+    # -- activations. Autograd keeps, per token and layer, the inputs of every linear layer (needed for the input
+    # gradient and for LoRA's A gradient) and the outputs feeding nonlinearities — `layer_activation_elements`, the
+    # same accounting as Korthikanti et al. 2022 (arXiv:2205.05198, sec. 4.1: ~34·s·b·h bytes per GPT layer in 16-bit
+    # incl. dropout masks) without dropout masks (tuneforge's default lora_dropout is 0) and, with SDPA, without the
+    # (T x T) attention scores. Under autocast these are in the compute dtype.
+    tokens = s.batch_size * s.seq_len
+    per_layer = tokens * model.layer_activation_elements * compute
+    # Eager attention (no SDPA, e.g. Gemma 2's soft-capping) keeps per head the fp32 softmax output and two
+    # compute-dtype copies (the soft-capped scores, the probabilities cast back).
+    per_layer += s.batch_size * model.eager_attention_heads * s.seq_len**2 * (4 + 2 * compute)
+    if s.gradient_checkpointing:
+        # Only each layer's input is kept (in the residual stream's dtype: fp32 on the CPU, whose LoRA embeddings are
+        # fp32), and one layer's activations are rebuilt at a time in backward (Chen et al. 2016, arXiv:1604.06174).
+        residual = 4 if (on_cpu or s.precision == "fp32") else compute
+        activations = tokens * model.num_layers * model.hidden_size * residual + per_layer
+    else:
+        activations = model.num_layers * per_layer
+
+    # -- logits. train/loss.py runs the head on target positions only, CHUNK_TOKENS at a time, and recomputes each
+    # chunk in backward: one chunk's logits live at once — the head output in the compute dtype, its fp32 copy, and
+    # cross-entropy's fp32 gradient. Architectures outside FAST_PATH_TYPES use the model's forward: every position.
+    from ..train.loss import CHUNK_TOKENS, FAST_PATH_TYPES
+
+    positions = min(tokens, CHUNK_TOKENS) if model.model_type in FAST_PATH_TYPES else tokens
+    logits = positions * model.vocab_size * (compute + 4 + 4)
+
+    return MemoryEstimate(
+        weights=int(weights), lora=int(lora), gradients=int(gradients), optimizer=int(optimizer),
+        activations=int(activations), logits=int(logits), workspace=int(workspace),
+        overhead=FRAMEWORK_OVERHEAD_BYTES[s.device], loading=int(loading), trainable_params=int(trainable), setup=s,
+    )
+
+
+def device_memory(device: str | None = None) -> tuple[int, str]:
+    """(bytes available for training, what was measured): total memory of the CUDA device, or the system memory
+    available now (MemAvailable) on the CPU."""
+    import torch
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return int(props.total_memory), f"total memory of CUDA device {index} ({props.name})"
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available system memory"
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "available system memory"
