@@ -81,6 +81,12 @@ def _cmd_spec(args) -> int:
     return 0
 
 
+def _cmd_models(args) -> int:
+    from .models.listing import run_models
+
+    return run_models(args)
+
+
 def _cmd_data_validate(args) -> int:
     from .data.cli import run_validate
 
@@ -148,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.set_defaults(func=_cmd_spec)
+
+    p = sub.add_parser("models", help="list the model catalog with estimated LoRA/QLoRA memory (--json for all fields)")
+    from .models.listing import add_models_arguments
+
+    add_models_arguments(p)
+    p.set_defaults(func=_cmd_models)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True,
                                                                        metavar="COMMAND")

@@ -21,7 +21,7 @@ from ..data.example import IGNORE_INDEX
 
 FAST_PATH_TYPES = {
     "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "gemma", "gemma2",
-    "stablelm", "gpt2", "opt", "gptj", "gpt_neox", "falcon",
+    "stablelm", "gpt2", "opt", "gptj", "gpt_neox", "falcon", "phi", "starcoder2",
 }
 
 # Logits of this many target positions at once: 1024 x 49,152 fp32 = 200 MB peak for SmolLM2.
