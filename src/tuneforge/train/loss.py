@@ -57,7 +57,10 @@ def loss_sum(model, batch: dict[str, torch.Tensor], *, chunk_tokens: int = CHUNK
         flat = logits[:, :-1].float().reshape(-1, logits.size(-1))
         return F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"), n_targets
 
-    out = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    # No attention mask: batches are right-padded (see batching.collate), and under causal attention a real token
+    # never sees the padding after it, so the mask changes nothing that reaches the loss. Without it the
+    # attention runs as plain causal SDPA (the fused kernel) instead of materialising a (B, 1, T, T) float mask.
+    out = lm.get_decoder()(input_ids=batch["input_ids"], use_cache=False)
     hidden = out.last_hidden_state[:, :-1][mask]  # (N, C): only positions that predict a target
     selected = targets[mask]  # (N,)
     head = lm.get_output_embeddings()

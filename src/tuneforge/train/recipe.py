@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.example import IGNORE_INDEX, Example
+from ..data.example import Example
 from ..errors import TuneforgeError
 from ..spec import JobSpec
 from .batching import collate, epoch_batches
@@ -180,7 +180,7 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
     # ----------------------------------------------------------------------------------------------- setup
     from ..data import prepare_dataset
     from ..models.loader import load_tokenizer, resolve_model
-    from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts
+    from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts, weight_bytes
 
     wall_start = time.time()
     output_dir = Path(output_dir).expanduser().resolve()
@@ -367,6 +367,7 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
         "wall_time_seconds": time.time() - wall_start,
         "peak_memory_bytes": _peak_memory_bytes(runtime),
         "peak_memory_kind": "cuda_max_allocated" if runtime.is_cuda else "process_max_rss",
+        "weight_bytes": weight_bytes(model),
         "trainable_parameters": trainable,
         "total_parameters": total_params,
         "trainable_share": trainable / total_params,
