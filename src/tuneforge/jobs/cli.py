@@ -6,7 +6,6 @@ Each takes `--home` / `--db` (or TUNEFORGE_HOME / TUNEFORGE_DB), so they all act
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..errors import TuneforgeError
 
