@@ -74,6 +74,8 @@ TINY_CONFIGS: dict[str, dict] = {
     "starcoder2": dict(_LLAMA_STYLE, sliding_window=None),
     "qwen3_moe": dict(_LLAMA_STYLE, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                       decoder_sparse_step=1, mlp_only_layers=[], tie_word_embeddings=True),
+    # Not in the catalog: proves that an architecture tuneforge has no entry for trains with inspected targets.
+    "bloom": dict(hidden_size=64, n_layer=2, n_head=4, initializer_range=0.2),
 }
 
 

@@ -425,19 +425,28 @@ def get_entry(name: str) -> CatalogEntry | None:
     return _BY_ALIAS.get(low) or _BY_BASENAME.get(low)
 
 
+def _squeeze(text: str) -> str:
+    return "".join(ch for ch in text if ch.isalnum())
+
+
 def suggest(name: str, n: int = 3) -> list[str]:
-    """Catalog ids and aliases that look like `name` (a misspelt id, a partial name, another case)."""
+    """Catalog ids and aliases that look like `name` (a misspelt id, a partial name, another case), best first.
+
+    Scored by difflib's similarity against each entry's id, name after the owner and alias; a name that contains the
+    one given, punctuation aside, scores highest: 'Llama-3-8B-Instruct' finds
+    'Meta-Llama-3-8B-Instruct', 'llama3-70b' finds 'llama-3-70b-instruct'.
+    """
     low = name.strip().lower()
-    keys: dict[str, str] = {}  # lower-case candidate -> what to show
-    for entry in CATALOG:
-        keys[entry.id.lower()] = entry.id
-        keys[entry.id.split("/", 1)[1].lower()] = entry.id
-        keys[entry.alias] = entry.alias
     probe = low.split("/", 1)[1] if low.count("/") == 1 else low
-    hits = difflib.get_close_matches(low, list(keys), n=2 * n, cutoff=0.6)
-    hits += difflib.get_close_matches(probe, list(keys), n=2 * n, cutoff=0.6)
-    shown: list[str] = []
-    for hit in hits:
-        if keys[hit] not in shown:
-            shown.append(keys[hit])
-    return shown[:n]
+    scored: list[tuple[float, int, str]] = []
+    for order, entry in enumerate(CATALOG):
+        basename = entry.id.split("/", 1)[1].lower()
+        score = max(difflib.SequenceMatcher(None, a, b).ratio()
+                    for a in {low, probe} for b in (entry.id.lower(), basename, entry.alias))
+        squeezed, candidates = _squeeze(probe), (_squeeze(basename), _squeeze(entry.alias))
+        if len(squeezed) >= 4 and any(squeezed in c for c in candidates):
+            score = max(score, 0.99)
+        if score >= 0.6:
+            shown = entry.id if "/" in low else entry.alias  # answer in the form that was asked
+            scored.append((-score, order, shown))
+    return [shown for _, _, shown in sorted(scored)[:n]]

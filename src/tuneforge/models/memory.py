@@ -70,6 +70,8 @@ class ModelShape:
     model_type: str
     params: int  # all parameters (a tied output head counted once)
     quantizable_params: int  # weights that bitsandbytes stores in 4-bit under QLoRA (linear layers, not the head)
+    linear_params: int  # weights of nn.Linear layers (subclasses too, not Conv1D, not the head): what
+    #   models/lora.py casts to the compute dtype for LoRA on the CPU
     untied_head_params: int  # the output head's weight when not tied to the input embeddings, else 0
     largest_linear: int  # elements of the largest quantizable weight (QLoRA dequantizes one at a time)
     lora_dims: Mapping[str, int]  # linear leaf name -> sum over the model of (in_features + out_features)
@@ -105,6 +107,7 @@ class ModelShape:
             two,
             params=grow(one.params, two.params),
             quantizable_params=grow(one.quantizable_params, two.quantizable_params),
+            linear_params=grow(one.linear_params, two.linear_params),
             lora_dims=grow_dims(one.lora_dims, two.lora_dims),
             expert_lora_dims=grow_dims(one.expert_lora_dims, two.expert_lora_dims),
             num_layers=n,
@@ -112,6 +115,8 @@ class ModelShape:
 
     @classmethod
     def from_model(cls, model) -> ModelShape:
+        import torch.nn as nn
+
         from .targets import TARGET_PARAMETERS, _linear_types, default_target_modules
 
         config = model.config
@@ -129,11 +134,13 @@ class ModelShape:
             return module.nx, module.nf  # transformers' Conv1D
 
         params = sum(n_elements(p) for p in model.parameters())
-        quantizable = largest = 0
+        quantizable = largest = linear = 0
         lora_dims: dict[str, int] = {}
         for name, module in model.named_modules():
             if isinstance(module, linear_types) and module is not head:
                 fan_in, fan_out = in_out(module)
+                if isinstance(module, nn.Linear):
+                    linear += fan_in * fan_out
                 if _bnb_quantizes(module):
                     quantizable += fan_in * fan_out
                     largest = max(largest, fan_in * fan_out)
@@ -164,6 +171,7 @@ class ModelShape:
             model_type=config.model_type,
             params=int(params),
             quantizable_params=int(quantizable),
+            linear_params=int(linear),
             untied_head_params=0 if (tied or head is None) else int(head.weight.numel()),
             largest_linear=int(largest),
             lora_dims=dict(sorted(lora_dims.items())),
@@ -356,8 +364,9 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
         loading = weights
         workspace = model.largest_linear * compute
     elif on_cpu:
-        # load_base_model: fp32 from_pretrained, then frozen linear weights (untied head included) -> compute dtype
-        low = model.quantizable_params + model.untied_head_params
+        # load_base_model: fp32 from_pretrained, then frozen nn.Linear weights (untied head included; not GPT-2's
+        # Conv1D) -> compute dtype
+        low = model.linear_params + model.untied_head_params
         weights = low * compute + (model.params - low) * 4
         loading = model.params * 4
         workspace = 0

@@ -1,0 +1,168 @@
+"""The memory estimate: each term checked against what tuneforge's loader really stores, and its arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tiny import build_tokenizer, make_tiny_spec
+from tuneforge.models.catalog import get_entry
+from tuneforge.models.loader import resolve_model
+from tuneforge.models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model
+from tuneforge.models.memory import (GiB, NF4_BITS, NF4_CONSTANT_BITS, ModelShape, TrainingSetup,
+                                     estimate_training_memory)
+from tuneforge.train.loss import CHUNK_TOKENS
+from tuneforge.train.runtime import pick_runtime
+
+
+def _stored_bytes(model) -> int:
+    """Bytes the model's frozen weights occupy: parameters (tied ones once), 4-bit weights with their quantization
+    constants (double quantization: 8-bit absmax + fp32 second-level absmax and code tables)."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if t is not None and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        add(p)
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            add(state.absmax)
+            add(state.code)
+            if state.state2 is not None:
+                add(state.state2.absmax)
+                add(state.state2.code)
+    return total
+
+
+@pytest.fixture(scope="module")
+def wide_dirs(tmp_path_factory):
+    """Models wide enough (512) that per-tensor constants are noise next to the weights, saved as HF folders."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = build_tokenizer()
+    common = dict(vocab_size=len(tok), pad_token_id=0, eos_token_id=2, bos_token_id=None)
+    configs = {
+        "llama": AutoConfig.for_model("llama", hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                                      num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=False,
+                                      **common),
+        "gpt2": AutoConfig.for_model("gpt2", n_embd=512, n_layer=2, n_head=8, **common),
+        "falcon": AutoConfig.for_model("falcon", hidden_size=512, num_hidden_layers=2, num_attention_heads=8,
+                                       multi_query=True, parallel_attn=True, bias=False, **common),
+    }
+    folders = {}
+    for arch, config in configs.items():
+        folder = tmp_path_factory.mktemp(f"wide-{arch}")
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        folders[arch] = folder
+    return folders
+
+
+def test_nf4_storage_constants():
+    # QLoRA paper, sec. 3: 4 bits + 32/64 without double quantization, 4 + 8/64 + 32/(64*256) ≈ 4.127 with it.
+    assert NF4_BITS + NF4_CONSTANT_BITS[False] == 4.5
+    assert NF4_BITS + NF4_CONSTANT_BITS[True] == pytest.approx(4.127, abs=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "falcon"])
+def test_lora_weights_on_the_cpu_are_exact(arch, wide_dirs):
+    """LoRA on the CPU: nn.Linear weights in bf16 (not GPT-2's Conv1D), embeddings and norms in fp32."""
+    resolved = resolve_model(str(wide_dirs[arch]))
+    model = load_base_model(resolved, pick_runtime("bf16"))
+    shape = ModelShape.from_config(model.config)
+    estimate = estimate_training_memory(shape, device="cpu", precision="bf16")
+    assert estimate.weights == _stored_bytes(model)
+    assert estimate.loading == shape.params * 4  # from_pretrained loads fp32 before the cast
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "falcon"])
+def test_qlora_weights_match_bitsandbytes_storage(arch, wide_dirs):
+    resolved = resolve_model(str(wide_dirs[arch]))
+    runtime = pick_runtime("bf16")
+    model, _, _ = apply_lora(load_base_model(resolved, runtime, quant=QuantSettings("nf4", True)), LoraSettings(r=4),
+                             model_id=resolved.model_id, quantized=True, gradient_checkpointing=False, seed=0)
+    shape = ModelShape.from_config(model.get_base_model().config)
+    estimate = estimate_training_memory(shape, method="qlora", device="cpu", precision="bf16")
+    assert estimate.weights == pytest.approx(_stored_bytes(model), rel=0.02)
+    if arch == "falcon":  # transformers leaves FalconLinear unquantized: no saving, and the estimate knows it
+        assert shape.quantizable_params == 0
+    else:
+        lora = estimate_training_memory(shape, device="cuda", precision="bf16")
+        assert estimate.weights < 0.45 * lora.weights
+
+
+def test_terms_follow_the_setup():
+    shape = ModelShape.from_config(get_entry("llama-3-8b").transformers_config(), extrapolate=True)
+    base = TrainingSetup(batch_size=2, seq_len=1024)
+    e = estimate_training_memory(shape, base)
+    assert e.weights == shape.params * 2  # bf16 on CUDA
+    # LoRA r=8 on q,k,v,o,gate,up,down of Llama-3-8B: 21.0M parameters (as PEFT reports for this model).
+    assert e.trainable_params == 20_971_520
+    assert e.lora == e.gradients == 4 * e.trainable_params and e.optimizer == 8 * e.trainable_params
+    assert estimate_training_memory(shape, base, optimizer="paged_adamw_8bit").optimizer == 2 * e.trainable_params
+    assert estimate_training_memory(shape, base, lora_r=16).trainable_params == 2 * e.trainable_params
+    # Activations scale with tokens; checkpointing keeps one hidden vector per layer and token instead.
+    double = estimate_training_memory(shape, base, batch_size=4)
+    assert double.activations == 2 * e.activations
+    checkpointed = estimate_training_memory(shape, base, gradient_checkpointing=True)
+    assert checkpointed.activations < 0.1 * e.activations
+    # The loss computes the head on at most CHUNK_TOKENS positions at a time.
+    assert e.logits == CHUNK_TOKENS * shape.vocab_size * (2 + 4 + 4)
+    assert estimate_training_memory(shape, base, batch_size=8).logits == e.logits
+    # QLoRA: about a quarter of the weights.
+    q = estimate_training_memory(shape, base, method="qlora")
+    assert q.weights < 0.4 * e.weights and q.workspace > 0
+    assert e.total == e.training == sum(e.to_dict()["breakdown_bytes"][k] for k in
+                                        ("weights", "lora", "gradients", "optimizer", "activations", "logits",
+                                         "workspace", "overhead"))
+    json.dumps(e.to_dict())  # serialisable for `tuneforge models --json` and the API
+
+
+def test_known_model_sizes():
+    """Orders of magnitude everyone quotes: Llama-2-7B weights are ~12.6 GiB in bf16, ~3.7 GiB in NF4."""
+    shape = ModelShape.from_config(get_entry("llama-2-7b").transformers_config(), extrapolate=True)
+    assert estimate_training_memory(shape).weights / GiB == pytest.approx(12.55, abs=0.05)
+    assert 3.3 < estimate_training_memory(shape, method="qlora").weights / GiB < 3.9
+    # Mixtral's experts are not linear layers: QLoRA quantizes only ~3% of its weights.
+    mixtral = ModelShape.from_config(get_entry("mixtral-8x7b").transformers_config(), extrapolate=True)
+    assert mixtral.quantizable_params < 0.05 * mixtral.params
+    assert estimate_training_memory(mixtral, lora_on_experts=True).trainable_params > \
+        estimate_training_memory(mixtral).trainable_params
+
+
+def test_eager_attention_costs_quadratic_memory():
+    gemma2 = ModelShape.from_config(get_entry("gemma-2-2b-it").transformers_config(), extrapolate=True)
+    assert gemma2.eager_attention_heads == 8  # soft-capping: no SDPA
+    short = estimate_training_memory(gemma2, seq_len=1024).activations
+    long = estimate_training_memory(gemma2, seq_len=4096).activations
+    assert long > 4.5 * short
+
+
+def test_setup_from_a_job_spec(tmp_path):
+    spec = make_tiny_spec(tmp_path, tmp_path / "data.jsonl", batch_size=6,
+                          p={"use_quantization": True, "lora_r": 16, "use_gradient_checkpointing": True})
+    setup = TrainingSetup.from_spec(spec, device="cpu")
+    assert (setup.method, setup.batch_size, setup.seq_len, setup.lora_r, setup.gradient_checkpointing) == \
+        ("qlora", 6, 64, 16, True)
+    assert setup.device == "cpu" and setup.precision == "fp32" and setup.optimizer == "adamw"
+
+
+def test_bad_setups_are_refused():
+    for bad in ({"method": "full"}, {"batch_size": 0}, {"precision": "int8"}, {"optimizer": "sgd"}):
+        with pytest.raises(ValueError):
+            TrainingSetup(**bad)
+
+
+def test_shape_of_a_loaded_model_equals_the_meta_build(wide_dirs):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(wide_dirs["llama"], dtype=torch.float32)
+    assert ModelShape.from_model(model) == ModelShape.from_config(model.config)
