@@ -103,7 +103,7 @@ def format_table(rows: list[dict], setup: TrainingSetup) -> str:
     checkpointing = "with" if setup.gradient_checkpointing else "without"
     out += [
         "",
-        f"{len(rows)} models, {len(archs)} architectures. Memory: estimated peak for training on {setup.device} in "
+        f"{len(rows)} model{'s' * (len(rows) != 1)}, {len(archs)} architecture{'s' * (len(archs) != 1)}. Memory: estimated peak for training on {setup.device} in "
         f"{setup.precision}, batch {setup.batch_size} x {setup.seq_len} tokens, LoRA r={setup.lora_r} on the default "
         f"targets, {checkpointing} gradient checkpointing; QLoRA: 4-bit NF4 with double quantization"
         + (", paged 8-bit AdamW" if setup.device == "cuda" else "") + ".",
