@@ -58,9 +58,8 @@ FRAMEWORK_OVERHEAD_BYTES = {"cuda": int(0.5 * GiB), "cpu": int(0.5 * GiB)}
 # Bytes per unquantized parameter under QLoRA; None: the compute dtype's (see the module docstring).
 QLORA_UNQUANTIZED_BYTES: int | None = None
 
-# Per layer and token, besides the inputs and outputs of its linear layers, a decoder block keeps about four
-# hidden-size vectors for backward: the inputs and outputs of its two norms (and the residual adds need none).
-_NORM_VECTORS_PER_LAYER = 4
+# Per layer and token a decoder block keeps the inputs of its two norms for backward (RMSNorm/LayerNorm need them).
+_NORM_INPUTS_PER_LAYER = 2
 
 
 @dataclass(frozen=True)
@@ -80,9 +79,14 @@ class ModelShape:
     hidden_size: int
     num_layers: int
     vocab_size: int
-    layer_activation_elements: int  # per token in one decoder layer: sum of (in + out) of the linear layers it
-    #   runs (experts: those a token is routed to) + the norms' vectors — what autograd keeps for backward
+    layer_linears: Mapping[str, tuple[int, int]]  # one decoder layer: linear leaf name -> (in, out) features
+    layer_experts: tuple[int, int] = (0, 0)  # one layer, one routed expert: (sum of in, sum of out) of its weights
+    experts_per_token: int = 0  # mixture of experts: experts each token runs through
     eager_attention_heads: int = 0  # heads whose (T x T) scores are materialised (no SDPA support), else 0
+    attention_heads: int = 0
+    attention_dropout: float = 0.0  # in training mode SDPA then needs the (T x T) probabilities on the CPU
+    layer_extra_activations: int = 0  # per token and layer, saved by an activation written in Python (gelu_new)
+    conv1d_params: int = 0  # weights of GPT-2-style Conv1D layers (the CPU LoRA base keeps them fp32)
 
     @classmethod
     def from_config(cls, config, *, extrapolate: bool = False) -> ModelShape:
@@ -108,6 +112,7 @@ class ModelShape:
             params=grow(one.params, two.params),
             quantizable_params=grow(one.quantizable_params, two.quantizable_params),
             linear_params=grow(one.linear_params, two.linear_params),
+            conv1d_params=grow(one.conv1d_params, two.conv1d_params),
             lora_dims=grow_dims(one.lora_dims, two.lora_dims),
             expert_lora_dims=grow_dims(one.expert_lora_dims, two.expert_lora_dims),
             num_layers=n,
@@ -134,13 +139,15 @@ class ModelShape:
             return module.nx, module.nf  # transformers' Conv1D
 
         params = sum(n_elements(p) for p in model.parameters())
-        quantizable = largest = linear = 0
+        quantizable = largest = linear = conv1d = 0
         lora_dims: dict[str, int] = {}
         for name, module in model.named_modules():
             if isinstance(module, linear_types) and module is not head:
                 fan_in, fan_out = in_out(module)
                 if isinstance(module, nn.Linear):
                     linear += fan_in * fan_out
+                elif type(module).__name__ == "Conv1D":
+                    conv1d += fan_in * fan_out
                 if _bnb_quantizes(module):
                     quantizable += fan_in * fan_out
                     largest = max(largest, fan_in * fan_out)
@@ -157,16 +164,27 @@ class ModelShape:
 
         hidden = int(config.hidden_size)
         layers = _decoder_layers(model, int(config.num_hidden_layers))
-        per_token = _NORM_VECTORS_PER_LAYER * hidden
+        layer_linears: dict[str, tuple[int, int]] = {}
+        expert_in = expert_out = top_k = 0
         if layers is not None:
-            top_k = int(getattr(config, "num_experts_per_tok", 1) or 1)
-            for module in layers[0].modules():
+            for name, module in layers[0].named_modules():
                 if isinstance(module, linear_types):
-                    per_token += sum(in_out(module))
+                    fan_in, fan_out = in_out(module)
+                    leaf = name.rsplit(".", 1)[-1]
+                    old_in, old_out = layer_linears.get(leaf, (0, 0))
+                    layer_linears[leaf] = (old_in + fan_in, old_out + fan_out)
             for p in layers[0].parameters():
-                if p.dim() == 3:  # fused experts: a token runs through top_k of them
-                    per_token += top_k * (p.shape[1] + p.shape[2])
+                if p.dim() == 3:  # fused experts (experts, out, in)
+                    expert_in += p.shape[2]
+                    expert_out += p.shape[1]
+            if expert_out:
+                top_k = int(getattr(config, "num_experts_per_tok", 1) or 1)
         supports_sdpa = getattr(type(model), "_supports_sdpa", True)
+        # transformers' NewGELUActivation (GPT-2, GPT-J, Phi-2) is a chain of elementwise ops in Python: besides its
+        # input, autograd keeps ~3 more MLP-wide tensors (x^3, the tanh argument, the tanh) per token and layer.
+        activation = getattr(config, "hidden_act", None) or getattr(config, "activation_function", None)
+        mlp_width = max((fan_out for _, fan_out in layer_linears.values()), default=0)
+        dropout = max(float(getattr(config, key, 0.0) or 0.0) for key in ("attn_pdrop", "attention_dropout"))
         return cls(
             model_type=config.model_type,
             params=int(params),
@@ -180,8 +198,14 @@ class ModelShape:
             hidden_size=hidden,
             num_layers=int(config.num_hidden_layers),
             vocab_size=int(config.vocab_size),
-            layer_activation_elements=int(per_token),
+            layer_linears=dict(sorted(layer_linears.items())),
+            layer_experts=(int(expert_in), int(expert_out)),
+            experts_per_token=top_k,
             eager_attention_heads=0 if supports_sdpa else int(config.num_attention_heads),
+            attention_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+            attention_dropout=dropout,
+            layer_extra_activations=3 * mlp_width if activation == "gelu_new" else 0,
+            conv1d_params=int(conv1d),
         )
 
 
@@ -369,7 +393,9 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
         low = model.linear_params + model.untied_head_params
         weights = low * compute + (model.params - low) * 4
         loading = model.params * 4
-        workspace = 0
+        # Conv1D weights stay fp32, so autocast casts each to the compute dtype in every forward and autograd keeps
+        # the copy for the backward pass: a compute-dtype copy of all of them during a step.
+        workspace = model.conv1d_params * compute if compute != 4 else 0
     else:
         weights = model.params * compute
         loading = weights
@@ -385,20 +411,42 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
     gradients = trainable * LORA_PARAM_BYTES
     optimizer = trainable * OPTIMIZER_STATE_BYTES[s.optimizer]
 
-    # -- activations. Autograd keeps, per token and layer, the inputs of every linear layer (needed for the input
-    # gradient and for LoRA's A gradient) and the outputs feeding nonlinearities — `layer_activation_elements`, the
-    # same accounting as Korthikanti et al. 2022 (arXiv:2205.05198, sec. 4.1: ~34·s·b·h bytes per GPT layer in 16-bit
-    # incl. dropout masks) without dropout masks (tuneforge's default lora_dropout is 0) and, with SDPA, without the
-    # (T x T) attention scores. Under autocast these are in the compute dtype.
+    # -- activations: what autograd keeps for the backward pass, per token and decoder layer (measured layer by layer
+    # with torch.autograd.graph.saved_tensors_hooks; tests/models/test_memory.py checks the total that way):
+    # - each LoRA-adapted layer's input, once more: PEFT casts it for lora_A, and that copy is saved. The frozen base
+    #   weights need no saved input (their weight gradient is never computed);
+    # - every linear layer's output, consumed by attention (SDPA keeps q, k, v and its output), the MLP's activation
+    #   and product, or the residual add. With QLoRA these are fp32: bitsandbytes returns its input's dtype, and the
+    #   (fp32) norms feed it fp32 in Llama-style blocks (GPT-2's stay bf16: the main source of error below);
+    # - the inputs of the two norms, in the residual stream's dtype (fp32 on the CPU, where LoRA keeps the embeddings
+    #   in fp32, and under QLoRA);
+    # - Python-level activations (gelu_new) keep ~3 more MLP-wide tensors; attention dropout on the CPU keeps the
+    #   (T x T) probabilities (see below).
+    # Against saved-tensor measurements of 2-layer, 512-wide Llama, GPT-2 and Falcon blocks (LoRA bf16/fp32, QLoRA):
+    # measured/estimated 0.72-1.25. This is the accounting of Korthikanti et al. 2022 (arXiv:2205.05198, sec. 4.1: ~34·s·b·h bytes per GPT layer in
+    # 16-bit) for a frozen base, without dropout masks (tuneforge's default lora_dropout is 0) and, with SDPA, without
+    # the (T x T) attention scores.
     tokens = s.batch_size * s.seq_len
-    per_layer = tokens * model.layer_activation_elements * compute
+    output = 4 if (s.method == "qlora" or s.precision == "fp32") else compute
+    residual = compute if (not on_cpu and s.method == "lora" and s.precision != "fp32") else 4
+    adapted = set(targets)
+    per_token = sum(fan_in * compute for name, (fan_in, _) in model.layer_linears.items() if name in adapted)
+    per_token += sum(fan_out for _, fan_out in model.layer_linears.values()) * output
+    per_token += _NORM_INPUTS_PER_LAYER * model.hidden_size * residual
+    expert_in, expert_out = model.layer_experts
+    per_token += model.experts_per_token * (expert_out * output + (expert_in * compute if s.lora_on_experts else 0))
+    per_token += model.layer_extra_activations * output
+    per_layer = tokens * per_token
     # Eager attention (no SDPA, e.g. Gemma 2's soft-capping) keeps per head the fp32 softmax output and two
     # compute-dtype copies (the soft-capped scores, the probabilities cast back).
     per_layer += s.batch_size * model.eager_attention_heads * s.seq_len**2 * (4 + 2 * compute)
+    if model.attention_dropout > 0 and on_cpu and not model.eager_attention_heads:
+        # Attention dropout in training mode: the CPU's SDPA runs its math kernel, which keeps the fp32 attention
+        # probabilities and the dropped-out copy (CUDA's flash/memory-efficient kernels regenerate the dropout mask).
+        per_layer += s.batch_size * model.attention_heads * s.seq_len**2 * (4 + 4)
     if s.gradient_checkpointing:
-        # Only each layer's input is kept (in the residual stream's dtype: fp32 on the CPU, whose LoRA embeddings are
-        # fp32), and one layer's activations are rebuilt at a time in backward (Chen et al. 2016, arXiv:1604.06174).
-        residual = 4 if (on_cpu or s.precision == "fp32") else compute
+        # Only each layer's input is kept, and one layer's activations are rebuilt at a time in backward (Chen et al.
+        # 2016, arXiv:1604.06174).
         activations = tokens * model.num_layers * model.hidden_size * residual + per_layer
     else:
         activations = model.num_layers * per_layer
