@@ -118,3 +118,24 @@ def test_cli_prints_the_refusal(monkeypatch, capsys, nothing_loads):
     assert main(["generate", "hi", "--model", "mixtral-8x7b"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tuneforge: error: --model: 'mistralai/Mixtral-8x7B-v0.1' (46.70B parameters) is too large")
+
+
+@pytest.mark.parametrize("catalog_twin, refused", [("llama-3.1-70b-instruct", True), ("qwen2.5-0.5b-instruct", False)])
+def test_hub_model_outside_the_catalog_is_sized_from_its_config_json(catalog_twin, refused, monkeypatch, tmp_path):
+    """Only config.json is fetched (here: served from a folder), then the model is refused or passed to the loader."""
+    import huggingface_hub
+
+    from tuneforge.models.catalog import get_entry
+
+    get_entry(catalog_twin).transformers_config().save_pretrained(tmp_path)
+    fetched = []
+    monkeypatch.setattr(loader, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(loader, "_hf_cached_snapshot", lambda repo_id: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo_id, filename, **kw: fetched.append(filename) or str(tmp_path / filename))
+    _device_memory(monkeypatch, 16)
+    if refused:
+        assert "'someone/private-70b' (70.55B parameters) is too large" in _error("someone/private-70b")
+    else:
+        assert resolve_model("someone/small-model").load_from == "someone/small-model"
+    assert fetched == ["config.json"]

@@ -8,6 +8,8 @@ Resolution order for `model_path`:
    converted once into an ordinary HF folder under the tuneforge cache, then loaded from there;
 5. the hub itself (real `from_pretrained` download), checked for reachability first so an offline machine gets a
    clear error in seconds instead of a minute of retries.
+Before anything is loaded or downloaded, a model too large for the device by the memory estimate is refused
+(models/fit.py); its size comes from the catalog or from config.json alone.
 """
 
 from __future__ import annotations
@@ -62,8 +64,12 @@ def _hf_cached_snapshot(repo_id: str) -> str | None:
         return None
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+    if _hub_offline():
         return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
@@ -164,7 +170,7 @@ def resolve_model(model_path: str, *, field: str = "pretrainedmodel_config.model
                    "(owner/name)")
         else:
             why = ("is not in the catalog, not a local folder, not in the Hugging Face cache, and the hub cannot be "
-                   "reached" + (" (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""))
+                   "reached" + (" (HF_HUB_OFFLINE is set)" if _hub_offline() else ""))
         hints = [] if entry is not None else suggest(name)
         raise TuneforgeError(
             f"{field}: model {name!r} {why}" + (f"; close matches: {', '.join(hints)}" if hints else ""),
