@@ -115,7 +115,7 @@ def test_terms_follow_the_setup():
     checkpointed = estimate_training_memory(shape, base, gradient_checkpointing=True)
     assert checkpointed.activations < 0.1 * e.activations
     # The loss computes the head on at most CHUNK_TOKENS positions at a time.
-    assert e.logits == CHUNK_TOKENS * shape.vocab_size * (2 + 4 + 4)
+    assert e.logits == CHUNK_TOKENS * shape.vocab_size * (4 + 4 + 4 + 2)
     assert estimate_training_memory(shape, base, batch_size=8).logits == e.logits
     # QLoRA: about a quarter of the weights.
     q = estimate_training_memory(shape, base, method="qlora")

@@ -452,12 +452,14 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
         activations = model.num_layers * per_layer
 
     # -- logits. train/loss.py runs the head on target positions only, CHUNK_TOKENS at a time, and recomputes each
-    # chunk in backward: one chunk's logits live at once — the head output in the compute dtype, its fp32 copy, and
-    # cross-entropy's fp32 gradient. Architectures outside FAST_PATH_TYPES use the model's forward: every position.
+    # chunk in backward: one chunk's logits live at once. Its peak is in backward: cross-entropy's fp32 log-softmax
+    # (kept from the recomputed forward), the fp32 gradients of the log-softmax and of the logits, and the gradient of
+    # the head output in the compute dtype. Architectures outside FAST_PATH_TYPES use the model's own forward: every
+    # position's logits at once.
     from ..train.loss import CHUNK_TOKENS, FAST_PATH_TYPES
 
     positions = min(tokens, CHUNK_TOKENS) if model.model_type in FAST_PATH_TYPES else tokens
-    logits = positions * model.vocab_size * (compute + 4 + 4)
+    logits = positions * model.vocab_size * (4 + 4 + 4 + compute)
 
     return MemoryEstimate(
         weights=int(weights), lora=int(lora), gradients=int(gradients), optimizer=int(optimizer),
