@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..jobs.store import Store
 from ..settings import Settings
-from . import datasets, deploy, finetune
+from . import datasets, deploy, finetune, ui_support
 from .errors import install_error_handlers
 
 DESCRIPTION = """
@@ -40,4 +40,5 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.include_router(finetune.router)
     app.include_router(datasets.router)
     deploy.install(app, settings, app.state.store)  # /v1/deploy/... and the OpenAI-compatible routes
+    ui_support.install(app)  # the web UI at / and the small read-only routes it uses (catalog, schema, ...)
     return app

@@ -1,0 +1,276 @@
+"""Small read-only routes the web UI needs besides the fine-tuning API, and the UI's static files at `/`.
+
+- `GET /v1/me`: who the key belongs to (the UI's sign-in check).
+- `GET /v1/spec/schema`: the job spec's JSON schema; every field's `description` is the UI's help text.
+- `GET /v1/catalog/models`: the model catalog with LoRA/QLoRA memory estimates (`tuneforge models --json`).
+- `GET /v1/catalog/local`: model folders and data files in the server's allowed folders (what a job may name).
+- `GET /v1/catalog/estimate`: the LoRA and QLoRA memory estimate of one model for the form's settings.
+- `POST /v1/data/inspect`: a dataset's validation report for given reading options plus a token-length histogram;
+  nothing is stored (`POST /v1/datasets/{id}/validate` replaces the stored report instead).
+
+Everything here reads; the work is done by the same functions the CLI uses (models/listing.py, models/fit.py,
+data/validate.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import threading
+from pathlib import Path
+from typing import Literal
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import Field
+
+from ..errors import TuneforgeError
+from ..jobs import service
+from ..jobs.paths import PathPolicy, classify_data_path, classify_model_path
+from ..jobs.service import DatasetOptions
+from ..jobs.store import Principal
+from ..spec import JobSpec
+from .auth import get_principal
+
+UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+
+router = APIRouter(tags=["web UI support"])
+
+_ERRORS = {401: {"description": "Missing or invalid API key"}}
+_DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".pq", ".txt", ".arrow")
+_MAX_LISTED = 200
+
+
+@router.get("/v1/me", summary="Who this API key belongs to", responses=_ERRORS)
+def me(principal: Principal = Depends(get_principal)) -> dict:
+    return {"owner": principal.owner, "is_admin": principal.is_admin}
+
+
+@router.get("/v1/spec/schema", summary="The job spec's JSON schema (field help texts, limits) and its defaults",
+            responses=_ERRORS)
+def spec_schema(principal: Principal = Depends(get_principal)) -> dict:
+    """`schema`: `JobSpec.model_json_schema()`, whose field descriptions are the spec's own docs. `defaults`: a
+    spec with every default filled in (including those the schema cannot show, such as `data_split_config`);
+    `data_config.data_path` has no default and is left out."""
+    return _schema()
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
+    from ..spec import DataConfig
+
+    defaults = JobSpec(data_config=DataConfig(data_path="-")).to_dict(redact=False)
+    del defaults["data_config"]["data_path"]
+    return {"schema": JobSpec.model_json_schema(), "defaults": defaults}
+
+
+# The UI's heavier routes (catalog, estimates, inspection) run one at a time in worker threads: transformers'
+# lazily imported names are not safe to resolve from two threads at once (an ImportError for `AutoConfig` was seen),
+# and the catalog's first build (seconds) should happen once.
+_work_lock = threading.Lock()
+
+
+def _serialized(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with _work_lock:
+            return fn(*args, **kwargs)
+
+    return run
+
+
+@functools.lru_cache(maxsize=1)
+def _catalog() -> dict:
+    from ..models.listing import REFERENCE, catalog_rows
+
+    return {"reference_setup": dataclasses.asdict(REFERENCE), "models": catalog_rows(REFERENCE)}
+
+
+@router.get("/v1/catalog/models", summary="The model catalog with LoRA and QLoRA memory estimates",
+            responses=_ERRORS)
+async def catalog(principal: Principal = Depends(get_principal)) -> dict:
+    """As `tuneforge models --json`: each model's size, context, licence, LoRA targets, and the estimated peak
+    memory of LoRA and QLoRA training in the reference setup (`reference_setup`)."""
+
+    # The first call builds every entry on the meta device (seconds); later ones are cached.
+    return await anyio.to_thread.run_sync(_serialized(_catalog))
+
+
+def _policy(request: Request) -> PathPolicy:
+    return PathPolicy.from_settings(request.app.state.settings)
+
+
+@router.get("/v1/catalog/local", summary="Model folders and data files in the server's allowed folders",
+            responses=_ERRORS)
+def local_files(request: Request, principal: Principal = Depends(get_principal)) -> dict:
+    """Folders with a `config.json` (models) and data files, up to two levels below each allowed folder: the
+    local paths a job may name as `model_path` and `data_path`."""
+    settings = request.app.state.settings
+    policy = _policy(request)
+    models, datasets = [], []
+    for root in settings.allowed_dirs:
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            depth = len(Path(dirpath).relative_to(root).parts)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < 2 else []
+            path = Path(dirpath)
+            if "config.json" in filenames and len(models) < _MAX_LISTED:
+                try:
+                    policy.local(str(path), "model_path")
+                except TuneforgeError:
+                    continue
+                models.append({"path": str(path), "name": path.name, **_local_model_facts(path)})
+                dirnames[:] = []  # a model's subfolders are not models of their own
+                continue
+            for name in sorted(filenames):
+                if name.lower().endswith(_DATA_SUFFIXES) and len(datasets) < _MAX_LISTED:
+                    f = path / name
+                    try:
+                        policy.local(str(f), "data_path")
+                    except TuneforgeError:
+                        continue
+                    datasets.append({"path": str(f), "name": name, "size_bytes": f.stat().st_size})
+    return {"allowed_folders": [str(p) for p in settings.allowed_dirs], "models": models, "datasets": datasets}
+
+
+def _local_model_facts(folder: Path) -> dict:
+    import json
+
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {"architecture": None}
+    return {"architecture": cfg.get("model_type"), "context_length": cfg.get("max_position_embeddings")}
+
+
+@router.get("/v1/catalog/estimate", summary="Estimated training memory of one model, LoRA and QLoRA",
+            responses={**_ERRORS, 422: {"description": "Unknown model or invalid settings"}})
+async def estimate(request: Request, principal: Principal = Depends(get_principal),
+                   model_path: str = Query(..., description="A catalog id or alias, or a model folder in an allowed "
+                                                            "folder."),
+                   batch_size: int = Query(8, ge=1, le=4096), cutoff_len: int = Query(512, ge=1),
+                   lora_r: int = Query(8, ge=1, lt=2048), gradient_checkpointing: bool = Query(False),
+                   precision: Literal["auto", "fp32", "bf16", "fp16"] = Query("auto"),
+                   device: Literal["auto", "cuda", "cpu"] = Query("auto")) -> dict:
+    """What models/fit.py checks before a job loads its model: the peak memory of LoRA and of QLoRA training with
+    these settings on `device` (auto: CUDA when the server has it, else the CPU), and the memory there is."""
+    policy = _policy(request)
+
+    def work() -> dict:
+        import torch
+
+        from ..models.fit import model_shape
+        from ..models.memory import TrainingSetup, device_memory, estimate_training_memory
+        from ..train.runtime import cpu_has_bf16
+
+        folder = None
+        if classify_model_path(model_path) == "local":
+            folder = policy.local(model_path, "model_path")
+        shape = model_shape(model_path, folder)
+        if shape is None:
+            raise TuneforgeError(f"model_path: no size known for {model_path!r} (not in the catalog and no readable "
+                                 "config.json on the server)", field="model_path", value=model_path)
+        out = {"model_path": model_path, "params": shape.params, "architecture": shape.model_type}
+        # As TrainingSetup.from_spec resolves a spec on this server, but for any device: the catalog's reference
+        # columns are for a CUDA GPU even on a server without one.
+        dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        prec = precision
+        if prec == "auto":
+            prec = "bf16" if (dev == "cuda" or cpu_has_bf16()) else "fp32"
+        for method in ("lora", "qlora"):
+            setup = TrainingSetup(method=method, batch_size=batch_size, seq_len=cutoff_len, lora_r=lora_r,
+                                  gradient_checkpointing=gradient_checkpointing, precision=prec, device=dev,
+                                  optimizer="paged_adamw_8bit" if (method == "qlora" and dev == "cuda") else "adamw")
+            out[method] = estimate_training_memory(shape, setup).to_dict()
+        if dev == "cuda" and not torch.cuda.is_available():
+            out["device"] = {"type": dev, "available_bytes": None, "what": "no CUDA device on this server"}
+        else:
+            available, what = device_memory(dev)
+            out["device"] = {"type": dev, "available_bytes": available, "what": what}
+        return out
+
+    return await anyio.to_thread.run_sync(_serialized(work))
+
+
+class InspectRequest(DatasetOptions):
+    data_path: str = Field(..., min_length=1, description="An uploaded dataset id (`ds_...`) of yours, or a data "
+                                                         "file in the server's allowed folders.")
+    bins: int = Field(20, ge=1, le=200, description="Bars of the token-length histogram.")
+
+
+@router.post("/v1/data/inspect", summary="A dataset's validation report and token-length histogram (not stored)",
+             responses={**_ERRORS, 404: {"description": "No such dataset (or not yours)"}})
+async def inspect(body: InspectRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+    """The report for these reading options (as `POST /v1/datasets/{id}/validate`, without storing it), and, when
+    `model_path` gives a tokenizer, `token_histogram`: tokens per trainable example after `cutoff_len` (`edges` has
+    one more entry than `counts`; `truncated` examples were longer and are cut to `cutoff_len`)."""
+    store, policy = request.app.state.store, _policy(request)
+
+    def work() -> dict:
+        path = _data_file(body.data_path, store, principal, policy)
+        tokenizer = None
+        if body.model_path:
+            model_path = body.model_path
+            if classify_model_path(model_path) == "local":
+                model_path = policy.local(model_path, "model_path")
+            tokenizer = _tokenizer(model_path)
+        from ..data.validate import scan_path
+
+        result = scan_path(str(path), tokenizer=tokenizer, cutoff_len=body.cutoff_len,
+                           prompt_template=body.prompt_template, data_format=body.data_format,
+                           completion_column=body.completion_column, train_on_inputs=body.train_on_inputs,
+                           keep=tokenizer is not None)
+        report = result.report.to_dict()
+        if not body.data_path.startswith("ds_"):
+            report["source"] = body.data_path
+        lengths = [len(k.example) for k in result.kept if k.example is not None]
+        return {"data_path": body.data_path, "report": report,
+                "token_histogram": _histogram(lengths, body.bins, body.cutoff_len, report) if lengths else None}
+
+    return await anyio.to_thread.run_sync(_serialized(work))
+
+
+def _data_file(value: str, store, principal: Principal, policy: PathPolicy) -> str:
+    value = value.strip()
+    kind = classify_data_path(value)
+    if kind == "dataset":
+        return service.get_dataset(store, principal, value)["path"]
+    if kind in ("url", "scheme", "hub"):
+        raise TuneforgeError(f"data_path: {value!r}: only uploaded datasets and files in the server's allowed folders "
+                             "can be inspected here; hub datasets and URLs are checked when the job starts",
+                             field="data_path", value=value)
+    return policy.local(value, "data_path")
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(model_path: str):
+    from ..models.loader import load_tokenizer
+
+    return load_tokenizer(model_path)
+
+
+def _histogram(lengths: list[int], bins: int, cutoff: int, report: dict) -> dict:
+    lo, hi = min(lengths), max(lengths)
+    width = max(1, -(-(hi - lo + 1) // bins))  # ceil: integer-wide bars that cover lo..hi
+    start = lo // width * width
+    counts = [0] * ((hi - start) // width + 1)
+    for n in lengths:
+        counts[(n - start) // width] += 1
+    stats = report.get("token_stats") or {}
+    return {"edges": [start + i * width for i in range(len(counts) + 1)], "counts": counts, "cutoff_len": cutoff,
+            "truncated": stats.get("truncated", 0), "count": len(lengths)}
+
+
+# --------------------------------------------------------------------------------------------------- static UI
+def install(app: FastAPI) -> None:
+    """Mount the support routes, the UI's assets at `/ui/`, and its page at `/`."""
+    app.include_router(router)
+    app.mount("/ui", StaticFiles(directory=UI_DIR / "static"), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(UI_DIR / "static" / "index.html", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,1264 @@
+/* tuneforge web UI: plain JavaScript, no build step, no dependencies. Every page talks to the JSON API of the
+   server it is served from, with the API key the user signed in with (sessionStorage, or localStorage when
+   "remember" is ticked). Pages: #/signin, #/jobs, #/new, #/jobs/<id>, #/playground. */
+"use strict";
+(() => {
+  const KEY = "tuneforge.key";
+  const SVG = "http://www.w3.org/2000/svg";
+
+  // ------------------------------------------------------------------------------------------ small helpers
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  function build(el, attrs, children) {
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") el.setAttribute("class", v);
+      else if (k === "text") el.textContent = v;
+      else if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+      else if (k === "value" && "value" in el && el.namespaceURI !== SVG) el.value = v;
+      else if (k === "checked" || k === "selected") el[k] = !!v;
+      else el.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of [children].flat(Infinity)) {
+      if (c === null || c === undefined || c === false) continue;
+      el.append(c instanceof Node ? c : String(c));
+    }
+    return el;
+  }
+  const h = (tag, attrs, ...children) => build(document.createElement(tag), attrs, children);
+  const s = (tag, attrs, ...children) => build(document.createElementNS(SVG, tag), attrs, children);
+  // replaceChildren that, like h(), skips null/false children and flattens arrays.
+  const put = (el, ...children) => { el.replaceChildren(); return build(el, null, children); };
+
+  let uid = 0;
+  const newId = (prefix) => `${prefix}-${++uid}`;
+
+  function fmtNum(x, digits = 4) {
+    if (x === null || x === undefined || Number.isNaN(x)) return "—";
+    if (typeof x !== "number") return String(x);
+    if (x !== 0 && (Math.abs(x) < 1e-3 || Math.abs(x) >= 1e6)) return x.toExponential(2);
+    return String(+x.toPrecision(digits));
+  }
+  function fmtBytes(n) {
+    if (n === null || n === undefined) return "—";
+    const gib = n / 2 ** 30;
+    return gib >= 0.1 ? `${gib.toFixed(1)} GiB` : `${(n / 2 ** 20).toFixed(0)} MiB`;
+  }
+  function fmtDuration(sec) {
+    if (sec === null || sec === undefined) return "—";
+    sec = Math.round(sec);
+    if (sec < 60) return `${sec} s`;
+    if (sec < 3600) return `${Math.floor(sec / 60)} min ${sec % 60} s`;
+    return `${Math.floor(sec / 3600)} h ${Math.floor((sec % 3600) / 60)} min`;
+  }
+  function fmtTime(iso) {
+    if (!iso) return "—";
+    const d = new Date(iso);
+    return d.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+      second: "2-digit" });
+  }
+  function fmtParams(b) {
+    if (b === null || b === undefined) return "—";
+    if (b < 0.001) return `${+(b * 1e6).toPrecision(3)}K`;
+    return b < 1 ? `${Math.round(b * 1000)}M` : `${+b.toFixed(2)}B`;
+  }
+  const badge = (status) => h("span", { class: `badge ${status}` }, status);
+  const ACTIVE = new Set(["queued", "validating", "running"]);
+
+  function debounce(fn, ms) {
+    let t = null;
+    const wrapped = (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };
+    wrapped.cancel = () => clearTimeout(t);
+    return wrapped;
+  }
+
+  // ------------------------------------------------------------------------------------------ key and API
+  const auth = {
+    get key() { return sessionStorage.getItem(KEY) || localStorage.getItem(KEY); },
+    set(key, remember) {
+      sessionStorage.setItem(KEY, key);
+      if (remember) localStorage.setItem(KEY, key); else localStorage.removeItem(KEY);
+    },
+    clear() { sessionStorage.removeItem(KEY); localStorage.removeItem(KEY); me = null; },
+  };
+  let me = null;
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      const detail = body && (body.detail || (body.error && body.error.message));
+      super(typeof detail === "string" ? detail : `HTTP ${status}`);
+      this.status = status;
+      this.problems = (body && body.problems) || [];
+    }
+  }
+
+  async function api(path, { method = "GET", json, body, headers = {}, raw = false, signal, key } = {}) {
+    const hdrs = { Authorization: `Bearer ${key || auth.key}`, ...headers };
+    if (json !== undefined) { hdrs["Content-Type"] = "application/json"; body = JSON.stringify(json); }
+    const r = await fetch(path, { method, headers: hdrs, body, signal });
+    if (!r.ok) {
+      let b = null;
+      try { b = await r.json(); } catch (_) { b = { detail: r.statusText }; }
+      if (r.status === 401 && !key) { auth.clear(); location.hash = "#/signin"; }
+      throw new ApiError(r.status, b);
+    }
+    return raw ? r : r.json();
+  }
+
+  function alertBox(err, title) {
+    const box = h("div", { class: "alert", role: "alert" }, title ? h("strong", {}, title + " ") : null,
+      err instanceof Error ? err.message : String(err));
+    if (err && err.problems && err.problems.length > 1) {
+      box.append(h("ul", {}, err.problems.map((p) => h("li", {}, p.field ? h("code", {}, p.field) : null,
+        p.field ? ": " : "", p.message))));
+    }
+    return box;
+  }
+
+  // ------------------------------------------------------------------------------------------ router
+  let cleanups = [];
+  const onLeave = (fn) => cleanups.push(fn);
+
+  function every(ms, fn) {
+    // Run fn now and then every `ms` (fn may return a different delay) until the page is left.
+    let stopped = false, timer = null;
+    const tick = async () => {
+      if (stopped) return;
+      let next = ms;
+      try { const r = await fn(); if (typeof r === "number") next = r; } catch (e) { console.error(e); }
+      if (!stopped && next > 0) timer = setTimeout(tick, next);
+    };
+    tick();
+    onLeave(() => { stopped = true; clearTimeout(timer); });
+  }
+
+  const PAGES = {
+    signin: pageSignin,
+    jobs: (root, parts) => (parts[1] ? pageJob(root, decodeURIComponent(parts[1])) : pageJobs(root)),
+    new: pageNew,
+    playground: pagePlayground,
+  };
+
+  async function route() {
+    for (const fn of cleanups.splice(0)) { try { fn(); } catch (_) { /* page already gone */ } }
+    const [path, query] = location.hash.replace(/^#/, "").split("?");
+    const parts = path.split("/").filter(Boolean);
+    const params = new URLSearchParams(query || "");
+    let name = parts[0] || "jobs";
+    if (!auth.key && name !== "signin") { location.replace("#/signin"); return; }
+    if (!PAGES[name]) name = "jobs";
+    await chrome(name);
+    const main = $("#main");
+    const root = h("div", { class: `page page-${name}` });
+    put(main, root);
+    const done = PAGES[name](root, parts, params);
+    const heading = root.querySelector("h1");
+    // Move focus to the new page (its heading) unless the page put it somewhere itself (sign-in: the key field).
+    if (heading && !root.contains(document.activeElement)) { heading.tabIndex = -1; heading.focus({ preventScroll: true }); }
+    try { await done; } catch (e) { root.append(alertBox(e, "This page could not be loaded:")); }
+  }
+
+  async function chrome(name) {
+    const signedIn = !!auth.key && name !== "signin";
+    $("#nav").hidden = !signedIn;
+    $("#who").hidden = !signedIn;
+    for (const a of document.querySelectorAll("#nav a")) {
+      if (a.dataset.route === name) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+    }
+    if (signedIn && !me) {
+      try { me = await api("/v1/me"); } catch (_) { return; }
+    }
+    if (signedIn && me) $("#who-name").textContent = `Signed in as ${me.owner}${me.is_admin ? " (admin)" : ""}`;
+  }
+
+  // ------------------------------------------------------------------------------------------ sign in
+  async function pageSignin(root) {
+    document.title = "Sign in · tuneforge";
+    const err = h("div", { "aria-live": "assertive" });
+    const input = h("input", { type: "password", id: "api-key", name: "api-key", autocomplete: "off", required: true,
+      "aria-describedby": "api-key-help", spellcheck: "false" });
+    const remember = h("input", { type: "checkbox", id: "remember" });
+    const button = h("button", { type: "submit", class: "primary" }, "Sign in");
+    const form = h("form", { class: "panel signin", "aria-labelledby": "signin-title" },
+      h("h1", { id: "signin-title" }, "Sign in to tuneforge"),
+      h("div", { class: "field" },
+        h("label", { for: "api-key" }, "API key"), input,
+        h("span", { class: "help", id: "api-key-help" },
+          "An administrator creates keys on the server with ", h("code", {}, "tuneforge keys create NAME"), ".")),
+      h("div", { class: "field check", style: "margin-top:10px" }, remember,
+        h("label", { for: "remember" }, "Remember the key on this computer")),
+      h("div", { class: "row", style: "margin-top:14px" }, button), err);
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      put(err);
+      const key = input.value.trim();
+      if (!key) { err.append(alertBox("Enter an API key.")); input.focus(); return; }
+      button.disabled = true;
+      try {
+        me = await api("/v1/me", { key });
+        auth.set(key, remember.checked);
+        location.hash = "#/jobs";
+      } catch (e2) {
+        err.append(alertBox(e2.status === 401 ? "That API key is not valid (or has been revoked)." : e2));
+        input.setAttribute("aria-invalid", "true");
+        input.focus();
+      } finally {
+        button.disabled = false;
+      }
+    });
+    root.append(form);
+    input.focus();
+  }
+
+  // ------------------------------------------------------------------------------------------ jobs list
+  async function pageJobs(root) {
+    document.title = "Jobs · tuneforge";
+    const box = h("div", { class: "panel", "aria-live": "polite" }, h("p", { class: "muted" }, "Loading jobs…"));
+    root.append(h("div", { class: "row" }, h("h1", { class: "grow" }, "Fine-tuning jobs"),
+      h("a", { class: "button primary", href: "#/new" }, "Create new fine-tuning job")), box);
+    every(2000, async () => {
+      const data = await api("/v1/finetune/llm?limit=100");
+      put(box, jobsTable(data));
+      return data.jobs.some((j) => ACTIVE.has(j.status)) ? 2000 : 6000;
+    });
+  }
+
+  function jobsTable(data) {
+    if (!data.jobs.length) {
+      return h("p", {}, "No jobs yet. ", h("a", { href: "#/new" }, "Create your first fine-tuning job"), ".");
+    }
+    return h("table", { id: "jobs-table" },
+      h("caption", { class: "muted small", style: "text-align:left;caption-side:bottom;padding-top:6px" },
+        `${data.total} job${data.total === 1 ? "" : "s"}; updates live.`),
+      h("thead", {}, h("tr", {}, ["Job", "Status", "Base model", "Data", "Progress", "Train loss", "Best val. loss",
+        "Created"].map((t) => h("th", { scope: "col", class: /loss/.test(t) ? "num" : null }, t)))),
+      h("tbody", {}, data.jobs.map((j) => h("tr", { "data-job": j.job_id },
+        h("td", {}, h("a", { href: `#/jobs/${j.job_id}`, class: "mono" }, j.job_id.slice(0, 8))),
+        h("td", {}, badge(j.status), j.cancel_requested && j.status !== "cancelled" ? " (cancelling)" : "",
+          j.status === "queued" && j.queue_position ? h("span", { class: "muted small" }, ` #${j.queue_position}`) : ""),
+        h("td", {}, shortPath(j.model)),
+        h("td", {}, shortPath(j.data_path)),
+        h("td", {}, progressCell(j)),
+        h("td", { class: "num" }, fmtNum(j.losses.train_loss)),
+        h("td", { class: "num" }, fmtNum(j.losses.best_eval_loss)),
+        h("td", {}, fmtTime(j.created_at))))));
+  }
+
+  function shortPath(p) {
+    if (!p) return "—";
+    const last = p.split("/").filter(Boolean).pop();
+    return p.startsWith("/") ? h("span", { title: p }, `…/${last}`) : p;
+  }
+
+  function progressBar(percent, label) {
+    const pct = Math.max(0, Math.min(100, percent || 0));
+    return h("div", { class: "progress", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100",
+      "aria-valuenow": String(pct), "aria-label": label || "Progress" }, h("span", { style: `width:${pct}%` }));
+  }
+
+  function progressCell(j) {
+    const p = j.progress;
+    const text = p.total_steps ? `${p.step}/${p.total_steps}` : (j.status === "succeeded" ? "done" : "—");
+    return h("div", { class: "row", style: "gap:8px;flex-wrap:nowrap" }, progressBar(p.percent, `Progress of job ${j.job_id}`),
+      h("span", { class: "small mono" }, text),
+      ACTIVE.has(j.status) && p.eta_seconds !== null ? h("span", { class: "small muted" }, `ETA ${fmtDuration(p.eta_seconds)}`) : "");
+  }
+
+  // ------------------------------------------------------------------------------------------ charts (inline SVG)
+  function niceTicks(lo, hi, n = 5, integer = false) {
+    if (!(hi > lo)) { const pad = Math.abs(lo) * 0.1 || 1; lo -= pad; hi += pad; }
+    const raw = (hi - lo) / n;
+    const mag = 10 ** Math.floor(Math.log10(raw));
+    let step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((st) => st >= raw) || raw;
+    if (integer) step = Math.max(1, Math.round(step) === step ? step : Math.ceil(step / 2) * 2);
+    const start = Math.floor(lo / step) * step, end = Math.ceil(hi / step) * step;
+    const ticks = [];
+    for (let v = start; v <= end + step / 2; v += step) ticks.push(+v.toPrecision(10));
+    return ticks;
+  }
+
+  /* series: [{name, color, points: [[x, y], ...], dots}]; returns an <svg> with role=img and a text summary. */
+  function lineChart({ series, width = 720, height = 260, xLabel = "step", yLabel = "", id, summary }) {
+    const m = { l: 56, r: 14, t: 12, b: 38 };
+    const all = series.flatMap((se) => se.points);
+    const svg = s("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", id,
+      "aria-label": summary || `${yLabel} by ${xLabel}` });
+    svg.append(s("title", {}, summary || `${yLabel} by ${xLabel}`));
+    if (!all.length) {
+      svg.append(s("text", { x: width / 2, y: height / 2, "text-anchor": "middle" }, "No data yet"));
+      return svg;
+    }
+    const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
+    const xt = niceTicks(Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1), 5, xs.every(Number.isInteger));
+    const yt = niceTicks(Math.min(...ys), Math.max(...ys));
+    const [x0, x1, y0, y1] = [xt[0], xt[xt.length - 1], yt[0], yt[yt.length - 1]];
+    const X = (x) => m.l + ((x - x0) / (x1 - x0 || 1)) * (width - m.l - m.r);
+    const Y = (y) => height - m.b - ((y - y0) / (y1 - y0 || 1)) * (height - m.t - m.b);
+    for (const t of yt) {
+      svg.append(s("line", { class: "grid", x1: m.l, x2: width - m.r, y1: Y(t), y2: Y(t) }));
+      svg.append(s("text", { x: m.l - 6, y: Y(t) + 4, "text-anchor": "end" }, fmtNum(t, 3)));
+    }
+    for (const t of xt) {
+      svg.append(s("text", { x: X(t), y: height - m.b + 16, "text-anchor": "middle" }, fmtNum(t, 4)));
+    }
+    svg.append(s("line", { class: "axis", x1: m.l, x2: m.l, y1: m.t, y2: height - m.b }));
+    svg.append(s("line", { class: "axis", x1: m.l, x2: width - m.r, y1: height - m.b, y2: height - m.b }));
+    svg.append(s("text", { x: (m.l + width - m.r) / 2, y: height - 4, "text-anchor": "middle" }, xLabel));
+    svg.append(s("text", { x: 12, y: (m.t + height - m.b) / 2, "text-anchor": "middle",
+      transform: `rotate(-90 12 ${(m.t + height - m.b) / 2})` }, yLabel));
+    for (const se of series) {
+      if (!se.points.length) continue;
+      const pts = se.points.map(([x, y]) => `${X(x).toFixed(1)},${Y(y).toFixed(1)}`).join(" ");
+      svg.append(s("polyline", { points: pts, fill: "none", stroke: se.color, "stroke-width": 2,
+        "stroke-linejoin": "round", "data-series": se.name, "data-n": se.points.length }));
+      if (se.dots || se.points.length === 1) {
+        for (const [x, y] of se.points) svg.append(s("circle", { cx: X(x), cy: Y(y), r: 3.5, fill: se.color }));
+      }
+    }
+    return svg;
+  }
+
+  function legend(items) {
+    return h("div", { class: "legend", "aria-hidden": "true" },
+      items.map(([name, color]) => h("span", {}, h("i", { style: `background:${color}` }), name)));
+  }
+
+  function histogramChart(hist, { width = 560, height = 200 } = {}) {
+    const m = { l: 44, r: 12, t: 10, b: 36 };
+    const maxC = Math.max(...hist.counts, 1);
+    const yt = niceTicks(0, maxC, 4).filter((t) => Number.isInteger(t));
+    const yMax = yt[yt.length - 1] || maxC;
+    const xMin = hist.edges[0], xMax = hist.edges[hist.edges.length - 1];
+    const X = (x) => m.l + ((x - xMin) / (xMax - xMin || 1)) * (width - m.l - m.r);
+    const Y = (y) => height - m.b - (y / yMax) * (height - m.t - m.b);
+    const label = `Histogram of tokens per example: ${hist.count} examples, ${hist.counts.length} bars of ` +
+      `${hist.edges[1] - hist.edges[0]} tokens; cutoff_len ${hist.cutoff_len}, ${hist.truncated} truncated`;
+    const svg = s("svg", { class: "chart", id: "token-histogram", viewBox: `0 0 ${width} ${height}`, role: "img",
+      "aria-label": label }, s("title", {}, label));
+    for (const t of yt) {
+      svg.append(s("line", { class: "grid", x1: m.l, x2: width - m.r, y1: Y(t), y2: Y(t) }));
+      svg.append(s("text", { x: m.l - 6, y: Y(t) + 4, "text-anchor": "end" }, String(t)));
+    }
+    hist.counts.forEach((c, i) => {
+      const x = X(hist.edges[i]), w = Math.max(1, X(hist.edges[i + 1]) - x - 1);
+      svg.append(s("rect", { class: "bar", x, y: Y(c), width: w, height: Y(0) - Y(c), fill: "#2952cc" },
+        s("title", {}, `${hist.edges[i]}–${hist.edges[i + 1] - 1} tokens: ${c} examples`)));
+    });
+    // Label every bar's lower edge (bars of one token: the token count itself), at most ~10 labels.
+    const step = hist.edges[1] - hist.edges[0];
+    const stride = Math.max(1, Math.ceil(hist.counts.length / 10));
+    for (let i = 0; i < hist.counts.length; i += stride) {
+      const t = hist.edges[i];
+      svg.append(s("text", { x: (X(t) + X(t + step)) / 2, y: height - m.b + 15, "text-anchor": "middle" }, String(t)));
+    }
+    if (hist.cutoff_len <= xMax && hist.cutoff_len >= xMin) {
+      svg.append(s("line", { x1: X(hist.cutoff_len), x2: X(hist.cutoff_len), y1: m.t, y2: height - m.b,
+        stroke: "#c62828", "stroke-dasharray": "4 3" }));
+    }
+    svg.append(s("line", { class: "axis", x1: m.l, x2: width - m.r, y1: Y(0), y2: Y(0) }));
+    svg.append(s("text", { x: (m.l + width - m.r) / 2, y: height - 4, "text-anchor": "middle" },
+      "tokens per example (after cutoff_len)"));
+    return svg;
+  }
+
+  // ------------------------------------------------------------------------------------------ dataset report panel
+  function reportPanel(report, hist, tokenNote) {
+    const out = h("div", { class: "report", id: "data-report" });
+    const ok = report.ok;
+    out.append(h("p", { class: `verdict ${ok ? "ok" : "bad"}` },
+      ok ? `✓ Trainable: ${report.n_trainable.toLocaleString()} rows` :
+        `✗ Not trainable: ${report.n_errors.toLocaleString()} error${report.n_errors === 1 ? "" : "s"}` +
+        (report.n_rows ? ` in ${report.n_rows.toLocaleString()} rows` : "")));
+    const cols = Object.entries(report.columns || {});
+    out.append(h("dl", { class: "kv small" },
+      h("dt", {}, "Source"), h("dd", { class: "mono" }, report.source),
+      h("dt", {}, "Read as"), h("dd", {}, (report.source_format || "could not be read") +
+        (report.source_detail ? ` (${report.source_detail})` : "")),
+      h("dt", {}, "Format"), h("dd", {}, (report.format || "not determined") +
+        (report.format_detail ? ` (${report.format_detail})` : "")),
+      h("dt", {}, "Rows"), h("dd", {}, `${(report.n_rows || 0).toLocaleString()} (${(report.n_trainable || 0)
+        .toLocaleString()} without errors)`),
+      cols.length ? [h("dt", {}, "Columns"), h("dd", {}, cols.map(([n, t]) => `${n}: ${t}`).join(", "))] : null));
+    for (const note of report.notes || []) out.append(h("p", { class: "note small" }, note));
+
+    if (report.errors && report.errors.length) {
+      const shown = report.errors.length;
+      out.append(h("h3", {}, `Errors (${report.n_errors.toLocaleString()}` +
+        (shown < report.n_errors ? `; the first ${shown} shown` : "") + ")"));
+      out.append(h("div", { class: "scroll" }, h("table", { id: "data-errors" },
+        h("thead", {}, h("tr", {}, ["Line", "Row", "Field", "Problem"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, report.errors.map((e) => h("tr", { class: "data-error" },
+          h("td", { class: "num" }, e.line ?? "—"), h("td", { class: "num" }, e.row ?? "—"),
+          h("td", { class: "mono" }, e.field || "—"), h("td", {}, e.message)))))));
+    }
+    if (report.warnings && report.warnings.length) {
+      out.append(h("h3", {}, `Warnings (${report.warnings.length})`),
+        h("ul", { class: "small" }, report.warnings.map((w) => h("li", {}, w.message))));
+    }
+
+    out.append(h("h3", {}, "Token lengths"));
+    if (report.token_stats) {
+      const st = report.token_stats;
+      out.append(h("p", { class: "small", id: "token-stats" },
+        `${st.count.toLocaleString()} examples · min ${st.min} · median ${st.median} · p95 ${st.p95} · max ${st.max}` +
+        ` tokens · cutoff_len ${st.cutoff_len} · truncated ${st.truncated} (${(st.truncated_share * 100).toFixed(1)}%)`));
+      if (hist) out.append(histogramChart(hist));
+    } else {
+      out.append(h("p", { class: "small muted" }, tokenNote ||
+        "Token counts need a tokenizer: pick a base model the server can load (e.g. a model folder on the server)."));
+    }
+
+    const fe = report.first_example;
+    if (fe) {
+      const where = fe.line ? `line ${fe.line}` : `row ${fe.row}`;
+      out.append(h("h3", {}, `First example (${where}` + (fe.tokenized ? `, ${fe.n_tokens} tokens, ${fe.n_trained} trained` :
+        ", as text") + ")"));
+      out.append(h("p", { class: "small" }, "Exactly as the model sees it: ",
+        h("span", { class: "swatch masked" }, "masked: no loss"), " ",
+        h("span", { class: "swatch trained" }, "learned: loss computed")));
+      out.append(h("pre", { class: "example", id: "first-example" }, (fe.segments || []).map((seg) =>
+        h("span", { class: seg.trained ? "trained" : "masked", title: seg.trained ? "learned" : "masked (no loss)" },
+          h("span", { class: "sr-only" }, seg.trained ? "[learned] " : "[masked] "), seg.text))));
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------------------------------------ new job form
+  const LABELS = {
+    lora_r: "LoRA rank r", lora_alpha: "LoRA alpha", lora_dropout: "LoRA dropout", lora_bias: "LoRA bias",
+    use_gradient_checkpointing: "Gradient checkpointing", use_quantization: "QLoRA: 4-bit base model",
+    resume_checkpoint_path: "Resume from checkpoint", target_modules: "Target modules (comma-separated)",
+    quantization_type: "QLoRA data type", double_quantization: "QLoRA double quantization",
+    cutoff_len: "Cutoff length (tokens)", num_train_epochs: "Epochs", lr_scheduler_type: "Learning-rate schedule",
+    gradient_accumulation_steps: "Gradient accumulation steps", eval_steps: "Evaluate every N steps",
+    save_steps: "Checkpoint every N steps", max_grad_norm: "Max gradient norm", batch_size: "Batch size",
+    hf_token: "Hugging Face token", hf_model_path: "Push adapter to hub repo", use_wandb: "Log to Weights & Biases",
+    wandb_login_key: "W&B API key", wandb_username: "W&B entity", wandb_project: "W&B project",
+    wandb_run_name: "W&B run name", data_subset: "Dataset subset", data_split: "Dataset split",
+    validation_data_path: "Separate validation data", train_on_inputs: "Train on inputs (prompt) too",
+  };
+  const humanize = (name) => LABELS[name] || (name.charAt(0).toUpperCase() + name.slice(1)).replace(/_/g, " ")
+    .replace(/\blr\b/gi, "LR");
+  const helpText = (d) => (d || "").replace(/^\(tuneforge\)\s*/, "");
+
+  const PRIMARY = {
+    pretrainedmodel_config: ["lora_r", "lora_alpha", "lora_dropout", "use_gradient_checkpointing"],
+    data_config: ["cutoff_len"],
+    training_config: ["num_train_epochs", "max_steps", "batch_size", "learning_rate", "lr_scheduler_type",
+      "warmup_steps", "eval_steps", "gradient_accumulation_steps", "early_stopping_patience", "precision"],
+  };
+  // Fields set elsewhere on the page, or fixed (one allowed value), are not offered as inputs.
+  const SKIP = new Set(["pretrainedmodel_config.model_path", "pretrainedmodel_config.use_lora",
+    "pretrainedmodel_config.use_quantization", "pretrainedmodel_config.parallelization", "data_config.data_path",
+    "data_config.prompt_template", "data_config.data_split_config", "data_config.data_source_type",
+    "data_config.prevalidated", "training_config.preference_optimization"]);
+  const SECTIONS = [["pretrainedmodel_config", "PretrainedModelConfig", "LoRA"], ["data_config", "DataConfig", "Data"],
+    ["training_config", "TrainingConfig", "Training"], ["logging_config", "LoggingConfig", "Logging"],
+    ["hf_config", "HuggingfaceConfig", "Hugging Face"]];
+
+  /* One input generated from the spec's JSON schema: label, input prefilled with the default, the field's own
+     description as one-line help. Returns {el, key, get(), set(v), input}. */
+  function schemaField(section, name, prop, dflt) {
+    const key = `${section}.${name}`;
+    const id = `f-${section}-${name}`;
+    const helpId = `${id}-help`;
+    let type = prop.type, en = prop.enum, optional = false, inner = prop;
+    if (prop.anyOf) {
+      const nn = prop.anyOf.filter((x) => x.type !== "null");
+      optional = nn.length < prop.anyOf.length;
+      inner = nn[0] || {};
+      type = inner.type; en = inner.enum;
+    }
+    const help = h("span", { class: "help", id: helpId }, h("code", {}, name), " · ", helpText(prop.description));
+    const problem = h("span", { class: "problem", id: `${id}-problem`, "aria-live": "polite" });
+    let input, get, set;
+    if (type === "boolean") {
+      input = h("input", { type: "checkbox", id, name: key, "aria-describedby": helpId, checked: !!dflt });
+      get = () => input.checked; set = (v) => { input.checked = !!v; };
+      const el = h("div", { class: "field check" }, input, h("label", { for: id }, humanize(name)), help, problem);
+      return { el, key, get, set, input, problem };
+    }
+    if (en) {
+      input = h("select", { id, name: key, "aria-describedby": helpId },
+        optional ? h("option", { value: "" }, "(default)") : null,
+        en.map((v) => h("option", { value: v, selected: v === dflt }, v)));
+      get = () => (input.value === "" ? null : input.value); set = (v) => { input.value = v ?? ""; };
+    } else if (type === "integer" || type === "number") {
+      const min = inner.minimum ?? inner.exclusiveMinimum;
+      input = h("input", { type: "number", id, name: key, "aria-describedby": helpId, inputmode: "decimal",
+        step: type === "integer" ? "1" : "any", min: min ?? null, value: dflt ?? "",
+        placeholder: optional ? "automatic" : null });
+      get = () => {
+        const v = input.value.trim();
+        if (v === "") return optional ? null : dflt;
+        const n = Number(v);
+        return Number.isNaN(n) ? v : n;
+      };
+      set = (v) => { input.value = v ?? ""; };
+    } else if (type === "array") {
+      input = h("input", { type: "text", id, name: key, "aria-describedby": helpId, value: (dflt || []).join(", "),
+        placeholder: optional ? "automatic" : null });
+      get = () => { const v = input.value.split(",").map((x) => x.trim()).filter(Boolean); return v.length ? v : (optional ? null : []); };
+      set = (v) => { input.value = (v || []).join(", "); };
+    } else {
+      const secret = /token|key/.test(name);
+      input = h("input", { type: secret ? "password" : "text", id, name: key, "aria-describedby": helpId,
+        value: dflt ?? "", autocomplete: "off", placeholder: optional ? "(none)" : null });
+      get = () => (input.value === "" && optional ? null : input.value); set = (v) => { input.value = v ?? ""; };
+    }
+    const el = h("div", { class: "field" }, h("label", { for: id }, humanize(name)), input, help, problem);
+    return { el, key, get, set, input, problem };
+  }
+
+  async function pageNew(root) {
+    document.title = "New fine-tuning job · tuneforge";
+    root.append(h("h1", {}, "Create a fine-tuning job"));
+    const loading = h("p", { class: "muted" }, "Loading the job spec…");
+    root.append(loading);
+    const [{ schema, defaults }, local, uploaded] = await Promise.all([
+      api("/v1/spec/schema"), api("/v1/catalog/local"), api("/v1/datasets?limit=200")]);
+    loading.remove();
+    const defs = schema.$defs;
+    const fields = {};
+    const st = { model: null, dataPath: null, report: null, inspectSeq: 0 };
+
+    // ---- 1. base model --------------------------------------------------------------------------------------
+    const modelFs = h("fieldset", { class: "panel", id: "model-section" }, h("legend", {}, "1. Base model"));
+    const filter = h("input", { type: "text", id: "model-filter", placeholder: "e.g. llama, qwen, 7b",
+      "aria-controls": "model-table" });
+    const tbody = h("tbody", {});
+    const table = h("table", { id: "model-table" },
+      h("caption", { class: "small muted", style: "text-align:left;caption-side:bottom;padding:6px" },
+        "Memory columns: estimated peak for training, batch 1 × 1024 tokens, LoRA r=8, bf16 on a CUDA GPU with " +
+        "gradient checkpointing. The estimate for your own settings is shown below the table."),
+      h("thead", {}, h("tr", {}, ["Model", "Architecture", "Parameters", "Context", "LoRA", "QLoRA", "Licence"]
+        .map((t) => h("th", { scope: "col", class: /Param|Context|LoRA/.test(t) ? "num" : null }, t)))), tbody);
+    const otherRadio = h("input", { type: "radio", name: "model", id: "model-other", value: "" });
+    const otherInput = h("input", { type: "text", id: "model-other-path", placeholder: "owner/name or /path/on/server",
+      "aria-label": "Other model: hub id or model folder on the server" });
+    const estimateBox = h("div", { class: "note", id: "memory-estimate", "aria-live": "polite" }, "Pick a model.");
+    modelFs.append(
+      h("div", { class: "field", style: "max-width:360px;margin-bottom:8px" },
+        h("label", { for: "model-filter" }, "Filter models"), filter),
+      h("div", { class: "scroll", style: "max-height:300px" }, table),
+      h("div", { class: "row", style: "margin-top:10px" }, otherRadio,
+        h("label", { for: "model-other" }, "Another model:"), h("div", { class: "grow" }, otherInput)),
+      estimateBox);
+    root.append(modelFs);
+
+    const modelRows = [];
+    function addModelRow(value, cells, group) {
+      const rid = newId("model");
+      const radio = h("input", { type: "radio", name: "model", id: rid, value });
+      const tr = h("tr", { "data-model": value, "data-group": group },
+        h("td", {}, h("div", { class: "row", style: "gap:6px;flex-wrap:nowrap" }, radio,
+          h("label", { for: rid, style: "font-weight:500" }, cells.name))),
+        h("td", {}, cells.arch || "—"), h("td", { class: "num" }, cells.params || "—"),
+        h("td", { class: "num" }, cells.context ? cells.context.toLocaleString() : "—"),
+        h("td", { class: "num lora" }, cells.lora || "—"), h("td", { class: "num qlora" }, cells.qlora || "—"),
+        h("td", { class: "small" }, cells.licence || ""));
+      tbody.append(tr);
+      modelRows.push({ tr, radio, text: `${value} ${cells.name} ${cells.arch} ${cells.family || ""}`.toLowerCase() });
+      return tr;
+    }
+    if (local.models.length) {
+      tbody.append(h("tr", {}, h("th", { colspan: 7, scope: "colgroup" }, "On this server")));
+      for (const m of local.models) {
+        const tr = addModelRow(m.path, { name: m.name, arch: m.architecture, context: m.context_length,
+          licence: h("span", { class: "mono", title: m.path }, m.path) }, "local");
+        // Same reference setup as the catalog's columns.
+        api(`/v1/catalog/estimate?${new URLSearchParams({ model_path: m.path, batch_size: 1, cutoff_len: 1024,
+          lora_r: 8, gradient_checkpointing: true, precision: "bf16", device: "cuda" })}`).then((e) => {
+          tr.children[2].textContent = fmtParams(e.params / 1e9);
+          tr.querySelector(".lora").textContent = fmtBytes(e.lora.total_bytes);
+          tr.querySelector(".qlora").textContent = fmtBytes(e.qlora.total_bytes);
+        }).catch(() => {});
+      }
+    }
+    const catalogHead = h("tr", {}, h("th", { colspan: 7, scope: "colgroup" }, "Catalog (loading…)"));
+    tbody.append(catalogHead);
+    const catalogLoaded = api("/v1/catalog/models").then((cat) => {
+      catalogHead.firstChild.textContent = `Catalog (${cat.models.length} models)`;
+      for (const m of cat.models) {
+        addModelRow(m.id, { name: `${m.alias} · ${m.id}`, arch: m.architecture, family: m.family,
+          params: fmtParams(m.params_b) + (m.active_params_b ? ` (${m.active_params_b}B act.)` : ""),
+          context: m.context_length, lora: `${m.memory.lora.total_gib.toFixed(1)} GiB`,
+          qlora: `${m.memory.qlora.total_gib.toFixed(1)} GiB${m.qlora_4bit ? "" : "*"}`,
+          licence: (m.licence.split(" (")[0]) + (m.gated ? " · gated" : "") }, "catalog");
+      }
+      applyFilter();
+      if (!st.model) selectModel(defaults.pretrainedmodel_config.model_path);
+    }).catch((e) => { catalogHead.firstChild.textContent = `Catalog could not be loaded: ${e.message}`; });
+    onLeave(() => catalogLoaded.catch(() => {}));
+
+    function applyFilter() {
+      const q = filter.value.trim().toLowerCase();
+      for (const r of modelRows) r.tr.classList.toggle("hidden", !!q && !r.text.includes(q) && !r.radio.checked);
+    }
+    filter.addEventListener("input", applyFilter);
+
+    function selectModel(value) {
+      const row = modelRows.find((r) => r.radio.value === value);
+      if (row) { row.radio.checked = true; } else { otherRadio.checked = true; otherInput.value = value; }
+      onModelChange();
+    }
+    function currentModel() {
+      if (otherRadio.checked) return otherInput.value.trim() || null;
+      const r = modelRows.find((x) => x.radio.checked);
+      return r ? r.radio.value : null;
+    }
+    function onModelChange() {
+      st.model = currentModel();
+      for (const r of modelRows) r.tr.classList.toggle("selected", r.radio.checked);
+      updateEstimate();
+      reinspect();
+    }
+    modelFs.addEventListener("change", (e) => { if (e.target.name === "model") onModelChange(); });
+    otherInput.addEventListener("input", debounce(() => { if (otherInput.value.trim()) { otherRadio.checked = true; onModelChange(); } }, 500));
+
+    // ---- 2. dataset -----------------------------------------------------------------------------------------
+    const dataFs = h("fieldset", { class: "panel", id: "data-section" }, h("legend", {}, "2. Dataset"));
+    const mode = (v, label, checked) => h("label", {}, h("input", { type: "radio", name: "data-mode", value: v, checked }), label);
+    const fileInput = h("input", { type: "file", id: "dataset-file", accept: ".jsonl,.json,.ndjson,.csv,.tsv,.parquet",
+      "aria-describedby": "dataset-file-help" });
+    const uploadBtn = h("button", { type: "button", id: "upload-btn" }, "Upload and check");
+    const serverSelect = h("select", { id: "server-dataset" }, h("option", { value: "" }, "(choose a file)"),
+      local.datasets.map((d) => h("option", { value: d.path }, `${d.path} (${fmtBytes(d.size_bytes)})`)));
+    const pathInput = h("input", { type: "text", id: "server-dataset-path", placeholder: "/path/inside/an/allowed/folder.jsonl" });
+    const uploadedSelect = h("select", { id: "uploaded-dataset" }, h("option", { value: "" }, "(choose a dataset)"),
+      uploaded.datasets.map((d) => h("option", { value: d.id }, `${d.filename} · ${d.id} · ${d.n_rows ?? "?"} rows` +
+        (d.ok ? "" : " · has errors"))));
+    const panes = {
+      upload: h("div", { class: "row" }, h("div", { class: "field grow" },
+        h("label", { for: "dataset-file" }, "Dataset file"), fileInput,
+        h("span", { class: "help", id: "dataset-file-help" },
+          "JSON Lines, JSON, CSV/TSV or Parquet. Uploaded once to the server, then checked.")), uploadBtn),
+      server: h("div", { class: "grid" },
+        h("div", { class: "field" }, h("label", { for: "server-dataset" }, "Data file"), serverSelect,
+          h("span", { class: "help" }, `Files in ${local.allowed_folders.join(", ")}`)),
+        h("div", { class: "field" }, h("label", { for: "server-dataset-path" }, "…or its path on the server"), pathInput)),
+      previous: h("div", { class: "field" }, h("label", { for: "uploaded-dataset" }, "Uploaded dataset"), uploadedSelect),
+    };
+    const dataStatus = h("div", { id: "data-status", "aria-live": "polite" });
+    const reportBox = h("div", { id: "report-box" });
+    dataFs.append(h("div", { class: "tabs", role: "radiogroup", "aria-label": "Where the data comes from" },
+      mode("upload", "Upload a file", true), mode("server", "File on the server"), mode("previous", "Uploaded before")),
+    panes.upload, panes.server, panes.previous, dataStatus, reportBox);
+    root.append(dataFs);
+    const showPane = () => {
+      const v = dataFs.querySelector("input[name=data-mode]:checked").value;
+      for (const [k, el] of Object.entries(panes)) el.hidden = k !== v;
+    };
+    dataFs.addEventListener("change", (e) => { if (e.target.name === "data-mode") showPane(); });
+    showPane();
+
+    uploadBtn.addEventListener("click", async () => {
+      const f = fileInput.files[0];
+      if (!f) { put(dataStatus, alertBox("Choose a file first.")); fileInput.focus(); return; }
+      const form = new FormData();
+      form.append("file", f, f.name);
+      const tpl = templateArea.value.trim();
+      if (tpl) form.append("prompt_template", tpl);
+      uploadBtn.disabled = true;
+      put(dataStatus, h("p", { class: "muted" }, `Uploading ${f.name}…`));
+      try {
+        const ds = await api("/v1/datasets", { method: "POST", body: form });
+        uploadedSelect.append(h("option", { value: ds.id }, `${ds.filename} · ${ds.id}`));
+        put(dataStatus, h("p", { class: "small" }, "Uploaded as ", h("code", { id: "dataset-id" }, ds.id),
+          ` (${fmtBytes(ds.size_bytes)}).`));
+        useData(ds.id, ds.report);
+      } catch (e) {
+        put(dataStatus, alertBox(e, "Upload failed:"));
+      } finally {
+        uploadBtn.disabled = false;
+      }
+    });
+    serverSelect.addEventListener("change", () => { pathInput.value = serverSelect.value; if (serverSelect.value) useData(serverSelect.value); });
+    pathInput.addEventListener("change", () => { if (pathInput.value.trim()) useData(pathInput.value.trim()); });
+    uploadedSelect.addEventListener("change", () => { if (uploadedSelect.value) useData(uploadedSelect.value); });
+
+    function useData(path, firstReport) {
+      st.dataPath = path;
+      if (firstReport) showReport(firstReport, null, "Counting tokens…");
+      reinspect(true);
+    }
+
+    function showReport(report, hist, note) {
+      st.report = report;
+      put(reportBox, reportPanel(report, hist, note));
+      offerColumns(Object.keys(report.columns || {}));
+    }
+
+    const reinspect = debounce(async () => {
+      if (!st.dataPath) return;
+      const seq = ++st.inspectSeq;
+      const body = { data_path: st.dataPath, cutoff_len: fields["data_config.cutoff_len"].get(),
+        prompt_template: templateArea.value.trim() || null, train_on_inputs: !!(fields["data_config.train_on_inputs"] || { get: () => false }).get() };
+      const fmt = fields["data_config.data_format"]; if (fmt) body.data_format = fmt.get() || "auto";
+      const cc = fields["data_config.completion_column"]; if (cc && cc.get()) body.completion_column = cc.get();
+      let note = null;
+      if (st.model) body.model_path = st.model;
+      dataStatus.setAttribute("aria-busy", "true");
+      try {
+        let res;
+        try {
+          res = await api("/v1/data/inspect", { method: "POST", json: body });
+        } catch (e) {
+          if (!body.model_path || e.status === 404) throw e;
+          // The tokenizer could not be loaded (e.g. a hub model on an offline server): report without tokens.
+          note = `Token counts skipped: ${e.message}`;
+          delete body.model_path;
+          res = await api("/v1/data/inspect", { method: "POST", json: body });
+        }
+        if (seq !== st.inspectSeq) return;
+        showReport(res.report, res.token_histogram, note);
+      } catch (e) {
+        if (seq === st.inspectSeq) put(reportBox, alertBox(e, "The dataset could not be checked:"));
+      } finally {
+        dataStatus.removeAttribute("aria-busy");
+      }
+    }, 350);
+    onLeave(() => reinspect.cancel());
+
+    // ---- 3. prompt template ---------------------------------------------------------------------------------
+    const tplProp = defs.DataConfig.properties.prompt_template;
+    const templateArea = h("textarea", { id: "prompt-template", name: "data_config.prompt_template", rows: 4,
+      "aria-describedby": "prompt-template-help", placeholder: "Question: {question}\nAnswer: {answer}" });
+    const chips = h("div", { class: "row", id: "column-chips", style: "gap:6px;margin-top:6px" });
+    const tplFs = h("fieldset", { class: "panel", id: "template-section" }, h("legend", {}, "3. Prompt template"),
+      h("div", { class: "field" }, h("label", { for: "prompt-template" }, "Prompt template"), templateArea,
+        h("span", { class: "help", id: "prompt-template-help" }, h("code", {}, "prompt_template"), " · ",
+          helpText(tplProp.description))),
+      h("div", { class: "small", style: "margin-top:8px" }, h("span", { id: "chips-label" }, "Insert a column of the dataset:"), chips));
+    root.append(tplFs);
+    function offerColumns(cols) {
+      put(chips, ...(cols.length ? cols.map((c) => h("button", { type: "button", class: "chip",
+        "aria-label": `Insert column ${c}`, onclick: () => insertAtCursor(templateArea, `{${c}}`) }, `{${c}}`)) :
+        [h("span", { class: "muted" }, "(choose a dataset to see its columns)")]));
+    }
+    offerColumns([]);
+    function insertAtCursor(area, text) {
+      const { selectionStart: a, selectionEnd: b, value } = area;
+      area.value = value.slice(0, a) + text + value.slice(b);
+      area.focus();
+      area.selectionStart = area.selectionEnd = a + text.length;
+      area.dispatchEvent(new Event("input"));
+    }
+    templateArea.addEventListener("input", () => reinspect());
+
+    // ---- 4. training settings -------------------------------------------------------------------------------
+    const hpFs = h("fieldset", { class: "panel", id: "settings-section" }, h("legend", {}, "4. Training settings"));
+    const qProp = defs.PretrainedModelConfig.properties.use_quantization;
+    const qlora = h("input", { type: "checkbox", role: "switch", id: "qlora-switch", name: "pretrainedmodel_config.use_quantization",
+      "aria-describedby": "qlora-help", checked: !!defaults.pretrainedmodel_config.use_quantization });
+    hpFs.append(h("div", { class: "switch" }, qlora, h("div", {},
+      h("label", { for: "qlora-switch" }, "QLoRA: 4-bit base model"),
+      h("div", { class: "help small muted", id: "qlora-help" }, h("code", {}, "use_quantization"), " · ", helpText(qProp.description)))));
+    const primaryGrid = h("div", { class: "grid", style: "margin-top:14px" });
+    const splitDefault = (defaults.data_config.data_split_config || {}).validation ?? 0;
+    const splitInput = h("input", { type: "number", id: "f-validation-share", min: "0", max: "0.9", step: "0.05",
+      value: splitDefault, "aria-describedby": "f-validation-share-help" });
+    primaryGrid.append(h("div", { class: "field" }, h("label", { for: "f-validation-share" }, "Validation share"),
+      splitInput, h("span", { class: "help", id: "f-validation-share-help" }, h("code", {}, "data_split_config"), " · ",
+        helpText(defs.DataConfig.properties.data_split_config.description))));
+    const advanced = h("details", { id: "advanced" }, h("summary", {}, "Advanced settings"));
+    hpFs.append(primaryGrid, advanced);
+    for (const [section, def, title] of SECTIONS) {
+      const props = defs[def].properties;
+      const grid = h("div", { class: "grid" });
+      for (const name of Object.keys(props)) {
+        const key = `${section}.${name}`;
+        if (SKIP.has(key)) continue;
+        const f = schemaField(section, name, props[name], (defaults[section] || {})[name]);
+        fields[key] = f;
+        ((PRIMARY[section] || []).includes(name) ? primaryGrid : grid).append(f.el);
+      }
+      if (grid.children.length) advanced.append(h("h3", {}, title), grid);
+    }
+    root.append(hpFs);
+
+    const updateEstimate = debounce(async () => {
+      if (!st.model) { estimateBox.textContent = "Pick a model."; return; }
+      const q = new URLSearchParams({ model_path: st.model, batch_size: fields["training_config.batch_size"].get(),
+        cutoff_len: fields["data_config.cutoff_len"].get(), lora_r: fields["pretrainedmodel_config.lora_r"].get(),
+        gradient_checkpointing: fields["pretrainedmodel_config.use_gradient_checkpointing"].get(),
+        precision: fields["training_config.precision"].get() });
+      try {
+        const e = await api(`/v1/catalog/estimate?${q}`);
+        const pick = qlora.checked ? "qlora" : "lora";
+        const part = (m, label) => h(m === pick ? "strong" : "span", {}, `${label} ${fmtBytes(e[m].total_bytes)}`);
+        put(estimateBox, ...[h("span", {}, "Selected ", h("code", {}, st.model), ` (${fmtParams(e.params / 1e9)} parameters). `,
+          `Estimated peak memory with the settings below on ${e.device.type} (${e.lora.setup.precision}): `),
+        part("lora", "LoRA"), " · ", part("qlora", "QLoRA"),
+        h("span", { class: "muted" }, ` — ${e.device.what}` +
+          (e.device.available_bytes !== null ? `: ${fmtBytes(e.device.available_bytes)}.` : ".")),
+        e.device.available_bytes !== null && e[pick].total_bytes > e.device.available_bytes ?
+          h("div", { class: "alert" }, "This would not fit: try QLoRA, a smaller batch or cutoff length, or gradient checkpointing.") : null]
+          .filter(Boolean));
+      } catch (e) {
+        put(estimateBox, `Selected `, h("code", {}, st.model), `. No memory estimate: ${e.message}`);
+      }
+    }, 300);
+    onLeave(() => updateEstimate.cancel());
+    for (const k of ["training_config.batch_size", "data_config.cutoff_len", "pretrainedmodel_config.lora_r",
+      "pretrainedmodel_config.use_gradient_checkpointing", "training_config.precision"]) {
+      fields[k].input.addEventListener("change", updateEstimate);
+    }
+    qlora.addEventListener("change", updateEstimate);
+    fields["data_config.cutoff_len"].input.addEventListener("change", () => reinspect());
+
+    // ---- submit ---------------------------------------------------------------------------------------------
+    const problemsBox = h("div", { id: "form-problems", tabindex: "-1" });
+    const submit = h("button", { type: "submit", class: "primary", id: "create-job" }, "Create fine-tuning job");
+    const form = h("form", { id: "new-job", novalidate: true, "aria-labelledby": "new-job-title" });
+    // The fieldsets were appended to root for progressive rendering; move them into the form.
+    form.append(modelFs, dataFs, tplFs, hpFs, h("div", { class: "panel" }, problemsBox,
+      h("div", { class: "row" }, submit, h("span", { class: "muted small" },
+        "The job is queued at once; its page shows the loss curves as it trains."))));
+    root.querySelector("h1").id = "new-job-title";
+    root.append(form);
+
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      put(problemsBox);
+      for (const f of Object.values(fields)) { f.input.removeAttribute("aria-invalid"); f.problem.textContent = ""; }
+      const missing = [];
+      if (!st.model) missing.push("Pick a base model (section 1).");
+      if (!st.dataPath) missing.push("Choose a dataset (section 2).");
+      if (st.report && !st.report.ok) missing.push("The dataset check found errors: fix the data or the template first.");
+      if (missing.length) {
+        problemsBox.append(h("div", { class: "alert", role: "alert" }, h("ul", {}, missing.map((m) => h("li", {}, m)))));
+        problemsBox.focus();
+        return;
+      }
+      const spec = { pretrainedmodel_config: { model_path: st.model, use_quantization: qlora.checked },
+        data_config: { data_path: st.dataPath, prompt_template: templateArea.value.trim() || null },
+        training_config: {}, logging_config: {}, hf_config: {} };
+      const share = Number(splitInput.value || 0);
+      spec.data_config.data_split_config = share > 0 ? { train: +(1 - share).toFixed(4), validation: share } : { train: 1 };
+      for (const [key, f] of Object.entries(fields)) {
+        const [section, name] = key.split(".");
+        spec[section][name] = f.get();
+      }
+      submit.disabled = true;
+      try {
+        const job = await api("/v1/finetune/llm", { method: "POST", json: spec });
+        location.hash = `#/jobs/${job.job_id}`;
+      } catch (err) {
+        problemsBox.append(alertBox(err, "The job was not created:"));
+        for (const p of err.problems || []) {
+          const f = fields[p.field];
+          if (f) { f.input.setAttribute("aria-invalid", "true"); f.problem.textContent = p.message; }
+        }
+        problemsBox.focus();
+      } finally {
+        submit.disabled = false;
+      }
+    });
+
+    if (local.models.length) selectModel(local.models[0].path);
+  }
+
+  // ------------------------------------------------------------------------------------------ job page
+  function streamEvents(jobId, onEvent, onEnd) {
+    // The events endpoint's server-sent event stream, read with fetch so that the key travels in a header
+    // (EventSource cannot send one). Reconnects from the last seq seen until the stream says the job ended.
+    const ctrl = new AbortController();
+    let stopped = false, last = 0;
+    (async () => {
+      while (!stopped) {
+        try {
+          const r = await api(`/v1/finetune/llm/${jobId}/events?stream=true&after=${last}`,
+            { raw: true, signal: ctrl.signal, headers: { Accept: "text/event-stream" } });
+          const reader = r.body.getReader();
+          const dec = new TextDecoder();
+          let buf = "";
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            buf += dec.decode(value, { stream: true });
+            let i;
+            while ((i = buf.indexOf("\n\n")) >= 0) {
+              const block = buf.slice(0, i); buf = buf.slice(i + 2);
+              let type = "message", data = "";
+              for (const line of block.split("\n")) {
+                if (line.startsWith("event: ")) type = line.slice(7);
+                else if (line.startsWith("data: ")) data += line.slice(6);
+              }
+              if (!data) continue;
+              const obj = JSON.parse(data);
+              if (type === "end") { stopped = true; onEnd(obj); return; }
+              last = obj.seq;
+              onEvent(obj);
+            }
+          }
+        } catch (e) {
+          if (stopped || e.name === "AbortError") return;
+          if (e.status === 404 || e.status === 401) return;
+        }
+        await sleep(2000);
+      }
+    })();
+    return () => { stopped = true; ctrl.abort(); };
+  }
+
+  function deployTemplate(trainTemplate) {
+    // The deployment's completion template from the training template: the last placeholder becomes
+    // {completion}, a single other placeholder {prompt}.
+    if (!trainTemplate) return "{prompt}{completion}";
+    const names = [...trainTemplate.matchAll(/(?<!\{)\{([A-Za-z_][\w]*)\}(?!\})/g)].map((m) => m[1]);
+    if (!names.length) return "{prompt}{completion}";
+    const completion = names[names.length - 1];
+    const others = [...new Set(names.slice(0, -1))];
+    let t = trainTemplate.replace(new RegExp(`\\{${completion}\\}`, "g"), "{completion}");
+    if (others.length === 1) t = t.replace(new RegExp(`\\{${others[0]}\\}`, "g"), "{prompt}");
+    return others.length <= 1 ? t : "{prompt}{completion}";
+  }
+
+  async function pageJob(root, jobId) {
+    document.title = `Job ${jobId.slice(0, 8)} · tuneforge`;
+    const title = h("h1", {}, "Job ", h("span", { class: "mono" }, jobId.slice(0, 8)), " ");
+    const statusSlot = h("span", { id: "job-status", "aria-live": "polite" });
+    title.append(statusSlot);
+    root.append(h("p", { class: "small" }, h("a", { href: "#/jobs" }, "← All jobs")), title);
+
+    const progressBox = h("div", { class: "panel", id: "job-progress" });
+    const actions = h("div", { class: "row", id: "job-actions" });
+    const actionStatus = h("div", { "aria-live": "polite" });
+    const deployBox = h("div", { id: "deploy-box" });
+    const lossFig = h("figure", { class: "chart", id: "loss-figure" }, h("figcaption", {}, "Loss"));
+    const lrFig = h("figure", { class: "chart", id: "lr-figure" }, h("figcaption", {}, "Learning rate"));
+    const logPre = h("pre", { class: "log", id: "job-log", role: "log", "aria-live": "polite", "aria-label": "Job log",
+      tabindex: "0" });
+    const details = h("details", {}, h("summary", {}, "Job spec and result"));
+    root.append(progressBox, h("div", { class: "panel" }, actions, actionStatus, deployBox),
+      h("div", { class: "panel" }, h("h2", {}, "Training curves"), h("div", { class: "charts" }, lossFig, lrFig)),
+      h("div", { class: "panel" }, h("h2", {}, "Log"), logPre), h("div", { class: "panel" }, details));
+
+    const train = [], evals = [], lrs = [];
+    let job = null, drawPending = false, lastLr = null;
+    const drawCharts = () => {
+      if (drawPending) return;
+      drawPending = true;
+      requestAnimationFrame(() => {
+        drawPending = false;
+        const last = (a) => (a.length ? a[a.length - 1][1] : null);
+        const summary = `Loss by step: training loss ${train.length ? `from ${fmtNum(train[0][1])} to ${fmtNum(last(train))}` +
+          ` over ${train.length} steps` : "not recorded yet"}; validation loss ${evals.length ? `from ${fmtNum(evals[0][1])} ` +
+          `to ${fmtNum(last(evals))} at ${evals.length} evaluations` : "not recorded yet"}.`;
+        put(lossFig, h("figcaption", {}, "Loss"), lineChart({ id: "loss-chart", yLabel: "loss", summary,
+          series: [{ name: "train", color: "var(--train)", points: train },
+            { name: "validation", color: "var(--eval)", points: evals, dots: true }] }),
+        legend([["training loss", "var(--train)"], ["validation loss", "var(--eval)"]]));
+        put(lrFig, h("figcaption", {}, "Learning rate"), lineChart({ id: "lr-chart", yLabel: "learning rate",
+          width: 420, summary: lrs.length ? `Learning rate by step, last ${fmtNum(last(lrs))}` : "No learning rate yet",
+          series: [{ name: "lr", color: "var(--lr)", points: lrs }] }), legend([["learning rate", "var(--lr)"]]));
+      });
+    };
+    drawCharts();
+    const logLine = (text) => {
+      const atEnd = logPre.scrollTop + logPre.clientHeight >= logPre.scrollHeight - 4;
+      logPre.append(text + "\n");
+      if (atEnd) logPre.scrollTop = logPre.scrollHeight;
+    };
+    const upsert = (arr, x, y) => {
+      // A resumed job reports the steps after its last checkpoint again: the later value counts.
+      while (arr.length && arr[arr.length - 1][0] >= x) arr.pop();
+      arr.push([x, y]);
+    };
+    const onEvent = (ev) => {
+      const at = ev.time ? new Date(ev.time * 1000).toLocaleTimeString() : "";
+      if (ev.type === "train") {
+        if (ev.loss !== undefined && ev.loss !== null) upsert(train, ev.step, ev.loss);
+        if (ev.lr !== undefined && ev.lr !== null) { upsert(lrs, ev.step, ev.lr); lastLr = ev.lr; }
+        drawCharts();
+        if (ev.step === 1 || ev.step % 10 === 0 || ev.step === ev.total_steps) {
+          logLine(`${at} step ${ev.step}/${ev.total_steps} loss ${fmtNum(ev.loss)} lr ${fmtNum(ev.lr)}`);
+        }
+        renderProgress();
+      } else if (ev.type === "eval") {
+        upsert(evals, ev.step, ev.eval_loss); drawCharts();
+        logLine(`${at} eval at step ${ev.step}: validation loss ${fmtNum(ev.eval_loss)}`);
+      } else if (ev.type === "log") {
+        logLine(`${at} ${ev.message}`);
+      } else if (ev.type === "status") {
+        logLine(`${at} status: ${ev.status}${ev.message && ev.message !== ev.status ? ` — ${ev.message}` : ""}`);
+        refresh();
+      } else if (ev.type === "validation") {
+        const r = ev.report || {};
+        logLine(`${at} data check: ${r.ok ? "trainable" : "NOT trainable"}, ${r.n_rows ?? "?"} rows` +
+          (r.splits ? ` (${Object.entries(r.splits).map(([k, v]) => `${k} ${v}`).join(", ")})` : ""));
+      }
+    };
+
+    function stat(k, v, id) { return h("div", { class: "stat", id }, h("div", { class: "k" }, k), h("div", { class: "v" }, v)); }
+    function renderProgress() {
+      if (!job) return;
+      const p = job.progress, l = job.losses;
+      put(statusSlot, badge(job.status));
+      put(progressBox, 
+        h("div", { class: "row" }, h("div", { class: "grow" }, progressBar(p.percent, "Training progress")),
+          h("span", { class: "mono", id: "job-percent" }, `${p.percent}%`)),
+        h("div", { class: "stats" },
+          stat("Step", p.total_steps ? `${p.step} / ${p.total_steps}` : `${p.step}`, "stat-step"),
+          stat("Epoch", p.epoch !== null && p.epoch !== undefined ? fmtNum(p.epoch, 3) : "—"),
+          stat("ETA", job.status === "queued" ? (job.queue_position ? `queued (#${job.queue_position})` : "queued") :
+            fmtDuration(p.eta_seconds), "stat-eta"),
+          stat("Speed", p.steps_per_second ? `${fmtNum(p.steps_per_second, 3)} steps/s` : "—"),
+          stat("Training loss", fmtNum(train.length ? train[train.length - 1][1] : l.train_loss), "stat-train-loss"),
+          stat("Validation loss", fmtNum(l.eval_loss ?? (evals.length ? evals[evals.length - 1][1] : null)), "stat-eval-loss"),
+          stat("Best validation loss", l.best_eval_loss !== null ? `${fmtNum(l.best_eval_loss)} (step ${l.best_step})` : "—"),
+          stat("Learning rate", fmtNum(lastLr), "stat-lr")),
+        h("dl", { class: "kv small", style: "margin-top:10px" },
+          h("dt", {}, "Base model"), h("dd", { class: "mono" }, job.model),
+          h("dt", {}, "Data"), h("dd", { class: "mono" }, job.data_path),
+          h("dt", {}, "Created"), h("dd", {}, fmtTime(job.created_at)),
+          h("dt", {}, "Finished"), h("dd", {}, fmtTime(job.finished_at))),
+        job.error ? h("div", { class: "alert", role: "alert", id: "job-error" }, h("strong", {}, "Failed: "), job.error) : null);
+    }
+
+    let shownActions = "";
+    function renderActions() {
+      const sig = `${job.status}|${job.cancel_requested}`;
+      if (sig === shownActions) return;
+      shownActions = sig;
+      put(actions);
+      if (ACTIVE.has(job.status)) {
+        actions.append(h("button", { type: "button", class: "danger", id: "cancel-job", disabled: job.cancel_requested,
+          onclick: async (e) => {
+            if (!confirm("Cancel this job? Its progress is discarded.")) return;
+            e.target.disabled = true;
+            try { job = await api(`/v1/finetune/llm/${jobId}/cancel`, { method: "POST" }); renderProgress(); renderActions(); } catch (err) { put(actionStatus, alertBox(err)); e.target.disabled = false; }
+          } }, job.cancel_requested ? "Cancelling…" : "Cancel job"));
+      }
+      if (job.status === "succeeded") {
+        actions.append(
+          h("button", { type: "button", class: "primary", id: "download-adapter", onclick: downloadAdapter }, "Download adapter (.zip)"),
+          h("button", { type: "button", id: "deploy-open", onclick: openDeploy }, "Deploy…"));
+      }
+      if (!actions.children.length) actions.append(h("span", { class: "muted" }, `This job has ${job.status}.`));
+    }
+
+    async function downloadAdapter() {
+      put(actionStatus, h("p", { class: "muted" }, "Preparing the download…"));
+      try {
+        const r = await api(`/v1/finetune/llm/${jobId}/adapter`, { raw: true });
+        const blob = await r.blob();
+        const url = URL.createObjectURL(blob);
+        const a = h("a", { href: url, download: `adapter-${jobId}.zip` });
+        document.body.append(a); a.click(); a.remove();
+        setTimeout(() => URL.revokeObjectURL(url), 60000);
+        put(actionStatus, h("p", { class: "success", id: "download-done" }, `Downloaded adapter-${jobId}.zip (${fmtBytes(blob.size)}).`));
+      } catch (e) { put(actionStatus, alertBox(e, "Download failed:")); }
+    }
+
+    function openDeploy() {
+      const spec = job.spec || {};
+      const name = h("input", { type: "text", id: "deploy-name", value: `job-${jobId.slice(0, 8)}`, "aria-describedby": "deploy-name-help" });
+      const tpl = h("textarea", { id: "deploy-template", rows: 2, "aria-describedby": "deploy-template-help" });
+      tpl.value = deployTemplate((spec.data_config || {}).prompt_template);
+      const out = h("div", { "aria-live": "polite", id: "deploy-result" });
+      const go = h("button", { type: "submit", class: "primary", id: "deploy-submit" }, "Deploy");
+      const form = h("form", { class: "note", "aria-label": "Deploy this adapter" },
+        h("h2", {}, "Deploy this adapter"),
+        h("div", { class: "grid" },
+          h("div", { class: "field" }, h("label", { for: "deploy-name" }, "Deployment name"), name,
+            h("span", { class: "help", id: "deploy-name-help" }, "Clients pass it as ", h("code", {}, "model"),
+              " on /v1/chat/completions.")),
+          h("div", { class: "field" }, h("label", { for: "deploy-template" }, "Completion prompt template"), tpl,
+            h("span", { class: "help", id: "deploy-template-help" },
+              "Wraps the prompt on /v1/completions (from the training template); chat uses the model's chat template."))),
+        h("div", { class: "row", style: "margin-top:10px" }, go), out);
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        go.disabled = true;
+        put(out, h("p", { class: "muted" }, "Creating the deployment…"));
+        try {
+          const d = await api("/v1/deploy/llm", { method: "POST", json: { basemodel_path: spec.pretrainedmodel_config.model_path,
+            loramodel_path: jobId, deployment_name: name.value.trim() || null, prompt_template: tpl.value || "{prompt}{completion}" } });
+          const info = h("div", {});
+          put(out, h("div", { class: "success" },
+            h("p", {}, "Deployment ", h("code", {}, d.deployment_name), " is ", h("span", { id: "deploy-status" }, badge(d.status)), "."),
+            h("p", { class: "small" }, "Its own API token (shown once): ", h("code", { id: "deploy-token" }, d.api_auth_token),
+              ". OpenAI base URL: ", h("code", {}, d.URL), "; your API key works too."), info));
+          for (let i = 0; i < 600; i++) {
+            const cur = await api(`/v1/deploy/status/${d.deployment_id}`);
+            const ds = $("#deploy-status", out); if (ds) put(ds, badge(cur.status));
+            if (cur.status !== "building") {
+              if (cur.status === "live") {
+                put(info, h("a", { class: "button primary", id: "open-playground",
+                  href: `#/playground?adapter=${encodeURIComponent(d.deployment_id)}` }, "Open in the playground"));
+              } else put(info, alertBox(cur.error || `deployment ${cur.status}`));
+              break;
+            }
+            await sleep(1000);
+          }
+        } catch (err) {
+          put(out, alertBox(err, "Not deployed:"));
+          go.disabled = false;
+        }
+      });
+      put(deployBox, form);
+      name.focus();
+    }
+
+    async function refresh() {
+      job = await api(`/v1/finetune/llm/${jobId}`);
+      renderProgress();
+      renderActions();
+      put(details, h("summary", {}, "Job spec and result"),
+        h("pre", { class: "example" }, JSON.stringify({ spec: job.spec, result: job.result }, null, 2)));
+      return ACTIVE.has(job.status) ? 2000 : 0;
+    }
+    await refresh();
+    every(2000, refresh);
+    onLeave(streamEvents(jobId, onEvent, () => { refresh(); }));
+  }
+
+  // ------------------------------------------------------------------------------------------ playground
+  async function pagePlayground(root, parts, params) {
+    document.title = "Playground · tuneforge";
+    root.append(h("h1", {}, "Playground"),
+      h("p", { class: "muted" }, "Chat with a deployed adapter and its base model side by side. Both answer through " +
+        "the OpenAI-compatible endpoint /v1/chat/completions with your API key."));
+    const adapterSel = h("select", { id: "adapter-deployment" });
+    const baseSel = h("select", { id: "base-deployment" });
+    const baseHelp = h("div", { class: "small", id: "base-help", "aria-live": "polite" });
+    const maxTokens = h("input", { type: "number", id: "max-tokens", min: "1", max: "2048", value: "64" });
+    const temperature = h("input", { type: "number", id: "temperature", min: "0", max: "2", step: "0.1", value: "0" });
+    const modeSel = h("select", { id: "chat-mode" }, h("option", { value: "chat" }, "Chat (the model's chat template)"),
+      h("option", { value: "completion" }, "Completion (the deployment's prompt template)"));
+    const deployTable = h("div", { id: "deployments" });
+    root.append(h("div", { class: "panel" }, h("h2", {}, "Models"),
+      h("div", { class: "grid" },
+        h("div", { class: "field" }, h("label", { for: "adapter-deployment" }, "Fine-tuned deployment"), adapterSel),
+        h("div", { class: "field" }, h("label", { for: "base-deployment" }, "Base model deployment"), baseSel, baseHelp),
+        h("div", { class: "field" }, h("label", { for: "chat-mode" }, "Mode"), modeSel),
+        h("div", { class: "field" }, h("label", { for: "max-tokens" }, "Max new tokens"), maxTokens),
+        h("div", { class: "field" }, h("label", { for: "temperature" }, "Temperature"), temperature,
+          h("span", { class: "help" }, "0 answers greedily (the same answer every time)."))),
+      h("details", { style: "margin-top:8px" }, h("summary", {}, "All deployments"), deployTable)));
+
+    const panes = ["adapter", "base"].map((which) => {
+      const msgs = h("div", { class: "msgs", id: `chat-${which}`, role: "log", "aria-live": "polite",
+        "aria-label": which === "adapter" ? "Fine-tuned model conversation" : "Base model conversation" });
+      const head = h("header", {}, which === "adapter" ? "Fine-tuned" : "Base model");
+      return { which, msgs, head, history: [], el: h("section", { class: "chat", "aria-label": head.textContent }, head, msgs) };
+    });
+    const message = h("textarea", { id: "chat-input", rows: 3, placeholder: "Type a message; Ctrl+Enter sends",
+      "aria-describedby": "chat-input-help" });
+    const send = h("button", { type: "submit", class: "primary", id: "chat-send" }, "Send to both");
+    const clear = h("button", { type: "button", id: "chat-clear" }, "Clear");
+    const chatForm = h("form", { class: "panel", "aria-label": "Send a message" },
+      h("div", { class: "field" }, h("label", { for: "chat-input" }, "Message"), message,
+        h("span", { class: "help", id: "chat-input-help" }, "Sent to both models; each keeps its own conversation.")),
+      h("div", { class: "row", style: "margin-top:8px" }, send, clear));
+    root.append(h("div", { class: "two", style: "margin-bottom:16px" }, panes.map((p) => p.el)), chatForm);
+
+    let deployments = [];
+    const wanted = params.get("adapter");
+    function fill(sel, list, empty, keep) {
+      const prev = keep || sel.value;
+      put(sel, h("option", { value: "" }, empty), list.map((d) => h("option", { value: d.deployment_id },
+        `${d.deployment_name} (${d.status})${d.loramodel_path ? "" : " · " + d.basemodel_path}`)));
+      if (list.some((d) => d.deployment_id === prev)) sel.value = prev;
+      else if (list.length && !prev) sel.value = list[0].deployment_id;
+    }
+    const usable = (d) => d.status === "live" || d.status === "building";
+    function updateHeads() {
+      for (const p of panes) {
+        const d = deployments.find((x) => x.deployment_id === (p.which === "adapter" ? adapterSel : baseSel).value);
+        put(p.head, p.which === "adapter" ? "Fine-tuned" : "Base model", d ? [": ", h("code", {}, d.deployment_name), " ", badge(d.status)] : "");
+      }
+      const a = deployments.find((x) => x.deployment_id === adapterSel.value);
+      put(baseHelp);
+      if (a && !deployments.some((x) => !x.loramodel_path && x.basemodel_path === a.basemodel_path && usable(x))) {
+        const btn = h("button", { type: "button", id: "deploy-base", onclick: async () => {
+          btn.disabled = true;
+          try {
+            const d = await api("/v1/deploy/llm", { method: "POST", json: { basemodel_path: a.basemodel_path,
+              deployment_name: `${a.deployment_name}-base`.slice(0, 128) } });
+            await load(d.deployment_id);
+          } catch (e) { put(baseHelp, alertBox(e)); }
+        } }, "Deploy the base model for comparison");
+        baseHelp.append(h("span", { class: "muted" }, "No deployment of this adapter's base model alone. "), btn);
+      }
+    }
+    async function load(selectBase) {
+      const data = await api("/v1/deploy/list");
+      deployments = data.deployments;
+      const adapters = deployments.filter((d) => d.loramodel_path && usable(d));
+      const bases = deployments.filter((d) => !d.loramodel_path && usable(d));
+      fill(adapterSel, adapters, adapters.length ? "(choose)" : "(no adapter deployed: deploy one from a job page)", wanted);
+      const a = adapters.find((d) => d.deployment_id === adapterSel.value);
+      const match = a && bases.find((d) => d.basemodel_path === a.basemodel_path);
+      fill(baseSel, bases, bases.length ? "(none)" : "(no base model deployed)", selectBase || (baseSel.value ? null : match && match.deployment_id));
+      put(deployTable, deployments.length ? h("table", {},
+        h("thead", {}, h("tr", {}, ["Name", "Status", "Base model", "Adapter", "Created", ""].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, deployments.map((d) => h("tr", {}, h("td", { class: "mono" }, d.deployment_name), h("td", {}, badge(d.status)),
+          h("td", {}, shortPath(d.basemodel_path)), h("td", { class: "mono" }, d.loramodel_path || "—"), h("td", {}, fmtTime(d.created_at)),
+          h("td", {}, d.status === "live" || d.status === "building" ? h("button", { type: "button", class: "danger",
+            "aria-label": `Terminate ${d.deployment_name}`, onclick: async () => {
+              if (!confirm(`Terminate ${d.deployment_name}?`)) return;
+              await api("/v1/deploy/terminate", { method: "POST", json: { deployment_id: d.deployment_id } }); load();
+            } }, "Terminate") : ""))))) : h("p", { class: "muted" }, "No deployments yet."));
+      updateHeads();
+      return deployments.some((d) => d.status === "building") ? 1500 : 10000;
+    }
+    every(1500, () => load());
+    adapterSel.addEventListener("change", updateHeads);
+    baseSel.addEventListener("change", updateHeads);
+
+    function bubble(role, text, extra) {
+      return h("div", { class: `msg ${role}` }, h("span", { class: "who" }, role === "user" ? "You" : role === "error" ? "Error" : "Model"),
+        text, extra || null);
+    }
+    async function ask(p, text) {
+      const d = deployments.find((x) => x.deployment_id === (p.which === "adapter" ? adapterSel : baseSel).value);
+      if (!d) return;
+      p.msgs.append(bubble("user", text));
+      const pending = bubble("assistant", "…");
+      pending.setAttribute("aria-busy", "true");
+      p.msgs.append(pending);
+      p.msgs.scrollTop = p.msgs.scrollHeight;
+      const common = { model: d.deployment_name, max_tokens: Number(maxTokens.value) || 64,
+        temperature: Number(temperature.value) || 0 };
+      try {
+        let reply;
+        if (modeSel.value === "chat") {
+          p.history.push({ role: "user", content: text });
+          const r = await api("/v1/chat/completions", { method: "POST", json: { ...common, messages: p.history } });
+          reply = r.choices[0].message.content;
+          p.history.push({ role: "assistant", content: reply });
+        } else {
+          const r = await api("/v1/completions", { method: "POST", json: { ...common, prompt: text } });
+          reply = r.choices[0].text;
+        }
+        pending.replaceWith(bubble("assistant", reply === "" ? "(empty reply)" : reply));
+      } catch (e) {
+        if (modeSel.value === "chat") p.history.pop();
+        pending.replaceWith(bubble("error", e.message));
+      }
+      p.msgs.scrollTop = p.msgs.scrollHeight;
+    }
+    chatForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const text = message.value.trim();
+      if (!text) { message.focus(); return; }
+      if (!adapterSel.value && !baseSel.value) { chatForm.append(alertBox("Choose a deployment first.")); return; }
+      send.disabled = true;
+      message.value = "";
+      try { await Promise.all(panes.map((p) => ask(p, text))); } finally { send.disabled = false; message.focus(); }
+    });
+    message.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); chatForm.requestSubmit(); }
+    });
+    clear.addEventListener("click", () => { for (const p of panes) { p.history = []; put(p.msgs); } });
+  }
+
+  // ------------------------------------------------------------------------------------------ start
+  $("#signout").addEventListener("click", () => { auth.clear(); location.hash = "#/signin"; });
+  window.addEventListener("hashchange", route);
+  route();
+})();
