@@ -212,3 +212,34 @@ def test_cli_train_with_set_override_and_refuses_to_clobber(tiny_model_dir, qa_d
     assert main(["train", str(spec), "-o", str(out), "-q"]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
     assert main(["train", str(spec), "-o", str(out), "-q", "--resume"]) == 2
+
+
+def test_qlora_gradients_survive_an_evaluation_pass(tiny_model_dir):
+    """bitsandbytes' CPU inference repacking must not kick in: after an eval pass without gradients, the gradient
+    through the frozen 4-bit layers is the same as before it."""
+    from tuneforge.models.loader import resolve_model
+    from tuneforge.models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model
+
+    runtime = pick_runtime("auto")
+    ids = torch.randint(3, 400, (2, 16))
+
+    def first_layer_grad(evaluate_first: bool) -> float:
+        base = load_base_model(resolve_model(str(tiny_model_dir)), runtime, quant=QuantSettings())
+        model, _, _ = apply_lora(base, LoraSettings(r=4), model_id="tiny", quantized=True,
+                                 gradient_checkpointing=False, seed=0)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.01)  # make B non-zero so gradients reach A through the whole stack
+        if evaluate_first:
+            model.eval()
+            with torch.no_grad(), runtime.autocast():
+                model(ids)
+            model.train()
+        with runtime.autocast():
+            model(ids).logits.float().pow(2).mean().backward()
+        layer0 = model.get_base_model().model.layers[0].self_attn.q_proj
+        return float(layer0.lora_A["default"].weight.grad.norm())
+
+    fresh, after_eval = first_layer_grad(False), first_layer_grad(True)
+    assert fresh > 0 and after_eval == pytest.approx(fresh, rel=1e-3)

@@ -15,7 +15,7 @@ import torch
 from ..errors import TuneforgeError
 from ..train.runtime import Runtime
 from .loader import ResolvedModel
-from .targets import default_target_modules
+from .targets import default_target_modules, default_target_parameters
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,13 @@ def load_base_model(resolved: ResolvedModel, runtime: Runtime, *, quant: QuantSe
                 f"transformers knows: {str(exc).splitlines()[0]}"
             ) from None
         raise
+    if quant is not None and runtime.device.type == "cpu":
+        # bitsandbytes repacks 4-bit weights into an inference-only CPU format the first time a layer runs in
+        # eval mode without gradients (e.g. the recipe's step-0 evaluation); that format has no backward, so every
+        # later step would lose the gradients through the frozen layers. Keep the trainable format.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     if quant is None:
         model.to(runtime.device)
         if not runtime.is_cuda and runtime.compute_dtype != torch.float32:
@@ -122,6 +129,11 @@ def apply_lora(model, lora: LoraSettings, *, model_id: str, quantized: bool, gra
             )
     else:
         targets, how = default_target_modules(model)
+    # Mixture-of-experts models whose experts are fused 3-D weights (Mixtral, Qwen3-MoE in transformers 5) have no
+    # per-expert nn.Linear; PEFT adapts those weights through `target_parameters`.
+    target_parameters = default_target_parameters(model) if not lora.target_modules else []
+    if target_parameters:
+        how += f", plus the experts' weights {', '.join(target_parameters)}"
     if quantized:
         # peft's prepare_model_for_kbit_training would also cast embeddings to fp32; only the norms need it
         # (their statistics are computed in fp32 anyway, and they are tiny).
@@ -137,6 +149,7 @@ def apply_lora(model, lora: LoraSettings, *, model_id: str, quantized: bool, gra
         lora_dropout=lora.dropout,
         bias=lora.bias,
         target_modules=targets,
+        target_parameters=target_parameters or None,
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(seed)  # LoRA's A matrices are randomly initialised

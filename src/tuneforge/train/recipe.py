@@ -187,7 +187,10 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
     p, d, t = spec.pretrainedmodel_config, spec.data_config, spec.training_config
     hf_token = spec.hf_config.hf_token
     runtime = pick_runtime(t.precision, device)
-    resolved = resolve_model(p.model_path)  # errors for a bad model id come before any work
+    from ..models.memory import TrainingSetup
+
+    # A bad model id, or one too large for this device by the estimate, is refused before any download or work.
+    resolved = resolve_model(p.model_path, setup=TrainingSetup.from_spec(spec, device=device))
     console = _Console(on_event, quiet)
     _seed_everything(t.seed)
 
