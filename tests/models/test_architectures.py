@@ -140,13 +140,15 @@ def test_lora_trains_round_trips_and_merges(arch, tiny_dir, tmp_path):
     folder = tiny_dir(arch)
     runtime = pick_runtime("fp32")
     resolved = resolve_model(str(folder))
-    model, targets, how = apply_lora(load_base_model(resolved, runtime), LORA, model_id=resolved.model_id,
+    base = load_base_model(resolved, runtime)
+    experts = bool(default_target_parameters(base))  # apply_lora adapts fused MoE experts too
+    model, targets, how = apply_lora(base, LORA, model_id=resolved.model_id,
                                      quantized=False, gradient_checkpointing=False, seed=0)
     assert targets == TARGET_MODULES[_model_type(arch)], how
     trainable, _ = parameter_counts(model)
     # The memory estimate counts the same LoRA parameters PEFT creates.
     shape = ModelShape.from_config(model.get_base_model().config)
-    assert estimate_training_memory(shape, lora_r=LORA.r).trainable_params == trainable
+    assert estimate_training_memory(shape, lora_r=LORA.r, lora_on_experts=experts).trainable_params == trainable
 
     before, after = _train(model, runtime)
     assert after < 0.7 * before, (before, after)

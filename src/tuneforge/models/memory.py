@@ -312,6 +312,7 @@ class TrainingSetup:
             seq_len=d.cutoff_len,
             lora_r=p.lora_r,
             target_modules=tuple(p.target_modules) if p.target_modules else None,
+            lora_on_experts=not p.target_modules,  # models/lora.py adapts fused experts unless modules are given
             gradient_checkpointing=bool(p.use_gradient_checkpointing),
             precision=runtime.precision,
             device=runtime.device.type,
