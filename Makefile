@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast test-ui bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not slow and not browser"
+
+# The web UI in headless Chromium (/usr/bin/chromium: `apt-get install chromium`); screenshots in test-artifacts/ui/
+test-ui: $(STAMP)
+	$(PY) -m pytest tests/ui
 
 bench: $(STAMP)
 	$(PY) bench/train_bench.py

@@ -40,6 +40,9 @@ def browser():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's browser with `apt-get install chromium` (.ci/run does)")
     from playwright.sync_api import sync_playwright
 
+    for old in ARTIFACTS.glob("FAILED-*.png"):  # from an earlier run
+        old.unlink()
+
     with sync_playwright() as pw:
         # A non-persistent launch gets a fresh temporary user-data-dir.
         b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)

@@ -149,6 +149,8 @@ def test_dataset_upload_job_training_adapter_deploy_and_chat(ui_server, page, tm
     wait_for(lambda: errors.count() == 2, 10, what="two error rows")
     assert [errors.nth(i).locator("td").first.inner_text() for i in range(2)] == ["2", "3"]
     assert "answer" in errors.nth(1).inner_text()
+    page.locator("#report-box[data-state=inspected] #token-stats").wait_for()  # the report with token counts
+    assert "uploads" not in page.locator("#data-report").inner_text()  # no server paths of uploads
     page.locator("#data-errors").scroll_into_view_if_needed()
     shot(page, "new-job-bad-dataset")
     page.get_by_role("button", name="Create fine-tuning job").click()
@@ -157,7 +159,8 @@ def test_dataset_upload_job_training_adapter_deploy_and_chat(ui_server, page, tm
     # A good file: trainable, token-length histogram, first example with the masked prompt marked, columns offered.
     page.get_by_label("Dataset file").set_input_files(str(good))
     page.get_by_role("button", name="Upload and check").click()
-    page.locator("#data-report .verdict.ok").wait_for()
+    page.locator("#report-box[data-state=inspected] .verdict.ok").wait_for()
+    assert page.locator("#form-problems").inner_text() == ""  # the earlier complaint is gone
     page.locator("#token-histogram rect.bar").first.wait_for()
     assert page.locator("#token-histogram rect.bar").count() >= 1
     assert "80 examples" in page.locator("#token-stats").inner_text()

@@ -211,7 +211,7 @@ async def inspect(body: InspectRequest, request: Request, principal: Principal =
     store, policy = request.app.state.store, _policy(request)
 
     def work() -> dict:
-        path = _data_file(body.data_path, store, principal, policy)
+        path, shown = _data_file(body.data_path, store, principal, policy)
         tokenizer = None
         if body.model_path:
             model_path = body.model_path
@@ -225,8 +225,7 @@ async def inspect(body: InspectRequest, request: Request, principal: Principal =
                            completion_column=body.completion_column, train_on_inputs=body.train_on_inputs,
                            keep=tokenizer is not None)
         report = result.report.to_dict()
-        if not body.data_path.startswith("ds_"):
-            report["source"] = body.data_path
+        report["source"] = shown  # not the upload's path on the server
         lengths = [len(k.example) for k in result.kept if k.example is not None]
         return {"data_path": body.data_path, "report": report,
                 "token_histogram": _histogram(lengths, body.bins, body.cutoff_len, report) if lengths else None}
@@ -234,16 +233,18 @@ async def inspect(body: InspectRequest, request: Request, principal: Principal =
     return await anyio.to_thread.run_sync(_serialized(work))
 
 
-def _data_file(value: str, store, principal: Principal, policy: PathPolicy) -> str:
+def _data_file(value: str, store, principal: Principal, policy: PathPolicy) -> tuple[str, str]:
+    """(the file to read, how to name it in the report)."""
     value = value.strip()
     kind = classify_data_path(value)
     if kind == "dataset":
-        return service.get_dataset(store, principal, value)["path"]
+        ds = service.get_dataset(store, principal, value)
+        return ds["path"], f"{ds['filename']} ({value})"
     if kind in ("url", "scheme", "hub"):
         raise TuneforgeError(f"data_path: {value!r}: only uploaded datasets and files in the server's allowed folders "
                              "can be inspected here; hub datasets and URLs are checked when the job starts",
                              field="data_path", value=value)
-    return policy.local(value, "data_path")
+    return policy.local(value, "data_path"), value
 
 
 @functools.lru_cache(maxsize=8)

@@ -42,8 +42,9 @@
   }
   function fmtBytes(n) {
     if (n === null || n === undefined) return "—";
-    const gib = n / 2 ** 30;
-    return gib >= 0.1 ? `${gib.toFixed(1)} GiB` : `${(n / 2 ** 20).toFixed(0)} MiB`;
+    if (n >= 0.1 * 2 ** 30) return `${(n / 2 ** 30).toFixed(1)} GiB`;
+    if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(0)} MiB`;
+    return n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} bytes`;
   }
   function fmtDuration(sec) {
     if (sec === null || sec === undefined) return "—";
@@ -523,6 +524,8 @@
     const fields = {};
     const st = { model: null, dataPath: null, report: null, inspectSeq: 0 };
 
+    const problemsBox = h("div", { id: "form-problems", tabindex: "-1" });
+
     // ---- 1. base model --------------------------------------------------------------------------------------
     const modelFs = h("fieldset", { class: "panel", id: "model-section" }, h("legend", {}, "1. Base model"));
     const filter = h("input", { type: "text", id: "model-filter", placeholder: "e.g. llama, qwen, 7b",
@@ -680,13 +683,16 @@
 
     function useData(path, firstReport) {
       st.dataPath = path;
-      if (firstReport) showReport(firstReport, null, "Counting tokens…");
+      st.inspectSeq++;  // a check of the previous dataset still in flight is not shown
+      if (firstReport) showReport(firstReport, null, "Counting tokens…", "uploaded");
       reinspect(true);
     }
 
-    function showReport(report, hist, note) {
+    function showReport(report, hist, note, state) {
       st.report = report;
+      reportBox.dataset.state = state;  // "uploaded": the upload's own report; "inspected": with token counts
       put(reportBox, reportPanel(report, hist, note));
+      if (report.ok) put(problemsBox);
       offerColumns(Object.keys(report.columns || {}));
     }
 
@@ -712,7 +718,7 @@
           res = await api("/v1/data/inspect", { method: "POST", json: body });
         }
         if (seq !== st.inspectSeq) return;
-        showReport(res.report, res.token_histogram, note);
+        showReport(res.report, res.token_histogram, note, "inspected");
       } catch (e) {
         if (seq === st.inspectSeq) put(reportBox, alertBox(e, "The dataset could not be checked:"));
       } finally {
@@ -809,7 +815,6 @@
     fields["data_config.cutoff_len"].input.addEventListener("change", () => reinspect());
 
     // ---- submit ---------------------------------------------------------------------------------------------
-    const problemsBox = h("div", { id: "form-problems", tabindex: "-1" });
     const submit = h("button", { type: "submit", class: "primary", id: "create-job" }, "Create fine-tuning job");
     const form = h("form", { id: "new-job", novalidate: true, "aria-labelledby": "new-job-title" });
     // The fieldsets were appended to root for progressive rendering; move them into the form.
