@@ -279,6 +279,15 @@
     return ticks;
   }
 
+  function tickFormatter(ticks) {
+    // As many decimals as the ticks need to differ (0.0028, 0.0030, ...); exponents for tiny steps.
+    const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) : 1;
+    if (step && step < 1e-3) return (t) => (t === 0 ? "0" : t.toExponential(Math.max(1, Math.ceil(Math.log10(Math.abs(t) / step)))));
+    let d = 0;
+    while (d < 8 && ticks.some((t) => Math.abs(t * 10 ** d - Math.round(t * 10 ** d)) > 1e-6)) d++;
+    return (t) => t.toFixed(d);
+  }
+
   /* series: [{name, color, points: [[x, y], ...], dots}]; returns an <svg> with role=img and a text summary. */
   function lineChart({ series, width = 720, height = 260, xLabel = "step", yLabel = "", id, summary }) {
     const m = { l: 56, r: 14, t: 12, b: 38 };
@@ -294,14 +303,15 @@
     const xt = niceTicks(Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1), 5, xs.every(Number.isInteger));
     const yt = niceTicks(Math.min(...ys), Math.max(...ys));
     const [x0, x1, y0, y1] = [xt[0], xt[xt.length - 1], yt[0], yt[yt.length - 1]];
+    const xFmt = tickFormatter(xt), yFmt = tickFormatter(yt);
     const X = (x) => m.l + ((x - x0) / (x1 - x0 || 1)) * (width - m.l - m.r);
     const Y = (y) => height - m.b - ((y - y0) / (y1 - y0 || 1)) * (height - m.t - m.b);
     for (const t of yt) {
       svg.append(s("line", { class: "grid", x1: m.l, x2: width - m.r, y1: Y(t), y2: Y(t) }));
-      svg.append(s("text", { x: m.l - 6, y: Y(t) + 4, "text-anchor": "end" }, fmtNum(t, 3)));
+      svg.append(s("text", { x: m.l - 6, y: Y(t) + 4, "text-anchor": "end" }, yFmt(t)));
     }
     for (const t of xt) {
-      svg.append(s("text", { x: X(t), y: height - m.b + 16, "text-anchor": "middle" }, fmtNum(t, 4)));
+      svg.append(s("text", { x: X(t), y: height - m.b + 16, "text-anchor": "middle" }, xFmt(t)));
     }
     svg.append(s("line", { class: "axis", x1: m.l, x2: m.l, y1: m.t, y2: height - m.b }));
     svg.append(s("line", { class: "axis", x1: m.l, x2: width - m.r, y1: height - m.b, y2: height - m.b }));
@@ -453,7 +463,7 @@
   const SKIP = new Set(["pretrainedmodel_config.model_path", "pretrainedmodel_config.use_lora",
     "pretrainedmodel_config.use_quantization", "pretrainedmodel_config.parallelization", "data_config.data_path",
     "data_config.prompt_template", "data_config.data_split_config", "data_config.data_source_type",
-    "data_config.prevalidated", "training_config.preference_optimization"]);
+    "data_config.prevalidated", "training_config.preference_optimization", "hf_config.hf_model_path"]);
   const SECTIONS = [["pretrainedmodel_config", "PretrainedModelConfig", "LoRA"], ["data_config", "DataConfig", "Data"],
     ["training_config", "TrainingConfig", "Training"], ["logging_config", "LoggingConfig", "Logging"],
     ["hf_config", "HuggingfaceConfig", "Hugging Face"]];
@@ -1042,7 +1052,9 @@
           h("button", { type: "button", class: "primary", id: "download-adapter", onclick: downloadAdapter }, "Download adapter (.zip)"),
           h("button", { type: "button", id: "deploy-open", onclick: openDeploy }, "Deploy…"));
       }
-      if (!actions.children.length) actions.append(h("span", { class: "muted" }, `This job has ${job.status}.`));
+      if (!actions.children.length) {
+        actions.append(h("span", { class: "muted" }, job.status === "failed" ? "This job failed." : `This job was ${job.status}.`));
+      }
     }
 
     async function downloadAdapter() {
