@@ -46,6 +46,8 @@ def build_dataset(path: Path, n_rows: int, seed: int = 0) -> None:
     import numpy as np
 
     tasks = [json.loads(line) for line in SEED_TASKS.read_text().splitlines()]
+    # Prompts of a few hundred words would leave no room for the response under cutoff_len 512.
+    tasks = [t for t in tasks if len((t["instruction"] + " " + t["instances"][0]["input"]).split()) <= 150]
     pieces = [inst["output"].strip() for t in tasks for inst in t["instances"] if inst["output"].strip()]
     rng = np.random.default_rng(seed)
     rows = []
@@ -89,18 +91,6 @@ def peak_rss() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def train_flops_per_token(config, mean_len: float) -> float:
-    """Useful FLOPs per token of LoRA training on a frozen base: forward 2·N plus the backward pass's input
-    gradients 2·N (no weight gradients for frozen weights), N = matmul parameters incl. the output head; plus
-    attention scores and values (4·L·T·d forward, the same again backward). LoRA's own r-wide matmuls are <1%."""
-    d, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    kv = d * config.num_key_value_heads // config.num_attention_heads
-    per_layer = d * d * 2 + d * kv * 2 + 3 * d * inter  # q, o, k, v, gate/up/down
-    n = layers * per_layer + d * config.vocab_size
-    attention = 4 * layers * mean_len * d
-    return 2 * (2 * n + attention)
 
 
 def eval_adapter(adapter_dir: Path, data, pad_id: int) -> float:
@@ -225,6 +215,7 @@ def main() -> None:
     import torch
     from transformers import AutoConfig
 
+    from tuneforge.estimate import train_flops_per_token
     from tuneforge.models.loader import resolve_model
 
     tok, data = prepared(data_path)

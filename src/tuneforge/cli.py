@@ -81,6 +81,16 @@ def _cmd_spec(args) -> int:
     return 0
 
 
+def _cmd_estimate(args) -> int:
+    from .estimate import estimate_job, format_estimate
+    from .spec import load_spec
+
+    est = estimate_job(load_spec(args.spec, args.set), device=args.device, gpu_memory_gb=args.gpu_memory,
+                       gpu_tflops=args.gpu_tflops)
+    print(json.dumps(est.to_dict(), indent=2) if args.json else format_estimate(est))
+    return 0 if est.fits is not False else 1
+
+
 def _cmd_models(args) -> int:
     from .models.listing import run_models
 
@@ -154,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.set_defaults(func=_cmd_spec)
+
+    p = sub.add_parser("estimate", help="predict a job's peak memory and time per epoch before running it")
+    p.add_argument("spec")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: CUDA when present, else CPU")
+    p.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="memory of the target GPU")
+    p.add_argument("--gpu-tflops", type=float, default=None, metavar="T",
+                   help="matmul peak of a GPU that is not on this machine (bf16 dense TFLOP/s), for the time")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_estimate)
 
     p = sub.add_parser("models", help="list the model catalog with estimated LoRA/QLoRA memory (--json for all fields)")
     from .models.listing import add_models_arguments

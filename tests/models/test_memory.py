@@ -13,7 +13,7 @@ from tuneforge.models.loader import resolve_model
 from tuneforge.models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model
 from tuneforge.models.memory import (GiB, NF4_BITS, NF4_CONSTANT_BITS, ModelShape, TrainingSetup,
                                      estimate_training_memory)
-from tuneforge.train.loss import CHUNK_TOKENS
+from tuneforge.train.loss import chunk_tokens_for
 from tuneforge.train.runtime import pick_runtime
 
 
@@ -114,8 +114,8 @@ def test_terms_follow_the_setup():
     assert double.activations == 2 * e.activations
     checkpointed = estimate_training_memory(shape, base, gradient_checkpointing=True)
     assert checkpointed.activations < 0.1 * e.activations
-    # The loss computes the head on at most CHUNK_TOKENS positions at a time.
-    assert e.logits == CHUNK_TOKENS * shape.vocab_size * (4 + 4 + 4 + 2)
+    # The loss computes the head on at most chunk_tokens_for(vocab) positions at a time.
+    assert e.logits == chunk_tokens_for(shape.vocab_size) * shape.vocab_size * (4 + 4 + 4 + 2)
     assert estimate_training_memory(shape, base, batch_size=8).logits == e.logits
     # QLoRA: about a quarter of the weights.
     q = estimate_training_memory(shape, base, method="qlora")
@@ -208,3 +208,17 @@ def test_activation_term_tracks_what_autograd_saves(arch, method, precision, wid
     # Measured/estimated here: llama 0.84-1.09, gpt2 0.72-1.05, falcon 0.85-1.25. The dtype rules are approximate
     # (e.g. whether a norm hands fp32 or bf16 to the next layer differs by architecture); calibrate on real runs.
     assert saved == pytest.approx(measured, rel=0.4), measured / saved
+
+
+@pytest.mark.parametrize("method, published_gib", [("lora", 16.2), ("qlora", 7.4)])
+def test_gpu_estimate_matches_torchtunes_published_llama31_8b_figures(method, published_gib):
+    """torchtune's README memory table, Llama 3.1 8B on one GPU: LoRA 16.2 GiB, QLoRA 7.4 GiB peak, batch 2 of packed
+    2048-token sequences, rank 8 on q/v/output projections and the MLP, activation checkpointing on, bf16. The
+    estimate must be within +-30% of those measurements."""
+    from tuneforge.models.fit import model_shape
+
+    shape = model_shape("meta-llama/Llama-3.1-8B-Instruct")
+    estimate = estimate_training_memory(shape, TrainingSetup(
+        method=method, batch_size=2, seq_len=2048, lora_r=8, gradient_checkpointing=True, precision="bf16",
+        device="cuda", target_modules=("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")))
+    assert 0.7 * published_gib <= estimate.total / 2**30 <= 1.3 * published_gib, estimate.describe()

@@ -16,7 +16,6 @@ import codecs
 import contextlib
 import csv
 import json
-import os
 import re
 import shutil
 import tempfile

@@ -134,9 +134,10 @@ def apply_lora(model, lora: LoraSettings, *, model_id: str, quantized: bool, gra
     target_parameters = default_target_parameters(model) if not lora.target_modules else []
     if target_parameters:
         how += f", plus the experts' weights {', '.join(target_parameters)}"
-    if quantized:
-        # peft's prepare_model_for_kbit_training would also cast embeddings to fp32; only the norms need it
-        # (their statistics are computed in fp32 anyway, and they are tiny).
+    if quantized and model.get_input_embeddings().weight.dtype == torch.float16:
+        # fp16 norms can overflow; peft's prepare_model_for_kbit_training upcasts them (and, needlessly, the
+        # embeddings too). In bf16 the norms stay as they are: they compute their statistics in fp32 internally, and
+        # bf16 outputs keep the 4-bit layers' outputs and the residual stream in bf16 (half the activation memory).
         for module in model.modules():
             if "norm" in type(module).__name__.lower():
                 module.to(torch.float32)

@@ -13,11 +13,11 @@ The terms follow what tuneforge's own code does (models/lora.py, train/loss.py),
 - LoRA, CUDA: the whole base in the compute dtype. LoRA, CPU: loaded in fp32, then the frozen linear weights are
   cast to the compute dtype while embeddings and norms stay fp32 (so loading peaks at 4 bytes/parameter).
 - QLoRA: linear weights (not the output head) in 4-bit NF4; every other parameter (embeddings, output head, norms)
-  in the compute dtype, norms upcast to fp32 (a negligible share, not counted). For mixture-of-experts models "every
+  in the compute dtype (norms upcast to fp32 only under fp16; a negligible share). For mixture-of-experts models "every
   other" includes the experts, which transformers 5 stores as fused 3-D parameters that bitsandbytes does not
   quantize — QLoRA saves little on Mixtral. (If models/lora.py went back to PEFT's prepare_model_for_kbit_training,
   which upcasts all of them to fp32, QLORA_UNQUANTIZED_BYTES would become 4.)
-- The loss computes the output head only on target positions, CHUNK_TOKENS at a time (train/loss.py).
+- The loss computes the output head only on target positions, chunk_tokens_for(vocab) positions at a time (train/loss.py).
 """
 
 from __future__ import annotations
@@ -417,10 +417,9 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
     # - each LoRA-adapted layer's input, once more: PEFT casts it for lora_A, and that copy is saved. The frozen base
     #   weights need no saved input (their weight gradient is never computed);
     # - every linear layer's output, consumed by attention (SDPA keeps q, k, v and its output), the MLP's activation
-    #   and product, or the residual add. With QLoRA these are fp32: bitsandbytes returns its input's dtype, and the
-    #   (fp32) norms feed it fp32 in Llama-style blocks (GPT-2's stay bf16: the main source of error below);
+    #   and product, or the residual add;
     # - the inputs of the two norms, in the residual stream's dtype (fp32 on the CPU, where LoRA keeps the embeddings
-    #   in fp32, and under QLoRA);
+    #   in fp32);
     # - Python-level activations (gelu_new) keep ~3 more MLP-wide tensors; attention dropout on the CPU keeps the
     #   (T x T) probabilities (see below).
     # Against saved-tensor measurements of 2-layer, 512-wide Llama, GPT-2 and Falcon blocks (LoRA bf16/fp32, QLoRA):
@@ -428,8 +427,10 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
     # 16-bit) for a frozen base, without dropout masks (tuneforge's default lora_dropout is 0) and, with SDPA, without
     # the (T x T) attention scores.
     tokens = s.batch_size * s.seq_len
-    output = 4 if (s.method == "qlora" or s.precision == "fp32") else compute
-    residual = compute if (not on_cpu and s.method == "lora" and s.precision != "fp32") else 4
+    # Linear outputs are in the compute dtype (autocast, or bitsandbytes returning its bf16 input's dtype); the
+    # residual stream is fp32 only for LoRA on the CPU, where load_base_model keeps embeddings and norms in fp32.
+    output = 4 if s.precision == "fp32" else compute
+    residual = 4 if (s.precision == "fp32" or (on_cpu and s.method == "lora")) else compute
     adapted = set(targets)
     per_token = sum(fan_in * compute for name, (fan_in, _) in model.layer_linears.items() if name in adapted)
     per_token += sum(fan_out for _, fan_out in model.layer_linears.values()) * output
@@ -452,14 +453,14 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
     else:
         activations = model.num_layers * per_layer
 
-    # -- logits. train/loss.py runs the head on target positions only, CHUNK_TOKENS at a time, and recomputes each
-    # chunk in backward: one chunk's logits live at once. Its peak is in backward: cross-entropy's fp32 log-softmax
+    # -- logits. train/loss.py runs the head on target positions only, chunk_tokens_for(vocab) positions at a time, and recomputes each
+    # chunk in backward: one chunk's logits live at once (chunks sized by elements: train/loss.py). Its peak is in backward: cross-entropy's fp32 log-softmax
     # (kept from the recomputed forward), the fp32 gradients of the log-softmax and of the logits, and the gradient of
     # the head output in the compute dtype. Architectures outside FAST_PATH_TYPES use the model's own forward: every
     # position's logits at once.
-    from ..train.loss import CHUNK_TOKENS, FAST_PATH_TYPES
+    from ..train.loss import FAST_PATH_TYPES, chunk_tokens_for
 
-    positions = min(tokens, CHUNK_TOKENS) if model.model_type in FAST_PATH_TYPES else tokens
+    positions = min(tokens, chunk_tokens_for(model.vocab_size)) if model.model_type in FAST_PATH_TYPES else tokens
     logits = positions * model.vocab_size * (4 + 4 + 4 + compute)
 
     return MemoryEstimate(

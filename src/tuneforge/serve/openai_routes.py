@@ -23,7 +23,6 @@ import asyncio
 import inspect
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 

@@ -24,8 +24,13 @@ FAST_PATH_TYPES = {
     "stablelm", "gpt2", "opt", "gptj", "gpt_neox", "falcon", "phi", "starcoder2",
 }
 
-# Logits of this many target positions at once: 1024 x 49,152 fp32 = 200 MB peak for SmolLM2.
-CHUNK_TOKENS = 1024
+# Logits computed at once: 2^25 elements (128 MiB in fp32), i.e. 682 positions of SmolLM2's 49,152-token vocabulary
+# or 261 of Llama 3's 128,256. Sized by elements, not positions, so large vocabularies get smaller chunks.
+CHUNK_LOGITS = 1 << 25
+
+
+def chunk_tokens_for(vocab_size: int) -> int:
+    return max(1, CHUNK_LOGITS // vocab_size)
 
 
 def _head_loss_sum(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -41,7 +46,7 @@ def _base_causal_lm(model):
     return get_base() if get_base is not None else model
 
 
-def loss_sum(model, batch: dict[str, torch.Tensor], *, chunk_tokens: int = CHUNK_TOKENS) -> tuple[torch.Tensor, int]:
+def loss_sum(model, batch: dict[str, torch.Tensor], *, chunk_tokens: int | None = None) -> tuple[torch.Tensor, int]:
     """(sum of token cross-entropies over target positions, number of target positions) for one micro-batch.
 
     Returning the sum lets gradient accumulation normalise by the number of target tokens in the whole optimizer
@@ -65,6 +70,7 @@ def loss_sum(model, batch: dict[str, torch.Tensor], *, chunk_tokens: int = CHUNK
     selected = targets[mask]  # (N,)
     head = lm.get_output_embeddings()
     softcap = getattr(lm.config, "final_logit_softcapping", None)
+    chunk_tokens = chunk_tokens or chunk_tokens_for(lm.config.vocab_size)
     if n_targets <= chunk_tokens:
         return _head_loss_sum(head, hidden, selected, softcap), n_targets
     total = hidden.new_zeros((), dtype=torch.float32)
