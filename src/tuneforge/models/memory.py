@@ -55,6 +55,11 @@ LORA_PARAM_BYTES = 4
 # transformers, peft and bitsandbytes imported (measured ~0.45 GiB RSS here).
 FRAMEWORK_OVERHEAD_BYTES = {"cuda": int(0.5 * GiB), "cpu": int(0.5 * GiB)}
 
+# Peak RSS over saved activations on the CPU, measured on SmolLM2-135M runs of bench/train_bench.py (LoRA and QLoRA,
+# batch 8, sequences up to 512 tokens: 1.9) and of 8 x 256-token batches (2.4). A fixed mmap threshold
+# (MALLOC_MMAP_THRESHOLD_=65536) brings it near 1.3 but made training 1.8x slower (page faults), so it is not set.
+CPU_ALLOCATOR_FACTOR = 2.1
+
 # Bytes per unquantized parameter under QLoRA; None: the compute dtype's (see the module docstring).
 QLORA_UNQUANTIZED_BYTES: int | None = None
 
@@ -452,9 +457,14 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
         activations = tokens * model.num_layers * model.hidden_size * residual + per_layer
     else:
         activations = model.num_layers * per_layer
+    if on_cpu:
+        # Peak RSS is not live tensors: glibc's malloc keeps freed activation and gradient buffers mapped (its mmap
+        # threshold grows with each large free), so the process holds about twice what autograd keeps alive.
+        activations *= CPU_ALLOCATOR_FACTOR
 
-    # -- logits. train/loss.py runs the head on target positions only, chunk_tokens_for(vocab) positions at a time, and recomputes each
-    # chunk in backward: one chunk's logits live at once (chunks sized by elements: train/loss.py). Its peak is in backward: cross-entropy's fp32 log-softmax
+    # -- logits. train/loss.py runs the head on target positions only, chunk_tokens_for(vocab) positions at a
+    # time, and recomputes each chunk in backward: one chunk's logits live at once. Its peak is in backward:
+    # cross-entropy's fp32 log-softmax
     # (kept from the recomputed forward), the fp32 gradients of the log-softmax and of the logits, and the gradient of
     # the head output in the compute dtype. Architectures outside FAST_PATH_TYPES use the model's own forward: every
     # position's logits at once.
