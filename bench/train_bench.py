@@ -77,13 +77,13 @@ def spec_dict(data_path: Path, quantized: bool) -> dict:
 
 
 def prepared(data_path: Path):
-    from tuneforge.data import prepare_dataset
+    """The tokenized splits every configuration trains and evaluates on (exactly what the tuneforge runs use)."""
     from tuneforge.models.loader import load_tokenizer
+    from tuneforge.spec import parse_spec
+    from tuneforge.train.recipe import prepare_spec_data
 
     tok = load_tokenizer(MODEL)
-    data = prepare_dataset(data_path=str(data_path), tokenizer=tok, cutoff_len=512, prompt_template=TEMPLATE,
-                           split_fractions={"train": 0.8, "validation": 0.2}, seed=HYPER["seed"])
-    return tok, data
+    return tok, prepare_spec_data(parse_spec(spec_dict(data_path, quantized=False)), tok)
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -171,24 +171,12 @@ def run_tuneforge(data_path: Path, out: Path, quantized: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ parent
-def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak(dtype_name: str) -> float:
     import torch
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    a @ b  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    from tuneforge.estimate import matmul_peak_flops
+
+    return matmul_peak_flops(dtype_name, "cuda" if torch.cuda.is_available() else "cpu", n=2048)
 
 
 def main() -> None:

@@ -58,12 +58,11 @@ def _evaluate(model, tokenizer, data, examples, rows, runtime) -> tuple[float, f
 def run_demo(output: str = "runs/demo", max_steps: int | None = None) -> int:
     import shutil
 
-    from .data import prepare_dataset
     from .inference import load_for_inference
     from .models.loader import load_tokenizer, resolve_model
     from .models.lora import load_base_model
     from .spec import load_spec
-    from .train.recipe import train, work_dir_for
+    from .train.recipe import prepare_spec_data, train, work_dir_for
     from .train.runtime import pick_runtime
 
     started = time.time()
@@ -77,9 +76,7 @@ def run_demo(output: str = "runs/demo", max_steps: int | None = None) -> int:
     print(f"task: {d.prompt_template!r}")
 
     tokenizer = load_tokenizer(spec.pretrainedmodel_config.model_path)
-    data = prepare_dataset(data_path=d.data_path, tokenizer=tokenizer, cutoff_len=d.cutoff_len,
-                           prompt_template=d.prompt_template, split_fractions=d.data_split_config,
-                           seed=spec.training_config.seed)
+    data = prepare_spec_data(spec, tokenizer)  # the same splits train() will use
     runtime = pick_runtime(spec.training_config.precision)
     print(f"data: {len(data.train)} train, {len(data.validation)} validation, {len(data.test)} held-out test rows")
 

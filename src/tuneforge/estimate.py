@@ -94,22 +94,16 @@ def estimate_job(spec, *, device: str | None = None, gpu_memory_gb: float | None
     import torch
     from transformers import AutoConfig
 
-    from .data import prepare_dataset
     from .models.fit import model_shape
     from .models.loader import load_tokenizer, resolve_model
     from .models.memory import GiB, TrainingSetup, device_memory, estimate_training_memory
-    from .train.recipe import make_plan
+    from .train.recipe import make_plan, prepare_spec_data
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     p, d = spec.pretrainedmodel_config, spec.data_config
     resolved = resolve_model(p.model_path, setup=None)
     tokenizer = load_tokenizer(p.model_path, hf_token=spec.hf_config.hf_token)
-    data = prepare_dataset(
-        data_path=d.data_path, tokenizer=tokenizer, cutoff_len=d.cutoff_len, prompt_template=d.prompt_template,
-        data_format=d.data_format, completion_column=d.completion_column, train_on_inputs=d.train_on_inputs,
-        data_subset=d.data_subset, data_split=d.data_split, split_fractions=d.data_split_config,
-        validation_data_path=d.validation_data_path, seed=spec.training_config.seed, hf_token=spec.hf_config.hf_token,
-    )
+    data = prepare_spec_data(spec, tokenizer)
     lengths = [len(e) for e in data.train]
     longest = max(lengths)
     shape = model_shape(resolved.model_id, resolved.load_from if resolved.is_local else None)

@@ -175,10 +175,22 @@ def _prepare_output(output_dir: Path, *, resume: bool, overwrite: bool) -> Path:
     return work
 
 
+def prepare_spec_data(spec: JobSpec, tokenizer):
+    """The job's data, validated, tokenized and split as its data_config says (raises DataValidationError)."""
+    from ..data import prepare_dataset
+
+    d = spec.data_config
+    return prepare_dataset(
+        data_path=d.data_path, tokenizer=tokenizer, cutoff_len=d.cutoff_len, prompt_template=d.prompt_template,
+        data_format=d.data_format, completion_column=d.completion_column, train_on_inputs=d.train_on_inputs,
+        data_subset=d.data_subset, data_split=d.data_split, split_fractions=d.data_split_config,
+        validation_data_path=d.validation_data_path, seed=spec.training_config.seed, hf_token=spec.hf_config.hf_token,
+    )
+
+
 def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
           quiet: bool = False, on_event: EventSink | None = None, device: str | None = None) -> RunResult:
     # ----------------------------------------------------------------------------------------------- setup
-    from ..data import prepare_dataset
     from ..models.loader import load_tokenizer, resolve_model
     from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts, weight_bytes
 
@@ -196,12 +208,7 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
 
     # Validate the data before anything is written: a bad dataset leaves no output folder behind.
     tokenizer = load_tokenizer(p.model_path, hf_token=hf_token)
-    data = prepare_dataset(
-        data_path=d.data_path, tokenizer=tokenizer, cutoff_len=d.cutoff_len, prompt_template=d.prompt_template,
-        data_format=d.data_format, completion_column=d.completion_column, train_on_inputs=d.train_on_inputs,
-        data_subset=d.data_subset, data_split=d.data_split, split_fractions=d.data_split_config,
-        validation_data_path=d.validation_data_path, seed=t.seed, hf_token=hf_token,
-    )
+    data = prepare_spec_data(spec, tokenizer)
     for warning in data.report.warnings:
         console.log(f"data warning: {warning}")
     train_set, val_set = data.train, data.validation
