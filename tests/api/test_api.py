@@ -91,6 +91,19 @@ def test_bad_payloads_get_422_with_the_field_path_and_nothing_is_stored(svc, mut
     assert _jobs_in_db(server) == before
 
 
+def test_a_model_too_large_for_the_server_is_refused_at_submission_with_the_numbers(svc):
+    server, c, _ = svc
+    before = _jobs_in_db(server)
+    body = payload(server.home)
+    body["pretrainedmodel_config"]["model_path"] = "meta-llama/Llama-3.1-70B-Instruct"  # a catalog id: no download
+    r = c["alice"].post("/v1/finetune/llm", json=body)
+    assert r.status_code == 422, r.text
+    problem = r.json()["problems"][0]
+    assert problem["field"] == "pretrainedmodel_config.model_path"
+    assert "too large for this device" in problem["message"] and "GiB" in problem["message"]
+    assert _jobs_in_db(server) == before
+
+
 def test_malformed_json_and_wrong_shapes_get_422(svc):
     server, c, _ = svc
     r = c["alice"].post("/v1/finetune/llm", data=b'{"data_config": {"data_path": "x",}',

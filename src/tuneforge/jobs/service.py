@@ -104,8 +104,20 @@ def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: Path
 
 def submit_job(store: Store, settings, principal: Principal, spec: JobSpec) -> dict:
     resolved, dataset_ids = resolve_spec(spec, store, principal, PathPolicy.from_settings(settings))
+    _refuse_if_too_large(resolved)
     return store.insert_job(owner=principal.owner, key_id=principal.key_id, spec=resolved.to_dict(redact=False),
                             spec_public=spec.to_dict(redact=True), dataset_ids=dataset_ids, runs_dir=settings.runs_dir)
+
+
+def _refuse_if_too_large(spec: JobSpec) -> None:
+    """A job that cannot fit this server's device by the memory estimate is refused at submission, with the numbers,
+    instead of failing in the queue. Only the config is read (catalog entry or local config.json), never weights."""
+    from ..models.fit import ensure_fits
+    from ..models.memory import TrainingSetup
+
+    model_path = spec.pretrainedmodel_config.model_path
+    folder = Path(model_path)
+    ensure_fits(model_path, config_dir=folder if folder.is_dir() else None, setup=TrainingSetup.from_spec(spec))
 
 
 def get_job(store: Store, principal: Principal, job_id: str) -> dict:
