@@ -193,14 +193,13 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
     # ----------------------------------------------------------------------------------------------- setup
     from ..models.loader import load_tokenizer, resolve_model
     from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts, weight_bytes
+    from ..models.memory import TrainingSetup
 
     wall_start = time.time()
     output_dir = Path(output_dir).expanduser().resolve()
     p, d, t = spec.pretrainedmodel_config, spec.data_config, spec.training_config
     hf_token = spec.hf_config.hf_token
     runtime = pick_runtime(t.precision, device)
-    from ..models.memory import TrainingSetup
-
     # A bad model id, or one too large for this device by the estimate, is refused before any download or work.
     resolved = resolve_model(p.model_path, setup=TrainingSetup.from_spec(spec, device=device))
     console = _Console(on_event, quiet)
