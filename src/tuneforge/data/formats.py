@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import string
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,7 +159,7 @@ class Template:
 # --- shapes -----------------------------------------------------------------------------------------------------
 
 
-class RowFormat:
+class RowFormat(ABC):
     name = ""
     fields: tuple[str, ...] = ()
     text_fields: tuple[str, ...] = ()  # fields that must hold text (checked against column types up front)
@@ -166,12 +167,13 @@ class RowFormat:
     def describe(self) -> str:
         return ""
 
+    @abstractmethod
     def check(self, row: dict[str, Any], noun: str, skip: frozenset[str]) -> list[Problem]:
-        raise NotImplementedError
+        """Everything wrong with `row` for this shape."""
 
     def render(self, row: dict[str, Any]) -> tuple[str, str]:
         """(prompt text, completion text) for the non-chat shapes."""
-        raise NotImplementedError
+        raise TypeError(f"{self.name} rows are rendered with the tokenizer's chat template, not as prompt/completion")
 
     def completion_text(self, row: dict[str, Any]) -> str | None:
         """The learned answer, for the 'very short completion' warning and exact-match evaluation."""
