@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 
 # Model-FLOPs utilisation of tuneforge training, measured by bench/train_bench.py (SmolLM2-135M, bf16 autocast on
-# a 2-core AVX-512-BF16 CPU): see bench/RESULTS.md. On CUDA no run has been measured here yet; 0.35 is typical of
+# a 2-core AVX-512-BF16 CPU, 38% of the bf16 matmul peak): see bench/RESULTS.md. On CUDA no run has been measured here yet; 0.35 is typical of
 # LoRA on a single GPU with SDPA attention (torchtune and Unsloth report 30-45%).
-MFU = {"cpu": 0.30, "cuda": 0.35}
+MFU = {"cpu": 0.38, "cuda": 0.35}
 PADDING_OVERHEAD = 1.05  # length-grouped batches pad ~5% (tests/train/test_components.py bounds it)
 
 
