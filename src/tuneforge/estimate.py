@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 
 # Model-FLOPs utilisation of tuneforge training, measured by bench/train_bench.py (SmolLM2-135M, bf16 autocast on
-# a 2-core AVX-512-BF16 CPU, 38% of the bf16 matmul peak): see bench/RESULTS.md. On CUDA no run has been measured here yet; 0.35 is typical of
-# LoRA on a single GPU with SDPA attention (torchtune and Unsloth report 30-45%).
+# a 2-core AVX-512-BF16 CPU: 38% of the bf16 matmul peak; bench/RESULTS.md). CUDA has not been measured yet: 0.35 is
+# an assumption until `bash bench/gpu_check.sh` replaces it with a measurement.
 MFU = {"cpu": 0.38, "cuda": 0.35}
 PADDING_OVERHEAD = 1.05  # length-grouped batches pad ~5% (tests/train/test_components.py bounds it)
 
