@@ -30,7 +30,7 @@ from pydantic import Field
 from ..errors import TuneforgeError
 from ..jobs import service
 from ..jobs.paths import PathPolicy, classify_data_path, classify_model_path
-from ..jobs.service import DatasetOptions
+from ..jobs.service import DatasetOptions, tokenizer_for
 from ..jobs.store import Principal
 from ..spec import JobSpec
 from .auth import get_principal
@@ -212,12 +212,7 @@ async def inspect(body: InspectRequest, request: Request, principal: Principal =
 
     def work() -> dict:
         path, shown = _data_file(body.data_path, store, principal, policy)
-        tokenizer = None
-        if body.model_path:
-            model_path = body.model_path
-            if classify_model_path(model_path) == "local":
-                model_path = policy.local(model_path, "model_path")
-            tokenizer = _tokenizer(model_path)
+        tokenizer = tokenizer_for(body.model_path, policy) if body.model_path else None
         from ..data.validate import scan_path
 
         result = scan_path(str(path), tokenizer=tokenizer, cutoff_len=body.cutoff_len,
@@ -245,13 +240,6 @@ def _data_file(value: str, store, principal: Principal, policy: PathPolicy) -> t
                              "can be inspected here; hub datasets and URLs are checked when the job starts",
                              field="data_path", value=value)
     return policy.local(value, "data_path"), value
-
-
-@functools.lru_cache(maxsize=8)
-def _tokenizer(model_path: str):
-    from ..models.loader import load_tokenizer
-
-    return load_tokenizer(model_path)
 
 
 def _histogram(lengths: list[int], bins: int, cutoff: int, report: dict) -> dict:

@@ -7,6 +7,7 @@ Errors are `TuneforgeError`s that carry their meaning: `NotFound` (-> 404), `Con
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -234,18 +235,26 @@ def new_dataset_id() -> str:
     return "ds_" + secrets.token_hex(8)
 
 
+def tokenizer_for(model_path: str, policy: PathPolicy):
+    """The tokenizer of `model_path`, reading a local folder only where the path policy allows. Cached: the UI
+    re-validates a dataset on every template edit."""
+    if classify_model_path(model_path) == "local":
+        model_path = policy.local(model_path, "model_path")
+    return _load_tokenizer(str(model_path))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(model_path: str):
+    from ..models.loader import load_tokenizer
+
+    return load_tokenizer(model_path)
+
+
 def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> dict:
     """The data layer's validation report for a stored file, as JSON."""
     from ..data import validate_source
 
-    tokenizer = None
-    if options.model_path:
-        model_path = options.model_path
-        if classify_model_path(model_path) == "local":
-            model_path = policy.local(model_path, "model_path")
-        from ..models.loader import load_tokenizer
-
-        tokenizer = load_tokenizer(model_path)
+    tokenizer = tokenizer_for(options.model_path, policy) if options.model_path else None
     report = validate_source(data_path=str(path), tokenizer=tokenizer, cutoff_len=options.cutoff_len,
                              prompt_template=options.prompt_template, data_format=options.data_format,
                              completion_column=options.completion_column, train_on_inputs=options.train_on_inputs)

@@ -66,6 +66,19 @@ def save_adapter(model, folder: Path) -> None:
     model.save_pretrained(folder, save_embedding_layers=False)
 
 
+def load_adapter_weights(model, folder: Path) -> None:
+    """Put the LoRA weights saved in `folder` into the live adapter, refusing weights that do not fit it."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from ..errors import TuneforgeError
+
+    result = set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    if getattr(result, "unexpected_keys", None):
+        raise TuneforgeError(f"adapter {folder} does not fit this model/LoRA configuration "
+                             f"(unexpected weights such as {result.unexpected_keys[0]})")
+
+
 def list_checkpoints(work_dir: Path) -> list[Path]:
     if not work_dir.is_dir():
         return []
@@ -93,14 +106,7 @@ def is_checkpoint(path: Path) -> bool:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainerState:
     """Restore everything `save_checkpoint` wrote into live objects; returns the loop state."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(model, weights)
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise RuntimeError(f"checkpoint {path} does not match the model: unexpected keys {unexpected[:5]}")
+    load_adapter_weights(model, path / "adapter")
     payload = torch.load(path / "training_state.pt", weights_only=False)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])

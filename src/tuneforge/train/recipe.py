@@ -33,8 +33,8 @@ from ..data.example import Example
 from ..errors import TuneforgeError
 from ..spec import JobSpec
 from .batching import collate, epoch_batches
-from .checkpoint import (TrainerState, is_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint, save_adapter,
-                         save_checkpoint)
+from .checkpoint import (TrainerState, is_checkpoint, latest_checkpoint, list_checkpoints, load_adapter_weights,
+                         load_checkpoint, save_adapter, save_checkpoint)
 from .loss import loss_sum
 from .metrics import MetricsLog, plot_loss
 from .runtime import Runtime, pick_runtime
@@ -239,7 +239,7 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
         if is_checkpoint(source):
             checkpoint = source
         elif (source / "adapter_config.json").is_file():
-            _load_adapter_weights(model, source)
+            load_adapter_weights(model, source)
             console.log(f"initialised the adapter from {source}")
         else:
             raise TuneforgeError(
@@ -345,7 +345,7 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
 
     # ------------------------------------------------------------------------------------------------ save
     if state.best_step is not None and state.best_step != state.global_step:
-        _load_adapter_weights(model, work / "best_adapter")
+        load_adapter_weights(model, work / "best_adapter")
         console.log(f"kept the adapter of step {state.best_step}, which had the lowest validation loss")
     adapter_dir = work / "adapter"
     save_adapter(model, adapter_dir)
@@ -397,17 +397,6 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
         + f", {report['tokens_per_second']:.0f} tokens/s; adapter in {output_dir / 'adapter'}"
     )
     return RunResult(output_dir=output_dir, adapter_dir=output_dir / "adapter", report=report)
-
-
-def _load_adapter_weights(model, adapter_dir: Path) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(model, weights)
-    if getattr(result, "unexpected_keys", None):
-        raise TuneforgeError(f"adapter {adapter_dir} does not fit this model/LoRA configuration "
-                             f"(unexpected weights such as {result.unexpected_keys[0]})")
 
 
 def _resolved_spec(spec: JobSpec, targets: list[str], plan: Plan) -> dict:
