@@ -215,10 +215,7 @@ async def inspect(body: InspectRequest, request: Request, principal: Principal =
         tokenizer = tokenizer_for(body.model_path, policy) if body.model_path else None
         from ..data.validate import scan_path
 
-        result = scan_path(str(path), tokenizer=tokenizer, cutoff_len=body.cutoff_len,
-                           prompt_template=body.prompt_template, data_format=body.data_format,
-                           completion_column=body.completion_column, train_on_inputs=body.train_on_inputs,
-                           keep=tokenizer is not None)
+        result = scan_path(str(path), body.data_options(), tokenizer=tokenizer, keep=tokenizer is not None)
         report = result.report.to_dict()
         report["source"] = shown  # not the upload's path on the server
         lengths = [len(k.example) for k in result.kept if k.example is not None]

@@ -106,7 +106,7 @@ def run(job_id: str, worker_id: str) -> int:
         store.finish(job_id, "failed", worker_id=worker_id, error=message, message="failed")
         return 1
 
-    from ..data import DataValidationError, validate_source
+    from ..data import DataOptions, DataValidationError, validate_source
     from ..errors import TuneforgeError
 
     try:
@@ -128,11 +128,8 @@ def run(job_id: str, worker_id: str) -> int:
 
         d = spec.data_config
         tokenizer = load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)
-        report = validate_source(data_path=d.data_path, tokenizer=tokenizer, cutoff_len=d.cutoff_len,
-                                 prompt_template=d.prompt_template, data_format=d.data_format,
-                                 completion_column=d.completion_column, data_subset=d.data_subset,
-                                 data_split=d.data_split, hf_token=spec.hf_config.hf_token,
-                                 train_on_inputs=d.train_on_inputs)
+        report = validate_source(d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token),
+                                 tokenizer=tokenizer)
         rec({"type": "validation", "report": report.to_dict(), "time": time.time()})
         if not report.ok:
             return fail(f"data_config.data_path: the dataset is not trainable: {report.summary()}")

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..data.options import DataOptions
 from ..errors import TuneforgeError
 from ..spec import DataConfig, JobSpec, SpecError, parse_spec
 from .paths import PathPolicy, PathRejected, classify_data_path, classify_model_path, is_job_id
@@ -230,6 +231,11 @@ class DatasetOptions(BaseModel):
         None, description="Tokenizer to count tokens with (a model id or a model folder in an allowed folder). "
         "Empty: token statistics are skipped.")
 
+    def data_options(self) -> DataOptions:
+        return DataOptions(cutoff_len=self.cutoff_len, prompt_template=self.prompt_template,
+                           data_format=self.data_format, completion_column=self.completion_column,
+                           train_on_inputs=self.train_on_inputs)
+
 
 def new_dataset_id() -> str:
     return "ds_" + secrets.token_hex(8)
@@ -255,9 +261,7 @@ def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> di
     from ..data import validate_source
 
     tokenizer = tokenizer_for(options.model_path, policy) if options.model_path else None
-    report = validate_source(data_path=str(path), tokenizer=tokenizer, cutoff_len=options.cutoff_len,
-                             prompt_template=options.prompt_template, data_format=options.data_format,
-                             completion_column=options.completion_column, train_on_inputs=options.train_on_inputs)
+    report = validate_source(str(path), options.data_options(), tokenizer=tokenizer)
     return report.to_dict()
 
 

@@ -180,15 +180,12 @@ def _prepare_output(output_dir: Path, *, resume: bool, overwrite: bool) -> Path:
 
 def prepare_spec_data(spec: JobSpec, tokenizer):
     """The job's data, validated, tokenized and split as its data_config says (raises DataValidationError)."""
-    from ..data import prepare_dataset
+    from ..data import DataOptions, prepare_dataset
 
     d = spec.data_config
-    return prepare_dataset(
-        data_path=d.data_path, tokenizer=tokenizer, cutoff_len=d.cutoff_len, prompt_template=d.prompt_template,
-        data_format=d.data_format, completion_column=d.completion_column, train_on_inputs=d.train_on_inputs,
-        data_subset=d.data_subset, data_split=d.data_split, split_fractions=d.data_split_config,
-        validation_data_path=d.validation_data_path, seed=spec.training_config.seed, hf_token=spec.hf_config.hf_token,
-    )
+    return prepare_dataset(d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token),
+                           tokenizer=tokenizer, split_fractions=d.data_split_config,
+                           validation_data_path=d.validation_data_path, seed=spec.training_config.seed)
 
 
 @dataclass
