@@ -21,7 +21,7 @@ from tuneforge.models.memory import ModelShape, estimate_training_memory
 from tuneforge.models.targets import TARGET_MODULES, TARGET_PARAMETERS, default_target_parameters
 from tuneforge.train import loss as loss_module
 from tuneforge.train.loss import loss_sum
-from tuneforge.train.runtime import cpu_has_bf16, pick_runtime
+from tuneforge.runtime import cpu_has_bf16, pick_runtime
 
 # Every tiny config whose architecture the catalog may list ("falcon:new_decoder" is Falcon-40B's layout, etc.).
 TESTED = [arch for arch in TINY_CONFIGS if arch.split(":")[0] in PROVEN_ARCHITECTURES]

@@ -161,7 +161,7 @@ def _examples():
 
 def _one_step(micro_batches, max_grad_norm=0.0):
     from tuneforge.train.recipe import train_step
-    from tuneforge.train.runtime import pick_runtime
+    from tuneforge.runtime import pick_runtime
 
     model = _lora_llama()
     model.train()

@@ -10,7 +10,7 @@ import torch
 
 from tuneforge.cli import main
 from tuneforge.train.recipe import evaluate, train, work_dir_for
-from tuneforge.train.runtime import pick_runtime
+from tuneforge.runtime import pick_runtime
 
 from tiny import make_tiny_spec as make_spec
 from tiny import write_qa_data

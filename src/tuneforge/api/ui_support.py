@@ -27,12 +27,17 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
 
+from ..data.validate import scan_path
 from ..errors import TuneforgeError
 from ..jobs import service
 from ..jobs.paths import PathPolicy, classify_data_path, classify_model_path
 from ..jobs.service import DatasetOptions, tokenizer_for
 from ..jobs.store import Principal
-from ..spec import JobSpec
+from ..models.fit import model_shape
+from ..models.listing import REFERENCE, catalog_rows
+from ..models.memory import TrainingSetup, device_memory, estimate_training_memory
+from ..runtime import auto_precision, default_device, resolve_optimizer
+from ..spec import DataConfig, JobSpec
 from .auth import get_principal
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
@@ -60,8 +65,6 @@ def spec_schema(principal: Principal = Depends(get_principal)) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _schema() -> dict:
-    from ..spec import DataConfig
-
     defaults = JobSpec(data_config=DataConfig(data_path="-")).to_dict(redact=False)
     del defaults["data_config"]["data_path"]
     return {"schema": JobSpec.model_json_schema(), "defaults": defaults}
@@ -84,8 +87,6 @@ def _serialized(fn):
 
 @functools.lru_cache(maxsize=1)
 def _catalog() -> dict:
-    from ..models.listing import REFERENCE, catalog_rows
-
     return {"reference_setup": dataclasses.asdict(REFERENCE), "models": catalog_rows(REFERENCE)}
 
 
@@ -163,10 +164,6 @@ async def estimate(request: Request, principal: Principal = Depends(get_principa
     def work() -> dict:
         import torch
 
-        from ..models.fit import model_shape
-        from ..models.memory import TrainingSetup, device_memory, estimate_training_memory
-        from ..train.runtime import cpu_has_bf16
-
         folder = None
         if classify_model_path(model_path) == "local":
             folder = policy.local(model_path, "model_path")
@@ -177,14 +174,13 @@ async def estimate(request: Request, principal: Principal = Depends(get_principa
         out = {"model_path": model_path, "params": shape.params, "architecture": shape.model_type}
         # As TrainingSetup.from_spec resolves a spec on this server, but for any device: the catalog's reference
         # columns are for a CUDA GPU even on a server without one.
-        dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        prec = precision
-        if prec == "auto":
-            prec = "bf16" if (dev == "cuda" or cpu_has_bf16()) else "fp32"
+        dev = default_device(None if device == "auto" else device)
+        prec = auto_precision(dev) if precision == "auto" else precision
         for method in ("lora", "qlora"):
+            optimizer = resolve_optimizer("auto", quantized=method == "qlora", device_type=dev)
             setup = TrainingSetup(method=method, batch_size=batch_size, seq_len=cutoff_len, lora_r=lora_r,
                                   gradient_checkpointing=gradient_checkpointing, precision=prec, device=dev,
-                                  optimizer="paged_adamw_8bit" if (method == "qlora" and dev == "cuda") else "adamw")
+                                  optimizer=optimizer)
             out[method] = estimate_training_memory(shape, setup).to_dict()
         if dev == "cuda" and not torch.cuda.is_available():
             out["device"] = {"type": dev, "available_bytes": None, "what": "no CUDA device on this server"}
@@ -213,7 +209,6 @@ async def inspect(body: InspectRequest, request: Request, principal: Principal =
     def work() -> dict:
         path, shown = _data_file(body.data_path, store, principal, policy)
         tokenizer = tokenizer_for(body.model_path, policy) if body.model_path else None
-        from ..data.validate import scan_path
 
         result = scan_path(str(path), body.data_options(), tokenizer=tokenizer, keep=tokenizer is not None)
         report = result.report.to_dict()

@@ -21,6 +21,14 @@ import time
 import traceback
 from pathlib import Path
 
+from ..data import DataOptions, DataValidationError, validate_source
+from ..errors import TuneforgeError
+from ..models.loader import load_tokenizer
+from ..settings import Settings
+from ..spec import parse_spec
+from ..train.plan import is_finished_run, work_dir_for
+from .store import ACTIVE, Store
+
 
 def die_with_parent(expected_parent: int | None) -> None:
     """Ask the kernel to SIGKILL us when our parent dies (Linux only; elsewhere heartbeats still requeue)."""
@@ -89,9 +97,6 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def run(job_id: str, worker_id: str) -> int:
-    from ..settings import Settings
-    from .store import ACTIVE, Store
-
     settings = Settings()
     store = Store(settings.database_url, create=False)
     job = store.get_job(job_id)
@@ -106,13 +111,9 @@ def run(job_id: str, worker_id: str) -> int:
         store.finish(job_id, "failed", worker_id=worker_id, error=message, message="failed")
         return 1
 
-    from ..data import DataOptions, DataValidationError, validate_source
-    from ..errors import TuneforgeError
-
     try:
-        from ..spec import parse_spec
+        # torch comes with the training code; the worker imports this module (die_with_parent) and stays without.
         from ..train.checkpoint import latest_checkpoint
-        from ..train.recipe import is_finished_run, work_dir_for
 
         spec = parse_spec(json.loads(job["spec"]))
         run_dir = Path(job["run_dir"])
@@ -123,8 +124,6 @@ def run(job_id: str, worker_id: str) -> int:
         resume = latest_checkpoint(work_dir_for(run_dir)) is not None
         rec.log(f"attempt {job['attempts']} on worker {worker_id} (pid {os.getpid()})"
                 + ("; continuing from the last checkpoint" if resume else ""))
-
-        from ..models.loader import load_tokenizer
 
         d = spec.data_config
         tokenizer = load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)

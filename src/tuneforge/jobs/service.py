@@ -19,19 +19,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..data import validate_source
 from ..data.options import DataOptions
-from ..errors import TuneforgeError
+from ..errors import Conflict, NotFound, TuneforgeError
+from ..models.fit import ensure_fits
+from ..models.loader import load_tokenizer
+from ..models.memory import TrainingSetup
 from ..spec import DataConfig, JobSpec, SpecError, parse_spec
+from ..train.plan import work_dir_for
 from .paths import PathPolicy, PathRejected, classify_data_path, classify_model_path, is_job_id
 from .store import ACTIVE, TERMINAL, Principal, Store
-
-
-class NotFound(TuneforgeError):
-    pass
-
-
-class Conflict(TuneforgeError):
-    pass
 
 
 def scope(principal: Principal) -> str | None:
@@ -114,9 +111,6 @@ def submit_job(store: Store, settings, principal: Principal, spec: JobSpec) -> d
 def _refuse_if_too_large(spec: JobSpec) -> None:
     """A job that cannot fit this server's device by the memory estimate is refused at submission, with the numbers,
     instead of failing in the queue. Only the config is read (catalog entry or local config.json), never weights."""
-    from ..models.fit import ensure_fits
-    from ..models.memory import TrainingSetup
-
     model_path = spec.pretrainedmodel_config.model_path
     folder = Path(model_path)
     ensure_fits(model_path, config_dir=folder if folder.is_dir() else None, setup=TrainingSetup.from_spec(spec))
@@ -136,7 +130,6 @@ def cancel_job(store: Store, principal: Principal, job_id: str) -> dict:
                        field="job_id", value=job_id)
     after = store.request_cancel(job_id) or job
     if after["status"] == "cancelled":  # a requeued job may hold checkpoints of an earlier attempt
-        from ..train.recipe import work_dir_for
 
         shutil.rmtree(work_dir_for(Path(after["run_dir"])), ignore_errors=True)
     return after
@@ -251,15 +244,11 @@ def tokenizer_for(model_path: str, policy: PathPolicy):
 
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(model_path: str):
-    from ..models.loader import load_tokenizer
-
     return load_tokenizer(model_path)
 
 
 def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> dict:
     """The data layer's validation report for a stored file, as JSON."""
-    from ..data import validate_source
-
     tokenizer = tokenizer_for(options.model_path, policy) if options.model_path else None
     report = validate_source(str(path), options.data_options(), tokenizer=tokenizer)
     return report.to_dict()

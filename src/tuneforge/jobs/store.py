@@ -10,7 +10,6 @@ Times are UNIX seconds (floats): heartbeat arithmetic stays trivial and portable
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
@@ -21,6 +20,8 @@ from typing import Any
 from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
                         UniqueConstraint, create_engine, event, func, insert, select, text, update)
 from sqlalchemy.engine import Engine
+
+from ..keys import hash_key
 
 ACTIVE = ("validating", "running")  # a worker owns the job
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -136,11 +137,6 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
-
-
-def hash_key(key: str) -> str:
-    # Keys are 256-bit random tokens, so a fast hash is enough: there is nothing to brute-force (unlike passwords).
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

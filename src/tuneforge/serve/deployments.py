@@ -29,8 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import (Column, Float, Index, Integer, MetaData, String, Table, Text, insert, select, text, update)
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import TuneforgeError
-from .engine import InferenceEngine, SamplingParams, check_adapter_folder, check_name
+from ..errors import Conflict, TuneforgeError
+from ..keys import hash_key
+from ..models.loader import _hf_cached_snapshot, hub_reachable
+from .engine import InferenceEngine, SamplingParams, UnknownModelError, check_adapter_folder, check_name
 
 STATUSES = ("building", "live", "failed", "terminated")
 
@@ -90,12 +92,6 @@ class DeployRequest(BaseModel):
                              "many adapters on one base.")
 
 
-def _hash(token: str) -> str:
-    from ..jobs.store import hash_key
-
-    return hash_key(token)
-
-
 def _now() -> float:
     return time.time()
 
@@ -142,7 +138,7 @@ class DeploymentManager:
 
     def by_token(self, token: str) -> dict | None:
         with self.db.connect() as conn:
-            r = conn.execute(select(deployments).where(deployments.c.token_hash == _hash(token),
+            r = conn.execute(select(deployments).where(deployments.c.token_hash == hash_key(token),
                                                        deployments.c.status != "terminated")).first()
         return dict(r._mapping) if r else None
 
@@ -188,13 +184,11 @@ class DeploymentManager:
             with self.db.begin() as conn:
                 conn.execute(insert(deployments).values(
                     id=deployment_id, name=name, owner=owner, key_id=key_id, status="building",
-                    token_hash=_hash(token), token_prefix=token[:6], basemodel_path=req.basemodel_path,
+                    token_hash=hash_key(token), token_prefix=token[:6], basemodel_path=req.basemodel_path,
                     loramodel_path=req.loramodel_path or None, model_load=model_load, adapter_source=adapter_source,
                     prompt_template=req.prompt_template, max_model_len=req.max_model_len,
                     params=json.dumps(params), created_at=now, updated_at=now))
         except IntegrityError:
-            from ..jobs.service import Conflict
-
             raise Conflict(f"deployment_name: {name!r} is taken by a live deployment; choose another name or "
                            "terminate that one first", field="deployment_name", value=name) from None
         self.log(deployment_id, f"created deployment {name!r}: base {req.basemodel_path!r}, adapter "
@@ -264,7 +258,6 @@ class DeploymentManager:
     def _adapter_folder(self, source: str, deployment_id: str) -> str:
         if Path(source).is_absolute():
             return source
-        from ..models.loader import _hf_cached_snapshot, hub_reachable
 
         cached = _hf_cached_snapshot(source)
         if cached:
@@ -338,8 +331,6 @@ class DeploymentManager:
                messages: list[dict] | None = None, loop=None):
         d = self.live(model)
         if d is None:
-            from .engine import UnknownModelError
-
             raise UnknownModelError(f"model {model!r} is not a live deployment here", field="model", value=model)
         if isinstance(prompt, str):
             prompt = render_completion_prompt(d["prompt_template"], prompt)

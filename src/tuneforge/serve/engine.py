@@ -43,6 +43,9 @@ from pathlib import Path
 import torch
 
 from ..errors import TuneforgeError, close_matches
+from ..inference import read_adapter_config
+from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
+from ..runtime import default_device
 
 log = logging.getLogger("tuneforge.serve")
 
@@ -267,8 +270,6 @@ class EngineStats:
 
 def check_adapter_folder(path: str | Path, *, field: str = "adapter") -> dict:
     """The adapter's config, after checking that `path` is a LoRA adapter folder with weights in it."""
-    from ..inference import read_adapter_config
-
     config = read_adapter_config(path, field=field)
     p = Path(path).expanduser()
     if not any((p / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
@@ -299,8 +300,6 @@ class InferenceEngine:
                  dtype: torch.dtype = torch.float32, default_max_tokens: int = 256):
         from transformers import AutoModelForCausalLM
 
-        from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
-
         if max_loaded_adapters < 1:
             raise TuneforgeError(f"--max-adapters must be at least 1, got {max_loaded_adapters}",
                                  field="max_adapters", value=max_loaded_adapters)
@@ -314,7 +313,7 @@ class InferenceEngine:
         self.base_name = check_name(model_name or (Path(resolved.model_id).name if local else resolved.model_id),
                                     field="--model-name")
         self._aliases = {model_path, resolved.model_id, self.base_name}
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(default_device(device))
         self.max_loaded_adapters = max_loaded_adapters
         self.default_max_tokens = default_max_tokens
         self.tokenizer = load_tokenizer(model_path)

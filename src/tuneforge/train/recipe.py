@@ -31,16 +31,29 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..data.example import Example
 from ..errors import TuneforgeError
+from ..models.loader import load_tokenizer, resolve_model
+from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts, weight_bytes
+from ..models.memory import TrainingSetup
+from ..runtime import Runtime, pick_runtime, resolve_optimizer
 from ..spec import JobSpec
 from .batching import collate, epoch_batches
-from .checkpoint import (TrainerState, is_checkpoint, latest_checkpoint, list_checkpoints, load_adapter_weights,
-                         load_checkpoint, save_adapter, save_checkpoint)
+from .checkpoint import (
+    TrainerState,
+    is_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    load_adapter_weights,
+    load_checkpoint,
+    save_adapter,
+    save_checkpoint,
+)
 from .loss import loss_sum
 from .metrics import MetricsLog, plot_loss
-from .runtime import Runtime, pick_runtime
+from .plan import Plan, is_finished_run, make_plan, prepare_spec_data, work_dir_for
 from .schedule import WarmupPlateau, build_scheduler
 
 EventSink = Callable[[dict], None]
@@ -51,36 +64,6 @@ class RunResult:
     output_dir: Path
     adapter_dir: Path
     report: dict
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Step arithmetic, fixed before the first step (and recomputed identically on resume)."""
-
-    batches_per_epoch: int
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    eval_every: int
-    save_every: int
-
-
-def make_plan(spec: JobSpec, n_train: int) -> Plan:
-    t = spec.training_config
-    batches = math.ceil(n_train / t.batch_size)
-    per_epoch = math.ceil(batches / t.gradient_accumulation_steps)
-    total = t.max_steps or max(1, math.ceil(t.num_train_epochs * per_epoch))
-    warmup = t.warmup_steps if t.warmup_steps is not None else max(1, round(0.05 * total))
-    eval_every = t.eval_steps or max(1, total // 10)
-    return Plan(batches, per_epoch, total, min(warmup, total), eval_every, t.save_steps or eval_every)
-
-
-def work_dir_for(output_dir: Path) -> Path:
-    return output_dir.with_name(output_dir.name + ".partial")
-
-
-def is_finished_run(path: Path) -> bool:
-    return (path / "report.json").is_file() and (path / "adapter" / "adapter_config.json").is_file()
 
 
 def _seed_everything(seed: int) -> None:
@@ -98,9 +81,7 @@ def _peak_memory_bytes(runtime: Runtime) -> int:
 def _build_optimizer(spec: JobSpec, model, runtime: Runtime, quantized: bool):
     t = spec.training_config
     params = [p for p in model.parameters() if p.requires_grad]
-    name = t.optimizer
-    if name == "auto":
-        name = "paged_adamw_8bit" if (quantized and runtime.is_cuda) else "adamw"
+    name = resolve_optimizer(t.optimizer, quantized=quantized, device_type=runtime.device.type)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay), name
     if not runtime.is_cuda:
@@ -178,16 +159,6 @@ def _prepare_output(output_dir: Path, *, resume: bool, overwrite: bool) -> Path:
     return work
 
 
-def prepare_spec_data(spec: JobSpec, tokenizer):
-    """The job's data, validated, tokenized and split as its data_config says (raises DataValidationError)."""
-    from ..data import DataOptions, prepare_dataset
-
-    d = spec.data_config
-    return prepare_dataset(d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token),
-                           tokenizer=tokenizer, split_fractions=d.data_split_config,
-                           validation_data_path=d.validation_data_path, seed=spec.training_config.seed)
-
-
 @dataclass
 class Session:
     """Everything the loop works with, built by `setup` (and restored from a checkpoint when resuming)."""
@@ -197,7 +168,7 @@ class Session:
     work: Path
     runtime: Runtime
     model_id: str
-    quant: Any  # QuantSettings | None
+    quant: QuantSettings | None
     tokenizer: Any
     train_set: list[Example]
     val_set: list[Example]
@@ -226,10 +197,6 @@ def setup(spec: JobSpec, output_dir: Path, *, resume: bool, overwrite: bool, con
           device: str | None) -> Session:
     """Model, data, adapter, optimizer and schedule, in the order that refuses bad input before any work: the
     model id and fit first, then the data, and only then the output folder."""
-    from ..models.loader import load_tokenizer, resolve_model
-    from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts
-    from ..models.memory import TrainingSetup
-
     p, d, t = spec.pretrainedmodel_config, spec.data_config, spec.training_config
     hf_token = spec.hf_config.hf_token
     runtime = pick_runtime(t.precision, device)
@@ -367,8 +334,6 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
     ga = t.gradient_accumulation_steps
     lengths = [len(e) for e in train_set]
 
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=plan.total_steps, initial=state.global_step, unit="step", desc="training",
                disable=quiet, dynamic_ncols=True, file=sys.stderr)
     console.bar = bar
@@ -457,8 +422,6 @@ class TrainReport:
 
 
 def build_report(s: Session, *, wall_start: float) -> TrainReport:
-    from ..models.lora import weight_bytes
-
     state, quant, runtime = s.state, s.quant, s.runtime
     return TrainReport(
         model=s.model_id,

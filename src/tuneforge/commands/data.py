@@ -11,9 +11,8 @@ import json
 import re
 import sys
 
-from .formats import FORMATS
-from .options import DataOptions
-from .prepare import validate_source
+from ..data import FORMATS, DataOptions, validate_source
+from ..models.loader import load_tokenizer
 
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +61,6 @@ def unescape_template(text: str | None) -> str | None:
 def run_validate(args: argparse.Namespace) -> int:
     tokenizer = None
     if args.model:
-        # Imported here: the model layer pulls in transformers, which plain validation does not need.
-        from tuneforge.models.loader import load_tokenizer
-
         tokenizer = load_tokenizer(args.model, hf_token=args.hf_token)
     options = DataOptions(
         cutoff_len=args.cutoff_len,
