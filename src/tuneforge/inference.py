@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from .errors import TuneforgeError
+from .models.adapters import read_adapter_config
 from .models.loader import load_tokenizer, quiet_transformers, resolve_model
 from .runtime import default_device
-
-
-def read_adapter_config(adapter_dir: str | Path, *, field: str = "adapter") -> dict:
-    path = Path(adapter_dir).expanduser()
-    config = path / "adapter_config.json"
-    if not path.is_dir():
-        raise TuneforgeError(f"{field}: adapter folder {str(path)!r} does not exist", field=field, value=str(path))
-    if not config.is_file():
-        raise TuneforgeError(
-            f"{field}: {str(path)!r} is not a PEFT adapter folder (no adapter_config.json); a finished run keeps it "
-            "in <output>/adapter",
-            field=field,
-            value=str(path),
-        )
-    return json.loads(config.read_text())
 
 
 def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | None = None, *,

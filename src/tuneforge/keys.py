@@ -1,12 +1,23 @@
-"""Hashing of bearer secrets: service API keys (jobs/store.py) and deployment tokens (serve/deployments.py).
+"""Who a service key is (`Principal`) and how keys are kept (`hash_key`).
 
-Only the hash is stored; a presented secret is hashed and looked up. Its own module so that serve/ and jobs/, which
-are siblings, share it without importing each other.
+Service API keys (jobs/store.py) and deployment tokens (serve/deployments.py) are stored as hashes; a presented
+secret is hashed and looked up. Its own module so that serve/ and jobs/, which are siblings, share these without
+importing each other.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the owner name every job and dataset is filed under, and whether they see everything."""
+
+    owner: str
+    key_id: int
+    is_admin: bool
 
 
 def hash_key(key: str) -> str:

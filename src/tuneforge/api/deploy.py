@@ -2,25 +2,24 @@
 deployments. The official `monsterapi` client's `deploy("llm", ...)`, `get_deployment_status`,
 `get_deployment_logs`, `get_list_of_deployments` and `terminate_deployment` work unchanged; the `openai` client
 then calls a live deployment with `model` = its deployment name and its `api_auth_token` (or the owner's key) as
-the API key. The deployments themselves live in `tuneforge.serve.deployments`; these routes speak HTTP only.
+the API key. The deployments themselves (and who may call them) live in `tuneforge.serve.deployments`, and resolving a
+request's paths in `tuneforge.jobs.service`; these routes speak HTTP only.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
-import anyio
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from pydantic import BaseModel
 
-from ..errors import TuneforgeError
 from ..jobs import service
-from ..jobs.paths import PathPolicy, classify_model_path, is_job_id, looks_like_url
-from ..jobs.store import Principal, Store
-from ..serve.deployments import DeploymentManager, DeployRequest
-from ..serve.engine import check_adapter_folder
+from ..jobs.paths import PathPolicy
+from ..jobs.store import Store
+from ..serve.deployments import DeploymentManager, DeployRequest, deployment_auth
 from ..serve.openai_routes import openai_router
-from .auth import get_principal
+from .auth import CurrentPrincipal, SettingsDep, StoreDep
+from .responses import Deployment, DeploymentCreated, DeploymentLogs, DeploymentPage, DeploymentTerminated
 
 router = APIRouter(prefix="/v1/deploy", tags=["deployments"])
 
@@ -31,6 +30,9 @@ _ERRORS = {401: {"description": "Missing or invalid API key"},
 
 def _manager(request: Request) -> DeploymentManager:
     return request.app.state.deployments
+
+
+Manager = Annotated[DeploymentManager, Depends(_manager)]
 
 
 def _view(request: Request, row: dict) -> dict:
@@ -56,101 +58,39 @@ def _view(request: Request, row: dict) -> dict:
     }
 
 
-def _visible(request: Request, principal: Principal, deployment_id: str) -> dict:
-    row = _manager(request).get(deployment_id.strip())
-    if row is None or (not principal.is_admin and row["owner"] != principal.owner):
-        raise service.NotFound(f"deployment {deployment_id!r} not found", field="deployment_id", value=deployment_id)
-    return row
-
-
-def _resolve_base(value: str, policy: PathPolicy) -> str:
-    from ..models.loader import ALIASES
-
-    v = value.strip()
-    if classify_model_path(v) == "local":
-        path = policy.local(v, "basemodel_path")
-        if not (Path(path) / "config.json").is_file():
-            raise TuneforgeError(f"basemodel_path: {value!r} is not a Hugging Face model folder (no config.json)",
-                                 field="basemodel_path", value=value)
-        return path
-    return ALIASES.get(v.lower(), v)
-
-
-def _resolve_adapter(value: str | None, store: Store, principal: Principal, policy: PathPolicy) -> str | None:
-    v = (value or "").strip()
-    field = "loramodel_path"
-    if not v:
-        return None
-    if is_job_id(v):
-        job = store.get_job(v, service.scope(principal))
-        if job is None:
-            raise TuneforgeError(f"{field}: no fine-tuning job {v!r} of yours (GET /v1/finetune/llm lists them)",
-                                 field=field, value=v)
-        if job["status"] != "succeeded":
-            raise TuneforgeError(f"{field}: job {v!r} is {job['status']}; deploy it once it has succeeded",
-                                 field=field, value=v)
-        folder = Path(job["run_dir"]) / "adapter"
-        check_adapter_folder(folder, field=field)
-        return str(folder)
-    if looks_like_url(v) or "://" in v:
-        raise TuneforgeError(f"{field}: URLs are not supported here; give a succeeded job id, an adapter folder on "
-                             "the server, or a hub id", field=field, value=v)
-    if classify_model_path(v) == "local":
-        folder = policy.local(v, field)
-        check_adapter_folder(folder, field=field)
-        return folder
-    from ..models.loader import _hf_cached_snapshot, hub_reachable
-
-    if _hf_cached_snapshot(v) is None and not hub_reachable():
-        raise TuneforgeError(f"{field}: {v!r} is not in the server's Hugging Face cache and the hub cannot be "
-                             "reached", field=field, value=v)
-    return v
-
-
 @router.post("/llm", summary="Deploy a base model with a LoRA adapter as an API endpoint", responses=_ERRORS)
-def deploy(req: DeployRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def deploy(req: DeployRequest, request: Request, manager: Manager, store: StoreDep, settings: SettingsDep,
+           principal: CurrentPrincipal) -> DeploymentCreated:
     """Starts building at once and returns `deployment_id`; poll `GET /v1/deploy/status/{id}` until `live`, then
     call `POST /v1/chat/completions` with `model` = `deployment_name` and `Authorization: Bearer <api_auth_token>`.
     The whole `api_auth_token` is in this response only."""
-    settings, store = request.app.state.settings, request.app.state.store
-    policy = PathPolicy.from_settings(settings)
-    problems = []
-    model_load = adapter = None
-    try:
-        model_load = _resolve_base(req.basemodel_path, policy)
-    except TuneforgeError as exc:
-        problems.append(str(exc))
-    try:
-        adapter = _resolve_adapter(req.loramodel_path, store, principal, policy)
-    except TuneforgeError as exc:
-        problems.append(str(exc))
-    if problems:
-        from ..spec import SpecError
-
-        raise SpecError(problems)
-    row, token = _manager(request).create(req, owner=principal.owner, key_id=principal.key_id,
-                                          model_load=model_load, adapter_source=adapter)
-    return {"message": f"deployment {row['name']!r} is building", **_view(request, row), "api_auth_token": token}
+    model_load, adapter = service.resolve_deployment(req.basemodel_path, req.loramodel_path, store, principal,
+                                                     PathPolicy.from_settings(settings))
+    row, token = manager.create(req, owner=principal.owner, key_id=principal.key_id, model_load=model_load,
+                                adapter_source=adapter)
+    return DeploymentCreated(message=f"deployment {row['name']!r} is building",
+                             **{**_view(request, row), "api_auth_token": token})
 
 
 @router.get("/status/{deployment_id}", summary="A deployment's status: building, live, failed or terminated",
             responses=_ERRORS)
-def status(deployment_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict:
-    return _view(request, _visible(request, principal, deployment_id))
+def status(deployment_id: str, request: Request, manager: Manager, principal: CurrentPrincipal) -> Deployment:
+    return Deployment(**_view(request, manager.visible(deployment_id, principal)))
 
 
 @router.get("/logs/{deployment_id}", summary="The last lines of a deployment's log", responses=_ERRORS)
-def logs(deployment_id: str, request: Request, principal: Principal = Depends(get_principal),
-         n_lines: int = Query(100, ge=1, le=10000, description="How many of the last lines.")) -> dict:
-    row = _visible(request, principal, deployment_id)
-    lines = _manager(request).tail(row["id"], n_lines)
-    return {"deployment_id": row["id"], "status": row["status"], "n_lines": len(lines), "logs": lines}
+def logs(deployment_id: str, manager: Manager, principal: CurrentPrincipal,
+         n_lines: Annotated[int, Query(ge=1, le=10000, description="How many of the last lines.")] = 100,
+         ) -> DeploymentLogs:
+    row = manager.visible(deployment_id, principal)
+    lines = manager.tail(row["id"], n_lines)
+    return DeploymentLogs(deployment_id=row["id"], status=row["status"], n_lines=len(lines), logs=lines)
 
 
 @router.get("/list", summary="Your deployments, newest first (an admin key: everyone's)", responses=_ERRORS)
-def list_deployments(request: Request, principal: Principal = Depends(get_principal)) -> dict:
-    rows = _manager(request).list(service.scope(principal))
-    return {"deployments": [_view(request, r) for r in rows], "total": len(rows)}
+def list_deployments(request: Request, manager: Manager, principal: CurrentPrincipal) -> DeploymentPage:
+    rows = manager.list(service.scope(principal))
+    return DeploymentPage(deployments=[_view(request, r) for r in rows], total=len(rows))
 
 
 class TerminateRequest(BaseModel):
@@ -160,47 +100,10 @@ class TerminateRequest(BaseModel):
 
 @router.post("/terminate", summary="Stop a deployment", responses={
     **_ERRORS, 409: {"description": "Already terminated"}})
-def terminate(body: TerminateRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict:
-    row = _visible(request, principal, body.deployment_id)
-    if row["status"] == "terminated":
-        raise service.Conflict(f"deployment {row['id']!r} is already terminated", field="deployment_id",
-                               value=row["id"])
-    manager = _manager(request)
-    manager.log(row["id"], f"terminate requested by {principal.owner!r} ({body.actor or 'api'})")
-    row = manager.terminate(row["id"])
-    return {"message": f"deployment {row['name']!r} terminated", **_view(request, row)}
-
-
-def deployment_auth(manager: DeploymentManager, store: Store):
-    """Who may call a deployment on the OpenAI endpoints: its own api_auth_token, or its owner's (or an admin's)
-    service key. Others get 404, as if it did not exist."""
-    challenge = {"WWW-Authenticate": "Bearer"}
-
-    def lookup(token: str, model: str | None):
-        return store.authenticate(token), manager.by_token(token), manager.by_name(model) if model else None
-
-    async def auth(request: Request, model: str | None) -> None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(401, "missing key: send 'Authorization: Bearer <api_auth_token or API key>'",
-                                headers=challenge)
-        principal, own, d = await anyio.to_thread.run_sync(lookup, token, model)
-        if principal is None and own is None:
-            raise HTTPException(401, "invalid API key or api_auth_token", headers=challenge)
-        if model is None:
-            return
-        allowed = d is not None and ((own is not None and own["id"] == d["id"]) or (
-            principal is not None and (principal.is_admin or principal.owner == d["owner"])))
-        if not allowed:
-            raise HTTPException(404, f"model {model!r} not found: no live deployment of that name that this key may "
-                                     "use (a deployment answers to its api_auth_token and its owner's key)")
-        if d["status"] == "building":
-            raise HTTPException(503, f"deployment {model!r} is still building; poll GET /v1/deploy/status/{d['id']}")
-        if d["status"] != "live":
-            raise HTTPException(409, f"deployment {model!r} is {d['status']}" + (f": {d['error']}" if d["error"] else ""))
-
-    return auth
+def terminate(body: TerminateRequest, request: Request, manager: Manager,
+              principal: CurrentPrincipal) -> DeploymentTerminated:
+    row = manager.terminate_for(body.deployment_id, principal, actor=body.actor)
+    return DeploymentTerminated(message=f"deployment {row['name']!r} terminated", **_view(request, row))
 
 
 def install(app: FastAPI, settings, store: Store) -> DeploymentManager:
@@ -208,6 +111,6 @@ def install(app: FastAPI, settings, store: Store) -> DeploymentManager:
     manager = DeploymentManager(store.engine, settings.logs_dir / "deployments")
     app.state.deployments = manager
     app.include_router(router)
-    app.include_router(openai_router(manager, deployment_auth(manager, store)))
+    app.include_router(openai_router(manager, deployment_auth(manager, store.authenticate)))
     manager.restore()
     return manager

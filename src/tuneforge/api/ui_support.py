@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
@@ -38,7 +38,7 @@ from ..models.listing import REFERENCE, catalog_rows
 from ..models.memory import TrainingSetup, device_memory, estimate_training_memory
 from ..runtime import auto_precision, default_device, resolve_optimizer
 from ..spec import DataConfig, JobSpec
-from .auth import get_principal
+from .auth import CurrentPrincipal
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 
@@ -50,13 +50,13 @@ _MAX_LISTED = 200
 
 
 @router.get("/v1/me", summary="Who this API key belongs to", responses=_ERRORS)
-def me(principal: Principal = Depends(get_principal)) -> dict:
+def me(principal: CurrentPrincipal) -> dict:
     return {"owner": principal.owner, "is_admin": principal.is_admin}
 
 
 @router.get("/v1/spec/schema", summary="The job spec's JSON schema (field help texts, limits) and its defaults",
             responses=_ERRORS)
-def spec_schema(principal: Principal = Depends(get_principal)) -> dict:
+def spec_schema(principal: CurrentPrincipal) -> dict:
     """`schema`: `JobSpec.model_json_schema()`, whose field descriptions are the spec's own docs. `defaults`: a
     spec with every default filled in (including those the schema cannot show, such as `data_split_config`);
     `data_config.data_path` has no default and is left out."""
@@ -92,7 +92,7 @@ def _catalog() -> dict:
 
 @router.get("/v1/catalog/models", summary="The model catalog with LoRA and QLoRA memory estimates",
             responses=_ERRORS)
-async def catalog(principal: Principal = Depends(get_principal)) -> dict:
+async def catalog(principal: CurrentPrincipal) -> dict:
     """As `tuneforge models --json`: each model's size, context, licence, LoRA targets, and the estimated peak
     memory of LoRA and QLoRA training in the reference setup (`reference_setup`)."""
 
@@ -106,7 +106,7 @@ def _policy(request: Request) -> PathPolicy:
 
 @router.get("/v1/catalog/local", summary="Model folders and data files in the server's allowed folders",
             responses=_ERRORS)
-def local_files(request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def local_files(request: Request, principal: CurrentPrincipal) -> dict:
     """Folders with a `config.json` (models) and data files, up to two levels below each allowed folder: the
     local paths a job may name as `model_path` and `data_path`."""
     settings = request.app.state.settings
@@ -150,7 +150,7 @@ def _local_model_facts(folder: Path) -> dict:
 
 @router.get("/v1/catalog/estimate", summary="Estimated training memory of one model, LoRA and QLoRA",
             responses={**_ERRORS, 422: {"description": "Unknown model or invalid settings"}})
-async def estimate(request: Request, principal: Principal = Depends(get_principal),
+async def estimate(request: Request, principal: CurrentPrincipal,
                    model_path: str = Query(..., description="A catalog id or alias, or a model folder in an allowed "
                                                             "folder."),
                    batch_size: int = Query(8, ge=1, le=4096), cutoff_len: int = Query(512, ge=1),
@@ -200,7 +200,7 @@ class InspectRequest(DatasetOptions):
 
 @router.post("/v1/data/inspect", summary="A dataset's validation report and token-length histogram (not stored)",
              responses={**_ERRORS, 404: {"description": "No such dataset (or not yours)"}})
-async def inspect(body: InspectRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+async def inspect(body: InspectRequest, request: Request, principal: CurrentPrincipal) -> dict:
     """The report for these reading options (as `POST /v1/datasets/{id}/validate`, without storing it), and, when
     `model_path` gives a tokenizer, `token_histogram`: tokens per trainable example after `cutoff_len` (`edges` has
     one more entry than `counts`; `truncated` examples were longer and are cut to `cutoff_len`)."""

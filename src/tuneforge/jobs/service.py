@@ -22,12 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..data import validate_source
 from ..data.options import DataOptions
 from ..errors import Conflict, NotFound, TuneforgeError
+from ..models.adapters import check_adapter_folder
 from ..models.fit import ensure_fits
-from ..models.loader import load_tokenizer
+from ..models.loader import ALIASES, _hf_cached_snapshot, hub_reachable, load_tokenizer
 from ..models.memory import TrainingSetup
 from ..spec import DataConfig, JobSpec, SpecError, parse_spec
 from ..train.plan import work_dir_for
-from .paths import PathPolicy, PathRejected, classify_data_path, classify_model_path, is_job_id
+from .paths import PathPolicy, PathRejected, classify_data_path, classify_model_path, is_job_id, looks_like_url
 from .store import ACTIVE, TERMINAL, Principal, Store
 
 
@@ -181,6 +182,66 @@ def job_view(store: Store, job: dict, *, full: bool = True) -> dict[str, Any]:
         view["spec"] = spec
         view["result"] = json.loads(job["result"]) if job["result"] else None
     return view
+
+
+def resolve_deployment(basemodel_path: str, loramodel_path: str | None, store: Store, principal: Principal,
+                       policy: PathPolicy) -> tuple[str, str | None]:
+    """(what the engine loads, the adapter folder or hub id) for a deploy request, checked before anything is
+    built; raises SpecError with one line per bad field (both are checked)."""
+    problems, model_load, adapter = [], "", None
+    try:
+        model_load = _resolve_base(basemodel_path, policy)
+    except TuneforgeError as exc:
+        problems.append(str(exc))
+    try:
+        adapter = _resolve_adapter(loramodel_path, store, principal, policy)
+    except TuneforgeError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise SpecError(problems)
+    return model_load, adapter
+
+
+def _resolve_base(value: str, policy: PathPolicy) -> str:
+    v = value.strip()
+    if classify_model_path(v) == "local":
+        path = policy.local(v, "basemodel_path")
+        if not (Path(path) / "config.json").is_file():
+            raise TuneforgeError(f"basemodel_path: {value!r} is not a Hugging Face model folder (no config.json)",
+                                 field="basemodel_path", value=value)
+        return path
+    return ALIASES.get(v.lower(), v)
+
+
+def _resolve_adapter(value: str | None, store: Store, principal: Principal, policy: PathPolicy) -> str | None:
+    """A succeeded job of the caller's (its adapter folder), an adapter folder the path policy allows, or a hub id
+    the server can fetch."""
+    v = (value or "").strip()
+    field = "loramodel_path"
+    if not v:
+        return None
+    if is_job_id(v):
+        job = store.get_job(v, scope(principal))
+        if job is None:
+            raise TuneforgeError(f"{field}: no fine-tuning job {v!r} of yours (GET /v1/finetune/llm lists them)",
+                                 field=field, value=v)
+        if job["status"] != "succeeded":
+            raise TuneforgeError(f"{field}: job {v!r} is {job['status']}; deploy it once it has succeeded",
+                                 field=field, value=v)
+        folder = Path(job["run_dir"]) / "adapter"
+        check_adapter_folder(folder, field=field)
+        return str(folder)
+    if looks_like_url(v) or "://" in v:
+        raise TuneforgeError(f"{field}: URLs are not supported here; give a succeeded job id, an adapter folder on "
+                             "the server, or a hub id", field=field, value=v)
+    if classify_model_path(v) == "local":
+        folder = policy.local(v, field)
+        check_adapter_folder(folder, field=field)
+        return folder
+    if _hf_cached_snapshot(v) is None and not hub_reachable():
+        raise TuneforgeError(f"{field}: {v!r} is not in the server's Hugging Face cache and the hub cannot be "
+                             "reached", field=field, value=v)
+    return v
 
 
 def adapter_zip(settings, job: dict) -> Path:

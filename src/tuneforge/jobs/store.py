@@ -14,14 +14,13 @@ import json
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
                         UniqueConstraint, create_engine, event, func, insert, select, text, update)
 from sqlalchemy.engine import Engine
 
-from ..keys import hash_key
+from ..keys import Principal, hash_key
 
 ACTIVE = ("validating", "running")  # a worker owns the job
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -137,15 +136,6 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the owner name every job and dataset is filed under, and whether they see everything."""
-
-    owner: str
-    key_id: int
-    is_admin: bool
 
 
 def _now() -> float:

@@ -10,9 +10,9 @@ import argparse
 import json
 import sys
 
-from .catalog import CATALOG, PROMPT_STYLES, QLORA_NOT_QUANTIZED, CatalogEntry
 from ..errors import TuneforgeError
 from ..runtime import resolve_optimizer
+from .catalog import CATALOG, PROMPT_STYLES, QLORA_NOT_QUANTIZED, CatalogEntry
 from .memory import ModelShape, TrainingSetup, estimate_training_memory
 
 # The reference job the table's memory columns assume (a typical single-GPU fine-tune); all adjustable by options.

@@ -22,17 +22,22 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import (Column, Float, Index, Integer, MetaData, String, Table, Text, insert, select, text, update)
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import Conflict, TuneforgeError
-from ..keys import hash_key
+from ..errors import Conflict, NotFound, TuneforgeError
+from ..keys import Principal, hash_key
+from ..models.adapters import check_adapter_folder
 from ..models.loader import _hf_cached_snapshot, hub_reachable
-from .engine import InferenceEngine, SamplingParams, UnknownModelError, check_adapter_folder, check_name
+from .engine import InferenceEngine, SamplingParams, UnknownModelError, check_name
+from .openai_routes import Auth
 
 STATUSES = ("building", "live", "failed", "terminated")
 
@@ -286,6 +291,21 @@ class DeploymentManager:
                 engine.close()
                 self.log(deployment_id, f"base model {model_load!r} unloaded (no deployment uses it)")
 
+    def visible(self, deployment_id: str, principal: Principal) -> dict:
+        """The deployment, if `principal` owns it (or is an admin); otherwise NotFound, as if it did not exist."""
+        row = self.get(deployment_id.strip())
+        if row is None or (not principal.is_admin and row["owner"] != principal.owner):
+            raise NotFound(f"deployment {deployment_id!r} not found", field="deployment_id", value=deployment_id)
+        return row
+
+    def terminate_for(self, deployment_id: str, principal: Principal, *, actor: str | None = None) -> dict:
+        """`terminate` on behalf of `principal`: NotFound if not theirs, Conflict if already terminated."""
+        row = self.visible(deployment_id, principal)
+        if row["status"] == "terminated":
+            raise Conflict(f"deployment {row['id']!r} is already terminated", field="deployment_id", value=row["id"])
+        self.log(row["id"], f"terminate requested by {principal.owner!r} ({actor or 'api'})")
+        return self.terminate(row["id"])
+
     def terminate(self, deployment_id: str) -> dict:
         with self._lock:
             row = self.get(deployment_id)
@@ -339,3 +359,36 @@ class DeploymentManager:
         self.log(d["id"], f"request: {'chat' if messages is not None else 'completion'}, {gen.prompt_tokens} prompt "
                           f"tokens, max {gen.max_tokens} new")
         return gen
+
+
+def deployment_auth(manager: DeploymentManager, authenticate: Callable[[str], Principal | None]) -> Auth:
+    """The `auth` of the OpenAI routes over deployments (see openai_routes): a deployment answers to its own
+    api_auth_token, or to its owner's (or an admin's) service key, which `authenticate` looks up. Others get 404,
+    as if it did not exist; a deployment still building answers 503, a failed or terminated one 409."""
+    challenge = {"WWW-Authenticate": "Bearer"}
+
+    def lookup(token: str, model: str | None):
+        return authenticate(token), manager.by_token(token), manager.by_name(model) if model else None
+
+    async def auth(request: Request, model: str | None) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(401, "missing key: send 'Authorization: Bearer <api_auth_token or API key>'",
+                                headers=challenge)
+        principal, own, d = await anyio.to_thread.run_sync(lookup, token, model)
+        if principal is None and own is None:
+            raise HTTPException(401, "invalid API key or api_auth_token", headers=challenge)
+        if model is None:
+            return
+        allowed = d is not None and ((own is not None and own["id"] == d["id"]) or (
+            principal is not None and (principal.is_admin or principal.owner == d["owner"])))
+        if not allowed:
+            raise HTTPException(404, f"model {model!r} not found: no live deployment of that name that this key may "
+                                     "use (a deployment answers to its api_auth_token and its owner's key)")
+        if d["status"] == "building":
+            raise HTTPException(503, f"deployment {model!r} is still building; poll GET /v1/deploy/status/{d['id']}")
+        if d["status"] != "live":
+            raise HTTPException(409, f"deployment {model!r} is {d['status']}" + (f": {d['error']}" if d["error"] else ""))
+
+    return auth

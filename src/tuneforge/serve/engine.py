@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TuneforgeError, close_matches
-from ..inference import read_adapter_config
+from ..models.adapters import check_adapter_folder
 from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
 from ..runtime import default_device
 
@@ -266,19 +266,6 @@ class EngineStats:
     requests: int = 0
     completion_tokens: int = 0
     loaded: list[str] = field(default_factory=list)  # least recently used first
-
-
-def check_adapter_folder(path: str | Path, *, field: str = "adapter") -> dict:
-    """The adapter's config, after checking that `path` is a LoRA adapter folder with weights in it."""
-    config = read_adapter_config(path, field=field)
-    p = Path(path).expanduser()
-    if not any((p / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise TuneforgeError(f"{field}: {str(p)!r} has an adapter_config.json but no adapter_model.safetensors",
-                             field=field, value=str(p))
-    if config.get("peft_type", "LORA") != "LORA":
-        raise TuneforgeError(f"{field}: {str(p)!r} is a {config.get('peft_type')} adapter; only LoRA adapters are "
-                             "served", field=field, value=str(p))
-    return config
 
 
 def check_name(name: str, *, field: str = "adapter") -> str:

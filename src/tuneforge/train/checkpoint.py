@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
 from ..errors import TuneforgeError
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
