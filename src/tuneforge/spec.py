@@ -17,7 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .data.formats import FORMAT_HELP, FORMATS
 from .errors import TuneforgeError, did_you_mean
+
+DataFormat = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]  # one list of formats: data/formats.py
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -129,10 +132,12 @@ class DataConfig(_Section):
     validation_data_path: str | None = Field(
         None, description="(tuneforge) Separate validation data (same kinds as data_path); then no split is taken."
     )
-    data_format: Literal["auto", "template", "chat", "prompt_completion", "text"] = Field(
+    data_format: DataFormat = Field(
         "auto",
-        description="(tuneforge) Row shape: template (prompt_template over columns), chat ('messages' column), "
-        "prompt_completion, or text (loss on everything). auto: template when given, else detected from columns.",
+        description="(tuneforge) Row shape: "
+        + "; ".join(f"{k} = {v}" for k, v in FORMAT_HELP.items())
+        + ". auto: template when prompt_template is given, else detected from the columns (a structured format "
+        "wins over a 'text' column, which is then ignored and reported).",
     )
     completion_column: str | None = Field(
         None,
