@@ -58,12 +58,21 @@ def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | 
     return model, tokenizer
 
 
-def format_prompt(tokenizer, prompt: str, *, chat: bool | None = None) -> str:
-    """Apply the chat template when the tokenizer has one (and `chat` is not False)."""
-    use_chat = bool(tokenizer.chat_template) if chat is None else chat
-    if use_chat:
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+def format_prompt(tokenizer, prompt: str, *, chat: bool | None = None, adapter_dir: str | Path | None = None,
+                  chat_template: str = "training") -> str:
+    """`prompt` as one user message, rendered as the adapter was trained (its tuneforge_adapter.json, with
+    `chat_template` "training") or with the model's chat template; unchanged with `chat=False`, or when there is
+    neither a training prompt nor a chat template."""
+    from .adapter_card import check_mode, read_card, render_chat
+
+    check_mode(chat_template, "--chat-template")
+    if chat is False:
+        return prompt
+    card = read_card(adapter_dir) if adapter_dir else None
+    if card is not None and card.template_for(chat_template) is not None:
+        return render_chat(tokenizer, [{"role": "user", "content": prompt}], card, chat_template)
+    if chat or tokenizer.chat_template:
+        return render_chat(tokenizer, [{"role": "user", "content": prompt}], card, chat_template)
     return prompt
 
 
@@ -90,18 +99,27 @@ def generate(model, tokenizer, text: str, *, max_new_tokens: int = 128, temperat
 
 
 def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, *, model_path: str | None = None,
-                  dtype: torch.dtype = torch.float32) -> Path:
+                  dtype: torch.dtype = torch.float32, chat_template: str = "training") -> Path:
     """Fold W + (alpha/r)·B·A into plain weights and save a model that transformers loads without PEFT.
 
     The base is loaded unquantized even for QLoRA adapters (merging into 4-bit weights would round the update
-    away). `safe_merge` checks the merged weights for NaN/inf before keeping them.
+    away). `safe_merge` checks the merged weights for NaN/inf before keeping them. With `chat_template`
+    "training", an adapter trained on a prompt template gets that prompt as the merged model's chat template, so
+    chat front-ends (and the GGUF made from the folder) prompt it as it was trained.
     """
+    from .adapter_card import check_mode, read_card
+
+    check_mode(chat_template, "--chat-template")
+    card = read_card(adapter_dir)
     output_dir = Path(output_dir).expanduser()
     if output_dir.exists() and any(output_dir.iterdir()):
         raise TuneforgeError(f"--output {str(output_dir)!r} exists and is not empty", field="output",
                              value=str(output_dir))
     model, tokenizer = load_for_inference(model_path, adapter_dir, dtype=dtype, device="cpu")
     merged = model.merge_and_unload(safe_merge=True)
+    training_template = card.template_for(chat_template) if card is not None else None
+    if training_template is not None:
+        tokenizer.chat_template = training_template
     tmp = output_dir.with_name(output_dir.name + ".partial")
     if tmp.exists():
         import shutil

@@ -5,7 +5,8 @@ finetune/lora). Everything it calls is a plain function of explicit arguments; t
 
 Output layout. The run works in `<DIR>.partial/` and renames it to `<DIR>` only when everything is written, so a
 folder named DIR is always a finished run:
-  adapter/        PEFT adapter (adapter_config.json, adapter_model.safetensors) + tokenizer files
+  adapter/        PEFT adapter (adapter_config.json, adapter_model.safetensors) + tokenizer files +
+                  tuneforge_adapter.json (training prompt shape and exact base: adapter_card.py)
   spec.json       the resolved spec (defaults filled in, secrets redacted)
   metrics.jsonl   one line per logging step ("train") and per evaluation ("eval")
   report.json     final losses, perplexity, steps, tokens, throughput, memory, time, parameter counts
@@ -191,7 +192,8 @@ def prepare_spec_data(spec: JobSpec, tokenizer):
 def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
           quiet: bool = False, on_event: EventSink | None = None, device: str | None = None) -> RunResult:
     # ----------------------------------------------------------------------------------------------- setup
-    from ..models.loader import load_tokenizer, resolve_model
+    from ..adapter_card import build_card
+    from ..models.loader import base_record, load_tokenizer, resolve_model
     from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts, weight_bytes
     from ..models.memory import TrainingSetup
 
@@ -350,6 +352,11 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
     adapter_dir = work / "adapter"
     save_adapter(model, adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
+    # How it was trained, so inference renders prompts the same way (adapter_card.py).
+    renderer = data.renderer
+    assert renderer is not None
+    build_card(renderer.fmt, adds_bos=bool(renderer.encoder.prefix), rows=data.train_rows,
+               base_model=base_record(resolved)).write(adapter_dir)
     report = {
         "model": resolved.model_id,
         "device": runtime.device.type,
