@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapter_card import AdapterCard, read_card, render_chat
+from ..adapter_card import AdapterCard, check_mode, read_card, render_chat
 from ..errors import TuneforgeError, close_matches
 
 log = logging.getLogger("tuneforge.serve")
@@ -300,7 +300,6 @@ class InferenceEngine:
                  dtype: torch.dtype = torch.float32, default_max_tokens: int = 256, chat_template: str = "training"):
         from transformers import AutoModelForCausalLM
 
-        from ..adapter_card import check_mode
         from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
 
         # "training": chat requests to an adapter are rendered as it was trained (its tuneforge_adapter.json);
@@ -337,6 +336,7 @@ class InferenceEngine:
         self._active: str | None | object = _UNKNOWN  # adapter the LoRA layers are set to; None: disabled
         self._registry: dict[str, str] = {}
         self._cards: dict[str, AdapterCard | None] = {}  # how each adapter was trained (None: not by tuneforge)
+        self._modes: dict[str, str] = {}  # each adapter's chat template mode ("training" | "model")
         self._registry_lock = threading.Lock()
         self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # LRU order: least recently used first
         self.stats = EngineStats()
@@ -349,8 +349,9 @@ class InferenceEngine:
         self._thread.start()
 
     # ---------------------------------------------------------------- registry (any thread)
-    def add_adapter(self, name: str, path: str | Path) -> None:
-        """Register (or re-point) adapter `name`; it is loaded on its first request."""
+    def add_adapter(self, name: str, path: str | Path, *, chat_template: str | None = None) -> None:
+        """Register (or re-point) adapter `name`; it is loaded on its first request. `chat_template` ("training" or
+        "model") overrides the engine's mode for this adapter's chat requests."""
         check_name(name)
         if name in self._aliases:
             raise TuneforgeError(f"adapter: name {name!r} is the base model's name; choose another", field="adapter",
@@ -360,9 +361,11 @@ class InferenceEngine:
         if recorded and recorded not in self._aliases:
             log.warning("adapter %r was trained on %r, serving it on %r", name, recorded, self.model_id)
         card = read_card(path)
+        mode = check_mode(chat_template or self.chat_template_mode, "chat_template")
         with self._registry_lock:
             self._registry[name] = str(Path(path).expanduser().resolve())
             self._cards[name] = card
+            self._modes[name] = mode
         self._inbox.put(None)  # wake the model thread (a re-pointed adapter is reloaded when idle)
 
     def remove_adapter(self, name: str) -> None:
@@ -370,6 +373,7 @@ class InferenceEngine:
             if self._registry.pop(name, None) is None:
                 raise self._unknown(name)
             self._cards.pop(name, None)
+            self._modes.pop(name, None)
         self._inbox.put(None)
 
     def adapters(self) -> dict[str, str]:
@@ -409,8 +413,9 @@ class InferenceEngine:
     def chat_prompt(self, messages: list[dict], adapter: str | None = None) -> str:
         """`messages` rendered for `adapter`: with its training prompt when it was trained on a prompt template
         (and the engine's mode is "training"), else with the model's chat template."""
-        return render_chat(self.tokenizer, messages, self.card(adapter), self.chat_template_mode,
-                           model_name=f"model {self.base_name!r}")
+        with self._registry_lock:
+            mode = self._modes.get(adapter, self.chat_template_mode) if adapter else self.chat_template_mode
+        return render_chat(self.tokenizer, messages, self.card(adapter), mode, model_name=f"model {self.base_name!r}")
 
     def encode(self, prompt: str | Sequence[int], *, chat: bool = False) -> list[int]:
         """Token ids of a prompt. A rendered chat template carries its own special tokens; a plain completion
