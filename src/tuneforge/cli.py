@@ -100,6 +100,12 @@ def _cmd_estimate(args) -> int:
     return 0 if est.fits is not False else 1
 
 
+def _cmd_export_base(args) -> int:
+    from .models.export_base import run_export_base
+
+    return run_export_base(args)
+
+
 def _cmd_models(args) -> int:
     from .models.listing import run_models
 
@@ -193,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_models_arguments(p)
     p.set_defaults(func=_cmd_models)
+    models = p.add_subparsers(dest="models_command", metavar="COMMAND")
+    p = models.add_parser("export-base", help="write a base model (e.g. the bundled default) as a Hugging Face "
+                          "folder, so plain PEFT loads its adapters offline")
+    p.add_argument("name", help="model id, alias or folder, as in model_path (e.g. smollm2)")
+    p.add_argument("dir", help="the folder to write (new or empty)")
+    p.add_argument("--adapter", "-a", action="append", default=[], metavar="ADAPTER_DIR",
+                   help="point this adapter's adapter_config.json at DIR, after checking it was trained on these "
+                   "exact weights (repeatable)")
+    p.set_defaults(func=_cmd_export_base)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True,
                                                                        metavar="COMMAND")

@@ -41,14 +41,17 @@ def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | 
     if model_path is None:
         if config is None:
             raise TuneforgeError("--model: give a base model (or an --adapter whose config names one)")
-        model_path = config["base_model_name_or_path"]
-    resolved = resolve_model(model_path, field="--model")
+        resolved, model_path = adapter_base(adapter_dir, config)
+    else:
+        resolved = resolve_model(model_path, field="--model")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype).to(dev)
+    # Local folders are read with local_files_only: no hub call (and no minute of retries offline) for them.
+    model = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype,
+                                                 local_files_only=resolved.is_local).to(dev)
     tokenizer = (
-        AutoTokenizer.from_pretrained(str(adapter_dir))
+        AutoTokenizer.from_pretrained(str(adapter_dir), local_files_only=True)
         if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").is_file()
-        else load_tokenizer(model_path)
+        else load_tokenizer(resolved.load_from if resolved.is_local else model_path)
     )
     if adapter_dir:
         from peft import PeftModel
@@ -56,6 +59,30 @@ def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | 
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
     return model, tokenizer
+
+
+def adapter_base(adapter_dir: str | Path, config: dict):
+    """(resolved base, its name) for an adapter: the base its config names, else the exact folder its
+    tuneforge_adapter.json recorded (same machine), else a clear error saying what to do, before any load."""
+    from .adapter_card import read_card
+    from .models.loader import ResolvedModel, resolve_model
+
+    named = config.get("base_model_name_or_path")
+    if not named:
+        raise TuneforgeError(f"--model: the adapter {str(adapter_dir)!r} does not name its base model; give --model",
+                             field="--model")
+    try:
+        return resolve_model(named, field="--model"), named
+    except TuneforgeError as err:
+        card = read_card(adapter_dir)
+        recorded = Path(card.base_model.get("path", "")) if card is not None else None
+        if recorded is not None and (recorded / "config.json").is_file():
+            return ResolvedModel(model_id=card.base_model.get("model_id", named), load_from=str(recorded),
+                                 is_local=True), str(recorded)
+        raise TuneforgeError(
+            f"the adapter's base model {named!r} cannot be loaded here ({err}); give it with --model DIR (a Hugging "
+            f"Face folder of that model; `tuneforge models export-base {named} DIR --adapter {adapter_dir}` writes one "
+            "on a machine that has it)", field="--model", value=named) from None
 
 
 def format_prompt(tokenizer, prompt: str, *, chat: bool | None = None, adapter_dir: str | Path | None = None,

@@ -206,7 +206,8 @@ def load_tokenizer(model_path: str, *, hf_token: str | None = None):
     quiet_transformers()
 
     resolved = resolve_model(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(resolved.load_from, token=hf_token)
+    # A local folder is read from disk alone: no hub round trip (or a minute of retries offline) for it.
+    tokenizer = AutoTokenizer.from_pretrained(resolved.load_from, token=hf_token, local_files_only=resolved.is_local)
     if tokenizer.pad_token_id is None:
         # Padding positions never reach the loss (labels are masked), so any id works; EOS is the usual choice.
         tokenizer.pad_token = tokenizer.eos_token

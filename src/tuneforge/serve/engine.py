@@ -323,7 +323,8 @@ class InferenceEngine:
         self.max_loaded_adapters = max_loaded_adapters
         self.default_max_tokens = default_max_tokens
         self.tokenizer = load_tokenizer(model_path)
-        self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype).to(self.device).eval()
+        self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype,
+                                                         local_files_only=resolved.is_local).to(self.device).eval()
         # transformers 5.x renamed `past_key_values` to `cache` (input and output); accept either
         self._cache_kw = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
         self.context_length = int(getattr(self.base.config, "max_position_embeddings", 0) or 2048)
