@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data.formats import ALPACA_PREAMBLE, AlpacaFormat, MessagesFormat, RowFormat, TemplateFormat
+from .data.formats import ALPACA_PREAMBLE, AlpacaFormat, MessagesFormat, RowFormat, Template, TemplateFormat
 from .errors import TuneforgeError
 
 CARD_NAME = "tuneforge_adapter.json"
@@ -62,8 +62,6 @@ class AdapterCard:
         renamed `{completion}`, the prompt placeholders kept (they are `/generate`'s input_variables)."""
         if self.prompt_template is None or self.completion_column is None:
             return None
-        from .data.formats import Template
-
         t = Template.parse(self.prompt_template, self.completion_column)
         escape = lambda s: s.replace("{", "{{").replace("}", "}}")  # noqa: E731
         head = "".join(escape(lit) + ("" if name is None else "{" + name + "}") for lit, name in t.prompt_pieces)
@@ -188,7 +186,8 @@ def render_chat(tokenizer, messages: list[dict[str, Any]], card: AdapterCard | N
     tokens: tokenize it without adding any."""
     if not messages:
         raise TuneforgeError("messages must not be empty", field="messages")
-    template = card.template_for(mode) if card is not None else check_mode(mode) and None
+    check_mode(mode)
+    template = card.template_for(mode) if card is not None else None
     if card is not None:
         messages = card.messages_for(messages, mode)
     if template is None and not tokenizer.chat_template:

@@ -602,7 +602,7 @@ class ChatPromptCompletionFormat(MessagesFormat):
                 # Only the completion is learned: an assistant turn in the prompt is context (few-shot).
                 value = [dict(m, weight=0) if isinstance(m, dict) and m.get("role") == "assistant" else m for m in value]
             joined.extend(value)
-        conv, problems = ChatFormat().parse({"messages": joined, **{k: row[k] for k in ("tools",) if k in row}}, noun)
+        conv, problems = ChatFormat().parse({"messages": joined, "tools": row.get("tools")}, noun)
         return conv, [Problem(p.kind, "prompt/completion", p.text, p.warning) for p in problems]
 
 

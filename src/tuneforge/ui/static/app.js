@@ -390,7 +390,10 @@
         (report.format_detail ? ` (${report.format_detail})` : "")),
       h("dt", {}, "Rows"), h("dd", {}, `${(report.n_rows || 0).toLocaleString()} (${(report.n_trainable || 0)
         .toLocaleString()} without errors)`),
-      cols.length ? [h("dt", {}, "Columns"), h("dd", {}, cols.map(([n, t]) => `${n}: ${t}`).join(", "))] : null));
+      cols.length ? [h("dt", {}, "Columns"), h("dd", {}, cols.map(([n, t]) => `${n}: ${t}`).join(", "))] : null,
+      report.format ? [h("dt", {}, "Used"), h("dd", { id: "columns-used" }, (report.columns_used || []).join(", ") || "none")] : null,
+      (report.columns_ignored || []).length ? [h("dt", {}, "Ignored"),
+        h("dd", { id: "columns-ignored" }, report.columns_ignored.join(", "))] : null));
     for (const note of report.notes || []) out.append(h("p", { class: "note small" }, note));
 
     if (report.errors && report.errors.length) {
