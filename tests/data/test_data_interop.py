@@ -162,6 +162,9 @@ def test_alpaca_uses_its_own_with_and_no_input_prompts(tiny_tokenizer):
                              tokenizer=tiny_tokenizer)
     assert report.ok and report.format == "alpaca"
     assert report.columns_used == ["instruction", "input", "output"]
+    # A typed table without the optional columns (system, history) is fine too.
+    parquet = validate_source(data_path=str(FIXTURES.parent / "alpaca.parquet"), tokenizer=tiny_tokenizer)
+    assert parquet.ok and parquet.format == "alpaca", parquet.to_text()
 
 
 def test_alpaca_columns_beside_text_train_alpaca_and_say_so(tiny_tokenizer):

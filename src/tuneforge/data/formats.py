@@ -635,7 +635,8 @@ def alpaca_prompt(instruction: str, input_text: str = "", system: str | None = N
 
 class AlpacaFormat(RowFormat):
     name = "alpaca"
-    fields = ("instruction", "input", "output", "system", "history")
+    fields = ("instruction", "output")
+    extra_fields = ("input", "system", "history")
     text_fields = ("instruction", "output")
 
     def describe(self) -> str:
@@ -815,7 +816,7 @@ def resolve_format(
     if richer and len(richer) < len(matches):
         # Alpaca exports (tatsu-lab/alpaca among them) carry a pre-rendered 'text' beside the columns: training on
         # it alone would learn the prompt too and ignore the structure, so the structured format wins, loudly.
-        used = ", ".join(c for c in richer[0].fields if c in columns)
+        used = ", ".join(c for c in columns if c in richer[0].fields or c in richer[0].extra_fields)
         warnings.append(
             f"{source_name}: column 'text' is ignored: the rows also have {richer[0].name} columns ({used}), which "
             f"mask the prompt from the loss; set data_format 'text' to train on 'text' instead"
