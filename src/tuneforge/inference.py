@@ -26,14 +26,17 @@ def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | 
     if model_path is None:
         if config is None:
             raise TuneforgeError("--model: give a base model (or an --adapter whose config names one)")
-        model_path = config["base_model_name_or_path"]
-    resolved = resolve_model(model_path, field="--model")
+        resolved, model_path = adapter_base(adapter_dir, config)
+    else:
+        resolved = resolve_model(model_path, field="--model")
     dev = torch.device(default_device(device))
-    model = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype).to(dev)
+    # Local folders are read with local_files_only: no hub call (and no minute of retries offline) for them.
+    model = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype,
+                                                 local_files_only=resolved.is_local).to(dev)
     tokenizer = (
-        AutoTokenizer.from_pretrained(str(adapter_dir))
+        AutoTokenizer.from_pretrained(str(adapter_dir), local_files_only=True)
         if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").is_file()
-        else load_tokenizer(model_path)
+        else load_tokenizer(resolved.load_from if resolved.is_local else model_path)
     )
     if adapter_dir:
         from peft import PeftModel
@@ -43,12 +46,45 @@ def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | 
     return model, tokenizer
 
 
-def format_prompt(tokenizer, prompt: str, *, chat: bool | None = None) -> str:
-    """Apply the chat template when the tokenizer has one (and `chat` is not False)."""
-    use_chat = bool(tokenizer.chat_template) if chat is None else chat
-    if use_chat:
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+def adapter_base(adapter_dir: str | Path, config: dict):
+    """(resolved base, its name) for an adapter: the base its config names, else the exact folder its
+    tuneforge_adapter.json recorded (same machine), else a clear error saying what to do, before any load."""
+    from .adapter_card import read_card
+    from .models.loader import ResolvedModel
+
+    named = config.get("base_model_name_or_path")
+    if not named:
+        raise TuneforgeError(f"--model: the adapter {str(adapter_dir)!r} does not name its base model; give --model",
+                             field="--model")
+    try:
+        return resolve_model(named, field="--model"), named
+    except TuneforgeError as err:
+        card = read_card(adapter_dir)
+        recorded = Path(card.base_model.get("path", "")) if card is not None else None
+        if recorded is not None and (recorded / "config.json").is_file():
+            return ResolvedModel(model_id=card.base_model.get("model_id", named), load_from=str(recorded),
+                                 is_local=True), str(recorded)
+        raise TuneforgeError(
+            f"the adapter's base model {named!r} cannot be loaded here ({err}); give it with --model DIR (a Hugging "
+            f"Face folder of that model; `tuneforge models export-base {named} DIR --adapter {adapter_dir}` writes one "
+            "on a machine that has it)", field="--model", value=named) from None
+
+
+def format_prompt(tokenizer, prompt: str, *, chat: bool | None = None, adapter_dir: str | Path | None = None,
+                  chat_template: str = "training") -> str:
+    """`prompt` as one user message, rendered as the adapter was trained (its tuneforge_adapter.json, with
+    `chat_template` "training") or with the model's chat template; unchanged with `chat=False`, or when there is
+    neither a training prompt nor a chat template."""
+    from .adapter_card import check_mode, read_card, render_chat
+
+    check_mode(chat_template, "--chat-template")
+    if chat is False:
+        return prompt
+    card = read_card(adapter_dir) if adapter_dir else None
+    if card is not None and card.template_for(chat_template) is not None:
+        return render_chat(tokenizer, [{"role": "user", "content": prompt}], card, chat_template)
+    if chat or tokenizer.chat_template:
+        return render_chat(tokenizer, [{"role": "user", "content": prompt}], card, chat_template)
     return prompt
 
 
@@ -75,18 +111,27 @@ def generate(model, tokenizer, text: str, *, max_new_tokens: int = 128, temperat
 
 
 def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, *, model_path: str | None = None,
-                  dtype: torch.dtype = torch.float32) -> Path:
+                  dtype: torch.dtype = torch.float32, chat_template: str = "training") -> Path:
     """Fold W + (alpha/r)·B·A into plain weights and save a model that transformers loads without PEFT.
 
     The base is loaded unquantized even for QLoRA adapters (merging into 4-bit weights would round the update
-    away). `safe_merge` checks the merged weights for NaN/inf before keeping them.
+    away). `safe_merge` checks the merged weights for NaN/inf before keeping them. With `chat_template`
+    "training", an adapter trained on a prompt template gets that prompt as the merged model's chat template, so
+    chat front-ends (and the GGUF made from the folder) prompt it as it was trained.
     """
+    from .adapter_card import check_mode, read_card
+
+    check_mode(chat_template, "--chat-template")
+    card = read_card(adapter_dir)
     output_dir = Path(output_dir).expanduser()
     if output_dir.exists() and any(output_dir.iterdir()):
         raise TuneforgeError(f"--output {str(output_dir)!r} exists and is not empty", field="output",
                              value=str(output_dir))
     model, tokenizer = load_for_inference(model_path, adapter_dir, dtype=dtype, device="cpu")
     merged = model.merge_and_unload(safe_merge=True)
+    training_template = card.template_for(chat_template) if card is not None else None
+    if training_template is not None:
+        tokenizer.chat_template = training_template
     tmp = output_dir.with_name(output_dir.name + ".partial")
     if tmp.exists():
         import shutil

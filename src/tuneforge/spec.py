@@ -19,6 +19,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import TuneforgeError, did_you_mean
 
+# The data formats data/formats.py reads (its RowFormat classes implement each).
+FORMATS = ("template", "chat", "sharegpt", "chat_prompt_completion", "prompt_completion", "alpaca", "text")
+# What each data_format value reads: the field's description and the data layer's errors list them.
+FORMAT_HELP = {
+    "template": "prompt_template over the row's columns",
+    "chat": "OpenAI chat: 'messages' of {role, content} (+ tool_calls, weight, 'tools')",
+    "sharegpt": "ShareGPT: 'conversations' of {from, value} (+ 'system', 'tools')",
+    "chat_prompt_completion": "TRL conversational: 'prompt' and 'completion' as lists of messages",
+    "prompt_completion": "'prompt' and 'completion' text",
+    "alpaca": "Alpaca: 'instruction', 'input', 'output' (+ 'system', 'history')",
+    "text": "one 'text' column, learned whole",
+}
+DataFormat = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
+
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 SCHEDULERS = (
@@ -129,10 +143,12 @@ class DataConfig(_Section):
     validation_data_path: str | None = Field(
         None, description="(tuneforge) Separate validation data (same kinds as data_path); then no split is taken."
     )
-    data_format: Literal["auto", "template", "chat", "prompt_completion", "text"] = Field(
+    data_format: DataFormat = Field(
         "auto",
-        description="(tuneforge) Row shape: template (prompt_template over columns), chat ('messages' column), "
-        "prompt_completion, or text (loss on everything). auto: template when given, else detected from columns.",
+        description="(tuneforge) Row shape: "
+        + "; ".join(f"{k} = {v}" for k, v in FORMAT_HELP.items())
+        + ". auto: template when prompt_template is given, else detected from the columns (a structured format "
+        "wins over a 'text' column, which is then ignored and reported).",
     )
     completion_column: str | None = Field(
         None,

@@ -67,16 +67,24 @@ def test_detection_from_columns():
     assert fmt(["prompt", "completion", "id"]) == "prompt_completion"
     assert fmt(["text", "meta"]) == "text"
     assert fmt(["a", "b"], prompt_template="{a} {b}") == "template"
-    assert fmt(["text", "messages"]) == (
-        "d.jsonl: the columns fit several formats (chat, text); set data_format to one of them"
-    )
+    assert fmt(["text", "messages"]) == "chat"
     assert fmt(["text", "messages"], data_format="text") == "text"
-    assert fmt(["conversations"]).startswith(
-        "d.jsonl: cannot tell how to turn rows into text from the columns (conversations) ('conversations' looks like "
-        "ShareGPT data"
+    assert fmt(["conversations"]) == "chat"  # no rows to look at: {role, content} is assumed
+    assert fmt(["conversations"], head=[{"conversations": [{"from": "human", "value": "hi"}]}]) == "sharegpt"
+    assert fmt(["messages"], head=[{"messages": '[{"from": "human", "value": "hi"}]'}]) == "sharegpt"
+    assert fmt(["prompt", "completion"], head=[{"prompt": [{"role": "user", "content": "a"}]}]) == (
+        "chat_prompt_completion"
+    )
+    assert fmt(["instruction", "input", "output"]) == "alpaca"
+    assert fmt(["instruction", "output", "text"]) == "alpaca"  # the richer format wins over a rendered 'text'
+    assert fmt(["instruction", "output", "text"], data_format="text") == "text"
+    assert fmt(["messages", "instruction", "output"]) == (
+        "d.jsonl: the columns fit several formats (chat: messages; alpaca: instruction, output); set data_format to "
+        "one of them"
     )
     assert fmt(["a"], data_format="chats") == (
-        "data_format 'chats' is unknown (did you mean 'chat'?); allowed: auto, template, chat, prompt_completion, text"
+        "data_format 'chats' is unknown (did you mean 'chat'?); allowed: auto, template, chat, sharegpt, "
+        "chat_prompt_completion, prompt_completion, alpaca, text"
     )
     assert fmt(["a"], data_format="template") == "data_format 'template' needs a prompt_template with {column} placeholders"
     assert fmt(["a"], data_format="chat", prompt_template="{a}").startswith(
@@ -87,15 +95,17 @@ def test_detection_from_columns():
     )
 
 
-def test_undetectable_columns_suggest_a_template():
-    report = validate_source(data_path=str(FIXTURES / "alpaca.jsonl"))
+def test_undetectable_columns_suggest_a_template(tmp_path):
+    p = tmp_path / "qa.jsonl"
+    p.write_text('{"question": "a?", "answer": "b"}\n{"question": "c?", "answer": "d"}\n')
+    report = validate_source(data_path=str(p))
     assert report.error_counts == {"format": 1}
-    assert report.errors[0].message == (
-        "alpaca.jsonl: cannot tell how to turn rows into text from the columns (instruction, input, output); give a "
-        "prompt_template such as '### instruction: {instruction}\\n### input: {input}\\n### output: {output}', or "
-        "provide a 'messages', 'prompt'+'completion' or 'text' column"
+    assert report.errors[0].message.startswith(
+        "qa.jsonl: cannot tell how to turn rows into text from the columns (question, answer); give a "
+        "prompt_template such as '### question: {question}\\n### answer: {answer}', or set data_format: chat = "
+        "OpenAI chat: 'messages' of {role, content}"
     )
-    assert report.n_rows == 6  # still read to the end: the report counts the rows
+    assert report.n_rows == 2  # still read to the end: the report counts the rows
 
 
 def test_template_fields_missing_null_empty_or_not_text():
@@ -155,12 +165,12 @@ def test_chat_rows_unknown_role_no_assistant_and_other_shapes():
     assert report.format == "chat"
     assert [e.message for e in report.errors] == [
         "bad_chat.jsonl line 2: message 2 has role 'assitant' (did you mean 'assistant'?); allowed roles: system, "
-        "user, assistant",
+        "developer, user, assistant, tool",
         "bad_chat.jsonl line 3: the conversation has no assistant turn, so there is nothing to learn (roles: system, "
         "user)",
-        "bad_chat.jsonl line 4: the messages use ShareGPT keys 'from'/'value'; tuneforge reads OpenAI-style "
-        '{"role": "user" | "assistant" | "system", "content": ...}',
-        "bad_chat.jsonl line 5: message 2 (assistant): content is null; it must be text",
+        "bad_chat.jsonl line 4: the messages use ShareGPT keys 'from'/'value' while the file was read as OpenAI chat "
+        '{"role", "content"}; use one format per file (data_format \'sharegpt\' reads ShareGPT)',
+        "bad_chat.jsonl line 5: message 2 (assistant): content is null; it must be text or a list of text parts",
         "bad_chat.jsonl line 6: field 'messages' is text that is not a JSON list (Expecting value at column 1); it "
         'must be a list of {"role": ..., "content": ...} messages (OpenAI chat format)',
         "bad_chat.jsonl line 7: field 'messages' is an empty list; it must be a list of "

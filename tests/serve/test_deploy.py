@@ -221,3 +221,69 @@ def test_a_restarted_service_rebuilds_live_deployments(svc):
     finally:
         app2.state.deployments.close()
     alice.terminate_deployment(ret["deployment_id"])
+
+
+def test_generate_endpoint_with_the_official_client(svc, engine):
+    """MonsterAPI's own deployment endpoint, POST <deployment URL>/generate, through `MClient.generate("deploy-llm")`
+    (which validates with the client's DeployLLM model and decodes the JSON-string answer)."""
+    from monsterapi.client import MClient
+
+    live, home, keys, _, _ = svc
+    alice = mclient(live, keys["alice"])
+    ret = alice.deploy("llm", payload(home, "alpha", deployment_name="gen-alpha",
+                                      prompt_template="### Q: {question}\n### A: {completion}"))
+    st = wait_live(alice, ret["deployment_id"])
+    assert st["generate_base_url"] == live.url + "/v1/deploy/gen-alpha"
+    client = MClient(api_key=ret["api_auth_token"], base_url=st["generate_base_url"])
+
+    def ref(prompt, n=8):
+        return engine.generate("alpha", prompt, temperature=0, max_tokens=n).text
+
+    out = client.generate("deploy-llm", {"prompt": "", "input_variables": {"question": "two plus two?"},
+                                         "temperature": 0, "max_tokens": 8})
+    assert out == {"text": [ref("### Q: two plus two?\n### A: ")]}
+    out = client.generate("deploy-llm", {"prompt": "the quick brown", "temperature": 0, "max_tokens": 6, "n": 2})
+    assert out == {"text": [ref("the quick brown", 6)] * 2}  # a prompt is used as is, n outputs
+    chunks = list(client.generate("deploy-llm", {"prompt": "the quick brown", "temperature": 0, "max_tokens": 6,
+                                                 "stream": True}))
+    assert len(chunks) > 1 and chunks[-1] == {"text": [ref("the quick brown", 6)]}
+    # The deployment's id works in the URL too, and the owner's key as well as the deployment's token.
+    by_id = MClient(api_key=keys["alice"], base_url=f"{live.url}/v1/deploy/{ret['deployment_id']}")
+    assert by_id.generate("deploy-llm", {"prompt": "the quick brown", "temperature": 0, "max_tokens": 6}) == {
+        "text": out["text"][:1]}
+
+    url = st["generate_base_url"] + "/generate"
+    auth = {"Authorization": f"Bearer {ret['api_auth_token']}"}
+    r = requests.post(url, json={"input_variables": {"topic": "x"}}, headers=auth)
+    assert r.status_code == 422 and "input_variables: missing 'question'" in r.text
+    r = requests.post(url, json={"prompt": "a", "input_variables": {"question": "b"}}, headers=auth)
+    assert r.status_code == 422 and "not both" in r.text
+    r = requests.post(url, json={"prompt": "a", "n": 0}, headers=auth)
+    assert r.status_code == 422
+    assert requests.post(url, json={"prompt": "a"}, headers={"Authorization": f"Bearer {keys['bob']}"}).status_code == 404
+    alice.terminate_deployment(ret["deployment_id"])
+
+
+def test_a_template_trained_adapter_is_deployed_with_its_training_prompt(svc, engine, adapters):
+    from tuneforge.adapter_card import build_card
+    from tuneforge.data.formats import Template, TemplateFormat
+
+    live, home, keys, _, _ = svc
+    folder = home / "models" / "adapters" / "alpha-qa"
+    shutil.copytree(adapters["alpha"], folder)
+    build_card(TemplateFormat(Template.parse("Question: {question}\nAnswer: {answer}")), adds_bos=False,
+               rows=[]).write(folder)
+    alice = mclient(live, keys["alice"])
+    body = payload(home, "alpha-qa", deployment_name="qa")
+    del body["prompt_template"]  # not given: the adapter's training template
+    ret = alice.deploy("llm", body)
+    st = wait_live(alice, ret["deployment_id"])
+    assert st["prompt_template"] == "Question: {question}\nAnswer: {completion}"
+    expected = engine.generate("alpha", "Question: two plus two?\nAnswer: ", temperature=0, max_tokens=8).text
+    oc = openai.OpenAI(base_url=st["URL"], api_key=ret["api_auth_token"], max_retries=0)
+    chat = oc.chat.completions.create(model="qa", messages=[{"role": "user", "content": "two plus two?"}],
+                                      temperature=0, max_tokens=8)
+    assert chat.choices[0].message.content == expected
+    completion = oc.completions.create(model="qa", prompt="two plus two?", temperature=0, max_tokens=8)
+    assert completion.choices[0].text == expected  # the one placeholder takes the prompt
+    alice.terminate_deployment(ret["deployment_id"])

@@ -65,6 +65,8 @@ def test_gguf_of_a_tokenizer_the_converter_does_not_know_is_a_clear_error(tiny_m
 
 @pytest.mark.slow
 def test_gguf_export_of_smollm2_reads_back_and_generates(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
     adapter = craft_smollm2_adapter(tmp_path / "adapter")
     merged, f16 = tmp_path / "merged", tmp_path / "model-f16.gguf"
     assert main(["export", str(adapter), "--merged", str(merged), "--gguf", str(f16), "--gguf-type", "f16"]) == 0
@@ -74,6 +76,8 @@ def test_gguf_export_of_smollm2_reads_back_and_generates(tmp_path, capsys):
     config = json.loads((merged / "config.json").read_text())
     info = inspect_gguf(f16)
     assert info.architecture == "llama" and info.file_type == 1
+    assert info.name == f"SmolLM2-135M-Instruct-{tmp_path.name}"  # the model's name, not the folder's ("Merged")
+    assert info.chat_template == AutoTokenizer.from_pretrained(merged).chat_template
     assert info.block_count == config["num_hidden_layers"] == 30 and info.embedding_length == 576
     # 9 tensors per block + token embedding + final norm (the output head is tied to the embedding)
     assert info.tensor_count == 9 * 30 + 2
@@ -81,7 +85,7 @@ def test_gguf_export_of_smollm2_reads_back_and_generates(tmp_path, capsys):
     assert q8.file_type == 7 and q8.tensor_count == info.tensor_count and q8.size_bytes < 0.6 * info.size_bytes
 
     # transformers reads the GGUF back (dequantized) and computes what the merged model computes.
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     tok = AutoTokenizer.from_pretrained(merged)
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
@@ -105,3 +109,20 @@ def test_gguf_export_of_smollm2_reads_back_and_generates(tmp_path, capsys):
     with torch.no_grad():
         expected = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids):]
     assert text == tok.decode(expected, skip_special_tokens=True)  # llama.cpp on the f16 GGUF == merged HF model
+
+
+@pytest.mark.slow
+def test_gguf_of_a_template_trained_adapter_carries_its_training_prompt(tmp_path):
+    """llama.cpp, Ollama and LM Studio prompt a GGUF through its tokenizer.chat_template: for an adapter trained on
+    a prompt template, that is the training prompt (and the model's own with --chat-template model)."""
+    from tuneforge.adapter_card import build_card
+    from tuneforge.data.formats import Template, TemplateFormat
+    from tuneforge.export import export
+
+    adapter = craft_smollm2_adapter(tmp_path / "orders" / "adapter")
+    card = build_card(TemplateFormat(Template.parse("Order: {text}\nJSON: {json}")), adds_bos=False, rows=[])
+    card.write(adapter)
+    trained = export(adapter, gguf=tmp_path / "t.gguf", gguf_type="q8_0")["gguf"]
+    assert trained["name"] == "SmolLM2-135M-Instruct-orders" and trained["chat_template"] == card.chat_template
+    model = export(adapter, gguf=tmp_path / "m.gguf", gguf_type="q8_0", chat_template="model")["gguf"]
+    assert "<|im_start|>" in model["chat_template"]

@@ -26,8 +26,17 @@ def test_train_writes_a_complete_run_that_plain_peft_reloads(tiny_model_dir, qa_
     result = train(make_spec(tiny_model_dir, qa_data), out, quiet=True)
     assert result.output_dir == out.resolve() and not work_dir_for(out).exists()
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "loss.png", "metrics.jsonl", "report.json", "spec.json"]
-    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "tuneforge_adapter.json"):
         assert (out / "adapter" / name).is_file(), name
+    card = json.loads((out / "adapter" / "tuneforge_adapter.json").read_text())
+    assert card["data_format"] == "template" and card["completion_column"] == "answer"
+    assert card["prompt_template"] == "Question: {question}\nAnswer: {answer}"
+    weights = card["base_model"]["weights_sha256"]
+    assert card["base_model"]["path"] == str(tiny_model_dir) and list(weights) == ["model.safetensors"]
+    import hashlib
+
+    assert weights["model.safetensors"] == hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
     report = json.loads((out / "report.json").read_text())
     for key in ("train_loss", "eval_loss", "eval_perplexity", "steps", "epochs", "tokens_seen", "tokens_per_second",
                 "peak_memory_bytes", "wall_time_seconds", "trainable_parameters", "trainable_share"):

@@ -8,15 +8,21 @@ request's paths in `tuneforge.jobs.service`; these routes speak HTTP only.
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from pydantic import BaseModel
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import TuneforgeError
 from ..jobs import service
 from ..jobs.paths import PathPolicy
 from ..jobs.store import Store
 from ..serve.deployments import DeploymentManager, DeployRequest, deployment_auth
+from ..serve.engine import SamplingParams
 from ..serve.openai_routes import openai_router
 from .auth import CurrentPrincipal, SettingsDep, StoreDep
 from .responses import Deployment, DeploymentCreated, DeploymentLogs, DeploymentPage, DeploymentTerminated
@@ -49,6 +55,8 @@ def _view(request: Request, row: dict) -> dict:
         "error": row["error"],
         # MonsterAPI's status names the endpoint `URL`; here it is the OpenAI base URL, `model` = deployment_name.
         "URL": f"{base}/v1",
+        # MonsterAPI's own POST <url>/generate (input_variables or prompt): the official client's base_url.
+        "generate_base_url": f"{base}/v1/deploy/{row['name']}",
         "model": row["name"],
         "api_auth_token": row["token_prefix"] + "…",  # only the create response shows the whole token
         "created_at": service.iso(row["created_at"]),
@@ -104,6 +112,96 @@ def terminate(body: TerminateRequest, request: Request, manager: Manager,
               principal: CurrentPrincipal) -> DeploymentTerminated:
     row = manager.terminate_for(body.deployment_id, principal, actor=body.actor)
     return DeploymentTerminated(message=f"deployment {row['name']!r} terminated", **_view(request, row))
+
+
+# --- MonsterAPI's deployment endpoint: POST <deployment URL>/generate ------------------------------------------
+
+class GenerateRequest(BaseModel):
+    """MonsterAPI's `DeployLLM` payload (monsterapi.InputDataModels): `input_variables` fill the deployment's
+    prompt_template, or `prompt` is sent as is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_variables: dict[str, Any] | None = Field(None, description="Values for the placeholders of the "
+                                                   "deployment's prompt_template (e.g. {\"prompt\": ...}).")
+    prompt: str | None = Field(None, description="A formatted prompt, used as is (no prompt template). Give it or "
+                               "input_variables, not both.")
+    stream: bool = Field(False, description="Stream NUL-delimited JSON chunks {\"text\": [...]} as they grow.")
+    n: int = Field(1, ge=1, le=16, description="Number of outputs.")
+    temperature: float = Field(0.6, ge=0, le=2, description="Sampling temperature (0: greedy).")
+    max_tokens: int = Field(256, ge=1, description="Most new tokens per output.")
+    top_p: float = Field(1.0, gt=0, le=1, description="(tuneforge) Nucleus sampling mass.")
+    seed: int | None = Field(None, description="(tuneforge) Seed for reproducible sampling (output i uses seed+i).")
+
+
+@router.post("/{deployment:path}/generate", responses=_ERRORS,
+             summary="MonsterAPI's deployment endpoint: generate from input_variables or a prompt")
+async def generate(deployment: str, body: GenerateRequest, request: Request):
+    """The deployment's base URL for the official client is `<server>/v1/deploy/<name or id>` (the status's
+    `generate_base_url`): `MClient(api_key=TOKEN, base_url=...).generate("deploy-llm", {...})`. As MonsterAPI's
+    deployments do, the answer is a JSON string holding `{"text": [output, ...]}` (the official client decodes it
+    twice), and a stream is NUL-delimited JSON objects of the same shape, each with the text so far."""
+    manager = _manager(request)
+    row = manager.get(deployment) or manager.by_name(deployment)
+    name = row["name"] if row is not None else deployment
+    await deployment_auth(manager, request.app.state.store.authenticate)(request, name)
+    has_vars, has_prompt = bool(body.input_variables), bool(body.prompt)
+    if has_vars == has_prompt:
+        raise TuneforgeError("give either input_variables (filled into the deployment's prompt_template) or prompt "
+                             "(used as is), not " + ("both" if has_vars else "neither"), field="input_variables")
+    loop = asyncio.get_running_loop()
+    gens = []
+    try:
+        for i in range(body.n):
+            params = SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
+                                    seed=None if body.seed is None else body.seed + i)
+            gens.append(manager.submit(name, body.prompt if has_prompt else None, params, loop=loop, raw=True,
+                                       input_variables=body.input_variables if has_vars else None))
+    except BaseException:
+        for g in gens:
+            g.cancel()
+        raise
+    if body.stream:
+        return StreamingResponse(_stream_texts(gens), media_type="application/octet-stream")
+    try:
+        texts = [(await g.aresult()).text for g in gens]
+    finally:
+        for g in gens:
+            g.cancel()
+    return JSONResponse(json.dumps({"text": texts}))
+
+
+async def _stream_texts(gens) -> AsyncIterator[bytes]:
+    texts = [""] * len(gens)
+    updates: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i, gen):
+        try:
+            async for delta in gen.astream():
+                await updates.put((i, delta))
+        except Exception as exc:  # noqa: BLE001 -- reported in the stream: the status line is sent already
+            await updates.put((i, exc))
+        finally:
+            await updates.put((i, None))
+
+    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        running = len(gens)
+        while running:
+            i, item = await updates.get()
+            if item is None:
+                running -= 1
+                continue
+            if isinstance(item, Exception):
+                yield json.dumps({"error": str(item)}).encode() + b"\0"
+                continue
+            texts[i] += item
+            yield json.dumps({"text": texts}).encode() + b"\0"
+    finally:
+        for t in tasks:
+            t.cancel()
+        for g in gens:
+            g.cancel()
 
 
 def install(app: FastAPI, settings, store: Store) -> DeploymentManager:

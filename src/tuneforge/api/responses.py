@@ -139,6 +139,8 @@ class Deployment(_Response):
     max_model_len: int | None
     error: str | None
     URL: str = Field(description="The OpenAI base URL to call this deployment at, with `model` = deployment_name.")
+    generate_base_url: str = Field(description="MonsterAPI's own endpoint: POST <generate_base_url>/generate with "
+                                   "input_variables or prompt (the official client's base_url).")
     model: str
     api_auth_token: str = Field(description="Its first characters; the create response alone has the whole token.")
     created_at: str | None

@@ -1,13 +1,16 @@
 """Row shapes: how a record becomes the text the model sees, and which part of it is learned.
 
-Four shapes:
+The shapes (`data_format` values; `FORMAT_HELP` says what each reads):
 
 - template: `prompt_template` with `{column}` placeholders (MonsterAPI style). The completion starts at the last
   placeholder (or at the one `completion_column` names) and runs to the template's end, so text after it (a
   closing tag, a newline) is learned too; everything before is the prompt. `{{` and `}}` are literal braces.
-- chat: a `messages` column of OpenAI-style `{"role", "content"}` lists, rendered with the model's chat
-  template; only assistant turns are learned.
-- prompt_completion: `prompt` and `completion` columns.
+- chat: OpenAI's chat fine-tuning format (`messages`, with tool calls, `weight`, text parts, a `tools` column);
+  sharegpt: `conversations` of `{from, value}` (LLaMA-Factory/Axolotl); chat_prompt_completion: TRL's
+  conversational prompt/completion. All three become a `Conversation` rendered with the model's chat template;
+  only assistant turns (of weight 1) are learned.
+- prompt_completion: `prompt` and `completion` text columns.
+- alpaca: instruction/input/output (+ system, history) in Stanford Alpaca's own prompts.
 - text: one `text` column, learned whole.
 
 `resolve_format` picks the shape (detected from the columns when unambiguous) and reports configuration problems;
@@ -19,14 +22,16 @@ from __future__ import annotations
 import json
 import string
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import did_you_mean
+from ..spec import FORMAT_HELP, FORMATS
 
-FORMATS = ("template", "chat", "prompt_completion", "text")
-ROLES = ("system", "user", "assistant")
 SHORT_COMPLETION_CHARS = 3  # completions shorter than this (stripped) are flagged as very short
+# Columns that carry part of the task in instruction datasets (Alpaca's input, Dolly's context): a template that
+# leaves them out drops that text, which is worth a warning when a row has some.
+DROPPABLE_INPUTS = ("input", "context")
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +167,7 @@ class Template:
 class RowFormat(ABC):
     name = ""
     fields: tuple[str, ...] = ()
+    extra_fields: tuple[str, ...] = ()  # optional columns the shape reads when present (e.g. 'tools', 'system')
     text_fields: tuple[str, ...] = ()  # fields that must hold text (checked against column types up front)
 
     def describe(self) -> str:
@@ -201,6 +207,12 @@ class TemplateFormat(RowFormat):
             p = check_text(row, name, noun, role, empty_is_error=is_completion)
             if p is not None:
                 out.append(p)
+        # MonsterAPI's sample template for Alpaca data has {instruction} and {output} but no {input}: rows whose
+        # input holds the text the task is about would be trained without it. Say so, with the rows.
+        for name in DROPPABLE_INPUTS:
+            value = row.get(name)
+            if name not in self.fields and isinstance(value, str) and value.strip():
+                out.append(Problem("dropped_input", name, "", warning=True))
         return out
 
     def render(self, row: dict[str, Any]) -> tuple[str, str]:
@@ -254,96 +266,429 @@ class TextFormat(RowFormat):
         return "", row["text"]
 
 
-class ChatFormat(RowFormat):
-    name = "chat"
-    fields = ("messages",)
+# --- conversations ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Conversation:
+    """A row as chat-template input: OpenAI-style messages (plain-text content; `tool_calls` with arguments as
+    objects, as transformers' chat templates expect them) and the row's tool definitions, if any. An assistant
+    message carrying `"weight": 0` is rendered but not learned (OpenAI's fine-tuning `weight`)."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+
+
+def learned(message: dict[str, Any]) -> bool:
+    return message["role"] == "assistant" and message.get("weight", 1) != 0
+
+
+def _content_text(content: Any, where_: str) -> tuple[str | None, str | None]:
+    """(text, None) for a string or an array of text parts (OpenAI concatenates them), else (None, why)."""
+    if isinstance(content, str):
+        return content, None
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content, 1):
+            if not isinstance(part, dict):
+                return None, f"{where_}: content part {j} is {describe_value(part)}; parts are {{\"type\": \"text\", \"text\": ...}}"
+            kind = part.get("type")
+            if kind != "text":
+                return None, (
+                    f"{where_}: content part {j} has type {kind!r}; only text parts ({{\"type\": \"text\", \"text\": "
+                    "...}) can be trained on (images, audio and files are not supported)"
+                )
+            if not isinstance(part.get("text"), str):
+                return None, f"{where_}: content part {j} has no 'text' string"
+            texts.append(part["text"])
+        return "".join(texts), None
+    what = "null" if content is None else describe_value(content)
+    return None, f"{where_}: content is {what}; it must be text or a list of text parts"
+
+
+def _tool_call(call: Any, where_: str) -> tuple[dict[str, Any] | None, str | None]:
+    """An OpenAI tool call ({"id", "type": "function", "function": {"name", "arguments": JSON text}}) in the shape
+    chat templates read: arguments as an object."""
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        return None, f"{where_} is not {{\"type\": \"function\", \"function\": {{\"name\": ..., \"arguments\": ...}}}}"
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as err:
+            return None, f"{where_} ('{fn['name']}'): arguments are not valid JSON ({err.msg} at column {err.colno})"
+    if not isinstance(args, dict):
+        return None, f"{where_} ('{fn['name']}'): arguments must be a JSON object, got {describe_value(args)}"
+    out: dict[str, Any] = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+    if isinstance(call.get("id"), str):
+        out["id"] = call["id"]
+    return out, None
+
+
+def _json_list(value: Any, name: str, noun: str, allowed: str) -> tuple[list | None, Problem | None]:
+    """`value` as a list (CSV and Parquet exports often hold lists as JSON text), or the problem with it."""
+    if value is None:
+        return None, Problem("null_field", name, f"{noun} '{name}' is null; it must be {allowed}")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            return None, Problem(
+                "bad_messages",
+                name,
+                f"{noun} '{name}' is text that is not a JSON list ({err.msg} at column {err.colno}); it must be {allowed}",
+            )
+    if not isinstance(value, list):
+        return None, Problem("bad_messages", name, f"{noun} '{name}' is {describe_value(value)}; it must be {allowed}")
+    if not value:
+        return None, Problem("bad_messages", name, f"{noun} '{name}' is an empty list; it must be {allowed}")
+    return value, None
+
+
+def _tools(row: dict[str, Any], noun: str) -> tuple[list[dict[str, Any]] | None, Problem | None]:
+    """The row's `tools` (OpenAI function definitions) or legacy `functions`; absent or empty means none."""
+    for name in ("tools", "functions"):
+        value = row.get(name)
+        if value is None or value == "" or value == []:
+            continue
+        allowed = 'a list of {"type": "function", "function": {"name": ..., "parameters": ...}} tool definitions'
+        tools, problem = _json_list(value, name, noun, allowed)
+        if problem is not None:
+            return None, Problem("bad_tools", name, problem.text)
+        assert tools is not None
+        out = []
+        for i, t in enumerate(tools, 1):
+            # OpenAI wraps each as {"type": "function", "function": {...}}; LLaMA-Factory's ShareGPT and the legacy
+            # `functions` list the bare function objects.
+            fn = (t["function"] if "function" in t else t) if isinstance(t, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                return None, Problem("bad_tools", name, f"{noun} '{name}': tool {i} is not {allowed}")
+            out.append({"type": "function", "function": fn})
+        return out, None
+    return None, None
+
+
+class MessagesFormat(RowFormat):
+    """Shapes rendered with the model's chat template: each turns a row into a `Conversation`."""
 
     def describe(self) -> str:
         return "messages rendered with the model's chat template; loss on assistant turns"
 
-    @staticmethod
-    def messages(row: dict[str, Any]) -> list[dict[str, Any]]:
-        value = row["messages"]
-        if isinstance(value, str):  # CSV cannot hold lists: accept the list as a JSON string there
-            value = json.loads(value)
-        return [{"role": m["role"], "content": m["content"]} for m in value]
+    @abstractmethod
+    def parse(self, row: dict[str, Any], noun: str) -> tuple[Conversation | None, list[Problem]]:
+        """The row's conversation, or the problems that stop it from being one."""
+
+    def conversation(self, row: dict[str, Any]) -> Conversation:
+        conv, problems = self.parse(row, "field")
+        if conv is None:
+            raise ValueError(problems[0].text if problems else "not a conversation")
+        return conv
 
     def check(self, row: dict[str, Any], noun: str, skip: frozenset[str]) -> list[Problem]:
-        if "messages" in skip:
+        if any(f in skip for f in self.fields):
             return []
-        allowed = "a list of {\"role\": ..., \"content\": ...} messages (OpenAI chat format)"
-        if "messages" not in row:
-            return [Problem("missing_field", "messages", f"{noun} 'messages' is missing; it must be {allowed}")]
-        value = row["messages"]
-        if value is None:
-            return [Problem("null_field", "messages", f"{noun} 'messages' is null; it must be {allowed}")]
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as err:
-                return [
-                    Problem(
-                        "bad_messages",
-                        "messages",
-                        f"{noun} 'messages' is text that is not a JSON list ({err.msg} at column {err.colno}); it "
-                        f"must be {allowed}",
-                    )
-                ]
-        if not isinstance(value, list):
-            return [Problem("bad_messages", "messages", f"{noun} 'messages' is {describe_value(value)}; it must be {allowed}")]
-        if not value:
-            return [Problem("bad_messages", "messages", f"{noun} 'messages' is an empty list; it must be {allowed}")]
-        if any(isinstance(m, dict) and "role" not in m and "from" in m and "value" in m for m in value):
+        conv, problems = self.parse(row, noun)
+        if problems or conv is None:
+            return problems
+        roles = [m["role"] for m in conv.messages]
+        if "assistant" not in roles:
+            present = ", ".join(dict.fromkeys(roles))
             return [
                 Problem(
+                    "no_assistant_turn",
+                    self.fields[0],
+                    f"the conversation has no assistant turn, so there is nothing to learn (roles: {present})",
+                )
+            ]
+        if not any(learned(m) for m in conv.messages):
+            return [
+                Problem("no_assistant_turn", self.fields[0], "every assistant turn has weight 0, so there is nothing to learn")
+            ]
+        return []
+
+    def completion_text(self, row: dict[str, Any]) -> str | None:
+        last = [m for m in self.conversation(row).messages if learned(m)]
+        return last[-1]["content"] if last and last[-1]["content"] else None
+
+
+class ChatFormat(MessagesFormat):
+    """OpenAI's chat fine-tuning format: `messages` with system/developer/user/assistant/tool roles, assistant
+    `tool_calls` and `weight`, content as text or text parts, and an optional `tools` column."""
+
+    name = "chat"
+    fields = ("messages",)
+    extra_fields = ("tools", "functions")
+    ROLES = ("system", "developer", "user", "assistant", "tool")
+
+    def __init__(self, column: str = "messages"):
+        self.fields = (column,)
+
+    @staticmethod
+    def messages(row: dict[str, Any]) -> list[dict[str, Any]]:
+        return ChatFormat().conversation(row).messages
+
+    def parse(self, row: dict[str, Any], noun: str) -> tuple[Conversation | None, list[Problem]]:
+        col = self.fields[0]
+        allowed = "a list of {\"role\": ..., \"content\": ...} messages (OpenAI chat format)"
+        if col not in row:
+            return None, [Problem("missing_field", col, f"{noun} '{col}' is missing; it must be {allowed}")]
+        value, problem = _json_list(row[col], col, noun, allowed)
+        if problem is not None:
+            return None, [problem]
+        assert value is not None
+        if any(isinstance(m, dict) and "role" not in m and "from" in m and "value" in m for m in value):
+            return None, [
+                Problem(
                     "bad_messages",
-                    "messages",
-                    "the messages use ShareGPT keys 'from'/'value'; tuneforge reads OpenAI-style "
-                    "{\"role\": \"user\" | \"assistant\" | \"system\", \"content\": ...}",
+                    col,
+                    "the messages use ShareGPT keys 'from'/'value' while the file was read as OpenAI chat "
+                    "{\"role\", \"content\"}; use one format per file (data_format 'sharegpt' reads ShareGPT)",
                 )
             ]
         out: list[Problem] = []
-        roles: list[str] = []
+        messages: list[dict[str, Any]] = []
         for i, m in enumerate(value, 1):
             if not isinstance(m, dict):
-                out.append(Problem("bad_messages", "messages", f"message {i} is {describe_value(m)}, not an object {{\"role\", \"content\"}}"))
+                out.append(Problem("bad_messages", col, f"message {i} is {describe_value(m)}, not an object {{\"role\", \"content\"}}"))
                 continue
             role = m.get("role")
-            if role not in ROLES:
-                hint = did_you_mean(role, ROLES) if isinstance(role, str) else ""
+            if role not in self.ROLES:
+                hint = did_you_mean(role, self.ROLES) if isinstance(role, str) else ""
                 shown = "missing" if role is None else repr(role)
                 out.append(
-                    Problem(
-                        "unknown_role",
-                        "messages",
-                        f"message {i} has role {shown}{hint}; allowed roles: {', '.join(ROLES)}",
-                    )
+                    Problem("unknown_role", col, f"message {i} has role {shown}{hint}; allowed roles: {', '.join(self.ROLES)}")
                 )
                 continue
-            roles.append(role)
+            at = f"message {i} ({role})"
+            msg: dict[str, Any] = {"role": "system" if role == "developer" else role}  # developer: OpenAI's system
+            calls = m.get("tool_calls") if role == "assistant" else None
+            if calls:
+                if not isinstance(calls, list):
+                    out.append(Problem("bad_messages", col, f"{at}: tool_calls is {describe_value(calls)}; it must be a list"))
+                    continue
+                parsed = [_tool_call(c, f"{at}: tool call {j}") for j, c in enumerate(calls, 1)]
+                bad = [why for _, why in parsed if why]
+                if bad:
+                    out.append(Problem("bad_messages", col, bad[0]))
+                    continue
+                msg["tool_calls"] = [c for c, _ in parsed]
             content = m.get("content")
-            if not isinstance(content, str):
-                what = "missing" if "content" not in m else ("null" if content is None else describe_value(content))
-                out.append(Problem("bad_messages", "messages", f"message {i} ({role}): content is {what}; it must be text"))
-            elif role == "assistant" and not content.strip():
-                out.append(Problem("empty_field", "messages", f"message {i} (assistant) has empty content; nothing to learn from it"))
-        if not out and "assistant" not in roles:
-            present = ", ".join(dict.fromkeys(roles))
-            out.append(
-                Problem(
-                    "no_assistant_turn",
-                    "messages",
-                    f"the conversation has no assistant turn, so there is nothing to learn (roles: {present})",
-                )
-            )
+            if content is None and calls:
+                text = ""  # OpenAI: an assistant message that only calls tools has null content
+            elif "content" not in m:
+                out.append(Problem("bad_messages", col, f"{at}: content is missing; it must be text"))
+                continue
+            else:
+                text, why = _content_text(content, at)
+                if why is not None:
+                    out.append(Problem("bad_messages", col, why))
+                    continue
+            if role == "assistant" and not calls and not text.strip():
+                out.append(Problem("empty_field", col, f"{at} has empty content; nothing to learn from it"))
+                continue
+            msg["content"] = text
+            if role == "tool":
+                for key in ("tool_call_id", "name"):
+                    if isinstance(m.get(key), str):
+                        msg[key] = m[key]
+            if role == "assistant" and "weight" in m:
+                if m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
+                    out.append(Problem("bad_weight", col, f"{at}: weight is {m['weight']!r}; allowed: 0 (not learned) or 1"))
+                    continue
+                if m["weight"] == 0:
+                    msg["weight"] = 0
+            messages.append(msg)
+        tools, problem = _tools(row, noun)
+        if problem is not None:
+            out.append(problem)
+        if out:
+            return None, out
+        return Conversation(messages, tools), []
+
+
+class ShareGPTFormat(MessagesFormat):
+    """ShareGPT as LLaMA-Factory and Axolotl read it: `conversations` of {"from", "value"} with the roles
+    human/gpt/system/function_call/observation, an optional `system` column and an optional `tools` column.
+    A `function_call` turn is the assistant calling a tool (its value is {"name", "arguments"} JSON); an
+    `observation` is the tool's answer."""
+
+    name = "sharegpt"
+    extra_fields = ("system", "tools")
+    ROLES = {
+        "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+        "system": "system", "function_call": "assistant", "observation": "tool", "tool": "tool",
+    }
+
+    def __init__(self, column: str = "conversations"):
+        self.fields = (column,)
+
+    def parse(self, row: dict[str, Any], noun: str) -> tuple[Conversation | None, list[Problem]]:
+        col = self.fields[0]
+        allowed = 'a list of {"from": "human" | "gpt" | ..., "value": ...} turns (ShareGPT)'
+        if col not in row:
+            return None, [Problem("missing_field", col, f"{noun} '{col}' is missing; it must be {allowed}")]
+        value, problem = _json_list(row[col], col, noun, allowed)
+        if problem is not None:
+            return None, [problem]
+        assert value is not None
+        out: list[Problem] = []
+        messages: list[dict[str, Any]] = []
+        system = row.get("system")
+        if isinstance(system, str) and system.strip():
+            messages.append({"role": "system", "content": system})
+        for i, turn in enumerate(value, 1):
+            if not isinstance(turn, dict) or "from" not in turn:
+                out.append(Problem("bad_messages", col, f"turn {i} is not an object {{\"from\", \"value\"}}"))
+                continue
+            who = turn["from"]
+            role = self.ROLES.get(who) if isinstance(who, str) else None
+            if role is None:
+                names = ("human", "gpt", "system", "function_call", "observation")
+                hint = did_you_mean(who, names) if isinstance(who, str) else ""
+                out.append(Problem("unknown_role", col, f"turn {i} is from {who!r}{hint}; allowed: {', '.join(names)}"))
+                continue
+            text = turn.get("value")
+            if not isinstance(text, str):
+                what = "missing" if "value" not in turn else ("null" if text is None else describe_value(text))
+                out.append(Problem("bad_messages", col, f"turn {i} ({who}): value is {what}; it must be text"))
+                continue
+            if who == "function_call":
+                try:
+                    call = json.loads(text)
+                except json.JSONDecodeError as err:
+                    out.append(Problem("bad_messages", col, f"turn {i} (function_call): value is not JSON ({err.msg})"))
+                    continue
+                calls = call if isinstance(call, list) else [call]
+                parsed = [_tool_call({"function": c}, f"turn {i} (function_call)") for c in calls]
+                bad = [why for _, why in parsed if why]
+                if bad:
+                    out.append(Problem("bad_messages", col, bad[0]))
+                    continue
+                messages.append({"role": "assistant", "content": "", "tool_calls": [c for c, _ in parsed]})
+                continue
+            if role == "assistant" and not text.strip():
+                out.append(Problem("empty_field", col, f"turn {i} ({who}) is empty; nothing to learn from it"))
+                continue
+            messages.append({"role": role, "content": text})
+        tools, problem = _tools(row, noun)
+        if problem is not None:
+            out.append(problem)
+        if out:
+            return None, out
+        return Conversation(messages, tools), []
+
+
+class ChatPromptCompletionFormat(MessagesFormat):
+    """TRL's conversational prompt/completion: `prompt` and `completion` are lists of messages; the completion's
+    assistant turns are learned."""
+
+    name = "chat_prompt_completion"
+    fields = ("prompt", "completion")
+    extra_fields = ("tools",)
+
+    def describe(self) -> str:
+        return "prompt + completion messages rendered with the model's chat template; loss on the completion"
+
+    def parse(self, row: dict[str, Any], noun: str) -> tuple[Conversation | None, list[Problem]]:
+        joined: list[Any] = []
+        for col in self.fields:
+            if col not in row:
+                return None, [Problem("missing_field", col, f"{noun} '{col}' is missing; it must be a list of messages")]
+            value, problem = _json_list(row[col], col, noun, 'a list of {"role": ..., "content": ...} messages')
+            if problem is not None:
+                return None, [problem]
+            assert value is not None
+            if col == "prompt":
+                # Only the completion is learned: an assistant turn in the prompt is context (few-shot).
+                value = [dict(m, weight=0) if isinstance(m, dict) and m.get("role") == "assistant" else m for m in value]
+            joined.extend(value)
+        conv, problems = ChatFormat().parse({"messages": joined, "tools": row.get("tools")}, noun)
+        return conv, [Problem(p.kind, "prompt/completion", p.text, p.warning) for p in problems]
+
+
+# --- alpaca -------------------------------------------------------------------------------------------------------
+
+# Stanford Alpaca's own prompts (tatsu-lab/stanford_alpaca, train.py PROMPT_DICT): a row without input uses the
+# no-input prompt, never an empty "### Input:" section.
+ALPACA_PREAMBLE_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+ALPACA_PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+
+
+def alpaca_prompt(instruction: str, input_text: str = "", system: str | None = None,
+                  history: list[tuple[str, str]] | None = None) -> str:
+    """The Alpaca prompt up to "### Response:\\n"; `system` replaces the preamble, `history` holds earlier
+    (instruction, response) turns (LLaMA-Factory's alpaca `history`)."""
+    has_input = bool(input_text.strip())
+    preamble = system if system and system.strip() else (ALPACA_PREAMBLE_INPUT if has_input else ALPACA_PREAMBLE)
+    parts = [preamble, ""]
+    for q, a in history or ():
+        parts.append(f"### Instruction:\n{q}\n\n### Response:\n{a}\n")
+    parts.append(f"### Instruction:\n{instruction}\n")
+    if has_input:
+        parts.append(f"### Input:\n{input_text}\n")
+    parts.append("### Response:\n")
+    return "\n".join(parts)
+
+
+class AlpacaFormat(RowFormat):
+    name = "alpaca"
+    fields = ("instruction", "output")
+    extra_fields = ("input", "system", "history")
+    text_fields = ("instruction", "output")
+
+    def describe(self) -> str:
+        return "Alpaca's prompt (with-input or no-input per row) over instruction/input; completion: {output}"
+
+    @staticmethod
+    def _history(value: Any) -> tuple[list[tuple[str, str]] | None, str | None]:
+        if value is None or value == "" or value == []:
+            return [], None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                return None, "is text that is not a JSON list"
+        if not isinstance(value, list) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in value
+        ):
+            return None, "must be a list of [instruction, response] pairs of text"
+        return [(q, a) for q, a in value], None
+
+    def check(self, row: dict[str, Any], noun: str, skip: frozenset[str]) -> list[Problem]:
+        out = []
+        for name, role, err in (
+            ("instruction", "it is the task in the prompt", True),
+            ("output", "it is what the model learns to answer", True),
+        ):
+            if name not in skip:
+                p = check_text(row, name, noun, role, empty_is_error=err)
+                if p is not None:
+                    out.append(p)
+        for name in ("input", "system"):
+            value = row.get(name)
+            if value is not None and not isinstance(value, str):
+                out.append(Problem("not_text", name, f"{noun} '{name}' is {describe_value(value)}, not text"))
+        _, why = self._history(row.get("history"))
+        if why:
+            out.append(Problem("bad_history", "history", f"{noun} 'history' {why}"))
         return out
 
+    def render(self, row: dict[str, Any]) -> tuple[str, str]:
+        history, _ = self._history(row.get("history"))
+        return alpaca_prompt(row["instruction"], row.get("input") or "", row.get("system"), history), row["output"]
+
     def completion_text(self, row: dict[str, Any]) -> str | None:
-        last = [m["content"] for m in self.messages(row) if m["role"] == "assistant"]
-        return last[-1] if last else None
+        value = row.get("output")
+        return value if isinstance(value, str) else None
 
 
 # --- choosing -------------------------------------------------------------------------------------------------------
+
+# The data_format values and what each reads are the spec's (spec.py), listed once there.
 
 
 @dataclass
@@ -351,6 +696,7 @@ class FormatChoice:
     format: RowFormat | None
     errors: list[str]  # configuration problems (kind "config"/"format"/"template"), as full messages
     kind: str = "config"
+    warnings: list[str] = field(default_factory=list)  # e.g. a column left out because a richer format won
 
 
 def suggest_template(columns: list[str]) -> str:
@@ -361,6 +707,61 @@ def suggest_template(columns: list[str]) -> str:
     return "'### Input: {input}\\n### Output: {output}'"
 
 
+def _first(head: list[dict[str, Any]], col: str) -> Any:
+    """The first non-empty value of `col` in the sample rows, lists given as JSON text decoded."""
+    for row in head:
+        value = row.get(col)
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        if value not in (None, "", []):
+            return value
+    return None
+
+
+def _sharegpt_turns(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "from" in value[0]
+
+
+def _messages_format(column: str, head: list[dict[str, Any]], forced: str | None = None) -> RowFormat:
+    if forced == "sharegpt" or (forced is None and _sharegpt_turns(_first(head, column))):
+        return ShareGPTFormat(column)
+    return ChatFormat(column)
+
+
+def _detect(columns: list[str], head: list[dict[str, Any]]) -> list[RowFormat]:
+    """Every shape the columns fit, richest first. A new shape plugs in here and in `_forced`."""
+    have = set(columns)
+    found: list[RowFormat] = []
+    for col in ("messages", "conversations"):
+        if col in have:
+            found.append(_messages_format(col, head))
+    if {"prompt", "completion"} <= have:
+        first = _first(head, "prompt")
+        found.append(ChatPromptCompletionFormat() if isinstance(first, list) else PromptCompletionFormat())
+    if {"instruction", "output"} <= have:
+        found.append(AlpacaFormat())
+    if "text" in have:
+        found.append(TextFormat())
+    return found
+
+
+def _forced(data_format: str, columns: list[str], head: list[dict[str, Any]]) -> RowFormat:
+    if data_format in ("chat", "sharegpt"):
+        default = "messages" if data_format == "chat" else "conversations"
+        other = "conversations" if data_format == "chat" else "messages"
+        column = other if default not in columns and other in columns else default
+        return _messages_format(column, head, data_format)
+    return {
+        "chat_prompt_completion": ChatPromptCompletionFormat,
+        "prompt_completion": PromptCompletionFormat,
+        "alpaca": AlpacaFormat,
+        "text": TextFormat,
+    }[data_format]()
+
+
 def resolve_format(
     columns: list[str],
     *,
@@ -368,8 +769,11 @@ def resolve_format(
     prompt_template: str | None,
     completion_column: str | None,
     source_name: str,
+    head: list[dict[str, Any]] | None = None,
 ) -> FormatChoice:
-    """The row shape from the arguments and the data's columns; a problem is a message saying what to set."""
+    """The row shape from the arguments and the data's columns (and a sample of rows, `head`, which tells
+    lists of messages from text); a problem is a message saying what to set."""
+    head = head or []
     if data_format not in ("auto", *FORMATS):
         return FormatChoice(
             None,
@@ -395,39 +799,36 @@ def resolve_format(
             [f"completion_column {completion_column!r} is used only with a prompt_template; give a template such as "
              f"'... {{question}} ... {{{completion_column}}}' or remove completion_column"],
         )
-    by_shape = {
-        "chat": ChatFormat,
-        "prompt_completion": PromptCompletionFormat,
-        "text": TextFormat,
-    }
     if data_format != "auto":
-        return FormatChoice(by_shape[data_format](), [])
-    have = set(columns)
-    matches = []
-    if "messages" in have:
-        matches.append("chat")
-    if {"prompt", "completion"} <= have:
-        matches.append("prompt_completion")
-    if "text" in have:
-        matches.append("text")
+        return FormatChoice(_forced(data_format, columns, head), [])
+    matches = _detect(columns, head)
+    warnings = []
+    richer = [f for f in matches if f.name != "text"]
+    if richer and len(richer) < len(matches):
+        # Alpaca exports (tatsu-lab/alpaca among them) carry a pre-rendered 'text' beside the columns: training on
+        # it alone would learn the prompt too and ignore the structure, so the structured format wins, loudly.
+        used = ", ".join(c for c in columns if c in richer[0].fields or c in richer[0].extra_fields)
+        warnings.append(
+            f"{source_name}: column 'text' is ignored: the rows also have {richer[0].name} columns ({used}), which "
+            f"mask the prompt from the loss; set data_format 'text' to train on 'text' instead"
+        )
+        matches = richer
     if len(matches) == 1:
-        return FormatChoice(by_shape[matches[0]](), [])
+        return FormatChoice(matches[0], [], warnings=warnings)
     cols = ", ".join(columns) if columns else "none"
     if len(matches) > 1:
+        names = "; ".join(f"{f.name}: {', '.join(c for c in f.fields if c in columns)}" for f in matches)
         return FormatChoice(
             None,
-            [f"{source_name}: the columns fit several formats ({', '.join(matches)}); set data_format to one of them"],
+            [f"{source_name}: the columns fit several formats ({names}); set data_format to one of them"],
             kind="format",
         )
-    hint = ""
-    if "conversations" in have:
-        hint = " ('conversations' looks like ShareGPT data: convert it to a 'messages' column of {role, content})"
     return FormatChoice(
         None,
         [
-            f"{source_name}: cannot tell how to turn rows into text from the columns ({cols}){hint}; give a "
-            f"prompt_template such as {suggest_template(columns)}, or provide a 'messages', "
-            "'prompt'+'completion' or 'text' column"
+            f"{source_name}: cannot tell how to turn rows into text from the columns ({cols}); give a "
+            f"prompt_template such as {suggest_template(columns)}, or set data_format: "
+            + "; ".join(f"{k} = {v}" for k, v in FORMAT_HELP.items() if k != "template")
         ],
         kind="format",
     )

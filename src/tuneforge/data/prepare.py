@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import TuneforgeError
 from .example import Example
-from .formats import ChatFormat, RowFormat
+from .formats import MessagesFormat, RowFormat
 from .options import DataOptions
 from .report import DataIssue, DataValidationError, ValidationReport
 from .split import DEFAULT_FRACTIONS, MIN_USEFUL_VALIDATION, check_fractions, split_indices
@@ -36,13 +36,13 @@ class PromptRenderer:
         self.encoder = encoder
 
     def render_prompt(self, row: dict[str, Any]) -> str:
-        if isinstance(self.fmt, ChatFormat):
-            return self.encoder.chat_prompt(self.fmt.messages(row))
+        if isinstance(self.fmt, MessagesFormat):
+            return self.encoder.chat_prompt(self.fmt.conversation(row))
         return self.fmt.render(row)[0]
 
     def prompt_ids(self, row: dict[str, Any]) -> list[int]:
         """Token ids of the prompt, special tokens included as in training (BOS once; none appended)."""
-        if isinstance(self.fmt, ChatFormat):
+        if isinstance(self.fmt, MessagesFormat):
             # The chat template writes its own BOS; adding the tokenizer's would double it.
             return list(self.encoder.tokenizer(self.render_prompt(row), add_special_tokens=False)["input_ids"])
         return self.encoder.prompt_ids(self.fmt.render(row)[0])
@@ -50,7 +50,7 @@ class PromptRenderer:
     def reference(self, row: dict[str, Any]) -> str:
         """The text the model should generate after the prompt (the completion, or the last assistant turn),
         without EOS."""
-        if isinstance(self.fmt, ChatFormat):
+        if isinstance(self.fmt, MessagesFormat):
             return self.fmt.completion_text(row) or ""
         return self.fmt.render(row)[1]
 

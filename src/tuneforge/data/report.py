@@ -49,11 +49,13 @@ class ValidationReport:
     source: str
     source_format: str | None = None  # how the file/dataset was read: json, jsonl, csv, parquet, arrow, hub
     source_detail: str = ""  # e.g. "delimiter ';'", "split 'train'"
-    format: str | None = None  # row shape: template, chat, prompt_completion, text
+    format: str | None = None  # row shape: a data_format value (formats.FORMATS)
     format_detail: str = ""  # e.g. "completion: {output}"
     n_rows: int = 0  # records read, good and bad
     n_trainable: int = 0  # records without errors
     columns: dict[str, str] = field(default_factory=dict)  # name -> type
+    columns_used: list[str] = field(default_factory=list)  # the columns the format reads
+    columns_ignored: list[str] = field(default_factory=list)  # the others: not trained on
     errors: list[DataIssue] = field(default_factory=list)  # the first `max_errors`
     error_counts: dict[str, int] = field(default_factory=dict)  # every error, by kind
     warnings: list[DataIssue] = field(default_factory=list)
@@ -106,6 +108,8 @@ class ValidationReport:
             "n_rows": self.n_rows,
             "n_trainable": self.n_trainable,
             "columns": dict(self.columns),
+            "columns_used": list(self.columns_used),
+            "columns_ignored": list(self.columns_ignored),
             "n_errors": self.n_errors,
             "error_counts": dict(self.error_counts),
             "errors": [asdict(e) for e in self.errors],
@@ -143,6 +147,10 @@ class ValidationReport:
         if self.columns:
             cols = ", ".join(f"{name}: {typ}" for name, typ in self.columns.items())
             out.append(f"  columns      {cols}")
+        if self.format:
+            out.append(f"  used         {', '.join(self.columns_used) or 'none'}")
+            if self.columns_ignored:
+                out.append(f"  ignored      {', '.join(self.columns_ignored)}")
         for note in self.notes:
             out.append(f"  note         {note}")
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import TuneforgeError
 from .example import IGNORE_INDEX, Example
+from .formats import Conversation, learned
 
 
 class ChatTemplateError(ValueError):
@@ -72,19 +73,27 @@ class Encoder:
         return [(self.prefix + list(p), list(c) + [self.eos_id]) for p, c in zip(p_ids, c_ids)]
 
     # --- chat -------------------------------------------------------------------------------------------------------
-    def _render(self, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
+    def _render(
+        self, messages: list[dict[str, Any]], generation_prompt: bool = False, tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        # `weight` is tuneforge's loss flag, not template input.
+        messages = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
         try:
             text = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=generation_prompt
+                messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt
             )
         except Exception as err:  # jinja's raise_exception (e.g. "roles must alternate") and template bugs
             raise ChatTemplateError(f"the model's chat template rejects this conversation: {err}") from None
         return text
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
-        """The conversation up to its last assistant turn, with the generation prompt: what the model continues."""
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        return self._render(messages[:last], generation_prompt=True) if last else self._render_generation_only()
+    def chat_prompt(self, conv: Conversation) -> str:
+        """The conversation up to its last learned assistant turn, with the generation prompt: what the model
+        continues."""
+        messages = conv.messages
+        last = max(i for i, m in enumerate(messages) if learned(m))
+        if last:
+            return self._render(messages[:last], generation_prompt=True, tools=conv.tools)
+        return self._render_generation_only()
 
     def _render_generation_only(self) -> str:
         # A conversation that opens with the assistant: the prompt is whatever the template emits before it.
@@ -99,20 +108,41 @@ class Encoder:
             return start, start + len(stripped)
         return start, end
 
-    def chat_spans(self, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
-        """The rendered conversation and the character spans of its assistant turns."""
-        full = self._render(messages)
+    def chat_spans(self, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation and the character spans of its learned assistant turns."""
+        messages, tools = conv.messages, conv.tools
+        full = self._render(messages, tools=tools)
+        # A template without tool support drops tool calls and definitions silently: training would then learn
+        # empty turns. Refuse the row instead.
+        for t in tools or ():
+            if t["function"]["name"] not in full:
+                raise ChatTemplateError(
+                    f"the model's chat template does not render tool definitions (tool '{t['function']['name']}' is "
+                    "missing from the rendered text); use a model whose chat template supports tools"
+                )
+        for i, m in enumerate(messages, 1):
+            for call in m.get("tool_calls") or ():
+                if call["function"]["name"] not in full:
+                    raise ChatTemplateError(
+                        f"the model's chat template does not render tool calls (message {i}'s call to "
+                        f"'{call['function']['name']}' is missing from the rendered text); use a model whose chat "
+                        "template supports tools"
+                    )
         spans: list[tuple[int, int]] = []
         pos = 0
         for i, m in enumerate(messages):
-            if m["role"] != "assistant":
+            if not learned(m):
                 continue
             span = None
             if i > 0:
-                before = self._render(messages[:i], generation_prompt=True)
-                through = self._render(messages[: i + 1])
+                before = self._render(messages[:i], generation_prompt=True, tools=tools)
+                through = self._render(messages[: i + 1], tools=tools)
                 if len(before) >= pos and through.startswith(before) and full.startswith(through):
                     span = (len(before), len(through))
+            if span is None and not m["content"]:
+                raise ChatTemplateError(
+                    f"cannot find assistant message {i + 1} in the conversation as the chat template renders it"
+                )
             if span is None:
                 start = full.find(m["content"], pos)
                 if start < 0:
@@ -131,13 +161,13 @@ class Encoder:
         return full, spans
 
     def encode_chats(
-        self, conversations: Sequence[list[dict[str, Any]]]
+        self, conversations: Sequence[Conversation]
     ) -> list[tuple[list[int], list[bool]] | ChatTemplateError]:
         """[(ids, trained flags)] per conversation, or the ChatTemplateError for that conversation."""
         rendered: list[tuple[str, list[tuple[int, int]]] | ChatTemplateError] = []
-        for messages in conversations:
+        for conv in conversations:
             try:
-                rendered.append(self.chat_spans(messages))
+                rendered.append(self.chat_spans(conv))
             except ChatTemplateError as err:
                 rendered.append(err)
         texts = [r[0] for r in rendered if not isinstance(r, ChatTemplateError)]

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import TuneforgeError, did_you_mean
 from .example import IGNORE_INDEX, Example
-from .formats import SHORT_COMPLETION_CHARS, ChatFormat, RowFormat, TemplateFormat, resolve_format
+from .formats import SHORT_COMPLETION_CHARS, MessagesFormat, RowFormat, TemplateFormat, learned, resolve_format
 from .options import DataOptions
 from .report import MASK_CLOSE, MASK_OPEN, DataIssue, ValidationReport, plural
 from .sources import Record, Source, SourceError, open_source, redact_url, where
@@ -94,6 +94,7 @@ class _Scan:
         self.n_data = 0
         self.missing: dict[str, int] = {}
         self.empty_prompt: dict[str, list[Any]] = {}  # field -> [count, first location]
+        self.dropped: dict[str, list[Any]] = {}  # field left out of the template -> [count, first lines/rows]
         self.short: list[Any] = [0, []]  # count, first locations
         self.hashes = array("Q")
         self.locs = array("Q")  # the line (or row, for sources without lines) of each fingerprint
@@ -116,9 +117,12 @@ class _Scan:
             prompt_template=self.options.prompt_template,
             completion_column=self.options.completion_column,
             source_name=src.name,
+            head=[r.data for r in head if r.data is not None],
         )
         for message in choice.errors:
             rep.add_error(DataIssue(choice.kind, message))
+        for message in choice.warnings:
+            rep.add_warning(DataIssue("format_choice", message))
         fmt = choice.format
         if fmt is None:
             return
@@ -132,11 +136,12 @@ class _Scan:
             except TuneforgeError as err:
                 rep.add_error(DataIssue("config", str(err)))
                 ok = False
-            if self.encoder is not None and isinstance(fmt, ChatFormat) and not self.encoder.has_chat_template:
+            if self.encoder is not None and isinstance(fmt, MessagesFormat) and not self.encoder.has_chat_template:
                 rep.add_error(
                     DataIssue(
                         "chat_template",
-                        "the tokenizer has no chat template, so 'messages' cannot be rendered; use a model with a chat "
+                        f"the tokenizer has no chat template, so '{fmt.fields[0]}' cannot be rendered; use a model "
+                        "with a chat "
                         "template (an instruct/chat model) or give a prompt_template",
                     )
                 )
@@ -180,12 +185,11 @@ class _Scan:
                     )
                 )
                 skip.add(col)
-            elif isinstance(fmt, ChatFormat) and not ("list" in typ or typ in _TEXT_TYPES):
+            elif isinstance(fmt, MessagesFormat) and not ("list" in typ or typ in _TEXT_TYPES):
                 rep.add_error(
                     DataIssue(
                         "bad_messages",
-                        f"{name}: column 'messages' holds {typ} values; it must hold lists of "
-                        '{"role": ..., "content": ...} messages',
+                        f"{name}: column '{col}' holds {typ} values; it must hold lists of messages",
                         field=col,
                     )
                 )
@@ -247,6 +251,12 @@ class _Scan:
         failed = False
         for p in fmt.check(data, self.noun, self.skip):
             if p.warning:
+                if p.kind == "dropped_input":
+                    dropped = self.dropped.setdefault(p.field, [0, []])
+                    dropped[0] += 1
+                    if len(dropped[1]) < 5:
+                        dropped[1].append(rec.line if rec.line is not None else rec.row)
+                    continue
                 entry = self.empty_prompt.setdefault(p.field, [0, where(self.source.name, rec.line, rec.row)])
                 entry[0] += 1
                 continue
@@ -276,11 +286,11 @@ class _Scan:
             for rec in batch:
                 self._accept(rec, None, None)
             return
-        if isinstance(fmt, ChatFormat):
-            results = enc.encode_chats([fmt.messages(r.data) for r in batch])  # type: ignore[arg-type]
+        if isinstance(fmt, MessagesFormat):
+            results = enc.encode_chats([fmt.conversation(r.data) for r in batch])  # type: ignore[arg-type]
             for rec, res in zip(batch, results):
                 if isinstance(res, ChatTemplateError):
-                    self._row_error(rec, "chat_template", str(res), "messages")
+                    self._row_error(rec, "chat_template", str(res), fmt.fields[0])
                     continue
                 ids, trained = res
                 first = next((i for i, t in enumerate(trained) if t), None)
@@ -291,7 +301,7 @@ class _Scan:
                         "prompt_too_long",
                         f"the first assistant turn {at}, but cutoff_len is {self.cutoff}; nothing would be learned "
                         "(raise cutoff_len or shorten the conversation before the first assistant turn)",
-                        "messages",
+                        fmt.fields[0],
                     )
                     continue
                 ex = chat_example(ids, trained, cutoff_len=self.cutoff, train_on_inputs=self.options.train_on_inputs)
@@ -340,9 +350,10 @@ class _Scan:
             ):
                 ids = [i for i, _ in group]
                 segments.append((tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), trained))
-        elif isinstance(self.fmt, ChatFormat):
-            for m in self.fmt.messages(rec.data):  # type: ignore[arg-type]
-                segments.append((f"<{m['role']}>\n{m['content']}\n", m["role"] == "assistant"))
+        elif isinstance(self.fmt, MessagesFormat):
+            for m in self.fmt.conversation(rec.data).messages:  # type: ignore[arg-type]
+                text = m["content"] or json.dumps([c["function"] for c in m.get("tool_calls", [])])
+                segments.append((f"<{m['role']}>\n{text}\n", learned(m)))
         else:
             assert self.fmt is not None
             prompt, completion = self.fmt.render(rec.data)  # type: ignore[arg-type]
@@ -367,6 +378,9 @@ class _Scan:
             rep.columns = dict(src.schema)
         else:
             rep.columns = {k: "|".join(sorted(v)) for k, v in self.types.items()}
+        if self.fmt is not None:
+            rep.columns_used = [c for c in rep.columns if c in self.fmt.fields or c in self.fmt.extra_fields]
+            rep.columns_ignored = [c for c in rep.columns if c not in rep.columns_used]
         if rep.n_rows == 0 and not rep.error_counts:
             rep.add_error(DataIssue("no_rows", src.no_rows_message or f"{src.name}: no records"))
         # A field missing from every row is a missing column: say it once, with the columns there are.
@@ -392,6 +406,18 @@ class _Scan:
                     "empty_prompt_field",
                     f"{count:,} of {self.n_data:,} rows ({count / max(self.n_data, 1):.1%}) have an empty '{name}' "
                     f"(allowed: it renders as empty text in the prompt), first at {first}",
+                    field=name,
+                )
+            )
+        unit = "lines" if src.kind in ("json", "jsonl", "csv") else "rows"
+        for name, (count, places) in self.dropped.items():
+            shown = ", ".join(map(str, places)) + (f" and {count - len(places):,} more" if count > len(places) else "")
+            rep.add_warning(
+                DataIssue(
+                    "dropped_input",
+                    f"{src.name}: column '{name}' is not in prompt_template, but {count:,} of {self.n_data:,} rows have "
+                    f"text in it ({unit} {shown}); that text is dropped from the prompt: add {{{name}}} to the "
+                    "template (or leave prompt_template empty to use data_format 'alpaca')",
                     field=name,
                 )
             )

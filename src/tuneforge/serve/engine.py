@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from ..adapter_card import AdapterCard, check_mode, read_card, render_chat
 from ..errors import TuneforgeError, close_matches
 from ..models.adapters import check_adapter_folder
 from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
@@ -284,8 +285,12 @@ class InferenceEngine:
 
     def __init__(self, model_path: str, *, adapters: Mapping[str, str | Path] | None = None,
                  max_loaded_adapters: int = 4, model_name: str | None = None, device: str | None = None,
-                 dtype: torch.dtype = torch.float32, default_max_tokens: int = 256):
+                 dtype: torch.dtype = torch.float32, default_max_tokens: int = 256, chat_template: str = "training"):
         from transformers import AutoModelForCausalLM
+
+        # "training": chat requests to an adapter are rendered as it was trained (its tuneforge_adapter.json);
+        # "model": always with the base model's chat template.
+        self.chat_template_mode = check_mode(chat_template, "--chat-template")
 
         if max_loaded_adapters < 1:
             raise TuneforgeError(f"--max-adapters must be at least 1, got {max_loaded_adapters}",
@@ -304,7 +309,8 @@ class InferenceEngine:
         self.max_loaded_adapters = max_loaded_adapters
         self.default_max_tokens = default_max_tokens
         self.tokenizer = load_tokenizer(model_path)
-        self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype).to(self.device).eval()
+        self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype,
+                                                         local_files_only=resolved.is_local).to(self.device).eval()
         # transformers 5.x renamed `past_key_values` to `cache` (input and output); accept either
         self._cache_kw = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
         self.context_length = int(getattr(self.base.config, "max_position_embeddings", 0) or 2048)
@@ -316,6 +322,8 @@ class InferenceEngine:
         self._peft = None  # the PeftModel wrapping `self.base` once an adapter is loaded
         self._active: str | None | object = _UNKNOWN  # adapter the LoRA layers are set to; None: disabled
         self._registry: dict[str, str] = {}
+        self._cards: dict[str, AdapterCard | None] = {}  # how each adapter was trained (None: not by tuneforge)
+        self._modes: dict[str, str] = {}  # each adapter's chat template mode ("training" | "model")
         self._registry_lock = threading.Lock()
         self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # LRU order: least recently used first
         self.stats = EngineStats()
@@ -328,8 +336,9 @@ class InferenceEngine:
         self._thread.start()
 
     # ---------------------------------------------------------------- registry (any thread)
-    def add_adapter(self, name: str, path: str | Path) -> None:
-        """Register (or re-point) adapter `name`; it is loaded on its first request."""
+    def add_adapter(self, name: str, path: str | Path, *, chat_template: str | None = None) -> None:
+        """Register (or re-point) adapter `name`; it is loaded on its first request. `chat_template` ("training" or
+        "model") overrides the engine's mode for this adapter's chat requests."""
         check_name(name)
         if name in self._aliases:
             raise TuneforgeError(f"adapter: name {name!r} is the base model's name; choose another", field="adapter",
@@ -338,14 +347,20 @@ class InferenceEngine:
         recorded = config.get("base_model_name_or_path")
         if recorded and recorded not in self._aliases:
             log.warning("adapter %r was trained on %r, serving it on %r", name, recorded, self.model_id)
+        card = read_card(path)
+        mode = check_mode(chat_template or self.chat_template_mode, "chat_template")
         with self._registry_lock:
             self._registry[name] = str(Path(path).expanduser().resolve())
+            self._cards[name] = card
+            self._modes[name] = mode
         self._inbox.put(None)  # wake the model thread (a re-pointed adapter is reloaded when idle)
 
     def remove_adapter(self, name: str) -> None:
         with self._registry_lock:
             if self._registry.pop(name, None) is None:
                 raise self._unknown(name)
+            self._cards.pop(name, None)
+            self._modes.pop(name, None)
         self._inbox.put(None)
 
     def adapters(self) -> dict[str, str]:
@@ -377,13 +392,17 @@ class InferenceEngine:
         raise self._unknown(model)
 
     # ---------------------------------------------------------------- prompts
-    def chat_prompt(self, messages: list[dict]) -> str:
-        if not self.tokenizer.chat_template:
-            raise TuneforgeError(f"model {self.base_name!r} has no chat template: use /v1/completions with a "
-                                 "formatted prompt", field="messages")
-        if not messages:
-            raise TuneforgeError("messages must not be empty", field="messages")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def card(self, adapter: str | None) -> AdapterCard | None:
+        """How `adapter` was trained (None for the base model and adapters trained elsewhere)."""
+        with self._registry_lock:
+            return self._cards.get(adapter) if adapter is not None else None
+
+    def chat_prompt(self, messages: list[dict], adapter: str | None = None) -> str:
+        """`messages` rendered for `adapter`: with its training prompt when it was trained on a prompt template
+        (and the engine's mode is "training"), else with the model's chat template."""
+        with self._registry_lock:
+            mode = self._modes.get(adapter, self.chat_template_mode) if adapter else self.chat_template_mode
+        return render_chat(self.tokenizer, messages, self.card(adapter), mode, model_name=f"model {self.base_name!r}")
 
     def encode(self, prompt: str | Sequence[int], *, chat: bool = False) -> list[int]:
         """Token ids of a prompt. A rendered chat template carries its own special tokens; a plain completion
@@ -411,7 +430,7 @@ class InferenceEngine:
         if (messages is None) == (prompt is None):
             raise TypeError("give exactly one of prompt= and messages=")
         if messages is not None:
-            prompt, chat = self.chat_prompt(messages), True
+            prompt, chat = self.chat_prompt(messages, adapter), True
         ids = self.encode(prompt, chat=chat)
         if not ids:
             raise TuneforgeError("prompt must not be empty", field="prompt")

@@ -280,7 +280,8 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
         finally:
             gen.cancel()  # done, or the client went away: either way free the model thread from this request
 
-    @router.post("/chat/completions", summary="Chat completion (messages rendered with the model's chat template)")
+    @router.post("/chat/completions", summary="Chat completion (messages rendered as the adapter was trained: its "
+                 "training prompt, or the model's chat template)")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         await _call_auth(auth, request, body.model)
         body.check()

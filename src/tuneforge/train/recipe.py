@@ -7,7 +7,8 @@ finetune/lora. Everything it calls is a plain function of explicit arguments; th
 
 Output layout. The run works in `<DIR>.partial/` and renames it to `<DIR>` only when everything is written, so a
 folder named DIR is always a finished run:
-  adapter/        PEFT adapter (adapter_config.json, adapter_model.safetensors) + tokenizer files
+  adapter/        PEFT adapter (adapter_config.json, adapter_model.safetensors) + tokenizer files +
+                  tuneforge_adapter.json (training prompt shape and exact base: adapter_card.py)
   spec.json       the resolved spec (defaults filled in, secrets redacted)
   metrics.jsonl   one line per logging step ("train") and per evaluation ("eval")
   report.json     final losses, perplexity, steps, tokens, throughput, memory, time, parameter counts
@@ -33,9 +34,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..adapter_card import AdapterCard, build_card
 from ..data.example import Example
 from ..errors import TuneforgeError
-from ..models.loader import load_tokenizer, resolve_model
+from ..models.loader import base_record, load_tokenizer, resolve_model
 from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts, weight_bytes
 from ..models.memory import TrainingSetup
 from ..runtime import Runtime, pick_runtime, resolve_optimizer
@@ -183,6 +185,7 @@ class Session:
     state: TrainerState
     metrics: MetricsLog
     console: _Console
+    card: AdapterCard  # tuneforge_adapter.json: the training prompt's shape and the exact base
     tracker: _WandbTracker | None = None
 
     def record(self, entry: dict) -> None:
@@ -232,11 +235,19 @@ def setup(spec: JobSpec, output_dir: Path, *, resume: bool, overwrite: bool, con
                       quant=quant, tokenizer=tokenizer, train_set=data.train, val_set=data.validation, plan=plan,
                       model=model, targets=targets, trainable=trainable, total_params=total_params,
                       optimizer=optimizer, optimizer_name=optimizer_name, scheduler=scheduler, state=TrainerState(),
-                      metrics=MetricsLog(work / "metrics.jsonl"), console=console)
+                      metrics=MetricsLog(work / "metrics.jsonl"), console=console, card=_card(data, resolved))
     _restore(session, resume=resume)
     (work / "spec.json").write_text(json.dumps(_resolved_spec(spec, targets, plan), indent=2))
     session.tracker = _wandb_tracker(spec, output_dir, console) if spec.logging_config.use_wandb else None
     return session
+
+
+def _card(data: Any, resolved: Any) -> AdapterCard:
+    """How the adapter is trained (format, training prompt, shared system prompt) and on which exact base."""
+    renderer = data.renderer
+    assert renderer is not None, "prepare_dataset always sets the renderer of trainable data"
+    return build_card(renderer.fmt, adds_bos=bool(renderer.encoder.prefix), rows=data.train_rows,
+                      base_model=base_record(resolved))
 
 
 def _restore(session: Session, *, resume: bool) -> None:
@@ -466,6 +477,7 @@ def publish(s: Session, *, wall_start: float) -> RunResult:
     adapter_dir = work / "adapter"
     save_adapter(s.model, adapter_dir)
     s.tokenizer.save_pretrained(adapter_dir)
+    s.card.write(adapter_dir)  # how it was trained, so inference prompts it the same way (adapter_card.py)
     report = build_report(s, wall_start=wall_start).to_dict()
     (work / "report.json").write_text(json.dumps(report, indent=2))
     plot_loss(work / "metrics.jsonl", work / "loss.png",

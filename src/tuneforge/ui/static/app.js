@@ -390,7 +390,10 @@
         (report.format_detail ? ` (${report.format_detail})` : "")),
       h("dt", {}, "Rows"), h("dd", {}, `${(report.n_rows || 0).toLocaleString()} (${(report.n_trainable || 0)
         .toLocaleString()} without errors)`),
-      cols.length ? [h("dt", {}, "Columns"), h("dd", {}, cols.map(([n, t]) => `${n}: ${t}`).join(", "))] : null));
+      cols.length ? [h("dt", {}, "Columns"), h("dd", {}, cols.map(([n, t]) => `${n}: ${t}`).join(", "))] : null,
+      report.format ? [h("dt", {}, "Used"), h("dd", { id: "columns-used" }, (report.columns_used || []).join(", ") || "none")] : null,
+      (report.columns_ignored || []).length ? [h("dt", {}, "Ignored"),
+        h("dd", { id: "columns-ignored" }, report.columns_ignored.join(", "))] : null));
     for (const note of report.notes || []) out.append(h("p", { class: "note small" }, note));
 
     if (report.errors && report.errors.length) {
@@ -918,19 +921,6 @@
     return () => { stopped = true; ctrl.abort(); };
   }
 
-  function deployTemplate(trainTemplate) {
-    // The deployment's completion template from the training template: the last placeholder becomes
-    // {completion}, a single other placeholder {prompt}.
-    if (!trainTemplate) return "{prompt}{completion}";
-    const names = [...trainTemplate.matchAll(/(?<!\{)\{([A-Za-z_][\w]*)\}(?!\})/g)].map((m) => m[1]);
-    if (!names.length) return "{prompt}{completion}";
-    const completion = names[names.length - 1];
-    const others = [...new Set(names.slice(0, -1))];
-    let t = trainTemplate.replace(new RegExp(`\\{${completion}\\}`, "g"), "{completion}");
-    if (others.length === 1) t = t.replace(new RegExp(`\\{${others[0]}\\}`, "g"), "{prompt}");
-    return others.length <= 1 ? t : "{prompt}{completion}";
-  }
-
   async function pageJob(root, jobId) {
     document.title = `Job ${jobId.slice(0, 8)} · tuneforge`;
     const title = h("h1", {}, "Job ", h("span", { class: "mono" }, jobId.slice(0, 8)), " ");
@@ -1074,7 +1064,7 @@
       const spec = job.spec || {};
       const name = h("input", { type: "text", id: "deploy-name", value: `job-${jobId.slice(0, 8)}`, "aria-describedby": "deploy-name-help" });
       const tpl = h("textarea", { id: "deploy-template", rows: 2, "aria-describedby": "deploy-template-help" });
-      tpl.value = deployTemplate((spec.data_config || {}).prompt_template);
+      tpl.placeholder = "empty: the adapter's training template";
       const out = h("div", { "aria-live": "polite", id: "deploy-result" });
       const go = h("button", { type: "submit", class: "primary", id: "deploy-submit" }, "Deploy");
       const form = h("form", { class: "note", "aria-label": "Deploy this adapter" },
@@ -1085,7 +1075,7 @@
               " on /v1/chat/completions.")),
           h("div", { class: "field" }, h("label", { for: "deploy-template" }, "Completion prompt template"), tpl,
             h("span", { class: "help", id: "deploy-template-help" },
-              "Wraps the prompt on /v1/completions (from the training template); chat uses the model's chat template."))),
+              "Wraps the prompt on /v1/completions and /generate. Empty: the adapter's training template; chat is rendered as the adapter was trained."))),
         h("div", { class: "row", style: "margin-top:10px" }, go), out);
       form.addEventListener("submit", async (e) => {
         e.preventDefault();
@@ -1093,7 +1083,7 @@
         put(out, h("p", { class: "muted" }, "Creating the deployment…"));
         try {
           const d = await api("/v1/deploy/llm", { method: "POST", json: { basemodel_path: spec.pretrainedmodel_config.model_path,
-            loramodel_path: jobId, deployment_name: name.value.trim() || null, prompt_template: tpl.value || "{prompt}{completion}" } });
+            loramodel_path: jobId, deployment_name: name.value.trim() || null, prompt_template: tpl.value.trim() || null } });
           const info = h("div", {});
           put(out, h("div", { class: "success" },
             h("p", {}, "Deployment ", h("code", {}, d.deployment_name), " is ", h("span", { id: "deploy-status" }, badge(d.status)), "."),
@@ -1144,7 +1134,7 @@
     const baseHelp = h("div", { class: "small", id: "base-help", "aria-live": "polite" });
     const maxTokens = h("input", { type: "number", id: "max-tokens", min: "1", max: "2048", value: "64" });
     const temperature = h("input", { type: "number", id: "temperature", min: "0", max: "2", step: "0.1", value: "0" });
-    const modeSel = h("select", { id: "chat-mode" }, h("option", { value: "chat" }, "Chat (the model's chat template)"),
+    const modeSel = h("select", { id: "chat-mode" }, h("option", { value: "chat" }, "Chat (as the adapter was trained)"),
       h("option", { value: "completion" }, "Completion (the deployment's prompt template)"));
     const deployTable = h("div", { id: "deployments" });
     root.append(h("div", { class: "panel" }, h("h2", {}, "Models"),
