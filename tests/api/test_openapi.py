@@ -35,7 +35,9 @@ def test_every_json_answer_of_jobs_datasets_and_deployments_has_a_schema(openapi
             content = ok["content"]
             if "application/zip" in content:
                 continue  # the adapter download
-            documented[f"{method.upper()} {path}"] = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+            schema = content["application/json"]["schema"]
+            # MonsterAPI's deployment /generate answers a JSON-encoded string, by that API's own design.
+            documented[f"{method.upper()} {path}"] = schema["$ref"].rsplit("/", 1)[1] if "$ref" in schema else schema
     assert documented == {
         "POST /v1/finetune/llm": "JobLaunched",
         "GET /v1/finetune/llm": "JobPage",
@@ -52,6 +54,7 @@ def test_every_json_answer_of_jobs_datasets_and_deployments_has_a_schema(openapi
         "GET /v1/deploy/logs/{deployment_id}": "DeploymentLogs",
         "GET /v1/deploy/list": "DeploymentPage",
         "POST /v1/deploy/terminate": "DeploymentTerminated",
+        "POST /v1/deploy/{deployment}/generate": {"type": "string"},
     }
     events = openapi["paths"]["/v1/finetune/llm/{job_id}/events"]["get"]["responses"]["200"]["content"]
     assert "text/event-stream" in events  # the streamed form is documented beside the JSON one

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.data import IGNORE_INDEX, prepare_dataset, validate_source
+from tuneforge.data import IGNORE_INDEX, DataOptions, prepare_dataset, validate_source
 from tuneforge.data.formats import ALPACA_PREAMBLE, ALPACA_PREAMBLE_INPUT, AlpacaFormat, ChatFormat
 from tuneforge.data.tokenize import Encoder, chat_example
 
@@ -49,7 +49,7 @@ def trained_text(tok, ex) -> str:
 
 
 def test_sharegpt_with_system_column_and_role_names(tiny_tokenizer):
-    report = validate_source(data_path=str(FIXTURES / "sharegpt.jsonl"), tokenizer=tiny_tokenizer)
+    report = validate_source(str(FIXTURES / "sharegpt.jsonl"), tokenizer=tiny_tokenizer)
     assert report.format == "sharegpt"
     assert report.columns_used == ["conversations", "system"] and report.columns_ignored == []
     assert [e.message for e in report.errors] == [
@@ -64,7 +64,7 @@ def test_sharegpt_rows_train_assistant_turns_only(tmp_path, tiny_tokenizer):
     rows = [json.loads(line) for line in (FIXTURES / "sharegpt.jsonl").read_text().splitlines()[:2]]
     p = tmp_path / "s.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows))
-    prepared = prepare_dataset(data_path=str(p), tokenizer=tiny_tokenizer, cutoff_len=256, split_fractions={"train": 1.0})
+    prepared = prepare_dataset(str(p), DataOptions(cutoff_len=256), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0})
     first = next(ex for ex, row in zip(prepared.train, prepared.train_rows) if "system" in row)
     assert tiny_tokenizer.decode(first.input_ids).startswith("<|im_start|>system\nYou answer in one word.<|im_end|>")
     assert trained_text(tiny_tokenizer, first) == "Paris.<|im_end|>|Madrid.<|im_end|>"
@@ -72,7 +72,7 @@ def test_sharegpt_rows_train_assistant_turns_only(tmp_path, tiny_tokenizer):
 
 def test_sharegpt_tool_calls_and_observations(tool_tokenizer, tiny_tokenizer):
     path = str(FIXTURES / "sharegpt_toolcall.json")
-    prepared = prepare_dataset(data_path=path, tokenizer=tool_tokenizer, cutoff_len=4096, split_fractions={"train": 1.0})
+    prepared = prepare_dataset(path, DataOptions(cutoff_len=4096), tokenizer=tool_tokenizer, split_fractions={"train": 1.0})
     assert prepared.report.format == "sharegpt" and prepared.report.columns_used == ["conversations", "tools"]
     ex = next(e for e, r in zip(prepared.train, prepared.train_rows) if "USD" in json.dumps(r))
     full = tool_tokenizer.decode(ex.input_ids)
@@ -83,7 +83,7 @@ def test_sharegpt_tool_calls_and_observations(tool_tokenizer, tiny_tokenizer):
         '"to_currency": "EUR"}}</tool_call><|im_end|>|Sure, 500 US dollars is approximately 425.50 Euros.<|im_end|>'
     )
     # A template without tool support would drop the calls: refused per row, not trained as empty turns.
-    report = validate_source(data_path=path, tokenizer=tiny_tokenizer)
+    report = validate_source(path, tokenizer=tiny_tokenizer)
     assert report.error_counts == {"chat_template": 2}
     assert report.errors[0].message == (
         "sharegpt_toolcall.json line 2: the model's chat template does not render tool definitions (tool "
@@ -103,7 +103,7 @@ def test_openai_weight_zero_is_not_learned(tiny_tokenizer):
 
 def test_openai_tools_developer_content_parts_and_images(tool_tokenizer):
     path = str(FIXTURES / "openai_chat.jsonl")
-    report = validate_source(data_path=path, tokenizer=tool_tokenizer, cutoff_len=512)
+    report = validate_source(path, DataOptions(cutoff_len=512), tokenizer=tool_tokenizer)
     assert report.format == "chat" and report.columns_used == ["messages", "tools"]
     assert [e.message for e in report.errors] == [
         "openai_chat.jsonl line 3: message 1 (user): content part 2 has type 'image_url'; only text parts "
@@ -139,7 +139,7 @@ def test_bad_weights_and_tool_calls_name_the_message():
 
 def test_trl_conversational_prompt_completion(tiny_tokenizer):
     path = str(FIXTURES / "trl_conversational_prompt_completion.jsonl")
-    prepared = prepare_dataset(data_path=path, tokenizer=tiny_tokenizer, cutoff_len=256, split_fractions={"train": 1.0})
+    prepared = prepare_dataset(path, DataOptions(cutoff_len=256), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0})
     assert prepared.report.format == "chat_prompt_completion"
     by_answer = {trained_text(tiny_tokenizer, ex) for ex in prepared.train}
     assert by_answer == {"It is blue.<|im_end|>", "In the sky.<|im_end|>"}
@@ -163,13 +163,13 @@ def test_alpaca_uses_its_own_with_and_no_input_prompts(tiny_tokenizer):
     assert report.ok and report.format == "alpaca"
     assert report.columns_used == ["instruction", "input", "output"]
     # A typed table without the optional columns (system, history) is fine too.
-    parquet = validate_source(data_path=str(FIXTURES.parent / "alpaca.parquet"), tokenizer=tiny_tokenizer)
+    parquet = validate_source(str(FIXTURES.parent / "alpaca.parquet"), tokenizer=tiny_tokenizer)
     assert parquet.ok and parquet.format == "alpaca", parquet.to_text()
 
 
 def test_alpaca_columns_beside_text_train_alpaca_and_say_so(tiny_tokenizer):
     path = str(FIXTURES / "alpaca_with_text.jsonl")
-    report = validate_source(data_path=path, tokenizer=tiny_tokenizer)
+    report = validate_source(path, tokenizer=tiny_tokenizer)
     assert report.ok and report.format == "alpaca"
     assert report.columns_ignored == ["text"]
     assert [w.message for w in report.warnings if w.kind == "format_choice"] == [
@@ -177,14 +177,13 @@ def test_alpaca_columns_beside_text_train_alpaca_and_say_so(tiny_tokenizer):
         "output), which mask the prompt from the loss; set data_format 'text' to train on 'text' instead"
     ]
     assert "  ignored      text" in report.to_text()
-    forced = validate_source(data_path=path, tokenizer=tiny_tokenizer, data_format="text")
+    forced = validate_source(path, DataOptions(data_format="text"), tokenizer=tiny_tokenizer)
     assert forced.format == "text" and forced.columns_ignored == ["instruction", "input", "output"]
 
 
 def test_template_without_input_warns_with_the_rows_it_drops(tiny_tokenizer):
     # MonsterAPI's sample template for tatsu-lab/alpaca
-    report = validate_source(data_path=str(FIXTURES / "monster_alpaca_template.jsonl"), tokenizer=tiny_tokenizer,
-                             prompt_template="### Input: {instruction} ### Output: {output}")
+    report = validate_source(str(FIXTURES / "monster_alpaca_template.jsonl"), DataOptions(prompt_template="### Input: {instruction} ### Output: {output}"), tokenizer=tiny_tokenizer)
     assert report.ok and report.format == "template" and report.columns_ignored == ["input"]
     assert [w.message for w in report.warnings if w.kind == "dropped_input"] == [
         "monster_alpaca_template.jsonl: column 'input' is not in prompt_template, but 2 of 4 rows have text in it "

@@ -134,9 +134,13 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, description="(tuneforge) Seed for reproducible sampling (output i uses seed+i).")
 
 
-@router.post("/{deployment:path}/generate", responses=_ERRORS,
+@router.post("/{deployment:path}/generate", response_model=None, responses={
+    **_ERRORS, 200: {"description": "A JSON string holding {\"text\": [output, ...]} (MonsterAPI's shape), or with "
+                                    "`stream` NUL-delimited JSON objects of that shape",
+                     "content": {"application/json": {"schema": {"type": "string"}},
+                                 "application/octet-stream": {"schema": {"type": "string"}}}}},
              summary="MonsterAPI's deployment endpoint: generate from input_variables or a prompt")
-async def generate(deployment: str, body: GenerateRequest, request: Request):
+async def generate(deployment: str, body: GenerateRequest, request: Request) -> JSONResponse | StreamingResponse:
     """The deployment's base URL for the official client is `<server>/v1/deploy/<name or id>` (the status's
     `generate_base_url`): `MClient(api_key=TOKEN, base_url=...).generate("deploy-llm", {...})`. As MonsterAPI's
     deployments do, the answer is a JSON string holding `{"text": [output, ...]}` (the official client decodes it
