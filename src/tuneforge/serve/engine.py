@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TuneforgeError, close_matches
+from .fast_decode import AdapterPlan, FastDecoder
 
 log = logging.getLogger("tuneforge.serve")
 
@@ -179,7 +180,8 @@ class Generation:
         self._cancelled = threading.Event()
         self._consumed = False
         # model-thread state
-        self._cache = None
+        self._cache = None  # the plain forward's KV cache (transformers Cache)
+        self._state = None  # the lean decode step's KV cache (fast_decode.DecodeState), after the prefill
         self._next_input: list[int] = prompt_ids
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         self._generator = torch.Generator(device=engine.device).manual_seed(seed)
@@ -259,10 +261,30 @@ class _Loaded:
 class EngineStats:
     adapter_loads: int = 0
     adapter_evictions: int = 0
-    adapter_switches: int = 0  # times the LoRA layers were pointed at another adapter (or the base)
+    adapter_switches: int = 0  # forward passes whose adapter (or the base) differs from the previous one's
     requests: int = 0
     completion_tokens: int = 0
     loaded: list[str] = field(default_factory=list)  # least recently used first
+
+
+def serving_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
+    """The weight dtype to serve in. "auto": bf16 on CUDA and on CPUs with native bf16 arithmetic (AVX512-BF16 or
+    AMX), fp32 elsewhere: on a CPU without them every bf16 matmul is emulated, and decoding measured ~5x slower
+    per matrix-vector product than fp32 (AVX2 machine, bench/RESULTS.md)."""
+    if not isinstance(dtype, str):
+        return dtype
+    if dtype != "auto":
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError:
+            raise TuneforgeError(f"--dtype: {dtype!r} is not one of auto, float32, bfloat16, float16", field="dtype",
+                                 value=dtype) from None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return torch.bfloat16
+    return torch.float32
 
 
 def check_adapter_folder(path: str | Path, *, field: str = "adapter") -> dict:
@@ -296,7 +318,7 @@ class InferenceEngine:
 
     def __init__(self, model_path: str, *, adapters: Mapping[str, str | Path] | None = None,
                  max_loaded_adapters: int = 4, model_name: str | None = None, device: str | None = None,
-                 dtype: torch.dtype = torch.float32, default_max_tokens: int = 256):
+                 dtype: torch.dtype | str = "auto", default_max_tokens: int = 256, fast_decode: bool = True):
         from transformers import AutoModelForCausalLM
 
         from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
@@ -315,10 +337,11 @@ class InferenceEngine:
                                     field="--model-name")
         self._aliases = {model_path, resolved.model_id, self.base_name}
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = serving_dtype(dtype, self.device)
         self.max_loaded_adapters = max_loaded_adapters
         self.default_max_tokens = default_max_tokens
         self.tokenizer = load_tokenizer(model_path)
-        self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype).to(self.device).eval()
+        self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=self.dtype).to(self.device).eval()
         # transformers 5.x renamed `past_key_values` to `cache` (input and output); accept either
         self._cache_kw = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
         self.context_length = int(getattr(self.base.config, "max_position_embeddings", 0) or 2048)
@@ -336,6 +359,10 @@ class InferenceEngine:
         self.created = int(time.time())
         self._inbox: queue.Queue = queue.Queue()
         self._closed = False
+        self._want_fast = fast_decode
+        self._fast: FastDecoder | None = None  # set by the model thread's warm-up when the lean step checks out
+        self._plans: dict[str, AdapterPlan | None] = {}  # adapter -> its fused LoRA weights (None: plain path)
+        self._last_adapter: str | None | object = _UNKNOWN  # adapter of the previous forward pass
         for name, path in (adapters or {}).items():
             self.add_adapter(name, path)
         self._thread = threading.Thread(target=self._run, name="tuneforge-model", daemon=True)
@@ -451,6 +478,8 @@ class InferenceEngine:
 
     # ---------------------------------------------------------------- the model thread
     def _run(self) -> None:
+        if self._want_fast:
+            self._warm_up()
         active: list[Generation] = []
         while True:
             try:  # block only when there is nothing to decode
@@ -484,6 +513,39 @@ class InferenceEngine:
                 self._housekeep()
             except Exception:  # noqa: BLE001 -- an unload that failed must not stop the model thread
                 log.exception("adapter housekeeping failed")
+
+    @torch.no_grad()
+    def _warm_up(self) -> None:
+        """Switch to the lean decode step if it reproduces the model's own forward here: build it, decode a few
+        tokens both ways and compare the logits. Any failure leaves the plain forward serving, with one log line
+        saying why; requests that arrive meanwhile wait in the inbox (the check is a short prefill and 4 steps)."""
+        try:
+            fast = FastDecoder(self.base)
+            ids = torch.tensor([self.encode("Hello, world")[:8] or [0]], device=self.device)
+            out = self.base(input_ids=ids, use_cache=True, logits_to_keep=1)
+            cache = getattr(out, self._cache_kw)
+            state = fast.state_from_cache(cache, ids.shape[1] + 4)
+            token = out.logits[:, -1].argmax(-1)
+            for _ in range(4):
+                ref = self.base(input_ids=token.view(1, 1), use_cache=True, logits_to_keep=1,
+                                **{self._cache_kw: cache})
+                cache = getattr(ref, self._cache_kw)
+                mine = fast.decode_step(state, token)
+                expected = ref.logits[:, -1]
+                # fp32: the same ops in the same order, so the same bits; bf16/fp16: differences of a few units
+                # in the last place of the logits, from kernels that block a reduction differently
+                exact = self.dtype == torch.float32 and self.device.type == "cpu"
+                close = torch.equal(mine, expected) if exact else torch.allclose(
+                    mine.float(), expected.float(), rtol=0, atol=0.05 * float(expected.float().abs().max()))
+                if not close:
+                    diff = float((mine.float() - expected.float()).abs().max())
+                    raise ValueError(f"its logits differ from the model's forward by up to {diff:.3g}")
+                token = expected.argmax(-1)
+        except Exception as exc:  # noqa: BLE001 -- any failure: keep the plain path, never fail a request
+            log.warning("lean decode off, serving with the plain forward pass: %s", exc)
+            return
+        self._fast = fast
+        log.info("lean decode on (%s, %s)", self.device, str(self.dtype).removeprefix("torch."))
 
     def _start(self, gen: Generation) -> bool:
         self.stats.requests += 1
@@ -529,6 +591,7 @@ class InferenceEngine:
 
     def _delete(self, name: str) -> None:
         self._loaded.pop(name, None)
+        self._plans.pop(name, None)
         if len(self._peft.peft_config) == 1:
             # The last adapter: take the LoRA layers out altogether (PEFT's per-adapter bookkeeping does not
             # expect zero adapters) and continue with the plain base model.
@@ -565,17 +628,67 @@ class InferenceEngine:
                 self._peft.base_model.enable_adapter_layers()
             self._peft.set_adapter(adapter, inference_mode=True)
         self._active = adapter
-        self.stats.adapter_switches += 1
+
+    def _plan(self, adapter: str | None) -> AdapterPlan | None | object:
+        """The lean step's fused LoRA weights for `adapter` (None for the base); _UNKNOWN when the adapter has
+        something the lean step does not model, so its requests take the plain forward."""
+        if adapter is None:
+            return None
+        if adapter not in self._plans:
+            try:
+                self._plans[adapter] = self._fast.adapter_plan(self._peft, adapter)
+            except ValueError as exc:
+                log.info("adapter %r is served with the plain forward pass: lean decode does not model %s",
+                         adapter, exc)
+                self._plans[adapter] = _UNKNOWN
+        return self._plans[adapter]
+
+    def _fast_logits(self, gen: Generation) -> torch.Tensor | None:
+        """The next-token logits (V,) from the lean step, or None when `gen` decodes with the plain forward. A
+        failure of the lean step is logged once, turns it off, and hands this request's cache to the plain path."""
+        if self._fast is None:
+            return None
+        if gen._state is None:
+            plan = self._plan(gen.adapter)
+            if gen._cache is None or plan is _UNKNOWN:  # prefill (the plain forward), or an adapter it cannot run
+                return None
+            capacity = gen.prompt_tokens + gen.max_tokens
+            gen._state, gen._cache = self._fast.state_from_cache(gen._cache, capacity), None
+        try:
+            token = torch.tensor(gen._next_input, device=self.device)
+            return self._fast.decode_step(gen._state, token, self._plan(gen.adapter))[0]
+        except Exception as exc:  # noqa: BLE001 -- never fail a request for an optimisation
+            log.warning("lean decode off after a failure, serving with the plain forward pass: %s", exc)
+            self._fast = None
+            gen._cache = self._hf_cache(gen._state)
+            gen._state = None
+            return None
+
+    def _hf_cache(self, state) -> object:
+        """A transformers DynamicCache holding a lean-step state's keys and values."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.base.config)
+        n = state.length
+        for i in range(state.keys.shape[0]):
+            cache.update(state.keys[i, :, :, :n].clone(), state.values[i, :, :, :n].clone(), i)
+        return cache
 
     @torch.no_grad()
     def _step(self, gen: Generation) -> None:
         """Decode one token for `gen`, with its adapter."""
-        self._activate(gen.adapter)
-        model = self._peft if self._peft is not None else self.base
-        ids = torch.tensor([gen._next_input], device=self.device)  # (1, T): the prompt first, then one token
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: gen._cache})
-        gen._cache = getattr(out, self._cache_kw)
-        token = sample_next(out.logits[0, -1], gen.params.temperature, gen.params.top_p, gen._generator)
+        if gen.adapter != self._last_adapter:
+            self._last_adapter = gen.adapter
+            self.stats.adapter_switches += 1
+        logits = self._fast_logits(gen)
+        if logits is None:
+            self._activate(gen.adapter)
+            model = self._peft if self._peft is not None else self.base
+            ids = torch.tensor([gen._next_input], device=self.device)  # (1, T): the prompt first, then one token
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: gen._cache})
+            gen._cache = getattr(out, self._cache_kw)
+            logits = out.logits[0, -1]
+        token = sample_next(logits, gen.params.temperature, gen.params.top_p, gen._generator)
         gen.completion_tokens += 1
         gen._next_input = [token]
         if token in self.eos_ids and not gen.params.ignore_eos:
@@ -599,7 +712,7 @@ class InferenceEngine:
                 gen._emit(tail)
             gen.finish_reason = reason
             gen._emit(_DONE)
-        gen._cache = None  # free the KV cache now, not when the consumer drops the handle
+        gen._cache = gen._state = None  # free the KV cache now, not when the consumer drops the handle
         self.stats.completion_tokens += gen.completion_tokens
         if gen.adapter is not None and gen.adapter in self._loaded:
             self._loaded[gen.adapter].pins -= 1

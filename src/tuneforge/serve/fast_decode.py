@@ -1,0 +1,253 @@
+"""A lean decode step for Llama-family models: one new token per row, pre-allocated KV cache, LoRA as fused
+low-rank matmuls.
+
+Why it exists: at batch 1 a 135M-parameter, 30-layer model is dominated by per-op overhead, not by arithmetic.
+The Hugging Face forward runs ~40 Python-level ops per layer (mask building, cache bookkeeping, PEFT's per-adapter
+dispatch: 7 adapted projections x (dropout, A, B, scale, add)); this step runs ~20, over the *same* parameter
+tensors:
+
+* q/k/v and gate/up are one matmul each: at construction their weights are re-bound as row views of one
+  concatenated tensor (no copy is kept; the Hugging Face modules and PEFT keep working on the views).
+* The KV cache is a pre-allocated (layers, rows, kv_heads, max_len, head_dim) buffer written in place
+  (no `torch.cat` growth per token, no `DynamicCache` bookkeeping).
+* LoRA (Hu et al. 2021, arXiv:2106.09685) stays unmerged, as one fused low-rank pair per projection group:
+  x·[A_q;A_k;A_v]ᵀ (one matmul to 3r) then ·B_blockdiagᵀ (one matmul back), times each projection's
+  alpha/r. Adapters are plain tensors handed to the step, so switching adapters between rows costs nothing
+  and no module state (PEFT's active adapter) is touched.
+
+Numerics: the same ops in the same dtype as the Hugging Face + PEFT forward (the norms, rotary embedding and
+activation are the model's own modules), so fp32 greedy decoding is token-identical to it (tests/serve/
+test_fast_decode.py checks that, and the engine re-checks logits at warm-up). Anything this step does not
+model (other architectures, sliding windows, DoRA, adapted embeddings) is reported by `unsupported()` and
+served by the plain forward.
+
+`decode_step` works on a batch of rows that share one length and one adapter (a scheduler that batches
+requests, issue 15, extends the row dimension); the engine calls it with one row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# model_type -> what it needs beyond a plain Llama layer. These share LlamaDecoderLayer's structure:
+# pre-norm attention (q/k/v/o, optional biases) and a gated MLP (gate/up/down).
+_SUPPORTED = {"llama", "mistral", "qwen2"}
+_GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj"),
+           "down": ("down_proj",)}
+
+
+def unsupported(model) -> str | None:
+    """Why the lean step cannot serve `model` (None: it can)."""
+    cfg = model.config
+    if cfg.model_type not in _SUPPORTED:
+        return f"architecture {cfg.model_type!r} (lean decode covers {', '.join(sorted(_SUPPORTED))})"
+    if getattr(cfg, "use_sliding_window", False) or (
+            getattr(cfg, "sliding_window", None) and cfg.sliding_window < cfg.max_position_embeddings):
+        return "sliding-window attention"
+    if getattr(cfg, "_attn_implementation", "sdpa") not in ("sdpa", "eager", None):
+        return f"attention implementation {cfg._attn_implementation!r}"
+    return None
+
+
+def _base_linear(module):
+    """The frozen nn.Linear under a PEFT LoRA wrapper (or the module itself)."""
+    return getattr(module, "base_layer", module)
+
+
+def _fuse_rows(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the linears' weights (and biases) along the output dim and re-bind each module's parameter as
+    a view into the concatenation: one matmul computes all of them and no second copy of the weights exists."""
+    weights = [lin.weight for lin in linears]
+    if len(linears) == 1:
+        return weights[0], linears[0].bias
+    fused = torch.cat([w.detach() for w in weights])
+    bias = None
+    if any(lin.bias is not None for lin in linears):
+        bias = torch.cat([lin.bias.detach() if lin.bias is not None else torch.zeros(lin.out_features,
+                          dtype=fused.dtype, device=fused.device) for lin in linears])
+    start = 0
+    for lin in linears:
+        n = lin.out_features
+        lin.weight = torch.nn.Parameter(fused[start:start + n], requires_grad=False)
+        if bias is not None and lin.bias is not None:
+            lin.bias = torch.nn.Parameter(bias[start:start + n], requires_grad=False)
+        start += n
+    return fused, bias
+
+
+@dataclass
+class LoraGroup:
+    """One projection group's adapter: delta = ((x @ a.T) @ b.T) * scale, b block-diagonal over the group."""
+
+    a: torch.Tensor  # (sum r, in)
+    b: torch.Tensor  # (out of the group, sum r)
+    scale: torch.Tensor  # (out of the group,): each projection's alpha/r (0 where the projection is not adapted)
+
+
+AdapterPlan = list[dict[str, LoraGroup]]  # per layer: group name -> LoraGroup (absent groups are not adapted)
+
+
+@dataclass
+class DecodeState:
+    """The KV cache of a batch of rows that advance together: (layers, rows, kv_heads, max_len, head_dim)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    length: int  # positions filled (the next token goes at this position)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+
+class FastDecoder:
+    """The lean decode step over a loaded Llama-family model (see the module docstring)."""
+
+    def __init__(self, model):
+        reason = unsupported(model)
+        if reason:
+            raise ValueError(f"lean decode does not support {reason}")
+        cfg = model.config
+        inner = model.model
+        self.model = model
+        self.embed = inner.embed_tokens
+        self.norm = inner.norm
+        self.rotary = inner.rotary_emb
+        self.lm_head = model.lm_head
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.scaling = self.head_dim ** -0.5
+        self.q_size, self.kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        self.layers = []
+        for layer in inner.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv_w, qkv_b = _fuse_rows([_base_linear(attn.q_proj), _base_linear(attn.k_proj),
+                                       _base_linear(attn.v_proj)])
+            gu_w, gu_b = _fuse_rows([_base_linear(mlp.gate_proj), _base_linear(mlp.up_proj)])
+            o, down = _base_linear(attn.o_proj), _base_linear(mlp.down_proj)
+            self.layers.append(dict(
+                in_norm=layer.input_layernorm, post_norm=layer.post_attention_layernorm, act=mlp.act_fn,
+                qkv=(qkv_w, qkv_b), o=(o.weight, o.bias), gate_up=(gu_w, gu_b), down=(down.weight, down.bias),
+                module=layer))
+        self.dtype = self.layers[0]["qkv"][0].dtype
+        self.device = self.layers[0]["qkv"][0].device
+
+    # ------------------------------------------------------------------ adapters
+    def adapter_plan(self, peft_model, name: str) -> AdapterPlan:
+        """Adapter `name`'s LoRA weights, gathered per layer into fused groups. ValueError for what the lean step
+        does not model (DoRA, LoRA on embeddings or the output head, LoRA biases)."""
+        peft_cfg = peft_model.peft_config[name]
+        if getattr(peft_cfg, "use_dora", False):
+            raise ValueError("DoRA adapters")
+        if getattr(peft_cfg, "lora_bias", False):
+            raise ValueError("LoRA with bias")
+        for mod_name, module in peft_model.named_modules():
+            if hasattr(module, "lora_embedding_A") and name in module.lora_embedding_A:
+                raise ValueError(f"LoRA on an embedding ({mod_name})")
+            if name in (getattr(module, "modules_to_save", None) or {}):
+                raise ValueError(f"fully trained modules ({mod_name})")
+        if name in (getattr(self.model.lm_head, "lora_A", None) or {}):
+            raise ValueError("LoRA on the output head")
+        plan: AdapterPlan = []
+        for layer in self.layers:
+            # the modules as they are now: PEFT replaced the projections with LoRA wrappers after __init__
+            attn, mlp = layer["module"].self_attn, layer["module"].mlp
+            modules = {proj: getattr(attn if proj in ("q_proj", "k_proj", "v_proj", "o_proj") else mlp, proj)
+                       for projs in _GROUPS.values() for proj in projs}
+            groups: dict[str, LoraGroup] = {}
+            for group, projs in _GROUPS.items():
+                a_parts, blocks, scales = [], [], []
+                for proj in projs:
+                    mod = modules[proj]
+                    out = _base_linear(mod).out_features
+                    if hasattr(mod, "lora_A") and name in mod.lora_A:
+                        if type(mod.lora_A[name]) is not torch.nn.Linear:
+                            raise ValueError(f"LoRA layer type {type(mod.lora_A[name]).__name__}")
+                        a, b = mod.lora_A[name].weight, mod.lora_B[name].weight  # (r, in), (out, r)
+                        a_parts.append(a)
+                        blocks.append((b, out))
+                        scales.append(torch.full((out,), float(mod.scaling[name]), dtype=self.dtype,
+                                                 device=self.device))
+                    else:
+                        blocks.append((None, out))
+                        scales.append(torch.zeros(out, dtype=self.dtype, device=self.device))
+                if not a_parts:
+                    continue
+                a = a_parts[0] if len(a_parts) == 1 else torch.cat(a_parts)
+                rank = a.shape[0]
+                b = torch.zeros(sum(o for _, o in blocks), rank, dtype=a.dtype, device=a.device)
+                row = col = 0
+                for blk, out in blocks:
+                    if blk is not None:
+                        b[row:row + out, col:col + blk.shape[1]] = blk
+                        col += blk.shape[1]
+                    row += out
+                groups[group] = LoraGroup(a=a.detach(), b=b, scale=torch.cat(scales))
+            plan.append(groups)
+        return plan
+
+    # ------------------------------------------------------------------ cache
+    def new_state(self, rows: int, capacity: int) -> DecodeState:
+        shape = (len(self.layers), rows, self.n_kv, capacity, self.head_dim)
+        return DecodeState(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                           torch.zeros(shape, dtype=self.dtype, device=self.device), 0)
+
+    def state_from_cache(self, cache, capacity: int) -> DecodeState:
+        """A DecodeState holding a Hugging Face cache's keys/values (after a prefill), with room for `capacity`."""
+        layers = cache.layers
+        k0 = layers[0].keys
+        state = self.new_state(k0.shape[0], capacity)
+        n = k0.shape[2]
+        for i, layer in enumerate(layers):
+            state.keys[i, :, :, :n] = layer.keys
+            state.values[i, :, :, :n] = layer.values
+        state.length = n
+        return state
+
+    # ------------------------------------------------------------------ the step
+    @staticmethod
+    def _linear(x: torch.Tensor, wb: tuple, lora: LoraGroup | None) -> torch.Tensor:
+        y = F.linear(x, wb[0], wb[1])
+        if lora is not None:
+            # the same op order as PEFT's `result + lora_B(lora_A(x)) * scaling`, for fp32 token identity
+            y = y + F.linear(F.linear(x, lora.a), lora.b) * lora.scale
+        return y
+
+    @torch.no_grad()
+    def decode_step(self, state: DecodeState, tokens: torch.Tensor, plan: AdapterPlan | None = None) -> torch.Tensor:
+        """Logits (rows, vocab) for the next token after `tokens` (rows,), which are appended to `state`."""
+        rows, pos = tokens.shape[0], state.length
+        if pos >= state.capacity:
+            raise ValueError(f"the KV cache is full ({state.capacity} positions)")
+        h = self.embed(tokens.view(rows, 1))  # (B, 1, H)
+        position_ids = torch.full((rows, 1), pos, dtype=torch.long, device=tokens.device)
+        cos, sin = self.rotary(h, position_ids)  # (B, 1, head_dim)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        half = self.head_dim // 2
+        length = pos + 1
+        for i, layer in enumerate(self.layers):
+            lora = plan[i] if plan is not None else {}
+            x = layer["in_norm"](h)
+            qkv = self._linear(x, layer["qkv"], lora.get("qkv"))
+            q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+            q = q.view(rows, 1, self.n_heads, self.head_dim).transpose(1, 2)  # (B, heads, 1, hd)
+            k = k.view(rows, 1, self.n_kv, self.head_dim).transpose(1, 2)
+            v = v.view(rows, 1, self.n_kv, self.head_dim).transpose(1, 2)
+            # rotary embedding (Su et al. 2021, arXiv:2104.09864), as transformers' apply_rotary_pos_emb
+            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
+            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+            state.keys[i, :, :, pos:length] = k
+            state.values[i, :, :, pos:length] = v
+            attn = F.scaled_dot_product_attention(
+                q, state.keys[i, :, :, :length], state.values[i, :, :, :length], scale=self.scaling,
+                enable_gqa=self.n_kv != self.n_heads)
+            h = h + self._linear(attn.transpose(1, 2).reshape(rows, 1, self.q_size), layer["o"], lora.get("o"))
+            x = layer["post_norm"](h)
+            gate, up = self._linear(x, layer["gate_up"], lora.get("gate_up")).chunk(2, dim=-1)
+            h = h + self._linear(layer["act"](gate) * up, layer["down"], lora.get("down"))
+        state.length = length
+        return self.lm_head(self.norm(h))[:, -1]
