@@ -20,9 +20,9 @@ Design (why it is shaped this way):
 * **Base-model requests** run with the LoRA layers disabled (no merge), so the same process serves the base and
   every adapter. `tuneforge export --merged` folds one adapter into the weights when no added latency is wanted.
 
-Text assembly: tokens are decoded cumulatively (a token can be half a UTF-8 character or half a word), and the
-text that could still turn into a stop string is held back until it either completes one (then the output ends
-before it) or cannot any more (then it is sent).
+Text assembly: tokens are decoded incrementally over a short window (a token can be half a UTF-8 character or
+half a word), and the text that could still turn into a stop string is held back until it either completes one
+(then the output ends before it) or cannot any more (then it is sent).
 """
 
 from __future__ import annotations
@@ -108,20 +108,36 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
 
 
 class _TextAssembler:
-    """Turns a growing list of token ids into text deltas, honouring stop strings."""
+    """Turns a growing list of token ids into text deltas, honouring stop strings.
+
+    Detokenisation is incremental (as in vLLM and TGI): each token decodes only a short window of ids, from the
+    start of the previous token's piece, instead of the whole text so far, so the cost per token does not grow
+    with the output. Decoding the window with one token of context in front keeps what the whole-text decode
+    would give (a SentencePiece "▁" word start, a byte-level piece), and a window that ends in half a UTF-8
+    character ("\ufffd") waits for the next token.
+    """
 
     def __init__(self, tokenizer, stop: Sequence[str]):
         self.tokenizer = tokenizer
         self.stop = list(stop)
         self.ids: list[int] = []
-        self.sent = 0  # characters of the decoded text already emitted
+        self.text = ""  # the decoded text of ids[:self._read]
+        self.sent = 0  # characters of `text` already emitted
         self.stopped = False
+        self._prefix = 0  # the window starts here: one piece of context before the ids not yet decoded
+        self._read = 0  # ids before this are in `text`
+
+    def _decode_window(self, final: bool = False) -> None:
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix:self._read], skip_special_tokens=True)
+        window = decode(self.ids[self._prefix:], skip_special_tokens=True)
+        if len(window) > len(before) and (final or not window.endswith("\ufffd")):
+            self.text += window[len(before):]
+            self._prefix, self._read = self._read, len(self.ids)
 
     def _hold(self, text: str) -> int:
-        """How many trailing characters might still become part of a stop string (or of a UTF-8 character)."""
+        """How many trailing characters might still become part of a stop string."""
         hold = 0
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for its next bytes
-            hold = len(text) - len(text.rstrip("\ufffd"))
         for s in self.stop:
             for k in range(min(len(s) - 1, len(text)), 0, -1):
                 if text.endswith(s[:k]):
@@ -131,7 +147,8 @@ class _TextAssembler:
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        self._decode_window()
+        text = self.text
         cut = min((i for i in (text.find(s, max(0, self.sent - len(s) + 1)) for s in self.stop) if i >= 0),
                   default=-1)
         if cut >= 0:
@@ -147,8 +164,8 @@ class _TextAssembler:
         """The held-back text at the end of generation (it did not complete a stop string)."""
         if self.stopped:
             return ""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        delta, self.sent = text[self.sent:], len(text)
+        self._decode_window(final=True)
+        delta, self.sent = self.text[self.sent:], len(self.text)
         return delta
 
 

@@ -10,10 +10,11 @@ tensors:
   concatenated tensor (no copy is kept; the Hugging Face modules and PEFT keep working on the views).
 * The KV cache is a pre-allocated (layers, rows, kv_heads, max_len, head_dim) buffer written in place
   (no `torch.cat` growth per token, no `DynamicCache` bookkeeping).
-* LoRA (Hu et al. 2021, arXiv:2106.09685) stays unmerged, as one fused low-rank pair per projection group:
-  x·[A_q;A_k;A_v]ᵀ (one matmul to 3r) then ·B_blockdiagᵀ (one matmul back), times each projection's
-  alpha/r. Adapters are plain tensors handed to the step, so switching adapters between rows costs nothing
-  and no module state (PEFT's active adapter) is touched.
+* LoRA (Hu et al. 2021, arXiv:2106.09685) stays unmerged, with one fused down-projection per projection group:
+  x·[A_q;A_k;A_v]ᵀ is one matmul to 3r, then each B maps its slice back (a block-diagonal B would be one matmul
+  too, but changes fp32 bits: see `_linear`). No dropout/dispatch layers. Adapters are plain tensors handed to
+  the step, so switching adapters between rows costs nothing and no module state (PEFT's active adapter) is
+  touched.
 
 Numerics: the same ops in the same dtype as the Hugging Face + PEFT forward (the norms, rotary embedding and
 activation are the model's own modules), so fp32 greedy decoding is token-identical to it (tests/serve/
@@ -80,11 +81,11 @@ def _fuse_rows(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tens
 
 @dataclass
 class LoraGroup:
-    """One projection group's adapter: delta = ((x @ a.T) @ b.T) * scale, b block-diagonal over the group."""
+    """One projection group's adapter: x·aᵀ for the whole group in one matmul (a = the adapted projections' A
+    stacked), then each projection's B on its slice of that, times its alpha/r, added to its output columns."""
 
-    a: torch.Tensor  # (sum r, in)
-    b: torch.Tensor  # (out of the group, sum r)
-    scale: torch.Tensor  # (out of the group,): each projection's alpha/r (0 where the projection is not adapted)
+    a: torch.Tensor  # (sum of ranks, in)
+    parts: list[tuple[int, int, int, int, torch.Tensor, float]]  # (out lo, out hi, rank lo, rank hi, B, scale)
 
 
 AdapterPlan = list[dict[str, LoraGroup]]  # per layer: group name -> LoraGroup (absent groups are not adapted)
@@ -160,7 +161,7 @@ class FastDecoder:
                        for projs in _GROUPS.values() for proj in projs}
             groups: dict[str, LoraGroup] = {}
             for group, projs in _GROUPS.items():
-                a_parts, blocks, scales = [], [], []
+                a_parts, parts, row, col = [], [], 0, 0
                 for proj in projs:
                     mod = modules[proj]
                     out = _base_linear(mod).out_features
@@ -168,25 +169,12 @@ class FastDecoder:
                         if type(mod.lora_A[name]) is not torch.nn.Linear:
                             raise ValueError(f"LoRA layer type {type(mod.lora_A[name]).__name__}")
                         a, b = mod.lora_A[name].weight, mod.lora_B[name].weight  # (r, in), (out, r)
-                        a_parts.append(a)
-                        blocks.append((b, out))
-                        scales.append(torch.full((out,), float(mod.scaling[name]), dtype=self.dtype,
-                                                 device=self.device))
-                    else:
-                        blocks.append((None, out))
-                        scales.append(torch.zeros(out, dtype=self.dtype, device=self.device))
-                if not a_parts:
-                    continue
-                a = a_parts[0] if len(a_parts) == 1 else torch.cat(a_parts)
-                rank = a.shape[0]
-                b = torch.zeros(sum(o for _, o in blocks), rank, dtype=a.dtype, device=a.device)
-                row = col = 0
-                for blk, out in blocks:
-                    if blk is not None:
-                        b[row:row + out, col:col + blk.shape[1]] = blk
-                        col += blk.shape[1]
+                        a_parts.append(a.detach())
+                        parts.append((row, row + out, col, col + a.shape[0], b.detach(), float(mod.scaling[name])))
+                        col += a.shape[0]
                     row += out
-                groups[group] = LoraGroup(a=a.detach(), b=b, scale=torch.cat(scales))
+                if parts:
+                    groups[group] = LoraGroup(a=a_parts[0] if len(a_parts) == 1 else torch.cat(a_parts), parts=parts)
             plan.append(groups)
         return plan
 
@@ -213,8 +201,14 @@ class FastDecoder:
     def _linear(x: torch.Tensor, wb: tuple, lora: LoraGroup | None) -> torch.Tensor:
         y = F.linear(x, wb[0], wb[1])
         if lora is not None:
-            # the same op order as PEFT's `result + lora_B(lora_A(x)) * scaling`, for fp32 token identity
-            y = y + F.linear(F.linear(x, lora.a), lora.b) * lora.scale
+            # The same ops as PEFT's `result + lora_B(lora_A(x)) * scaling`, so fp32 stays bit-identical: the
+            # stacked A gives each projection's x·Aᵀ exactly, while one block-diagonal B would not (its zero
+            # blocks change how the matmul kernel groups the sum), so each B runs on its own slice.
+            xa = F.linear(x, lora.a)
+            if len(lora.parts) == 1 and lora.parts[0][1] - lora.parts[0][0] == y.shape[-1]:
+                return y + F.linear(xa, lora.parts[0][4]) * lora.parts[0][5]
+            for lo, hi, r_lo, r_hi, b, scale in lora.parts:
+                y[..., lo:hi] += F.linear(xa[..., r_lo:r_hi], b) * scale
         return y
 
     @torch.no_grad()
