@@ -16,11 +16,11 @@ tensors:
   the step, so switching adapters between rows costs nothing and no module state (PEFT's active adapter) is
   touched.
 
-Numerics: the same ops in the same dtype as the Hugging Face + PEFT forward (the norms, rotary embedding and
-activation are the model's own modules), so fp32 greedy decoding is token-identical to it (tests/serve/
-test_fast_decode.py checks that, and the engine re-checks logits at warm-up). Anything this step does not
-model (other architectures, sliding windows, DoRA, adapted embeddings) is reported by `unsupported()` and
-served by the plain forward.
+Numerics: the same ops in the same dtype as the Hugging Face + PEFT forward (the rotary embedding and activation
+are the model's own modules, the RMSNorm the fused kernel of the same formula), so fp32 greedy decoding is
+token-identical to it (tests/serve/test_fast_decode.py checks that, and the engine re-checks logits at warm-up).
+Anything this step does not model (other architectures, sliding windows, DoRA, adapted embeddings) is reported by
+`unsupported()` or `adapter_plan()` and served by the plain forward.
 
 `decode_step` works on a batch of rows that share one length and one adapter (a scheduler that batches
 requests, issue 15, extends the row dimension); the engine calls it with one row.
@@ -79,6 +79,17 @@ def _fuse_rows(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tens
     return fused, bias
 
 
+def _norm(module):
+    """The model's RMSNorm as one fused `F.rms_norm` call instead of its ~7 element-wise ops (the same formula,
+    x·rsqrt(mean(x²) + eps)·w, computed in fp32; bit-identical in fp32, checked again at the engine's warm-up).
+    Norms of another form keep their module."""
+    eps, weight = getattr(module, "variance_epsilon", None), getattr(module, "weight", None)
+    if type(module).__name__.endswith("RMSNorm") and eps is not None and weight is not None:
+        shape = (weight.shape[0],)
+        return lambda x: F.rms_norm(x, shape, weight, eps)
+    return module
+
+
 @dataclass
 class LoraGroup:
     """One projection group's adapter: x·aᵀ for the whole group in one matmul (a = the adapted projections' A
@@ -115,7 +126,7 @@ class FastDecoder:
         inner = model.model
         self.model = model
         self.embed = inner.embed_tokens
-        self.norm = inner.norm
+        self.norm = _norm(inner.norm)
         self.rotary = inner.rotary_emb
         self.lm_head = model.lm_head
         self.n_heads = cfg.num_attention_heads
@@ -131,7 +142,8 @@ class FastDecoder:
             gu_w, gu_b = _fuse_rows([_base_linear(mlp.gate_proj), _base_linear(mlp.up_proj)])
             o, down = _base_linear(attn.o_proj), _base_linear(mlp.down_proj)
             self.layers.append(dict(
-                in_norm=layer.input_layernorm, post_norm=layer.post_attention_layernorm, act=mlp.act_fn,
+                in_norm=_norm(layer.input_layernorm), post_norm=_norm(layer.post_attention_layernorm),
+                act=mlp.act_fn,
                 qkv=(qkv_w, qkv_b), o=(o.weight, o.bias), gate_up=(gu_w, gu_b), down=(down.weight, down.bias),
                 module=layer))
         self.dtype = self.layers[0]["qkv"][0].dtype
