@@ -17,6 +17,14 @@ Design (why it is shaped this way):
   adapter, would raise throughput on a GPU; it is left for when it is measured to matter.)
 * **Adapters: registered by name, loaded lazily, evicted least-recently-used** past `max_loaded_adapters`.
   An adapter that a running request uses is never evicted; the count may exceed the limit until it finishes.
+* **Decoding: the lean step after a Hugging Face prefill.** The prompt runs through the model's own forward (PEFT
+  adapter active); each following token runs through `fast_decode.FastDecoder.decode_step` (fused projections,
+  pre-allocated KV cache, the request's LoRA weights passed in as tensors). The model thread's warm-up compares
+  the two on a short prompt (fp32 on CPU: bit-identical logits; bf16/fp16: within 5% of the largest logit) and
+  only then switches the lean step on. A warm-up failure, an architecture or adapter it does not model, or a
+  failure mid-request (the request's cache is handed back to a transformers cache) keeps or puts that work on
+  the plain forward, with one log line; no request fails for it. Weights are bf16 on CUDA and on CPUs with
+  native bf16 (AVX512-BF16/AMX), fp32 elsewhere (`serving_dtype`).
 * **Base-model requests** run with the LoRA layers disabled (no merge), so the same process serves the base and
   every adapter. `tuneforge export --merged` folds one adapter into the weights when no added latency is wanted.
 
