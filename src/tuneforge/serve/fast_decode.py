@@ -239,13 +239,13 @@ class FastDecoder:
             lora = plan[i] if plan is not None else {}
             x = layer["in_norm"](h)
             qkv = self._linear(x, layer["qkv"], lora.get("qkv"))
-            q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-            q = q.view(rows, 1, self.n_heads, self.head_dim).transpose(1, 2)  # (B, heads, 1, hd)
-            k = k.view(rows, 1, self.n_kv, self.head_dim).transpose(1, 2)
+            qk, v = qkv.split((self.q_size + self.kv_size, self.kv_size), dim=-1)
+            qk = qk.view(rows, 1, self.n_heads + self.n_kv, self.head_dim).transpose(1, 2)  # (B, heads + kv, 1, hd)
             v = v.view(rows, 1, self.n_kv, self.head_dim).transpose(1, 2)
-            # rotary embedding (Su et al. 2021, arXiv:2104.09864), as transformers' apply_rotary_pos_emb
-            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
-            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+            # rotary embedding (Su et al. 2021, arXiv:2104.09864), as transformers' apply_rotary_pos_emb, on the
+            # query and key heads at once (element-wise, so the same bits as applying it to each)
+            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
+            q, k = qk[:, :self.n_heads], qk[:, self.n_heads:]
             state.keys[i, :, :, pos:length] = k
             state.values[i, :, :, pos:length] = v
             attn = F.scaled_dot_product_attention(
