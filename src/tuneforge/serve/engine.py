@@ -115,6 +115,26 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def serving_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
+    """The weight dtype to serve in. "auto": bf16 on CUDA and on CPUs with native bf16 arithmetic (AVX512-BF16 or
+    AMX), fp32 elsewhere: on a CPU without them every bf16 matmul is emulated, and decoding measured ~5x slower
+    per matrix-vector product than fp32 (AVX2 machine, bench/RESULTS.md)."""
+    if not isinstance(dtype, str):
+        return dtype
+    if dtype != "auto":
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError:
+            raise TuneforgeError(f"--dtype: {dtype!r} is not one of auto, float32, bfloat16, float16", field="dtype",
+                                 value=dtype) from None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return torch.bfloat16
+    return torch.float32
+
+
 class _TextAssembler:
     """Turns a growing list of token ids into text deltas, honouring stop strings.
 
@@ -292,26 +312,6 @@ class EngineStats:
     loaded: list[str] = field(default_factory=list)  # least recently used first
 
 
-def serving_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
-    """The weight dtype to serve in. "auto": bf16 on CUDA and on CPUs with native bf16 arithmetic (AVX512-BF16 or
-    AMX), fp32 elsewhere: on a CPU without them every bf16 matmul is emulated, and decoding measured ~5x slower
-    per matrix-vector product than fp32 (AVX2 machine, bench/RESULTS.md)."""
-    if not isinstance(dtype, str):
-        return dtype
-    if dtype != "auto":
-        try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
-        except KeyError:
-            raise TuneforgeError(f"--dtype: {dtype!r} is not one of auto, float32, bfloat16, float16", field="dtype",
-                                 value=dtype) from None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
-        return torch.bfloat16
-    return torch.float32
-
-
 def check_adapter_folder(path: str | Path, *, field: str = "adapter") -> dict:
     """The adapter's config, after checking that `path` is a LoRA adapter folder with weights in it."""
     from ..inference import read_adapter_config
@@ -362,10 +362,10 @@ class InferenceEngine:
                                     field="--model-name")
         self._aliases = {model_path, resolved.model_id, self.base_name}
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = serving_dtype(dtype, self.device)
         self.max_loaded_adapters = max_loaded_adapters
         self.default_max_tokens = default_max_tokens
         self.tokenizer = load_tokenizer(model_path)
+        self.dtype = serving_dtype(dtype, self.device)
         self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=self.dtype).to(self.device).eval()
         # transformers 5.x renamed `past_key_values` to `cache` (input and output); accept either
         self._cache_kw = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
