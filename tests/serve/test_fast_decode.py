@@ -9,17 +9,16 @@ import random
 
 import pytest
 import torch
-
+from serve_helpers import craft_adapter
 from tiny import build_model, build_tokenizer
+
 from tuneforge.errors import TuneforgeError
 from tuneforge.serve import fast_decode
 from tuneforge.serve.engine import InferenceEngine, _TextAssembler, serving_dtype
 from tuneforge.serve.fast_decode import FastDecoder
 
-from serve_helpers import craft_adapter
-
 MESSAGES = [{"role": "user", "content": "what is two plus two?"}]
-GREEDY = dict(temperature=0, max_tokens=12, ignore_eos=True)
+GREEDY = {"temperature": 0, "max_tokens": 12, "ignore_eos": True}
 
 
 @torch.no_grad()

@@ -141,11 +141,10 @@ class FastDecoder:
                                        _base_linear(attn.v_proj)])
             gu_w, gu_b = _fuse_rows([_base_linear(mlp.gate_proj), _base_linear(mlp.up_proj)])
             o, down = _base_linear(attn.o_proj), _base_linear(mlp.down_proj)
-            self.layers.append(dict(
-                in_norm=_norm(layer.input_layernorm), post_norm=_norm(layer.post_attention_layernorm),
-                act=mlp.act_fn,
-                qkv=(qkv_w, qkv_b), o=(o.weight, o.bias), gate_up=(gu_w, gu_b), down=(down.weight, down.bias),
-                module=layer))
+            self.layers.append({
+                "in_norm": _norm(layer.input_layernorm), "post_norm": _norm(layer.post_attention_layernorm),
+                "act": mlp.act_fn, "qkv": (qkv_w, qkv_b), "o": (o.weight, o.bias), "gate_up": (gu_w, gu_b),
+                "down": (down.weight, down.bias), "module": layer})
         self.dtype = self.layers[0]["qkv"][0].dtype
         self.device = self.layers[0]["qkv"][0].device
 
