@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast test-ui bench lint-imports clean
+.PHONY: demo test test-fast test-ui bench bench-infer lint-imports clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint-imports: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_bench.py
+
+# Single-stream decode: the serving engine vs transformers generate (and llama.cpp with the `llama` extra)
+bench-infer: $(STAMP)
+	$(PY) bench/infer_bench.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

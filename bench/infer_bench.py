@@ -1,22 +1,32 @@
-"""Inference latency: time per generated token for the base model, base + LoRA adapter unmerged, and merged.
+"""Single-stream decode speed: tuneforge's serving engine against plain transformers `generate` (and llama.cpp on
+the exported GGUF when `llama-cpp-python` is installed), in one process.
 
-    python bench/infer_bench.py [--reps 7] [--rank 8]
+    python bench/infer_bench.py [--reps 5] [--rank 8] [--threads N]      (also: make bench-infer)
 
-All through the serving engine (`tuneforge.serve.engine.InferenceEngine`, what `tuneforge serve` runs), on the
-default model SmolLM2-135M-Instruct, in one process:
-  base              an engine over the plain base model;
-  adapter unmerged  an engine with a LoRA adapter (rank --rank, all 7 projections, random nonzero B as after
-                    training) applied on the fly: every projection also computes x·Aᵀ·Bᵀ·(alpha/r);
-  merged            an engine over `merge_adapter(...)`'s output (W + (alpha/r)·B·A folded into W);
-  base, LoRA off    the adapter engine answering for the base model (LoRA layers disabled, not removed).
-Time per generated token is the decode cost alone: (t(N2 tokens) - t(N1 tokens)) / (N2 - N1), greedy, end of
-sequence ignored, so prefill cancels out. The variants run interleaved, rep after rep, and the median is kept,
-so load from other processes on the machine hits them alike. The merged and unmerged outputs are checked equal.
+Default model SmolLM2-135M-Instruct, greedy, end of sequence ignored, chat prompt of ~50 tokens. Variants:
+  engine: base              `InferenceEngine` (what `tuneforge serve` runs) on the base model;
+  engine: adapter unmerged  the same engine answering for a LoRA adapter (rank --rank on all 7 projections,
+                            random nonzero B as after training), applied on the fly;
+  engine: merged            an engine over `merge_adapter(...)`'s output (the adapter folded into the weights);
+  engine: plain forward     the base through the engine with its lean decode step off (`fast_decode=False`): the
+                            Hugging Face forward per token, i.e. the engine before the lean step;
+  transformers generate     `model.generate` on the base, same dtype, no tuneforge code;
+  llama.cpp <type>          `llama_cpp.Llama` on the merged model exported to GGUF (q8_0 and f16), when installed.
+Time per generated token is decode only: (t(N2 tokens) - t(N1 tokens)) / (N2 - N1), so prefill and per-request
+costs cancel. Variants run interleaved, rep after rep, and the median is kept, so load from other processes on
+the machine hits all of them alike: quote ratios; absolute figures only with the load average printed with them.
+
+Checks printed (and the exit status): the engine's greedy tokens equal transformers' on the base and merged
+models and between the merged and unmerged adapter in fp32 (in bf16: the first 8 tokens, the usual tolerance).
+Last line: `single_stream_tokens_per_s=X vs_transformers=Y vs_llama_cpp=Z` where X is the slower of the engine's
+base and unmerged-adapter figures, Y = X / transformers generate, Z = X / llama.cpp q8_0 (omitted without it).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import platform
 import statistics
 import sys
@@ -48,70 +58,143 @@ def make_adapter(out: Path, rank: int, seed: int = 0) -> Path:
     return out
 
 
+def load_avg() -> str:
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank (tuneforge's default is 8)")
     ap.add_argument("--short", type=int, default=8, help="N1 generated tokens")
-    ap.add_argument("--long", type=int, default=72, help="N2 generated tokens")
+    ap.add_argument("--long", type=int, default=72, help="N2 generated tokens (N2 - N1 = 64 by default)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from transformers import AutoModelForCausalLM
 
     from tuneforge.inference import merge_adapter
-    from tuneforge.models.loader import SMOLLM2_ID
+    from tuneforge.models.loader import SMOLLM2_ID, resolve_model
     from tuneforge.serve.engine import InferenceEngine
 
     tmp = Path(tempfile.mkdtemp(prefix="tuneforge-infer-bench-"))
     adapter = make_adapter(tmp / "adapter", args.rank)
     merged = merge_adapter(adapter, tmp / "merged")
     engines = {
-        "base": InferenceEngine(SMOLLM2_ID),
-        "lora": InferenceEngine(SMOLLM2_ID, adapters={"ft": str(adapter)}),
-        "merged": InferenceEngine(str(merged), model_name="merged"),
+        "lora": InferenceEngine(SMOLLM2_ID, adapters={"ft": str(adapter)}, device=args.device),
+        "merged": InferenceEngine(str(merged), model_name="merged", device=args.device),
+        "plain": InferenceEngine(SMOLLM2_ID, device=args.device, fast_decode=False),
     }
-    variants = {  # label -> (engine, model name)
-        "base": (engines["base"], engines["base"].base_name),
-        f"base + adapter, unmerged (r={args.rank})": (engines["lora"], "ft"),
-        "merged": (engines["merged"], "merged"),
-        "base, adapter loaded but off": (engines["lora"], engines["lora"].base_name),
-    }
+    lora = engines["lora"]
+    dtype, device = lora.dtype, lora.device
     messages = [{"role": "user", "content": "Write a short story about a lighthouse keeper who finds a message in "
                                             "a bottle, in three paragraphs."}]
+    prompt_ids = lora.encode(lora.chat_prompt(messages), chat=True)
 
-    def run(engine, model, n):
-        t = time.perf_counter()
-        res = engine.generate(model, messages=messages, temperature=0, max_tokens=n, ignore_eos=True)
-        assert res.completion_tokens == n
-        return time.perf_counter() - t, res
+    def engine_run(engine, model):
+        def run(n):
+            res = engine.generate(model, prompt_ids, temperature=0, max_tokens=n, ignore_eos=True)
+            assert res.completion_tokens == n
+            return engine.encode(res.text)  # for the equality checks (re-encoded text)
+        return run
 
-    # Warm-up (loads the adapter, allocator warm) and the equality check merged == unmerged.
-    outputs = {label: run(e, m, args.short)[1].text for label, (e, m) in variants.items()}
-    unmerged_label = f"base + adapter, unmerged (r={args.rank})"
-    same = outputs["merged"] == outputs[unmerged_label]
-    prompt_tokens = run(*variants["base"], 1)[1].prompt_tokens
+    hf = AutoModelForCausalLM.from_pretrained(resolve_model(SMOLLM2_ID).load_from, dtype=dtype).to(device).eval()
+    hf_ids = torch.tensor([prompt_ids], device=device)
+
+    def hf_run(n):
+        with torch.no_grad():
+            out = hf.generate(input_ids=hf_ids, attention_mask=torch.ones_like(hf_ids), max_new_tokens=n,
+                              min_new_tokens=n, do_sample=False, pad_token_id=0)
+        return lora.encode(lora.tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True))
+
+    variants = {
+        "engine: base": engine_run(lora, lora.base_name),
+        f"engine: adapter unmerged (r={args.rank})": engine_run(lora, "ft"),
+        "engine: merged": engine_run(engines["merged"], "merged"),
+        "engine: plain forward (lean step off)": engine_run(engines["plain"], engines["plain"].base_name),
+        "transformers generate": hf_run,
+    }
+    variants.update(llama_cpp_variants(merged, tmp, prompt_ids))
+
+    # Warm-up (adapter load, allocator, llama.cpp mmap) and the equality checks.
+    outputs = {label: run(args.short) for label, run in variants.items()}
+    unmerged = f"engine: adapter unmerged (r={args.rank})"
+    exact = dtype == torch.float32
+    n_check = None if exact else 8
+    checks = {
+        "engine base == transformers generate": outputs["engine: base"][:n_check] ==
+        outputs["transformers generate"][:n_check],
+        "engine base == plain forward": outputs["engine: base"][:n_check] ==
+        outputs["engine: plain forward (lean step off)"][:n_check],
+        "merged == adapter unmerged": outputs["engine: merged"][:n_check] == outputs[unmerged][:n_check],
+    }
 
     per_token: dict[str, list[float]] = {label: [] for label in variants}
+    loads = [load_avg()]
     for _ in range(args.reps):
-        for label, (engine, model) in variants.items():
-            t_short, _ = run(engine, model, args.short)
-            t_long, _ = run(engine, model, args.long)
-            per_token[label].append((t_long - t_short) / (args.long - args.short))
+        for label, run in variants.items():
+            t = time.perf_counter()
+            run(args.short)
+            t_short = time.perf_counter() - t
+            t = time.perf_counter()
+            run(args.long)
+            per_token[label].append((time.perf_counter() - t - t_short) / (args.long - args.short))
+        loads.append(load_avg())
     for e in engines.values():
         e.close()
 
     med = {label: statistics.median(v) for label, v in per_token.items()}
-    base = med["base"]
-    print(f"\nSmolLM2-135M-Instruct, fp32, {torch.get_num_threads()} threads, {platform.machine()}, torch "
-          f"{torch.__version__}; prompt {prompt_tokens} tokens; decode time per token = (t({args.long}) - "
-          f"t({args.short})) / {args.long - args.short}, median of {args.reps} interleaved reps\n")
-    print("| variant | ms / generated token | tokens / s | vs base |")
+    lean = "on" if lora._fast is not None else "OFF (see the log)"
+    print(f"\nSmolLM2-135M-Instruct, {str(dtype).removeprefix('torch.')}, {device}, {torch.get_num_threads()} torch "
+          f"threads, {platform.machine()}, torch {torch.__version__}; lean decode {lean}; prompt {len(prompt_ids)} "
+          f"tokens; decode time per token = (t({args.long}) - t({args.short})) / {args.long - args.short}, median "
+          f"of {args.reps} interleaved reps; 1-min load average during the reps: {', '.join(loads)}\n")
+    ref = med["transformers generate"]
+    print("| variant | ms / generated token | tokens / s | speed vs transformers generate |")
     print("| --- | ---: | ---: | ---: |")
     for label, v in med.items():
         spread = f" (min {min(per_token[label]) * 1e3:.1f}, max {max(per_token[label]) * 1e3:.1f})"
-        print(f"| {label} | {v * 1e3:.2f}{spread} | {1 / v:.1f} | {v / base:.3f}x |")
-    ratio = med["merged"] / base
-    print(f"\nmerged output == unmerged output (greedy, {args.short} tokens): {same}")
-    print(f"merged vs base: {ratio:.3f}x -> {'within' if abs(ratio - 1) <= 0.05 else 'NOT within'} 5%")
-    return 0 if same and abs(ratio - 1) <= 0.05 else 1
+        print(f"| {label} | {v * 1e3:.2f}{spread} | {1 / v:.1f} | {ref / v:.2f}x |")
+    print()
+    for what, ok in checks.items():
+        print(f"{what} (greedy, {'all' if exact else 'first 8'} tokens): {ok}")
+    x = 1 / max(med["engine: base"], med[unmerged])
+    line = f"single_stream_tokens_per_s={x:.1f} vs_transformers={x * ref:.2f}"
+    if "llama.cpp q8_0" in med:
+        line += f" vs_llama_cpp={x * med['llama.cpp q8_0']:.2f}"
+    print(line)
+    return 0 if all(checks.values()) else 1
+
+
+def llama_cpp_variants(merged: Path, tmp: Path, prompt_ids: list[int]) -> dict:
+    """llama.cpp on the merged model exported to GGUF (q8_0 and f16), when llama-cpp-python is installed."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        print("llama-cpp-python not installed (pip install -e '.[llama]'): no llama.cpp comparison")
+        return {}
+    from llama_cpp import Llama
+
+    from tuneforge.export import convert_to_gguf
+
+    variants = {}
+    for outtype in ("q8_0", "f16"):
+        path = tmp / f"merged-{outtype}.gguf"
+        convert_to_gguf(merged, path, outtype=outtype)
+        llm = Llama(model_path=str(path), n_ctx=512, n_threads=torch.get_num_threads(), verbose=False)
+
+        def run(n, llm=llm):
+            llm.reset()
+            out = []
+            for token in llm.generate(prompt_ids, temp=0.0, top_k=1, reset=True):
+                out.append(token)
+                if len(out) == n:
+                    break
+            return out
+
+        variants[f"llama.cpp {outtype}"] = run
+    return variants
 
 
 if __name__ == "__main__":

@@ -43,3 +43,21 @@ def test_qlora_with_bitsandbytes_kernels_and_paged_adamw_8bit(tiny_model_dir, tm
     model = load_base_model(resolve_model(str(tiny_model_dir)), pick_runtime("auto"), quant=QuantSettings())
     layer = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
     assert layer.weight.device.type == "cuda" and layer.weight.quant_state.quant_type == "nf4"
+
+
+def test_engine_decodes_in_bf16_with_the_lean_step_on_cuda(tiny_model_dir, tmp_path):
+    """On CUDA the engine serves in bf16 and its warm-up switches the lean decode step on (the warm-up compares
+    it with the model's own forward); greedy output matches the plain forward's on the first tokens."""
+    from tuneforge.serve.engine import InferenceEngine
+
+    messages = [{"role": "user", "content": "what is two plus two?"}]
+    fast = InferenceEngine(str(tiny_model_dir), device="cuda")
+    plain = InferenceEngine(str(tiny_model_dir), device="cuda", fast_decode=False)
+    try:
+        assert fast.dtype == torch.bfloat16 and fast._fast is not None
+        a = fast.generate(fast.base_name, messages=messages, temperature=0, max_tokens=8, ignore_eos=True)
+        b = plain.generate(plain.base_name, messages=messages, temperature=0, max_tokens=8, ignore_eos=True)
+        assert a.completion_tokens == 8 and a.text[:8] == b.text[:8]
+    finally:
+        fast.close()
+        plain.close()

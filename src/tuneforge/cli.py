@@ -71,7 +71,7 @@ def _cmd_serve(args) -> int:
 
     return run_server(model=args.model, adapters=args.adapter, host=args.host, port=args.port,
                       max_adapters=args.max_adapters, api_key=args.api_key, model_name=args.model_name,
-                      chat_template=args.chat_template)
+                      chat_template=args.chat_template, dtype=args.dtype)
 
 
 def _cmd_export(args) -> int:
@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", "-a", action="append", default=[], metavar="NAME=DIR",
                    help="serve the adapter in DIR as model NAME (repeatable; loaded on first use)")
     p.add_argument("--model-name", default=None, help="the base model's name in the API (default: its id)")
+    p.add_argument("--dtype", default="auto",
+                   help="weight dtype: auto (bf16 on CUDA and on CPUs with native bf16, else float32), float32, "
+                        "bfloat16 or float16")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-adapters", type=int, default=4,

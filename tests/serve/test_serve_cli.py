@@ -58,13 +58,15 @@ def test_serve_command_answers_the_openai_client(tiny_model_dir, adapters, tmp_p
     assert "OpenAI base URL: http://127.0.0.1:" in (tmp_path / "serve.log").read_text()
 
 
-def test_serve_argument_errors(tmp_path, capsys):
+def test_serve_argument_errors(tiny_model_dir, tmp_path, capsys):
     assert main(["serve", "--adapter", f"a={tmp_path / 'missing'}"]) == 2
     assert "adapter 'a': adapter folder" in capsys.readouterr().err
     assert main(["serve", "--adapter", "a=x", "--adapter", "a=y"]) == 2
     assert "name 'a' is given twice" in capsys.readouterr().err
     assert main(["serve", "--max-adapters", "0", "--model", str(tmp_path / "nope")]) == 2
     assert "--max-adapters must be at least 1" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tiny_model_dir), "--dtype", "int3"]) == 2
+    assert "--dtype: 'int3' is not one of auto, float32, bfloat16, float16" in capsys.readouterr().err
 
 
 def test_adapter_argument_forms(tmp_path):

@@ -50,11 +50,11 @@ def parse_adapter_args(values: list[str]) -> dict[str, str]:
 
 
 def run_server(*, model: str, adapters: list[str], host: str, port: int, max_adapters: int, api_key: str | None,
-               model_name: str | None = None, chat_template: str = "training") -> int:
+               model_name: str | None = None, chat_template: str = "training", dtype: str = "auto") -> int:
     import uvicorn
 
     engine = InferenceEngine(model, adapters=parse_adapter_args(adapters), max_loaded_adapters=max_adapters,
-                             model_name=model_name, chat_template=chat_template)
+                             model_name=model_name, chat_template=chat_template, dtype=dtype)
     app = create_app(engine, api_key=api_key)
     shown = "localhost" if host in ("0.0.0.0", "::") else host
     print(f"tuneforge serve: {', '.join(engine.model_names())}")

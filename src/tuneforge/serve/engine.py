@@ -17,12 +17,20 @@ Design (why it is shaped this way):
   adapter, would raise throughput on a GPU; it is left for when it is measured to matter.)
 * **Adapters: registered by name, loaded lazily, evicted least-recently-used** past `max_loaded_adapters`.
   An adapter that a running request uses is never evicted; the count may exceed the limit until it finishes.
+* **Decoding: the lean step after a Hugging Face prefill.** The prompt runs through the model's own forward (PEFT
+  adapter active); each following token runs through `fast_decode.FastDecoder.decode_step` (fused projections,
+  pre-allocated KV cache, the request's LoRA weights passed in as tensors). The model thread's warm-up compares
+  the two on a short prompt (fp32 on CPU: bit-identical logits; bf16/fp16: within 5% of the largest logit) and
+  only then switches the lean step on. A warm-up failure, an architecture or adapter it does not model, or a
+  failure mid-request (the request's cache is handed back to a transformers cache) keeps or puts that work on
+  the plain forward, with one log line; no request fails for it. Weights are bf16 on CUDA and on CPUs with
+  native bf16 (AVX512-BF16/AMX), fp32 elsewhere (`serving_dtype`).
 * **Base-model requests** run with the LoRA layers disabled (no merge), so the same process serves the base and
   every adapter. `tuneforge export --merged` folds one adapter into the weights when no added latency is wanted.
 
-Text assembly: tokens are decoded cumulatively (a token can be half a UTF-8 character or half a word), and the
-text that could still turn into a stop string is held back until it either completes one (then the output ends
-before it) or cannot any more (then it is sent).
+Text assembly: tokens are decoded incrementally over a short window (a token can be half a UTF-8 character or
+half a word), and the text that could still turn into a stop string is held back until it either completes one
+(then the output ends before it) or cannot any more (then it is sent).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from ..errors import TuneforgeError, close_matches
 from ..models.adapters import check_adapter_folder
 from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
 from ..runtime import default_device
+from .fast_decode import AdapterPlan, FastDecoder
 
 log = logging.getLogger("tuneforge.serve")
 
@@ -110,21 +119,57 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def serving_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
+    """The weight dtype to serve in. "auto": bf16 on CUDA and on CPUs with native bf16 arithmetic (AVX512-BF16 or
+    AMX), fp32 elsewhere: on a CPU without them every bf16 matmul is emulated, and decoding measured ~5x slower
+    per matrix-vector product than fp32 (AVX2 machine, bench/RESULTS.md)."""
+    if not isinstance(dtype, str):
+        return dtype
+    if dtype != "auto":
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError:
+            raise TuneforgeError(f"--dtype: {dtype!r} is not one of auto, float32, bfloat16, float16", field="dtype",
+                                 value=dtype) from None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return torch.bfloat16
+    return torch.float32
+
+
 class _TextAssembler:
-    """Turns a growing list of token ids into text deltas, honouring stop strings."""
+    """Turns a growing list of token ids into text deltas, honouring stop strings.
+
+    Detokenisation is incremental (as in vLLM and TGI): each token decodes only a short window of ids, from the
+    start of the previous token's piece, instead of the whole text so far, so the cost per token does not grow
+    with the output. Decoding the window with one token of context in front keeps what the whole-text decode
+    would give (a SentencePiece "▁" word start, a byte-level piece), and a window that ends in half a UTF-8
+    character ("\ufffd") waits for the next token.
+    """
 
     def __init__(self, tokenizer, stop: Sequence[str]):
         self.tokenizer = tokenizer
         self.stop = list(stop)
         self.ids: list[int] = []
-        self.sent = 0  # characters of the decoded text already emitted
+        self.text = ""  # the decoded text of ids[:self._read]
+        self.sent = 0  # characters of `text` already emitted
         self.stopped = False
+        self._prefix = 0  # the window starts here: one piece of context before the ids not yet decoded
+        self._read = 0  # ids before this are in `text`
+
+    def _decode_window(self, final: bool = False) -> None:
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix:self._read], skip_special_tokens=True)
+        window = decode(self.ids[self._prefix:], skip_special_tokens=True)
+        if len(window) > len(before) and (final or not window.endswith("\ufffd")):
+            self.text += window[len(before):]
+            self._prefix, self._read = self._read, len(self.ids)
 
     def _hold(self, text: str) -> int:
-        """How many trailing characters might still become part of a stop string (or of a UTF-8 character)."""
+        """How many trailing characters might still become part of a stop string."""
         hold = 0
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for its next bytes
-            hold = len(text) - len(text.rstrip("\ufffd"))
         for s in self.stop:
             for k in range(min(len(s) - 1, len(text)), 0, -1):
                 if text.endswith(s[:k]):
@@ -134,7 +179,8 @@ class _TextAssembler:
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        self._decode_window()
+        text = self.text
         cut = min((i for i in (text.find(s, max(0, self.sent - len(s) + 1)) for s in self.stop) if i >= 0),
                   default=-1)
         if cut >= 0:
@@ -150,8 +196,8 @@ class _TextAssembler:
         """The held-back text at the end of generation (it did not complete a stop string)."""
         if self.stopped:
             return ""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        delta, self.sent = text[self.sent:], len(text)
+        self._decode_window(final=True)
+        delta, self.sent = self.text[self.sent:], len(self.text)
         return delta
 
 
@@ -183,7 +229,8 @@ class Generation:
         self._cancelled = threading.Event()
         self._consumed = False
         # model-thread state
-        self._cache = None
+        self._cache = None  # the plain forward's KV cache (transformers Cache)
+        self._state = None  # the lean decode step's KV cache (fast_decode.DecodeState), after the prefill
         self._next_input: list[int] = prompt_ids
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         self._generator = torch.Generator(device=engine.device).manual_seed(seed)
@@ -263,7 +310,7 @@ class _Loaded:
 class EngineStats:
     adapter_loads: int = 0
     adapter_evictions: int = 0
-    adapter_switches: int = 0  # times the LoRA layers were pointed at another adapter (or the base)
+    adapter_switches: int = 0  # forward passes whose adapter (or the base) differs from the previous one's
     requests: int = 0
     completion_tokens: int = 0
     loaded: list[str] = field(default_factory=list)  # least recently used first
@@ -285,7 +332,8 @@ class InferenceEngine:
 
     def __init__(self, model_path: str, *, adapters: Mapping[str, str | Path] | None = None,
                  max_loaded_adapters: int = 4, model_name: str | None = None, device: str | None = None,
-                 dtype: torch.dtype = torch.float32, default_max_tokens: int = 256, chat_template: str = "training"):
+                 dtype: torch.dtype | str = "auto", default_max_tokens: int = 256, chat_template: str = "training",
+                 fast_decode: bool = True):
         from transformers import AutoModelForCausalLM
 
         # "training": chat requests to an adapter are rendered as it was trained (its tuneforge_adapter.json);
@@ -309,7 +357,8 @@ class InferenceEngine:
         self.max_loaded_adapters = max_loaded_adapters
         self.default_max_tokens = default_max_tokens
         self.tokenizer = load_tokenizer(model_path)
-        self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype,
+        self.dtype = serving_dtype(dtype, self.device)
+        self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=self.dtype,
                                                          local_files_only=resolved.is_local).to(self.device).eval()
         # transformers 5.x renamed `past_key_values` to `cache` (input and output); accept either
         self._cache_kw = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
@@ -330,6 +379,10 @@ class InferenceEngine:
         self.created = int(time.time())
         self._inbox: queue.Queue = queue.Queue()
         self._closed = False
+        self._want_fast = fast_decode
+        self._fast: FastDecoder | None = None  # set by the model thread's warm-up when the lean step checks out
+        self._plans: dict[str, AdapterPlan | None] = {}  # adapter -> its fused LoRA weights (None: plain path)
+        self._last_adapter: str | None | object = _UNKNOWN  # adapter of the previous forward pass
         for name, path in (adapters or {}).items():
             self.add_adapter(name, path)
         self._thread = threading.Thread(target=self._run, name="tuneforge-model", daemon=True)
@@ -456,6 +509,8 @@ class InferenceEngine:
 
     # ---------------------------------------------------------------- the model thread
     def _run(self) -> None:
+        if self._want_fast:
+            self._warm_up()
         active: list[Generation] = []
         while True:
             try:  # block only when there is nothing to decode
@@ -489,6 +544,39 @@ class InferenceEngine:
                 self._housekeep()
             except Exception:  # noqa: BLE001 -- an unload that failed must not stop the model thread
                 log.exception("adapter housekeeping failed")
+
+    @torch.no_grad()
+    def _warm_up(self) -> None:
+        """Switch to the lean decode step if it reproduces the model's own forward here: build it, decode a few
+        tokens both ways and compare the logits. Any failure leaves the plain forward serving, with one log line
+        saying why; requests that arrive meanwhile wait in the inbox (the check is a short prefill and 4 steps)."""
+        try:
+            fast = FastDecoder(self.base)
+            ids = torch.tensor([self.encode("Hello, world")[:8] or [0]], device=self.device)
+            out = self.base(input_ids=ids, use_cache=True, logits_to_keep=1)
+            cache = getattr(out, self._cache_kw)
+            state = fast.state_from_cache(cache, ids.shape[1] + 4)
+            token = out.logits[:, -1].argmax(-1)
+            for _ in range(4):
+                ref = self.base(input_ids=token.view(1, 1), use_cache=True, logits_to_keep=1,
+                                **{self._cache_kw: cache})
+                cache = getattr(ref, self._cache_kw)
+                mine = fast.decode_step(state, token)
+                expected = ref.logits[:, -1]
+                # fp32: the same ops in the same order, so the same bits; bf16/fp16: differences of a few units
+                # in the last place of the logits, from kernels that block a reduction differently
+                exact = self.dtype == torch.float32 and self.device.type == "cpu"
+                close = torch.equal(mine, expected) if exact else torch.allclose(
+                    mine.float(), expected.float(), rtol=0, atol=0.05 * float(expected.float().abs().max()))
+                if not close:
+                    diff = float((mine.float() - expected.float()).abs().max())
+                    raise ValueError(f"its logits differ from the model's forward by up to {diff:.3g}")
+                token = expected.argmax(-1)
+        except Exception as exc:  # noqa: BLE001 -- any failure: keep the plain path, never fail a request
+            log.warning("lean decode off, serving with the plain forward pass: %s", exc)
+            return
+        self._fast = fast
+        log.info("lean decode on (%s, %s)", self.device, str(self.dtype).removeprefix("torch."))
 
     def _start(self, gen: Generation) -> bool:
         self.stats.requests += 1
@@ -534,6 +622,7 @@ class InferenceEngine:
 
     def _delete(self, name: str) -> None:
         self._loaded.pop(name, None)
+        self._plans.pop(name, None)
         if len(self._peft.peft_config) == 1:
             # The last adapter: take the LoRA layers out altogether (PEFT's per-adapter bookkeeping does not
             # expect zero adapters) and continue with the plain base model.
@@ -570,17 +659,67 @@ class InferenceEngine:
                 self._peft.base_model.enable_adapter_layers()
             self._peft.set_adapter(adapter, inference_mode=True)
         self._active = adapter
-        self.stats.adapter_switches += 1
+
+    def _plan(self, adapter: str | None) -> AdapterPlan | None | object:
+        """The lean step's fused LoRA weights for `adapter` (None for the base); _UNKNOWN when the adapter has
+        something the lean step does not model, so its requests take the plain forward."""
+        if adapter is None:
+            return None
+        if adapter not in self._plans:
+            try:
+                self._plans[adapter] = self._fast.adapter_plan(self._peft, adapter)
+            except ValueError as exc:
+                log.info("adapter %r is served with the plain forward pass: lean decode does not model %s",
+                         adapter, exc)
+                self._plans[adapter] = _UNKNOWN
+        return self._plans[adapter]
+
+    def _fast_logits(self, gen: Generation) -> torch.Tensor | None:
+        """The next-token logits (V,) from the lean step, or None when `gen` decodes with the plain forward. A
+        failure of the lean step is logged once, turns it off, and hands this request's cache to the plain path."""
+        if self._fast is None:
+            return None
+        if gen._state is None:
+            plan = self._plan(gen.adapter)
+            if gen._cache is None or plan is _UNKNOWN:  # prefill (the plain forward), or an adapter it cannot run
+                return None
+            capacity = gen.prompt_tokens + gen.max_tokens
+            gen._state, gen._cache = self._fast.state_from_cache(gen._cache, capacity), None
+        try:
+            token = torch.tensor(gen._next_input, device=self.device)
+            return self._fast.decode_step(gen._state, token, self._plan(gen.adapter))[0]
+        except Exception as exc:  # noqa: BLE001 -- never fail a request for an optimisation
+            log.warning("lean decode off after a failure, serving with the plain forward pass: %s", exc)
+            self._fast = None
+            gen._cache = self._hf_cache(gen._state)
+            gen._state = None
+            return None
+
+    def _hf_cache(self, state) -> object:
+        """A transformers DynamicCache holding a lean-step state's keys and values."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.base.config)
+        n = state.length
+        for i in range(state.keys.shape[0]):
+            cache.update(state.keys[i, :, :, :n].clone(), state.values[i, :, :, :n].clone(), i)
+        return cache
 
     @torch.no_grad()
     def _step(self, gen: Generation) -> None:
         """Decode one token for `gen`, with its adapter."""
-        self._activate(gen.adapter)
-        model = self._peft if self._peft is not None else self.base
-        ids = torch.tensor([gen._next_input], device=self.device)  # (1, T): the prompt first, then one token
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: gen._cache})
-        gen._cache = getattr(out, self._cache_kw)
-        token = sample_next(out.logits[0, -1], gen.params.temperature, gen.params.top_p, gen._generator)
+        if gen.adapter != self._last_adapter:
+            self._last_adapter = gen.adapter
+            self.stats.adapter_switches += 1
+        logits = self._fast_logits(gen)
+        if logits is None:
+            self._activate(gen.adapter)
+            model = self._peft if self._peft is not None else self.base
+            ids = torch.tensor([gen._next_input], device=self.device)  # (1, T): the prompt first, then one token
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: gen._cache})
+            gen._cache = getattr(out, self._cache_kw)
+            logits = out.logits[0, -1]
+        token = sample_next(logits, gen.params.temperature, gen.params.top_p, gen._generator)
         gen.completion_tokens += 1
         gen._next_input = [token]
         if token in self.eos_ids and not gen.params.ignore_eos:
@@ -604,7 +743,7 @@ class InferenceEngine:
                 gen._emit(tail)
             gen.finish_reason = reason
             gen._emit(_DONE)
-        gen._cache = None  # free the KV cache now, not when the consumer drops the handle
+        gen._cache = gen._state = None  # free the KV cache now, not when the consumer drops the handle
         self.stats.completion_tokens += gen.completion_tokens
         if gen.adapter is not None and gen.adapter in self._loaded:
             self._loaded[gen.adapter].pins -= 1

@@ -1,0 +1,199 @@
+"""The lean decode step: bit-identical to the model's own forward in fp32 (base and LoRA), within bf16 tolerance
+in bf16, its failures fall back to the plain forward without failing a request, and incremental detokenisation
+gives exactly the whole-text decode."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+import torch
+from serve_helpers import craft_adapter
+from tiny import build_model, build_tokenizer
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.serve import fast_decode
+from tuneforge.serve.engine import InferenceEngine, _TextAssembler, serving_dtype
+from tuneforge.serve.fast_decode import FastDecoder
+
+MESSAGES = [{"role": "user", "content": "what is two plus two?"}]
+GREEDY = {"temperature": 0, "max_tokens": 12, "ignore_eos": True}
+
+
+@torch.no_grad()
+def both_ways(model, steps: int, plan=None, prompt_len: int = 9):
+    """Greedy decode `steps` tokens after one prefill, with the model's forward and with the lean step fed the
+    same tokens; returns the two lists of logits."""
+    torch.manual_seed(1)
+    ids = torch.randint(3, model.config.vocab_size, (1, prompt_len))
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    from peft import PeftModel
+
+    fast = FastDecoder(model.base_model.model if isinstance(model, PeftModel) else model)
+    state = fast.state_from_cache(cache, prompt_len + steps)
+    token = out.logits[:, -1].argmax(-1)
+    ref, mine = [], []
+    for _ in range(steps):
+        mine.append(fast.decode_step(state, token, plan))
+        out = model(input_ids=token.view(1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        ref.append(out.logits[:, -1])
+        token = ref[-1].argmax(-1)
+    return ref, mine
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+def test_lean_step_is_bit_identical_to_the_forward_in_fp32(arch):
+    model = build_model(arch).eval()
+    if arch == "qwen2":  # q/k/v biases: make them nonzero so the fused bias is exercised
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.bias.normal_(0, 0.2)
+                layer.self_attn.v_proj.bias.normal_(0, 0.2)
+    ref, mine = both_ways(model, 20)
+    assert all(torch.equal(a, b) for a, b in zip(ref, mine))
+
+
+def test_lean_step_with_lora_is_bit_identical_to_peft(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, craft_adapter(tiny_model_dir, tmp_path / "a", 5), adapter_name="a")
+    model.eval()
+    fast = FastDecoder(model.base_model.model)
+    plan = fast.adapter_plan(model, "a")
+    assert set(plan[0]) == {"qkv", "o", "down"}  # the crafted adapter skips k_proj and gate/up
+    ref, mine = both_ways(model, 16, plan)
+    assert all(torch.equal(a, b) for a, b in zip(ref, mine))
+    with model.disable_adapter():  # and the plan really is the adapter: the base differs
+        base_ref, _ = both_ways(model, 4)
+    assert not torch.equal(base_ref[0], ref[0])
+
+
+def test_lean_step_in_bf16_stays_within_tolerance():
+    """bf16: matmul kernels may block their reductions differently, so bits can differ; the check (the same as
+    the engine's warm-up) is that every logit is within 5% of the largest |logit| and the greedy tokens agree."""
+    model = build_model("llama").to(torch.bfloat16).eval()
+    ref, mine = both_ways(model, 16)
+    for a, b in zip(ref, mine):
+        assert (a.float() - b.float()).abs().max() <= 0.05 * a.float().abs().max()
+    assert [int(a.argmax()) for a in ref] == [int(b.argmax()) for b in mine]
+
+
+def test_fused_weights_are_views_not_copies():
+    model = build_model("llama").eval()
+    params = sum(p.numel() for p in model.parameters())
+    fast = FastDecoder(model)
+    attn = model.model.layers[0].self_attn
+    assert attn.k_proj.weight.data_ptr() == fast.layers[0]["qkv"][0][attn.q_proj.out_features:].data_ptr()
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_unsupported_architecture_is_named():
+    assert "gpt2" in fast_decode.unsupported(build_model("gpt2"))
+    with pytest.raises(ValueError, match="gpt2"):
+        FastDecoder(build_model("gpt2"))
+
+
+def test_engine_uses_the_lean_step_and_matches_the_plain_path(tiny_model_dir, adapters):
+    fast = InferenceEngine(str(tiny_model_dir), adapters={"alpha": str(adapters["alpha"])}, model_name="tiny")
+    plain = InferenceEngine(str(tiny_model_dir), adapters={"alpha": str(adapters["alpha"])}, model_name="tiny",
+                            fast_decode=False)
+    try:
+        for name in ("tiny", "alpha"):
+            assert fast.generate(name, messages=MESSAGES, **GREEDY).text == \
+                plain.generate(name, messages=MESSAGES, **GREEDY).text
+        assert fast._fast is not None and plain._fast is None
+        assert isinstance(fast._plans["alpha"], list)
+    finally:
+        fast.close()
+        plain.close()
+
+
+def test_warm_up_failure_falls_back_to_the_plain_forward(tiny_model_dir, adapters, monkeypatch, caplog):
+    reference = InferenceEngine(str(tiny_model_dir), adapters={"alpha": str(adapters["alpha"])},
+                                fast_decode=False)
+    expected = reference.generate("alpha", messages=MESSAGES, **GREEDY).text
+    reference.close()
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("compiler exploded")
+
+    monkeypatch.setattr(FastDecoder, "decode_step", broken)
+    with caplog.at_level(logging.WARNING, logger="tuneforge.serve"):
+        engine = InferenceEngine(str(tiny_model_dir), adapters={"alpha": str(adapters["alpha"])})
+        try:
+            assert engine.generate("alpha", messages=MESSAGES, **GREEDY).text == expected
+            assert engine._fast is None
+        finally:
+            engine.close()
+    lines = [r.getMessage() for r in caplog.records if "lean decode off" in r.getMessage()]
+    assert lines == ["lean decode off, serving with the plain forward pass: compiler exploded"]
+
+
+def test_failure_mid_request_continues_on_the_plain_forward(tiny_model_dir, adapters, monkeypatch, caplog):
+    engine = InferenceEngine(str(tiny_model_dir), adapters={"alpha": str(adapters["alpha"])})
+    try:
+        expected = engine.generate("alpha", messages=MESSAGES, **GREEDY).text
+        assert engine._fast is not None
+        real, calls = FastDecoder.decode_step, []
+
+        def flaky(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 4:
+                raise RuntimeError("kernel failed")
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(FastDecoder, "decode_step", flaky)
+        with caplog.at_level(logging.WARNING, logger="tuneforge.serve"):
+            res = engine.generate("alpha", messages=MESSAGES, **GREEDY)
+        assert res.text == expected and res.completion_tokens == 12
+        assert engine._fast is None and len(calls) == 4
+        assert sum("lean decode off after a failure" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        engine.close()
+
+
+def test_serving_dtype(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert serving_dtype("auto", cpu) is torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert serving_dtype("auto", cpu) is torch.bfloat16
+    assert serving_dtype("float32", cpu) is torch.float32 and serving_dtype(torch.float16, cpu) is torch.float16
+    with pytest.raises(TuneforgeError, match="'int3' is not one of auto, float32, bfloat16, float16"):
+        serving_dtype("int3", cpu)
+
+
+def test_incremental_detokenisation_equals_whole_text_decode():
+    tok = build_tokenizer()
+    rng = random.Random(0)
+    texts = ["héllo wörld, 日本語 ✓ ok", "The quick brown fox 🦊 jumps", "def add(a, b):\n    return a + b\n"]
+    sequences = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    # random ids too: byte-level pieces that split multi-byte characters, and special tokens (skipped)
+    sequences += [[rng.randrange(len(tok)) for _ in range(60)] for _ in range(20)]
+    for ids in sequences:
+        asm = _TextAssembler(tok, ())
+        deltas = [asm.add(i) for i in ids]
+        text = "".join(deltas) + asm.flush()
+        assert text == tok.decode(ids, skip_special_tokens=True)
+    # a character split over tokens is sent whole, never as a replacement character
+    ids = tok("日本", add_special_tokens=False)["input_ids"]
+    asm = _TextAssembler(tok, ())
+    assert all("\ufffd" not in asm.add(i) for i in ids) and asm.text == "日本"
+
+
+def test_incremental_detokenisation_keeps_stop_strings():
+    tok = build_tokenizer()
+    ids = tok("Question: what is two plus two? Answer: four.", add_special_tokens=False)["input_ids"]
+    asm = _TextAssembler(tok, ["Answer:"])
+    out = ""
+    for i in ids:
+        out += asm.add(i)
+        if asm.stopped:
+            break
+    assert out + asm.flush() == "Question: what is two plus two? "
