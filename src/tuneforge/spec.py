@@ -19,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import TuneforgeError, did_you_mean
 
+# Upper bound of the counts and lengths below: larger values mean nothing to training, and reach int32/int64
+# arithmetic in torch, numpy and the database where they would fail in the queue instead of at the door.
+MAX_INT32 = 2**31 - 1
+
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 SCHEDULERS = (
@@ -112,7 +116,7 @@ class DataConfig(_Section):
         "is the completion the model learns, everything before it the prompt. '{{' and '}}' are literal braces. "
         "Empty: use a 'messages', 'prompt'/'completion' or 'text' column.",
     )
-    cutoff_len: int = Field(512, gt=0, description="Maximum tokens per example; longer examples are truncated.")
+    cutoff_len: int = Field(512, gt=0, le=MAX_INT32, description="Maximum tokens per example; longer examples are truncated.")
     data_split_config: dict[str, float] = Field(
         default_factory=lambda: {"train": 0.9, "validation": 0.1},
         description="Fractions of the rows used for training and validation, e.g. {'train': 0.9, 'validation': 0.1}.",
@@ -142,6 +146,20 @@ class DataConfig(_Section):
         False, description="(tuneforge) Compute the loss on the prompt too, not only on the completion."
     )
 
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_parses(cls, v: str | None) -> str | None:
+        # Checked here, not when the data is read: a job with a broken template would otherwise be queued (and
+        # hold its place) only to fail when it starts. Imported lazily: the data layer is heavy to import.
+        if v:
+            from .data.formats import Template, TemplateError
+
+            try:
+                Template.parse(v)
+            except TemplateError as err:
+                raise ValueError(str(err).removeprefix("prompt_template: ")) from None
+        return v
+
     @field_validator("data_path")
     @classmethod
     def _path_non_empty(cls, v: str) -> str:
@@ -167,15 +185,16 @@ class DataConfig(_Section):
 
 class TrainingConfig(_Section):
     early_stopping_patience: int = Field(
-        5, gt=0, description="Stop when the validation loss has not improved for this many evaluations."
+        5, gt=0, le=MAX_INT32, description="Stop when the validation loss has not improved for this many evaluations."
     )
-    num_train_epochs: float = Field(1, gt=0, description="Passes over the training data (fractions allowed).")
+    num_train_epochs: float = Field(1, gt=0, le=1e6, description="Passes over the training data (fractions allowed).")
     gradient_accumulation_steps: int = Field(
         1, gt=0, lt=1000, description="Micro-batches whose gradients add up to one optimizer step."
     )
     warmup_steps: int | None = Field(
         None,
         ge=0,
+        le=MAX_INT32,
         description="Optimizer steps of linear learning-rate warm-up from 0. Default: 5% of the steps (at least 1).",
     )
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate of the LoRA weights.")
@@ -196,17 +215,20 @@ class TrainingConfig(_Section):
     # --- tuneforge extensions -------------------------------------------------------------------------------------
     batch_size: int = Field(8, gt=0, le=4096, description="(tuneforge) Examples per micro-batch.")
     max_steps: int | None = Field(
-        None, gt=0, description="(tuneforge) Stop after this many optimizer steps (overrides num_train_epochs)."
+        None, gt=0, le=MAX_INT32,
+        description="(tuneforge) Stop after this many optimizer steps (overrides num_train_epochs)."
     )
     eval_steps: int | None = Field(
-        None, gt=0, description="(tuneforge) Evaluate every N optimizer steps. Default: about 10 times per run."
+        None, gt=0, le=MAX_INT32, description="(tuneforge) Evaluate every N optimizer steps. Default: about 10 times per run."
     )
     save_steps: int | None = Field(
-        None, gt=0, description="(tuneforge) Write a resumable checkpoint every N optimizer steps. Default: at each evaluation."
+        None, gt=0, le=MAX_INT32, description="(tuneforge) Write a resumable checkpoint every N optimizer steps. Default: at each evaluation."
     )
-    save_total_limit: int = Field(2, gt=0, description="(tuneforge) Checkpoints kept on disk (oldest removed first).")
-    logging_steps: int = Field(1, gt=0, description="(tuneforge) Record the training loss every N optimizer steps.")
-    seed: int = Field(42, ge=0, description="(tuneforge) Seed for the data split, shuffling, dropout and LoRA init.")
+    save_total_limit: int = Field(2, gt=0, le=MAX_INT32,
+                                  description="(tuneforge) Checkpoints kept on disk (oldest removed first).")
+    logging_steps: int = Field(1, gt=0, le=MAX_INT32, description="(tuneforge) Record the training loss every N optimizer steps.")
+    seed: int = Field(42, ge=0, le=2**32 - 1,  # numpy's seeds are 32-bit
+                      description="(tuneforge) Seed for the data split, shuffling, dropout and LoRA init.")
     weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="(tuneforge) AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="(tuneforge) Gradient clipping norm (0 disables).")
     optimizer: Literal["auto", "adamw", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit"] = Field(

@@ -6,6 +6,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..jobs.store import Principal
+from .limits import client_address, throttled
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `tuneforge keys create NAME`.")
 
@@ -16,7 +17,12 @@ def get_principal(request: Request, credentials: HTTPAuthorizationCredentials | 
     if credentials is None or not credentials.credentials:
         raise HTTPException(401, "missing API key: send the header 'Authorization: Bearer <key>' (an administrator "
                                  "creates keys with `tuneforge keys create NAME`)", headers=_CHALLENGE)
+    throttle = request.app.state.auth_throttle
+    refusal = throttled(throttle, request)
+    if refusal is not None:
+        raise refusal
     principal = request.app.state.store.authenticate(credentials.credentials.strip())
     if principal is None:
+        throttle.failed(client_address(request))
         raise HTTPException(401, "invalid or revoked API key", headers=_CHALLENGE)
     return principal

@@ -15,12 +15,14 @@ from pydantic import BaseModel
 
 from ..errors import TuneforgeError
 from ..jobs import service
-from ..jobs.paths import PathPolicy, classify_model_path, is_job_id, looks_like_url
+from ..jobs.limits import string_problems
+from ..jobs.paths import PathPolicy, check_path_text, classify_model_path, is_job_id, looks_like_url
 from ..jobs.store import Principal, Store
 from ..serve.deployments import DeploymentManager, DeployRequest
 from ..serve.engine import check_adapter_folder
 from ..serve.openai_routes import openai_router
 from .auth import get_principal
+from .limits import client_address, throttled
 
 router = APIRouter(prefix="/v1/deploy", tags=["deployments"])
 
@@ -73,7 +75,17 @@ def _resolve_base(value: str, policy: PathPolicy) -> str:
             raise TuneforgeError(f"basemodel_path: {value!r} is not a Hugging Face model folder (no config.json)",
                                  field="basemodel_path", value=value)
         return path
-    return ALIASES.get(v.lower(), v)
+    check_path_text(v, "basemodel_path")
+    repo_id = ALIASES.get(v.lower(), v)
+    from ..models.loader import SMOLLM2_ID, _hf_cached_snapshot, hub_reachable
+
+    if repo_id != SMOLLM2_ID and _hf_cached_snapshot(repo_id) is None and not hub_reachable():
+        # Checked now rather than failing the build: and a name like `models/SomeModel` is a hub id here, never a
+        # folder under the server's working directory.
+        raise TuneforgeError(f"basemodel_path: {value!r} is not in the server's Hugging Face cache and the hub "
+                             "cannot be reached; give a catalog alias, a cached hub id, or a model folder in the "
+                             "server's allowed folders", field="basemodel_path", value=value)
+    return repo_id
 
 
 def _resolve_adapter(value: str | None, store: Store, principal: Principal, policy: PathPolicy) -> str | None:
@@ -114,7 +126,11 @@ def deploy(req: DeployRequest, request: Request, principal: Principal = Depends(
     The whole `api_auth_token` is in this response only."""
     settings, store = request.app.state.settings, request.app.state.store
     policy = PathPolicy.from_settings(settings)
-    problems = []
+    problems = string_problems(req.model_dump(), settings.max_field_chars)
+    if problems:
+        from ..spec import SpecError
+
+        raise SpecError(problems)
     model_load = adapter = None
     try:
         model_load = _resolve_base(req.basemodel_path, policy)
@@ -172,12 +188,16 @@ def terminate(body: TerminateRequest, request: Request, principal: Principal = D
 
 
 def deployment_auth(manager: DeploymentManager, store: Store):
-    """Who may call a deployment on the OpenAI endpoints: its own api_auth_token, or its owner's (or an admin's)
-    service key. Others get 404, as if it did not exist."""
+    """Who may call a deployment on the OpenAI endpoints: its own api_auth_token while the key that created it is
+    not revoked, or its owner's (or an admin's) service key. Others get 404, as if it did not exist. Failed
+    attempts count against the client address's budget (TUNEFORGE_AUTH_FAILURES_PER_MINUTE), as on every route."""
     challenge = {"WWW-Authenticate": "Bearer"}
 
     def lookup(token: str, model: str | None):
-        return store.authenticate(token), manager.by_token(token), manager.by_name(model) if model else None
+        own = manager.by_token(token)
+        if own is not None and own["key_id"] is not None and not store.key_active(own["key_id"]):
+            own = None  # revoking a key stops the tokens of the deployments made with it
+        return store.authenticate(token), own, manager.by_name(model) if model else None
 
     async def auth(request: Request, model: str | None) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -185,8 +205,13 @@ def deployment_auth(manager: DeploymentManager, store: Store):
         if scheme.lower() != "bearer" or not token:
             raise HTTPException(401, "missing key: send 'Authorization: Bearer <api_auth_token or API key>'",
                                 headers=challenge)
+        throttle = request.app.state.auth_throttle
+        refusal = throttled(throttle, request)
+        if refusal is not None:
+            raise refusal
         principal, own, d = await anyio.to_thread.run_sync(lookup, token, model)
         if principal is None and own is None:
+            throttle.failed(client_address(request))
             raise HTTPException(401, "invalid API key or api_auth_token", headers=challenge)
         if model is None:
             return

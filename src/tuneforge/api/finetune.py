@@ -22,6 +22,8 @@ from .auth import get_principal
 
 router = APIRouter(prefix="/v1/finetune/llm", tags=["fine-tuning"])
 
+MAX_SEQ = 2**63 - 1  # the database's integer: a larger cursor would overflow the query instead of matching nothing
+
 _ERRORS = {401: {"description": "Missing or invalid API key"},
            404: {"description": "No such job (or not yours)"},
            422: {"description": "Invalid input: `detail` and one `problems` entry per field"}}
@@ -80,7 +82,7 @@ def adapter(job_id: str, request: Request, principal: Principal = Depends(get_pr
 @router.get("/{job_id}/events", summary="Metrics and log lines, incremental (JSON or server-sent events)",
             responses={**_ERRORS, 200: {"content": {"application/json": {}, "text/event-stream": {}}}})
 async def events(job_id: str, request: Request, principal: Principal = Depends(get_principal),
-                 after: int = Query(0, ge=0, description="Return events with `seq` greater than this."),
+                 after: int = Query(0, ge=0, le=MAX_SEQ, description="Return events with `seq` greater than this."),
                  limit: int = Query(500, ge=1, le=5000, description="At most this many events (JSON only)."),
                  stream: bool = Query(False, description="Stream as server-sent events (as does "
                                                          "`Accept: text/event-stream`) until the job ends."),
@@ -93,7 +95,12 @@ async def events(job_id: str, request: Request, principal: Principal = Depends(g
     store = _store(request)
     job = await anyio.to_thread.run_sync(service.get_job, store, principal, job_id)
     if stream or (accept and "text/event-stream" in accept):
-        if last_event_id and last_event_id.isdigit() and after == 0:
+        if last_event_id and after == 0:
+            if not (last_event_id.isascii() and last_event_id.isdigit()) or len(last_event_id) > 18:
+                from ..spec import SpecError
+
+                raise SpecError([f"Last-Event-ID: {last_event_id[:40]!r} is not an event seq (an integer from 0 to "
+                                 f"{MAX_SEQ})"])
             after = int(last_event_id)  # a reconnecting EventSource continues where it left off
         return StreamingResponse(_sse(store, job["id"], after, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -124,8 +124,14 @@ def run(job_id: str, worker_id: str) -> int:
         rec.log(f"attempt {job['attempts']} on worker {worker_id} (pid {os.getpid()})"
                 + ("; continuing from the last checkpoint" if resume else ""))
 
+        from ..data.sources import set_url_guard
         from ..models.loader import load_tokenizer
+        from .paths import PathPolicy
 
+        # Every URL this job downloads, redirect targets included, obeys the private-address rule that its
+        # data_path passed at submission (a public URL could otherwise redirect to an internal service).
+        policy = PathPolicy.from_settings(settings)
+        set_url_guard(lambda url: policy.url(url, "data_config.data_path"))
         d = spec.data_config
         tokenizer = load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)
         report = validate_source(data_path=d.data_path, tokenizer=tokenizer, cutoff_len=d.cutoff_len,
@@ -136,6 +142,12 @@ def run(job_id: str, worker_id: str) -> int:
         rec({"type": "validation", "report": report.to_dict(), "time": time.time()})
         if not report.ok:
             return fail(f"data_config.data_path: the dataset is not trainable: {report.summary()}")
+        from .limits import size_problems
+
+        # Known only now for data read from a URL or the hub: the job's steps and tokens against the server's limits.
+        too_big = size_problems(spec, settings, report.n_rows)
+        if too_big:
+            return fail("; ".join(too_big))
         if not store.set_running(job_id, worker_id):
             raise LostClaim(job_id)
 

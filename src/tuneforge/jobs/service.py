@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import TuneforgeError
 from ..spec import DataConfig, JobSpec, SpecError, parse_spec
-from .paths import PathPolicy, PathRejected, classify_data_path, classify_model_path, is_job_id
-from .store import ACTIVE, TERMINAL, Principal, Store
+from .paths import PathPolicy, PathRejected, check_path_text, classify_data_path, classify_model_path, is_job_id
+from .limits import size_problems, string_problems
+from .store import ACTIVE, TERMINAL, Principal, Store, TooManyJobs
 
 
 class NotFound(TuneforgeError):
@@ -31,6 +32,10 @@ class NotFound(TuneforgeError):
 
 class Conflict(TuneforgeError):
     pass
+
+
+class LimitReached(TuneforgeError):
+    """A per-key quota of the server (-> 429)."""
 
 
 def scope(principal: Principal) -> str | None:
@@ -58,6 +63,11 @@ def _resolve_data(value: str, field: str, store: Store, principal: Principal, po
         if ds is None:
             raise PathRejected(f"{field}: no uploaded dataset {value!r} (GET /v1/datasets lists yours)", field=field,
                                value=value)
+        if not ds["ok"]:
+            raise PathRejected(
+                f"{field}: dataset {value!r} has errors (GET /v1/datasets/{value} lists them); upload a corrected "
+                f"file, or check it again with the job's prompt_template and data_format (POST /v1/datasets/{value}"
+                "/validate) if it was read with other options", field=field, value=value)
         dataset_ids.append(value)
         return ds["path"]
     if kind == "hub":
@@ -104,21 +114,83 @@ def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: Path
 
 
 def submit_job(store: Store, settings, principal: Principal, spec: JobSpec) -> dict:
+    """Check everything that can be checked before a job is queued, so that it fails here with 422 instead of
+    later in the queue: field sizes, paths, the datasets it reads, its size against the server's limits, its
+    target modules and its memory estimate."""
+    problems = string_problems(spec.to_dict(redact=False), settings.max_field_chars)
+    if problems:
+        raise SpecError(problems)
     resolved, dataset_ids = resolve_spec(spec, store, principal, PathPolicy.from_settings(settings))
+    n_rows = None
+    for ds_id in dataset_ids[:1]:  # data_path (validation_data_path, when given, is the second)
+        n_rows = json.loads(store.get_dataset(ds_id)["report"]).get("n_rows")
+    problems = size_problems(resolved, settings, n_rows) + _target_module_problems(resolved)
+    if problems:
+        raise SpecError(problems)
     _refuse_if_too_large(resolved)
-    return store.insert_job(owner=principal.owner, key_id=principal.key_id, spec=resolved.to_dict(redact=False),
-                            spec_public=spec.to_dict(redact=True), dataset_ids=dataset_ids, runs_dir=settings.runs_dir)
+    try:
+        return store.insert_job(owner=principal.owner, key_id=principal.key_id, spec=resolved.to_dict(redact=False),
+                                spec_public=spec.to_dict(redact=True), dataset_ids=dataset_ids,
+                                runs_dir=settings.runs_dir, max_active_per_key=settings.max_active_jobs_per_key)
+    except TooManyJobs as exc:
+        raise LimitReached(str(exc), field="api_key") from None
+
+
+def _model_config(model_path: str):
+    """The transformers config of a catalog model, a local model folder or a cached hub model; None if unknown."""
+    from ..models.catalog import get_entry
+    from ..models.loader import ALIASES, _hf_cached_snapshot
+
+    if Path(model_path).is_absolute():
+        folder = model_path
+    else:
+        repo_id = ALIASES.get(model_path.lower(), model_path)
+        entry = get_entry(repo_id)
+        if entry is not None:
+            return entry.transformers_config()
+        folder = _hf_cached_snapshot(repo_id)
+    if folder is None or not (Path(folder) / "config.json").is_file():
+        return None
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(folder)
+
+
+def _target_module_problems(spec: JobSpec) -> list[str]:
+    """`target_modules` that the model does not have (checked on a weightless skeleton of its architecture)."""
+    p = spec.pretrainedmodel_config
+    if not p.target_modules:
+        return []
+    from ..models.targets import inspect_linear_modules, missing_target_modules, skeleton_model
+
+    try:
+        config = _model_config(p.model_path)
+        model = skeleton_model(config) if config is not None else None
+    except Exception:  # noqa: BLE001 - an architecture we cannot build here: the training process checks again
+        return []
+    if model is None:
+        return []
+    missing = missing_target_modules(model, list(p.target_modules))
+    if not missing:
+        return []
+    return [f"pretrainedmodel_config.target_modules: {missing} not found in {p.model_path!r}; its linear layers "
+            f"are {inspect_linear_modules(model)}"]
 
 
 def _refuse_if_too_large(spec: JobSpec) -> None:
     """A job that cannot fit this server's device by the memory estimate is refused at submission, with the numbers,
     instead of failing in the queue. Only the config is read (catalog entry or local config.json), never weights."""
     from ..models.fit import ensure_fits
+    from ..models.loader import ALIASES, _hf_cached_snapshot
     from ..models.memory import TrainingSetup
 
     model_path = spec.pretrainedmodel_config.model_path
-    folder = Path(model_path)
-    ensure_fits(model_path, config_dir=folder if folder.is_dir() else None, setup=TrainingSetup.from_spec(spec))
+    if Path(model_path).is_absolute():  # checked by the path policy
+        model_id, folder = model_path, model_path
+    else:  # an alias or hub id: its catalog entry, else its config in the hub cache (never a relative folder)
+        model_id = ALIASES.get(model_path.lower(), model_path)
+        folder = _hf_cached_snapshot(model_id)
+    ensure_fits(model_id, config_dir=folder, setup=TrainingSetup.from_spec(spec))
 
 
 def get_job(store: Store, principal: Principal, job_id: str) -> dict:
@@ -240,6 +312,8 @@ def tokenizer_for(model_path: str, policy: PathPolicy):
     re-validates a dataset on every template edit."""
     if classify_model_path(model_path) == "local":
         model_path = policy.local(model_path, "model_path")
+    else:
+        check_path_text(model_path, "model_path")
     return _load_tokenizer(str(model_path))
 
 
@@ -247,7 +321,9 @@ def tokenizer_for(model_path: str, policy: PathPolicy):
 def _load_tokenizer(model_path: str):
     from ..models.loader import load_tokenizer
 
-    return load_tokenizer(model_path)
+    # An absolute folder passed the path policy; anything else is a hub id or alias, never a folder under the
+    # server's working directory.
+    return load_tokenizer(model_path, relative_is_local=False)
 
 
 def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> dict:

@@ -10,8 +10,10 @@ Times are UNIX seconds (floats): heartbeat arithmetic stays trivial and portable
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import secrets
 import time
 import uuid
@@ -138,6 +140,26 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+class TooManyJobs(Exception):
+    def __init__(self, active: int, limit: int):
+        super().__init__(f"this API key already has {active} queued or running job(s), this server's limit "
+                         f"(TUNEFORGE_MAX_ACTIVE_JOBS_PER_KEY={limit}); wait for one to finish or cancel one")
+        self.active, self.limit = active, limit
+
+
+_SECRETS = (("logging_config", "wandb_login_key", ""), ("hf_config", "hf_token", None), (None, "user_session_token", None))
+
+
+def without_secrets(spec_json: str) -> str:
+    """A stored spec with its tokens removed (a finished job never needs them again)."""
+    spec = json.loads(spec_json)
+    for section, key, empty in _SECRETS:
+        holder = spec.get(section) if section else spec
+        if isinstance(holder, dict) and holder.get(key):
+            holder[key] = empty
+    return json.dumps(spec)
+
+
 def hash_key(key: str) -> str:
     # Keys are 256-bit random tokens, so a fast hash is enough: there is nothing to brute-force (unlike passwords).
     return hashlib.sha256(key.encode()).hexdigest()
@@ -173,6 +195,17 @@ class Store:
                 # Server and workers may start at the same moment; CREATE TABLE is not race-free on PostgreSQL.
                 conn.execute(text("SELECT pg_advisory_xact_lock(727364)"))
             metadata.create_all(conn)
+        self._private_file_mode()
+
+    def _private_file_mode(self) -> None:
+        """A SQLite database holds key hashes and the specs (tokens) of unfinished jobs: owner-only (0600). SQLite
+        creates its -wal and -shm files with the database file's mode."""
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        if not database or database == ":memory:":
+            return
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):  # not created yet, or not ours to chmod
+                os.chmod(database + suffix, 0o600)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -201,6 +234,12 @@ class Store:
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(select(api_keys).order_by(api_keys.c.id))]
 
+    def key_active(self, key_id: int) -> bool:
+        """The key exists and is not revoked (a deployment's api_auth_token is only as good as its creator's key)."""
+        with self.engine.connect() as conn:
+            r = conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)))
+            return r.first() is not None
+
     def revoke_key(self, key_id: int) -> bool:
         with self.engine.begin() as conn:
             res = conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
@@ -209,10 +248,18 @@ class Store:
 
     # --- jobs ----------------------------------------------------------------------------------------------------
     def insert_job(self, *, owner: str, key_id: int | None, spec: dict, spec_public: dict, dataset_ids: list[str],
-                   runs_dir, job_id: str | None = None) -> dict:
+                   runs_dir, job_id: str | None = None, max_active_per_key: int | None = None) -> dict:
+        """Queue a job. With `max_active_per_key`, raise `TooManyJobs` when the key already has that many queued or
+        running jobs (counted in the inserting transaction: SQLite's BEGIN IMMEDIATE serializes it with other
+        submissions)."""
         job_id = job_id or str(uuid.uuid4())
         now = _now()
         with self.engine.begin() as conn:
+            if max_active_per_key is not None and key_id is not None:
+                active = conn.execute(select(func.count()).select_from(jobs).where(
+                    jobs.c.key_id == key_id, jobs.c.status.in_(("queued", *ACTIVE)))).scalar_one()
+                if active >= max_active_per_key:
+                    raise TooManyJobs(active, max_active_per_key)
             conn.execute(insert(jobs).values(
                 id=job_id, owner=owner, key_id=key_id, status="queued", spec=json.dumps(spec),
                 spec_public=json.dumps(spec_public), dataset_ids=",".join(dataset_ids),
@@ -315,6 +362,10 @@ class Store:
         with self.engine.begin() as conn:
             res = conn.execute(update(jobs).where(*cond).values(**values))
             if res.rowcount == 1:
+                # The job's tokens (hf_token, wandb_login_key) are needed only while it can still run: drop them
+                # from the stored spec in the same transaction that ends it.
+                spec = conn.execute(select(jobs.c.spec).where(jobs.c.id == job_id)).scalar_one()
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(spec=without_secrets(spec)))
                 ev = {"type": "status", "status": status, "message": message or status}
                 if error:
                     ev["error"] = error

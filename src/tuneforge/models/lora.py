@@ -15,7 +15,7 @@ import torch
 from ..errors import TuneforgeError
 from ..train.runtime import Runtime
 from .loader import ResolvedModel
-from .targets import default_target_modules, default_target_parameters
+from .targets import default_target_modules, default_target_parameters, missing_target_modules
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,7 @@ def apply_lora(model, lora: LoraSettings, *, model_id: str, quantized: bool, gra
 
     if lora.target_modules:
         targets, how = list(lora.target_modules), "given in the spec"
-        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = [t for t in targets if t not in present]
+        missing = missing_target_modules(model, targets)
         if missing:
             from .targets import inspect_linear_modules
 

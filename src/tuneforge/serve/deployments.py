@@ -33,6 +33,9 @@ from ..errors import TuneforgeError
 from .engine import InferenceEngine, SamplingParams, check_adapter_folder, check_name
 
 STATUSES = ("building", "live", "failed", "terminated")
+# A client-chosen api_auth_token must be at least this long: with failed attempts throttled per address, 32
+# characters of even a small alphabet are out of reach of guessing (the generated ones have 192 random bits).
+MIN_TOKEN_CHARS = 32
 
 metadata = MetaData()
 
@@ -43,7 +46,7 @@ deployments = Table(
     Column("owner", String(200), nullable=False, index=True),
     Column("key_id", Integer),
     Column("status", String(16), nullable=False),
-    Column("token_hash", String(64), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False),  # sha256 of the api_auth_token: never the token itself
     Column("token_prefix", String(16), nullable=False),
     Column("basemodel_path", Text, nullable=False),  # as given
     Column("loramodel_path", Text),  # as given: a job id, a folder on the server or a hub id
@@ -57,6 +60,7 @@ deployments = Table(
     Column("updated_at", Float, nullable=False),
     Column("live_at", Float),
     Column("terminated_at", Float),
+    Index("uq_deployments_token_hash", "token_hash", unique=True),  # one token opens one deployment
     # One non-terminated deployment per name: the name is the `model` on the shared OpenAI endpoints.
     Index("uq_deployments_active_name", "name", unique=True, sqlite_where=text("status != 'terminated'"),
           postgresql_where=text("status != 'terminated'")),
@@ -78,8 +82,11 @@ class DeployRequest(BaseModel):
     prompt_template: str = Field("{prompt}{completion}", description="Wraps `prompt` on /v1/completions: the text "
                                  "before `{completion}`, with `{prompt}` filled in (use the training template). "
                                  "Chat requests use the model's chat template.")
-    api_auth_token: str | None = Field(None, min_length=8, description="Bearer token that may call this deployment "
-                                       "(besides your own key). Default: generated, returned once in the response.")
+    api_auth_token: str | None = Field(
+        None, min_length=MIN_TOKEN_CHARS, max_length=256,
+        description=f"Bearer token that may call this deployment (besides your own key): at least {MIN_TOKEN_CHARS} "
+        "characters, not used by another deployment. Default (recommended): generated, 192 random bits, returned "
+        "once in the response.")
     max_model_len: int | None = Field(None, ge=16, description="Context length cap (prompt + completion tokens). "
                                       "Default: the model's own.")
     per_gpu_vram: int | None = Field(None, description="Accepted for MonsterAPI compatibility; tuneforge serves on "
@@ -146,6 +153,12 @@ class DeploymentManager:
                                                        deployments.c.status != "terminated")).first()
         return dict(r._mapping) if r else None
 
+    def token_in_use(self, token: str) -> bool:
+        """Any deployment, terminated ones included, was given this token (a token is never reused)."""
+        with self.db.connect() as conn:
+            return conn.execute(select(deployments.c.id).where(deployments.c.token_hash == _hash(token))).first() \
+                is not None
+
     def list(self, owner: str | None) -> list[dict]:
         q = select(deployments).order_by(deployments.c.created_at.desc())
         if owner is not None:
@@ -181,6 +194,12 @@ class DeploymentManager:
         deployment_id = str(uuid.uuid4())
         name = check_name(req.deployment_name or f"deploy-{deployment_id[:8]}", field="deployment_name")
         token = req.api_auth_token or secrets.token_urlsafe(24)
+        if req.api_auth_token and self.token_in_use(token):
+            from ..jobs.service import Conflict
+
+            # Tokens are unique: one token must never open two deployments (of possibly different owners).
+            raise Conflict("api_auth_token: this token is already used by another deployment; choose another one, "
+                           "or leave it empty to get a generated one", field="api_auth_token", value="***")
         params = req.model_dump(exclude={"api_auth_token", "basemodel_path", "loramodel_path", "deployment_name",
                                          "prompt_template", "max_model_len"})
         now = _now()
@@ -216,7 +235,9 @@ class DeploymentManager:
             if engine is None:
                 self.log(deployment_id, f"loading base model {model_load!r}")
                 t = time.monotonic()
-                engine = InferenceEngine(model_load, max_loaded_adapters=self.max_loaded_adapters, device=self.device)
+                # model_load is a policy-checked absolute folder or a hub id: never a path under the working directory
+                engine = InferenceEngine(model_load, max_loaded_adapters=self.max_loaded_adapters, device=self.device,
+                                         relative_is_local=False)
                 self.log(deployment_id, f"base model loaded in {time.monotonic() - t:.1f}s on {engine.device}")
                 with self._lock:
                     self._engines[model_load] = engine
@@ -304,13 +325,34 @@ class DeploymentManager:
         self._release(deployment_id, row["model_load"])
         return self.get(deployment_id)
 
-    def restore(self) -> None:
-        """After a restart: rebuild the deployments that were building or live."""
-        for row in self.list(None):
-            if row["status"] in ("building", "live"):
-                self._set(row["id"], status="building")
-                self.log(row["id"], "server restarted: rebuilding")
-                self._start_build(row["id"])
+    def restore(self, *, attempts: int = 3, retry_seconds: float = 5.0) -> None:
+        """After a restart: rebuild the deployments that were building or live, one at a time in one background
+        thread (they share base models, and parallel first loads raced in transformers' lazy imports), retrying a
+        failed rebuild `attempts` times: a deployment that was live should come back unless it really cannot."""
+        rows = [r for r in self.list(None) if r["status"] in ("building", "live")]
+        if not rows:
+            return
+        for row in rows:
+            self._set(row["id"], status="building")
+            self.log(row["id"], "server restarted: rebuilding")
+
+        def rebuild_all() -> None:
+            pending = [r["id"] for r in rows]
+            for attempt in range(1, attempts + 1):
+                for deployment_id in pending:
+                    self._build(deployment_id)
+                failed = [d for d in pending if (self.get(d) or {}).get("status") == "failed"]
+                if not failed or attempt == attempts:
+                    return
+                time.sleep(retry_seconds)
+                for d in failed:
+                    self.log(d, f"rebuild failed; retrying (attempt {attempt + 1} of {attempts})")
+                    self._set(d, status="building", error=None, only_if="failed")
+                pending = failed
+
+        t = threading.Thread(target=rebuild_all, name="deploy-restore", daemon=True)
+        self._threads.append(t)
+        t.start()
 
     def close(self) -> None:
         with self._lock:

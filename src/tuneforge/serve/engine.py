@@ -287,6 +287,9 @@ def check_name(name: str, *, field: str = "adapter") -> str:
     return name
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
 class InferenceEngine:
     """Serves a base model and any number of LoRA adapters for it, by name.
 
@@ -296,8 +299,12 @@ class InferenceEngine:
 
     def __init__(self, model_path: str, *, adapters: Mapping[str, str | Path] | None = None,
                  max_loaded_adapters: int = 4, model_name: str | None = None, device: str | None = None,
-                 dtype: torch.dtype = torch.float32, default_max_tokens: int = 256):
-        from transformers import AutoModelForCausalLM
+                 dtype: torch.dtype = torch.float32, default_max_tokens: int = 256, relative_is_local: bool = True):
+        with _IMPORT_LOCK:
+            # transformers resolves its classes lazily on first attribute access; two threads doing that at once
+            # (deployments rebuilt in parallel after a restart) saw `ImportError: cannot import name
+            # 'AutoModelForCausalLM'`. One import at a time makes the first one complete before anyone uses it.
+            from transformers import AutoModelForCausalLM
 
         from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
 
@@ -308,7 +315,7 @@ class InferenceEngine:
         for name, path in (adapters or {}).items():  # fail on a wrong folder before spending time on the model
             check_name(name)
             check_adapter_folder(path, field=f"adapter {name!r}")
-        resolved = resolve_model(model_path, field="--model")
+        resolved = resolve_model(model_path, field="--model", relative_is_local=relative_is_local)
         self.model_id = resolved.model_id
         local = Path(resolved.model_id).is_absolute()
         self.base_name = check_name(model_name or (Path(resolved.model_id).name if local else resolved.model_id),
@@ -317,7 +324,7 @@ class InferenceEngine:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.max_loaded_adapters = max_loaded_adapters
         self.default_max_tokens = default_max_tokens
-        self.tokenizer = load_tokenizer(model_path)
+        self.tokenizer = load_tokenizer(model_path, relative_is_local=relative_is_local)
         self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype).to(self.device).eval()
         # transformers 5.x renamed `past_key_values` to `cache` (input and output); accept either
         self._cache_kw = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
