@@ -94,8 +94,9 @@ def create_key(home: Path, name: str, *, admin: bool = False, db: str | None = N
 class Server:
     """`tuneforge server` in a subprocess (its own process group, so a test can SIGKILL the lot)."""
 
-    def __init__(self, home: Path, *, workers: int = 1, db: str | None = None, env: dict | None = None):
-        self.home, self.workers, self.db = home, workers, db
+    def __init__(self, home: Path, *, workers: int = 1, db: str | None = None, env: dict | None = None,
+                 cwd: Path | None = None):
+        self.home, self.workers, self.db, self.cwd = home, workers, db, cwd
         self.env = {**os.environ, **FAST_ENV, "TUNEFORGE_CACHE": str(home / "hf-cache"), **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -112,7 +113,7 @@ class Server:
                "--workers", str(self.workers)]
         cmd += ["--db", self.db] if self.db else []
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
 
         def up():

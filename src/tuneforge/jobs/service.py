@@ -52,6 +52,7 @@ def iso(t: float | None) -> str | None:
 
 def _resolve_data(value: str, field: str, store: Store, principal: Principal, policy: PathPolicy,
                   dataset_ids: list[str]) -> str:
+    check_path_text(value, field)  # a hub id or URL is no longer than a path, and none holds a NUL byte
     kind = classify_data_path(value)
     if kind == "url":
         return policy.url(value, field)
@@ -88,11 +89,13 @@ def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: Path
                 d[name] = _resolve_data(d[name], f"data_config.{name}", store, principal, policy, dataset_ids)
             except PathRejected as exc:
                 problems.append(str(exc))
-    if classify_model_path(p["model_path"]) == "local":
-        try:
+    try:
+        if classify_model_path(p["model_path"]) == "local":
             p["model_path"] = policy.local(p["model_path"], "pretrainedmodel_config.model_path")
-        except PathRejected as exc:
-            problems.append(str(exc))
+        else:
+            check_path_text(p["model_path"], "pretrainedmodel_config.model_path")
+    except PathRejected as exc:
+        problems.append(str(exc))
     resume = p.get("resume_checkpoint_path") or ""
     if resume:
         field = "pretrainedmodel_config.resume_checkpoint_path"
