@@ -11,12 +11,10 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import requests
-
 from tfservice import Client, Server, create_key, make_home, payload, wait_for
 
 
@@ -228,7 +226,7 @@ def test_weak_and_reused_tokens_are_refused(svc):
 
 
 def test_revoking_a_key_stops_its_deployments_tokens(svc):
-    server, c, _ = svc
+    server, _, _ = svc
     out = subprocess.run([sys.executable, "-m", "tuneforge.cli", "keys", "create", "dora", "--home", str(server.home)],
                          capture_output=True, text=True, check=True).stdout
     key_id, key = out.split("created key ")[1].split()[0], out.splitlines()[-1]
@@ -277,7 +275,7 @@ def test_download_checks_every_redirect_hop():
     from tuneforge.data.sources import SourceError, open_source, set_url_guard
 
     class Redirect(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             if self.path == "/data.jsonl":
                 self.send_response(302)
                 self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/internal.jsonl")
@@ -301,9 +299,9 @@ def test_download_checks_every_redirect_hop():
 
     set_url_guard(guard)
     try:
-        with pytest.raises(SourceError, match="redirected to a refused address"):
-            with open_source(f"http://localhost:{httpd.server_port}/data.jsonl") as src:
-                list(src.records())
+        with pytest.raises(SourceError, match="redirected to a refused address"), \
+                open_source(f"http://localhost:{httpd.server_port}/data.jsonl") as src:
+            list(src.records())
     finally:
         set_url_guard(None)
         httpd.shutdown()
@@ -329,4 +327,3 @@ def test_failed_auth_is_throttled_and_docs_can_be_private(tmp_path, tiny_model_d
         assert requests.get(server.url + "/v1/health").ok
     finally:
         server.stop()
-    time.sleep(0)

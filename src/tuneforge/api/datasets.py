@@ -77,7 +77,8 @@ async def upload(request: Request, principal: Principal = Depends(get_principal)
 
 @router.get("", summary="List datasets, newest first", responses=_ERRORS)
 def list_datasets(request: Request, principal: Principal = Depends(get_principal),
-                  limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict:
+                  limit: int = Query(100, ge=1, le=1000),
+                  offset: int = Query(0, ge=0, le=2**63 - 1)) -> dict:  # the database's integer
     rows, total = request.app.state.store.list_datasets(owner=service.scope(principal), limit=limit, offset=offset)
     return {"datasets": [service.dataset_view(r, full=False) for r in rows], "total": total, "limit": limit,
             "offset": offset}

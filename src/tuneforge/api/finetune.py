@@ -44,7 +44,7 @@ def launch(spec: JobSpec, request: Request, principal: Principal = Depends(get_p
 @router.get("", summary="List jobs, newest first", responses=_ERRORS)
 def list_jobs(request: Request, principal: Principal = Depends(get_principal),
               limit: int = Query(20, ge=1, le=100, description="Jobs per page."),
-              offset: int = Query(0, ge=0, description="Jobs to skip (page * limit)."),
+              offset: int = Query(0, ge=0, le=MAX_SEQ, description="Jobs to skip (page * limit)."),
               status: Literal[STATUSES] | None = Query(None, description="Only jobs in this status."),  # type: ignore[valid-type]
               owner: str | None = Query(None, description="Admin keys only: only this owner's jobs.")) -> dict:
     store = _store(request)

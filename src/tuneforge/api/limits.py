@@ -39,9 +39,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         limit = self.max_bytes
         for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > limit:
-                    return await self._refuse(send, limit)
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                return await self._refuse(send, limit)
         seen = 0
         started = False
 
