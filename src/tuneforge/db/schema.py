@@ -12,17 +12,11 @@ from __future__ import annotations
 from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
                         UniqueConstraint, text)
 
-# Constraint names PostgreSQL itself gives unnamed constraints, so databases made before migrations existed (by
-# `create_all`, unnamed) and those made by the migrations carry the same names, and a migration can drop or alter
-# a constraint by name on either (SQLite's batch mode needs names too).
-NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "%(table_name)s_%(column_0_N_name)s_key",
-    "fk": "%(table_name)s_%(column_0_N_name)s_fkey",
-    "ck": "%(table_name)s_%(constraint_name)s_check",
-}
-
-metadata = MetaData(naming_convention=NAMING_CONVENTION)
+# Constraints are unnamed, as the first release made them (PostgreSQL names them itself: `api_keys_key_hash_key`,
+# `jobs_key_id_fkey`, ...; SQLite leaves them unnamed), so databases made before migrations existed and those made
+# by the migrations are the same. A migration that alters one in SQLite's batch mode names it through
+# `batch_alter_table(..., naming_convention=...)` (docs/ARCHITECTURE.md, "Schema migrations").
+metadata = MetaData()
 
 api_keys = Table(
     "api_keys", metadata,

@@ -10,7 +10,7 @@ only the first four (keys were made with `tuneforge keys create` before the serv
 migration adopts such a database: it checks that each table it finds has the columns tuneforge made, creates
 the tables that are missing, and Alembic then records the database at this revision.
 
-Frozen: later schema changes are new migrations, never edits here.
+Constraints are unnamed, as `create_all` made them. Frozen: later schema changes are new migrations, never edits here.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def _api_keys() -> None:
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("last_used_at", sa.Float(), nullable=True),
         sa.Column("revoked_at", sa.Float(), nullable=True),
-        sa.PrimaryKeyConstraint("id", name="api_keys_pkey"),
-        sa.UniqueConstraint("key_hash", name="api_keys_key_hash_key"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("key_hash"),
     )
     op.create_index("ix_api_keys_owner", "api_keys", ["owner"])
 
@@ -77,8 +77,8 @@ def _jobs() -> None:
         sa.Column("steps_per_second", sa.Float(), nullable=True),
         sa.Column("last_seq", sa.Integer(), nullable=False),
         sa.Column("result", sa.Text(), nullable=True),
-        sa.ForeignKeyConstraint(["key_id"], ["api_keys.id"], name="jobs_key_id_fkey"),
-        sa.PrimaryKeyConstraint("id", name="jobs_pkey"),
+        sa.ForeignKeyConstraint(["key_id"], ["api_keys.id"]),
+        sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_jobs_owner_created", "jobs", ["owner", "created_at"])
     op.create_index("ix_jobs_status_created", "jobs", ["status", "created_at"])
@@ -93,8 +93,8 @@ def _job_events() -> None:
         sa.Column("type", sa.String(length=32), nullable=False),
         sa.Column("time", sa.Float(), nullable=False),
         sa.Column("data", sa.Text(), nullable=False),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name="job_events_job_id_fkey", ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("id", name="job_events_pkey"),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("job_id", "seq", name="uq_job_events_job_seq"),
     )
 
@@ -111,7 +111,7 @@ def _datasets() -> None:
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("ok", sa.Boolean(), nullable=False),
         sa.Column("report", sa.Text(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="datasets_pkey"),
+        sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_datasets_owner", "datasets", ["owner"])
 
@@ -138,7 +138,7 @@ def _deployments() -> None:
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.Column("live_at", sa.Float(), nullable=True),
         sa.Column("terminated_at", sa.Float(), nullable=True),
-        sa.PrimaryKeyConstraint("id", name="deployments_pkey"),
+        sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_deployments_owner", "deployments", ["owner"])
     op.create_index("ix_deployments_token_hash", "deployments", ["token_hash"])
@@ -179,7 +179,7 @@ def upgrade() -> None:
             url = op.get_bind().engine.url.render_as_string(hide_password=True)
             raise TuneforgeError(
                 f"the database {url} has a table {name!r} that tuneforge did not make: it lacks the columns "
-                f"{', '.join(missing)}. Give tuneforge a database of its own (--db / TUNEFORGE_DB), or rename "
+                f"{', '.join(missing[:5])}{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}. Give tuneforge a database of its own (--db / TUNEFORGE_DB), or rename "
                 "that table", field="database", value=url)
 
 
