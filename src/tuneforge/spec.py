@@ -292,12 +292,13 @@ class JobSpec(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> JobSpec:
         t = self.training_config
-        if self.data_config.validation_data_path is None and self.data_config.data_split_config.get("validation", 0) == 0:
-            if t.lr_scheduler_type == "reduce_lr_on_plateau":
-                raise ValueError(
-                    "lr_scheduler_type 'reduce_lr_on_plateau' needs a validation split: give data_split_config a "
-                    "'validation' fraction or set validation_data_path"
-                )
+        no_validation = (self.data_config.validation_data_path is None
+                         and self.data_config.data_split_config.get("validation", 0) == 0)
+        if no_validation and t.lr_scheduler_type == "reduce_lr_on_plateau":
+            raise ValueError(
+                "lr_scheduler_type 'reduce_lr_on_plateau' needs a validation split: give data_split_config a "
+                "'validation' fraction or set validation_data_path"
+            )
         return self
 
     # --- serialisation ------------------------------------------------------------------------------------------

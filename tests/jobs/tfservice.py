@@ -3,6 +3,7 @@ throwaway PostgreSQL server (installed with apt when this machine has none)."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -143,14 +144,10 @@ class Server:
             return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # then killed with its group below
                 self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in its group
-        except (ProcessLookupError, PermissionError):
-            pass
         self.proc = None
 
 

@@ -10,6 +10,7 @@ import time
 import openai
 import pytest
 import requests
+
 from serve_helpers import LiveServer
 
 SURVIVOR = "survivor-token-" + "3" * 24  # api_auth_token: at least 32 characters
@@ -149,7 +150,7 @@ def test_deploy_a_finished_job_and_the_base_model(svc, adapters, engine):
 
 
 def test_deploy_errors(svc):
-    live, home, keys, store, app = svc
+    live, home, keys, _store, _app = svc
     alice = mclient(live, keys["alice"])
     bad = [
         ({"loramodel_path": "/etc"}, "outside the folders this server reads from"),
@@ -184,8 +185,7 @@ def test_deploy_errors(svc):
 
 
 def test_an_adapter_that_does_not_fit_fails_with_its_reason(svc, tmp_path):
-    live, home, keys, store, app = svc
-    from serve_helpers import craft_adapter
+    live, home, keys, _store, _app = svc
     from tiny import tiny_config
     from transformers import AutoModelForCausalLM
 

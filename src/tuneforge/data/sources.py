@@ -353,9 +353,11 @@ def _json_document(path: Path, name: str) -> Source:
     try:
         doc = _loads(text)
     except json.JSONDecodeError as err:
-        raise SourceError(_syntax_issue(name, err.msg, err.lineno, err.colno, truncated=err.pos >= len(text.rstrip())))
-    lists = [k for k, v in doc.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v[:100])]
-    if isinstance(doc, dict) and len(lists) == 1:
+        raise SourceError(_syntax_issue(name, err.msg, err.lineno, err.colno, truncated=err.pos >= len(text.rstrip()))) from None
+    lists: list[str] = []
+    if isinstance(doc, dict):  # a scalar document (`42`, `"text"`) has no keys: it gets the error below
+        lists = [k for k, v in doc.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v[:100])]
+    if len(lists) == 1:
         key = lists[0]
         records = doc[key]
 
@@ -715,7 +717,7 @@ def _csv_records(path: Path, name: str, delimiter: str, header: list[str], shown
                     ),
                 )
                 continue
-            yield Record(row, start, data=dict(zip(header, fields)))
+            yield Record(row, start, data=dict(zip(header, fields, strict=True)))
 
 
 # --- Parquet, datasets folders, hub datasets ----------------------------------------------------------------------

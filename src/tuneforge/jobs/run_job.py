@@ -21,6 +21,8 @@ import time
 import traceback
 from pathlib import Path
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
 
 def die_with_parent(expected_parent: int | None) -> None:
     """Ask the kernel to SIGKILL us when our parent dies (Linux only; elsewhere heartbeats still requeue)."""
@@ -28,9 +30,8 @@ def die_with_parent(expected_parent: int | None) -> None:
         return
     import ctypes
 
-    PR_SET_PDEATHSIG = 1
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return
     # The parent may have died before the prctl took effect: then we were re-parented already.

@@ -5,7 +5,7 @@ machines (PostgreSQL) or as separate processes on one (SQLite in WAL mode). Ever
 transaction whose WHERE clause states what must still be true ("status is queued", "this worker still owns the
 job"), so two processes racing for the same job cannot both win, on either database.
 
-Times are UNIX seconds (floats): heartbeat arithmetic stays trivial and portable across both databases.
+The tables are in `db/schema.py`; opening a store migrates the database to the newest schema (`db/migrate.py`).
 """
 
 from __future__ import annotations
@@ -20,124 +20,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, event, func, insert, select, text, update)
-from sqlalchemy.engine import Engine
+from sqlalchemy import func, insert, select, update
+
+from ..db.engine import make_engine
+from ..db.migrate import upgrade
+from ..db.schema import api_keys, datasets, job_events, jobs
 
 ACTIVE = ("validating", "running")  # a worker owns the job
 TERMINAL = ("succeeded", "failed", "cancelled")
 STATUSES = ("queued", *ACTIVE, *TERMINAL)
-
-metadata = MetaData()
-
-api_keys = Table(
-    "api_keys", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("owner", String(200), nullable=False, index=True),
-    Column("prefix", String(16), nullable=False),  # shown in `keys list`, so a key can be recognised
-    Column("key_hash", String(64), nullable=False, unique=True),
-    Column("is_admin", Boolean, nullable=False, default=False),
-    Column("created_at", Float, nullable=False),
-    Column("last_used_at", Float),
-    Column("revoked_at", Float),
-)
-
-jobs = Table(
-    "jobs", metadata,
-    Column("id", String(36), primary_key=True),
-    Column("owner", String(200), nullable=False),
-    Column("key_id", Integer, ForeignKey("api_keys.id")),
-    Column("status", String(16), nullable=False),
-    Column("spec", Text, nullable=False),  # what the worker runs: local paths resolved, secrets kept
-    Column("spec_public", Text, nullable=False),  # what the owner sent, secrets redacted
-    Column("dataset_ids", Text, nullable=False, default=""),  # comma-separated uploads this job reads
-    Column("run_dir", Text, nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
-    Column("started_at", Float),
-    Column("finished_at", Float),
-    Column("worker_id", String(200)),
-    Column("pid", Integer),
-    Column("heartbeat_at", Float),
-    Column("attempts", Integer, nullable=False, default=0),  # claims by a worker
-    Column("lost", Integer, nullable=False, default=0),  # times its worker died under it
-    Column("cancel_requested", Boolean, nullable=False, default=False),
-    Column("error", Text),
-    Column("step", Integer),
-    Column("total_steps", Integer),
-    Column("epoch", Float),
-    Column("train_loss", Float),
-    Column("eval_loss", Float),
-    Column("best_eval_loss", Float),
-    Column("best_step", Integer),
-    Column("steps_per_second", Float),
-    Column("last_seq", Integer, nullable=False, default=0),
-    Column("result", Text),  # the run's report.json
-    Index("ix_jobs_owner_created", "owner", "created_at"),
-    Index("ix_jobs_status_created", "status", "created_at"),
-)
-
-job_events = Table(
-    "job_events", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
-    Column("seq", Integer, nullable=False),  # 1, 2, 3... per job: the `after=N` cursor
-    Column("type", String(32), nullable=False),
-    Column("time", Float, nullable=False),
-    Column("data", Text, nullable=False),
-    UniqueConstraint("job_id", "seq", name="uq_job_events_job_seq"),
-)
-
-datasets = Table(
-    "datasets", metadata,
-    Column("id", String(40), primary_key=True),
-    Column("owner", String(200), nullable=False, index=True),
-    Column("filename", Text, nullable=False),
-    Column("path", Text, nullable=False),
-    Column("size_bytes", Integer, nullable=False),
-    Column("sha256", String(64), nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("ok", Boolean, nullable=False),
-    Column("report", Text, nullable=False),
-)
-
-
-# --- engine ---------------------------------------------------------------------------------------------------------
-
-
-def normalize_url(url: str) -> str:
-    """`postgresql://` means psycopg 3 here (SQLAlchemy would otherwise pick psycopg2, which we don't install)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
-
-
-def make_engine(url: str) -> Engine:
-    url = normalize_url(url)
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_setup(dbapi_connection, _record):
-            # Let SQLAlchemy's `begin` decide when transactions start (pysqlite's own implicit BEGIN is deferred
-            # and fails with "database is locked" when a reader later tries to write), and use WAL so readers
-            # (the API, SSE streams) never block the training process that writes events.
-            dbapi_connection.isolation_level = None
-            cur = dbapi_connection.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn):
-            # IMMEDIATE takes the write lock up front: concurrent writers queue on the busy timeout instead of
-            # deadlocking on a lock upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
 
 
 class TooManyJobs(Exception):
@@ -184,17 +75,12 @@ def _row(r) -> dict[str, Any] | None:
 
 class Store:
     def __init__(self, url: str, *, create: bool = True):
+        """`create`: create or upgrade the schema first (service processes); False: the database is known to be
+        at the newest schema already (a job's training process, started by a worker that opened it)."""
         self.url = url
         self.engine = make_engine(url)
         if create:
-            self.create_schema()
-
-    def create_schema(self) -> None:
-        with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Server and workers may start at the same moment; CREATE TABLE is not race-free on PostgreSQL.
-                conn.execute(text("SELECT pg_advisory_xact_lock(727364)"))
-            metadata.create_all(conn)
+            upgrade(self.engine)
         self._private_file_mode()
 
     def _private_file_mode(self) -> None:

@@ -8,7 +8,7 @@ Deploying therefore takes seconds (load the base once, load and check the adapte
 Lifecycle: `building` (a background thread loads the base, resolves and test-loads the adapter with a one-token
 generation) -> `live` (answers on the OpenAI-compatible endpoints with `model` = the deployment name) or `failed`
 (with the reason); `terminate` -> `terminated` (adapter unloaded; the base model is freed when no live deployment
-uses it). Deployments are rows in the service database (their own table, next to the job store's), and a restarted
+uses it). Deployments are rows in the service database (their own table in `db/schema.py`), and a restarted
 server rebuilds those that were building or live. Each has a log file that `GET /v1/deploy/logs/{id}` tails.
 
 Access: a deployment answers only to its own `api_auth_token` (only its hash is stored; the token is shown once,
@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import (Column, Float, Index, Integer, MetaData, String, Table, Text, insert, select, text, update)
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ..db.schema import deployments
 from ..errors import TuneforgeError
 from .engine import InferenceEngine, SamplingParams, check_adapter_folder, check_name
 
@@ -36,36 +37,6 @@ STATUSES = ("building", "live", "failed", "terminated")
 # A client-chosen api_auth_token must be at least this long: with failed attempts throttled per address, 32
 # characters of even a small alphabet are out of reach of guessing (the generated ones have 192 random bits).
 MIN_TOKEN_CHARS = 32
-
-metadata = MetaData()
-
-deployments = Table(
-    "deployments", metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(128), nullable=False),
-    Column("owner", String(200), nullable=False, index=True),
-    Column("key_id", Integer),
-    Column("status", String(16), nullable=False),
-    Column("token_hash", String(64), nullable=False),  # sha256 of the api_auth_token: never the token itself
-    Column("token_prefix", String(16), nullable=False),
-    Column("basemodel_path", Text, nullable=False),  # as given
-    Column("loramodel_path", Text),  # as given: a job id, a folder on the server or a hub id
-    Column("model_load", Text, nullable=False),  # what the engine loads (a checked local path or a hub id)
-    Column("adapter_source", Text),  # a checked local adapter folder or a hub id; NULL: the base model alone
-    Column("prompt_template", Text, nullable=False),
-    Column("max_model_len", Integer),
-    Column("params", Text, nullable=False),  # the rest of the payload as given (per_gpu_vram, gpu_count, ...)
-    Column("error", Text),
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
-    Column("live_at", Float),
-    Column("terminated_at", Float),
-    Index("uq_deployments_token_hash", "token_hash", unique=True),  # one token opens one deployment
-    # One non-terminated deployment per name: the name is the `model` on the shared OpenAI endpoints.
-    Index("uq_deployments_active_name", "name", unique=True, sqlite_where=text("status != 'terminated'"),
-          postgresql_where=text("status != 'terminated'")),
-)
-
 
 class DeployRequest(BaseModel):
     """The payload of `POST /v1/deploy/llm`: MonsterAPI's `LLMServingParams` (what the official client sends)."""
@@ -120,9 +91,7 @@ class DeploymentManager:
     (`model_names`, `created`, `submit`) over the live deployments, by name."""
 
     def __init__(self, db_engine, logs_dir: Path, *, max_loaded_adapters: int = 8, device: str | None = None):
-        self.db = db_engine
-        with self.db.begin() as conn:
-            metadata.create_all(conn)
+        self.db = db_engine  # the service database, already migrated (its job store opened it first)
         self.logs_dir = Path(logs_dir)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.max_loaded_adapters = max_loaded_adapters

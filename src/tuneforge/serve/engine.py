@@ -465,9 +465,8 @@ class InferenceEngine:
             except queue.Empty:
                 item = _DONE
             while item is not _DONE:
-                if isinstance(item, Generation):
-                    if self._start(item):
-                        active.append(item)
+                if isinstance(item, Generation) and self._start(item):
+                    active.append(item)
                 try:
                     item = self._inbox.get_nowait()
                 except queue.Empty:
