@@ -189,6 +189,8 @@ def test_an_adapter_that_does_not_fit_fails_with_its_reason(svc, tmp_path):
     from tiny import tiny_config
     from transformers import AutoModelForCausalLM
 
+    from serve_helpers import craft_adapter
+
     config = tiny_config("llama", vocab_size=400)
     config.hidden_size = 96
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "wide")
