@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast test-ui bench migration clean
+.PHONY: demo test test-fast test-ui bench migration lint-imports clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test-fast: $(STAMP)
 # The web UI in headless Chromium (/usr/bin/chromium: `apt-get install chromium`); screenshots in test-artifacts/ui/
 test-ui: $(STAMP)
 	$(PY) -m pytest tests/ui
+
+# The layers of docs/ARCHITECTURE.md: no module imports from a layer above its own (contract in pyproject.toml)
+lint-imports: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) bench/train_bench.py

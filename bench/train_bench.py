@@ -100,7 +100,7 @@ def eval_adapter(adapter_dir: Path, data, pad_id: int) -> float:
 
     from tuneforge.models.loader import resolve_model
     from tuneforge.train.recipe import evaluate
-    from tuneforge.train.runtime import pick_runtime
+    from tuneforge.runtime import pick_runtime
 
     base = AutoModelForCausalLM.from_pretrained(resolve_model(MODEL).load_from, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()

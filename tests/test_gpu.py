@@ -38,7 +38,7 @@ def test_qlora_with_bitsandbytes_kernels_and_paged_adamw_8bit(tiny_model_dir, tm
     assert evals[-1] < evals[0]
     from tuneforge.models.loader import resolve_model
     from tuneforge.models.lora import QuantSettings, load_base_model
-    from tuneforge.train.runtime import pick_runtime
+    from tuneforge.runtime import pick_runtime
 
     model = load_base_model(resolve_model(str(tiny_model_dir)), pick_runtime("auto"), quant=QuantSettings())
     layer = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))

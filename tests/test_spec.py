@@ -82,9 +82,14 @@ def test_missing_data_path_and_non_object():
         parse_spec([1, 2])
 
 
-def test_every_scheduler_name_is_accepted():
-    for name in SCHEDULERS:
-        parse_spec({"data_config": {"data_path": "x"}, "training_config": {"lr_scheduler_type": name}})
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_scheduler_name_is_accepted(name, tmp_path):
+    spec = parse_spec({"data_config": {"data_path": "x"}, "training_config": {"lr_scheduler_type": name}})
+    assert spec.training_config.lr_scheduler_type == name
+    assert parse_spec(spec.to_dict()).training_config.lr_scheduler_type == name  # survives the resolved spec.json
+    (tmp_path / "job.yaml").write_text("data_config:\n  data_path: x\n")
+    assert load_spec(tmp_path / "job.yaml", [f"training_config.lr_scheduler_type={name}"]).training_config \
+        .lr_scheduler_type == name  # and a --set override
 
 
 def test_overrides_and_files(tmp_path):

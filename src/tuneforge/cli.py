@@ -1,5 +1,8 @@
 """The `tuneforge` command: parse arguments, call one function, print. Logic lives elsewhere.
 
+Commands import what they run inside their function: training, serving and the service pull in torch, FastAPI
+and SQLAlchemy, which `tuneforge --help` or `tuneforge spec` should not wait for.
+
 User errors (TuneforgeError) print one line `tuneforge: error: ...` and exit with code 2.
 """
 
@@ -12,7 +15,10 @@ import sys
 import warnings
 
 from . import __version__
+from .commands.data import add_validate_arguments, run_validate
+from .commands.service import add_service_commands
 from .errors import TuneforgeError
+from .models.listing import add_models_arguments
 
 
 def _cmd_train(args) -> int:
@@ -98,8 +104,6 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_data_validate(args) -> int:
-    from .data.cli import run_validate
-
     return run_validate(args)
 
 
@@ -176,22 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_estimate)
 
     p = sub.add_parser("models", help="list the model catalog with estimated LoRA/QLoRA memory (--json for all fields)")
-    from .models.listing import add_models_arguments
-
     add_models_arguments(p)
     p.set_defaults(func=_cmd_models)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True,
                                                                        metavar="COMMAND")
     p = data.add_parser("validate", help="check a dataset before training and print a report")
-    from .data.cli import add_validate_arguments
-
     add_validate_arguments(p)
     p.set_defaults(func=_cmd_data_validate)
 
-    from .jobs.cli import add_service_commands  # server, worker, keys
-
-    add_service_commands(sub)
+    add_service_commands(sub)  # server, worker, keys
     return parser
 
 

@@ -7,12 +7,20 @@ answers with prose or other keys; exact match on held-out orders measures whethe
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from .errors import TuneforgeError
+from .inference import load_for_inference
+from .models.loader import load_tokenizer, resolve_model
+from .models.lora import load_base_model
+from .runtime import pick_runtime
+from .spec import load_spec
+from .train.plan import prepare_spec_data, work_dir_for
+from .train.recipe import evaluate, train
 
 
 def find_demo_dir() -> Path:
@@ -46,8 +54,6 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
 
 
 def _evaluate(model, tokenizer, data, examples, rows, runtime) -> tuple[float, float, list[str]]:
-    from .train.recipe import evaluate
-
     loss = evaluate(model, examples, batch_size=16, pad_id=tokenizer.pad_token_id, runtime=runtime)
     prompts = [data.prompt_ids(r) for r in rows]
     with runtime.autocast():
@@ -56,15 +62,6 @@ def _evaluate(model, tokenizer, data, examples, rows, runtime) -> tuple[float, f
 
 
 def run_demo(output: str = "runs/demo", max_steps: int | None = None) -> int:
-    import shutil
-
-    from .inference import load_for_inference
-    from .models.loader import load_tokenizer, resolve_model
-    from .models.lora import load_base_model
-    from .spec import load_spec
-    from .train.recipe import prepare_spec_data, train, work_dir_for
-    from .train.runtime import pick_runtime
-
     started = time.time()
     demo_dir = find_demo_dir()
     overrides = [f"data_config.data_path={demo_dir / 'orders.jsonl'}"]

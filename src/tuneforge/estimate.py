@@ -15,6 +15,12 @@ import math
 import time
 from dataclasses import dataclass
 
+from .models.fit import model_shape
+from .models.loader import load_tokenizer, resolve_model
+from .models.memory import GiB, ModelShape, TrainingSetup, device_memory, estimate_training_memory, format_bytes
+from .runtime import auto_precision, default_device, dtype_of, resolve_optimizer
+from .train.plan import make_plan, prepare_spec_data
+
 # Model-FLOPs utilisation of tuneforge training, measured by bench/train_bench.py (SmolLM2-135M, bf16 autocast on
 # a 2-core AVX-512-BF16 CPU: 38% of the bf16 matmul peak; bench/RESULTS.md). CUDA has not been measured yet: 0.35 is
 # an assumption until `bash bench/gpu_check.sh` replaces it with a measurement.
@@ -39,7 +45,7 @@ def train_flops_per_token(config, mean_len: float) -> float:
 def matmul_peak_flops(dtype_name: str, device: str, n: int = 1024, repeats: int = 5) -> float:
     import torch
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    dtype = dtype_of(dtype_name)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b
@@ -94,12 +100,8 @@ def estimate_job(spec, *, device: str | None = None, gpu_memory_gb: float | None
     import torch
     from transformers import AutoConfig
 
-    from .models.fit import model_shape
-    from .models.loader import load_tokenizer, resolve_model
-    from .models.memory import GiB, TrainingSetup, device_memory, estimate_training_memory
-    from .train.recipe import make_plan, prepare_spec_data
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     p, d = spec.pretrainedmodel_config, spec.data_config
     resolved = resolve_model(p.model_path, setup=None)
     tokenizer = load_tokenizer(p.model_path, hf_token=spec.hf_config.hf_token)
@@ -108,8 +110,6 @@ def estimate_job(spec, *, device: str | None = None, gpu_memory_gb: float | None
     longest = max(lengths)
     shape = model_shape(resolved.model_id, resolved.load_from if resolved.is_local else None)
     if shape is None:
-        from .models.memory import ModelShape
-
         shape = ModelShape.from_config(AutoConfig.from_pretrained(resolved.load_from))
     here = device == "cpu" or torch.cuda.is_available()
     if here:
@@ -118,9 +118,8 @@ def estimate_job(spec, *, device: str | None = None, gpu_memory_gb: float | None
         t = spec.training_config
         setup = dataclasses.replace(
             TrainingSetup.from_spec(spec, device="cpu"), device="cuda",
-            precision="bf16" if t.precision == "auto" else t.precision,
-            optimizer="paged_adamw_8bit" if (p.use_quantization and t.optimizer == "auto") else
-            (t.optimizer if t.optimizer != "auto" else "adamw"))
+            precision=auto_precision("cuda") if t.precision == "auto" else t.precision,
+            optimizer=resolve_optimizer(t.optimizer, quantized=bool(p.use_quantization), device_type="cuda"))
     # The longest batch sets the activation peak: the data's longest example, not the cutoff it may never reach.
     setup = dataclasses.replace(setup, seq_len=min(longest, d.cutoff_len))
     memory = estimate_training_memory(shape, setup)
@@ -144,8 +143,6 @@ def estimate_job(spec, *, device: str | None = None, gpu_memory_gb: float | None
 
 
 def format_estimate(est: JobEstimate) -> str:
-    from .models.memory import format_bytes
-
     m = est.memory
     lines = [
         f"device            {est.device}" + (f" ({format_bytes(est.device_memory_bytes)} available)"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TuneforgeError
+from .models.adapters import read_adapter_config
 
 GGUF_TYPES = {"f16": 1, "q8_0": 7}  # --outtype -> GGUF general.file_type (LlamaFileType.MOSTLY_F16 / MOSTLY_Q8_0)
 
@@ -128,7 +129,7 @@ def convert_to_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str
 def export(adapter_dir: str | Path, *, merged: str | Path | None = None, gguf: str | Path | None = None,
            gguf_type: str = "q8_0", model_path: str | None = None) -> dict:
     """Merge the adapter into its base; write the merged folder to `merged` and/or a GGUF to `gguf`."""
-    from .inference import merge_adapter, read_adapter_config
+    from .inference import merge_adapter  # torch
 
     if merged is None and gguf is None:
         raise TuneforgeError("export: give --merged DIR and/or --gguf FILE.gguf")

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from .errors import TuneforgeError
-
-
-def read_adapter_config(adapter_dir: str | Path, *, field: str = "adapter") -> dict:
-    path = Path(adapter_dir).expanduser()
-    config = path / "adapter_config.json"
-    if not path.is_dir():
-        raise TuneforgeError(f"{field}: adapter folder {str(path)!r} does not exist", field=field, value=str(path))
-    if not config.is_file():
-        raise TuneforgeError(
-            f"{field}: {str(path)!r} is not a PEFT adapter folder (no adapter_config.json); a finished run keeps it "
-            "in <output>/adapter",
-            field=field,
-            value=str(path),
-        )
-    return json.loads(config.read_text())
+from .models.adapters import read_adapter_config
+from .models.loader import load_tokenizer, quiet_transformers, resolve_model
+from .runtime import default_device
 
 
 def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | None = None, *,
@@ -34,8 +21,6 @@ def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models.loader import load_tokenizer, quiet_transformers, resolve_model
-
     quiet_transformers()
     config = read_adapter_config(adapter_dir) if adapter_dir else None
     if model_path is None:
@@ -43,7 +28,7 @@ def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | 
             raise TuneforgeError("--model: give a base model (or an --adapter whose config names one)")
         model_path = config["base_model_name_or_path"]
     resolved = resolve_model(model_path, field="--model")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(default_device(device))
     model = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype).to(dev)
     tokenizer = (
         AutoTokenizer.from_pretrained(str(adapter_dir))

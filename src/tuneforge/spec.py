@@ -146,20 +146,6 @@ class DataConfig(_Section):
         False, description="(tuneforge) Compute the loss on the prompt too, not only on the completion."
     )
 
-    @field_validator("prompt_template")
-    @classmethod
-    def _template_parses(cls, v: str | None) -> str | None:
-        # Checked here, not when the data is read: a job with a broken template would otherwise be queued (and
-        # hold its place) only to fail when it starts. Imported lazily: the data layer is heavy to import.
-        if v:
-            from .data.formats import Template, TemplateError
-
-            try:
-                Template.parse(v)
-            except TemplateError as err:
-                raise ValueError(str(err).removeprefix("prompt_template: ")) from None
-        return v
-
     @field_validator("data_path")
     @classmethod
     def _path_non_empty(cls, v: str) -> str:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tuneforge.data.cli import add_validate_arguments, run_validate
+from tuneforge.commands.data import add_validate_arguments, run_validate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 

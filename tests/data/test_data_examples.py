@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.data import IGNORE_INDEX, prepare_dataset, validate_source
+from tuneforge.data import IGNORE_INDEX, DataOptions, prepare_dataset, validate_source
 from tuneforge.data.tokenize import Encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,7 +28,7 @@ def all_examples(prepared):
 
 def only_example(tmp_path, rows, tok, **kw):
     p = write_jsonl(tmp_path / "d.jsonl", rows)
-    prepared = prepare_dataset(data_path=p, tokenizer=tok, split_fractions={"train": 1.0}, **{"cutoff_len": 512, **kw})
+    prepared = prepare_dataset(p, DataOptions(**{"cutoff_len": 512, **kw}), tokenizer=tok, split_fractions={"train": 1.0})
     assert len(prepared.train) == 1
     return prepared.train[0]
 
@@ -166,7 +166,7 @@ def test_prompt_that_fills_cutoff_len_is_an_error(tmp_path, tiny_tokenizer):
         tmp_path / "d.jsonl",
         [{"prompt": "short", "completion": "ok then"}, {"prompt": "the quick brown fox " * 10, "completion": "ok"}],
     )
-    report = validate_source(data_path=p, tokenizer=tiny_tokenizer, cutoff_len=12)
+    report = validate_source(p, DataOptions(cutoff_len=12), tokenizer=tiny_tokenizer)
     assert report.error_counts == {"prompt_too_long": 1}
     err = report.errors[0]
     assert err.line == 2
@@ -178,25 +178,22 @@ def test_prompt_that_fills_cutoff_len_is_an_error(tmp_path, tiny_tokenizer):
         tmp_path / "c.jsonl",
         [{"messages": [{"role": "user", "content": "the quick brown fox " * 10}, {"role": "assistant", "content": "ok"}]}],
     )
-    err = validate_source(data_path=chat, tokenizer=tiny_tokenizer, cutoff_len=12).errors[0]
+    err = validate_source(chat, DataOptions(cutoff_len=12), tokenizer=tiny_tokenizer).errors[0]
     assert err.kind == "prompt_too_long" and "the first assistant turn starts at token" in err.message
     # With train_on_inputs the prompt itself is learned, so it is not an error.
-    assert validate_source(data_path=p, tokenizer=tiny_tokenizer, cutoff_len=12, train_on_inputs=True).ok
+    assert validate_source(p, DataOptions(cutoff_len=12, train_on_inputs=True), tokenizer=tiny_tokenizer).ok
 
 
 def test_examples_are_deterministic(tmp_path, tiny_tokenizer):
-    kw = dict(data_path=str(FIXTURES / "alpaca.jsonl"), tokenizer=tiny_tokenizer, cutoff_len=64,
-              prompt_template="{instruction}\n{input}\n=> {output}", seed=7)
-    a, b = prepare_dataset(**kw), prepare_dataset(**kw)
+    kw = dict(tokenizer=tiny_tokenizer, seed=7)
+    options = DataOptions(cutoff_len=64, prompt_template="{instruction}\n{input}\n=> {output}")
+    a, b = (prepare_dataset(str(FIXTURES / "alpaca.jsonl"), options, **kw) for _ in range(2))
     assert all_examples(a) == all_examples(b) and a.validation_rows == b.validation_rows
 
 
 @pytest.mark.parametrize("name", ["alpaca.json", "alpaca.jsonl", "alpaca.parquet"])
 def test_same_rows_same_examples_in_every_format(name, tiny_tokenizer):
-    prepared = prepare_dataset(
-        data_path=str(FIXTURES / name), tokenizer=tiny_tokenizer, cutoff_len=128,
-        prompt_template="{instruction} {input} => {output}", split_fractions={"train": 1.0},
-    )
+    prepared = prepare_dataset(str(FIXTURES / name), DataOptions(cutoff_len=128, prompt_template="{instruction} {input} => {output}"), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0})
     for row, ex in zip(prepared.train_rows, prepared.train, strict=True):
         prompt = f"{row['instruction']} {row['input']} => "
         ids = tiny_tokenizer(prompt)["input_ids"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.data import Template, validate_source
+from tuneforge.data import DataOptions, Template, validate_source
 from tuneforge.data.formats import ChatFormat, TemplateError, resolve_format
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
@@ -99,10 +99,7 @@ def test_undetectable_columns_suggest_a_template():
 
 
 def test_template_fields_missing_null_empty_or_not_text():
-    report = validate_source(
-        data_path=str(FIXTURES / "fields.jsonl"),
-        prompt_template="### Instruction: {instruction}\n### Input: {input}\n### Response: {output}",
-    )
+    report = validate_source(str(FIXTURES / "fields.jsonl"), DataOptions(prompt_template="### Instruction: {instruction}\n### Input: {input}\n### Response: {output}"))
     assert [e.message for e in report.errors] == [
         "fields.jsonl line 2: field 'input' is missing; the template needs it in the prompt",
         "fields.jsonl line 3: field 'output' is null; the template needs it as the completion",
@@ -121,14 +118,14 @@ def test_template_fields_missing_null_empty_or_not_text():
 def test_csv_empty_completion_message_names_the_file_line(tmp_path):
     p = tmp_path / "data.csv"
     p.write_text('instruction,output\n"multi\nline",ok\nempty,\n', encoding="utf-8")
-    report = validate_source(data_path=str(p), prompt_template="{instruction} => {output}")
+    report = validate_source(str(p), DataOptions(prompt_template="{instruction} => {output}"))
     assert [e.message for e in report.errors] == [
         "data.csv line 4: column 'output' is empty; the template needs it as the completion"
     ]
 
 
 def test_field_missing_from_every_row_is_reported_once_as_a_column():
-    report = validate_source(data_path=str(FIXTURES / "alpaca.jsonl"), prompt_template="{instruction} {inptu} {output}")
+    report = validate_source(str(FIXTURES / "alpaca.jsonl"), DataOptions(prompt_template="{instruction} {inptu} {output}"))
     assert report.error_counts == {"missing_column": 1}
     assert report.errors[0].message == (
         "alpaca.jsonl: no row has a field 'inptu' (did you mean 'input'?); the fields are: instruction, input, output"
@@ -136,7 +133,7 @@ def test_field_missing_from_every_row_is_reported_once_as_a_column():
 
 
 def test_tabular_missing_column_is_checked_up_front():
-    report = validate_source(data_path=str(FIXTURES / "alpaca.parquet"), prompt_template="{instruction} {reponse}")
+    report = validate_source(str(FIXTURES / "alpaca.parquet"), DataOptions(prompt_template="{instruction} {reponse}"))
     assert report.error_counts == {"missing_column": 1}
     assert report.errors[0].message == (
         "alpaca.parquet: no column 'reponse'; the template needs it as the completion; the columns are: instruction, "
@@ -145,10 +142,7 @@ def test_tabular_missing_column_is_checked_up_front():
 
 
 def test_empty_prompt_fields_are_a_warning_not_an_error():
-    report = validate_source(
-        data_path=str(FIXTURES / "alpaca.jsonl"),
-        prompt_template="### Instruction: {instruction}\n### Input: {input}\n### Response: {output}",
-    )
+    report = validate_source(str(FIXTURES / "alpaca.jsonl"), DataOptions(prompt_template="### Instruction: {instruction}\n### Input: {input}\n### Response: {output}"))
     assert report.ok
     assert any(
         w.message.startswith("1 of 6 rows (16.7%) have an empty 'input' (allowed") and "alpaca.jsonl line 3" in w.message

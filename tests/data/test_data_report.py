@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tuneforge.data import validate_source
+from tuneforge.data import DataOptions, validate_source
 from tuneforge.data.report import MASK_CLOSE, MASK_OPEN
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
@@ -13,7 +13,7 @@ ALPACA = "### Instruction: {instruction}\n### Input: {input}\n### Response: {out
 
 
 def test_report_of_a_good_file(tiny_tokenizer):
-    r = validate_source(data_path=str(FIXTURES / "alpaca.jsonl"), tokenizer=tiny_tokenizer, prompt_template=ALPACA)
+    r = validate_source(str(FIXTURES / "alpaca.jsonl"), DataOptions(prompt_template=ALPACA), tokenizer=tiny_tokenizer)
     assert r.ok and r.n_errors == 0
     assert (r.source_format, r.format, r.format_detail) == ("jsonl", "template", "completion: {output}")
     assert (r.n_rows, r.n_trainable) == (6, 6)
@@ -40,8 +40,7 @@ def test_report_of_a_good_file(tiny_tokenizer):
 
 
 def test_truncation_share_warning(tiny_tokenizer):
-    r = validate_source(data_path=str(FIXTURES / "alpaca.jsonl"), tokenizer=tiny_tokenizer, prompt_template=ALPACA,
-                        cutoff_len=40)
+    r = validate_source(str(FIXTURES / "alpaca.jsonl"), DataOptions(prompt_template=ALPACA, cutoff_len=40), tokenizer=tiny_tokenizer)
     s = r.token_stats
     assert s["truncated"] > 0 and s["truncated_share"] == s["truncated"] / 6
     (w,) = [w for w in r.warnings if w.kind == "truncated"]
@@ -76,7 +75,7 @@ def test_errors_are_capped_but_all_counted(tmp_path):
 
 
 def test_to_dict_is_json_and_to_text_has_every_section(tiny_tokenizer):
-    r = validate_source(data_path=str(FIXTURES / "fields.jsonl"), tokenizer=tiny_tokenizer, prompt_template=ALPACA)
+    r = validate_source(str(FIXTURES / "fields.jsonl"), DataOptions(prompt_template=ALPACA), tokenizer=tiny_tokenizer)
     d = json.loads(json.dumps(r.to_dict()))
     assert d["ok"] is False and d["n_errors"] == 6 and d["format"] == "template"
     assert d["errors"][0] == {

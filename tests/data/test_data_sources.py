@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.data import sources, validate_source
+from tuneforge.data import DataOptions, sources, validate_source
 from tuneforge.data.sources import SourceError, open_source
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
@@ -150,7 +150,7 @@ def test_hub_style_folder_with_configs_goes_through_load_dataset(tmp_path):
     src, recs = read(repo, data_subset="fr")
     assert src.kind == "hub" and src.detail == "subset 'fr', split 'train'"
     assert [r.data for r in recs] == [{"text": "bonjour"}]
-    report = validate_source(data_path=str(repo), data_subset="de")
+    report = validate_source(str(repo), DataOptions(data_subset="de"))
     assert "BuilderConfig 'de' not found. Available: ['en', 'fr']" in only_error(report).message
 
 
@@ -162,7 +162,7 @@ def test_missing_file_suggests_a_close_name(tmp_path):
 
 
 def test_notes_for_arguments_that_do_not_apply_to_files():
-    report = validate_source(data_path=str(FIXTURES / "text.jsonl"), data_subset="en", data_split="test")
+    report = validate_source(str(FIXTURES / "text.jsonl"), DataOptions(data_subset="en", data_split="test"))
     assert report.ok
     assert any("data_subset 'en' ignored" in n for n in report.notes)
     assert any("data_split 'test' ignored" in n for n in report.notes)
@@ -235,7 +235,7 @@ def test_bad_file_message(name, kind, message):
 
 
 def test_invalid_utf8_csv_names_line_and_column_and_keeps_checking():
-    report = validate_source(data_path=str(FIXTURES / "latin1.csv"), prompt_template="{text} -> {label}")
+    report = validate_source(str(FIXTURES / "latin1.csv"), DataOptions(prompt_template="{text} -> {label}"))
     err = only_error(report)
     assert (err.kind, err.line, err.column) == ("encoding", 4, 4)
     assert err.message == (
@@ -274,7 +274,7 @@ def test_json_lines_syntax_errors_and_non_objects():
 
 
 def test_parquet_int_column_used_as_text():
-    report = validate_source(data_path=str(FIXTURES / "int_answer.parquet"), prompt_template="Q: {question}\nA: {answer}")
+    report = validate_source(str(FIXTURES / "int_answer.parquet"), DataOptions(prompt_template="Q: {question}\nA: {answer}"))
     err = only_error(report)
     assert (err.kind, err.field) == ("not_text", "answer")
     assert err.message == (

@@ -41,7 +41,7 @@ def test_200k_rows_validate_streaming_in_bounded_memory(tmp_path):
         """
         import json, resource, sys
         import numpy  # imported by the report's statistics; count it in the baseline
-        from tuneforge.data import validate_source
+        from tuneforge.data import DataOptions, validate_source
 
         def peak_mb():
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -49,7 +49,7 @@ def test_200k_rows_validate_streaming_in_bounded_memory(tmp_path):
         base = peak_mb()
         out = {}
         for path in sys.argv[1:]:
-            r = validate_source(data_path=path, prompt_template="Q: {q}\\nA: {a}")
+            r = validate_source(path, DataOptions(prompt_template="Q: {q}\\nA: {a}"))
             out[path] = dict(n_rows=r.n_rows, n_trainable=r.n_trainable, errors=[e.message for e in r.errors],
                              counts=r.error_counts, warnings=[w.kind for w in r.warnings])
         out["growth_mb"] = peak_mb() - base

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.data import prepare_dataset, validate_source
+from tuneforge.data import DataOptions, prepare_dataset, validate_source
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 
@@ -38,7 +38,7 @@ def served(tmp_path_factory):
 
 def test_presigned_style_url_is_downloaded_and_the_query_never_shown(served, tiny_tokenizer):
     url = f"{served}/alpaca.jsonl?X-Amz-Signature=secret123&X-Amz-Expires=3600"
-    report = validate_source(data_path=url, tokenizer=tiny_tokenizer, prompt_template="{instruction} {input} => {output}")
+    report = validate_source(url, DataOptions(prompt_template="{instruction} {input} => {output}"), tokenizer=tiny_tokenizer)
     assert report.ok and report.n_rows == 6 and report.source_format == "jsonl"
     assert report.source == f"{served}/alpaca.jsonl"
     assert "secret123" not in report.to_text() and "secret123" not in str(report.to_dict())
@@ -50,7 +50,7 @@ def test_presigned_style_url_is_downloaded_and_the_query_never_shown(served, tin
 )
 def test_every_file_kind_by_url(served, path, kind, fmt):
     template = {"alpaca.parquet": "{instruction} {output}", "semicolon_bom.csv": "{question} {answer}"}.get(path)
-    report = validate_source(data_path=f"{served}/{path}", prompt_template=template)
+    report = validate_source(f"{served}/{path}", DataOptions(prompt_template=template))
     assert report.ok, report.errors
     assert (report.source_format, report.format) == (kind, fmt)
 
@@ -77,7 +77,6 @@ def test_prepare_from_url_cleans_up_its_download(served, tiny_tokenizer, tmp_pat
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    prepared = prepare_dataset(data_path=f"{served}/download", tokenizer=tiny_tokenizer, cutoff_len=128,
-                               split_fractions={"train": 1.0})
+    prepared = prepare_dataset(f"{served}/download", DataOptions(cutoff_len=128), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0})
     assert len(prepared.train) == 2
     assert list((tmp_path / "tmp").iterdir()) == []

@@ -3,6 +3,8 @@ transformers config class, offline) trains with LoRA and with QLoRA (4-bit NF4 o
 save/load with identical logits, and merges into its base with the same logits. The completion-only loss equals the
 model's own loss. A catalog architecture without these tests fails test_every_catalog_architecture_is_tested.
 
+Training moves only the adapter: every base weight stays bit-identical (PEFT's own check).
+
 The models are loaded and wrapped by tuneforge's own components (resolve_model, load_base_model, apply_lora,
 loss_sum, merge_adapter), as the training recipe uses them.
 """
@@ -21,7 +23,7 @@ from tuneforge.models.memory import ModelShape, estimate_training_memory
 from tuneforge.models.targets import TARGET_MODULES, TARGET_PARAMETERS, default_target_parameters
 from tuneforge.train import loss as loss_module
 from tuneforge.train.loss import loss_sum
-from tuneforge.train.runtime import cpu_has_bf16, pick_runtime
+from tuneforge.runtime import cpu_has_bf16, pick_runtime
 
 # Every tiny config whose architecture the catalog may list ("falcon:new_decoder" is Falcon-40B's layout, etc.).
 TESTED = [arch for arch in TINY_CONFIGS if arch.split(":")[0] in PROVEN_ARCHITECTURES]
@@ -100,6 +102,24 @@ def _train(model, runtime, steps: int = 8, lr: float = 3e-2) -> tuple[float, flo
     return before, _loss(model, runtime)
 
 
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _assert_only_the_adapter_trained(model, before: dict[str, torch.Tensor]) -> None:
+    """PEFT's own check (tests/testing_common.py): training moved every trainable tensor, all of them LoRA weights,
+    and left every base weight (4-bit packed ones included) bit-identical."""
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys()
+    trainable = {name for name, p in after.items() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable), sorted(trainable - {n for n in trainable if "lora_" in n})
+    for name, p in after.items():
+        if name in trainable:
+            assert not torch.equal(p.detach(), before[name]), f"{name}: an adapter weight did not train"
+        else:
+            assert torch.equal(p.detach(), before[name]), f"{name}: a base weight changed"
+
+
 def _without_cpu_repacking(model):
     """bitsandbytes >= 0.49 repacks a 4-bit weight for its AVX-512 inference kernel on the first eval-mode forward
     without gradients (Linear4bit.forward -> _convert_weight_packed_for_cpu), and that kernel (gemv_4bit) has no
@@ -150,8 +170,10 @@ def test_lora_trains_round_trips_and_merges(arch, tiny_dir, tmp_path):
     shape = ModelShape.from_config(model.get_base_model().config)
     assert estimate_training_memory(shape, lora_r=LORA.r, lora_on_experts=experts).trainable_params == trainable
 
+    weights = _weights(model)
     before, after = _train(model, runtime)
     assert after < 0.7 * before, (before, after)
+    _assert_only_the_adapter_trained(model, weights)
     adapter = tmp_path / "adapter"
     model.save_pretrained(adapter)
     logits = _logits(model, runtime)
@@ -185,8 +207,10 @@ def test_qlora_trains_and_round_trips(arch, tiny_dir, tmp_path):
         assert all(n.rsplit(".", 2)[-2] in TARGET_MODULES[_model_type(arch)] or "project" in n for n in quantized)
     model, _, _ = apply_lora(base, LORA, model_id=resolved.model_id, quantized=True, gradient_checkpointing=False,
                              seed=0)
+    weights = _weights(model)
     before, after = _train(model, runtime)
     assert after < 0.7 * before, (before, after)
+    _assert_only_the_adapter_trained(model, weights)
     adapter = tmp_path / "adapter"
     model.save_pretrained(adapter)
     logits = _logits(model, runtime)

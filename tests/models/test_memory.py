@@ -13,8 +13,8 @@ from tuneforge.models.loader import resolve_model
 from tuneforge.models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model
 from tuneforge.models.memory import (CPU_ALLOCATOR_FACTOR, GiB, NF4_BITS, NF4_CONSTANT_BITS, ModelShape, TrainingSetup,
                                      estimate_training_memory)
-from tuneforge.train.loss import chunk_tokens_for
-from tuneforge.train.runtime import pick_runtime
+from tuneforge.models.loss_path import chunk_tokens_for
+from tuneforge.runtime import pick_runtime
 
 
 def _stored_bytes(model) -> int:

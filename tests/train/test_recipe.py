@@ -10,7 +10,7 @@ import torch
 
 from tuneforge.cli import main
 from tuneforge.train.recipe import evaluate, train, work_dir_for
-from tuneforge.train.runtime import pick_runtime
+from tuneforge.runtime import pick_runtime
 
 from tiny import make_tiny_spec as make_spec
 from tiny import write_qa_data
@@ -46,13 +46,11 @@ def test_train_writes_a_complete_run_that_plain_peft_reloads(tiny_model_dir, qa_
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
-    from tuneforge.data import prepare_dataset
+    from tuneforge.data import DataOptions, prepare_dataset
     from tuneforge.models.loader import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model_dir))
-    data = prepare_dataset(data_path=str(qa_data), tokenizer=tok, cutoff_len=64,
-                           prompt_template="Question: {question}\nAnswer: {answer}",
-                           split_fractions={"train": 0.8, "validation": 0.2}, seed=42)
+    data = prepare_dataset(str(qa_data), DataOptions(cutoff_len=64, prompt_template="Question: {question}\nAnswer: {answer}"), tokenizer=tok, split_fractions={"train": 0.8, "validation": 0.2}, seed=42)
     loss = evaluate(peft_model, data.validation, batch_size=16, pad_id=tok.pad_token_id, runtime=pick_runtime("fp32"))
     assert loss == pytest.approx(report["eval_loss"], rel=1e-5)
     with torch.no_grad():

@@ -1,11 +1,20 @@
-"""`Authorization: Bearer <key>` -> the caller (`Principal`). Keys come from `tuneforge keys create NAME`."""
+"""`Authorization: Bearer <key>` -> the caller (`Principal`). Keys come from `tuneforge keys create NAME`.
+
+Routes take what they need as annotated parameters: `principal: CurrentPrincipal`, `store: StoreDep`,
+`settings: SettingsDep` (FastAPI's `Annotated` dependencies: the type says what it is, the dependency where it
+comes from).
+"""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..jobs.store import Principal
+from ..jobs.store import Store
+from ..keys import Principal
+from ..settings import Settings
 from .limits import client_address, throttled
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `tuneforge keys create NAME`.")
@@ -13,7 +22,20 @@ bearer = HTTPBearer(auto_error=False, description="An API key made with `tunefor
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def get_principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_principal(request: Request, store: StoreDep,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
     if credentials is None or not credentials.credentials:
         raise HTTPException(401, "missing API key: send the header 'Authorization: Bearer <key>' (an administrator "
                                  "creates keys with `tuneforge keys create NAME`)", headers=_CHALLENGE)
@@ -21,8 +43,11 @@ def get_principal(request: Request, credentials: HTTPAuthorizationCredentials | 
     refusal = throttled(throttle, request)
     if refusal is not None:
         raise refusal
-    principal = request.app.state.store.authenticate(credentials.credentials.strip())
+    principal = store.authenticate(credentials.credentials.strip())
     if principal is None:
         throttle.failed(client_address(request))
         raise HTTPException(401, "invalid or revoked API key", headers=_CHALLENGE)
     return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

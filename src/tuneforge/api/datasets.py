@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
@@ -12,9 +13,9 @@ from ..errors import TuneforgeError
 from ..jobs import service
 from ..jobs.paths import PathPolicy
 from ..jobs.service import DatasetOptions
-from ..jobs.store import Principal
-from .auth import get_principal
+from .auth import CurrentPrincipal, SettingsDep, StoreDep
 from .errors import problems_response
+from .responses import Dataset, DatasetDeleted, DatasetPage
 from .uploads import receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -50,13 +51,12 @@ def _option_problems(exc: ValidationError) -> list[str]:
     return out
 
 
-@router.post("", status_code=201, summary="Upload a dataset and get its validation report",
+@router.post("", status_code=201, summary="Upload a dataset and get its validation report", response_model=Dataset,
              openapi_extra=_UPLOAD_BODY, responses={**_ERRORS, 413: {"description": "Larger than the upload limit"}})
-async def upload(request: Request, principal: Principal = Depends(get_principal)):
+async def upload(request: Request, store: StoreDep, settings: SettingsDep, principal: CurrentPrincipal):
     """Multipart form: the file in `file`, optionally how to read it (`prompt_template`, `data_format`, ...) for the
     report. The answer has the dataset's `id` (use it as `data_config.data_path`) and its validation `report`;
     a dataset with problems is stored too, with `ok: false` and every problem listed."""
-    settings, store = request.app.state.settings, request.app.state.store
     dataset_id = service.new_dataset_id()
     dest = settings.uploads_dir / dataset_id
     try:
@@ -72,42 +72,41 @@ async def upload(request: Request, principal: Principal = Depends(get_principal)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)  # a refused upload leaves nothing behind
         raise
-    return service.dataset_view(ds)
+    return Dataset(**service.dataset_view(ds))
 
 
 @router.get("", summary="List datasets, newest first", responses=_ERRORS)
-def list_datasets(request: Request, principal: Principal = Depends(get_principal),
-                  limit: int = Query(100, ge=1, le=1000),
-                  offset: int = Query(0, ge=0, le=2**63 - 1)) -> dict:  # the database's integer
-    rows, total = request.app.state.store.list_datasets(owner=service.scope(principal), limit=limit, offset=offset)
-    return {"datasets": [service.dataset_view(r, full=False) for r in rows], "total": total, "limit": limit,
-            "offset": offset}
+def list_datasets(store: StoreDep, principal: CurrentPrincipal,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                  offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0) -> DatasetPage:  # the database's integer
+    rows, total = store.list_datasets(owner=service.scope(principal), limit=limit, offset=offset)
+    return DatasetPage(datasets=[service.dataset_view(r, full=False) for r in rows], total=total, limit=limit,
+                       offset=offset)
 
 
 @router.get("/{dataset_id}", summary="A dataset with its validation report", responses=_ERRORS)
-def get_dataset(dataset_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict:
-    return service.dataset_view(service.get_dataset(request.app.state.store, principal, dataset_id))
+def get_dataset(dataset_id: str, store: StoreDep, principal: CurrentPrincipal) -> Dataset:
+    return Dataset(**service.dataset_view(service.get_dataset(store, principal, dataset_id)))
 
 
 @router.post("/{dataset_id}/validate", summary="Validate a dataset again with other reading options",
              responses=_ERRORS)
-def revalidate(dataset_id: str, options: DatasetOptions, request: Request,
-               principal: Principal = Depends(get_principal)) -> dict:
+def revalidate(dataset_id: str, options: DatasetOptions, store: StoreDep, settings: SettingsDep,
+               principal: CurrentPrincipal) -> Dataset:
     """E.g. with the `prompt_template` you intend to train with: the report then checks its columns, renders the
     first example and, given `model_path`, counts tokens. The stored report is replaced."""
-    store = request.app.state.store
     ds = service.get_dataset(store, principal, dataset_id)
     try:
-        report = service.validate_file(ds["path"], options, PathPolicy.from_settings(request.app.state.settings))
+        report = service.validate_file(ds["path"], options, PathPolicy.from_settings(settings))
     except TuneforgeError:
         raise
     except FileNotFoundError:
         raise HTTPException(410, f"the file of dataset {dataset_id!r} is gone from the server") from None
     store.update_dataset_report(dataset_id, report)
-    return service.dataset_view(store.get_dataset(dataset_id))
+    return Dataset(**service.dataset_view(store.get_dataset(dataset_id)))
 
 
 @router.delete("/{dataset_id}", summary="Delete a dataset", responses={**_ERRORS, 409: {"description": "In use"}})
-def delete_dataset(dataset_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict:
-    service.delete_dataset(request.app.state.store, principal, dataset_id)
-    return {"id": dataset_id, "deleted": True}
+def delete_dataset(dataset_id: str, store: StoreDep, principal: CurrentPrincipal) -> DatasetDeleted:
+    service.delete_dataset(store, principal, dataset_id)
+    return DatasetDeleted(id=dataset_id, deleted=True)

@@ -2,27 +2,27 @@
 deployments. The official `monsterapi` client's `deploy("llm", ...)`, `get_deployment_status`,
 `get_deployment_logs`, `get_list_of_deployments` and `terminate_deployment` work unchanged; the `openai` client
 then calls a live deployment with `model` = its deployment name and its `api_auth_token` (or the owner's key) as
-the API key. The deployments themselves live in `tuneforge.serve.deployments`; these routes speak HTTP only.
+the API key. The deployments themselves (and who may call them) live in `tuneforge.serve.deployments`, and resolving a
+request's paths in `tuneforge.jobs.service`; these routes speak HTTP only.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel
 
-from ..errors import TuneforgeError
 from ..jobs import service
 from ..jobs.limits import string_problems
-from ..jobs.paths import PathPolicy, check_path_text, classify_model_path, is_job_id, looks_like_url
-from ..jobs.store import Principal, Store
-from ..serve.deployments import DeploymentManager, DeployRequest
-from ..serve.engine import check_adapter_folder
+from ..jobs.paths import PathPolicy
+from ..jobs.store import Store
+from ..serve.deployments import DeploymentManager, DeployRequest, deployment_auth
 from ..serve.openai_routes import openai_router
-from .auth import get_principal
+from ..spec import SpecError
+from .auth import CurrentPrincipal, SettingsDep, StoreDep
 from .limits import client_address, throttled
+from .responses import Deployment, DeploymentCreated, DeploymentLogs, DeploymentPage, DeploymentTerminated
 
 router = APIRouter(prefix="/v1/deploy", tags=["deployments"])
 
@@ -33,6 +33,9 @@ _ERRORS = {401: {"description": "Missing or invalid API key"},
 
 def _manager(request: Request) -> DeploymentManager:
     return request.app.state.deployments
+
+
+Manager = Annotated[DeploymentManager, Depends(_manager)]
 
 
 def _view(request: Request, row: dict) -> dict:
@@ -58,115 +61,42 @@ def _view(request: Request, row: dict) -> dict:
     }
 
 
-def _visible(request: Request, principal: Principal, deployment_id: str) -> dict:
-    row = _manager(request).get(deployment_id.strip())
-    if row is None or (not principal.is_admin and row["owner"] != principal.owner):
-        raise service.NotFound(f"deployment {deployment_id!r} not found", field="deployment_id", value=deployment_id)
-    return row
-
-
-def _resolve_base(value: str, policy: PathPolicy) -> str:
-    from ..models.loader import ALIASES
-
-    v = value.strip()
-    if classify_model_path(v) == "local":
-        path = policy.local(v, "basemodel_path")
-        if not (Path(path) / "config.json").is_file():
-            raise TuneforgeError(f"basemodel_path: {value!r} is not a Hugging Face model folder (no config.json)",
-                                 field="basemodel_path", value=value)
-        return path
-    check_path_text(v, "basemodel_path")
-    repo_id = ALIASES.get(v.lower(), v)
-    from ..models.loader import SMOLLM2_ID, _hf_cached_snapshot, hub_reachable
-
-    if repo_id != SMOLLM2_ID and _hf_cached_snapshot(repo_id) is None and not hub_reachable():
-        # Checked now rather than failing the build: and a name like `models/SomeModel` is a hub id here, never a
-        # folder under the server's working directory.
-        raise TuneforgeError(f"basemodel_path: {value!r} is not in the server's Hugging Face cache and the hub "
-                             "cannot be reached; give a catalog alias, a cached hub id, or a model folder in the "
-                             "server's allowed folders", field="basemodel_path", value=value)
-    return repo_id
-
-
-def _resolve_adapter(value: str | None, store: Store, principal: Principal, policy: PathPolicy) -> str | None:
-    v = (value or "").strip()
-    field = "loramodel_path"
-    if not v:
-        return None
-    if is_job_id(v):
-        job = store.get_job(v, service.scope(principal))
-        if job is None:
-            raise TuneforgeError(f"{field}: no fine-tuning job {v!r} of yours (GET /v1/finetune/llm lists them)",
-                                 field=field, value=v)
-        if job["status"] != "succeeded":
-            raise TuneforgeError(f"{field}: job {v!r} is {job['status']}; deploy it once it has succeeded",
-                                 field=field, value=v)
-        folder = Path(job["run_dir"]) / "adapter"
-        check_adapter_folder(folder, field=field)
-        return str(folder)
-    if looks_like_url(v) or "://" in v:
-        raise TuneforgeError(f"{field}: URLs are not supported here; give a succeeded job id, an adapter folder on "
-                             "the server, or a hub id", field=field, value=v)
-    if classify_model_path(v) == "local":
-        folder = policy.local(v, field)
-        check_adapter_folder(folder, field=field)
-        return folder
-    from ..models.loader import _hf_cached_snapshot, hub_reachable
-
-    if _hf_cached_snapshot(v) is None and not hub_reachable():
-        raise TuneforgeError(f"{field}: {v!r} is not in the server's Hugging Face cache and the hub cannot be "
-                             "reached", field=field, value=v)
-    return v
-
-
 @router.post("/llm", summary="Deploy a base model with a LoRA adapter as an API endpoint", responses=_ERRORS)
-def deploy(req: DeployRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def deploy(req: DeployRequest, request: Request, manager: Manager, store: StoreDep, settings: SettingsDep,
+           principal: CurrentPrincipal) -> DeploymentCreated:
     """Starts building at once and returns `deployment_id`; poll `GET /v1/deploy/status/{id}` until `live`, then
     call `POST /v1/chat/completions` with `model` = `deployment_name` and `Authorization: Bearer <api_auth_token>`.
     The whole `api_auth_token` is in this response only."""
-    settings, store = request.app.state.settings, request.app.state.store
-    policy = PathPolicy.from_settings(settings)
     problems = string_problems(req.model_dump(), settings.max_field_chars)
     if problems:
-        from ..spec import SpecError
-
         raise SpecError(problems)
-    model_load = adapter = None
-    try:
-        model_load = _resolve_base(req.basemodel_path, policy)
-    except TuneforgeError as exc:
-        problems.append(str(exc))
-    try:
-        adapter = _resolve_adapter(req.loramodel_path, store, principal, policy)
-    except TuneforgeError as exc:
-        problems.append(str(exc))
-    if problems:
-        from ..spec import SpecError
-
-        raise SpecError(problems)
-    row, token = _manager(request).create(req, owner=principal.owner, key_id=principal.key_id,
-                                          model_load=model_load, adapter_source=adapter)
-    return {"message": f"deployment {row['name']!r} is building", **_view(request, row), "api_auth_token": token}
+    model_load, adapter = service.resolve_deployment(req.basemodel_path, req.loramodel_path, store, principal,
+                                                     PathPolicy.from_settings(settings))
+    row, token = manager.create(req, owner=principal.owner, key_id=principal.key_id, model_load=model_load,
+                                adapter_source=adapter)
+    return DeploymentCreated(message=f"deployment {row['name']!r} is building",
+                             **{**_view(request, row), "api_auth_token": token})
 
 
 @router.get("/status/{deployment_id}", summary="A deployment's status: building, live, failed or terminated",
             responses=_ERRORS)
-def status(deployment_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict:
-    return _view(request, _visible(request, principal, deployment_id))
+def status(deployment_id: str, request: Request, manager: Manager, principal: CurrentPrincipal) -> Deployment:
+    return Deployment(**_view(request, manager.visible(deployment_id, principal)))
 
 
 @router.get("/logs/{deployment_id}", summary="The last lines of a deployment's log", responses=_ERRORS)
-def logs(deployment_id: str, request: Request, principal: Principal = Depends(get_principal),
-         n_lines: int = Query(100, ge=1, le=10000, description="How many of the last lines.")) -> dict:
-    row = _visible(request, principal, deployment_id)
-    lines = _manager(request).tail(row["id"], n_lines)
-    return {"deployment_id": row["id"], "status": row["status"], "n_lines": len(lines), "logs": lines}
+def logs(deployment_id: str, manager: Manager, principal: CurrentPrincipal,
+         n_lines: Annotated[int, Query(ge=1, le=10000, description="How many of the last lines.")] = 100,
+         ) -> DeploymentLogs:
+    row = manager.visible(deployment_id, principal)
+    lines = manager.tail(row["id"], n_lines)
+    return DeploymentLogs(deployment_id=row["id"], status=row["status"], n_lines=len(lines), logs=lines)
 
 
 @router.get("/list", summary="Your deployments, newest first (an admin key: everyone's)", responses=_ERRORS)
-def list_deployments(request: Request, principal: Principal = Depends(get_principal)) -> dict:
-    rows = _manager(request).list(service.scope(principal))
-    return {"deployments": [_view(request, r) for r in rows], "total": len(rows)}
+def list_deployments(request: Request, manager: Manager, principal: CurrentPrincipal) -> DeploymentPage:
+    rows = manager.list(service.scope(principal))
+    return DeploymentPage(deployments=[_view(request, r) for r in rows], total=len(rows))
 
 
 class TerminateRequest(BaseModel):
@@ -176,56 +106,10 @@ class TerminateRequest(BaseModel):
 
 @router.post("/terminate", summary="Stop a deployment", responses={
     **_ERRORS, 409: {"description": "Already terminated"}})
-def terminate(body: TerminateRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict:
-    row = _visible(request, principal, body.deployment_id)
-    if row["status"] == "terminated":
-        raise service.Conflict(f"deployment {row['id']!r} is already terminated", field="deployment_id",
-                               value=row["id"])
-    manager = _manager(request)
-    manager.log(row["id"], f"terminate requested by {principal.owner!r} ({body.actor or 'api'})")
-    row = manager.terminate(row["id"])
-    return {"message": f"deployment {row['name']!r} terminated", **_view(request, row)}
-
-
-def deployment_auth(manager: DeploymentManager, store: Store):
-    """Who may call a deployment on the OpenAI endpoints: its own api_auth_token while the key that created it is
-    not revoked, or its owner's (or an admin's) service key. Others get 404, as if it did not exist. Failed
-    attempts count against the client address's budget (TUNEFORGE_AUTH_FAILURES_PER_MINUTE), as on every route."""
-    challenge = {"WWW-Authenticate": "Bearer"}
-
-    def lookup(token: str, model: str | None):
-        own = manager.by_token(token)
-        if own is not None and own["key_id"] is not None and not store.key_active(own["key_id"]):
-            own = None  # revoking a key stops the tokens of the deployments made with it
-        return store.authenticate(token), own, manager.by_name(model) if model else None
-
-    async def auth(request: Request, model: str | None) -> None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(401, "missing key: send 'Authorization: Bearer <api_auth_token or API key>'",
-                                headers=challenge)
-        throttle = request.app.state.auth_throttle
-        refusal = throttled(throttle, request)
-        if refusal is not None:
-            raise refusal
-        principal, own, d = await anyio.to_thread.run_sync(lookup, token, model)
-        if principal is None and own is None:
-            throttle.failed(client_address(request))
-            raise HTTPException(401, "invalid API key or api_auth_token", headers=challenge)
-        if model is None:
-            return
-        allowed = d is not None and ((own is not None and own["id"] == d["id"]) or (
-            principal is not None and (principal.is_admin or principal.owner == d["owner"])))
-        if not allowed:
-            raise HTTPException(404, f"model {model!r} not found: no live deployment of that name that this key may "
-                                     "use (a deployment answers to its api_auth_token and its owner's key)")
-        if d["status"] == "building":
-            raise HTTPException(503, f"deployment {model!r} is still building; poll GET /v1/deploy/status/{d['id']}")
-        if d["status"] != "live":
-            raise HTTPException(409, f"deployment {model!r} is {d['status']}" + (f": {d['error']}" if d["error"] else ""))
-
-    return auth
+def terminate(body: TerminateRequest, request: Request, manager: Manager,
+              principal: CurrentPrincipal) -> DeploymentTerminated:
+    row = manager.terminate_for(body.deployment_id, principal, actor=body.actor)
+    return DeploymentTerminated(message=f"deployment {row['name']!r} terminated", **_view(request, row))
 
 
 def install(app: FastAPI, settings, store: Store) -> DeploymentManager:
@@ -233,6 +117,26 @@ def install(app: FastAPI, settings, store: Store) -> DeploymentManager:
     manager = DeploymentManager(store.engine, settings.logs_dir / "deployments")
     app.state.deployments = manager
     app.include_router(router)
-    app.include_router(openai_router(manager, deployment_auth(manager, store)))
+    auth = deployment_auth(manager, store.authenticate, key_active=store.key_active)
+    app.include_router(openai_router(manager, throttled_auth(auth)))
     manager.restore()
     return manager
+
+
+def throttled_auth(auth):
+    """`auth` of the OpenAI routes, with failed attempts counted against the client address's budget
+    (TUNEFORGE_AUTH_FAILURES_PER_MINUTE) as on every other route: guessing api_auth_tokens is throttled too."""
+
+    async def checked(request: Request, model: str | None) -> None:
+        throttle = request.app.state.auth_throttle
+        refusal = throttled(throttle, request)
+        if refusal is not None:
+            raise refusal
+        try:
+            await auth(request, model)
+        except HTTPException as exc:
+            if exc.status_code == 401 and request.headers.get("authorization"):
+                throttle.failed(client_address(request))
+            raise
+
+    return checked

@@ -10,8 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ..errors import TuneforgeError
-from ..jobs.service import Conflict, LimitReached, NotFound
+from ..errors import Conflict, LimitReached, NotFound, TuneforgeError
 from ..spec import SpecError, describe_validation_error
 
 

@@ -8,17 +8,19 @@ the job id under both `job_id` and MonsterAPI's `deployment_id`.
 from __future__ import annotations
 
 import json
-import time
-from typing import Literal
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse
+from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
 from ..jobs import service
-from ..jobs.store import STATUSES, TERMINAL, Principal
+from ..jobs.store import STATUSES, TERMINAL, Store
 from ..spec import JobSpec
-from .auth import get_principal
+from .auth import CurrentPrincipal, SettingsDep, StoreDep
+from .responses import Job, JobEvents, JobLaunched, JobPage
 
 router = APIRouter(prefix="/v1/finetune/llm", tags=["fine-tuning"])
 
@@ -29,70 +31,71 @@ _ERRORS = {401: {"description": "Missing or invalid API key"},
            422: {"description": "Invalid input: `detail` and one `problems` entry per field"}}
 
 
-def _store(request: Request):
-    return request.app.state.store
-
-
 @router.post("", status_code=201, summary="Launch a fine-tuning job", responses=_ERRORS)
-def launch(spec: JobSpec, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def launch(spec: JobSpec, store: StoreDep, settings: SettingsDep, principal: CurrentPrincipal) -> JobLaunched:
     """Queue a LoRA/QLoRA fine-tuning job. `data_config.data_path` may be an uploaded dataset id (`ds_...`), an
     http(s) URL, a Hugging Face dataset id, or a file inside the server's allowed folders."""
-    job = service.submit_job(_store(request), request.app.state.settings, principal, spec)
-    return {"message": "fine-tuning job queued", **service.job_view(_store(request), job)}
+    job = service.submit_job(store, settings, principal, spec)
+    return JobLaunched(message="fine-tuning job queued", **service.job_view(store, job))
 
 
 @router.get("", summary="List jobs, newest first", responses=_ERRORS)
-def list_jobs(request: Request, principal: Principal = Depends(get_principal),
-              limit: int = Query(20, ge=1, le=100, description="Jobs per page."),
-              offset: int = Query(0, ge=0, le=MAX_SEQ, description="Jobs to skip (page * limit)."),
-              status: Literal[STATUSES] | None = Query(None, description="Only jobs in this status."),  # type: ignore[valid-type]
-              owner: str | None = Query(None, description="Admin keys only: only this owner's jobs.")) -> dict:
-    store = _store(request)
+def list_jobs(store: StoreDep, principal: CurrentPrincipal,
+              limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
+              offset: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Jobs to skip (page * limit).")] = 0,
+              status: Annotated[Literal[STATUSES] | None,  # type: ignore[valid-type]
+                                Query(description="Only jobs in this status.")] = None,
+              owner: Annotated[str | None, Query(description="Admin keys only: only this owner's jobs.")] = None,
+              ) -> JobPage:
     who = service.scope(principal)
     if principal.is_admin and owner:
         who = owner
     rows, total = store.list_jobs(owner=who, status=status, limit=limit, offset=offset)
-    return {"jobs": [service.job_view(store, r, full=False) for r in rows], "total": total, "limit": limit,
-            "offset": offset}
+    return JobPage(jobs=[service.job_view(store, r, full=False) for r in rows], total=total, limit=limit,
+                   offset=offset)
 
 
 @router.get("/{job_id}", summary="A job's status, progress and losses", responses=_ERRORS)
-def get_job(job_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict:
-    return service.job_view(_store(request), service.get_job(_store(request), principal, job_id))
+def get_job(job_id: str, store: StoreDep, principal: CurrentPrincipal) -> Job:
+    return Job(**service.job_view(store, service.get_job(store, principal, job_id)))
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a queued or running job",
              responses={**_ERRORS, 409: {"description": "The job has already finished"}})
-def cancel(job_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def cancel(job_id: str, store: StoreDep, principal: CurrentPrincipal) -> Job:
     """A queued job is cancelled at once; a running one is stopped by its worker within seconds
     (`cancel_requested` is true until then)."""
-    job = service.cancel_job(_store(request), principal, job_id)
-    return service.job_view(_store(request), job)
+    return Job(**service.job_view(store, service.cancel_job(store, principal, job_id)))
 
 
 @router.get("/{job_id}/adapter", summary="Download the trained PEFT adapter (zip)",
             responses={**_ERRORS, 409: {"description": "The job has not succeeded (yet)"},
                        200: {"content": {"application/zip": {}}}}, response_class=FileResponse)
-def adapter(job_id: str, request: Request, principal: Principal = Depends(get_principal)):
-    job = service.get_job(_store(request), principal, job_id)
-    path = service.adapter_zip(request.app.state.settings, job)
+def adapter(job_id: str, store: StoreDep, settings: SettingsDep, principal: CurrentPrincipal):
+    job = service.get_job(store, principal, job_id)
+    path = service.adapter_zip(settings, job)
     return FileResponse(path, media_type="application/zip", filename=f"adapter-{job_id}.zip")
 
 
 @router.get("/{job_id}/events", summary="Metrics and log lines, incremental (JSON or server-sent events)",
-            responses={**_ERRORS, 200: {"content": {"application/json": {}, "text/event-stream": {}}}})
-async def events(job_id: str, request: Request, principal: Principal = Depends(get_principal),
-                 after: int = Query(0, ge=0, le=MAX_SEQ, description="Return events with `seq` greater than this."),
-                 limit: int = Query(500, ge=1, le=5000, description="At most this many events (JSON only)."),
-                 stream: bool = Query(False, description="Stream as server-sent events (as does "
-                                                         "`Accept: text/event-stream`) until the job ends."),
-                 accept: str | None = Header(None), last_event_id: str | None = Header(None)):
+            response_model=JobEvents,
+            responses={**_ERRORS, 200: {"content": {"text/event-stream": {"schema": {
+                "type": "string", "description": "With `stream=true` or `Accept: text/event-stream`: one event per "
+                "job event (`id` = seq, `event` = type, `data` = the event as JSON), then `event: end` with "
+                "`{\"status\", \"last_seq\"}` when the job has finished."}}}}})
+async def events(job_id: str, request: Request, store: StoreDep, principal: CurrentPrincipal,
+                 after: Annotated[int, Query(ge=0, le=MAX_SEQ,
+                                             description="Return events with `seq` greater than this.")] = 0,
+                 limit: Annotated[int, Query(ge=1, le=5000, description="At most this many events (JSON only).")] = 500,
+                 stream: Annotated[bool, Query(description="Stream as server-sent events (as does "
+                                                           "`Accept: text/event-stream`) until the job ends.")] = False,
+                 accept: Annotated[str | None, Header()] = None,
+                 last_event_id: Annotated[str | None, Header()] = None):
     """Each event has `seq` (1, 2, ...), `type` (`status`, `log`, `validation`, `train`, `eval`) and its fields:
     `train` has step, total_steps, epoch, loss, lr; `eval` has step, eval_loss. Pass the last `seq` you saw as
     `after` to get only newer ones. When a job resumes after its worker died, the steps after its last checkpoint
     are trained and reported again (a `status` event `queued` marks the gap): the later values are the ones that
     count."""
-    store = _store(request)
     job = await anyio.to_thread.run_sync(service.get_job, store, principal, job_id)
     if stream or (accept and "text/event-stream" in accept):
         if last_event_id and after == 0:
@@ -102,16 +105,21 @@ async def events(job_id: str, request: Request, principal: Principal = Depends(g
                 raise SpecError([f"Last-Event-ID: {last_event_id[:40]!r} is not an event seq (an integer from 0 to "
                                  f"{MAX_SEQ})"])
             after = int(last_event_id)  # a reconnecting EventSource continues where it left off
-        return StreamingResponse(_sse(store, job["id"], after, request), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        # One path serves JSON and the stream (chosen per request), so the stream is returned as a response
+        # rather than through a generator route; FastAPI's SSE encoder writes the frames.
+        return EventSourceResponse(_sse(store, job["id"], after, request),
+                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     rows = await anyio.to_thread.run_sync(store.events_after, job["id"], after, limit)
-    return {"job_id": job["id"], "status": job["status"], "events": rows,
-            "next_after": rows[-1]["seq"] if rows else after}
+    return JobEvents(job_id=job["id"], status=job["status"], events=rows, next_after=rows[-1]["seq"] if rows else after)
 
 
-async def _sse(store, job_id: str, after: int, request: Request):
-    yield "retry: 2000\n\n"
-    last_sent = time.monotonic()
+SSE_RETRY_MS = 2000  # how long a disconnected EventSource waits before reconnecting (with Last-Event-ID)
+KEEPALIVE_SECONDS = 15  # proxies close connections that stay silent longer
+
+
+async def _sse(store: Store, job_id: str, after: int, request: Request) -> AsyncIterator[bytes]:
+    yield format_sse_event(retry=SSE_RETRY_MS)
+    last_sent = anyio.current_time()
     while not await request.is_disconnected():
         # Status first, then events: the terminal status and its event commit together, so a job seen finished
         # here has all of its events visible to the query below.
@@ -119,15 +127,15 @@ async def _sse(store, job_id: str, after: int, request: Request):
         rows = await anyio.to_thread.run_sync(store.events_after, job_id, after, 500)
         for ev in rows:
             after = ev["seq"]
-            yield f"id: {ev['seq']}\nevent: {ev['type']}\ndata: {json.dumps(ev, default=str)}\n\n"
-            last_sent = time.monotonic()
+            yield format_sse_event(id=str(ev["seq"]), event=ev["type"], data_str=json.dumps(ev, default=str))
+            last_sent = anyio.current_time()
         if rows:
             continue
         if job is None or job["status"] in TERMINAL:
             status = job["status"] if job else "deleted"
-            yield f"event: end\ndata: {json.dumps({'status': status, 'last_seq': after})}\n\n"
+            yield format_sse_event(event="end", data_str=json.dumps({"status": status, "last_seq": after}))
             return
-        if time.monotonic() - last_sent > 15:
-            yield ": keep-alive\n\n"  # proxies close silent connections
-            last_sent = time.monotonic()
+        if anyio.current_time() - last_sent > KEEPALIVE_SECONDS:
+            yield KEEPALIVE_COMMENT
+            last_sent = anyio.current_time()
         await anyio.sleep(0.5)

@@ -18,6 +18,7 @@ import time
 
 from ..jobs.store import Store
 from ..settings import Settings, redact_url
+from .app import create_app
 
 RESTART_BACKOFF_SECONDS = 5.0
 
@@ -82,8 +83,6 @@ class WorkerPool:
 
 def run_server(settings: Settings) -> int:
     import uvicorn
-
-    from .app import create_app
 
     settings.ensure_dirs()
     store = Store(settings.database_url)

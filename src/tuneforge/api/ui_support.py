@@ -22,18 +22,23 @@ from pathlib import Path
 from typing import Literal
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
 
+from ..data.validate import scan_path
 from ..errors import TuneforgeError
 from ..jobs import service
 from ..jobs.paths import PathPolicy, check_path_text, classify_data_path, classify_model_path
 from ..jobs.service import DatasetOptions, tokenizer_for
 from ..jobs.store import Principal
-from ..spec import MAX_INT32, JobSpec
-from .auth import get_principal
+from ..models.fit import model_shape
+from ..models.listing import REFERENCE, catalog_rows
+from ..models.memory import TrainingSetup, device_memory, estimate_training_memory
+from ..runtime import auto_precision, default_device, resolve_optimizer
+from ..spec import MAX_INT32, DataConfig, JobSpec
+from .auth import CurrentPrincipal
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 
@@ -45,13 +50,13 @@ _MAX_LISTED = 200
 
 
 @router.get("/v1/me", summary="Who this API key belongs to", responses=_ERRORS)
-def me(principal: Principal = Depends(get_principal)) -> dict:
+def me(principal: CurrentPrincipal) -> dict:
     return {"owner": principal.owner, "is_admin": principal.is_admin}
 
 
 @router.get("/v1/spec/schema", summary="The job spec's JSON schema (field help texts, limits) and its defaults",
             responses=_ERRORS)
-def spec_schema(principal: Principal = Depends(get_principal)) -> dict:
+def spec_schema(principal: CurrentPrincipal) -> dict:
     """`schema`: `JobSpec.model_json_schema()`, whose field descriptions are the spec's own docs. `defaults`: a
     spec with every default filled in (including those the schema cannot show, such as `data_split_config`);
     `data_config.data_path` has no default and is left out."""
@@ -60,8 +65,6 @@ def spec_schema(principal: Principal = Depends(get_principal)) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _schema() -> dict:
-    from ..spec import DataConfig
-
     defaults = JobSpec(data_config=DataConfig(data_path="-")).to_dict(redact=False)
     del defaults["data_config"]["data_path"]
     return {"schema": JobSpec.model_json_schema(), "defaults": defaults}
@@ -84,14 +87,12 @@ def _serialized(fn):
 
 @functools.lru_cache(maxsize=1)
 def _catalog() -> dict:
-    from ..models.listing import REFERENCE, catalog_rows
-
     return {"reference_setup": dataclasses.asdict(REFERENCE), "models": catalog_rows(REFERENCE)}
 
 
 @router.get("/v1/catalog/models", summary="The model catalog with LoRA and QLoRA memory estimates",
             responses=_ERRORS)
-async def catalog(principal: Principal = Depends(get_principal)) -> dict:
+async def catalog(principal: CurrentPrincipal) -> dict:
     """As `tuneforge models --json`: each model's size, context, licence, LoRA targets, and the estimated peak
     memory of LoRA and QLoRA training in the reference setup (`reference_setup`)."""
 
@@ -105,7 +106,7 @@ def _policy(request: Request) -> PathPolicy:
 
 @router.get("/v1/catalog/local", summary="Model folders and data files in the server's allowed folders",
             responses=_ERRORS)
-def local_files(request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def local_files(request: Request, principal: CurrentPrincipal) -> dict:
     """Folders with a `config.json` (models) and data files, up to two levels below each allowed folder: the
     local paths a job may name as `model_path` and `data_path`."""
     settings = request.app.state.settings
@@ -149,7 +150,7 @@ def _local_model_facts(folder: Path) -> dict:
 
 @router.get("/v1/catalog/estimate", summary="Estimated training memory of one model, LoRA and QLoRA",
             responses={**_ERRORS, 422: {"description": "Unknown model or invalid settings"}})
-async def estimate(request: Request, principal: Principal = Depends(get_principal),
+async def estimate(request: Request, principal: CurrentPrincipal,
                    model_path: str = Query(..., description="A catalog id or alias, or a model folder in an allowed "
                                                             "folder."),
                    batch_size: int = Query(8, ge=1, le=4096), cutoff_len: int = Query(512, ge=1, le=MAX_INT32),
@@ -163,10 +164,6 @@ async def estimate(request: Request, principal: Principal = Depends(get_principa
     def work() -> dict:
         import torch
 
-        from ..models.fit import model_shape
-        from ..models.memory import TrainingSetup, device_memory, estimate_training_memory
-        from ..train.runtime import cpu_has_bf16
-
         folder = None
         if classify_model_path(model_path) == "local":
             folder = policy.local(model_path, "model_path")
@@ -179,14 +176,13 @@ async def estimate(request: Request, principal: Principal = Depends(get_principa
         out = {"model_path": model_path, "params": shape.params, "architecture": shape.model_type}
         # As TrainingSetup.from_spec resolves a spec on this server, but for any device: the catalog's reference
         # columns are for a CUDA GPU even on a server without one.
-        dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        prec = precision
-        if prec == "auto":
-            prec = "bf16" if (dev == "cuda" or cpu_has_bf16()) else "fp32"
+        dev = default_device(None if device == "auto" else device)
+        prec = auto_precision(dev) if precision == "auto" else precision
         for method in ("lora", "qlora"):
+            optimizer = resolve_optimizer("auto", quantized=method == "qlora", device_type=dev)
             setup = TrainingSetup(method=method, batch_size=batch_size, seq_len=cutoff_len, lora_r=lora_r,
                                   gradient_checkpointing=gradient_checkpointing, precision=prec, device=dev,
-                                  optimizer="paged_adamw_8bit" if (method == "qlora" and dev == "cuda") else "adamw")
+                                  optimizer=optimizer)
             out[method] = estimate_training_memory(shape, setup).to_dict()
         if dev == "cuda" and not torch.cuda.is_available():
             out["device"] = {"type": dev, "available_bytes": None, "what": "no CUDA device on this server"}
@@ -206,7 +202,7 @@ class InspectRequest(DatasetOptions):
 
 @router.post("/v1/data/inspect", summary="A dataset's validation report and token-length histogram (not stored)",
              responses={**_ERRORS, 404: {"description": "No such dataset (or not yours)"}})
-async def inspect(body: InspectRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+async def inspect(body: InspectRequest, request: Request, principal: CurrentPrincipal) -> dict:
     """The report for these reading options (as `POST /v1/datasets/{id}/validate`, without storing it), and, when
     `model_path` gives a tokenizer, `token_histogram`: tokens per trainable example after `cutoff_len` (`edges` has
     one more entry than `counts`; `truncated` examples were longer and are cut to `cutoff_len`)."""
@@ -215,12 +211,8 @@ async def inspect(body: InspectRequest, request: Request, principal: Principal =
     def work() -> dict:
         path, shown = _data_file(body.data_path, store, principal, policy)
         tokenizer = tokenizer_for(body.model_path, policy) if body.model_path else None
-        from ..data.validate import scan_path
 
-        result = scan_path(str(path), tokenizer=tokenizer, cutoff_len=body.cutoff_len,
-                           prompt_template=body.prompt_template, data_format=body.data_format,
-                           completion_column=body.completion_column, train_on_inputs=body.train_on_inputs,
-                           keep=tokenizer is not None)
+        result = scan_path(str(path), body.data_options(), tokenizer=tokenizer, keep=tokenizer is not None)
         report = result.report.to_dict()
         report["source"] = shown  # not the upload's path on the server
         lengths = [len(k.example) for k in result.kept if k.example is not None]

@@ -1,5 +1,6 @@
 """The dataset layer: sources -> validated rows -> rendered text -> token ids with loss masks -> splits.
 
+- `DataOptions`: how rows are read and rendered (the data_config fields both entry points take).
 - `validate_source(...)` -> `ValidationReport`: stream a dataset once and say everything wrong with it.
 - `prepare_dataset(...)` -> `PreparedData`: what training uses; raises `DataValidationError` (with the report)
   when the data is not trainable.
@@ -7,6 +8,7 @@
 
 from .example import IGNORE_INDEX, Example
 from .formats import FORMATS, Template
+from .options import DataOptions
 from .prepare import PreparedData, PromptRenderer, prepare_dataset, validate_source
 from .report import DataIssue, DataValidationError, ValidationReport
 from .split import DEFAULT_FRACTIONS, split_indices
@@ -16,6 +18,7 @@ __all__ = [
     "FORMATS",
     "IGNORE_INDEX",
     "DataIssue",
+    "DataOptions",
     "DataValidationError",
     "Example",
     "PreparedData",

@@ -6,12 +6,13 @@ errors (`DataValidationError`, carrying the report), then splits the rows determ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import TuneforgeError
 from .example import Example
 from .formats import ChatFormat, RowFormat
+from .options import DataOptions
 from .report import DataIssue, DataValidationError, ValidationReport
 from .split import DEFAULT_FRACTIONS, MIN_USEFUL_VALIDATION, check_fractions, split_indices
 from .tokenize import Encoder
@@ -19,35 +20,12 @@ from .validate import Kept, scan_path
 
 
 def validate_source(
-    *,
-    data_path: str,
-    tokenizer: Any = None,
-    cutoff_len: int = 512,
-    prompt_template: str | None = None,
-    data_format: str = "auto",
-    completion_column: str | None = None,
-    data_subset: str | None = None,
-    data_split: str | None = None,
-    hf_token: str | None = None,
-    max_errors: int = 20,
-    train_on_inputs: bool = False,
+    data_path: str, options: DataOptions = DataOptions(), *, tokenizer: Any = None, max_errors: int = 20
 ) -> ValidationReport:
     """Check a dataset without keeping it: streams the source once and returns the report (never raises for
     problems with the data; they are in `report.errors`). Without a tokenizer, token checks and statistics are
     skipped and the report notes it."""
-    return scan_path(
-        data_path,
-        tokenizer=tokenizer,
-        cutoff_len=cutoff_len,
-        prompt_template=prompt_template,
-        data_format=data_format,
-        completion_column=completion_column,
-        train_on_inputs=train_on_inputs,
-        data_subset=data_subset,
-        data_split=data_split,
-        hf_token=hf_token,
-        max_errors=max_errors,
-    ).report
+    return scan_path(data_path, options, tokenizer=tokenizer, max_errors=max_errors).report
 
 
 class PromptRenderer:
@@ -110,20 +88,13 @@ class PreparedData:
 
 
 def prepare_dataset(
-    *,
     data_path: str,
+    options: DataOptions,
+    *,
     tokenizer: Any,
-    cutoff_len: int,
-    prompt_template: str | None = None,
-    data_format: str = "auto",
-    completion_column: str | None = None,
-    train_on_inputs: bool = False,
-    data_subset: str | None = None,
-    data_split: str | None = None,
     split_fractions: dict[str, float] | None = None,
     validation_data_path: str | None = None,
     seed: int = 42,
-    hf_token: str | None = None,
 ) -> PreparedData:
     """Validate, tokenize and split. Raises `DataValidationError` (with `.report`) when the data is not trainable.
 
@@ -133,17 +104,7 @@ def prepare_dataset(
     if tokenizer is None:
         raise TuneforgeError("prepare_dataset needs the model's tokenizer to build training examples")
     fractions = check_fractions(dict(split_fractions if split_fractions is not None else DEFAULT_FRACTIONS))
-    common = dict(
-        tokenizer=tokenizer,
-        cutoff_len=cutoff_len,
-        prompt_template=prompt_template,
-        completion_column=completion_column,
-        train_on_inputs=train_on_inputs,
-        data_subset=data_subset,
-        hf_token=hf_token,
-        keep=True,
-    )
-    result = scan_path(data_path, data_format=data_format, data_split=data_split, **common)
+    result = scan_path(data_path, options, tokenizer=tokenizer, keep=True)
     report = result.report
     if not report.ok:
         raise DataValidationError(report)
@@ -154,7 +115,8 @@ def prepare_dataset(
     if validation_data_path:
         # The same hub dataset or datasets folder as validation data means its 'validation' split.
         val_split = "validation" if validation_data_path.strip() == data_path.strip() else None
-        vres = scan_path(validation_data_path, data_format=result.fmt.name, data_split=val_split, **common)
+        vres = scan_path(validation_data_path, replace(options, data_format=result.fmt.name, data_split=val_split),
+                         tokenizer=tokenizer, keep=True)
         val_report = vres.report
         if not val_report.ok:
             raise DataValidationError(val_report)

@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import TuneforgeError, did_you_mean
 from .example import IGNORE_INDEX, Example
 from .formats import SHORT_COMPLETION_CHARS, ChatFormat, RowFormat, TemplateFormat, resolve_format
+from .options import DataOptions
 from .report import MASK_CLOSE, MASK_OPEN, DataIssue, ValidationReport, plural
 from .sources import Record, Source, SourceError, open_source, redact_url, where
 from .tokenize import ChatTemplateError, Encoder, chat_example, pair_example
@@ -52,61 +53,34 @@ def display_name(data_path: str) -> str:
 
 def scan_path(
     data_path: str,
+    options: DataOptions = DataOptions(),
     *,
     tokenizer: Any = None,
-    cutoff_len: int = 512,
-    prompt_template: str | None = None,
-    data_format: str = "auto",
-    completion_column: str | None = None,
-    train_on_inputs: bool = False,
-    data_subset: str | None = None,
-    data_split: str | None = None,
-    hf_token: str | None = None,
     max_errors: int = 20,
     keep: bool = False,
 ) -> ScanResult:
+    cutoff_len = options.cutoff_len
     report = ValidationReport(source=display_name(data_path), cutoff_len=cutoff_len, max_errors=max_errors)
     if not isinstance(cutoff_len, int) or cutoff_len <= 0:
         report.add_error(DataIssue("config", f"cutoff_len must be a positive number of tokens, got {cutoff_len!r}"))
         return ScanResult(report)
     try:
-        with open_source(data_path, data_subset=data_subset, data_split=data_split, hf_token=hf_token) as source:
-            return _Scan(
-                source,
-                report,
-                tokenizer=tokenizer,
-                prompt_template=prompt_template,
-                data_format=data_format,
-                completion_column=completion_column,
-                train_on_inputs=train_on_inputs,
-                keep=keep,
-            ).run()
+        with open_source(data_path, data_subset=options.data_subset, data_split=options.data_split,
+                         hf_token=options.hf_token) as source:
+            return _Scan(source, report, options, tokenizer=tokenizer, keep=keep).run()
     except SourceError as err:
         report.add_error(err.issue)
         return ScanResult(report)
 
 
 class _Scan:
-    def __init__(
-        self,
-        source: Source,
-        report: ValidationReport,
-        *,
-        tokenizer: Any,
-        prompt_template: str | None,
-        data_format: str,
-        completion_column: str | None,
-        train_on_inputs: bool,
-        keep: bool,
-    ):
+    def __init__(self, source: Source, report: ValidationReport, options: DataOptions, *, tokenizer: Any,
+                 keep: bool):
         self.source = source
         self.report = report
         self.cutoff = report.cutoff_len or 0
         self.tokenizer = tokenizer
-        self.prompt_template = prompt_template
-        self.data_format = data_format
-        self.completion_column = completion_column
-        self.train_on_inputs = train_on_inputs
+        self.options = options
         self.keep = keep
         self.noun = "column" if source.schema is not None else "field"
 
@@ -138,9 +112,9 @@ class _Scan:
             return  # nothing readable: the reading errors or "no rows" say what is wrong, not the format
         choice = resolve_format(
             columns,
-            data_format=self.data_format,
-            prompt_template=self.prompt_template,
-            completion_column=self.completion_column,
+            data_format=self.options.data_format,
+            prompt_template=self.options.prompt_template,
+            completion_column=self.options.completion_column,
             source_name=src.name,
         )
         for message in choice.errors:
@@ -310,7 +284,7 @@ class _Scan:
                     continue
                 ids, trained = res
                 first = next((i for i, t in enumerate(trained) if t), None)
-                if not self.train_on_inputs and (first is None or first >= self.cutoff):
+                if not self.options.train_on_inputs and (first is None or first >= self.cutoff):
                     at = f"starts at token {first + 1}" if first is not None else "is empty after rendering"
                     self._row_error(
                         rec,
@@ -320,13 +294,13 @@ class _Scan:
                         "messages",
                     )
                     continue
-                ex = chat_example(ids, trained, cutoff_len=self.cutoff, train_on_inputs=self.train_on_inputs)
+                ex = chat_example(ids, trained, cutoff_len=self.cutoff, train_on_inputs=self.options.train_on_inputs)
                 self._accept(rec, ex, len(ids))
             return
         rendered = [fmt.render(r.data) for r in batch]  # type: ignore[arg-type]
         pairs = enc.encode_pairs([p for p, _ in rendered], [c for _, c in rendered])
         for rec, (p_ids, c_ids) in zip(batch, pairs, strict=True):
-            if not self.train_on_inputs and len(p_ids) >= self.cutoff:
+            if not self.options.train_on_inputs and len(p_ids) >= self.cutoff:
                 self._row_error(
                     rec,
                     "prompt_too_long",
@@ -335,7 +309,7 @@ class _Scan:
                     None,
                 )
                 continue
-            ex = pair_example(p_ids, c_ids, cutoff_len=self.cutoff, train_on_inputs=self.train_on_inputs)
+            ex = pair_example(p_ids, c_ids, cutoff_len=self.cutoff, train_on_inputs=self.options.train_on_inputs)
             self._accept(rec, ex, len(p_ids) + len(c_ids))
 
     def _accept(self, rec: Record, ex: Example | None, full_len: int | None) -> None:
@@ -372,7 +346,7 @@ class _Scan:
         else:
             assert self.fmt is not None
             prompt, completion = self.fmt.render(rec.data)  # type: ignore[arg-type]
-            segments = [(prompt, self.train_on_inputs), (completion, True)]
+            segments = [(prompt, self.options.train_on_inputs), (completion, True)]
         segments = [s for s in segments if s[0]]
         rendered = "".join(text if trained else f"{MASK_OPEN}{text}{MASK_CLOSE}" for text, trained in segments)
         out: dict[str, Any] = {

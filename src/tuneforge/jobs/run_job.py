@@ -21,6 +21,17 @@ import time
 import traceback
 from pathlib import Path
 
+from ..data import DataOptions, DataValidationError, validate_source
+from ..data.sources import set_url_guard
+from ..errors import TuneforgeError
+from ..models.loader import load_tokenizer
+from ..settings import Settings
+from ..spec import parse_spec
+from ..train.plan import is_finished_run, work_dir_for
+from .limits import size_problems
+from .paths import PathPolicy
+from .store import ACTIVE, Store
+
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -90,9 +101,6 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def run(job_id: str, worker_id: str) -> int:
-    from ..settings import Settings
-    from .store import ACTIVE, Store
-
     settings = Settings()
     store = Store(settings.database_url, create=False)
     job = store.get_job(job_id)
@@ -107,13 +115,9 @@ def run(job_id: str, worker_id: str) -> int:
         store.finish(job_id, "failed", worker_id=worker_id, error=message, message="failed")
         return 1
 
-    from ..data import DataValidationError, validate_source
-    from ..errors import TuneforgeError
-
     try:
-        from ..spec import parse_spec
+        # torch comes with the training code; the worker imports this module (die_with_parent) and stays without.
         from ..train.checkpoint import latest_checkpoint
-        from ..train.recipe import is_finished_run, work_dir_for
 
         spec = parse_spec(json.loads(job["spec"]))
         run_dir = Path(job["run_dir"])
@@ -125,26 +129,17 @@ def run(job_id: str, worker_id: str) -> int:
         rec.log(f"attempt {job['attempts']} on worker {worker_id} (pid {os.getpid()})"
                 + ("; continuing from the last checkpoint" if resume else ""))
 
-        from ..data.sources import set_url_guard
-        from ..models.loader import load_tokenizer
-        from .paths import PathPolicy
-
         # Every URL this job downloads, redirect targets included, obeys the private-address rule that its
         # data_path passed at submission (a public URL could otherwise redirect to an internal service).
         policy = PathPolicy.from_settings(settings)
         set_url_guard(lambda url: policy.url(url, "data_config.data_path"))
         d = spec.data_config
         tokenizer = load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)
-        report = validate_source(data_path=d.data_path, tokenizer=tokenizer, cutoff_len=d.cutoff_len,
-                                 prompt_template=d.prompt_template, data_format=d.data_format,
-                                 completion_column=d.completion_column, data_subset=d.data_subset,
-                                 data_split=d.data_split, hf_token=spec.hf_config.hf_token,
-                                 train_on_inputs=d.train_on_inputs)
+        report = validate_source(d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token),
+                                 tokenizer=tokenizer)
         rec({"type": "validation", "report": report.to_dict(), "time": time.time()})
         if not report.ok:
             return fail(f"data_config.data_path: the dataset is not trainable: {report.summary()}")
-        from .limits import size_problems
-
         # Known only now for data read from a URL or the hub: the job's steps and tokens against the server's limits.
         too_big = size_problems(spec, settings, report.n_rows)
         if too_big:

@@ -19,23 +19,27 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import TuneforgeError
+from ..data import validate_source
+from ..data.formats import Template, TemplateError
+from ..data.options import DataOptions
+from ..errors import Conflict, LimitReached, NotFound, TuneforgeError
+from ..models.adapters import check_adapter_folder
+from ..models.fit import ensure_fits
+from ..models.loader import ALIASES, SMOLLM2_ID, _hf_cached_snapshot, hub_reachable, load_tokenizer
+from ..models.memory import TrainingSetup
 from ..spec import DataConfig, JobSpec, SpecError, parse_spec
-from .paths import PathPolicy, PathRejected, check_path_text, classify_data_path, classify_model_path, is_job_id
+from ..train.plan import work_dir_for
 from .limits import size_problems, string_problems
+from .paths import (
+    PathPolicy,
+    PathRejected,
+    check_path_text,
+    classify_data_path,
+    classify_model_path,
+    is_job_id,
+    looks_like_url,
+)
 from .store import ACTIVE, TERMINAL, Principal, Store, TooManyJobs
-
-
-class NotFound(TuneforgeError):
-    pass
-
-
-class Conflict(TuneforgeError):
-    pass
-
-
-class LimitReached(TuneforgeError):
-    """A per-key quota of the server (-> 429)."""
 
 
 def scope(principal: Principal) -> str | None:
@@ -127,7 +131,8 @@ def submit_job(store: Store, settings, principal: Principal, spec: JobSpec) -> d
     n_rows = None
     for ds_id in dataset_ids[:1]:  # data_path (validation_data_path, when given, is the second)
         n_rows = json.loads(store.get_dataset(ds_id)["report"]).get("n_rows")
-    problems = size_problems(resolved, settings, n_rows) + _target_module_problems(resolved)
+    problems = _template_problems(resolved) + size_problems(resolved, settings, n_rows) + \
+        _target_module_problems(resolved)
     if problems:
         raise SpecError(problems)
     _refuse_if_too_large(resolved)
@@ -137,6 +142,21 @@ def submit_job(store: Store, settings, principal: Principal, spec: JobSpec) -> d
                                 runs_dir=settings.runs_dir, max_active_per_key=settings.max_active_jobs_per_key)
     except TooManyJobs as exc:
         raise LimitReached(str(exc), field="api_key") from None
+
+
+def _template_problems(spec: JobSpec) -> list[str]:
+    """A prompt_template that cannot be parsed (no placeholder, a stray brace, attribute access), refused here
+    rather than when the job starts reading its data."""
+    d = spec.data_config
+    if not d.prompt_template:
+        return []
+    try:
+        Template.parse(d.prompt_template, d.completion_column)
+    except TemplateError as err:
+        text = str(err).removeprefix("prompt_template: ")
+        field = "completion_column" if text.startswith("completion_column") else "prompt_template"
+        return [f"data_config.{field}: {text}"]
+    return []
 
 
 def _model_config(model_path: str):
@@ -183,10 +203,6 @@ def _target_module_problems(spec: JobSpec) -> list[str]:
 def _refuse_if_too_large(spec: JobSpec) -> None:
     """A job that cannot fit this server's device by the memory estimate is refused at submission, with the numbers,
     instead of failing in the queue. Only the config is read (catalog entry or local config.json), never weights."""
-    from ..models.fit import ensure_fits
-    from ..models.loader import ALIASES, _hf_cached_snapshot
-    from ..models.memory import TrainingSetup
-
     model_path = spec.pretrainedmodel_config.model_path
     if Path(model_path).is_absolute():  # checked by the path policy
         model_id, folder = model_path, model_path
@@ -210,7 +226,6 @@ def cancel_job(store: Store, principal: Principal, job_id: str) -> dict:
                        field="job_id", value=job_id)
     after = store.request_cancel(job_id) or job
     if after["status"] == "cancelled":  # a requeued job may hold checkpoints of an earlier attempt
-        from ..train.recipe import work_dir_for
 
         shutil.rmtree(work_dir_for(Path(after["run_dir"])), ignore_errors=True)
     return after
@@ -264,6 +279,74 @@ def job_view(store: Store, job: dict, *, full: bool = True) -> dict[str, Any]:
     return view
 
 
+def resolve_deployment(basemodel_path: str, loramodel_path: str | None, store: Store, principal: Principal,
+                       policy: PathPolicy) -> tuple[str, str | None]:
+    """(what the engine loads, the adapter folder or hub id) for a deploy request, checked before anything is
+    built; raises SpecError with one line per bad field (both are checked)."""
+    problems, model_load, adapter = [], "", None
+    try:
+        model_load = _resolve_base(basemodel_path, policy)
+    except TuneforgeError as exc:
+        problems.append(str(exc))
+    try:
+        adapter = _resolve_adapter(loramodel_path, store, principal, policy)
+    except TuneforgeError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise SpecError(problems)
+    return model_load, adapter
+
+
+def _resolve_base(value: str, policy: PathPolicy) -> str:
+    v = value.strip()
+    if classify_model_path(v) == "local":
+        path = policy.local(v, "basemodel_path")
+        if not (Path(path) / "config.json").is_file():
+            raise TuneforgeError(f"basemodel_path: {value!r} is not a Hugging Face model folder (no config.json)",
+                                 field="basemodel_path", value=value)
+        return path
+    check_path_text(v, "basemodel_path")
+    repo_id = ALIASES.get(v.lower(), v)
+    if repo_id != SMOLLM2_ID and _hf_cached_snapshot(repo_id) is None and not hub_reachable():
+        # Checked now rather than failing the build; and a name like `models/SomeModel` is a hub id here, never a
+        # folder under the server's working directory.
+        raise TuneforgeError(f"basemodel_path: {value!r} is not in the server's Hugging Face cache and the hub "
+                             "cannot be reached; give a catalog alias, a cached hub id, or a model folder in the "
+                             "server's allowed folders", field="basemodel_path", value=value)
+    return repo_id
+
+
+def _resolve_adapter(value: str | None, store: Store, principal: Principal, policy: PathPolicy) -> str | None:
+    """A succeeded job of the caller's (its adapter folder), an adapter folder the path policy allows, or a hub id
+    the server can fetch."""
+    v = (value or "").strip()
+    field = "loramodel_path"
+    if not v:
+        return None
+    if is_job_id(v):
+        job = store.get_job(v, scope(principal))
+        if job is None:
+            raise TuneforgeError(f"{field}: no fine-tuning job {v!r} of yours (GET /v1/finetune/llm lists them)",
+                                 field=field, value=v)
+        if job["status"] != "succeeded":
+            raise TuneforgeError(f"{field}: job {v!r} is {job['status']}; deploy it once it has succeeded",
+                                 field=field, value=v)
+        folder = Path(job["run_dir"]) / "adapter"
+        check_adapter_folder(folder, field=field)
+        return str(folder)
+    if looks_like_url(v) or "://" in v:
+        raise TuneforgeError(f"{field}: URLs are not supported here; give a succeeded job id, an adapter folder on "
+                             "the server, or a hub id", field=field, value=v)
+    if classify_model_path(v) == "local":
+        folder = policy.local(v, field)
+        check_adapter_folder(folder, field=field)
+        return folder
+    if _hf_cached_snapshot(v) is None and not hub_reachable():
+        raise TuneforgeError(f"{field}: {v!r} is not in the server's Hugging Face cache and the hub cannot be "
+                             "reached", field=field, value=v)
+    return v
+
+
 def adapter_zip(settings, job: dict) -> Path:
     """A zip of the job's PEFT adapter folder (files at the zip's root), built once and cached."""
     if job["status"] != "succeeded":
@@ -305,6 +388,11 @@ class DatasetOptions(BaseModel):
         None, description="Tokenizer to count tokens with (a model id or a model folder in an allowed folder). "
         "Empty: token statistics are skipped.")
 
+    def data_options(self) -> DataOptions:
+        return DataOptions(cutoff_len=self.cutoff_len, prompt_template=self.prompt_template,
+                           data_format=self.data_format, completion_column=self.completion_column,
+                           train_on_inputs=self.train_on_inputs)
+
 
 def new_dataset_id() -> str:
     return "ds_" + secrets.token_hex(8)
@@ -322,8 +410,6 @@ def tokenizer_for(model_path: str, policy: PathPolicy):
 
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(model_path: str):
-    from ..models.loader import load_tokenizer
-
     # An absolute folder passed the path policy; anything else is a hub id or alias, never a folder under the
     # server's working directory.
     return load_tokenizer(model_path, relative_is_local=False)
@@ -331,12 +417,8 @@ def _load_tokenizer(model_path: str):
 
 def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> dict:
     """The data layer's validation report for a stored file, as JSON."""
-    from ..data import validate_source
-
     tokenizer = tokenizer_for(options.model_path, policy) if options.model_path else None
-    report = validate_source(data_path=str(path), tokenizer=tokenizer, cutoff_len=options.cutoff_len,
-                             prompt_template=options.prompt_template, data_format=options.data_format,
-                             completion_column=options.completion_column, train_on_inputs=options.train_on_inputs)
+    report = validate_source(str(path), options.data_options(), tokenizer=tokenizer)
     return report.to_dict()
 
 

@@ -11,13 +11,11 @@ The tables are in `db/schema.py`; opening a store migrates the database to the n
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -25,6 +23,7 @@ from sqlalchemy import func, insert, select, update
 from ..db.engine import make_engine
 from ..db.migrate import upgrade
 from ..db.schema import api_keys, datasets, job_events, jobs
+from ..keys import Principal, hash_key
 
 ACTIVE = ("validating", "running")  # a worker owns the job
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -49,20 +48,6 @@ def without_secrets(spec_json: str) -> str:
         if isinstance(holder, dict) and holder.get(key):
             holder[key] = empty
     return json.dumps(spec)
-
-
-def hash_key(key: str) -> str:
-    # Keys are 256-bit random tokens, so a fast hash is enough: there is nothing to brute-force (unlike passwords).
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the owner name every job and dataset is filed under, and whether they see everything."""
-
-    owner: str
-    key_id: int
-    is_admin: bool
 
 
 def _now() -> float:

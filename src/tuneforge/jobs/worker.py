@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ..settings import Settings
+from ..train.plan import work_dir_for
 from .run_job import die_with_parent
 from .store import ACTIVE, TERMINAL, Store
 
@@ -190,7 +191,6 @@ class Worker:
                 return "no longer ours; stopped"
             if job["cancel_requested"]:
                 self._terminate(proc)
-                from ..train.recipe import work_dir_for
 
                 shutil.rmtree(work_dir_for(Path(job["run_dir"])), ignore_errors=True)  # checkpoints of a dead run
                 self.store.finish(job_id, "cancelled", worker_id=wid, message="cancelled")

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .targets import TARGET_MODULES, TARGET_PARAMETERS
+
 # transformers `model_type`s (and config variants) with a passing tiny-model test in tests/models/.
 PROVEN_ARCHITECTURES = frozenset({
     "llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "phi3", "phi", "gemma", "gemma2", "gpt2", "opt",
@@ -69,14 +71,10 @@ class CatalogEntry:
 
     @property
     def target_modules(self) -> list[str]:
-        from .targets import TARGET_MODULES
-
         return list(TARGET_MODULES[self.architecture])
 
     @property
     def target_parameters(self) -> list[str]:
-        from .targets import TARGET_PARAMETERS
-
         return list(TARGET_PARAMETERS.get(self.architecture, []))
 
     @property

@@ -14,8 +14,17 @@ import os
 from pathlib import Path
 
 from ..errors import TuneforgeError
-from .memory import MINIMAL_SETUP, MemoryEstimate, ModelShape, TrainingSetup, device_memory, estimate_training_memory
-from .memory import format_bytes
+from ..runtime import auto_precision, default_device
+from .catalog import get_entry
+from .memory import (
+    MINIMAL_SETUP,
+    MemoryEstimate,
+    ModelShape,
+    TrainingSetup,
+    device_memory,
+    estimate_training_memory,
+    format_bytes,
+)
 
 SKIP_ENV = "TUNEFORGE_SKIP_MEMORY_CHECK"
 
@@ -23,8 +32,6 @@ SKIP_ENV = "TUNEFORGE_SKIP_MEMORY_CHECK"
 def model_shape(model_id: str, config_dir: str | Path | None = None) -> ModelShape | None:
     """The shape of a catalog model (by id or alias), else of the config.json in `config_dir`; None when neither is
     known or the config cannot be built (the loader then reports its own error)."""
-    from .catalog import get_entry
-
     entry = get_entry(model_id)
     if entry is not None:
         return ModelShape.from_config(entry.transformers_config(), extrapolate=True)
@@ -38,12 +45,6 @@ def model_shape(model_id: str, config_dir: str | Path | None = None) -> ModelSha
         return None
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _describe(setup: TrainingSetup) -> str:
     checkpointing = ", gradient checkpointing" if setup.gradient_checkpointing else ""
     return (f"{'QLoRA (4-bit)' if setup.method == 'qlora' else 'LoRA'} on {setup.device}, {setup.precision}, "
@@ -52,10 +53,7 @@ def _describe(setup: TrainingSetup) -> str:
 
 def smallest_estimate(shape: ModelShape, device: str) -> MemoryEstimate:
     """The least memory any job on `device` could need: the smaller of LoRA and QLoRA in MINIMAL_SETUP."""
-    from ..train.runtime import cpu_has_bf16
-
-    precision = "bf16" if (device == "cuda" or cpu_has_bf16()) else "fp32"
-    base = dataclasses.replace(MINIMAL_SETUP, device=device, precision=precision)
+    base = dataclasses.replace(MINIMAL_SETUP, device=device, precision=auto_precision(device))
     estimates = [estimate_training_memory(shape, base, method=method) for method in ("qlora", "lora")]
     return min(estimates, key=lambda e: e.total)
 
@@ -69,7 +67,7 @@ def ensure_fits(model_id: str, *, config_dir: str | Path | None = None, setup: T
     shape = model_shape(model_id, config_dir)
     if shape is None:
         return None
-    device = setup.device if setup is not None else _default_device()
+    device = setup.device if setup is not None else default_device()
     estimate = estimate_training_memory(shape, setup) if setup is not None else smallest_estimate(shape, device)
     available, what = device_memory(device)
     if estimate.total <= available:

@@ -10,8 +10,9 @@ import argparse
 import json
 import sys
 
-from .catalog import CATALOG, PROMPT_STYLES, QLORA_NOT_QUANTIZED, CatalogEntry
 from ..errors import TuneforgeError
+from ..runtime import resolve_optimizer
+from .catalog import CATALOG, PROMPT_STYLES, QLORA_NOT_QUANTIZED, CatalogEntry
 from .memory import ModelShape, TrainingSetup, estimate_training_memory
 
 # The reference job the table's memory columns assume (a typical single-GPU fine-tune); all adjustable by options.
@@ -47,8 +48,10 @@ def catalog_rows(setup: TrainingSetup = REFERENCE, family: str | None = None) ->
 
 
 def _optimizer(setup: TrainingSetup, method: str) -> str:
-    """What the recipe's optimizer 'auto' picks: paged 8-bit AdamW for QLoRA on CUDA, else AdamW."""
-    return "paged_adamw_8bit" if (method == "qlora" and setup.device == "cuda") else setup.optimizer
+    """What the recipe's optimizer 'auto' picks for `method` (the table compares LoRA and QLoRA side by side)."""
+    if method == "qlora" and setup.device == "cuda":
+        return resolve_optimizer("auto", quantized=True, device_type="cuda")
+    return setup.optimizer
 
 
 def _row(entry: CatalogEntry, shape: ModelShape, memory: dict) -> dict:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import TuneforgeError
-from ..train.runtime import Runtime
-from .loader import ResolvedModel
-from .targets import default_target_modules, default_target_parameters, missing_target_modules
+from ..runtime import Runtime
+from .loader import ResolvedModel, quiet_transformers
+from .targets import default_target_modules, default_target_parameters, inspect_linear_modules, missing_target_modules
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,6 @@ def load_base_model(resolved: ResolvedModel, runtime: Runtime, *, quant: QuantSe
     whole base is loaded in the compute dtype, as is usual.
     """
     from transformers import AutoModelForCausalLM
-
-    from .loader import quiet_transformers
 
     quiet_transformers()
     kwargs: dict = {"token": hf_token}
@@ -118,8 +116,6 @@ def apply_lora(model, lora: LoraSettings, *, model_id: str, quantized: bool, gra
         targets, how = list(lora.target_modules), "given in the spec"
         missing = missing_target_modules(model, targets)
         if missing:
-            from .targets import inspect_linear_modules
-
             raise TuneforgeError(
                 f"pretrainedmodel_config.target_modules: {missing} not found in {model_id!r}; its linear layers are "
                 f"{inspect_linear_modules(model)}",

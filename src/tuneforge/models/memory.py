@@ -17,7 +17,8 @@ The terms follow what tuneforge's own code does (models/lora.py, train/loss.py),
   other" includes the experts, which transformers 5 stores as fused 3-D parameters that bitsandbytes does not
   quantize — QLoRA saves little on Mixtral. (If models/lora.py went back to PEFT's prepare_model_for_kbit_training,
   which upcasts all of them to fp32, QLORA_UNQUANTIZED_BYTES would become 4.)
-- The loss computes the output head only on target positions, chunk_tokens_for(vocab) positions at a time (train/loss.py).
+- The loss computes the output head only on target positions, chunk_tokens_for(vocab) positions at a time (train/loss.py,
+  models/loss_path.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
+
+from ..runtime import default_device, pick_runtime, resolve_optimizer
+from .loss_path import FAST_PATH_TYPES, chunk_tokens_for
+from .targets import TARGET_PARAMETERS, _linear_types, default_target_modules
 
 GiB = 2**30
 
@@ -126,8 +131,6 @@ class ModelShape:
     @classmethod
     def from_model(cls, model) -> ModelShape:
         import torch.nn as nn
-
-        from .targets import TARGET_PARAMETERS, _linear_types, default_target_modules
 
         config = model.config
         linear_types = _linear_types()
@@ -303,14 +306,10 @@ class TrainingSetup:
     def from_spec(cls, spec, *, device: str | None = None) -> TrainingSetup:
         """The setup a job spec asks for, on `device` (default: CUDA when present, else the CPU), with the
         precision and optimizer resolved as the training recipe resolves them."""
-        from ..train.runtime import pick_runtime
-
         p, d, t = spec.pretrainedmodel_config, spec.data_config, spec.training_config
         runtime = pick_runtime(t.precision, device)
         quantized = bool(p.use_quantization)
-        optimizer = t.optimizer
-        if optimizer == "auto":  # as train/recipe.py's _build_optimizer
-            optimizer = "paged_adamw_8bit" if (quantized and runtime.is_cuda) else "adamw"
+        optimizer = resolve_optimizer(t.optimizer, quantized=quantized, device_type=runtime.device.type)
         return cls(
             method="qlora" if quantized else "lora",
             batch_size=t.batch_size,
@@ -468,8 +467,6 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
     # (kept from the recomputed forward), the fp32 gradients of the log-softmax and of the logits, and the gradient of
     # the head output in the compute dtype. Architectures outside FAST_PATH_TYPES use the model's own forward: every
     # position's logits at once.
-    from ..train.loss import FAST_PATH_TYPES, chunk_tokens_for
-
     positions = min(tokens, chunk_tokens_for(model.vocab_size)) if model.model_type in FAST_PATH_TYPES else tokens
     logits = positions * model.vocab_size * (4 + 4 + 4 + compute)
 
@@ -485,7 +482,7 @@ def device_memory(device: str | None = None) -> tuple[int, str]:
     available now (MemAvailable) on the CPU."""
     import torch
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(default_device(device))
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)

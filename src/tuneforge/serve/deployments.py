@@ -22,16 +22,23 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..db.schema import deployments
-from ..errors import TuneforgeError
-from .engine import InferenceEngine, SamplingParams, check_adapter_folder, check_name
+from ..errors import Conflict, NotFound, TuneforgeError
+from ..keys import Principal, hash_key
+from ..models.adapters import check_adapter_folder
+from ..models.loader import _hf_cached_snapshot, hub_reachable
+from .engine import InferenceEngine, SamplingParams, UnknownModelError, check_name
+from .openai_routes import Auth
 
 STATUSES = ("building", "live", "failed", "terminated")
 # A client-chosen api_auth_token must be at least this long: with failed attempts throttled per address, 32
@@ -66,12 +73,6 @@ class DeployRequest(BaseModel):
     use_nightly: bool = Field(False, description="Accepted for MonsterAPI compatibility; no effect.")
     multi_lora: bool = Field(False, description="Accepted for MonsterAPI compatibility: every tuneforge engine serves "
                              "many adapters on one base.")
-
-
-def _hash(token: str) -> str:
-    from ..jobs.store import hash_key
-
-    return hash_key(token)
 
 
 def _now() -> float:
@@ -118,14 +119,14 @@ class DeploymentManager:
 
     def by_token(self, token: str) -> dict | None:
         with self.db.connect() as conn:
-            r = conn.execute(select(deployments).where(deployments.c.token_hash == _hash(token),
+            r = conn.execute(select(deployments).where(deployments.c.token_hash == hash_key(token),
                                                        deployments.c.status != "terminated")).first()
         return dict(r._mapping) if r else None
 
     def token_in_use(self, token: str) -> bool:
         """Any deployment, terminated ones included, was given this token (a token is never reused)."""
         with self.db.connect() as conn:
-            return conn.execute(select(deployments.c.id).where(deployments.c.token_hash == _hash(token))).first() \
+            return conn.execute(select(deployments.c.id).where(deployments.c.token_hash == hash_key(token))).first() \
                 is not None
 
     def list(self, owner: str | None) -> list[dict]:
@@ -164,8 +165,6 @@ class DeploymentManager:
         name = check_name(req.deployment_name or f"deploy-{deployment_id[:8]}", field="deployment_name")
         token = req.api_auth_token or secrets.token_urlsafe(24)
         if req.api_auth_token and self.token_in_use(token):
-            from ..jobs.service import Conflict
-
             # Tokens are unique: one token must never open two deployments (of possibly different owners).
             raise Conflict("api_auth_token: this token is already used by another deployment; choose another one, "
                            "or leave it empty to get a generated one", field="api_auth_token", value="***")
@@ -176,13 +175,11 @@ class DeploymentManager:
             with self.db.begin() as conn:
                 conn.execute(insert(deployments).values(
                     id=deployment_id, name=name, owner=owner, key_id=key_id, status="building",
-                    token_hash=_hash(token), token_prefix=token[:6], basemodel_path=req.basemodel_path,
+                    token_hash=hash_key(token), token_prefix=token[:6], basemodel_path=req.basemodel_path,
                     loramodel_path=req.loramodel_path or None, model_load=model_load, adapter_source=adapter_source,
                     prompt_template=req.prompt_template, max_model_len=req.max_model_len,
                     params=json.dumps(params), created_at=now, updated_at=now))
         except IntegrityError:
-            from ..jobs.service import Conflict
-
             raise Conflict(f"deployment_name: {name!r} is taken by a live deployment; choose another name or "
                            "terminate that one first", field="deployment_name", value=name) from None
         self.log(deployment_id, f"created deployment {name!r}: base {req.basemodel_path!r}, adapter "
@@ -254,7 +251,6 @@ class DeploymentManager:
     def _adapter_folder(self, source: str, deployment_id: str) -> str:
         if Path(source).is_absolute():
             return source
-        from ..models.loader import _hf_cached_snapshot, hub_reachable
 
         cached = _hf_cached_snapshot(source)
         if cached:
@@ -282,6 +278,21 @@ class DeploymentManager:
                 self._engines.pop(model_load, None)
                 engine.close()
                 self.log(deployment_id, f"base model {model_load!r} unloaded (no deployment uses it)")
+
+    def visible(self, deployment_id: str, principal: Principal) -> dict:
+        """The deployment, if `principal` owns it (or is an admin); otherwise NotFound, as if it did not exist."""
+        row = self.get(deployment_id.strip())
+        if row is None or (not principal.is_admin and row["owner"] != principal.owner):
+            raise NotFound(f"deployment {deployment_id!r} not found", field="deployment_id", value=deployment_id)
+        return row
+
+    def terminate_for(self, deployment_id: str, principal: Principal, *, actor: str | None = None) -> dict:
+        """`terminate` on behalf of `principal`: NotFound if not theirs, Conflict if already terminated."""
+        row = self.visible(deployment_id, principal)
+        if row["status"] == "terminated":
+            raise Conflict(f"deployment {row['id']!r} is already terminated", field="deployment_id", value=row["id"])
+        self.log(row["id"], f"terminate requested by {principal.owner!r} ({actor or 'api'})")
+        return self.terminate(row["id"])
 
     def terminate(self, deployment_id: str) -> dict:
         with self._lock:
@@ -349,8 +360,6 @@ class DeploymentManager:
                messages: list[dict] | None = None, loop=None):
         d = self.live(model)
         if d is None:
-            from .engine import UnknownModelError
-
             raise UnknownModelError(f"model {model!r} is not a live deployment here", field="model", value=model)
         if isinstance(prompt, str):
             prompt = render_completion_prompt(d["prompt_template"], prompt)
@@ -359,3 +368,41 @@ class DeploymentManager:
         self.log(d["id"], f"request: {'chat' if messages is not None else 'completion'}, {gen.prompt_tokens} prompt "
                           f"tokens, max {gen.max_tokens} new")
         return gen
+
+
+def deployment_auth(manager: DeploymentManager, authenticate: Callable[[str], Principal | None], *,
+                    key_active: Callable[[int], bool]) -> Auth:
+    """The `auth` of the OpenAI routes over deployments (see openai_routes): a deployment answers to its own
+    api_auth_token while `key_active` says the key that created it is not revoked, or to its owner's (or an
+    admin's) service key, which `authenticate` looks up. Others get 404,
+    as if it did not exist; a deployment still building answers 503, a failed or terminated one 409."""
+    challenge = {"WWW-Authenticate": "Bearer"}
+
+    def lookup(token: str, model: str | None):
+        own = manager.by_token(token)
+        if own is not None and own["key_id"] is not None and not key_active(own["key_id"]):
+            own = None  # a deployment's api_auth_token stops working when the key that created it is revoked
+        return authenticate(token), own, manager.by_name(model) if model else None
+
+    async def auth(request: Request, model: str | None) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(401, "missing key: send 'Authorization: Bearer <api_auth_token or API key>'",
+                                headers=challenge)
+        principal, own, d = await anyio.to_thread.run_sync(lookup, token, model)
+        if principal is None and own is None:
+            raise HTTPException(401, "invalid API key or api_auth_token", headers=challenge)
+        if model is None:
+            return
+        allowed = d is not None and ((own is not None and own["id"] == d["id"]) or (
+            principal is not None and (principal.is_admin or principal.owner == d["owner"])))
+        if not allowed:
+            raise HTTPException(404, f"model {model!r} not found: no live deployment of that name that this key may "
+                                     "use (a deployment answers to its api_auth_token and its owner's key)")
+        if d["status"] == "building":
+            raise HTTPException(503, f"deployment {model!r} is still building; poll GET /v1/deploy/status/{d['id']}")
+        if d["status"] != "live":
+            raise HTTPException(409, f"deployment {model!r} is {d['status']}" + (f": {d['error']}" if d["error"] else ""))
+
+    return auth

@@ -43,6 +43,9 @@ from pathlib import Path
 import torch
 
 from ..errors import TuneforgeError, close_matches
+from ..models.adapters import check_adapter_folder
+from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
+from ..runtime import default_device
 
 log = logging.getLogger("tuneforge.serve")
 
@@ -265,21 +268,6 @@ class EngineStats:
     loaded: list[str] = field(default_factory=list)  # least recently used first
 
 
-def check_adapter_folder(path: str | Path, *, field: str = "adapter") -> dict:
-    """The adapter's config, after checking that `path` is a LoRA adapter folder with weights in it."""
-    from ..inference import read_adapter_config
-
-    config = read_adapter_config(path, field=field)
-    p = Path(path).expanduser()
-    if not any((p / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise TuneforgeError(f"{field}: {str(p)!r} has an adapter_config.json but no adapter_model.safetensors",
-                             field=field, value=str(p))
-    if config.get("peft_type", "LORA") != "LORA":
-        raise TuneforgeError(f"{field}: {str(p)!r} is a {config.get('peft_type')} adapter; only LoRA adapters are "
-                             "served", field=field, value=str(p))
-    return config
-
-
 def check_name(name: str, *, field: str = "adapter") -> str:
     if not name or not set(name) <= _NAME_CHARS or len(name) > 128:
         raise TuneforgeError(f"{field}: invalid model name {name!r}: use 1-128 letters, digits and ._-:/@+",
@@ -306,8 +294,6 @@ class InferenceEngine:
             # 'AutoModelForCausalLM'`. One import at a time makes the first one complete before anyone uses it.
             from transformers import AutoModelForCausalLM
 
-        from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
-
         if max_loaded_adapters < 1:
             raise TuneforgeError(f"--max-adapters must be at least 1, got {max_loaded_adapters}",
                                  field="max_adapters", value=max_loaded_adapters)
@@ -321,7 +307,7 @@ class InferenceEngine:
         self.base_name = check_name(model_name or (Path(resolved.model_id).name if local else resolved.model_id),
                                     field="--model-name")
         self._aliases = {model_path, resolved.model_id, self.base_name}
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(default_device(device))
         self.max_loaded_adapters = max_loaded_adapters
         self.default_max_tokens = default_max_tokens
         self.tokenizer = load_tokenizer(model_path, relative_is_local=relative_is_local)

@@ -28,8 +28,9 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import TuneforgeError
@@ -215,8 +216,8 @@ class CompletionRequest(_Sampling):
 
 
 # ------------------------------------------------------------------------------------------ the router
-def _sse(obj: dict) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+def _sse(obj: dict) -> bytes:
+    return format_sse_event(data_str=json.dumps(obj, ensure_ascii=False))
 
 
 def _usage(gen) -> dict:
@@ -262,7 +263,7 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
     def submit(request_model: str, params: SamplingParams, **prompt) -> Any:
         return engine.submit(request_model, params=params, loop=asyncio.get_running_loop(), **prompt)
 
-    async def stream(gen, make_chunk, first: dict | None, include_usage: bool) -> AsyncIterator[str]:
+    async def stream(gen, make_chunk, first: dict | None, include_usage: bool) -> AsyncIterator[bytes]:
         try:
             try:
                 if first is not None:
@@ -275,7 +276,7 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
             except (TuneforgeError, GenerationError) as exc:
                 # the status line is sent already: report in the stream, as OpenAI does (the client raises it)
                 yield _sse(error_body(400 if isinstance(exc, TuneforgeError) else 500, str(exc)))
-            yield "data: [DONE]\n\n"
+            yield format_sse_event(data_str="[DONE]")
         finally:
             gen.cancel()  # done, or the client went away: either way free the model thread from this request
 
@@ -295,8 +296,8 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
                         "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]}
 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(gen, chunk, {"role": "assistant", "content": ""}, include_usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return EventSourceResponse(stream(gen, chunk, {"role": "assistant", "content": ""}, include_usage),
+                                       headers={"Cache-Control": "no-cache"})
         try:
             res = await gen.aresult()
         finally:
@@ -318,8 +319,7 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
                         "choices": [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}]}
 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(gen, chunk, None, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return EventSourceResponse(stream(gen, chunk, None, include_usage), headers={"Cache-Control": "no-cache"})
         try:
             res = await gen.aresult()
         finally:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import TuneforgeError
+
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -70,8 +72,6 @@ def load_adapter_weights(model, folder: Path) -> None:
     """Put the LoRA weights saved in `folder` into the live adapter, refusing weights that do not fit it."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-
-    from ..errors import TuneforgeError
 
     result = set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
     if getattr(result, "unexpected_keys", None):

@@ -8,7 +8,8 @@ the output head, in chunks whose logits are recomputed in the backward pass inst
 compute and memory of the head.
 
 Architectures whose head does more than a plain linear layer (e.g. logit scaling) fall back to the model's own
-forward; `FAST_PATH_TYPES` lists the ones verified to give identical losses (see tests/train/test_loss.py).
+forward; `FAST_PATH_TYPES` (models/loss_path.py, which the memory estimate reads too) lists the ones verified to
+give identical losses (see tests/models/test_architectures.py).
 """
 
 from __future__ import annotations
@@ -18,19 +19,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..data.example import IGNORE_INDEX
-
-FAST_PATH_TYPES = {
-    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "gemma", "gemma2",
-    "stablelm", "gpt2", "opt", "gptj", "gpt_neox", "falcon", "phi", "starcoder2",
-}
-
-# Logits computed at once: 2^25 elements (128 MiB in fp32), i.e. 682 positions of SmolLM2's 49,152-token vocabulary
-# or 261 of Llama 3's 128,256. Sized by elements, not positions, so large vocabularies get smaller chunks.
-CHUNK_LOGITS = 1 << 25
-
-
-def chunk_tokens_for(vocab_size: int) -> int:
-    return max(1, CHUNK_LOGITS // vocab_size)
+from ..models.loss_path import FAST_PATH_TYPES, chunk_tokens_for
 
 
 def _head_loss_sum(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:

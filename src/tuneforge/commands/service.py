@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 
+from pydantic import ValidationError
+
 from ..errors import TuneforgeError
+from ..settings import load_settings
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -18,10 +21,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args, **extra):
-    from pydantic import ValidationError
-
-    from ..settings import load_settings
-
     try:
         return load_settings(home=args.home, db=args.db, **extra)
     except ValidationError as exc:
@@ -30,19 +29,21 @@ def _settings(args, **extra):
 
 
 def _cmd_server(args) -> int:
+    # The API and the worker are imported by the command that runs them: they pull in FastAPI, SQLAlchemy and
+    # torch, which `tuneforge keys` and `--help` do not need.
     from ..api.server import run_server
 
     return run_server(_settings(args, host=args.host, port=args.port, workers=args.workers))
 
 
 def _cmd_worker(args) -> int:
-    from .worker import run_worker
+    from ..jobs.worker import run_worker
 
     return run_worker(_settings(args), device=args.device, parent_pid=args.parent_pid, max_jobs=args.max_jobs)
 
 
 def _store(args):
-    from .store import Store
+    from ..jobs.store import Store
 
     settings = _settings(args)
     settings.ensure_dirs()

@@ -11,8 +11,8 @@ import json
 import re
 import sys
 
-from .formats import FORMATS
-from .prepare import validate_source
+from ..data import FORMATS, DataOptions, validate_source
+from ..models.loader import load_tokenizer
 
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,13 +61,8 @@ def unescape_template(text: str | None) -> str | None:
 def run_validate(args: argparse.Namespace) -> int:
     tokenizer = None
     if args.model:
-        # Imported here: the model layer pulls in transformers, which plain validation does not need.
-        from tuneforge.models.loader import load_tokenizer
-
         tokenizer = load_tokenizer(args.model, hf_token=args.hf_token)
-    report = validate_source(
-        data_path=args.source,
-        tokenizer=tokenizer,
+    options = DataOptions(
         cutoff_len=args.cutoff_len,
         prompt_template=unescape_template(args.template),
         data_format=args.data_format,
@@ -75,8 +70,8 @@ def run_validate(args: argparse.Namespace) -> int:
         data_subset=args.data_subset,
         data_split=args.data_split,
         hf_token=args.hf_token,
-        max_errors=args.max_errors,
     )
+    report = validate_source(args.source, options, tokenizer=tokenizer, max_errors=args.max_errors)
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

@@ -1,0 +1,167 @@
+"""The shapes of the service's JSON answers, so that the OpenAPI page documents every response.
+
+The wire format is MonsterAPI's where MonsterAPI has the route (the official `monsterapi` client reads these
+answers) and must not drift: the models forbid undeclared keys, so a view function that starts returning a new
+key fails the API tests until the key is declared here (and documented). Field order is the key order on the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..jobs.store import STATUSES
+from ..serve.deployments import STATUSES as DEPLOYMENT_STATUSES
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Message(_Response):
+    message: str = Field(description="What happened, in words.")
+
+
+# --- fine-tuning jobs ---------------------------------------------------------------------------------------------
+class JobProgress(_Response):
+    step: int = Field(description="Optimizer steps done.")
+    total_steps: int | None = Field(description="Steps the job will run (known once its data is validated).")
+    epoch: float | None
+    percent: float
+    steps_per_second: float | None
+    eta_seconds: float | None = Field(description="Estimated seconds left; 0 once succeeded.")
+
+
+class JobLosses(_Response):
+    train_loss: float | None
+    eval_loss: float | None
+    best_eval_loss: float | None = Field(description="The lowest validation loss; its adapter is the one kept.")
+    best_step: int | None
+
+
+class JobSummary(_Response):
+    """A job as listed."""
+
+    job_id: str
+    deployment_id: str = Field(description="The job id again, under the name MonsterAPI's launch response uses.")
+    owner: str
+    status: Literal[STATUSES]  # type: ignore[valid-type]
+    model: str
+    data_path: str
+    created_at: str | None = Field(description="ISO 8601, UTC.")
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str | None
+    queue_position: int | None = Field(description="1 = next to run; null when not queued.")
+    progress: JobProgress
+    losses: JobLosses
+    error: str | None
+    cancel_requested: bool
+    attempts: int
+    events_url: str
+    adapter_url: str | None = Field(description="Where to download the adapter once the job has succeeded.")
+
+
+class Job(JobSummary):
+    """A job with its spec (secrets redacted) and, once succeeded, its training report."""
+
+    spec: dict[str, Any]
+    result: dict[str, Any] | None = Field(description="The run's report.json: losses, steps, tokens, memory, time.")
+
+
+class JobLaunched(Job, _Message):  # _Message last: `message` comes first on the wire
+    pass
+
+
+class JobPage(_Response):
+    jobs: list[JobSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class JobEvent(BaseModel):
+    """One event: `seq`, `type` and the type's own fields (`train`: step, total_steps, epoch, loss, lr, ...;
+    `eval`: step, eval_loss, ...; `log`: message; `status`: status; `validation`: report)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seq: int = Field(description="1, 2, ... in the order the events happened.")
+    type: str
+
+
+class JobEvents(_Response):
+    job_id: str
+    status: Literal[STATUSES]  # type: ignore[valid-type]
+    events: list[JobEvent]
+    next_after: int = Field(description="Pass as `after` to get only newer events.")
+
+
+# --- datasets -----------------------------------------------------------------------------------------------------
+class DatasetSummary(_Response):
+    id: str = Field(description="Use as a job's `data_config.data_path`.")
+    owner: str
+    filename: str
+    size_bytes: int
+    sha256: str
+    created_at: str | None
+    ok: bool = Field(description="Trainable: the validation report has no errors.")
+    n_rows: int | None
+    format: str | None
+
+
+class Dataset(DatasetSummary):
+    report: dict[str, Any] = Field(description="The validation report, as `tuneforge data validate --json` prints.")
+
+
+class DatasetPage(_Response):
+    datasets: list[DatasetSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class DatasetDeleted(_Response):
+    id: str
+    deleted: bool
+
+
+# --- deployments --------------------------------------------------------------------------------------------------
+class Deployment(_Response):
+    deployment_id: str
+    deployment_name: str
+    status: Literal[DEPLOYMENT_STATUSES]  # type: ignore[valid-type]
+    owner: str
+    basemodel_path: str
+    loramodel_path: str | None
+    prompt_template: str
+    max_model_len: int | None
+    error: str | None
+    URL: str = Field(description="The OpenAI base URL to call this deployment at, with `model` = deployment_name.")
+    model: str
+    api_auth_token: str = Field(description="Its first characters; the create response alone has the whole token.")
+    created_at: str | None
+    updated_at: str | None
+    live_at: str | None
+    terminated_at: str | None
+
+
+class DeploymentCreated(Deployment, _Message):
+    api_auth_token: str = Field(description="The whole token: shown in this response only (the server keeps a hash).")
+
+
+class DeploymentTerminated(Deployment, _Message):
+    pass
+
+
+class DeploymentLogs(_Response):
+    deployment_id: str
+    status: Literal[DEPLOYMENT_STATUSES]  # type: ignore[valid-type]
+    n_lines: int
+    logs: list[str]
+
+
+class DeploymentPage(_Response):
+    deployments: list[Deployment]
+    total: int

@@ -1,0 +1,52 @@
+"""What a run is, without torch: its step plan, its data (prepared from the spec) and its output folders.
+
+The job service, the worker and `tuneforge estimate` need these but not the training machinery, so they live apart
+from recipe.py (which imports torch, PEFT and the model code).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data import DataOptions, PreparedData, prepare_dataset
+from ..spec import JobSpec
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Step arithmetic, fixed before the first step (and recomputed identically on resume)."""
+
+    batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    eval_every: int
+    save_every: int
+
+
+def make_plan(spec: JobSpec, n_train: int) -> Plan:
+    t = spec.training_config
+    batches = math.ceil(n_train / t.batch_size)
+    per_epoch = math.ceil(batches / t.gradient_accumulation_steps)
+    total = t.max_steps or max(1, math.ceil(t.num_train_epochs * per_epoch))
+    warmup = t.warmup_steps if t.warmup_steps is not None else max(1, round(0.05 * total))
+    eval_every = t.eval_steps or max(1, total // 10)
+    return Plan(batches, per_epoch, total, min(warmup, total), eval_every, t.save_steps or eval_every)
+
+
+def work_dir_for(output_dir: Path) -> Path:
+    return output_dir.with_name(output_dir.name + ".partial")
+
+
+def is_finished_run(path: Path) -> bool:
+    return (path / "report.json").is_file() and (path / "adapter" / "adapter_config.json").is_file()
+
+
+def prepare_spec_data(spec: JobSpec, tokenizer) -> PreparedData:
+    """The job's data, validated, tokenized and split as its data_config says (raises DataValidationError)."""
+    d = spec.data_config
+    return prepare_dataset(d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token),
+                           tokenizer=tokenizer, split_fractions=d.data_split_config,
+                           validation_data_path=d.validation_data_path, seed=spec.training_config.seed)
