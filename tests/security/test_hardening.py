@@ -269,6 +269,9 @@ def test_errors_show_paths_relative_to_the_home(svc):
     text = problem(c["alice"].post("/v1/finetune/llm", json=payload(server.home, data_path="/etc/passwd")), 422,
                    "data_config.data_path", "<home>/datasets")
     assert str(server.home) not in text
+    r = upload(c["alice"], b'{"question": "q", "answer": "a"}\nnot json\n')
+    assert r.status_code == 201 and r.json()["report"]["source"].startswith("<home>/uploads/"), r.text
+    assert str(server.home) not in r.text
 
 
 def test_download_checks_every_redirect_hop():

@@ -137,6 +137,7 @@ def run(job_id: str, worker_id: str) -> int:
         tokenizer = load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)
         report = validate_source(d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token),
                                  tokenizer=tokenizer)
+        report.source = policy.shown(report.source)  # the tenant sees <home>/..., not where the server keeps it
         rec({"type": "validation", "report": report.to_dict(), "time": time.time()})
         if not report.ok:
             return fail(f"data_config.data_path: the dataset is not trainable: {report.summary()}")
@@ -156,6 +157,7 @@ def run(job_id: str, worker_id: str) -> int:
         print(f"job {job_id}: another worker owns it now; stopping", file=sys.stderr)
         return 4
     except DataValidationError as exc:
+        exc.report.source = PathPolicy.from_settings(settings).shown(exc.report.source)
         rec({"type": "validation", "report": exc.report.to_dict(), "time": time.time()})
         return fail(f"data_config.data_path: the dataset is not trainable: {exc.report.summary()}")
     except TuneforgeError as exc:

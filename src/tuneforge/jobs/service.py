@@ -419,6 +419,7 @@ def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> di
     """The data layer's validation report for a stored file, as JSON."""
     tokenizer = tokenizer_for(options.model_path, policy) if options.model_path else None
     report = validate_source(str(path), options.data_options(), tokenizer=tokenizer)
+    report.source = policy.shown(str(path))  # <home>/uploads/...: not where the server keeps its files
     return report.to_dict()
 
 
