@@ -243,6 +243,26 @@ def test_revoking_a_key_stops_its_deployments_tokens(svc):
     assert by_token.post("/v1/chat/completions", json=chat).status_code == 401
 
 
+def test_deployment_names_are_per_owner(svc):
+    server, c, keys = svc
+    ids = {}
+    for who in ("alice", "bob"):
+        r = _deploy(c[who], server.home, deployment_name="orders")
+        assert r.status_code == 200, r.text  # bob is not told that alice has an `orders`
+        ids[who] = (r.json()["deployment_id"], r.json()["api_auth_token"])
+    problem(_deploy(c["alice"], server.home, deployment_name="orders"), 409, "deployment_name", "you already have")
+    for who in ("alice", "bob"):
+        wait_for(lambda who=who: c[who].get(f"/v1/deploy/status/{ids[who][0]}").json()["status"] == "live", 120,
+                 what="the deployments to go live")
+    chat = {"model": "orders", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for who in ("alice", "bob"):  # each key and each token reaches its own `orders`
+        for client in (c[who], Client(server.url, ids[who][1])):
+            assert client.post("/v1/chat/completions", json=chat).status_code == 200
+        log = c[who].get(f"/v1/deploy/logs/{ids[who][0]}").json()["logs"]
+        assert sum("request: chat" in line for line in log) == 2, log
+    assert c["quota"].post("/v1/chat/completions", json=chat).status_code == 404
+
+
 # --- 8. secrets and disclosure -----------------------------------------------------------------------------------------
 
 

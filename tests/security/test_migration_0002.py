@@ -41,6 +41,9 @@ def test_0002_makes_tokens_unique_and_drops_finished_jobs_secrets(tmp_path):
             specs = dict(conn.execute(text("SELECT id, spec FROM jobs")).all())
             unique = [ix["unique"] for ix in sa.inspect(conn).get_indexes("deployments")
                       if ix["name"] == "ix_deployments_token_hash"]
+            names = [ix for ix in sa.inspect(conn).get_indexes("deployments")
+                     if ix["name"] == "uq_deployments_active_name"]
+        assert names and names[0]["column_names"] == ["owner", "name"]
         assert hashes["new"] == hash_key("password") and hashes["old"] != hash_key("password")
         assert unique == [1] or unique == [True]
         assert "OLDSECRET" not in specs["done"] and json.loads(specs["done"])["data_config"] == {"data_path": "x"}

@@ -170,10 +170,10 @@ def test_deploy_errors(svc):
     with pytest.raises(requests.HTTPError, match="404"):
         alice.get_deployment_status("12345678-1234-1234-1234-123456789abc")
 
-    # a name in use by a live deployment
+    # a name in use by a live deployment of the same owner (names are per owner: another tenant's are invisible)
     first = alice.deploy("llm", payload(home, "alpha", deployment_name="dup"))
     with pytest.raises(requests.HTTPError, match="409"):
-        mclient(live, keys["bob"]).deploy("llm", payload(home, "beta", deployment_name="dup"))
+        alice.deploy("llm", payload(home, "beta", deployment_name="dup"))
     wait_live(alice, first["deployment_id"])
     # bob cannot see or stop alice's deployment
     with pytest.raises(requests.HTTPError, match="404"):

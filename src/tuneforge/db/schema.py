@@ -111,7 +111,8 @@ deployments = Table(
     Column("updated_at", Float, nullable=False),
     Column("live_at", Float),
     Column("terminated_at", Float),
-    # One non-terminated deployment per name: the name is the `model` on the shared OpenAI endpoints.
-    Index("uq_deployments_active_name", "name", unique=True, sqlite_where=text("status != 'terminated'"),
+    # One non-terminated deployment per name and owner: the name is the `model` on the OpenAI endpoints, resolved
+    # within the caller's own deployments, so one tenant's names neither block nor reveal another's (0002).
+    Index("uq_deployments_active_name", "owner", "name", unique=True, sqlite_where=text("status != 'terminated'"),
           postgresql_where=text("status != 'terminated'")),
 )

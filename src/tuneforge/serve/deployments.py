@@ -17,6 +17,7 @@ in the create response) or to its owner's service key (or an admin key).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import secrets
 import threading
@@ -41,6 +42,9 @@ from .engine import InferenceEngine, SamplingParams, UnknownModelError, check_na
 from .openai_routes import Auth
 
 STATUSES = ("building", "live", "failed", "terminated")
+# The deployment chosen for the current request by `deployment_auth` (set in the request's own context, read by
+# `DeploymentManager.submit` in the same request): deployment names are unique per owner, not across owners.
+_CHOSEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("tuneforge_deployment", default=None)
 # A client-chosen api_auth_token must be at least this long: with failed attempts throttled per address, 32
 # characters of even a small alphabet are out of reach of guessing (the generated ones have 192 random bits).
 MIN_TOKEN_CHARS = 32
@@ -101,7 +105,7 @@ class DeploymentManager:
         self._lock = threading.RLock()
         self._engines: dict[str, InferenceEngine] = {}  # by model_load
         self._engine_locks: dict[str, threading.Lock] = {}
-        self._live: dict[str, dict] = {}  # name -> row of a live deployment
+        self._live: dict[str, dict] = {}  # deployment id -> row of a live deployment
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ rows
@@ -110,11 +114,14 @@ class DeploymentManager:
             r = conn.execute(select(deployments).where(deployments.c.id == deployment_id)).first()
         return dict(r._mapping) if r else None
 
-    def by_name(self, name: str) -> dict | None:
-        """The non-terminated deployment called `name`."""
+    def by_name(self, name: str, owner: str | None = None) -> dict | None:
+        """The non-terminated deployment called `name` of `owner` (names are unique per owner); without `owner`,
+        the newest of any owner's (for admin keys)."""
+        q = select(deployments).where(deployments.c.name == name, deployments.c.status != "terminated")
+        if owner is not None:
+            q = q.where(deployments.c.owner == owner)
         with self.db.connect() as conn:
-            r = conn.execute(select(deployments).where(deployments.c.name == name,
-                                                       deployments.c.status != "terminated")).first()
+            r = conn.execute(q.order_by(deployments.c.created_at.desc())).first()
         return dict(r._mapping) if r else None
 
     def by_token(self, token: str) -> dict | None:
@@ -180,7 +187,7 @@ class DeploymentManager:
                     prompt_template=req.prompt_template, max_model_len=req.max_model_len,
                     params=json.dumps(params), created_at=now, updated_at=now))
         except IntegrityError:
-            raise Conflict(f"deployment_name: {name!r} is taken by a live deployment; choose another name or "
+            raise Conflict(f"deployment_name: you already have a deployment called {name!r}; choose another name or "
                            "terminate that one first", field="deployment_name", value=name) from None
         self.log(deployment_id, f"created deployment {name!r}: base {req.basemodel_path!r}, adapter "
                                 f"{req.loramodel_path or '(none)'!r}")
@@ -244,7 +251,7 @@ class DeploymentManager:
                 self._release(deployment_id, row["model_load"])
                 return
             self._set(deployment_id, status="live", live_at=_now(), error=None)
-            self._live[row["name"]] = {**current, "status": "live", "engine": engine, "model": model}
+            self._live[deployment_id] = {**current, "status": "live", "engine": engine, "model": model}
         self.log(deployment_id, f"live: answering as model {row['name']!r} on /v1/chat/completions and "
                                 "/v1/completions")
 
@@ -300,7 +307,7 @@ class DeploymentManager:
             if row is None or row["status"] == "terminated":
                 return row
             self._set(deployment_id, status="terminated", terminated_at=_now())
-            self._live.pop(row["name"], None)
+            self._live.pop(deployment_id, None)
         self.log(deployment_id, "terminated")
         self._release(deployment_id, row["model_load"])
         return self.get(deployment_id)
@@ -350,11 +357,17 @@ class DeploymentManager:
     # ------------------------------------------------------------------ the engine protocol of openai_routes
     def model_names(self) -> list[str]:
         with self._lock:
-            return sorted(self._live)
+            return sorted({d["name"] for d in self._live.values()})
 
     def live(self, name: str) -> dict | None:
+        """The live deployment called `name` that this request's `deployment_auth` chose (names are per owner, so
+        two tenants may both serve an `orders`); without that choice, the only live one of that name."""
         with self._lock:
-            return self._live.get(name)
+            chosen = self._live.get(_CHOSEN.get() or "")
+            if chosen is not None and chosen["name"] == name:
+                return chosen
+            matches = [d for d in self._live.values() if d["name"] == name]
+            return matches[0] if len(matches) == 1 else None
 
     def submit(self, model: str, prompt: Any = None, params: SamplingParams | None = None, *,
                messages: list[dict] | None = None, loop=None):
@@ -382,7 +395,18 @@ def deployment_auth(manager: DeploymentManager, authenticate: Callable[[str], Pr
         own = manager.by_token(token)
         if own is not None and own["key_id"] is not None and not key_active(own["key_id"]):
             own = None  # a deployment's api_auth_token stops working when the key that created it is revoked
-        return authenticate(token), own, manager.by_name(model) if model else None
+        principal = authenticate(token)
+        d = None
+        if model is not None:
+            # Names are per owner: the token's own deployment, else the key owner's deployment of that name (an
+            # admin key: anyone's). Another tenant's deployment of the same name is never found.
+            if own is not None and own["name"] == model:
+                d = own
+            elif principal is not None:
+                d = manager.by_name(model, principal.owner)
+                if d is None and principal.is_admin:
+                    d = manager.by_name(model)
+        return principal, own, d
 
     async def auth(request: Request, model: str | None) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -400,6 +424,7 @@ def deployment_auth(manager: DeploymentManager, authenticate: Callable[[str], Pr
         if not allowed:
             raise HTTPException(404, f"model {model!r} not found: no live deployment of that name that this key may "
                                      "use (a deployment answers to its api_auth_token and its owner's key)")
+        _CHOSEN.set(d["id"])  # the deployment `submit` serves for this request
         if d["status"] == "building":
             raise HTTPException(503, f"deployment {model!r} is still building; poll GET /v1/deploy/status/{d['id']}")
         if d["status"] != "live":

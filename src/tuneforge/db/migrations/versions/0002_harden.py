@@ -1,4 +1,4 @@
-"""harden: deployment tokens unique; finished jobs' tokens dropped (issue 12)
+"""harden: deployment tokens unique; deployment names per owner; finished jobs' tokens dropped (issue 12)
 
 Revision ID: 0002
 Revises: 0001
@@ -8,6 +8,8 @@ Create Date: 2026-11-29
   give a second deployment a token already in use. Where a database holds such duplicates, the newest deployment
   keeps the token and the older ones get the hash of a random token nobody holds (their owners still reach them
   with their API keys, and a new deployment gets a new token).
+- `uq_deployments_active_name` covers (owner, name) instead of name: one tenant's deployment names no longer
+  block, nor reveal, another's. Every database that satisfied the old index satisfies the new one.
 - The stored spec of every finished (succeeded, failed, cancelled) job loses its `hf_token`, `wandb_login_key` and
   `user_session_token`: the service now drops them when a job ends, and earlier jobs kept them forever.
 
@@ -29,6 +31,7 @@ branch_labels = None
 depends_on = None
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+ACTIVE = sa.text("status != 'terminated'")
 SECRETS = (("logging_config", "wandb_login_key", ""), ("hf_config", "hf_token", None),
            (None, "user_session_token", None))
 
@@ -67,6 +70,9 @@ def upgrade() -> None:
             conn.execute(sa.update(deployments).where(deployments.c.id == older).values(token_hash=_unusable_hash()))
     op.drop_index("ix_deployments_token_hash", table_name="deployments")
     op.create_index("ix_deployments_token_hash", "deployments", ["token_hash"], unique=True)
+    op.drop_index("uq_deployments_active_name", table_name="deployments")
+    op.create_index("uq_deployments_active_name", "deployments", ["owner", "name"], unique=True,
+                    sqlite_where=ACTIVE, postgresql_where=ACTIVE)
 
     jobs = sa.table("jobs", sa.column("id", sa.String), sa.column("status", sa.String), sa.column("spec", sa.Text))
     for job_id, spec in conn.execute(sa.select(jobs.c.id, jobs.c.spec).where(jobs.c.status.in_(TERMINAL))).all():
@@ -76,6 +82,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # The dropped tokens cannot come back (they were the point); the index goes back to non-unique.
+    # The dropped tokens cannot come back (they were the point). Going back to one name across owners fails if two
+    # owners now have live deployments of the same name: terminate one first.
+    op.drop_index("uq_deployments_active_name", table_name="deployments")
+    op.create_index("uq_deployments_active_name", "deployments", ["name"], unique=True, sqlite_where=ACTIVE,
+                    postgresql_where=ACTIVE)
     op.drop_index("ix_deployments_token_hash", table_name="deployments")
     op.create_index("ix_deployments_token_hash", "deployments", ["token_hash"])
