@@ -244,7 +244,7 @@ def test_revoking_a_key_stops_its_deployments_tokens(svc):
 
 
 def test_deployment_names_are_per_owner(svc):
-    server, c, keys = svc
+    server, c, _ = svc
     ids = {}
     for who in ("alice", "bob"):
         r = _deploy(c[who], server.home, deployment_name="orders")
