@@ -60,7 +60,7 @@ class DeployRequest(BaseModel):
                                        "an adapter folder inside the server's allowed folders, or a hub id. Empty: "
                                        "serve the base model alone.")
     deployment_name: str | None = Field(None, description="The name clients pass as `model` on the OpenAI-compatible "
-                                        "endpoints; unique among live deployments. Default: deploy-<id prefix>.")
+                                        "endpoints; unique among your live deployments (other owners may use the same name). Default: deploy-<id prefix>.")
     prompt_template: str = Field("{prompt}{completion}", description="Wraps `prompt` on /v1/completions: the text "
                                  "before `{completion}`, with `{prompt}` filled in (use the training template). "
                                  "Chat requests use the model's chat template.")
