@@ -63,8 +63,8 @@ def get_job(job_id: str, store: StoreDep, principal: CurrentPrincipal) -> Job:
 @router.post("/{job_id}/cancel", summary="Cancel a queued or running job",
              responses={**_ERRORS, 409: {"description": "The job has already finished"}})
 def cancel(job_id: str, store: StoreDep, principal: CurrentPrincipal) -> Job:
-    """A queued job is cancelled at once; a running one is stopped by its worker within seconds
-    (`cancel_requested` is true until then)."""
+    """A queued job is cancelled at once; a running one is stopped by its worker at its next poll
+    (`TUNEFORGE_POLL_SECONDS`, 0.5 s by default: under a second in all), `cancel_requested` being true until then."""
     return Job(**service.job_view(store, service.cancel_job(store, principal, job_id)))
 
 
