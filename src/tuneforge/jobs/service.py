@@ -162,7 +162,6 @@ def _template_problems(spec: JobSpec) -> list[str]:
 def _model_config(model_path: str):
     """The transformers config of a catalog model, a local model folder or a cached hub model; None if unknown."""
     from ..models.catalog import get_entry
-    from ..models.loader import ALIASES, _hf_cached_snapshot
 
     if Path(model_path).is_absolute():
         folder = model_path
