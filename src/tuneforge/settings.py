@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .errors import TuneforgeError
+
 
 def default_home() -> Path:
     return Path("~/.tuneforge").expanduser()
@@ -159,7 +161,11 @@ class Settings(BaseSettings):
         # adapters of every tenant: only the service's own user may read it. models/ and datasets/ keep the
         # operator's own permissions (they are the operator's to share).
         for d in (self.home, *self.private_dirs):
-            os.chmod(d, 0o700)
+            try:
+                os.chmod(d, 0o700)
+            except PermissionError as exc:
+                raise TuneforgeError(f"home: cannot make {d} private to this user (chmod 700): {exc.strerror}; run "
+                                     "the service as the owner of its home", field="home", value=str(d)) from None
 
     def relative(self, path: str | os.PathLike) -> str:
         """`path` as shown to API users: relative to the home (`<home>/datasets/x.jsonl`) so that error messages
