@@ -152,7 +152,9 @@ def test_sigkill_of_the_worker_alone_restarts_it_and_the_job_resumes(svc):
     assert done["status"] == "succeeded" and done["attempts"] == 2, done
     resumed_step, before, after = _resume_point(alice.events(job_id))
     assert resumed_step >= 8 and resumed_step in before and after[0] == resumed_step + 1 and after[-1] == 40
-    assert "exited (-9); starting another" in server.log_tail(200)
+    # The whole log: on a loaded machine the polling while the job resumes writes hundreds of access-log lines
+    # after the restart message (seen: 577 lines), more than a fixed tail holds.
+    assert "exited (-9); starting another" in server.log_tail(100_000)
 
 
 def test_sigkill_of_the_server_mid_job_then_restart_resumes_from_the_last_checkpoint(tmp_path, tiny_model_dir):

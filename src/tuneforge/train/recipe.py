@@ -63,7 +63,7 @@ EventSink = Callable[[dict], None]
 class RunResult:
     output_dir: Path
     adapter_dir: Path
-    report: dict
+    report: dict  # report.json as written (TrainReport.to_dict())
 
 
 def _seed_everything(seed: int) -> None:
