@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast test-ui bench bench-infer lint-imports clean
+.PHONY: demo test test-fast test-ui bench bench-infer migration lint-imports clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,18 @@ bench: $(STAMP)
 # Single-stream decode: the serving engine vs transformers generate (and llama.cpp with the `llama` extra)
 bench-infer: $(STAMP)
 	$(PY) bench/infer_bench.py
+
+# A new schema migration, after changing src/tuneforge/db/schema.py: `make migration m="add deployments.secret"`.
+# Alembic compares the schema module with a scratch database at the current head and writes the difference to
+# src/tuneforge/db/migrations/versions/NNNN_<message>.py: read it, complete it (data moves, server defaults), test it.
+MIGRATION_DB := build/migration-scratch.db
+migration: $(STAMP)
+	@test -n "$(m)" || { echo 'usage: make migration m="what the migration changes"'; exit 2; }
+	mkdir -p build && rm -f $(MIGRATION_DB)
+	$(VENV)/bin/alembic -x url=sqlite:///$(MIGRATION_DB) upgrade head
+	$(VENV)/bin/alembic -x url=sqlite:///$(MIGRATION_DB) revision --autogenerate -m "$(m)" \
+	  --rev-id $$(printf %04d $$(( $$(ls src/tuneforge/db/migrations/versions/[0-9]*.py | wc -l) + 1 )))
+	rm -f $(MIGRATION_DB)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

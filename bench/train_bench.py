@@ -206,7 +206,7 @@ def main() -> None:
     from tuneforge.estimate import train_flops_per_token
     from tuneforge.models.loader import resolve_model
 
-    tok, data = prepared(data_path)
+    _tok, data = prepared(data_path)
     lengths = sorted(len(e) for e in data.train)
     config = AutoConfig.from_pretrained(resolve_model(MODEL).load_from)
     mean_len = sum(lengths) / len(lengths)
@@ -281,7 +281,7 @@ def _chart(results: dict, labels: dict, path: Path) -> None:
     peak = [results[n]["peak_bytes"] / 2**20 for n in names]
     weights = [results[n]["weight_bytes"] / 2**20 for n in names]
     axes[1].bar([labels[n] for n in names], weights, color="#2ca02c", label="weights")
-    axes[1].bar([labels[n] for n in names], [p - w for p, w in zip(peak, weights)], bottom=weights, color="#98df8a",
+    axes[1].bar([labels[n] for n in names], [p - w for p, w in zip(peak, weights, strict=True)], bottom=weights, color="#98df8a",
                 label="everything else")
     axes[1].set_title("peak memory, MiB (lower is better)")
     axes[1].legend()

@@ -102,9 +102,9 @@ def test_overrides_and_files(tmp_path):
     assert spec.data_config.prompt_template == "Q: {q} A: {a}"
     json_file = tmp_path / "job.json"
     json_file.write_text('{"data_config": {"data_path": "d.jsonl",}}')
-    with pytest.raises(Exception, match="job.json: not valid JSON at line 1 column"):
+    with pytest.raises(Exception, match=r"job\.json: not valid JSON at line 1 column"):
         load_spec(json_file)
-    with pytest.raises(Exception, match="expected section.field=value"):
+    with pytest.raises(Exception, match=r"expected section\.field=value"):
         apply_overrides({}, ["training_config.learning_rate"])
 
 

@@ -50,7 +50,7 @@ def greedy_batch(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: 
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
-    return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / max(len(references), 1)
+    return sum(p.strip() == r.strip() for p, r in zip(predictions, references, strict=True)) / max(len(references), 1)
 
 
 def _evaluate(model, tokenizer, data, examples, rows, runtime) -> tuple[float, float, list[str]]:

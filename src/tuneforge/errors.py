@@ -30,6 +30,10 @@ class Conflict(TuneforgeError):
     """The request contradicts the current state (a taken name, a finished job): HTTP 409."""
 
 
+class LimitReached(TuneforgeError):
+    """A per-key quota of the server (queued and running jobs): HTTP 429."""
+
+
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
 

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .errors import TuneforgeError
+
 
 def default_home() -> Path:
     return Path("~/.tuneforge").expanduser()
@@ -57,6 +59,39 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: ByteSize = Field(
         ByteSize(2 * 1024**3), description="Largest dataset upload accepted, in bytes or with a unit ('500MB')."
+    )
+    max_request_bytes: ByteSize = Field(
+        ByteSize(1024**2),
+        description="Largest request body accepted on every route but the dataset upload (which has "
+        "max_upload_bytes), in bytes or with a unit ('2MB'). A job spec is a few kilobytes.",
+    )
+    max_field_chars: int = Field(
+        32768, ge=256,
+        description="Longest string accepted in any field of a job spec or deployment (a prompt_template, a name, "
+        "a path); paths are also limited to 4096 characters.",
+    )
+    max_active_jobs_per_key: int = Field(
+        10, ge=1, description="Queued plus running jobs one API key may have at a time; more are refused with 429.",
+    )
+    max_steps_per_job: int = Field(
+        100_000, ge=1,
+        description="Most optimizer steps one job may run (max_steps, or epochs x batches per epoch): a job "
+        "beyond it would hold a worker for days.",
+    )
+    max_tokens_per_job: int = Field(
+        2_000_000_000, ge=1,
+        description="Most tokens one job may train on, counted as steps x batch_size x "
+        "gradient_accumulation_steps x cutoff_len (an upper bound of the real count).",
+    )
+    auth_failures_per_minute: int = Field(
+        20, ge=1,
+        description="Failed authentications (API keys and deployment tokens) one client address may make per "
+        "minute before it gets 429 until the minute is over.",
+    )
+    public_docs: bool = Field(
+        True,
+        description="Serve the OpenAPI page (/docs, /redoc, /openapi.json) without a key. The schema holds no "
+        "secrets, but it tells anyone who can reach the server what it is; false: not served at all.",
     )
     heartbeat_seconds: float = Field(2.0, gt=0, description="How often a worker marks its running job as alive.")
     stale_after_seconds: float = Field(
@@ -122,6 +157,24 @@ class Settings(BaseSettings):
     def ensure_dirs(self) -> None:
         for d in (self.home, self.home / "models", self.home / "datasets", *self.private_dirs):
             d.mkdir(parents=True, exist_ok=True)
+        # The home holds the database (keys' hashes, job specs with their tokens until the job ends), uploads and
+        # adapters of every tenant: only the service's own user may read it. models/ and datasets/ keep the
+        # operator's own permissions (they are the operator's to share).
+        for d in (self.home, *self.private_dirs):
+            try:
+                os.chmod(d, 0o700)
+            except PermissionError as exc:
+                raise TuneforgeError(f"home: cannot make {d} private to this user (chmod 700): {exc.strerror}; run "
+                                     "the service as the owner of its home", field="home", value=str(d)) from None
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """`path` as shown to API users: relative to the home (`<home>/datasets/x.jsonl`) so that error messages
+        do not disclose where the server keeps its files."""
+        text = str(path)
+        home = str(self.home)
+        if text == home or text.startswith(home + os.sep):
+            return "<home>" + text[len(home):]
+        return text
 
     def to_env(self) -> dict[str, str]:
         """The environment that makes `Settings()` in a child process equal to this one."""

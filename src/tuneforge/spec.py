@@ -33,6 +33,10 @@ FORMAT_HELP = {
 }
 DataFormat = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
 
+# Upper bound of the counts and lengths below: larger values mean nothing to training, and reach int32/int64
+# arithmetic in torch, numpy and the database where they would fail in the queue instead of at the door.
+MAX_INT32 = 2**31 - 1
+
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 SCHEDULERS = (
@@ -126,7 +130,7 @@ class DataConfig(_Section):
         "is the completion the model learns, everything before it the prompt. '{{' and '}}' are literal braces. "
         "Empty: use a 'messages', 'prompt'/'completion' or 'text' column.",
     )
-    cutoff_len: int = Field(512, gt=0, description="Maximum tokens per example; longer examples are truncated.")
+    cutoff_len: int = Field(512, gt=0, le=MAX_INT32, description="Maximum tokens per example; longer examples are truncated.")
     data_split_config: dict[str, float] = Field(
         default_factory=lambda: {"train": 0.9, "validation": 0.1},
         description="Fractions of the rows used for training and validation, e.g. {'train': 0.9, 'validation': 0.1}.",
@@ -183,15 +187,16 @@ class DataConfig(_Section):
 
 class TrainingConfig(_Section):
     early_stopping_patience: int = Field(
-        5, gt=0, description="Stop when the validation loss has not improved for this many evaluations."
+        5, gt=0, le=MAX_INT32, description="Stop when the validation loss has not improved for this many evaluations."
     )
-    num_train_epochs: float = Field(1, gt=0, description="Passes over the training data (fractions allowed).")
+    num_train_epochs: float = Field(1, gt=0, le=1e6, description="Passes over the training data (fractions allowed).")
     gradient_accumulation_steps: int = Field(
         1, gt=0, lt=1000, description="Micro-batches whose gradients add up to one optimizer step."
     )
     warmup_steps: int | None = Field(
         None,
         ge=0,
+        le=MAX_INT32,
         description="Optimizer steps of linear learning-rate warm-up from 0. Default: 5% of the steps (at least 1).",
     )
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate of the LoRA weights.")
@@ -212,17 +217,20 @@ class TrainingConfig(_Section):
     # --- tuneforge extensions -------------------------------------------------------------------------------------
     batch_size: int = Field(8, gt=0, le=4096, description="(tuneforge) Examples per micro-batch.")
     max_steps: int | None = Field(
-        None, gt=0, description="(tuneforge) Stop after this many optimizer steps (overrides num_train_epochs)."
+        None, gt=0, le=MAX_INT32,
+        description="(tuneforge) Stop after this many optimizer steps (overrides num_train_epochs)."
     )
     eval_steps: int | None = Field(
-        None, gt=0, description="(tuneforge) Evaluate every N optimizer steps. Default: about 10 times per run."
+        None, gt=0, le=MAX_INT32, description="(tuneforge) Evaluate every N optimizer steps. Default: about 10 times per run."
     )
     save_steps: int | None = Field(
-        None, gt=0, description="(tuneforge) Write a resumable checkpoint every N optimizer steps. Default: at each evaluation."
+        None, gt=0, le=MAX_INT32, description="(tuneforge) Write a resumable checkpoint every N optimizer steps. Default: at each evaluation."
     )
-    save_total_limit: int = Field(2, gt=0, description="(tuneforge) Checkpoints kept on disk (oldest removed first).")
-    logging_steps: int = Field(1, gt=0, description="(tuneforge) Record the training loss every N optimizer steps.")
-    seed: int = Field(42, ge=0, description="(tuneforge) Seed for the data split, shuffling, dropout and LoRA init.")
+    save_total_limit: int = Field(2, gt=0, le=MAX_INT32,
+                                  description="(tuneforge) Checkpoints kept on disk (oldest removed first).")
+    logging_steps: int = Field(1, gt=0, le=MAX_INT32, description="(tuneforge) Record the training loss every N optimizer steps.")
+    seed: int = Field(42, ge=0, le=2**32 - 1,  # numpy's seeds are 32-bit
+                      description="(tuneforge) Seed for the data split, shuffling, dropout and LoRA init.")
     weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="(tuneforge) AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="(tuneforge) Gradient clipping norm (0 disables).")
     optimizer: Literal["auto", "adamw", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit"] = Field(
@@ -286,12 +294,13 @@ class JobSpec(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> JobSpec:
         t = self.training_config
-        if self.data_config.validation_data_path is None and self.data_config.data_split_config.get("validation", 0) == 0:
-            if t.lr_scheduler_type == "reduce_lr_on_plateau":
-                raise ValueError(
-                    "lr_scheduler_type 'reduce_lr_on_plateau' needs a validation split: give data_split_config a "
-                    "'validation' fraction or set validation_data_path"
-                )
+        no_validation = (self.data_config.validation_data_path is None
+                         and self.data_config.data_split_config.get("validation", 0) == 0)
+        if no_validation and t.lr_scheduler_type == "reduce_lr_on_plateau":
+            raise ValueError(
+                "lr_scheduler_type 'reduce_lr_on_plateau' needs a validation split: give data_split_config a "
+                "'validation' fraction or set validation_data_path"
+            )
         return self
 
     # --- serialisation ------------------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ def test_a_model_too_large_for_the_server_is_refused_at_submission_with_the_numb
 
 
 def test_malformed_json_and_wrong_shapes_get_422(svc):
-    server, c, _ = svc
+    _server, c, _ = svc
     r = c["alice"].post("/v1/finetune/llm", data=b'{"data_config": {"data_path": "x",}',
                         headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "body"
@@ -169,7 +169,7 @@ def test_tenants_see_only_their_own_jobs_and_the_admin_sees_all(svc):
 
 
 def test_job_list_is_newest_first_and_paged(svc):
-    server, c, _ = svc
+    server, _c, _ = svc
     key = create_key(server.home, "erin")
     erin = Client(server.url, key)
     ids = [erin.post("/v1/finetune/llm", json=payload(server.home)).json()["job_id"] for _ in range(5)]
@@ -234,7 +234,7 @@ def test_dataset_upload_report_tenancy_and_use_as_data_path(svc):
 
 
 def test_a_broken_dataset_is_stored_with_its_problems_listed(svc):
-    server, c, _ = svc
+    _server, c, _ = svc
     bad = b'{"question": "a", "answer": "b"}\n{"question": "c", "answer": \n[1, 2]\n'
     r = c["alice"].post("/v1/datasets", files={"file": ("bad.jsonl", bad)})
     assert r.status_code == 201

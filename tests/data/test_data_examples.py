@@ -85,7 +85,7 @@ def test_bos_is_kept_and_a_trailing_special_is_not_added_to_the_prompt(tmp_path)
 def assistant_text(tok, ex):
     """The decoded trained tokens, turn by turn."""
     spans, cur = [], []
-    for t, label in zip(ex.input_ids, ex.labels):
+    for t, label in zip(ex.input_ids, ex.labels, strict=True):
         if label != IGNORE_INDEX:
             cur.append(t)
         elif cur:
@@ -194,7 +194,7 @@ def test_examples_are_deterministic(tmp_path, tiny_tokenizer):
 @pytest.mark.parametrize("name", ["alpaca.json", "alpaca.jsonl", "alpaca.parquet"])
 def test_same_rows_same_examples_in_every_format(name, tiny_tokenizer):
     prepared = prepare_dataset(str(FIXTURES / name), DataOptions(cutoff_len=128, prompt_template="{instruction} {input} => {output}"), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0})
-    for row, ex in zip(prepared.train_rows, prepared.train):
+    for row, ex in zip(prepared.train_rows, prepared.train, strict=True):
         prompt = f"{row['instruction']} {row['input']} => "
         ids = tiny_tokenizer(prompt)["input_ids"]
         assert list(ex.input_ids[: len(ids)]) == ids

@@ -40,7 +40,7 @@ def test_split_counts_and_minimums():
     assert split_counts(100, {"train": 0.5, "validation": 0.1}) == {"train": 50, "validation": 10, "test": 0}
     with pytest.raises(TuneforgeError, match=r"unknown split 'valid' \(did you mean 'validation'\?\)"):
         split_counts(10, {"train": 0.9, "valid": 0.1})
-    with pytest.raises(TuneforgeError, match="add up to 1.2, more than 1"):
+    with pytest.raises(TuneforgeError, match=r"add up to 1\.2, more than 1"):
         split_counts(10, {"train": 0.9, "validation": 0.3})
 
 
@@ -60,7 +60,7 @@ def test_splits_rows_and_examples_line_up(tmp_path, tiny_tokenizer):
     assert len(prepared.validation_rows) == 10 and len(prepared.test_rows) == 10
     seen = {r["q"] for r in prepared.train_rows + prepared.validation_rows + prepared.test_rows}
     assert len(seen) == 40
-    for row, ex in zip(prepared.test_rows, prepared.test):
+    for row, ex in zip(prepared.test_rows, prepared.test, strict=True):
         prompt_ids = prepared.prompt_ids(row)
         assert prepared.render_prompt(row) == f"Q: {row['q']}\nA: "
         assert list(ex.input_ids[: len(prompt_ids)]) == prompt_ids

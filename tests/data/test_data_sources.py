@@ -67,7 +67,7 @@ def test_csv_sniffs_semicolon_strips_bom_and_keeps_quoted_newlines():
 def test_csv_single_column_with_commas_in_text_is_not_split(tmp_path):
     p = tmp_path / "t.csv"
     p.write_text("text\nhello, world\nno comma here\n", encoding="utf-8")
-    src, recs = read(p)
+    _src, recs = read(p)
     assert [r.data for r in recs] == [{"text": "hello, world"}, {"text": "no comma here"}]
 
 

@@ -3,6 +3,7 @@ throwaway PostgreSQL server (installed with apt when this machine has none)."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -94,8 +95,9 @@ def create_key(home: Path, name: str, *, admin: bool = False, db: str | None = N
 class Server:
     """`tuneforge server` in a subprocess (its own process group, so a test can SIGKILL the lot)."""
 
-    def __init__(self, home: Path, *, workers: int = 1, db: str | None = None, env: dict | None = None):
-        self.home, self.workers, self.db = home, workers, db
+    def __init__(self, home: Path, *, workers: int = 1, db: str | None = None, env: dict | None = None,
+                 cwd: Path | None = None):
+        self.home, self.workers, self.db, self.cwd = home, workers, db, cwd
         self.env = {**os.environ, **FAST_ENV, "TUNEFORGE_CACHE": str(home / "hf-cache"), **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -112,7 +114,7 @@ class Server:
                "--workers", str(self.workers)]
         cmd += ["--db", self.db] if self.db else []
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
 
         def up():
@@ -142,14 +144,10 @@ class Server:
             return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # then killed with its group below
                 self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in its group
-        except (ProcessLookupError, PermissionError):
-            pass
         self.proc = None
 
 

@@ -157,7 +157,8 @@ def test_setup_from_a_job_spec(tmp_path):
 
 def test_bad_setups_are_refused():
     for bad in ({"method": "full"}, {"batch_size": 0}, {"precision": "int8"}, {"optimizer": "sgd"}):
-        with pytest.raises(ValueError):
+        (field, value), = bad.items()
+        with pytest.raises(ValueError, match=rf"^{field} must .*, not {value!r}$"):
             TrainingSetup(**bad)
 
 

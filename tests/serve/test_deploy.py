@@ -13,6 +13,7 @@ import requests
 
 from serve_helpers import LiveServer
 
+SURVIVOR = "survivor-token-" + "3" * 24  # api_auth_token: at least 32 characters
 MESSAGES = [{"role": "user", "content": "what is two plus two?"}]
 
 
@@ -125,9 +126,9 @@ def test_deploy_a_finished_job_and_the_base_model(svc, adapters, engine):
     shutil.copytree(adapters["beta"], f"{job['run_dir']}/adapter")
     assert store.finish(job["id"], "succeeded", from_statuses=("queued",))
     alice = mclient(live, keys["alice"])
-    ret = alice.deploy("llm", payload(home, deployment_name="from-job", api_auth_token="tok-from-job-123",
+    ret = alice.deploy("llm", payload(home, deployment_name="from-job", api_auth_token="tok-from-job-" + "1" * 24,
                                       max_model_len=64) | {"loramodel_path": job["id"]})
-    base = alice.deploy("llm", payload(home, deployment_name="plain-base", api_auth_token="tok-plain-base-1"))
+    base = alice.deploy("llm", payload(home, deployment_name="plain-base", api_auth_token="tok-plain-base-" + "2" * 24))
     assert wait_live(alice, ret["deployment_id"])["status"] == "live"
     assert wait_live(alice, base["deployment_id"])["status"] == "live"
     oc = openai.OpenAI(base_url=live.url + "/v1", api_key=keys["alice"], max_retries=0)
@@ -149,7 +150,7 @@ def test_deploy_a_finished_job_and_the_base_model(svc, adapters, engine):
 
 
 def test_deploy_errors(svc):
-    live, home, keys, store, app = svc
+    live, home, keys, _store, _app = svc
     alice = mclient(live, keys["alice"])
     bad = [
         ({"loramodel_path": "/etc"}, "outside the folders this server reads from"),
@@ -169,10 +170,10 @@ def test_deploy_errors(svc):
     with pytest.raises(requests.HTTPError, match="404"):
         alice.get_deployment_status("12345678-1234-1234-1234-123456789abc")
 
-    # a name in use by a live deployment
+    # a name in use by a live deployment of the same owner (names are per owner: another tenant's are invisible)
     first = alice.deploy("llm", payload(home, "alpha", deployment_name="dup"))
     with pytest.raises(requests.HTTPError, match="409"):
-        mclient(live, keys["bob"]).deploy("llm", payload(home, "beta", deployment_name="dup"))
+        alice.deploy("llm", payload(home, "beta", deployment_name="dup"))
     wait_live(alice, first["deployment_id"])
     # bob cannot see or stop alice's deployment
     with pytest.raises(requests.HTTPError, match="404"):
@@ -184,7 +185,7 @@ def test_deploy_errors(svc):
 
 
 def test_an_adapter_that_does_not_fit_fails_with_its_reason(svc, tmp_path):
-    live, home, keys, store, app = svc
+    live, home, keys, _store, _app = svc
     from tiny import tiny_config
     from transformers import AutoModelForCausalLM
 
@@ -210,13 +211,13 @@ def test_a_restarted_service_rebuilds_live_deployments(svc):
     from tuneforge.api.app import create_app
 
     alice = mclient(live, keys["alice"])
-    ret = alice.deploy("llm", payload(home, "alpha", deployment_name="survivor", api_auth_token="survivor-token"))
+    ret = alice.deploy("llm", payload(home, "alpha", deployment_name="survivor", api_auth_token=SURVIVOR))
     assert wait_live(alice, ret["deployment_id"])["status"] == "live"
     app2 = create_app(app.state.settings, store=store)  # a new server process on the same database
     try:
         app2.state.deployments.wait_idle()
         with LiveServer(app2) as live2:
-            oc = openai.OpenAI(base_url=live2.url + "/v1", api_key="survivor-token", max_retries=0)
+            oc = openai.OpenAI(base_url=live2.url + "/v1", api_key=SURVIVOR, max_retries=0)
             assert oc.chat.completions.create(model="survivor", messages=MESSAGES, max_tokens=3).choices
     finally:
         app2.state.deployments.close()

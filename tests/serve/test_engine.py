@@ -190,7 +190,7 @@ def test_adapter_that_does_not_fit_the_base_fails_that_request_only(engine, tmp_
     craft_adapter(tmp_path / "wide", tmp_path / "misfit", seed=0)
     engine.add_adapter("misfit", tmp_path / "misfit")
     try:
-        with pytest.raises(GenerationError, match="adapter 'misfit' .* could not be loaded"):
+        with pytest.raises(GenerationError, match=r"adapter 'misfit' .* could not be loaded"):
             engine.generate("misfit", messages=MESSAGES, **GREEDY)
         assert engine.generate("alpha", messages=MESSAGES, **GREEDY).text  # still serving
         assert "misfit" not in engine.loaded_adapters()

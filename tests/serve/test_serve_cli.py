@@ -29,8 +29,8 @@ def test_serve_command_answers_the_openai_client(tiny_model_dir, adapters, tmp_p
     cmd = [sys.executable, "-m", "tuneforge.cli", "serve", "--model", str(tiny_model_dir), "--model-name", "tiny",
            "--adapter", f"alpha={adapters['alpha']}", "--adapter", f"beta={adapters['beta']}", "--port", str(port),
            "--max-adapters", "1", "--api-key", "k1"]
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TUNEFORGE_API_KEY": ""})
+    with open(tmp_path / "serve.log", "w") as log:  # the server writes to its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TUNEFORGE_API_KEY": ""})
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -54,7 +54,6 @@ def test_serve_command_answers_the_openai_client(tiny_model_dir, adapters, tmp_p
     finally:
         proc.terminate()
         proc.wait(30)
-        log.close()
     assert "OpenAI base URL: http://127.0.0.1:" in (tmp_path / "serve.log").read_text()
 
 

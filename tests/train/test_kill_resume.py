@@ -46,6 +46,6 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
     clean = [json.loads(x) for x in (tmp_path / "clean" / "metrics.jsonl").read_text().splitlines()]
     killed = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["type"], r["step"]) for r in clean] == [(r["type"], r["step"]) for r in killed]
-    for a, b in zip(clean, killed):
+    for a, b in zip(clean, killed, strict=True):
         key = "loss" if a["type"] == "train" else "eval_loss"
         assert b[key] == pytest.approx(a[key], rel=1e-5), (a, b)

@@ -112,7 +112,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model_dir, qa_da
 
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert [x[:2] for x in a] == [x[:2] for x in b]
-    for (_, _, la), (_, _, lb) in zip(a, b):
+    for (_, _, la), (_, _, lb) in zip(a, b, strict=True):
         assert lb == pytest.approx(la, rel=1e-5)
     from safetensors.torch import load_file
 

@@ -213,7 +213,8 @@ def test_dataset_upload_job_training_adapter_deploy_and_chat(ui_server, page, tm
     # Download the adapter.
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download adapter (.zip)").click()
-    data = open(dl.value.path(), "rb").read()
+    with open(dl.value.path(), "rb") as fh:
+        data = fh.read()
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(names)
     assert dl.value.suggested_filename == f"adapter-{job_id}.zip"

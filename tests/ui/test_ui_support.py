@@ -97,7 +97,8 @@ def test_inspect_gives_the_report_and_a_token_length_histogram(svc):
     assert not body["report"]["ok"]
 
     # An upload is named by its file name and id, never by its path on the server; others' uploads are not found.
-    up = alice.post("/v1/datasets", files={"file": ("mine.jsonl", open(data, "rb"))}).json()
+    with open(data, "rb") as fh:
+        up = alice.post("/v1/datasets", files={"file": ("mine.jsonl", fh)}).json()
     body = alice.post("/v1/data/inspect", json={"data_path": up["id"], "prompt_template": TEMPLATE}).json()
     assert body["report"]["source"] == f"mine.jsonl ({up['id']})" and body["report"]["ok"]
     assert bob.post("/v1/data/inspect", json={"data_path": up["id"]}).status_code == 404

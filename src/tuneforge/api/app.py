@@ -13,11 +13,13 @@ from ..jobs.store import Store
 from ..settings import Settings
 from . import datasets, deploy, finetune, ui_support
 from .errors import install_error_handlers
+from .limits import AuthThrottle, BodyLimit
 
 DESCRIPTION = """
 Self-hosted LoRA/QLoRA fine-tuning with a MonsterAPI-compatible API.
 
-Every endpoint except `/v1/health` needs `Authorization: Bearer <key>`; keys are made on the server with
+Every endpoint except `/v1/health` (and this page, unless the operator sets `TUNEFORGE_PUBLIC_DOCS=false`) needs
+`Authorization: Bearer <key>`; keys are made on the server with
 `tuneforge keys create NAME [--admin]`. Each key's owner sees only their own jobs and datasets; an admin key sees
 all. Errors are `{"detail": "..."}`; invalid input (422) also lists `problems`, one per field.
 
@@ -28,9 +30,12 @@ The official `monsterapi` Python client works unchanged with `MClient(api_key=KE
 def create_app(settings: Settings | None = None, *, store: Store | None = None, lifespan=None) -> FastAPI:
     settings = settings or Settings()
     settings.ensure_dirs()
-    app = FastAPI(title="tuneforge", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    docs = {} if settings.public_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="tuneforge", version=__version__, description=DESCRIPTION, lifespan=lifespan, **docs)
     app.state.settings = settings
     app.state.store = store or Store(settings.database_url)
+    app.state.auth_throttle = AuthThrottle(settings.auth_failures_per_minute)
+    app.add_middleware(BodyLimit, max_bytes=int(settings.max_request_bytes))
     install_error_handlers(app)
 
     @app.get("/v1/health", tags=["service"], summary="Liveness check (no key needed)")

@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..jobs.store import Store
 from ..keys import Principal
 from ..settings import Settings
+from .limits import client_address, throttled
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `tuneforge keys create NAME`.")
 
@@ -33,13 +34,18 @@ StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_principal(store: StoreDep,
+def get_principal(request: Request, store: StoreDep,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
     if credentials is None or not credentials.credentials:
         raise HTTPException(401, "missing API key: send the header 'Authorization: Bearer <key>' (an administrator "
                                  "creates keys with `tuneforge keys create NAME`)", headers=_CHALLENGE)
+    throttle = request.app.state.auth_throttle
+    refusal = throttled(throttle, request)
+    if refusal is not None:
+        raise refusal
     principal = store.authenticate(credentials.credentials.strip())
     if principal is None:
+        throttle.failed(client_address(request))
         raise HTTPException(401, "invalid or revoked API key", headers=_CHALLENGE)
     return principal
 

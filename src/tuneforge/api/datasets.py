@@ -78,7 +78,7 @@ async def upload(request: Request, store: StoreDep, settings: SettingsDep, princ
 @router.get("", summary="List datasets, newest first", responses=_ERRORS)
 def list_datasets(store: StoreDep, principal: CurrentPrincipal,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> DatasetPage:
+                  offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0) -> DatasetPage:  # the database's integer
     rows, total = store.list_datasets(owner=service.scope(principal), limit=limit, offset=offset)
     return DatasetPage(datasets=[service.dataset_view(r, full=False) for r in rows], total=total, limit=limit,
                        offset=offset)

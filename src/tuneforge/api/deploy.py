@@ -13,18 +13,21 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import TuneforgeError
 from ..jobs import service
+from ..jobs.limits import string_problems
 from ..jobs.paths import PathPolicy
 from ..jobs.store import Store
 from ..serve.deployments import DeploymentManager, DeployRequest, deployment_auth
 from ..serve.engine import SamplingParams
 from ..serve.openai_routes import openai_router
+from ..spec import SpecError
 from .auth import CurrentPrincipal, SettingsDep, StoreDep
+from .limits import client_address, throttled
 from .responses import Deployment, DeploymentCreated, DeploymentLogs, DeploymentPage, DeploymentTerminated
 
 router = APIRouter(prefix="/v1/deploy", tags=["deployments"])
@@ -72,6 +75,9 @@ def deploy(req: DeployRequest, request: Request, manager: Manager, store: StoreD
     """Starts building at once and returns `deployment_id`; poll `GET /v1/deploy/status/{id}` until `live`, then
     call `POST /v1/chat/completions` with `model` = `deployment_name` and `Authorization: Bearer <api_auth_token>`.
     The whole `api_auth_token` is in this response only."""
+    problems = string_problems(req.model_dump(), settings.max_field_chars)
+    if problems:
+        raise SpecError(problems)
     model_load, adapter = service.resolve_deployment(req.basemodel_path, req.loramodel_path, store, principal,
                                                      PathPolicy.from_settings(settings))
     row, token = manager.create(req, owner=principal.owner, key_id=principal.key_id, model_load=model_load,
@@ -148,7 +154,7 @@ async def generate(deployment: str, body: GenerateRequest, request: Request) -> 
     manager = _manager(request)
     row = manager.get(deployment) or manager.by_name(deployment)
     name = row["name"] if row is not None else deployment
-    await deployment_auth(manager, request.app.state.store.authenticate)(request, name)
+    await request.app.state.deployment_auth(request, name)
     has_vars, has_prompt = bool(body.input_variables), bool(body.prompt)
     if has_vars == has_prompt:
         raise TuneforgeError("give either input_variables (filled into the deployment's prompt_template) or prompt "
@@ -213,6 +219,27 @@ def install(app: FastAPI, settings, store: Store) -> DeploymentManager:
     manager = DeploymentManager(store.engine, settings.logs_dir / "deployments")
     app.state.deployments = manager
     app.include_router(router)
-    app.include_router(openai_router(manager, deployment_auth(manager, store.authenticate)))
+    auth = throttled_auth(deployment_auth(manager, store.authenticate, key_active=store.key_active))
+    app.state.deployment_auth = auth  # MonsterAPI's /generate checks callers the same way
+    app.include_router(openai_router(manager, auth))
     manager.restore()
     return manager
+
+
+def throttled_auth(auth):
+    """`auth` of the OpenAI routes, with failed attempts counted against the client address's budget
+    (TUNEFORGE_AUTH_FAILURES_PER_MINUTE) as on every other route: guessing api_auth_tokens is throttled too."""
+
+    async def checked(request: Request, model: str | None) -> None:
+        throttle = request.app.state.auth_throttle
+        refusal = throttled(throttle, request)
+        if refusal is not None:
+            raise refusal
+        try:
+            await auth(request, model)
+        except HTTPException as exc:
+            if exc.status_code == 401 and request.headers.get("authorization"):
+                throttle.failed(client_address(request))
+            raise
+
+    return checked

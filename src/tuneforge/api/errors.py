@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ..errors import Conflict, NotFound, TuneforgeError
+from ..errors import Conflict, LimitReached, NotFound, TuneforgeError
 from ..spec import SpecError, describe_validation_error
 
 
@@ -56,6 +56,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def _not_found(_request: Request, exc: NotFound):
         return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(LimitReached)
+    async def _limit(_request: Request, exc: LimitReached):
+        return JSONResponse(status_code=429, content={"detail": str(exc)})
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_request: Request, _exc: RecursionError):
+        # Python's JSON parser recurses once per nesting level; a body nested thousands deep exhausts the stack.
+        return problems_response(["body: nested too deeply to parse (JSON objects and arrays nested more than a few "
+                                  "hundred levels)"])
 
     @app.exception_handler(Conflict)
     async def _conflict(_request: Request, exc: Conflict):

@@ -24,6 +24,8 @@ from .responses import Job, JobEvents, JobLaunched, JobPage
 
 router = APIRouter(prefix="/v1/finetune/llm", tags=["fine-tuning"])
 
+MAX_SEQ = 2**63 - 1  # the database's integer: a larger cursor would overflow the query instead of matching nothing
+
 _ERRORS = {401: {"description": "Missing or invalid API key"},
            404: {"description": "No such job (or not yours)"},
            422: {"description": "Invalid input: `detail` and one `problems` entry per field"}}
@@ -40,7 +42,7 @@ def launch(spec: JobSpec, store: StoreDep, settings: SettingsDep, principal: Cur
 @router.get("", summary="List jobs, newest first", responses=_ERRORS)
 def list_jobs(store: StoreDep, principal: CurrentPrincipal,
               limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
-              offset: Annotated[int, Query(ge=0, description="Jobs to skip (page * limit).")] = 0,
+              offset: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Jobs to skip (page * limit).")] = 0,
               status: Annotated[Literal[STATUSES] | None,  # type: ignore[valid-type]
                                 Query(description="Only jobs in this status.")] = None,
               owner: Annotated[str | None, Query(description="Admin keys only: only this owner's jobs.")] = None,
@@ -61,8 +63,8 @@ def get_job(job_id: str, store: StoreDep, principal: CurrentPrincipal) -> Job:
 @router.post("/{job_id}/cancel", summary="Cancel a queued or running job",
              responses={**_ERRORS, 409: {"description": "The job has already finished"}})
 def cancel(job_id: str, store: StoreDep, principal: CurrentPrincipal) -> Job:
-    """A queued job is cancelled at once; a running one is stopped by its worker within seconds
-    (`cancel_requested` is true until then)."""
+    """A queued job is cancelled at once; a running one is stopped by its worker at its next poll
+    (`TUNEFORGE_POLL_SECONDS`, 0.5 s by default: under a second in all), `cancel_requested` being true until then."""
     return Job(**service.job_view(store, service.cancel_job(store, principal, job_id)))
 
 
@@ -82,7 +84,8 @@ def adapter(job_id: str, store: StoreDep, settings: SettingsDep, principal: Curr
                 "job event (`id` = seq, `event` = type, `data` = the event as JSON), then `event: end` with "
                 "`{\"status\", \"last_seq\"}` when the job has finished."}}}}})
 async def events(job_id: str, request: Request, store: StoreDep, principal: CurrentPrincipal,
-                 after: Annotated[int, Query(ge=0, description="Return events with `seq` greater than this.")] = 0,
+                 after: Annotated[int, Query(ge=0, le=MAX_SEQ,
+                                             description="Return events with `seq` greater than this.")] = 0,
                  limit: Annotated[int, Query(ge=1, le=5000, description="At most this many events (JSON only).")] = 500,
                  stream: Annotated[bool, Query(description="Stream as server-sent events (as does "
                                                            "`Accept: text/event-stream`) until the job ends.")] = False,
@@ -95,7 +98,12 @@ async def events(job_id: str, request: Request, store: StoreDep, principal: Curr
     count."""
     job = await anyio.to_thread.run_sync(service.get_job, store, principal, job_id)
     if stream or (accept and "text/event-stream" in accept):
-        if last_event_id and last_event_id.isdigit() and after == 0:
+        if last_event_id and after == 0:
+            if not (last_event_id.isascii() and last_event_id.isdigit()) or len(last_event_id) > 18:
+                from ..spec import SpecError
+
+                raise SpecError([f"Last-Event-ID: {last_event_id[:40]!r} is not an event seq (an integer from 0 to "
+                                 f"{MAX_SEQ})"])
             after = int(last_event_id)  # a reconnecting EventSource continues where it left off
         # One path serves JSON and the stream (chosen per request), so the stream is returned as a response
         # rather than through a generator route; FastAPI's SSE encoder writes the frames.

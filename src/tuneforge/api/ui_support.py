@@ -30,14 +30,14 @@ from pydantic import Field
 from ..data.validate import scan_path
 from ..errors import TuneforgeError
 from ..jobs import service
-from ..jobs.paths import PathPolicy, classify_data_path, classify_model_path
+from ..jobs.paths import PathPolicy, check_path_text, classify_data_path, classify_model_path
 from ..jobs.service import DatasetOptions, tokenizer_for
 from ..jobs.store import Principal
 from ..models.fit import model_shape
 from ..models.listing import REFERENCE, catalog_rows
 from ..models.memory import TrainingSetup, device_memory, estimate_training_memory
 from ..runtime import auto_precision, default_device, resolve_optimizer
-from ..spec import DataConfig, JobSpec
+from ..spec import MAX_INT32, DataConfig, JobSpec
 from .auth import CurrentPrincipal
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
@@ -153,7 +153,7 @@ def _local_model_facts(folder: Path) -> dict:
 async def estimate(request: Request, principal: CurrentPrincipal,
                    model_path: str = Query(..., description="A catalog id or alias, or a model folder in an allowed "
                                                             "folder."),
-                   batch_size: int = Query(8, ge=1, le=4096), cutoff_len: int = Query(512, ge=1),
+                   batch_size: int = Query(8, ge=1, le=4096), cutoff_len: int = Query(512, ge=1, le=MAX_INT32),
                    lora_r: int = Query(8, ge=1, lt=2048), gradient_checkpointing: bool = Query(False),
                    precision: Literal["auto", "fp32", "bf16", "fp16"] = Query("auto"),
                    device: Literal["auto", "cuda", "cpu"] = Query("auto")) -> dict:
@@ -167,6 +167,8 @@ async def estimate(request: Request, principal: CurrentPrincipal,
         folder = None
         if classify_model_path(model_path) == "local":
             folder = policy.local(model_path, "model_path")
+        else:
+            check_path_text(model_path, "model_path")
         shape = model_shape(model_path, folder)
         if shape is None:
             raise TuneforgeError(f"model_path: no size known for {model_path!r} (not in the catalog and no readable "

@@ -80,7 +80,8 @@ class _Receiver:
             self.result.filename = safe_filename(raw.decode("utf-8", "replace") if raw else None)
             self.dest_dir.mkdir(parents=True, exist_ok=True)
             self.result.path = self.dest_dir / self.result.filename
-            self._fh = open(str(self.result.path) + ".part", "wb")
+            # Stays open across the parser's callbacks; closed when the part ends or the upload is aborted.
+            self._fh = open(str(self.result.path) + ".part", "wb")  # noqa: SIM115
 
     def _part_data(self, data, start, end):
         chunk = data[start:end]

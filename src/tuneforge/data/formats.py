@@ -121,6 +121,13 @@ class Template:
                     f"prompt_template: placeholder {shown!r} is not a column name; placeholders are plain "
                     "{column}, and a literal brace is written '{{' or '}}'"
                 )
+            if "." in name or "[" in name:
+                # str.format would read attributes and items here ('{question.__class__}'); placeholders are only
+                # ever looked up as whole column names, so say so instead of looking for a column of that name.
+                raise TemplateError(
+                    f"prompt_template: placeholder {'{' + name + '}'!r} uses attribute or index access, which is not "
+                    "allowed; placeholders are plain {column} names"
+                )
             if not name.strip():
                 raise TemplateError(
                     "prompt_template: an empty placeholder '{}'; name a column inside the braces, or write a literal "

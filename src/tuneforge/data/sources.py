@@ -290,7 +290,7 @@ def _json_lines(path: Path, name: str) -> Iterator[Record]:
                 continue
             text = text.rstrip("\r\n")
             try:
-                obj = json.loads(text)
+                obj = _loads(text)
             except json.JSONDecodeError as err:
                 hint = ""
                 if text.strip() in ("{", "[", "}", "]", "},"):
@@ -318,6 +318,18 @@ def _json_lines(path: Path, name: str) -> Iterator[Record]:
             yield Record(row, lineno, data=obj)
 
 
+def _too_deep(doc: str, pos: int) -> json.JSONDecodeError:
+    # Python's JSON parser recurses once per level of nesting; no record is legitimately nested this deep.
+    return json.JSONDecodeError("objects and arrays nested too deeply to read (more than about 900 levels)", doc, pos)
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise _too_deep(text, 0) from None
+
+
 def _not_object(name: str, obj: Any, line: int | None, row: int, what: str) -> DataIssue:
     return DataIssue(
         "not_an_object",
@@ -339,11 +351,13 @@ def _json_document(path: Path, name: str) -> Source:
         line_start = raw.rfind(b"\n", 0, err.start) + 1
         raise SourceError(_utf8_problem(name, raw[line_start:], _shift(err, line_start), line, None)) from None
     try:
-        doc = json.loads(text)
+        doc = _loads(text)
     except json.JSONDecodeError as err:
-        raise SourceError(_syntax_issue(name, err.msg, err.lineno, err.colno, truncated=err.pos >= len(text.rstrip())))
-    lists = [k for k, v in doc.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v[:100])]
-    if isinstance(doc, dict) and len(lists) == 1:
+        raise SourceError(_syntax_issue(name, err.msg, err.lineno, err.colno, truncated=err.pos >= len(text.rstrip()))) from None
+    lists: list[str] = []
+    if isinstance(doc, dict):  # a scalar document (`42`, `"text"`) has no keys: it gets the error below
+        lists = [k for k, v in doc.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v[:100])]
+    if len(lists) == 1:
         key = lists[0]
         records = doc[key]
 
@@ -516,7 +530,10 @@ def _json_array(path: Path, name: str) -> Iterator[Record]:
                         continue  # reported as the unclosed array above
                 while True:
                     try:
-                        obj, end = decoder.raw_decode(w.buf, i)
+                        try:
+                            obj, end = decoder.raw_decode(w.buf, i)
+                        except RecursionError:
+                            raise _too_deep(w.buf, i) from None
                     except json.JSONDecodeError as err:
                         # Incomplete rather than invalid when the decoder ran into the end of the window: an open
                         # string, or a failure within a few characters of the end (a cut `true` or `\\u00`).
@@ -700,7 +717,7 @@ def _csv_records(path: Path, name: str, delimiter: str, header: list[str], shown
                     ),
                 )
                 continue
-            yield Record(row, start, data=dict(zip(header, fields)))
+            yield Record(row, start, data=dict(zip(header, fields, strict=True)))
 
 
 # --- Parquet, datasets folders, hub datasets ----------------------------------------------------------------------
@@ -828,16 +845,45 @@ _CONTENT_TYPES = {
 }
 
 
+# Called with every URL a download is about to fetch, the first and each redirect target; raises to refuse it.
+# The fine-tuning service installs its private-address rule here in each job's process (jobs/run_job.py): a URL
+# checked at submission could otherwise redirect the download to an internal service.
+_url_guard: Callable[[str], None] | None = None
+
+
+def set_url_guard(guard: Callable[[str], None] | None) -> None:
+    global _url_guard
+    _url_guard = guard
+
+
+class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not newurl.lower().startswith(("http://", "https://")):
+            raise urllib.error.URLError(f"redirected to {redact_url(newurl)!r}, which is not an http(s) URL")
+        if _url_guard is not None:
+            try:
+                _url_guard(newurl)
+            except Exception as exc:  # the guard's own words say what is refused
+                raise urllib.error.URLError(f"redirected to a refused address: {exc}") from None
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 @contextlib.contextmanager
 def _download(url: str) -> Iterator[tuple[Path, str]]:
     """Stream the URL to a temporary file (deleted afterwards); yields (path, name for messages)."""
     shown = redact_url(url)
     url_name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
+    if _url_guard is not None:
+        try:
+            _url_guard(url)
+        except Exception as exc:
+            raise SourceError(DataIssue("source", f"{shown}: download refused: {exc}")) from None
     tmp = Path(tempfile.mkdtemp(prefix="tuneforge-data-"))
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "tuneforge"})
+        opener = urllib.request.build_opener(_GuardedRedirects)
         try:
-            with urllib.request.urlopen(request, timeout=60) as resp:
+            with opener.open(request, timeout=60) as resp:
                 ext = Path(url_name).suffix.lower()
                 if ext not in _EXTENSIONS:
                     ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()

@@ -43,10 +43,7 @@ def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
         while n - held["validation"] - held["test"] < 1 and held[key] > 0:
             held[key] -= 1
     rest = n - held["validation"] - held["test"]
-    if abs(sum(f.values()) - 1.0) < 1e-9:
-        n_train = rest
-    else:
-        n_train = min(rest, max(1, round(n * f["train"])))
+    n_train = rest if abs(sum(f.values()) - 1.0) < 1e-9 else min(rest, max(1, round(n * f["train"])))
     return {"train": max(0, n_train), "validation": held["validation"], "test": held["test"]}
 
 

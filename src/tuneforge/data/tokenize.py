@@ -16,6 +16,7 @@ content text itself. Tokens whose characters start inside a span are trained.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,7 +71,7 @@ class Encoder:
             return []
         p_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         c_ids = self.tokenizer(list(completions), add_special_tokens=False)["input_ids"]
-        return [(self.prefix + list(p), list(c) + [self.eos_id]) for p, c in zip(p_ids, c_ids)]
+        return [(self.prefix + list(p), list(c) + [self.eos_id]) for p, c in zip(p_ids, c_ids, strict=True)]
 
     # --- chat -------------------------------------------------------------------------------------------------------
     def _render(
@@ -173,7 +174,7 @@ class Encoder:
         texts = [r[0] for r in rendered if not isinstance(r, ChatTemplateError)]
         if getattr(self.tokenizer, "is_fast", False) and texts:
             enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-            encoded = iter(zip(enc["input_ids"], enc["offset_mapping"]))
+            encoded = iter(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
         else:
             encoded = iter(self._encode_by_pieces(r) for r in rendered if not isinstance(r, ChatTemplateError))
         out: list[tuple[list[int], list[bool]] | ChatTemplateError] = []
@@ -191,7 +192,7 @@ class Encoder:
         cuts = sorted({0, len(full), *(b for s in spans for b in s)})
         ids: list[int] = []
         offsets: list[tuple[int, int]] = []
-        for a, b in zip(cuts, cuts[1:]):
+        for a, b in itertools.pairwise(cuts):
             piece = self._ids(full[a:b], False)
             ids.extend(piece)
             offsets.extend([(a, b)] * len(piece))
@@ -220,5 +221,5 @@ def pair_example(
 
 
 def chat_example(ids: list[int], trained: list[bool], *, cutoff_len: int, train_on_inputs: bool) -> Example:
-    labels = ids if train_on_inputs else [t if keep else IGNORE_INDEX for t, keep in zip(ids, trained)]
+    labels = ids if train_on_inputs else [t if keep else IGNORE_INDEX for t, keep in zip(ids, trained, strict=True)]
     return Example(tuple(ids[:cutoff_len]), tuple(labels[:cutoff_len]))

@@ -288,7 +288,7 @@ class _Scan:
             return
         if isinstance(fmt, MessagesFormat):
             results = enc.encode_chats([fmt.conversation(r.data) for r in batch])  # type: ignore[arg-type]
-            for rec, res in zip(batch, results):
+            for rec, res in zip(batch, results, strict=True):
                 if isinstance(res, ChatTemplateError):
                     self._row_error(rec, "chat_template", str(res), fmt.fields[0])
                     continue
@@ -309,7 +309,7 @@ class _Scan:
             return
         rendered = [fmt.render(r.data) for r in batch]  # type: ignore[arg-type]
         pairs = enc.encode_pairs([p for p, _ in rendered], [c for _, c in rendered])
-        for rec, (p_ids, c_ids) in zip(batch, pairs):
+        for rec, (p_ids, c_ids) in zip(batch, pairs, strict=True):
             if not self.options.train_on_inputs and len(p_ids) >= self.cutoff:
                 self._row_error(
                     rec,
@@ -346,7 +346,7 @@ class _Scan:
         if ex is not None:
             tok = self.tokenizer
             for trained, group in itertools.groupby(
-                zip(ex.input_ids, ex.labels), key=lambda pair: pair[1] != IGNORE_INDEX
+                zip(ex.input_ids, ex.labels, strict=True), key=lambda pair: pair[1] != IGNORE_INDEX
             ):
                 ids = [i for i, _ in group]
                 segments.append((tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), trained))
@@ -470,8 +470,8 @@ class _Scan:
         rep.token_stats = {
             "count": int(n),
             "min": int(lengths.min()),
-            "median": int(round(float(np.percentile(lengths, 50)))),
-            "p95": int(round(float(np.percentile(lengths, 95)))),
+            "median": round(float(np.percentile(lengths, 50))),
+            "p95": round(float(np.percentile(lengths, 95))),
             "max": int(lengths.max()),
             "mean": round(float(lengths.mean()), 1),
             "cutoff_len": self.cutoff,

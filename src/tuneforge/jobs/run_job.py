@@ -22,12 +22,17 @@ import traceback
 from pathlib import Path
 
 from ..data import DataOptions, DataValidationError, validate_source
+from ..data.sources import set_url_guard
 from ..errors import TuneforgeError
 from ..models.loader import load_tokenizer
 from ..settings import Settings
 from ..spec import parse_spec
 from ..train.plan import is_finished_run, work_dir_for
+from .limits import size_problems
+from .paths import PathPolicy
 from .store import ACTIVE, Store
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def die_with_parent(expected_parent: int | None) -> None:
@@ -36,9 +41,8 @@ def die_with_parent(expected_parent: int | None) -> None:
         return
     import ctypes
 
-    PR_SET_PDEATHSIG = 1
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return
     # The parent may have died before the prctl took effect: then we were re-parented already.
@@ -125,13 +129,22 @@ def run(job_id: str, worker_id: str) -> int:
         rec.log(f"attempt {job['attempts']} on worker {worker_id} (pid {os.getpid()})"
                 + ("; continuing from the last checkpoint" if resume else ""))
 
+        # Every URL this job downloads, redirect targets included, obeys the private-address rule that its
+        # data_path passed at submission (a public URL could otherwise redirect to an internal service).
+        policy = PathPolicy.from_settings(settings)
+        set_url_guard(lambda url: policy.url(url, "data_config.data_path"))
         d = spec.data_config
         tokenizer = load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)
         report = validate_source(d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token),
                                  tokenizer=tokenizer)
+        report.source = policy.shown(report.source)  # the tenant sees <home>/..., not where the server keeps it
         rec({"type": "validation", "report": report.to_dict(), "time": time.time()})
         if not report.ok:
             return fail(f"data_config.data_path: the dataset is not trainable: {report.summary()}")
+        # Known only now for data read from a URL or the hub: the job's steps and tokens against the server's limits.
+        too_big = size_problems(spec, settings, report.n_rows)
+        if too_big:
+            return fail("; ".join(too_big))
         if not store.set_running(job_id, worker_id):
             raise LostClaim(job_id)
 
@@ -144,6 +157,7 @@ def run(job_id: str, worker_id: str) -> int:
         print(f"job {job_id}: another worker owns it now; stopping", file=sys.stderr)
         return 4
     except DataValidationError as exc:
+        exc.report.source = PathPolicy.from_settings(settings).shown(exc.report.source)
         rec({"type": "validation", "report": exc.report.to_dict(), "time": time.time()})
         return fail(f"data_config.data_path: the dataset is not trainable: {exc.report.summary()}")
     except TuneforgeError as exc:

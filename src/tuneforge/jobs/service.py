@@ -20,16 +20,26 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import validate_source
+from ..data.formats import Template, TemplateError
 from ..data.options import DataOptions
-from ..errors import Conflict, NotFound, TuneforgeError
+from ..errors import Conflict, LimitReached, NotFound, TuneforgeError
 from ..models.adapters import check_adapter_folder
 from ..models.fit import ensure_fits
-from ..models.loader import ALIASES, _hf_cached_snapshot, hub_reachable, load_tokenizer
+from ..models.loader import ALIASES, SMOLLM2_ID, _hf_cached_snapshot, hub_reachable, load_tokenizer
 from ..models.memory import TrainingSetup
 from ..spec import DataConfig, DataFormat, JobSpec, SpecError, parse_spec
 from ..train.plan import work_dir_for
-from .paths import PathPolicy, PathRejected, classify_data_path, classify_model_path, is_job_id, looks_like_url
-from .store import ACTIVE, TERMINAL, Principal, Store
+from .limits import size_problems, string_problems
+from .paths import (
+    PathPolicy,
+    PathRejected,
+    check_path_text,
+    classify_data_path,
+    classify_model_path,
+    is_job_id,
+    looks_like_url,
+)
+from .store import ACTIVE, TERMINAL, Principal, Store, TooManyJobs
 
 
 def scope(principal: Principal) -> str | None:
@@ -46,6 +56,7 @@ def iso(t: float | None) -> str | None:
 
 def _resolve_data(value: str, field: str, store: Store, principal: Principal, policy: PathPolicy,
                   dataset_ids: list[str]) -> str:
+    check_path_text(value, field)  # a hub id or URL is no longer than a path, and none holds a NUL byte
     kind = classify_data_path(value)
     if kind == "url":
         return policy.url(value, field)
@@ -57,6 +68,11 @@ def _resolve_data(value: str, field: str, store: Store, principal: Principal, po
         if ds is None:
             raise PathRejected(f"{field}: no uploaded dataset {value!r} (GET /v1/datasets lists yours)", field=field,
                                value=value)
+        if not ds["ok"]:
+            raise PathRejected(
+                f"{field}: dataset {value!r} has errors (GET /v1/datasets/{value} lists them); upload a corrected "
+                f"file, or check it again with the job's prompt_template and data_format (POST /v1/datasets/{value}"
+                "/validate) if it was read with other options", field=field, value=value)
         dataset_ids.append(value)
         return ds["path"]
     if kind == "hub":
@@ -77,11 +93,13 @@ def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: Path
                 d[name] = _resolve_data(d[name], f"data_config.{name}", store, principal, policy, dataset_ids)
             except PathRejected as exc:
                 problems.append(str(exc))
-    if classify_model_path(p["model_path"]) == "local":
-        try:
+    try:
+        if classify_model_path(p["model_path"]) == "local":
             p["model_path"] = policy.local(p["model_path"], "pretrainedmodel_config.model_path")
-        except PathRejected as exc:
-            problems.append(str(exc))
+        else:
+            check_path_text(p["model_path"], "pretrainedmodel_config.model_path")
+    except PathRejected as exc:
+        problems.append(str(exc))
     resume = p.get("resume_checkpoint_path") or ""
     if resume:
         field = "pretrainedmodel_config.resume_checkpoint_path"
@@ -103,18 +121,94 @@ def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: Path
 
 
 def submit_job(store: Store, settings, principal: Principal, spec: JobSpec) -> dict:
+    """Check everything that can be checked before a job is queued, so that it fails here with 422 instead of
+    later in the queue: field sizes, paths, the datasets it reads, its size against the server's limits, its
+    target modules and its memory estimate."""
+    problems = string_problems(spec.to_dict(redact=False), settings.max_field_chars)
+    if problems:
+        raise SpecError(problems)
     resolved, dataset_ids = resolve_spec(spec, store, principal, PathPolicy.from_settings(settings))
+    n_rows = None
+    for ds_id in dataset_ids[:1]:  # data_path (validation_data_path, when given, is the second)
+        n_rows = json.loads(store.get_dataset(ds_id)["report"]).get("n_rows")
+    problems = _template_problems(resolved) + size_problems(resolved, settings, n_rows) + \
+        _target_module_problems(resolved)
+    if problems:
+        raise SpecError(problems)
     _refuse_if_too_large(resolved)
-    return store.insert_job(owner=principal.owner, key_id=principal.key_id, spec=resolved.to_dict(redact=False),
-                            spec_public=spec.to_dict(redact=True), dataset_ids=dataset_ids, runs_dir=settings.runs_dir)
+    try:
+        return store.insert_job(owner=principal.owner, key_id=principal.key_id, spec=resolved.to_dict(redact=False),
+                                spec_public=spec.to_dict(redact=True), dataset_ids=dataset_ids,
+                                runs_dir=settings.runs_dir, max_active_per_key=settings.max_active_jobs_per_key)
+    except TooManyJobs as exc:
+        raise LimitReached(str(exc), field="api_key") from None
+
+
+def _template_problems(spec: JobSpec) -> list[str]:
+    """A prompt_template that cannot be parsed (no placeholder, a stray brace, attribute access), refused here
+    rather than when the job starts reading its data."""
+    d = spec.data_config
+    if not d.prompt_template:
+        return []
+    try:
+        Template.parse(d.prompt_template, d.completion_column)
+    except TemplateError as err:
+        text = str(err).removeprefix("prompt_template: ")
+        field = "completion_column" if text.startswith("completion_column") else "prompt_template"
+        return [f"data_config.{field}: {text}"]
+    return []
+
+
+def _model_config(model_path: str):
+    """The transformers config of a catalog model, a local model folder or a cached hub model; None if unknown."""
+    from ..models.catalog import get_entry
+
+    if Path(model_path).is_absolute():
+        folder = model_path
+    else:
+        repo_id = ALIASES.get(model_path.lower(), model_path)
+        entry = get_entry(repo_id)
+        if entry is not None:
+            return entry.transformers_config()
+        folder = _hf_cached_snapshot(repo_id)
+    if folder is None or not (Path(folder) / "config.json").is_file():
+        return None
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(folder)
+
+
+def _target_module_problems(spec: JobSpec) -> list[str]:
+    """`target_modules` that the model does not have (checked on a weightless skeleton of its architecture)."""
+    p = spec.pretrainedmodel_config
+    if not p.target_modules:
+        return []
+    from ..models.targets import inspect_linear_modules, missing_target_modules, skeleton_model
+
+    try:
+        config = _model_config(p.model_path)
+        model = skeleton_model(config) if config is not None else None
+    except Exception:  # noqa: BLE001 - an architecture we cannot build here: the training process checks again
+        return []
+    if model is None:
+        return []
+    missing = missing_target_modules(model, list(p.target_modules))
+    if not missing:
+        return []
+    return [f"pretrainedmodel_config.target_modules: {missing} not found in {p.model_path!r}; its linear layers "
+            f"are {inspect_linear_modules(model)}"]
 
 
 def _refuse_if_too_large(spec: JobSpec) -> None:
     """A job that cannot fit this server's device by the memory estimate is refused at submission, with the numbers,
     instead of failing in the queue. Only the config is read (catalog entry or local config.json), never weights."""
     model_path = spec.pretrainedmodel_config.model_path
-    folder = Path(model_path)
-    ensure_fits(model_path, config_dir=folder if folder.is_dir() else None, setup=TrainingSetup.from_spec(spec))
+    if Path(model_path).is_absolute():  # checked by the path policy
+        model_id, folder = model_path, model_path
+    else:  # an alias or hub id: its catalog entry, else its config in the hub cache (never a relative folder)
+        model_id = ALIASES.get(model_path.lower(), model_path)
+        folder = _hf_cached_snapshot(model_id)
+    ensure_fits(model_id, config_dir=folder, setup=TrainingSetup.from_spec(spec))
 
 
 def get_job(store: Store, principal: Principal, job_id: str) -> dict:
@@ -210,7 +304,15 @@ def _resolve_base(value: str, policy: PathPolicy) -> str:
             raise TuneforgeError(f"basemodel_path: {value!r} is not a Hugging Face model folder (no config.json)",
                                  field="basemodel_path", value=value)
         return path
-    return ALIASES.get(v.lower(), v)
+    check_path_text(v, "basemodel_path")
+    repo_id = ALIASES.get(v.lower(), v)
+    if repo_id != SMOLLM2_ID and _hf_cached_snapshot(repo_id) is None and not hub_reachable():
+        # Checked now rather than failing the build; and a name like `models/SomeModel` is a hub id here, never a
+        # folder under the server's working directory.
+        raise TuneforgeError(f"basemodel_path: {value!r} is not in the server's Hugging Face cache and the hub "
+                             "cannot be reached; give a catalog alias, a cached hub id, or a model folder in the "
+                             "server's allowed folders", field="basemodel_path", value=value)
+    return repo_id
 
 
 def _resolve_adapter(value: str | None, store: Store, principal: Principal, policy: PathPolicy) -> str | None:
@@ -300,18 +402,23 @@ def tokenizer_for(model_path: str, policy: PathPolicy):
     re-validates a dataset on every template edit."""
     if classify_model_path(model_path) == "local":
         model_path = policy.local(model_path, "model_path")
+    else:
+        check_path_text(model_path, "model_path")
     return _load_tokenizer(str(model_path))
 
 
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(model_path: str):
-    return load_tokenizer(model_path)
+    # An absolute folder passed the path policy; anything else is a hub id or alias, never a folder under the
+    # server's working directory.
+    return load_tokenizer(model_path, relative_is_local=False)
 
 
 def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> dict:
     """The data layer's validation report for a stored file, as JSON."""
     tokenizer = tokenizer_for(options.model_path, policy) if options.model_path else None
     report = validate_source(str(path), options.data_options(), tokenizer=tokenizer)
+    report.source = policy.shown(str(path))  # <home>/uploads/...: not where the server keeps its files
     return report.to_dict()
 
 

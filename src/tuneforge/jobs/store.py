@@ -5,137 +5,49 @@ machines (PostgreSQL) or as separate processes on one (SQLite in WAL mode). Ever
 transaction whose WHERE clause states what must still be true ("status is queued", "this worker still owns the
 job"), so two processes racing for the same job cannot both win, on either database.
 
-Times are UNIX seconds (floats): heartbeat arithmetic stays trivial and portable across both databases.
+The tables are in `db/schema.py`; opening a store migrates the database to the newest schema (`db/migrate.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import secrets
 import time
 import uuid
 from typing import Any
 
-from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, event, func, insert, select, text, update)
-from sqlalchemy.engine import Engine
+from sqlalchemy import func, insert, select, update
 
+from ..db.engine import make_engine
+from ..db.migrate import upgrade
+from ..db.schema import api_keys, datasets, job_events, jobs
 from ..keys import Principal, hash_key
 
 ACTIVE = ("validating", "running")  # a worker owns the job
 TERMINAL = ("succeeded", "failed", "cancelled")
 STATUSES = ("queued", *ACTIVE, *TERMINAL)
 
-metadata = MetaData()
 
-api_keys = Table(
-    "api_keys", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("owner", String(200), nullable=False, index=True),
-    Column("prefix", String(16), nullable=False),  # shown in `keys list`, so a key can be recognised
-    Column("key_hash", String(64), nullable=False, unique=True),
-    Column("is_admin", Boolean, nullable=False, default=False),
-    Column("created_at", Float, nullable=False),
-    Column("last_used_at", Float),
-    Column("revoked_at", Float),
-)
-
-jobs = Table(
-    "jobs", metadata,
-    Column("id", String(36), primary_key=True),
-    Column("owner", String(200), nullable=False),
-    Column("key_id", Integer, ForeignKey("api_keys.id")),
-    Column("status", String(16), nullable=False),
-    Column("spec", Text, nullable=False),  # what the worker runs: local paths resolved, secrets kept
-    Column("spec_public", Text, nullable=False),  # what the owner sent, secrets redacted
-    Column("dataset_ids", Text, nullable=False, default=""),  # comma-separated uploads this job reads
-    Column("run_dir", Text, nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
-    Column("started_at", Float),
-    Column("finished_at", Float),
-    Column("worker_id", String(200)),
-    Column("pid", Integer),
-    Column("heartbeat_at", Float),
-    Column("attempts", Integer, nullable=False, default=0),  # claims by a worker
-    Column("lost", Integer, nullable=False, default=0),  # times its worker died under it
-    Column("cancel_requested", Boolean, nullable=False, default=False),
-    Column("error", Text),
-    Column("step", Integer),
-    Column("total_steps", Integer),
-    Column("epoch", Float),
-    Column("train_loss", Float),
-    Column("eval_loss", Float),
-    Column("best_eval_loss", Float),
-    Column("best_step", Integer),
-    Column("steps_per_second", Float),
-    Column("last_seq", Integer, nullable=False, default=0),
-    Column("result", Text),  # the run's report.json
-    Index("ix_jobs_owner_created", "owner", "created_at"),
-    Index("ix_jobs_status_created", "status", "created_at"),
-)
-
-job_events = Table(
-    "job_events", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
-    Column("seq", Integer, nullable=False),  # 1, 2, 3... per job: the `after=N` cursor
-    Column("type", String(32), nullable=False),
-    Column("time", Float, nullable=False),
-    Column("data", Text, nullable=False),
-    UniqueConstraint("job_id", "seq", name="uq_job_events_job_seq"),
-)
-
-datasets = Table(
-    "datasets", metadata,
-    Column("id", String(40), primary_key=True),
-    Column("owner", String(200), nullable=False, index=True),
-    Column("filename", Text, nullable=False),
-    Column("path", Text, nullable=False),
-    Column("size_bytes", Integer, nullable=False),
-    Column("sha256", String(64), nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("ok", Boolean, nullable=False),
-    Column("report", Text, nullable=False),
-)
+class TooManyJobs(Exception):
+    def __init__(self, active: int, limit: int):
+        super().__init__(f"this API key already has {active} queued or running job(s), this server's limit "
+                         f"(TUNEFORGE_MAX_ACTIVE_JOBS_PER_KEY={limit}); wait for one to finish or cancel one")
+        self.active, self.limit = active, limit
 
 
-# --- engine ---------------------------------------------------------------------------------------------------------
+_SECRETS = (("logging_config", "wandb_login_key", ""), ("hf_config", "hf_token", None), (None, "user_session_token", None))
 
 
-def normalize_url(url: str) -> str:
-    """`postgresql://` means psycopg 3 here (SQLAlchemy would otherwise pick psycopg2, which we don't install)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
-
-
-def make_engine(url: str) -> Engine:
-    url = normalize_url(url)
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_setup(dbapi_connection, _record):
-            # Let SQLAlchemy's `begin` decide when transactions start (pysqlite's own implicit BEGIN is deferred
-            # and fails with "database is locked" when a reader later tries to write), and use WAL so readers
-            # (the API, SSE streams) never block the training process that writes events.
-            dbapi_connection.isolation_level = None
-            cur = dbapi_connection.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn):
-            # IMMEDIATE takes the write lock up front: concurrent writers queue on the busy timeout instead of
-            # deadlocking on a lock upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+def without_secrets(spec_json: str) -> str:
+    """A stored spec with its tokens removed (a finished job never needs them again)."""
+    spec = json.loads(spec_json)
+    for section, key, empty in _SECRETS:
+        holder = spec.get(section) if section else spec
+        if isinstance(holder, dict) and holder.get(key):
+            holder[key] = empty
+    return json.dumps(spec)
 
 
 def _now() -> float:
@@ -148,17 +60,23 @@ def _row(r) -> dict[str, Any] | None:
 
 class Store:
     def __init__(self, url: str, *, create: bool = True):
+        """`create`: create or upgrade the schema first (service processes); False: the database is known to be
+        at the newest schema already (a job's training process, started by a worker that opened it)."""
         self.url = url
         self.engine = make_engine(url)
         if create:
-            self.create_schema()
+            upgrade(self.engine)
+        self._private_file_mode()
 
-    def create_schema(self) -> None:
-        with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Server and workers may start at the same moment; CREATE TABLE is not race-free on PostgreSQL.
-                conn.execute(text("SELECT pg_advisory_xact_lock(727364)"))
-            metadata.create_all(conn)
+    def _private_file_mode(self) -> None:
+        """A SQLite database holds key hashes and the specs (tokens) of unfinished jobs: owner-only (0600). SQLite
+        creates its -wal and -shm files with the database file's mode."""
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        if not database or database == ":memory:":
+            return
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):  # not created yet, or not ours to chmod
+                os.chmod(database + suffix, 0o600)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -187,6 +105,12 @@ class Store:
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(select(api_keys).order_by(api_keys.c.id))]
 
+    def key_active(self, key_id: int) -> bool:
+        """The key exists and is not revoked (a deployment's api_auth_token is only as good as its creator's key)."""
+        with self.engine.connect() as conn:
+            r = conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)))
+            return r.first() is not None
+
     def revoke_key(self, key_id: int) -> bool:
         with self.engine.begin() as conn:
             res = conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
@@ -195,10 +119,18 @@ class Store:
 
     # --- jobs ----------------------------------------------------------------------------------------------------
     def insert_job(self, *, owner: str, key_id: int | None, spec: dict, spec_public: dict, dataset_ids: list[str],
-                   runs_dir, job_id: str | None = None) -> dict:
+                   runs_dir, job_id: str | None = None, max_active_per_key: int | None = None) -> dict:
+        """Queue a job. With `max_active_per_key`, raise `TooManyJobs` when the key already has that many queued or
+        running jobs (counted in the inserting transaction: SQLite's BEGIN IMMEDIATE serializes it with other
+        submissions)."""
         job_id = job_id or str(uuid.uuid4())
         now = _now()
         with self.engine.begin() as conn:
+            if max_active_per_key is not None and key_id is not None:
+                active = conn.execute(select(func.count()).select_from(jobs).where(
+                    jobs.c.key_id == key_id, jobs.c.status.in_(("queued", *ACTIVE)))).scalar_one()
+                if active >= max_active_per_key:
+                    raise TooManyJobs(active, max_active_per_key)
             conn.execute(insert(jobs).values(
                 id=job_id, owner=owner, key_id=key_id, status="queued", spec=json.dumps(spec),
                 spec_public=json.dumps(spec_public), dataset_ids=",".join(dataset_ids),
@@ -301,6 +233,10 @@ class Store:
         with self.engine.begin() as conn:
             res = conn.execute(update(jobs).where(*cond).values(**values))
             if res.rowcount == 1:
+                # The job's tokens (hf_token, wandb_login_key) are needed only while it can still run: drop them
+                # from the stored spec in the same transaction that ends it.
+                spec = conn.execute(select(jobs.c.spec).where(jobs.c.id == job_id)).scalar_one()
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(spec=without_secrets(spec)))
                 ev = {"type": "status", "status": status, "message": message or status}
                 if error:
                     ev["error"] = error

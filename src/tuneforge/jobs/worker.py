@@ -9,6 +9,7 @@ last checkpoint. A worker that is shut down cleanly (SIGTERM/SIGINT) requeues it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -204,10 +205,8 @@ class Worker:
 
     def _terminate(self, proc: subprocess.Popen) -> None:
         for sig, wait in ((signal.SIGTERM, self.settings.cancel_grace_seconds), (signal.SIGKILL, 10.0)):
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
                 os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
             try:
                 proc.wait(timeout=wait)
                 return

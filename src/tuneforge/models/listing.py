@@ -99,7 +99,7 @@ def format_table(rows: list[dict], setup: TrainingSetup) -> str:
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     right = {3, 4, 5, 6}
-    out = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+    out = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
            .rstrip() for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     archs = sorted({r["architecture"] for r in rows})

@@ -133,14 +133,19 @@ def bundled_smollm2() -> str:
 
 
 def resolve_model(model_path: str, *, field: str = "pretrainedmodel_config.model_path",
-                  setup: TrainingSetup | None = None) -> ResolvedModel:
+                  setup: TrainingSetup | None = None, relative_is_local: bool = True) -> ResolvedModel:
     """`setup`: the training job's memory-relevant choices; a model too large for the device by the estimate
-    (models/fit.py) is refused here, before any download or load. Without it, the model must fit at all."""
+    (models/fit.py) is refused here, before any download or load. Without it, the model must fit at all.
+
+    `relative_is_local=False` (the service): only an absolute path is a local folder (the service checked it
+    against its path policy); any other name is a catalog alias or hub id, resolved on the hub or in the hub cache
+    and never opened relative to the process's working directory, where `models/SomeModel` would otherwise
+    escape the allowed folders."""
     name = model_path.strip()
     if not name:
         raise TuneforgeError(f"{field}: must not be empty", field=field, value=model_path)
     local = Path(name).expanduser()
-    if local.exists():
+    if local.exists() and (relative_is_local or local.is_absolute()):
         if not (local / "config.json").is_file():
             raise TuneforgeError(
                 f"{field}: {name!r} is a local path but not a Hugging Face model folder (no config.json in it)",
@@ -151,6 +156,7 @@ def resolve_model(model_path: str, *, field: str = "pretrainedmodel_config.model
         return ResolvedModel(model_id=str(local.resolve()), load_from=str(local.resolve()), is_local=True)
     if name.startswith(("/", "./", "../", "~")):
         raise TuneforgeError(f"{field}: {name!r} does not exist", field=field, value=name)
+    hub_only = not relative_is_local
 
     entry = get_entry(name)
     repo_id = entry.id if entry is not None else ALIASES.get(name.lower(), name)
@@ -179,6 +185,12 @@ def resolve_model(model_path: str, *, field: str = "pretrainedmodel_config.model
         )
     if entry is None:  # a hub model outside the catalog: its config.json alone tells its size
         ensure_fits(repo_id, config_dir=_hub_config_dir(repo_id), setup=setup, field=field)
+    if hub_only and os.path.lexists(repo_id):
+        # from_pretrained(repo_id) would open the folder of that name under the working directory instead of the
+        # hub repository: download the snapshot into the hub cache and load from there.
+        from huggingface_hub import snapshot_download
+
+        return ResolvedModel(model_id=repo_id, load_from=snapshot_download(repo_id), is_local=True)
     return ResolvedModel(model_id=repo_id, load_from=repo_id, is_local=False)
 
 
@@ -200,12 +212,12 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_tokenizer(model_path: str, *, hf_token: str | None = None):
+def load_tokenizer(model_path: str, *, hf_token: str | None = None, relative_is_local: bool = True):
     from transformers import AutoTokenizer
 
     quiet_transformers()
 
-    resolved = resolve_model(model_path)
+    resolved = resolve_model(model_path, relative_is_local=relative_is_local)
     # A local folder is read from disk alone: no hub round trip (or a minute of retries offline) for it.
     tokenizer = AutoTokenizer.from_pretrained(resolved.load_from, token=hf_token, local_files_only=resolved.is_local)
     if tokenizer.pad_token_id is None:

@@ -15,7 +15,7 @@ import torch
 from ..errors import TuneforgeError
 from ..runtime import Runtime
 from .loader import ResolvedModel, quiet_transformers
-from .targets import default_target_modules, default_target_parameters, inspect_linear_modules
+from .targets import default_target_modules, default_target_parameters, inspect_linear_modules, missing_target_modules
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,7 @@ def apply_lora(model, lora: LoraSettings, *, model_id: str, quantized: bool, gra
 
     if lora.target_modules:
         targets, how = list(lora.target_modules), "given in the spec"
-        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = [t for t in targets if t not in present]
+        missing = missing_target_modules(model, targets)
         if missing:
             raise TuneforgeError(
                 f"pretrainedmodel_config.target_modules: {missing} not found in {model_id!r}; its linear layers are "

@@ -69,6 +69,27 @@ def inspect_linear_modules(model) -> list[str]:
     return sorted(names)
 
 
+def missing_target_modules(model, targets: list[str]) -> list[str]:
+    """The entries of `targets` that name no module of `model` (PEFT matches a target on the leaf name)."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return [t for t in targets if t not in present]
+
+
+def skeleton_model(config):
+    """The model of `config` on the meta device (no memory, no weights): its module names, in a second or less.
+    Layers repeat their names, so two are enough."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(config)
+    if getattr(config, "num_hidden_layers", None):
+        config.num_hidden_layers = min(config.num_hidden_layers, 2)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
 def default_target_modules(model) -> tuple[list[str], str]:
     """(module names, how they were chosen) for a loaded model."""
     model_type = getattr(model.config, "model_type", "")

@@ -8,7 +8,7 @@ Deploying therefore takes seconds (load the base once, load and check the adapte
 Lifecycle: `building` (a background thread loads the base, resolves and test-loads the adapter with a one-token
 generation) -> `live` (answers on the OpenAI-compatible endpoints with `model` = the deployment name) or `failed`
 (with the reason); `terminate` -> `terminated` (adapter unloaded; the base model is freed when no live deployment
-uses it). Deployments are rows in the service database (their own table, next to the job store's), and a restarted
+uses it). Deployments are rows in the service database (their own table in `db/schema.py`), and a restarted
 server rebuilds those that were building or live. Each has a log file that `GET /v1/deploy/logs/{id}` tails.
 
 Access: a deployment answers only to its own `api_auth_token` (only its hash is stored; the token is shown once,
@@ -17,6 +17,7 @@ in the create response) or to its owner's service key (or an admin key).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import secrets
 import threading
@@ -29,9 +30,10 @@ from typing import Any, Literal
 import anyio
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import (Column, Float, Index, Integer, MetaData, String, Table, Text, insert, select, text, update)
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ..db.schema import deployments
 from ..errors import Conflict, NotFound, TuneforgeError
 from ..keys import Principal, hash_key
 from ..models.adapters import check_adapter_folder
@@ -40,35 +42,12 @@ from .engine import InferenceEngine, SamplingParams, UnknownModelError, check_na
 from .openai_routes import Auth
 
 STATUSES = ("building", "live", "failed", "terminated")
-
-metadata = MetaData()
-
-deployments = Table(
-    "deployments", metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(128), nullable=False),
-    Column("owner", String(200), nullable=False, index=True),
-    Column("key_id", Integer),
-    Column("status", String(16), nullable=False),
-    Column("token_hash", String(64), nullable=False, index=True),
-    Column("token_prefix", String(16), nullable=False),
-    Column("basemodel_path", Text, nullable=False),  # as given
-    Column("loramodel_path", Text),  # as given: a job id, a folder on the server or a hub id
-    Column("model_load", Text, nullable=False),  # what the engine loads (a checked local path or a hub id)
-    Column("adapter_source", Text),  # a checked local adapter folder or a hub id; NULL: the base model alone
-    Column("prompt_template", Text, nullable=False),
-    Column("max_model_len", Integer),
-    Column("params", Text, nullable=False),  # the rest of the payload as given (per_gpu_vram, gpu_count, ...)
-    Column("error", Text),
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
-    Column("live_at", Float),
-    Column("terminated_at", Float),
-    # One non-terminated deployment per name: the name is the `model` on the shared OpenAI endpoints.
-    Index("uq_deployments_active_name", "name", unique=True, sqlite_where=text("status != 'terminated'"),
-          postgresql_where=text("status != 'terminated'")),
-)
-
+# The deployment chosen for the current request by `deployment_auth` (set in the request's own context, read by
+# `DeploymentManager.submit` in the same request): deployment names are unique per owner, not across owners.
+_CHOSEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("tuneforge_deployment", default=None)
+# A client-chosen api_auth_token must be at least this long: with failed attempts throttled per address, 32
+# characters of even a small alphabet are out of reach of guessing (the generated ones have 192 random bits).
+MIN_TOKEN_CHARS = 32
 
 class DeployRequest(BaseModel):
     """The payload of `POST /v1/deploy/llm`: MonsterAPI's `LLMServingParams` (what the official client sends)."""
@@ -81,7 +60,8 @@ class DeployRequest(BaseModel):
                                        "an adapter folder inside the server's allowed folders, or a hub id. Empty: "
                                        "serve the base model alone.")
     deployment_name: str | None = Field(None, description="The name clients pass as `model` on the OpenAI-compatible "
-                                        "endpoints; unique among live deployments. Default: deploy-<id prefix>.")
+                                        "endpoints; unique among your live deployments (other owners may use the same "
+                                        "name). Default: deploy-<id prefix>.")
     prompt_template: str | None = Field(None, description="Wraps `prompt` on /v1/completions and `/generate`: the "
                                         "text before `{completion}`, its placeholders filled from `input_variables` "
                                         "(or `{prompt}`, or a single placeholder, from `prompt`). Default: the "
@@ -91,8 +71,11 @@ class DeployRequest(BaseModel):
         "training", description="(tuneforge) How /v1/chat/completions renders messages: training = as the adapter "
         "was trained (its prompt template, or the model's chat template for chat data); model = the base model's "
         "chat template.")
-    api_auth_token: str | None = Field(None, min_length=8, description="Bearer token that may call this deployment "
-                                       "(besides your own key). Default: generated, returned once in the response.")
+    api_auth_token: str | None = Field(
+        None, min_length=MIN_TOKEN_CHARS, max_length=256,
+        description=f"Bearer token that may call this deployment (besides your own key): at least {MIN_TOKEN_CHARS} "
+        "characters, not used by another deployment. Default (recommended): generated, 192 random bits, returned "
+        "once in the response.")
     max_model_len: int | None = Field(None, ge=16, description="Context length cap (prompt + completion tokens). "
                                       "Default: the model's own.")
     per_gpu_vram: int | None = Field(None, description="Accepted for MonsterAPI compatibility; tuneforge serves on "
@@ -144,9 +127,7 @@ class DeploymentManager:
     (`model_names`, `created`, `submit`) over the live deployments, by name."""
 
     def __init__(self, db_engine, logs_dir: Path, *, max_loaded_adapters: int = 8, device: str | None = None):
-        self.db = db_engine
-        with self.db.begin() as conn:
-            metadata.create_all(conn)
+        self.db = db_engine  # the service database, already migrated (its job store opened it first)
         self.logs_dir = Path(logs_dir)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.max_loaded_adapters = max_loaded_adapters
@@ -155,7 +136,7 @@ class DeploymentManager:
         self._lock = threading.RLock()
         self._engines: dict[str, InferenceEngine] = {}  # by model_load
         self._engine_locks: dict[str, threading.Lock] = {}
-        self._live: dict[str, dict] = {}  # name -> row of a live deployment
+        self._live: dict[str, dict] = {}  # deployment id -> row of a live deployment
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ rows
@@ -164,11 +145,14 @@ class DeploymentManager:
             r = conn.execute(select(deployments).where(deployments.c.id == deployment_id)).first()
         return dict(r._mapping) if r else None
 
-    def by_name(self, name: str) -> dict | None:
-        """The non-terminated deployment called `name`."""
+    def by_name(self, name: str, owner: str | None = None) -> dict | None:
+        """The non-terminated deployment called `name` of `owner` (names are unique per owner); without `owner`,
+        the newest of any owner's (for admin keys)."""
+        q = select(deployments).where(deployments.c.name == name, deployments.c.status != "terminated")
+        if owner is not None:
+            q = q.where(deployments.c.owner == owner)
         with self.db.connect() as conn:
-            r = conn.execute(select(deployments).where(deployments.c.name == name,
-                                                       deployments.c.status != "terminated")).first()
+            r = conn.execute(q.order_by(deployments.c.created_at.desc())).first()
         return dict(r._mapping) if r else None
 
     def by_token(self, token: str) -> dict | None:
@@ -176,6 +160,12 @@ class DeploymentManager:
             r = conn.execute(select(deployments).where(deployments.c.token_hash == hash_key(token),
                                                        deployments.c.status != "terminated")).first()
         return dict(r._mapping) if r else None
+
+    def token_in_use(self, token: str) -> bool:
+        """Any deployment, terminated ones included, was given this token (a token is never reused)."""
+        with self.db.connect() as conn:
+            return conn.execute(select(deployments.c.id).where(deployments.c.token_hash == hash_key(token))).first() \
+                is not None
 
     def list(self, owner: str | None) -> list[dict]:
         q = select(deployments).order_by(deployments.c.created_at.desc())
@@ -212,6 +202,10 @@ class DeploymentManager:
         deployment_id = str(uuid.uuid4())
         name = check_name(req.deployment_name or f"deploy-{deployment_id[:8]}", field="deployment_name")
         token = req.api_auth_token or secrets.token_urlsafe(24)
+        if req.api_auth_token and self.token_in_use(token):
+            # Tokens are unique: one token must never open two deployments (of possibly different owners).
+            raise Conflict("api_auth_token: this token is already used by another deployment; choose another one, "
+                           "or leave it empty to get a generated one", field="api_auth_token", value="***")
         params = req.model_dump(exclude={"api_auth_token", "basemodel_path", "loramodel_path", "deployment_name",
                                          "prompt_template", "max_model_len"})
         now = _now()
@@ -224,7 +218,7 @@ class DeploymentManager:
                     prompt_template=req.prompt_template or "", max_model_len=req.max_model_len,
                     params=json.dumps(params), created_at=now, updated_at=now))
         except IntegrityError:
-            raise Conflict(f"deployment_name: {name!r} is taken by a live deployment; choose another name or "
+            raise Conflict(f"deployment_name: you already have a deployment called {name!r}; choose another name or "
                            "terminate that one first", field="deployment_name", value=name) from None
         self.log(deployment_id, f"created deployment {name!r}: base {req.basemodel_path!r}, adapter "
                                 f"{req.loramodel_path or '(none)'!r}")
@@ -245,7 +239,9 @@ class DeploymentManager:
             if engine is None:
                 self.log(deployment_id, f"loading base model {model_load!r}")
                 t = time.monotonic()
-                engine = InferenceEngine(model_load, max_loaded_adapters=self.max_loaded_adapters, device=self.device)
+                # model_load is a policy-checked absolute folder or a hub id: never a path under the working directory
+                engine = InferenceEngine(model_load, max_loaded_adapters=self.max_loaded_adapters, device=self.device,
+                                         relative_is_local=False)
                 self.log(deployment_id, f"base model loaded in {time.monotonic() - t:.1f}s on {engine.device}")
                 with self._lock:
                     self._engines[model_load] = engine
@@ -293,7 +289,7 @@ class DeploymentManager:
                 self._release(deployment_id, row["model_load"])
                 return
             self._set(deployment_id, status="live", live_at=_now(), error=None)
-            self._live[row["name"]] = {**current, "status": "live", "engine": engine, "model": model}
+            self._live[deployment_id] = {**current, "status": "live", "engine": engine, "model": model}
         self.log(deployment_id, f"live: answering as model {row['name']!r} on /v1/chat/completions and "
                                 "/v1/completions")
 
@@ -349,18 +345,39 @@ class DeploymentManager:
             if row is None or row["status"] == "terminated":
                 return row
             self._set(deployment_id, status="terminated", terminated_at=_now())
-            self._live.pop(row["name"], None)
+            self._live.pop(deployment_id, None)
         self.log(deployment_id, "terminated")
         self._release(deployment_id, row["model_load"])
         return self.get(deployment_id)
 
-    def restore(self) -> None:
-        """After a restart: rebuild the deployments that were building or live."""
-        for row in self.list(None):
-            if row["status"] in ("building", "live"):
-                self._set(row["id"], status="building")
-                self.log(row["id"], "server restarted: rebuilding")
-                self._start_build(row["id"])
+    def restore(self, *, attempts: int = 3, retry_seconds: float = 5.0) -> None:
+        """After a restart: rebuild the deployments that were building or live, one at a time in one background
+        thread (they share base models, and parallel first loads raced in transformers' lazy imports), retrying a
+        failed rebuild `attempts` times: a deployment that was live should come back unless it really cannot."""
+        rows = [r for r in self.list(None) if r["status"] in ("building", "live")]
+        if not rows:
+            return
+        for row in rows:
+            self._set(row["id"], status="building")
+            self.log(row["id"], "server restarted: rebuilding")
+
+        def rebuild_all() -> None:
+            pending = [r["id"] for r in rows]
+            for attempt in range(1, attempts + 1):
+                for deployment_id in pending:
+                    self._build(deployment_id)
+                failed = [d for d in pending if (self.get(d) or {}).get("status") == "failed"]
+                if not failed or attempt == attempts:
+                    return
+                time.sleep(retry_seconds)
+                for d in failed:
+                    self.log(d, f"rebuild failed; retrying (attempt {attempt + 1} of {attempts})")
+                    self._set(d, status="building", error=None, only_if="failed")
+                pending = failed
+
+        t = threading.Thread(target=rebuild_all, name="deploy-restore", daemon=True)
+        self._threads.append(t)
+        t.start()
 
     def close(self) -> None:
         with self._lock:
@@ -378,11 +395,17 @@ class DeploymentManager:
     # ------------------------------------------------------------------ the engine protocol of openai_routes
     def model_names(self) -> list[str]:
         with self._lock:
-            return sorted(self._live)
+            return sorted({d["name"] for d in self._live.values()})
 
     def live(self, name: str) -> dict | None:
+        """The live deployment called `name` that this request's `deployment_auth` chose (names are per owner, so
+        two tenants may both serve an `orders`); without that choice, the only live one of that name."""
         with self._lock:
-            return self._live.get(name)
+            chosen = self._live.get(_CHOSEN.get() or "")
+            if chosen is not None and chosen["name"] == name:
+                return chosen
+            matches = [d for d in self._live.values() if d["name"] == name]
+            return matches[0] if len(matches) == 1 else None
 
     def submit(self, model: str, prompt: Any = None, params: SamplingParams | None = None, *,
                messages: list[dict] | None = None, loop=None, input_variables: dict[str, Any] | None = None,
@@ -403,14 +426,30 @@ class DeploymentManager:
         return gen
 
 
-def deployment_auth(manager: DeploymentManager, authenticate: Callable[[str], Principal | None]) -> Auth:
+def deployment_auth(manager: DeploymentManager, authenticate: Callable[[str], Principal | None], *,
+                    key_active: Callable[[int], bool]) -> Auth:
     """The `auth` of the OpenAI routes over deployments (see openai_routes): a deployment answers to its own
-    api_auth_token, or to its owner's (or an admin's) service key, which `authenticate` looks up. Others get 404,
+    api_auth_token while `key_active` says the key that created it is not revoked, or to its owner's (or an
+    admin's) service key, which `authenticate` looks up. Others get 404,
     as if it did not exist; a deployment still building answers 503, a failed or terminated one 409."""
     challenge = {"WWW-Authenticate": "Bearer"}
 
     def lookup(token: str, model: str | None):
-        return authenticate(token), manager.by_token(token), manager.by_name(model) if model else None
+        own = manager.by_token(token)
+        if own is not None and own["key_id"] is not None and not key_active(own["key_id"]):
+            own = None  # a deployment's api_auth_token stops working when the key that created it is revoked
+        principal = authenticate(token)
+        d = None
+        if model is not None:
+            # Names are per owner: the token's own deployment, else the key owner's deployment of that name (an
+            # admin key: anyone's). Another tenant's deployment of the same name is never found.
+            if own is not None and own["name"] == model:
+                d = own
+            elif principal is not None:
+                d = manager.by_name(model, principal.owner)
+                if d is None and principal.is_admin:
+                    d = manager.by_name(model)
+        return principal, own, d
 
     async def auth(request: Request, model: str | None) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -428,6 +467,7 @@ def deployment_auth(manager: DeploymentManager, authenticate: Callable[[str], Pr
         if not allowed:
             raise HTTPException(404, f"model {model!r} not found: no live deployment of that name that this key may "
                                      "use (a deployment answers to its api_auth_token and its owner's key)")
+        _CHOSEN.set(d["id"])  # the deployment `submit` serves for this request
         if d["status"] == "building":
             raise HTTPException(503, f"deployment {model!r} is still building; poll GET /v1/deploy/status/{d['id']}")
         if d["status"] != "live":

@@ -323,6 +323,9 @@ def check_name(name: str, *, field: str = "adapter") -> str:
     return name
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
 class InferenceEngine:
     """Serves a base model and any number of LoRA adapters for it, by name.
 
@@ -333,8 +336,12 @@ class InferenceEngine:
     def __init__(self, model_path: str, *, adapters: Mapping[str, str | Path] | None = None,
                  max_loaded_adapters: int = 4, model_name: str | None = None, device: str | None = None,
                  dtype: torch.dtype | str = "auto", default_max_tokens: int = 256, chat_template: str = "training",
-                 fast_decode: bool = True):
-        from transformers import AutoModelForCausalLM
+                 fast_decode: bool = True, relative_is_local: bool = True):
+        with _IMPORT_LOCK:
+            # transformers resolves its classes lazily on first attribute access; two threads doing that at once
+            # (deployments rebuilt in parallel after a restart) saw `ImportError: cannot import name
+            # 'AutoModelForCausalLM'`. One import at a time makes the first one complete before anyone uses it.
+            from transformers import AutoModelForCausalLM
 
         # "training": chat requests to an adapter are rendered as it was trained (its tuneforge_adapter.json);
         # "model": always with the base model's chat template.
@@ -347,7 +354,7 @@ class InferenceEngine:
         for name, path in (adapters or {}).items():  # fail on a wrong folder before spending time on the model
             check_name(name)
             check_adapter_folder(path, field=f"adapter {name!r}")
-        resolved = resolve_model(model_path, field="--model")
+        resolved = resolve_model(model_path, field="--model", relative_is_local=relative_is_local)
         self.model_id = resolved.model_id
         local = Path(resolved.model_id).is_absolute()
         self.base_name = check_name(model_name or (Path(resolved.model_id).name if local else resolved.model_id),
@@ -356,7 +363,7 @@ class InferenceEngine:
         self.device = torch.device(default_device(device))
         self.max_loaded_adapters = max_loaded_adapters
         self.default_max_tokens = default_max_tokens
-        self.tokenizer = load_tokenizer(model_path)
+        self.tokenizer = load_tokenizer(model_path, relative_is_local=relative_is_local)
         self.dtype = serving_dtype(dtype, self.device)
         self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=self.dtype,
                                                          local_files_only=resolved.is_local).to(self.device).eval()
@@ -518,9 +525,8 @@ class InferenceEngine:
             except queue.Empty:
                 item = _DONE
             while item is not _DONE:
-                if isinstance(item, Generation):
-                    if self._start(item):
-                        active.append(item)
+                if isinstance(item, Generation) and self._start(item):
+                    active.append(item)
                 try:
                     item = self._inbox.get_nowait()
                 except queue.Empty:

@@ -49,9 +49,9 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
     evals = [(r["step"], r["eval_loss"]) for r in records if r.get("type") == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
-        ax.plot(*zip(*train), label="train loss", color="#1f77b4", linewidth=1.2)
+        ax.plot(*zip(*train, strict=True), label="train loss", color="#1f77b4", linewidth=1.2)
     if evals:
-        ax.plot(*zip(*evals), label="validation loss", color="#d62728", marker="o", linewidth=1.5)
+        ax.plot(*zip(*evals, strict=True), label="validation loss", color="#d62728", marker="o", linewidth=1.5)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title or "tuneforge training")

@@ -28,7 +28,7 @@ class WarmupPlateau:
 
     def _apply(self) -> None:
         warm = min(1.0, (self.steps + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * warm * self.scale
 
     def step(self) -> None:

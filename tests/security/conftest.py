@@ -1,0 +1,6 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "jobs"))
+
+from tfservice import pg_database, postgres_url  # noqa: F401  (fixtures)
