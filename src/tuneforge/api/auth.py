@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..jobs.store import Principal
+from ..jobs.store import Principal, Store
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `tuneforge keys create NAME`.")
 
@@ -16,7 +16,8 @@ def get_principal(request: Request, credentials: HTTPAuthorizationCredentials | 
     if credentials is None or not credentials.credentials:
         raise HTTPException(401, "missing API key: send the header 'Authorization: Bearer <key>' (an administrator "
                                  "creates keys with `tuneforge keys create NAME`)", headers=_CHALLENGE)
-    principal = request.app.state.store.authenticate(credentials.credentials.strip())
+    store: Store = request.app.state.store
+    principal = store.authenticate(credentials.credentials.strip())
     if principal is None:
         raise HTTPException(401, "invalid or revoked API key", headers=_CHALLENGE)
     return principal

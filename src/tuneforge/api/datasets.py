@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from ..errors import TuneforgeError
@@ -14,12 +16,12 @@ from ..jobs.paths import PathPolicy
 from ..jobs.service import DatasetOptions
 from ..jobs.store import Principal
 from .auth import get_principal
-from .errors import problems_response
+from .errors import Responses, problems_response
 from .uploads import receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
-_ERRORS = {401: {"description": "Missing or invalid API key"}, 404: {"description": "No such dataset (or not yours)"},
+_ERRORS: Responses = {401: {"description": "Missing or invalid API key"}, 404: {"description": "No such dataset (or not yours)"},
            422: {"description": "Invalid input: `detail` and one `problems` entry per field"}}
 
 _UPLOAD_BODY = {
@@ -52,7 +54,8 @@ def _option_problems(exc: ValidationError) -> list[str]:
 
 @router.post("", status_code=201, summary="Upload a dataset and get its validation report",
              openapi_extra=_UPLOAD_BODY, responses={**_ERRORS, 413: {"description": "Larger than the upload limit"}})
-async def upload(request: Request, principal: Principal = Depends(get_principal)):
+async def upload(request: Request,
+                 principal: Principal = Depends(get_principal)) -> JSONResponse | dict[str, Any]:
     """Multipart form: the file in `file`, optionally how to read it (`prompt_template`, `data_format`, ...) for the
     report. The answer has the dataset's `id` (use it as `data_config.data_path`) and its validation `report`;
     a dataset with problems is stored too, with `ok: false` and every problem listed."""
@@ -62,10 +65,11 @@ async def upload(request: Request, principal: Principal = Depends(get_principal)
     try:
         up = await receive_upload(request, dest, max_bytes=int(settings.max_upload_bytes))
         try:
-            options = DatasetOptions(**up.fields)
+            options = DatasetOptions.model_validate(up.fields)
         except ValidationError as exc:
             shutil.rmtree(dest, ignore_errors=True)
             return problems_response(_option_problems(exc))
+        assert up.path is not None  # receive_upload refuses a body without the file
         report = await run_in_threadpool(service.validate_file, up.path, options, PathPolicy.from_settings(settings))
         ds = store.insert_dataset(dataset_id=dataset_id, owner=principal.owner, filename=up.filename,
                                   path=str(up.path), size_bytes=up.size, sha256=up.sha256, report=report)
@@ -77,21 +81,21 @@ async def upload(request: Request, principal: Principal = Depends(get_principal)
 
 @router.get("", summary="List datasets, newest first", responses=_ERRORS)
 def list_datasets(request: Request, principal: Principal = Depends(get_principal),
-                  limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict:
+                  limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict[str, Any]:
     rows, total = request.app.state.store.list_datasets(owner=service.scope(principal), limit=limit, offset=offset)
     return {"datasets": [service.dataset_view(r, full=False) for r in rows], "total": total, "limit": limit,
             "offset": offset}
 
 
 @router.get("/{dataset_id}", summary="A dataset with its validation report", responses=_ERRORS)
-def get_dataset(dataset_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def get_dataset(dataset_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     return service.dataset_view(service.get_dataset(request.app.state.store, principal, dataset_id))
 
 
 @router.post("/{dataset_id}/validate", summary="Validate a dataset again with other reading options",
              responses=_ERRORS)
 def revalidate(dataset_id: str, options: DatasetOptions, request: Request,
-               principal: Principal = Depends(get_principal)) -> dict:
+               principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     """E.g. with the `prompt_template` you intend to train with: the report then checks its columns, renders the
     first example and, given `model_path`, counts tokens. The stored report is replaced."""
     store = request.app.state.store
@@ -107,6 +111,6 @@ def revalidate(dataset_id: str, options: DatasetOptions, request: Request,
 
 
 @router.delete("/{dataset_id}", summary="Delete a dataset", responses={**_ERRORS, 409: {"description": "In use"}})
-def delete_dataset(dataset_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def delete_dataset(dataset_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     service.delete_dataset(request.app.state.store, principal, dataset_id)
     return {"id": dataset_id, "deleted": True}

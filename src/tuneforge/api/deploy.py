@@ -8,6 +8,7 @@ the API key. The deployments themselves live in `tuneforge.serve.deployments`; t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
@@ -19,21 +20,24 @@ from ..jobs.paths import PathPolicy, classify_model_path, is_job_id, looks_like_
 from ..jobs.store import Principal, Store
 from ..serve.deployments import DeploymentManager, DeployRequest
 from ..serve.engine import check_adapter_folder
-from ..serve.openai_routes import openai_router
+from ..serve.openai_routes import Auth, openai_router
+from ..settings import Settings
 from .auth import get_principal
+from .errors import Responses
 
 router = APIRouter(prefix="/v1/deploy", tags=["deployments"])
 
-_ERRORS = {401: {"description": "Missing or invalid API key"},
+_ERRORS: Responses = {401: {"description": "Missing or invalid API key"},
            404: {"description": "No such deployment (or not yours)"},
            422: {"description": "Invalid input: `detail` and one `problems` entry per field"}}
 
 
 def _manager(request: Request) -> DeploymentManager:
-    return request.app.state.deployments
+    manager: DeploymentManager = request.app.state.deployments
+    return manager
 
 
-def _view(request: Request, row: dict) -> dict:
+def _view(request: Request, row: dict[str, Any]) -> dict[str, Any]:
     base = str(request.base_url).rstrip("/")
     return {
         "deployment_id": row["id"],
@@ -56,7 +60,7 @@ def _view(request: Request, row: dict) -> dict:
     }
 
 
-def _visible(request: Request, principal: Principal, deployment_id: str) -> dict:
+def _visible(request: Request, principal: Principal, deployment_id: str) -> dict[str, Any]:
     row = _manager(request).get(deployment_id.strip())
     if row is None or (not principal.is_admin and row["owner"] != principal.owner):
         raise service.NotFound(f"deployment {deployment_id!r} not found", field="deployment_id", value=deployment_id)
@@ -96,9 +100,9 @@ def _resolve_adapter(value: str | None, store: Store, principal: Principal, poli
         raise TuneforgeError(f"{field}: URLs are not supported here; give a succeeded job id, an adapter folder on "
                              "the server, or a hub id", field=field, value=v)
     if classify_model_path(v) == "local":
-        folder = policy.local(v, field)
-        check_adapter_folder(folder, field=field)
-        return folder
+        local = policy.local(v, field)
+        check_adapter_folder(local, field=field)
+        return local
     from ..models.loader import _hf_cached_snapshot, hub_reachable
 
     if _hf_cached_snapshot(v) is None and not hub_reachable():
@@ -108,13 +112,13 @@ def _resolve_adapter(value: str | None, store: Store, principal: Principal, poli
 
 
 @router.post("/llm", summary="Deploy a base model with a LoRA adapter as an API endpoint", responses=_ERRORS)
-def deploy(req: DeployRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def deploy(req: DeployRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     """Starts building at once and returns `deployment_id`; poll `GET /v1/deploy/status/{id}` until `live`, then
     call `POST /v1/chat/completions` with `model` = `deployment_name` and `Authorization: Bearer <api_auth_token>`.
     The whole `api_auth_token` is in this response only."""
     settings, store = request.app.state.settings, request.app.state.store
     policy = PathPolicy.from_settings(settings)
-    problems = []
+    problems: list[str] = []
     model_load = adapter = None
     try:
         model_load = _resolve_base(req.basemodel_path, policy)
@@ -128,6 +132,7 @@ def deploy(req: DeployRequest, request: Request, principal: Principal = Depends(
         from ..spec import SpecError
 
         raise SpecError(problems)
+    assert model_load is not None  # resolved, or its problem was raised above
     row, token = _manager(request).create(req, owner=principal.owner, key_id=principal.key_id,
                                           model_load=model_load, adapter_source=adapter)
     return {"message": f"deployment {row['name']!r} is building", **_view(request, row), "api_auth_token": token}
@@ -135,20 +140,20 @@ def deploy(req: DeployRequest, request: Request, principal: Principal = Depends(
 
 @router.get("/status/{deployment_id}", summary="A deployment's status: building, live, failed or terminated",
             responses=_ERRORS)
-def status(deployment_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def status(deployment_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     return _view(request, _visible(request, principal, deployment_id))
 
 
 @router.get("/logs/{deployment_id}", summary="The last lines of a deployment's log", responses=_ERRORS)
 def logs(deployment_id: str, request: Request, principal: Principal = Depends(get_principal),
-         n_lines: int = Query(100, ge=1, le=10000, description="How many of the last lines.")) -> dict:
+         n_lines: int = Query(100, ge=1, le=10000, description="How many of the last lines.")) -> dict[str, Any]:
     row = _visible(request, principal, deployment_id)
     lines = _manager(request).tail(row["id"], n_lines)
     return {"deployment_id": row["id"], "status": row["status"], "n_lines": len(lines), "logs": lines}
 
 
 @router.get("/list", summary="Your deployments, newest first (an admin key: everyone's)", responses=_ERRORS)
-def list_deployments(request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def list_deployments(request: Request, principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     rows = _manager(request).list(service.scope(principal))
     return {"deployments": [_view(request, r) for r in rows], "total": len(rows)}
 
@@ -160,7 +165,7 @@ class TerminateRequest(BaseModel):
 
 @router.post("/terminate", summary="Stop a deployment", responses={
     **_ERRORS, 409: {"description": "Already terminated"}})
-def terminate(body: TerminateRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def terminate(body: TerminateRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     row = _visible(request, principal, body.deployment_id)
     if row["status"] == "terminated":
         raise service.Conflict(f"deployment {row['id']!r} is already terminated", field="deployment_id",
@@ -171,12 +176,13 @@ def terminate(body: TerminateRequest, request: Request, principal: Principal = D
     return {"message": f"deployment {row['name']!r} terminated", **_view(request, row)}
 
 
-def deployment_auth(manager: DeploymentManager, store: Store):
+def deployment_auth(manager: DeploymentManager, store: Store) -> Auth:
     """Who may call a deployment on the OpenAI endpoints: its own api_auth_token, or its owner's (or an admin's)
     service key. Others get 404, as if it did not exist."""
     challenge = {"WWW-Authenticate": "Bearer"}
 
-    def lookup(token: str, model: str | None):
+    def lookup(token: str, model: str | None) -> tuple[Principal | None, dict[str, Any] | None,
+                                                       dict[str, Any] | None]:
         return store.authenticate(token), manager.by_token(token), manager.by_name(model) if model else None
 
     async def auth(request: Request, model: str | None) -> None:
@@ -192,7 +198,7 @@ def deployment_auth(manager: DeploymentManager, store: Store):
             return
         allowed = d is not None and ((own is not None and own["id"] == d["id"]) or (
             principal is not None and (principal.is_admin or principal.owner == d["owner"])))
-        if not allowed:
+        if not allowed or d is None:
             raise HTTPException(404, f"model {model!r} not found: no live deployment of that name that this key may "
                                      "use (a deployment answers to its api_auth_token and its owner's key)")
         if d["status"] == "building":
@@ -203,7 +209,7 @@ def deployment_auth(manager: DeploymentManager, store: Store):
     return auth
 
 
-def install(app: FastAPI, settings, store: Store) -> DeploymentManager:
+def install(app: FastAPI, settings: Settings, store: Store) -> DeploymentManager:
     """Mount the deploy routes and the OpenAI-compatible routes on the service app; rebuild earlier deployments."""
     manager = DeploymentManager(store.engine, settings.logs_dir / "deployments")
     app.state.deployments = manager

@@ -9,30 +9,33 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Literal
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
 from ..jobs import service
-from ..jobs.store import STATUSES, TERMINAL, Principal
+from ..jobs.store import STATUSES, TERMINAL, Principal, Store
 from ..spec import JobSpec
 from .auth import get_principal
+from .errors import Responses
 
 router = APIRouter(prefix="/v1/finetune/llm", tags=["fine-tuning"])
 
-_ERRORS = {401: {"description": "Missing or invalid API key"},
+_ERRORS: Responses = {401: {"description": "Missing or invalid API key"},
            404: {"description": "No such job (or not yours)"},
            422: {"description": "Invalid input: `detail` and one `problems` entry per field"}}
 
 
-def _store(request: Request):
-    return request.app.state.store
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
 
 
 @router.post("", status_code=201, summary="Launch a fine-tuning job", responses=_ERRORS)
-def launch(spec: JobSpec, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def launch(spec: JobSpec, request: Request, principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     """Queue a LoRA/QLoRA fine-tuning job. `data_config.data_path` may be an uploaded dataset id (`ds_...`), an
     http(s) URL, a Hugging Face dataset id, or a file inside the server's allowed folders."""
     job = service.submit_job(_store(request), request.app.state.settings, principal, spec)
@@ -44,7 +47,7 @@ def list_jobs(request: Request, principal: Principal = Depends(get_principal),
               limit: int = Query(20, ge=1, le=100, description="Jobs per page."),
               offset: int = Query(0, ge=0, description="Jobs to skip (page * limit)."),
               status: Literal[STATUSES] | None = Query(None, description="Only jobs in this status."),  # type: ignore[valid-type]
-              owner: str | None = Query(None, description="Admin keys only: only this owner's jobs.")) -> dict:
+              owner: str | None = Query(None, description="Admin keys only: only this owner's jobs.")) -> dict[str, Any]:
     store = _store(request)
     who = service.scope(principal)
     if principal.is_admin and owner:
@@ -55,13 +58,13 @@ def list_jobs(request: Request, principal: Principal = Depends(get_principal),
 
 
 @router.get("/{job_id}", summary="A job's status, progress and losses", responses=_ERRORS)
-def get_job(job_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def get_job(job_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     return service.job_view(_store(request), service.get_job(_store(request), principal, job_id))
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a queued or running job",
              responses={**_ERRORS, 409: {"description": "The job has already finished"}})
-def cancel(job_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def cancel(job_id: str, request: Request, principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     """A queued job is cancelled at once; a running one is stopped by its worker within seconds
     (`cancel_requested` is true until then)."""
     job = service.cancel_job(_store(request), principal, job_id)
@@ -71,7 +74,7 @@ def cancel(job_id: str, request: Request, principal: Principal = Depends(get_pri
 @router.get("/{job_id}/adapter", summary="Download the trained PEFT adapter (zip)",
             responses={**_ERRORS, 409: {"description": "The job has not succeeded (yet)"},
                        200: {"content": {"application/zip": {}}}}, response_class=FileResponse)
-def adapter(job_id: str, request: Request, principal: Principal = Depends(get_principal)):
+def adapter(job_id: str, request: Request, principal: Principal = Depends(get_principal)) -> FileResponse:
     job = service.get_job(_store(request), principal, job_id)
     path = service.adapter_zip(request.app.state.settings, job)
     return FileResponse(path, media_type="application/zip", filename=f"adapter-{job_id}.zip")
@@ -84,7 +87,8 @@ async def events(job_id: str, request: Request, principal: Principal = Depends(g
                  limit: int = Query(500, ge=1, le=5000, description="At most this many events (JSON only)."),
                  stream: bool = Query(False, description="Stream as server-sent events (as does "
                                                          "`Accept: text/event-stream`) until the job ends."),
-                 accept: str | None = Header(None), last_event_id: str | None = Header(None)):
+                 accept: str | None = Header(None),
+                 last_event_id: str | None = Header(None)) -> StreamingResponse | dict[str, Any]:
     """Each event has `seq` (1, 2, ...), `type` (`status`, `log`, `validation`, `train`, `eval`) and its fields:
     `train` has step, total_steps, epoch, loss, lr; `eval` has step, eval_loss. Pass the last `seq` you saw as
     `after` to get only newer ones. When a job resumes after its worker died, the steps after its last checkpoint
@@ -102,7 +106,7 @@ async def events(job_id: str, request: Request, principal: Principal = Depends(g
             "next_after": rows[-1]["seq"] if rows else after}
 
 
-async def _sse(store, job_id: str, after: int, request: Request):
+async def _sse(store: Store, job_id: str, after: int, request: Request) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     last_sent = time.monotonic()
     while not await request.is_disconnected():

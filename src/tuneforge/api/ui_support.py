@@ -19,7 +19,8 @@ import functools
 import os
 import threading
 from pathlib import Path
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -31,27 +32,28 @@ from ..errors import TuneforgeError
 from ..jobs import service
 from ..jobs.paths import PathPolicy, classify_data_path, classify_model_path
 from ..jobs.service import DatasetOptions, tokenizer_for
-from ..jobs.store import Principal
+from ..jobs.store import Principal, Store
 from ..spec import JobSpec
 from .auth import get_principal
+from .errors import Responses
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 
 router = APIRouter(tags=["web UI support"])
 
-_ERRORS = {401: {"description": "Missing or invalid API key"}}
+_ERRORS: Responses = {401: {"description": "Missing or invalid API key"}}
 _DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".pq", ".txt", ".arrow")
 _MAX_LISTED = 200
 
 
 @router.get("/v1/me", summary="Who this API key belongs to", responses=_ERRORS)
-def me(principal: Principal = Depends(get_principal)) -> dict:
+def me(principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     return {"owner": principal.owner, "is_admin": principal.is_admin}
 
 
 @router.get("/v1/spec/schema", summary="The job spec's JSON schema (field help texts, limits) and its defaults",
             responses=_ERRORS)
-def spec_schema(principal: Principal = Depends(get_principal)) -> dict:
+def spec_schema(principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     """`schema`: `JobSpec.model_json_schema()`, whose field descriptions are the spec's own docs. `defaults`: a
     spec with every default filled in (including those the schema cannot show, such as `data_split_config`);
     `data_config.data_path` has no default and is left out."""
@@ -59,7 +61,7 @@ def spec_schema(principal: Principal = Depends(get_principal)) -> dict:
 
 
 @functools.lru_cache(maxsize=1)
-def _schema() -> dict:
+def _schema() -> dict[str, Any]:
     from ..spec import DataConfig
 
     defaults = JobSpec(data_config=DataConfig(data_path="-")).to_dict(redact=False)
@@ -71,11 +73,13 @@ def _schema() -> dict:
 # lazily imported names are not safe to resolve from two threads at once (an ImportError for `AutoConfig` was seen),
 # and the catalog's first build (seconds) should happen once.
 _work_lock = threading.Lock()
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-def _serialized(fn):
+def _serialized(fn: Callable[P, T]) -> Callable[P, T]:
     @functools.wraps(fn)
-    def run(*args, **kwargs):
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
         with _work_lock:
             return fn(*args, **kwargs)
 
@@ -83,7 +87,7 @@ def _serialized(fn):
 
 
 @functools.lru_cache(maxsize=1)
-def _catalog() -> dict:
+def _catalog() -> dict[str, Any]:
     from ..models.listing import REFERENCE, catalog_rows
 
     return {"reference_setup": dataclasses.asdict(REFERENCE), "models": catalog_rows(REFERENCE)}
@@ -91,7 +95,7 @@ def _catalog() -> dict:
 
 @router.get("/v1/catalog/models", summary="The model catalog with LoRA and QLoRA memory estimates",
             responses=_ERRORS)
-async def catalog(principal: Principal = Depends(get_principal)) -> dict:
+async def catalog(principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     """As `tuneforge models --json`: each model's size, context, licence, LoRA targets, and the estimated peak
     memory of LoRA and QLoRA training in the reference setup (`reference_setup`)."""
 
@@ -105,12 +109,13 @@ def _policy(request: Request) -> PathPolicy:
 
 @router.get("/v1/catalog/local", summary="Model folders and data files in the server's allowed folders",
             responses=_ERRORS)
-def local_files(request: Request, principal: Principal = Depends(get_principal)) -> dict:
+def local_files(request: Request, principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     """Folders with a `config.json` (models) and data files, up to two levels below each allowed folder: the
     local paths a job may name as `model_path` and `data_path`."""
     settings = request.app.state.settings
     policy = _policy(request)
-    models, datasets = [], []
+    models: list[dict[str, Any]] = []
+    datasets: list[dict[str, Any]] = []
     for root in settings.allowed_dirs:
         if not root.is_dir():
             continue
@@ -137,7 +142,7 @@ def local_files(request: Request, principal: Principal = Depends(get_principal))
     return {"allowed_folders": [str(p) for p in settings.allowed_dirs], "models": models, "datasets": datasets}
 
 
-def _local_model_facts(folder: Path) -> dict:
+def _local_model_facts(folder: Path) -> dict[str, Any]:
     import json
 
     try:
@@ -155,12 +160,12 @@ async def estimate(request: Request, principal: Principal = Depends(get_principa
                    batch_size: int = Query(8, ge=1, le=4096), cutoff_len: int = Query(512, ge=1),
                    lora_r: int = Query(8, ge=1, lt=2048), gradient_checkpointing: bool = Query(False),
                    precision: Literal["auto", "fp32", "bf16", "fp16"] = Query("auto"),
-                   device: Literal["auto", "cuda", "cpu"] = Query("auto")) -> dict:
+                   device: Literal["auto", "cuda", "cpu"] = Query("auto")) -> dict[str, Any]:
     """What models/fit.py checks before a job loads its model: the peak memory of LoRA and of QLoRA training with
     these settings on `device` (auto: CUDA when the server has it, else the CPU), and the memory there is."""
     policy = _policy(request)
 
-    def work() -> dict:
+    def work() -> dict[str, Any]:
         import torch
 
         from ..models.fit import model_shape
@@ -204,13 +209,13 @@ class InspectRequest(DatasetOptions):
 
 @router.post("/v1/data/inspect", summary="A dataset's validation report and token-length histogram (not stored)",
              responses={**_ERRORS, 404: {"description": "No such dataset (or not yours)"}})
-async def inspect(body: InspectRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict:
+async def inspect(body: InspectRequest, request: Request, principal: Principal = Depends(get_principal)) -> dict[str, Any]:
     """The report for these reading options (as `POST /v1/datasets/{id}/validate`, without storing it), and, when
     `model_path` gives a tokenizer, `token_histogram`: tokens per trainable example after `cutoff_len` (`edges` has
     one more entry than `counts`; `truncated` examples were longer and are cut to `cutoff_len`)."""
     store, policy = request.app.state.store, _policy(request)
 
-    def work() -> dict:
+    def work() -> dict[str, Any]:
         path, shown = _data_file(body.data_path, store, principal, policy)
         tokenizer = tokenizer_for(body.model_path, policy) if body.model_path else None
         from ..data.validate import scan_path
@@ -228,13 +233,13 @@ async def inspect(body: InspectRequest, request: Request, principal: Principal =
     return await anyio.to_thread.run_sync(_serialized(work))
 
 
-def _data_file(value: str, store, principal: Principal, policy: PathPolicy) -> tuple[str, str]:
+def _data_file(value: str, store: Store, principal: Principal, policy: PathPolicy) -> tuple[str, str]:
     """(the file to read, how to name it in the report)."""
     value = value.strip()
     kind = classify_data_path(value)
     if kind == "dataset":
         ds = service.get_dataset(store, principal, value)
-        return ds["path"], f"{ds['filename']} ({value})"
+        return str(ds["path"]), f"{ds['filename']} ({value})"
     if kind in ("url", "scheme", "hub"):
         raise TuneforgeError(f"data_path: {value!r}: only uploaded datasets and files in the server's allowed folders "
                              "can be inspected here; hub datasets and URLs are checked when the job starts",
@@ -242,7 +247,7 @@ def _data_file(value: str, store, principal: Principal, policy: PathPolicy) -> t
     return policy.local(value, "data_path"), value
 
 
-def _histogram(lengths: list[int], bins: int, cutoff: int, report: dict) -> dict:
+def _histogram(lengths: list[int], bins: int, cutoff: int, report: dict[str, Any]) -> dict[str, Any]:
     lo, hi = min(lengths), max(lengths)
     width = max(1, -(-(hi - lo + 1) // bins))  # ceil: integer-wide bars that cover lo..hi
     start = lo // width * width
@@ -261,5 +266,5 @@ def install(app: FastAPI) -> None:
     app.mount("/ui", StaticFiles(directory=UI_DIR / "static"), name="ui")
 
     @app.get("/", include_in_schema=False)
-    def index():
+    def index() -> FileResponse:
         return FileResponse(UI_DIR / "static" / "index.html", headers={"Cache-Control": "no-cache"})

@@ -6,8 +6,13 @@ Each takes `--home` / `--db` (or TUNEFORGE_HOME / TUNEFORGE_DB), so they all act
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TuneforgeError
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .store import Store
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -17,7 +22,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "the home folder)")
 
 
-def _settings(args, **extra):
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     from pydantic import ValidationError
 
     from ..settings import load_settings
@@ -29,19 +34,19 @@ def _settings(args, **extra):
         raise TuneforgeError(f"invalid service setting: {problems}") from None
 
 
-def _cmd_server(args) -> int:
+def _cmd_server(args: argparse.Namespace) -> int:
     from ..api.server import run_server
 
     return run_server(_settings(args, host=args.host, port=args.port, workers=args.workers))
 
 
-def _cmd_worker(args) -> int:
+def _cmd_worker(args: argparse.Namespace) -> int:
     from .worker import run_worker
 
     return run_worker(_settings(args), device=args.device, parent_pid=args.parent_pid, max_jobs=args.max_jobs)
 
 
-def _store(args):
+def _store(args: argparse.Namespace) -> Store:
     from .store import Store
 
     settings = _settings(args)
@@ -49,7 +54,7 @@ def _store(args):
     return Store(settings.database_url)
 
 
-def _cmd_keys_create(args) -> int:
+def _cmd_keys_create(args: argparse.Namespace) -> int:
     name = args.name.strip()
     if not name or len(name) > 200:
         raise TuneforgeError("keys create: NAME must be 1 to 200 characters", field="name", value=args.name)
@@ -60,7 +65,7 @@ def _cmd_keys_create(args) -> int:
     return 0
 
 
-def _cmd_keys_list(args) -> int:
+def _cmd_keys_list(args: argparse.Namespace) -> int:
     from ..jobs.service import iso
 
     rows = _store(args).list_keys()
@@ -73,7 +78,7 @@ def _cmd_keys_list(args) -> int:
     return 0
 
 
-def _cmd_keys_revoke(args) -> int:
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     if not _store(args).revoke_key(args.key_id):
         raise TuneforgeError(f"keys revoke: no active key with id {args.key_id} (see `tuneforge keys list`)",
                              field="key_id", value=args.key_id)
@@ -81,7 +86,7 @@ def _cmd_keys_revoke(args) -> int:
     return 0
 
 
-def add_service_commands(sub) -> None:
+def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `server`, `worker` and `keys` on the main parser's subcommands."""
     p = sub.add_parser("server", help="run the fine-tuning service: REST API (MonsterAPI-compatible) + workers")
     _common(p)

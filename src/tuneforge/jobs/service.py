@@ -15,14 +15,18 @@ import shutil
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import TuneforgeError
+from ..settings import Settings
 from ..spec import DataConfig, JobSpec, SpecError, parse_spec
 from .paths import PathPolicy, PathRejected, classify_data_path, classify_model_path, is_job_id
-from .store import ACTIVE, TERMINAL, Principal, Store
+from .store import ACTIVE, TERMINAL, Principal, Row, Store
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class NotFound(TuneforgeError):
@@ -59,7 +63,7 @@ def _resolve_data(value: str, field: str, store: Store, principal: Principal, po
             raise PathRejected(f"{field}: no uploaded dataset {value!r} (GET /v1/datasets lists yours)", field=field,
                                value=value)
         dataset_ids.append(value)
-        return ds["path"]
+        return str(ds["path"])
     if kind == "hub":
         return value
     return policy.local(value, field)
@@ -103,7 +107,7 @@ def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: Path
     return parse_spec(data), dataset_ids
 
 
-def submit_job(store: Store, settings, principal: Principal, spec: JobSpec) -> dict:
+def submit_job(store: Store, settings: Settings, principal: Principal, spec: JobSpec) -> Row:
     resolved, dataset_ids = resolve_spec(spec, store, principal, PathPolicy.from_settings(settings))
     _refuse_if_too_large(resolved)
     return store.insert_job(owner=principal.owner, key_id=principal.key_id, spec=resolved.to_dict(redact=False),
@@ -121,14 +125,14 @@ def _refuse_if_too_large(spec: JobSpec) -> None:
     ensure_fits(model_path, config_dir=folder if folder.is_dir() else None, setup=TrainingSetup.from_spec(spec))
 
 
-def get_job(store: Store, principal: Principal, job_id: str) -> dict:
+def get_job(store: Store, principal: Principal, job_id: str) -> Row:
     job = store.get_job(job_id, scope(principal))
     if job is None:
         raise NotFound(f"job {job_id!r} not found", field="job_id", value=job_id)
     return job
 
 
-def cancel_job(store: Store, principal: Principal, job_id: str) -> dict:
+def cancel_job(store: Store, principal: Principal, job_id: str) -> Row:
     job = get_job(store, principal, job_id)
     if job["status"] in TERMINAL:
         raise Conflict(f"job {job_id!r} has already {job['status']}; only queued or running jobs can be cancelled",
@@ -141,7 +145,7 @@ def cancel_job(store: Store, principal: Principal, job_id: str) -> dict:
     return after
 
 
-def job_view(store: Store, job: dict, *, full: bool = True) -> dict[str, Any]:
+def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
     spec = json.loads(job["spec_public"])
     step, total, rate = job["step"], job["total_steps"], job["steps_per_second"]
     eta = None
@@ -189,7 +193,7 @@ def job_view(store: Store, job: dict, *, full: bool = True) -> dict[str, Any]:
     return view
 
 
-def adapter_zip(settings, job: dict) -> Path:
+def adapter_zip(settings: Settings, job: Row) -> Path:
     """A zip of the job's PEFT adapter folder (files at the zip's root), built once and cached."""
     if job["status"] != "succeeded":
         raise Conflict(f"job {job['id']!r} is {job['status']}; its adapter can be downloaded once it has succeeded",
@@ -235,7 +239,7 @@ def new_dataset_id() -> str:
     return "ds_" + secrets.token_hex(8)
 
 
-def tokenizer_for(model_path: str, policy: PathPolicy):
+def tokenizer_for(model_path: str, policy: PathPolicy) -> PreTrainedTokenizerBase:
     """The tokenizer of `model_path`, reading a local folder only where the path policy allows. Cached: the UI
     re-validates a dataset on every template edit."""
     if classify_model_path(model_path) == "local":
@@ -244,13 +248,14 @@ def tokenizer_for(model_path: str, policy: PathPolicy):
 
 
 @functools.lru_cache(maxsize=8)
-def _load_tokenizer(model_path: str):
+def _load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
     from ..models.loader import load_tokenizer
 
-    return load_tokenizer(model_path)
+    tokenizer: PreTrainedTokenizerBase = load_tokenizer(model_path)
+    return tokenizer
 
 
-def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> dict:
+def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> dict[str, Any]:
     """The data layer's validation report for a stored file, as JSON."""
     from ..data import validate_source
 
@@ -261,7 +266,7 @@ def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> di
     return report.to_dict()
 
 
-def dataset_view(ds: dict, *, full: bool = True) -> dict[str, Any]:
+def dataset_view(ds: Row, *, full: bool = True) -> dict[str, Any]:
     report = json.loads(ds["report"])
     view = {
         "id": ds["id"],
@@ -279,7 +284,7 @@ def dataset_view(ds: dict, *, full: bool = True) -> dict[str, Any]:
     return view
 
 
-def get_dataset(store: Store, principal: Principal, dataset_id: str) -> dict:
+def get_dataset(store: Store, principal: Principal, dataset_id: str) -> Row:
     ds = store.get_dataset(dataset_id, scope(principal))
     if ds is None:
         raise NotFound(f"dataset {dataset_id!r} not found", field="dataset_id", value=dataset_id)
