@@ -44,7 +44,7 @@ def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | 
         model_path = config["base_model_name_or_path"]
     resolved = resolve_model(model_path, field="--model")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype).to(dev)
+    model = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype).to(dev)  # type: ignore[arg-type]  # transformers wraps .to() in a decorator that mypy reads as taking the model
     tokenizer = (
         AutoTokenizer.from_pretrained(str(adapter_dir))
         if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").is_file()

@@ -172,8 +172,9 @@ def terminate(body: TerminateRequest, request: Request, principal: Principal = D
                                value=row["id"])
     manager = _manager(request)
     manager.log(row["id"], f"terminate requested by {principal.owner!r} ({body.actor or 'api'})")
-    row = manager.terminate(row["id"])
-    return {"message": f"deployment {row['name']!r} terminated", **_view(request, row)}
+    done = manager.terminate(row["id"])
+    assert done is not None  # found above, and deployments are never deleted
+    return {"message": f"deployment {done['name']!r} terminated", **_view(request, done)}
 
 
 def deployment_auth(manager: DeploymentManager, store: Store) -> Auth:

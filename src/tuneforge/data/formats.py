@@ -395,7 +395,7 @@ def resolve_format(
             [f"completion_column {completion_column!r} is used only with a prompt_template; give a template such as "
              f"'... {{question}} ... {{{completion_column}}}' or remove completion_column"],
         )
-    by_shape = {
+    by_shape: dict[str, type[ChatFormat | PromptCompletionFormat | TextFormat]] = {
         "chat": ChatFormat,
         "prompt_completion": PromptCompletionFormat,
         "text": TextFormat,

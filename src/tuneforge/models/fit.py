@@ -54,8 +54,9 @@ def smallest_estimate(shape: ModelShape, device: str) -> MemoryEstimate:
     """The least memory any job on `device` could need: the smaller of LoRA and QLoRA in MINIMAL_SETUP."""
     from ..train.runtime import cpu_has_bf16
 
-    precision = "bf16" if (device == "cuda" or cpu_has_bf16()) else "fp32"
-    base = dataclasses.replace(MINIMAL_SETUP, device=device, precision=precision)
+    cuda = device == "cuda"
+    base = dataclasses.replace(MINIMAL_SETUP, device="cuda" if cuda else "cpu",
+                               precision="bf16" if (cuda or cpu_has_bf16()) else "fp32")
     estimates = [estimate_training_memory(shape, base, method=method) for method in ("qlora", "lora")]
     return min(estimates, key=lambda e: e.total)
 

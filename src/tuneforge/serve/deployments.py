@@ -17,6 +17,7 @@ in the create response) or to its owner's service key (or an admin key).
 
 from __future__ import annotations
 
+import builtins
 import json
 import secrets
 import threading
@@ -136,7 +137,7 @@ class DeploymentManager:
         with self._lock, open(self.logs_dir / f"{deployment_id}.log", "a") as fh:
             fh.write(f"{stamp} {message}\n")
 
-    def tail(self, deployment_id: str, n_lines: int) -> list[str]:
+    def tail(self, deployment_id: str, n_lines: int) -> builtins.list[str]:
         path = self.logs_dir / f"{deployment_id}.log"
         if not path.is_file():
             return []
@@ -170,7 +171,9 @@ class DeploymentManager:
         self.log(deployment_id, f"created deployment {name!r}: base {req.basemodel_path!r}, adapter "
                                 f"{req.loramodel_path or '(none)'!r}")
         self._start_build(deployment_id)
-        return self.get(deployment_id), token
+        row = self.get(deployment_id)
+        assert row is not None  # inserted above; deployments are never deleted
+        return row, token
 
     def _start_build(self, deployment_id: str) -> None:
         t = threading.Thread(target=self._build, args=(deployment_id,), name=f"deploy-{deployment_id[:8]}",
@@ -263,7 +266,7 @@ class DeploymentManager:
                 engine.close()
                 self.log(deployment_id, f"base model {model_load!r} unloaded (no deployment uses it)")
 
-    def terminate(self, deployment_id: str) -> dict:
+    def terminate(self, deployment_id: str) -> dict | None:
         with self._lock:
             row = self.get(deployment_id)
             if row is None or row["status"] == "terminated":
@@ -296,7 +299,7 @@ class DeploymentManager:
             t.join(timeout)
 
     # ------------------------------------------------------------------ the engine protocol of openai_routes
-    def model_names(self) -> list[str]:
+    def model_names(self) -> builtins.list[str]:
         with self._lock:
             return sorted(self._live)
 
@@ -305,7 +308,7 @@ class DeploymentManager:
             return self._live.get(name)
 
     def submit(self, model: str, prompt: Any = None, params: SamplingParams | None = None, *,
-               messages: list[dict] | None = None, loop=None):
+               messages: builtins.list[dict] | None = None, loop=None):
         d = self.live(model)
         if d is None:
             from .engine import UnknownModelError

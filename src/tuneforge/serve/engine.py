@@ -39,8 +39,12 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 from ..errors import TuneforgeError, close_matches
 
@@ -203,8 +207,10 @@ class Generation:
             raise RuntimeError("this Generation was submitted with an event loop: use `async for ... in astream()`")
         self._check_once()
         try:
+            q = self._queue
+            assert isinstance(q, queue.Queue)  # made without an event loop (checked above)
             while True:
-                item = self._queue.get()
+                item = q.get()
                 if item is _DONE:
                     break
                 if isinstance(item, BaseException):
@@ -318,7 +324,8 @@ class InferenceEngine:
         self.max_loaded_adapters = max_loaded_adapters
         self.default_max_tokens = default_max_tokens
         self.tokenizer = load_tokenizer(model_path)
-        self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype).to(self.device).eval()
+        self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype).to(
+            self.device).eval()  # type: ignore[arg-type]  # transformers wraps .to() in a decorator that mypy reads as taking the model
         # transformers 5.x renamed `past_key_values` to `cache` (input and output); accept either
         self._cache_kw = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
         self.context_length = int(getattr(self.base.config, "max_position_embeddings", 0) or 2048)
@@ -327,7 +334,7 @@ class InferenceEngine:
         eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids = {int(e) for e in eos if e is not None}
 
-        self._peft = None  # the PeftModel wrapping `self.base` once an adapter is loaded
+        self._peft: PeftModel | None = None  # the PeftModel wrapping `self.base` once an adapter is loaded
         self._active: str | None | object = _UNKNOWN  # adapter the LoRA layers are set to; None: disabled
         self._registry: dict[str, str] = {}
         self._registry_lock = threading.Lock()
@@ -426,6 +433,7 @@ class InferenceEngine:
             raise TypeError("give exactly one of prompt= and messages=")
         if messages is not None:
             prompt, chat = self.chat_prompt(messages), True
+        assert prompt is not None  # exactly one of the two was given
         ids = self.encode(prompt, chat=chat)
         if not ids:
             raise TuneforgeError("prompt must not be empty", field="prompt")
@@ -527,6 +535,7 @@ class InferenceEngine:
         log.info("loaded adapter %r from %s", name, path)
 
     def _delete(self, name: str) -> None:
+        assert self._peft is not None  # only loaded adapters are deleted
         self._loaded.pop(name, None)
         if len(self._peft.peft_config) == 1:
             # The last adapter: take the LoRA layers out altogether (PEFT's per-adapter bookkeeping does not
@@ -557,11 +566,12 @@ class InferenceEngine:
     def _activate(self, adapter: str | None) -> None:
         if self._active == adapter or self._peft is None:
             return
+        # PeftModel types `base_model` as a plain nn.Module: its LoraModel methods are invisible to mypy.
         if adapter is None:
-            self._peft.base_model.disable_adapter_layers()
+            self._peft.base_model.disable_adapter_layers()  # type: ignore[operator]
         else:
             if self._active is None or self._active is _UNKNOWN:
-                self._peft.base_model.enable_adapter_layers()
+                self._peft.base_model.enable_adapter_layers()  # type: ignore[operator]
             self._peft.set_adapter(adapter, inference_mode=True)
         self._active = adapter
         self.stats.adapter_switches += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -19,8 +20,10 @@ class Runtime:
         return self.device.type == "cuda"
 
     @property
-    def precision(self) -> str:
-        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.compute_dtype]
+    def precision(self) -> Literal["bf16", "fp16", "fp32"]:
+        names: dict[torch.dtype, Literal["bf16", "fp16", "fp32"]] = {
+            torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        return names[self.compute_dtype]
 
     def autocast(self):
         if self.compute_dtype == torch.float32:
