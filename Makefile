@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast test-ui bench migration clean
+.PHONY: demo test test-fast test-ui bench lint typecheck migration clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ test-fast: $(STAMP)
 # The web UI in headless Chromium (/usr/bin/chromium: `apt-get install chromium`); screenshots in test-artifacts/ui/
 test-ui: $(STAMP)
 	$(PY) -m pytest tests/ui
+
+# Lint and format checks (configuration in pyproject.toml). `ruff check --fix` and `ruff format` fix most findings.
+LINT_PATHS := src tests bench
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	@# The import-layer contract (import-linter), where this Makefile defines it.
+	@if $(MAKE) -n lint-imports >/dev/null 2>&1; then $(MAKE) --no-print-directory lint-imports; fi
+
+# mypy over the whole package: strict for spec, db, jobs and api (pyproject.toml); the cache makes reruns fast.
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) bench/train_bench.py

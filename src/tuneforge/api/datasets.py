@@ -53,7 +53,8 @@ def _option_problems(exc: ValidationError) -> list[str]:
 
 
 @router.post("", status_code=201, summary="Upload a dataset and get its validation report",
-             openapi_extra=_UPLOAD_BODY, responses={**_ERRORS, 413: {"description": "Larger than the upload limit"}})
+             openapi_extra=_UPLOAD_BODY, responses={**_ERRORS, 413: {"description": "Larger than the upload limit"}},
+             response_model=None)  # a dict, or the 422 JSONResponse listing problems
 async def upload(request: Request,
                  principal: Principal = Depends(get_principal)) -> JSONResponse | dict[str, Any]:
     """Multipart form: the file in `file`, optionally how to read it (`prompt_template`, `data_format`, ...) for the

@@ -81,7 +81,8 @@ def adapter(job_id: str, request: Request, principal: Principal = Depends(get_pr
 
 
 @router.get("/{job_id}/events", summary="Metrics and log lines, incremental (JSON or server-sent events)",
-            responses={**_ERRORS, 200: {"content": {"application/json": {}, "text/event-stream": {}}}})
+            responses={**_ERRORS, 200: {"content": {"application/json": {}, "text/event-stream": {}}}},
+            response_model=None)  # a dict, or a server-sent event stream
 async def events(job_id: str, request: Request, principal: Principal = Depends(get_principal),
                  after: int = Query(0, ge=0, description="Return events with `seq` greater than this."),
                  limit: int = Query(500, ge=1, le=5000, description="At most this many events (JSON only)."),
