@@ -75,7 +75,11 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         if create:
-            upgrade(self.engine)
+            try:
+                upgrade(self.engine)
+            except BaseException:
+                self.engine.dispose()  # a refused or failed upgrade: don't leave its connections open
+                raise
 
     def close(self) -> None:
         self.engine.dispose()
