@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast test-ui bench bench-infer migration lint-imports clean
+.PHONY: demo test test-fast test-ui bench bench-infer lint lint-imports typecheck migration clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ test-fast: $(STAMP)
 # The web UI in headless Chromium (/usr/bin/chromium: `apt-get install chromium`); screenshots in test-artifacts/ui/
 test-ui: $(STAMP)
 	$(PY) -m pytest tests/ui
+
+# Lint and format checks (configuration in pyproject.toml). `ruff check --fix` and `ruff format` fix most findings.
+LINT_PATHS := src tests bench
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
+
+# mypy over the whole package: strict for spec, db, jobs and api (pyproject.toml); the cache makes reruns fast.
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 # The layers of docs/ARCHITECTURE.md: no module imports from a layer above its own (contract in pyproject.toml)
 lint-imports: $(STAMP)

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from tuneforge.errors import TuneforgeError
 from tuneforge.spec import SCHEDULERS, JobSpec, SpecError, apply_overrides, load_spec, parse_spec
 
 # What the official `monsterapi` client sends for client.finetune("llm", params): every field it knows.
@@ -106,6 +107,15 @@ def test_overrides_and_files(tmp_path):
         load_spec(json_file)
     with pytest.raises(Exception, match=r"expected section\.field=value"):
         apply_overrides({}, ["training_config.learning_rate"])
+
+
+def test_a_spec_file_that_is_not_a_mapping_is_refused_by_name(tmp_path):
+    listed = tmp_path / "job.yaml"
+    listed.write_text("- data_config\n- training_config\n")
+    with pytest.raises(TuneforgeError, match=r"job\.yaml: expected a mapping of sections \(data_config, "
+                                             r"training_config, \.\.\.\), not a list$") as info:
+        load_spec(listed)
+    assert info.value.field == "spec"
 
 
 def test_secrets_are_redacted_in_spec_json():

@@ -14,6 +14,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models.memory import MemoryEstimate
 
 from .models.fit import model_shape
 from .models.loader import load_tokenizer, resolve_model
@@ -63,7 +67,7 @@ def matmul_peak_flops(dtype_name: str, device: str, n: int = 1024, repeats: int 
 
 @dataclass
 class JobEstimate:
-    memory: object  # MemoryEstimate
+    memory: MemoryEstimate
     device: str
     device_memory_bytes: int | None
     fits: bool | None
@@ -154,7 +158,7 @@ def format_estimate(est: JobEstimate) -> str:
     ]
     for name, value in m.to_dict()["breakdown_bytes"].items():
         lines.append(f"  {name:<15} {format_bytes(value)}")
-    if est.seconds_per_epoch is not None:
+    if est.seconds_per_epoch is not None and est.peak_flops is not None:
         lines.append(f"time per epoch    {est.seconds_per_epoch / 60:.1f} min  ({est.flops_per_token / 1e9:.2f} GFLOP/token, "
                      f"peak {est.peak_flops / 1e12:.2f} TFLOP/s {est.peak_source}, utilisation {MFU[est.device]:.0%})")
     else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -338,8 +339,13 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
 
 def describe_validation_error(exc: ValidationError) -> list[str]:
     """One readable line per problem: 'training_config.lora_r: 0 is not allowed: must be greater than 0'."""
+    return describe_errors(exc.errors())
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]]) -> list[str]:
+    """`describe_validation_error` for pydantic's error dicts (`loc`, `type`, `msg`, `input`), e.g. FastAPI's."""
     lines = []
-    for err in exc.errors():
+    for err in errors:
         loc = tuple(err["loc"])
         where = _loc(loc)
         kind = err["type"]
@@ -419,6 +425,9 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
             raise TuneforgeError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if data is None:
         raise TuneforgeError(f"{path}: the file is empty")
+    if not isinstance(data, dict):
+        raise TuneforgeError(f"{path}: expected a mapping of sections (data_config, training_config, ...), not a "
+                             f"{type(data).__name__}", field="spec", value=str(path))
     return data
 
 

@@ -7,6 +7,7 @@ over the same server (deployments, the web UI) add their routers here.
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.types import Lifespan
 
 from .. import __version__
 from ..jobs.store import Store
@@ -27,7 +28,8 @@ The official `monsterapi` Python client works unchanged with `MClient(api_key=KE
 """
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None, lifespan=None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, store: Store | None = None,
+               lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.ensure_dirs()
     docs = {} if settings.public_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
@@ -39,7 +41,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     install_error_handlers(app)
 
     @app.get("/v1/health", tags=["service"], summary="Liveness check (no key needed)")
-    def health() -> dict:
+    def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
     app.include_router(finetune.router)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from ..errors import TuneforgeError
@@ -20,7 +21,7 @@ from .uploads import receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
-_ERRORS = {401: {"description": "Missing or invalid API key"}, 404: {"description": "No such dataset (or not yours)"},
+_ERRORS: Responses = {401: {"description": "Missing or invalid API key"}, 404: {"description": "No such dataset (or not yours)"},
            422: {"description": "Invalid input: `detail` and one `problems` entry per field"}}
 
 _UPLOAD_BODY = {
@@ -62,10 +63,11 @@ async def upload(request: Request, store: StoreDep, settings: SettingsDep, princ
     try:
         up = await receive_upload(request, dest, max_bytes=int(settings.max_upload_bytes))
         try:
-            options = DatasetOptions(**up.fields)
+            options = DatasetOptions.model_validate(up.fields)
         except ValidationError as exc:
             shutil.rmtree(dest, ignore_errors=True)
             return problems_response(_option_problems(exc))
+        assert up.path is not None  # receive_upload refuses a body without the file
         report = await run_in_threadpool(service.validate_file, up.path, options, PathPolicy.from_settings(settings))
         ds = store.insert_dataset(dataset_id=dataset_id, owner=principal.owner, filename=up.filename,
                                   path=str(up.path), size_bytes=up.size, sha256=up.sha256, report=report)

@@ -32,13 +32,14 @@ from .responses import Deployment, DeploymentCreated, DeploymentLogs, Deployment
 
 router = APIRouter(prefix="/v1/deploy", tags=["deployments"])
 
-_ERRORS = {401: {"description": "Missing or invalid API key"},
+_ERRORS: Responses = {401: {"description": "Missing or invalid API key"},
            404: {"description": "No such deployment (or not yours)"},
            422: {"description": "Invalid input: `detail` and one `problems` entry per field"}}
 
 
 def _manager(request: Request) -> DeploymentManager:
-    return request.app.state.deployments
+    manager: DeploymentManager = request.app.state.deployments
+    return manager
 
 
 Manager = Annotated[DeploymentManager, Depends(_manager)]
@@ -214,7 +215,7 @@ async def _stream_texts(gens) -> AsyncIterator[bytes]:
             g.cancel()
 
 
-def install(app: FastAPI, settings, store: Store) -> DeploymentManager:
+def install(app: FastAPI, settings: Settings, store: Store) -> DeploymentManager:
     """Mount the deploy routes and the OpenAI-compatible routes on the service app; rebuild earlier deployments."""
     manager = DeploymentManager(store.engine, settings.logs_dir / "deployments")
     app.state.deployments = manager

@@ -4,7 +4,7 @@ CLI (`SpecError` lines from `tuneforge.spec`)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from typing import Any, TypeAlias
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,7 +14,7 @@ from ..errors import Conflict, LimitReached, NotFound, TuneforgeError
 from ..spec import SpecError, describe_validation_error
 
 
-def split_problem(line: str) -> dict:
+def split_problem(line: str) -> dict[str, str | None]:
     field, sep, message = line.partition(": ")
     return {"field": field, "message": message} if sep else {"field": None, "message": line}
 
@@ -24,11 +24,11 @@ def problems_response(lines: list[str], status: int = 422) -> JSONResponse:
                         content={"detail": "; ".join(lines), "problems": [split_problem(x) for x in lines]})
 
 
-def request_problems(errors: list[dict]) -> list[str]:
+def request_problems(errors: list[dict[str, Any]]) -> list[str]:
     """FastAPI's validation errors as `field.path: message` lines; a body's own fields lose the `body.` prefix,
     so a payload problem reads exactly as `tuneforge train` reports it."""
     lines: list[str] = []
-    rest: list[dict] = []
+    rest: list[dict[str, Any]] = []
     for err in errors:
         loc = tuple(err.get("loc", ()))
         if err.get("type") == "json_invalid":
@@ -40,21 +40,21 @@ def request_problems(errors: list[dict]) -> list[str]:
         else:
             rest.append({**err, "loc": loc[1:] if loc[:1] == ("body",) else loc})
     if rest:
-        lines += describe_validation_error(SimpleNamespace(errors=lambda: rest))
+        lines += describe_errors(rest)
     return lines
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_request: Request, exc: RequestValidationError):
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return problems_response(request_problems(list(exc.errors())))
 
     @app.exception_handler(SpecError)
-    async def _bad_spec(_request: Request, exc: SpecError):
+    async def _bad_spec(_request: Request, exc: SpecError) -> JSONResponse:
         return problems_response(exc.problems)
 
     @app.exception_handler(NotFound)
-    async def _not_found(_request: Request, exc: NotFound):
+    async def _not_found(_request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 
     @app.exception_handler(LimitReached)
@@ -68,11 +68,11 @@ def install_error_handlers(app: FastAPI) -> None:
                                   "hundred levels)"])
 
     @app.exception_handler(Conflict)
-    async def _conflict(_request: Request, exc: Conflict):
+    async def _conflict(_request: Request, exc: Conflict) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     @app.exception_handler(TuneforgeError)
-    async def _user_error(_request: Request, exc: TuneforgeError):
+    async def _user_error(_request: Request, exc: TuneforgeError) -> JSONResponse:
         line = str(exc)
         if exc.field and not line.startswith(f"{exc.field}:"):
             line = f"{exc.field}: {line}"

@@ -15,10 +15,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from ..jobs.store import Store
 from ..settings import Settings, redact_url
 from .app import create_app
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 RESTART_BACKOFF_SECONDS = 5.0
 
@@ -37,7 +42,7 @@ class WorkerPool:
         else:
             self.devices = [None] * settings.workers
         self.env = {**os.environ, **settings.to_env()}
-        self.procs: list[subprocess.Popen | None] = [None] * len(self.devices)
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * len(self.devices)
         self.started_at = [0.0] * len(self.devices)
         self.stopping = False
 
@@ -89,7 +94,7 @@ def run_server(settings: Settings) -> int:
     pool = WorkerPool(settings)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app):
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         pool.start()
         watcher = asyncio.create_task(pool.watch())
         try:

@@ -19,7 +19,8 @@ import functools
 import os
 import threading
 from pathlib import Path
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import anyio
 from fastapi import APIRouter, FastAPI, Query, Request
@@ -44,7 +45,7 @@ UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 
 router = APIRouter(tags=["web UI support"])
 
-_ERRORS = {401: {"description": "Missing or invalid API key"}}
+_ERRORS: Responses = {401: {"description": "Missing or invalid API key"}}
 _DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".pq", ".txt", ".arrow")
 _MAX_LISTED = 200
 
@@ -74,11 +75,13 @@ def _schema() -> dict:
 # lazily imported names are not safe to resolve from two threads at once (an ImportError for `AutoConfig` was seen),
 # and the catalog's first build (seconds) should happen once.
 _work_lock = threading.Lock()
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-def _serialized(fn):
+def _serialized(fn: Callable[P, T]) -> Callable[P, T]:
     @functools.wraps(fn)
-    def run(*args, **kwargs):
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
         with _work_lock:
             return fn(*args, **kwargs)
 
@@ -111,7 +114,8 @@ def local_files(request: Request, principal: CurrentPrincipal) -> dict:
     local paths a job may name as `model_path` and `data_path`."""
     settings = request.app.state.settings
     policy = _policy(request)
-    models, datasets = [], []
+    models: list[dict[str, Any]] = []
+    datasets: list[dict[str, Any]] = []
     for root in settings.allowed_dirs:
         if not root.is_dir():
             continue
@@ -138,7 +142,7 @@ def local_files(request: Request, principal: CurrentPrincipal) -> dict:
     return {"allowed_folders": [str(p) for p in settings.allowed_dirs], "models": models, "datasets": datasets}
 
 
-def _local_model_facts(folder: Path) -> dict:
+def _local_model_facts(folder: Path) -> dict[str, Any]:
     import json
 
     try:
@@ -156,12 +160,12 @@ async def estimate(request: Request, principal: CurrentPrincipal,
                    batch_size: int = Query(8, ge=1, le=4096), cutoff_len: int = Query(512, ge=1, le=MAX_INT32),
                    lora_r: int = Query(8, ge=1, lt=2048), gradient_checkpointing: bool = Query(False),
                    precision: Literal["auto", "fp32", "bf16", "fp16"] = Query("auto"),
-                   device: Literal["auto", "cuda", "cpu"] = Query("auto")) -> dict:
+                   device: Literal["auto", "cuda", "cpu"] = Query("auto")) -> dict[str, Any]:
     """What models/fit.py checks before a job loads its model: the peak memory of LoRA and of QLoRA training with
     these settings on `device` (auto: CUDA when the server has it, else the CPU), and the memory there is."""
     policy = _policy(request)
 
-    def work() -> dict:
+    def work() -> dict[str, Any]:
         import torch
 
         folder = None
@@ -208,7 +212,7 @@ async def inspect(body: InspectRequest, request: Request, principal: CurrentPrin
     one more entry than `counts`; `truncated` examples were longer and are cut to `cutoff_len`)."""
     store, policy = request.app.state.store, _policy(request)
 
-    def work() -> dict:
+    def work() -> dict[str, Any]:
         path, shown = _data_file(body.data_path, store, principal, policy)
         tokenizer = tokenizer_for(body.model_path, policy) if body.model_path else None
 
@@ -222,13 +226,13 @@ async def inspect(body: InspectRequest, request: Request, principal: CurrentPrin
     return await anyio.to_thread.run_sync(_serialized(work))
 
 
-def _data_file(value: str, store, principal: Principal, policy: PathPolicy) -> tuple[str, str]:
+def _data_file(value: str, store: Store, principal: Principal, policy: PathPolicy) -> tuple[str, str]:
     """(the file to read, how to name it in the report)."""
     value = value.strip()
     kind = classify_data_path(value)
     if kind == "dataset":
         ds = service.get_dataset(store, principal, value)
-        return ds["path"], f"{ds['filename']} ({value})"
+        return str(ds["path"]), f"{ds['filename']} ({value})"
     if kind in ("url", "scheme", "hub"):
         raise TuneforgeError(f"data_path: {value!r}: only uploaded datasets and files in the server's allowed folders "
                              "can be inspected here; hub datasets and URLs are checked when the job starts",
@@ -236,7 +240,7 @@ def _data_file(value: str, store, principal: Principal, policy: PathPolicy) -> t
     return policy.local(value, "data_path"), value
 
 
-def _histogram(lengths: list[int], bins: int, cutoff: int, report: dict) -> dict:
+def _histogram(lengths: list[int], bins: int, cutoff: int, report: dict[str, Any]) -> dict[str, Any]:
     lo, hi = min(lengths), max(lengths)
     width = max(1, -(-(hi - lo + 1) // bins))  # ceil: integer-wide bars that cover lo..hi
     start = lo // width * width
@@ -255,5 +259,5 @@ def install(app: FastAPI) -> None:
     app.mount("/ui", StaticFiles(directory=UI_DIR / "static"), name="ui")
 
     @app.get("/", include_in_schema=False)
-    def index():
+    def index() -> FileResponse:
         return FileResponse(UI_DIR / "static" / "index.html", headers={"Cache-Control": "no-cache"})

@@ -9,9 +9,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_DRAIN_BYTES = 64 * 1024 * 1024  # read (and drop) at most this much of a refused body so the client sees the 413
@@ -38,11 +42,11 @@ class Upload:
 
 
 class _Receiver:
-    def __init__(self, dest_dir: Path, file_field: str, max_bytes: int):
+    def __init__(self, dest_dir: Path, file_field: str, max_bytes: int) -> None:
         self.dest_dir, self.file_field, self.max_bytes = dest_dir, file_field, max_bytes
         self.result = Upload()
         self._hash = hashlib.sha256()
-        self._fh = None
+        self._fh: IO[bytes] | None = None
         self._name: str | None = None
         self._is_file = False
         self._buf = bytearray()
@@ -50,26 +54,26 @@ class _Receiver:
         self._hfield = bytearray()
         self._hvalue = bytearray()
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {"on_part_begin": self._part_begin, "on_header_field": self._header_field,
                 "on_header_value": self._header_value, "on_header_end": self._header_end,
                 "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
                 "on_part_end": self._part_end}
 
-    def _part_begin(self):
+    def _part_begin(self) -> None:
         self._headers, self._buf, self._name, self._is_file = {}, bytearray(), None, False
 
-    def _header_field(self, data, start, end):
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._hfield += data[start:end]
 
-    def _header_value(self, data, start, end):
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
         self._hvalue += data[start:end]
 
-    def _header_end(self):
+    def _header_end(self) -> None:
         self._headers[bytes(self._hfield).lower()] = bytes(self._hvalue)
         self._hfield, self._hvalue = bytearray(), bytearray()
 
-    def _headers_finished(self):
+    def _headers_finished(self) -> None:
         _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = opts.get(b"name", b"").decode("utf-8", "replace")
         if self._name == self.file_field:
@@ -81,11 +85,12 @@ class _Receiver:
             self.dest_dir.mkdir(parents=True, exist_ok=True)
             self.result.path = self.dest_dir / self.result.filename
             # Stays open across the parser's callbacks; closed when the part ends or the upload is aborted.
-            self._fh = open(str(self.result.path) + ".part", "wb")  # noqa: SIM115
+            self._fh = open(self._part_path(), "wb")  # noqa: SIM115
 
-    def _part_data(self, data, start, end):
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
         if self._is_file:
+            assert self._fh is not None  # opened when the file part's headers ended
             self.result.size += len(chunk)
             if self.result.size > self.max_bytes:
                 raise TooLarge
@@ -96,16 +101,21 @@ class _Receiver:
             if len(self._buf) > MAX_FIELD_BYTES:
                 raise HTTPException(422, f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
 
-    def _part_end(self):
+    def _part_path(self) -> str:
+        assert self.result.path is not None
+        return str(self.result.path) + ".part"
+
+    def _part_end(self) -> None:
         if self._is_file:
+            assert self._fh is not None and self.result.path is not None
             self._fh.close()
             self._fh = None
-            os.replace(str(self.result.path) + ".part", self.result.path)
+            os.replace(self._part_path(), self.result.path)
             self.result.sha256 = self._hash.hexdigest()
         elif self._name:
             self.result.fields[self._name] = self._buf.decode("utf-8", "replace")
 
-    def abort(self):
+    def abort(self) -> None:
         if self._fh is not None:
             self._fh.close()
 

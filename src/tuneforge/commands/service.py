@@ -6,11 +6,16 @@ Each takes `--home` / `--db` (or TUNEFORGE_HOME / TUNEFORGE_DB), so they all act
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from ..errors import TuneforgeError
 from ..settings import load_settings
+
+if TYPE_CHECKING:
+    from ..jobs.store import Store
+    from ..settings import Settings
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -20,7 +25,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "the home folder)")
 
 
-def _settings(args, **extra):
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     try:
         return load_settings(home=args.home, db=args.db, **extra)
     except ValidationError as exc:
@@ -28,7 +33,7 @@ def _settings(args, **extra):
         raise TuneforgeError(f"invalid service setting: {problems}") from None
 
 
-def _cmd_server(args) -> int:
+def _cmd_server(args: argparse.Namespace) -> int:
     # The API and the worker are imported by the command that runs them: they pull in FastAPI, SQLAlchemy and
     # torch, which `tuneforge keys` and `--help` do not need.
     from ..api.server import run_server
@@ -36,13 +41,13 @@ def _cmd_server(args) -> int:
     return run_server(_settings(args, host=args.host, port=args.port, workers=args.workers))
 
 
-def _cmd_worker(args) -> int:
+def _cmd_worker(args: argparse.Namespace) -> int:
     from ..jobs.worker import run_worker
 
     return run_worker(_settings(args), device=args.device, parent_pid=args.parent_pid, max_jobs=args.max_jobs)
 
 
-def _store(args):
+def _store(args: argparse.Namespace) -> Store:
     from ..jobs.store import Store
 
     settings = _settings(args)
@@ -50,7 +55,7 @@ def _store(args):
     return Store(settings.database_url)
 
 
-def _cmd_keys_create(args) -> int:
+def _cmd_keys_create(args: argparse.Namespace) -> int:
     name = args.name.strip()
     if not name or len(name) > 200:
         raise TuneforgeError("keys create: NAME must be 1 to 200 characters", field="name", value=args.name)
@@ -61,7 +66,7 @@ def _cmd_keys_create(args) -> int:
     return 0
 
 
-def _cmd_keys_list(args) -> int:
+def _cmd_keys_list(args: argparse.Namespace) -> int:
     from ..jobs.service import iso
 
     rows = _store(args).list_keys()
@@ -74,7 +79,7 @@ def _cmd_keys_list(args) -> int:
     return 0
 
 
-def _cmd_keys_revoke(args) -> int:
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     if not _store(args).revoke_key(args.key_id):
         raise TuneforgeError(f"keys revoke: no active key with id {args.key_id} (see `tuneforge keys list`)",
                              field="key_id", value=args.key_id)
@@ -82,7 +87,7 @@ def _cmd_keys_revoke(args) -> int:
     return 0
 
 
-def add_service_commands(sub) -> None:
+def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `server`, `worker` and `keys` on the main parser's subcommands."""
     p = sub.add_parser("server", help="run the fine-tuning service: REST API (MonsterAPI-compatible) + workers")
     _common(p)

@@ -355,7 +355,7 @@ def _json_document(path: Path, name: str) -> Source:
     except json.JSONDecodeError as err:
         raise SourceError(_syntax_issue(name, err.msg, err.lineno, err.colno, truncated=err.pos >= len(text.rstrip()))) from None
     lists: list[str] = []
-    if isinstance(doc, dict):  # a scalar document (`42`, `"text"`) has no keys: it gets the error below
+    if isinstance(doc, dict):  # anything else gets the error below
         lists = [k for k, v in doc.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v[:100])]
     if len(lists) == 1:
         key = lists[0]

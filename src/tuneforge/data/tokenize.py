@@ -17,7 +17,7 @@ content text itself. Tokens whose characters start inside a span are trained.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import TuneforgeError
@@ -172,6 +172,7 @@ class Encoder:
             except ChatTemplateError as err:
                 rendered.append(err)
         texts = [r[0] for r in rendered if not isinstance(r, ChatTemplateError)]
+        encoded: Iterator[tuple[list[int], list[tuple[int, int]]]]
         if getattr(self.tokenizer, "is_fast", False) and texts:
             enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
             encoded = iter(zip(enc["input_ids"], enc["offset_mapping"], strict=True))

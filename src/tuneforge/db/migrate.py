@@ -58,6 +58,7 @@ def migration_transaction(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
         raw = conn.connection.dbapi_connection
+        assert raw is not None  # a connection checked out of the pool is open
         if sqlite:
             # SQLite's batch mode rebuilds a table by copying it and dropping the original; with foreign keys on,
             # dropping `jobs` would cascade-delete every job event. SQLite's documented procedure for schema

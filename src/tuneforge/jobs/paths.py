@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import TuneforgeError
+from ..settings import Settings
 
 DATASET_ID = re.compile(r"^ds_[0-9a-f]{16}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # owner/name, or a legacy name without owner
@@ -139,7 +140,7 @@ class PathPolicy:
             raise PathRejected(f"{field}: cannot resolve the host of {parts.hostname!r}", field=field,
                                value=raw) from None
         for info in infos:
-            addr = ipaddress.ip_address(info[4][0].split("%")[0])
+            addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
             if addr.is_loopback or addr.is_private or addr.is_link_local or addr.is_reserved or addr.is_multicast \
                     or addr.is_unspecified:
                 raise PathRejected(

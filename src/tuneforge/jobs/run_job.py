@@ -20,6 +20,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .store import Store
 
 from ..data import DataOptions, DataValidationError, validate_source
 from ..data.sources import set_url_guard
@@ -57,13 +61,13 @@ class LostClaim(Exception):
 class Recorder:
     """`train(on_event=...)`: store each record as an event and keep the job's progress columns current."""
 
-    def __init__(self, store, job_id: str, worker_id: str):
+    def __init__(self, store: Store, job_id: str, worker_id: str) -> None:
         self.store, self.job_id, self.worker_id = store, job_id, worker_id
         self.first: tuple[float, int] | None = None  # (time, step) of this attempt's first train record
         self.best: float | None = None
 
-    def __call__(self, record: dict) -> None:
-        progress: dict = {"updated_at": time.time()}
+    def __call__(self, record: dict[str, Any]) -> None:
+        progress: dict[str, Any] = {"updated_at": time.time()}
         kind = record.get("type")
         if kind == "train":
             now, step = float(record.get("time") or time.time()), int(record["step"])

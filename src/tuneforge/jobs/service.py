@@ -74,7 +74,7 @@ def _resolve_data(value: str, field: str, store: Store, principal: Principal, po
                 f"file, or check it again with the job's prompt_template and data_format (POST /v1/datasets/{value}"
                 "/validate) if it was read with other options", field=field, value=value)
         dataset_ids.append(value)
-        return ds["path"]
+        return str(ds["path"])
     if kind == "hub":
         return value
     return policy.local(value, field)
@@ -211,14 +211,14 @@ def _refuse_if_too_large(spec: JobSpec) -> None:
     ensure_fits(model_id, config_dir=folder, setup=TrainingSetup.from_spec(spec))
 
 
-def get_job(store: Store, principal: Principal, job_id: str) -> dict:
+def get_job(store: Store, principal: Principal, job_id: str) -> Row:
     job = store.get_job(job_id, scope(principal))
     if job is None:
         raise NotFound(f"job {job_id!r} not found", field="job_id", value=job_id)
     return job
 
 
-def cancel_job(store: Store, principal: Principal, job_id: str) -> dict:
+def cancel_job(store: Store, principal: Principal, job_id: str) -> Row:
     job = get_job(store, principal, job_id)
     if job["status"] in TERMINAL:
         raise Conflict(f"job {job_id!r} has already {job['status']}; only queued or running jobs can be cancelled",
@@ -230,7 +230,7 @@ def cancel_job(store: Store, principal: Principal, job_id: str) -> dict:
     return after
 
 
-def job_view(store: Store, job: dict, *, full: bool = True) -> dict[str, Any]:
+def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
     spec = json.loads(job["spec_public"])
     step, total, rate = job["step"], job["total_steps"], job["steps_per_second"]
     eta = None
@@ -397,7 +397,7 @@ def new_dataset_id() -> str:
     return "ds_" + secrets.token_hex(8)
 
 
-def tokenizer_for(model_path: str, policy: PathPolicy):
+def tokenizer_for(model_path: str, policy: PathPolicy) -> PreTrainedTokenizerBase:
     """The tokenizer of `model_path`, reading a local folder only where the path policy allows. Cached: the UI
     re-validates a dataset on every template edit."""
     if classify_model_path(model_path) == "local":
@@ -414,7 +414,7 @@ def _load_tokenizer(model_path: str):
     return load_tokenizer(model_path, relative_is_local=False)
 
 
-def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> dict:
+def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> dict[str, Any]:
     """The data layer's validation report for a stored file, as JSON."""
     tokenizer = tokenizer_for(options.model_path, policy) if options.model_path else None
     report = validate_source(str(path), options.data_options(), tokenizer=tokenizer)
@@ -422,7 +422,7 @@ def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> di
     return report.to_dict()
 
 
-def dataset_view(ds: dict, *, full: bool = True) -> dict[str, Any]:
+def dataset_view(ds: Row, *, full: bool = True) -> dict[str, Any]:
     report = json.loads(ds["report"])
     view = {
         "id": ds["id"],
@@ -440,7 +440,7 @@ def dataset_view(ds: dict, *, full: bool = True) -> dict[str, Any]:
     return view
 
 
-def get_dataset(store: Store, principal: Principal, dataset_id: str) -> dict:
+def get_dataset(store: Store, principal: Principal, dataset_id: str) -> Row:
     ds = store.get_dataset(dataset_id, scope(principal))
     if ds is None:
         raise NotFound(f"dataset {dataset_id!r} not found", field="dataset_id", value=dataset_id)

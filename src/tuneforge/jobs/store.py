@@ -18,7 +18,9 @@ import time
 import uuid
 from typing import Any
 
+import sqlalchemy
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection
 
 from ..db.engine import make_engine
 from ..db.migrate import upgrade
@@ -54,12 +56,25 @@ def _now() -> float:
     return time.time()
 
 
-def _row(r) -> dict[str, Any] | None:
+# A row as a dict, column name -> value: what the service functions, the worker and the routes pass around.
+Row: TypeAlias = dict[str, Any]
+
+
+def _row(r: sqlalchemy.Row[Any] | None) -> Row | None:
     return dict(r._mapping) if r is not None else None
 
 
+def _inserted(row: Row | None) -> Row:
+    assert row is not None, "a row read back in the transaction that inserted it"
+    return row
+
+
+def _rows(result: Iterable[sqlalchemy.Row[Any]]) -> list[Row]:
+    return [dict(r._mapping) for r in result]
+
+
 class Store:
-    def __init__(self, url: str, *, create: bool = True):
+    def __init__(self, url: str, *, create: bool = True) -> None:
         """`create`: create or upgrade the schema first (service processes); False: the database is known to be
         at the newest schema already (a job's training process, started by a worker that opened it)."""
         self.url = url
@@ -88,8 +103,8 @@ class Store:
         with self.engine.begin() as conn:
             key_id = conn.execute(
                 insert(api_keys).values(owner=owner, prefix=key[:10], key_hash=hash_key(key), is_admin=admin,
-                                        created_at=_now())
-            ).inserted_primary_key[0]
+                                        created_at=_now()).returning(api_keys.c.id)
+            ).scalar_one()
         return int(key_id), key
 
     def authenticate(self, key: str) -> Principal | None:
@@ -101,9 +116,9 @@ class Store:
             return None
         return Principal(owner=r.owner, key_id=r.id, is_admin=bool(r.is_admin))
 
-    def list_keys(self) -> list[dict]:
+    def list_keys(self) -> list[Row]:
         with self.engine.connect() as conn:
-            return [_row(r) for r in conn.execute(select(api_keys).order_by(api_keys.c.id))]
+            return _rows(conn.execute(select(api_keys).order_by(api_keys.c.id)))
 
     def key_active(self, key_id: int) -> bool:
         """The key exists and is not revoked (a deployment's api_auth_token is only as good as its creator's key)."""
@@ -138,9 +153,9 @@ class Store:
                 cancel_requested=False, last_seq=0,
             ))
             self._add_event(conn, job_id, {"type": "status", "status": "queued", "message": "job queued"})
-        return self.get_job(job_id)
+            return _inserted(self.get_job_conn(conn, job_id))
 
-    def get_job(self, job_id: str, owner: str | None = None) -> dict | None:
+    def get_job(self, job_id: str, owner: str | None = None) -> Row | None:
         q = select(jobs).where(jobs.c.id == job_id)
         if owner is not None:
             q = q.where(jobs.c.owner == owner)
@@ -148,7 +163,7 @@ class Store:
             return _row(conn.execute(q).first())
 
     def list_jobs(self, *, owner: str | None, status: str | None = None, limit: int = 20,
-                  offset: int = 0) -> tuple[list[dict], int]:
+                  offset: int = 0) -> tuple[list[Row], int]:
         where = []
         if owner is not None:
             where.append(jobs.c.owner == owner)
@@ -158,9 +173,9 @@ class Store:
             total = conn.execute(select(func.count()).select_from(jobs).where(*where)).scalar_one()
             rows = conn.execute(select(jobs).where(*where).order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
                                 .limit(limit).offset(offset))
-            return [_row(r) for r in rows], int(total)
+            return _rows(rows), int(total)
 
-    def queue_position(self, job: dict) -> int | None:
+    def queue_position(self, job: Row) -> int | None:
         """1 = next to run."""
         if job["status"] != "queued":
             return None
@@ -169,7 +184,7 @@ class Store:
                 jobs.c.status == "queued", jobs.c.created_at < job["created_at"])).scalar_one()
         return int(ahead) + 1
 
-    def claim_next(self, worker_id: str) -> dict | None:
+    def claim_next(self, worker_id: str) -> Row | None:
         """Take the oldest queued job (FIFO) for `worker_id`, or None. Safe against racing workers."""
         for _ in range(5):
             with self.engine.begin() as conn:
@@ -190,14 +205,14 @@ class Store:
         return None
 
     @staticmethod
-    def get_job_conn(conn, job_id: str) -> dict | None:
+    def get_job_conn(conn: Connection, job_id: str) -> Row | None:
         return _row(conn.execute(select(jobs).where(jobs.c.id == job_id)).first())
 
     def set_pid(self, job_id: str, worker_id: str, pid: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.worker_id == worker_id).values(pid=pid))
 
-    def heartbeat(self, job_id: str, worker_id: str) -> dict | None:
+    def heartbeat(self, job_id: str, worker_id: str) -> Row | None:
         """Mark the job alive; returns its row, or None when this worker no longer owns it."""
         with self.engine.begin() as conn:
             res = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.worker_id == worker_id,
@@ -218,7 +233,7 @@ class Store:
             return res.rowcount == 1
 
     def finish(self, job_id: str, status: str, *, worker_id: str | None = None, error: str | None = None,
-               result: dict | None = None, message: str | None = None,
+               result: dict[str, Any] | None = None, message: str | None = None,
                from_statuses: tuple[str, ...] = ACTIVE) -> bool:
         """Move a job from one of `from_statuses` (and, given `worker_id`, still owned by that worker) to a
         terminal status; False when it was no longer in such a state (someone else finished it first)."""
@@ -243,7 +258,7 @@ class Store:
                 self._add_event(conn, job_id, ev)
             return res.rowcount == 1
 
-    def request_cancel(self, job_id: str) -> dict | None:
+    def request_cancel(self, job_id: str) -> Row | None:
         """Cancel a job: a queued one at once, an active one by flagging it for its worker (which stops the
         process within a poll interval). Returns the job afterwards."""
         if not self.finish(job_id, "cancelled", message="cancelled before it started", from_statuses=("queued",)):
@@ -268,9 +283,9 @@ class Store:
                 self._add_event(conn, job_id, {"type": "status", "status": "queued", "message": message})
             return res.rowcount == 1
 
-    def active_jobs(self) -> list[dict]:
+    def active_jobs(self) -> list[Row]:
         with self.engine.connect() as conn:
-            return [_row(r) for r in conn.execute(select(jobs).where(jobs.c.status.in_(ACTIVE)))]
+            return _rows(conn.execute(select(jobs).where(jobs.c.status.in_(ACTIVE))))
 
     def delete_job_rows(self, job_id: str) -> None:
         with self.engine.begin() as conn:
@@ -279,7 +294,7 @@ class Store:
 
     # --- events --------------------------------------------------------------------------------------------------
     @staticmethod
-    def _add_event(conn, job_id: str, data: dict, *, progress: dict | None = None,
+    def _add_event(conn: Connection, job_id: str, data: dict[str, Any], *, progress: dict[str, Any] | None = None,
                    worker_id: str | None = None) -> int | None:
         cond = [jobs.c.id == job_id]
         if worker_id is not None:
@@ -295,13 +310,13 @@ class Store:
                                                time=data["time"], data=json.dumps(data, default=str)))
         return int(seq)
 
-    def add_event(self, job_id: str, data: dict, *, progress: dict | None = None,
+    def add_event(self, job_id: str, data: dict[str, Any], *, progress: dict[str, Any] | None = None,
                   worker_id: str | None = None) -> int | None:
         """Append an event (and update the job's progress columns). None: `worker_id` no longer owns the job."""
         with self.engine.begin() as conn:
             return self._add_event(conn, job_id, data, progress=progress, worker_id=worker_id)
 
-    def events_after(self, job_id: str, after: int = 0, limit: int = 1000) -> list[dict]:
+    def events_after(self, job_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(job_events.c.seq, job_events.c.data).where(
                 job_events.c.job_id == job_id, job_events.c.seq > after).order_by(job_events.c.seq).limit(limit))
@@ -309,32 +324,32 @@ class Store:
 
     # --- datasets ------------------------------------------------------------------------------------------------
     def insert_dataset(self, *, dataset_id: str, owner: str, filename: str, path: str, size_bytes: int, sha256: str,
-                       report: dict) -> dict:
+                       report: dict[str, Any]) -> Row:
         with self.engine.begin() as conn:
             conn.execute(insert(datasets).values(
                 id=dataset_id, owner=owner, filename=filename, path=path, size_bytes=size_bytes, sha256=sha256,
                 created_at=_now(), ok=bool(report.get("ok")), report=json.dumps(report, default=str)))
-        return self.get_dataset(dataset_id)
+            return _inserted(_row(conn.execute(select(datasets).where(datasets.c.id == dataset_id)).first()))
 
-    def update_dataset_report(self, dataset_id: str, report: dict) -> None:
+    def update_dataset_report(self, dataset_id: str, report: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(datasets).where(datasets.c.id == dataset_id)
                          .values(ok=bool(report.get("ok")), report=json.dumps(report, default=str)))
 
-    def get_dataset(self, dataset_id: str, owner: str | None = None) -> dict | None:
+    def get_dataset(self, dataset_id: str, owner: str | None = None) -> Row | None:
         q = select(datasets).where(datasets.c.id == dataset_id)
         if owner is not None:
             q = q.where(datasets.c.owner == owner)
         with self.engine.connect() as conn:
             return _row(conn.execute(q).first())
 
-    def list_datasets(self, *, owner: str | None, limit: int = 100, offset: int = 0) -> tuple[list[dict], int]:
+    def list_datasets(self, *, owner: str | None, limit: int = 100, offset: int = 0) -> tuple[list[Row], int]:
         where = [datasets.c.owner == owner] if owner is not None else []
         with self.engine.connect() as conn:
             total = conn.execute(select(func.count()).select_from(datasets).where(*where)).scalar_one()
             rows = conn.execute(select(datasets).where(*where).order_by(datasets.c.created_at.desc())
                                 .limit(limit).offset(offset))
-            return [_row(r) for r in rows], int(total)
+            return _rows(rows), int(total)
 
     def jobs_using_dataset(self, dataset_id: str) -> list[str]:
         """Ids of unfinished jobs that read this dataset."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..settings import Settings
 from ..train.plan import work_dir_for
 from .run_job import die_with_parent
-from .store import ACTIVE, TERMINAL, Store
+from .store import ACTIVE, TERMINAL, Row, Store
 
 
 def pid_alive(pid: int) -> bool:
@@ -123,7 +123,7 @@ class Worker:
     def say(self, message: str) -> None:
         print(f"tuneforge worker {self.worker_id}: {message}", file=sys.stderr, flush=True)
 
-    def stop(self, *_args) -> None:
+    def stop(self, *_args: object) -> None:  # also a signal handler
         self.stopping.set()
 
     def run(self, *, max_jobs: int | None = None) -> int:
@@ -143,7 +143,7 @@ class Worker:
         self.say("stopped")
         return 0
 
-    def run_one(self, job: dict) -> str:
+    def run_one(self, job: Row) -> str:
         s, job_id, wid = self.settings, job["id"], self.worker_id
         log_path = s.logs_dir / f"{job_id}.log"
         cwd = tempfile.mkdtemp(prefix=f"{job_id}-", dir=s.tmp_dir)
@@ -161,7 +161,7 @@ class Worker:
         self.say(f"job {job_id}: {outcome}")
         return outcome
 
-    def _watch(self, job_id: str, proc: subprocess.Popen, log_path: Path) -> str:
+    def _watch(self, job_id: str, proc: subprocess.Popen[bytes], log_path: Path) -> str:
         s, wid = self.settings, self.worker_id
         last_beat = time.monotonic()
         while True:
@@ -185,7 +185,7 @@ class Worker:
                     proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     self._terminate(proc)
-                return job["status"]
+                return str(job["status"])
             if job is None or job["worker_id"] != wid or job["status"] not in ACTIVE:
                 self._terminate(proc)  # declared dead and taken over by another worker
                 return "no longer ours; stopped"
@@ -203,7 +203,7 @@ class Worker:
             return f"failed (exit {rc})"
         return job["status"] if job else "gone"
 
-    def _terminate(self, proc: subprocess.Popen) -> None:
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
         for sig, wait in ((signal.SIGTERM, self.settings.cancel_grace_seconds), (signal.SIGKILL, 10.0)):
             with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
                 os.killpg(proc.pid, sig)

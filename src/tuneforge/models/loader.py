@@ -117,7 +117,7 @@ def bundled_smollm2() -> str:
         model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=_SMOLLM2_GGUF_FILE, dtype=torch.float32)
         # The GGUF loader marks the model as quantized; it is dequantized to fp32 already, and save_pretrained
         # refuses quantized models, so drop the marker.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # nn.Module types attributes as tensors/modules
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.name_or_path = SMOLLM2_ID

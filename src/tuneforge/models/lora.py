@@ -9,6 +9,7 @@ quantized again (double quantization), and dequantized to the compute dtype for 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -23,7 +24,7 @@ class LoraSettings:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    bias: str = "none"
+    bias: Literal["none", "all", "lora_only"] = "none"
     target_modules: list[str] | None = None
 
 
@@ -90,9 +91,10 @@ def load_base_model(resolved: ResolvedModel, runtime: Runtime, *, quant: QuantSe
         # later step would lose the gradients through the frozen layers. Keep the trainable format.
         for module in model.modules():
             if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
+                # nn.Module types attribute assignment as tensors or submodules only
+                module.support_avx512bf16_for_cpu = False  # type: ignore[assignment]
     if quant is None:
-        model.to(runtime.device)
+        model.to(runtime.device)  # type: ignore[arg-type]  # transformers wraps .to() in a decorator that mypy reads as taking the model
         if not runtime.is_cuda and runtime.compute_dtype != torch.float32:
             _linear_weights_to(model, runtime.compute_dtype)
     model.config.use_cache = not for_training

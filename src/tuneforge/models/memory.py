@@ -319,7 +319,7 @@ class TrainingSetup:
             lora_on_experts=not p.target_modules,  # models/lora.py adapts fused experts unless modules are given
             gradient_checkpointing=bool(p.use_gradient_checkpointing),
             precision=runtime.precision,
-            device=runtime.device.type,
+            device="cuda" if runtime.is_cuda else "cpu",
             double_quant=bool(p.double_quantization),
             optimizer=optimizer if optimizer in OPTIMIZER_STATE_BYTES else "adamw",
         )
@@ -453,7 +453,7 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
     if s.gradient_checkpointing:
         # Only each layer's input is kept, and one layer's activations are rebuilt at a time in backward (Chen et al.
         # 2016, arXiv:1604.06174).
-        activations = tokens * model.num_layers * model.hidden_size * residual + per_layer
+        activations: float = tokens * model.num_layers * model.hidden_size * residual + per_layer
     else:
         activations = model.num_layers * per_layer
     if on_cpu:

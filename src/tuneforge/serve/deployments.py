@@ -187,7 +187,7 @@ class DeploymentManager:
         with self._lock, open(self.logs_dir / f"{deployment_id}.log", "a") as fh:
             fh.write(f"{stamp} {message}\n")
 
-    def tail(self, deployment_id: str, n_lines: int) -> list[str]:
+    def tail(self, deployment_id: str, n_lines: int) -> builtins.list[str]:
         path = self.logs_dir / f"{deployment_id}.log"
         if not path.is_file():
             return []
@@ -223,7 +223,9 @@ class DeploymentManager:
         self.log(deployment_id, f"created deployment {name!r}: base {req.basemodel_path!r}, adapter "
                                 f"{req.loramodel_path or '(none)'!r}")
         self._start_build(deployment_id)
-        return self.get(deployment_id), token
+        row = self.get(deployment_id)
+        assert row is not None  # inserted above; deployments are never deleted
+        return row, token
 
     def _start_build(self, deployment_id: str) -> None:
         t = threading.Thread(target=self._build, args=(deployment_id,), name=f"deploy-{deployment_id[:8]}",
@@ -393,7 +395,7 @@ class DeploymentManager:
             t.join(timeout)
 
     # ------------------------------------------------------------------ the engine protocol of openai_routes
-    def model_names(self) -> list[str]:
+    def model_names(self) -> builtins.list[str]:
         with self._lock:
             return sorted({d["name"] for d in self._live.values()})
 

@@ -47,6 +47,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -254,8 +255,10 @@ class Generation:
             raise RuntimeError("this Generation was submitted with an event loop: use `async for ... in astream()`")
         self._check_once()
         try:
+            q = self._queue
+            assert isinstance(q, queue.Queue)  # made without an event loop (checked above)
             while True:
-                item = self._queue.get()
+                item = q.get()
                 if item is _DONE:
                     break
                 if isinstance(item, BaseException):
@@ -375,7 +378,7 @@ class InferenceEngine:
         eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids = {int(e) for e in eos if e is not None}
 
-        self._peft = None  # the PeftModel wrapping `self.base` once an adapter is loaded
+        self._peft: PeftModel | None = None  # the PeftModel wrapping `self.base` once an adapter is loaded
         self._active: str | None | object = _UNKNOWN  # adapter the LoRA layers are set to; None: disabled
         self._registry: dict[str, str] = {}
         self._cards: dict[str, AdapterCard | None] = {}  # how each adapter was trained (None: not by tuneforge)
@@ -627,6 +630,7 @@ class InferenceEngine:
         log.info("loaded adapter %r from %s", name, path)
 
     def _delete(self, name: str) -> None:
+        assert self._peft is not None  # only loaded adapters are deleted
         self._loaded.pop(name, None)
         self._plans.pop(name, None)
         if len(self._peft.peft_config) == 1:
@@ -658,11 +662,12 @@ class InferenceEngine:
     def _activate(self, adapter: str | None) -> None:
         if self._active == adapter or self._peft is None:
             return
+        # PeftModel types `base_model` as a plain nn.Module: its LoraModel methods are invisible to mypy.
         if adapter is None:
-            self._peft.base_model.disable_adapter_layers()
+            self._peft.base_model.disable_adapter_layers()  # type: ignore[operator]
         else:
             if self._active is None or self._active is _UNKNOWN:
-                self._peft.base_model.enable_adapter_layers()
+                self._peft.base_model.enable_adapter_layers()  # type: ignore[operator]
             self._peft.set_adapter(adapter, inference_mode=True)
         self._active = adapter
 

@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeIs
 
 from ..errors import TuneforgeError
 from .engine import GenerationError, SamplingParams, UnknownModelError
@@ -190,6 +191,10 @@ class ChatCompletionRequest(_Sampling):
             raise TuneforgeError("response_format: only {'type': 'text'} is supported", field="response_format")
 
 
+def _is_token_ids(prompt: object) -> TypeIs[list[int]]:
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], int)
+
+
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
@@ -208,7 +213,7 @@ class CompletionRequest(_Sampling):
         if (self.best_of or 1) != 1:
             raise TuneforgeError("best_of: only 1 is supported", field="best_of")
         p = self.prompt
-        if isinstance(p, str) or (p and isinstance(p[0], int)):
+        if isinstance(p, str) or _is_token_ids(p):
             return p
         if len(p) != 1:
             raise TuneforgeError(f"prompt: one prompt per request, got a list of {len(p)}", field="prompt")

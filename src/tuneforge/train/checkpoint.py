@@ -74,9 +74,10 @@ def load_adapter_weights(model, folder: Path) -> None:
     from safetensors.torch import load_file
 
     result = set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
-    if getattr(result, "unexpected_keys", None):
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
         raise TuneforgeError(f"adapter {folder} does not fit this model/LoRA configuration "
-                             f"(unexpected weights such as {result.unexpected_keys[0]})")
+                             f"(unexpected weights such as {unexpected[0]})")
 
 
 def list_checkpoints(work_dir: Path) -> list[Path]:
