@@ -72,7 +72,7 @@ def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: Path
     problems: list[str] = []
     dataset_ids: list[str] = []
     d, p = data["data_config"], data["pretrainedmodel_config"]
-    for name in ("data_path", "validation_data_path"):
+    for name in ("data_path", "validation_data_path", "test_data_path"):
         if d.get(name):
             try:
                 d[name] = _resolve_data(d[name], f"data_config.{name}", store, principal, policy, dataset_ids)

@@ -447,7 +447,8 @@
     hf_token: "Hugging Face token", hf_model_path: "Push adapter to hub repo", use_wandb: "Log to Weights & Biases",
     wandb_login_key: "W&B API key", wandb_username: "W&B entity", wandb_project: "W&B project",
     wandb_run_name: "W&B run name", data_subset: "Dataset subset", data_split: "Dataset split",
-    validation_data_path: "Separate validation data", train_on_inputs: "Train on inputs (prompt) too",
+    validation_data_path: "Separate validation data",
+    test_data_path: "Separate held-out test data", train_on_inputs: "Train on inputs (prompt) too",
   };
   const humanize = (name) => LABELS[name] || (name.charAt(0).toUpperCase() + name.slice(1)).replace(/_/g, " ")
     .replace(/\blr\b/gi, "LR");
