@@ -77,6 +77,18 @@ def adapter(job_id: str, request: Request, principal: Principal = Depends(get_pr
     return FileResponse(path, media_type="application/zip", filename=f"adapter-{job_id}.zip")
 
 
+@router.get("/{job_id}/eval", summary="Held-out evaluation: base model vs adapter, row by row",
+            responses={**_ERRORS, 409: {"description": "The job has not succeeded (yet)"}})
+def evaluation(job_id: str, request: Request, principal: Principal = Depends(get_principal),
+               limit: int = Query(100, ge=1, le=1000, description="Rows per page."),
+               offset: int = Query(0, ge=0, description="Rows to skip."),
+               differing: bool = Query(False, description="Only rows where the models' answers differ.")) -> dict:
+    """The summary (metrics per model, as in the job's `evaluation` field) and a page of the per-row file: each
+    row's prompt, reference answer, and every model's answer and scores. 404 when the job had no test rows."""
+    job = service.get_job(_store(request), principal, job_id)
+    return service.eval_rows(job, limit=limit, offset=offset, differing=differing)
+
+
 @router.get("/{job_id}/events", summary="Metrics and log lines, incremental (JSON or server-sent events)",
             responses={**_ERRORS, 200: {"content": {"application/json": {}, "text/event-stream": {}}}})
 async def events(job_id: str, request: Request, principal: Principal = Depends(get_principal),
@@ -85,8 +97,9 @@ async def events(job_id: str, request: Request, principal: Principal = Depends(g
                  stream: bool = Query(False, description="Stream as server-sent events (as does "
                                                          "`Accept: text/event-stream`) until the job ends."),
                  accept: str | None = Header(None), last_event_id: str | None = Header(None)):
-    """Each event has `seq` (1, 2, ...), `type` (`status`, `log`, `validation`, `train`, `eval`) and its fields:
-    `train` has step, total_steps, epoch, loss, lr; `eval` has step, eval_loss. Pass the last `seq` you saw as
+    """Each event has `seq` (1, 2, ...), `type` (`status`, `log`, `validation`, `train`, `eval`, `evaluation`) and
+    its fields: `train` has step, total_steps, epoch, loss, lr; `eval` has step, eval_loss; `evaluation` (once,
+    after training, when the job has test rows) has the base-vs-adapter summary of the job's `evaluation` field. Pass the last `seq` you saw as
     `after` to get only newer ones. When a job resumes after its worker died, the steps after its last checkpoint
     are trained and reported again (a `status` event `queued` marks the gap): the later values are the ones that
     count."""
