@@ -71,6 +71,12 @@ def _cmd_demo(args) -> int:
     return run_demo(output=args.output, max_steps=args.max_steps)
 
 
+def _cmd_eval(args) -> int:
+    from .evaluate.cli import run_eval
+
+    return run_eval(args)
+
+
 def _cmd_spec(args) -> int:
     from .spec import JobSpec, load_spec
 
@@ -159,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default="runs/demo")
     p.add_argument("--max-steps", type=int, default=None, help="cap the optimizer steps (default: the demo spec)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("eval", help="score an adapter (against its base), a merged model or a base model on a dataset")
+    from .evaluate.cli import add_eval_arguments
+
+    add_eval_arguments(p)
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("spec", help="print a resolved spec (with defaults), or the JSON schema without SPEC")
     p.add_argument("spec", nargs="?")

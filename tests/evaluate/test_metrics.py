@@ -61,9 +61,11 @@ def test_macro_f1_matches_scikit_learn_with_reference_labels():
 
 def test_task_detection():
     assert m.detect_task(['{"a": 1}', '[1]']) == "json"
-    assert m.detect_task(["positive", "negative", "positive", "negative", "neutral", "neutral"]) == "classification"
+    assert m.detect_task(["positive", "negative", "neutral"] * 3) == "classification"
     assert m.detect_task(["one answer", "another answer", "a third", "and a fourth"]) == "text"
     assert m.detect_task(["7", "12", "3", "9"]) == "text"  # every answer distinct: not a label set
+    assert m.detect_task(["1", "2", "1", "2", "1", "2"]) == "text"  # numbers are quantities, not classes
+    assert m.detect_task(["yes", "no", "yes", "no", "maybe"]) == "text"  # too few rows per label
 
 
 def test_metrics_that_do_not_fit_the_task_are_refused_with_what_fits():

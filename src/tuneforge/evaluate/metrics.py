@@ -227,16 +227,26 @@ ROW_SCORERS = {
 }
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(" ", ""))
+    except ValueError:
+        return False
+    return True
+
+
 def detect_task(references: Sequence[str]) -> str:
     """'json' when every reference is a JSON object or array; 'classification' when the references are a small set
-    of short labels each seen about twice or more; otherwise 'text'."""
+    of short, non-numeric labels, each seen three times or more on average; otherwise 'text'. (Numbers are
+    quantities, as in arithmetic answers, not classes: their metrics are the text ones.)"""
     if references and all(_is_json_container(r) for r in references):
         return "json"
     labels = {label(r) for r in references}
     if (
         len(references) >= 4
-        and 2 <= len(labels) <= min(MAX_LABELS, len(references) // 2)
+        and 2 <= len(labels) <= min(MAX_LABELS, len(references) // 3)
         and all(0 < len(label(r).split()) <= MAX_LABEL_WORDS for r in references)
+        and not all(_is_number(r) for r in labels)
     ):
         return "classification"
     return "text"
@@ -265,7 +275,7 @@ def check_metrics(requested: Sequence[str], task: str, *, with_loss: bool, field
             why = {
                 "json": "the references are not all JSON objects or arrays",
                 "classification": f"the references are not a small label set (at most {MAX_LABELS} distinct "
-                                  f"answers of at most {MAX_LABEL_WORDS} words, each seen twice on average)",
+                                  f"answers of at most {MAX_LABEL_WORDS} words, not numbers, each seen three times on average)",
                 "loss": "the rows have no tokenized examples to compute a loss on",
             }["json" if name in JSON_METRICS else "classification" if name in CLASSIFICATION_METRICS else "loss"]
             raise TuneforgeError(f"{field}: {name!r} does not fit this data ({task} task): {why}; metrics that fit: "
