@@ -77,6 +77,12 @@ def _cmd_eval(args) -> int:
     return run_eval(args)
 
 
+def _cmd_lm_eval(args) -> int:
+    from .evaluate.harness import run_lm_eval_command
+
+    return run_lm_eval_command(args)
+
+
 def _cmd_spec(args) -> int:
     from .spec import JobSpec, load_spec
 
@@ -171,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_arguments(p)
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks on an adapter (and its base) or a model "
+                                       "(needs tuneforge[lm-eval])")
+    from .evaluate.harness import add_lm_eval_arguments
+
+    add_lm_eval_arguments(p)
+    p.set_defaults(func=_cmd_lm_eval)
 
     p = sub.add_parser("spec", help="print a resolved spec (with defaults), or the JSON schema without SPEC")
     p.add_argument("spec", nargs="?")
