@@ -9,6 +9,8 @@ import pytest
 
 from tuneforge.cli import main
 
+pytestmark = pytest.mark.slow  # the harness itself takes a few seconds per run even on the tiny model
+
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is optional: pip install 'tuneforge[lm-eval]'")
 
 from tiny import make_tiny_spec, write_qa_data  # noqa: E402

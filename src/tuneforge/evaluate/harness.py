@@ -39,7 +39,15 @@ def check_tasks(tasks: list[str], include_path: str | None):
     if include_path and not Path(include_path).expanduser().is_dir():
         raise TuneforgeError(f"--include-path: {include_path!r} is not a folder of task YAML files",
                              field="--include-path", value=include_path)
-    manager = TaskManager(include_path=str(Path(include_path).expanduser()) if include_path else None)
+    include = str(Path(include_path).expanduser()) if include_path else None
+    manager = None
+    if include:
+        # Indexing the harness's thousands of built-in task files takes a while; local tasks alone need none of it.
+        manager = TaskManager(include_path=include, include_defaults=False)
+        if not set(tasks) <= set(manager.all_tasks):
+            manager = None
+    if manager is None:
+        manager = TaskManager(include_path=include)
     known = set(manager.all_tasks)
     for task in tasks:
         if task not in known:
