@@ -86,6 +86,18 @@ def _cmd_demo(args) -> int:
     return run_demo(output=args.output, max_steps=args.max_steps)
 
 
+def _cmd_eval(args) -> int:
+    from .commands.evaluate import run_eval
+
+    return run_eval(args)
+
+
+def _cmd_lm_eval(args) -> int:
+    from .commands.lm_eval import run_lm_eval_command
+
+    return run_lm_eval_command(args)
+
+
 def _cmd_spec(args) -> int:
     from .spec import JobSpec, load_spec
 
@@ -185,6 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default="runs/demo")
     p.add_argument("--max-steps", type=int, default=None, help="cap the optimizer steps (default: the demo spec)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("eval", help="score an adapter (against its base), a merged model or a base model on a dataset")
+    from .commands.evaluate import add_eval_arguments
+
+    add_eval_arguments(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks on an adapter (and its base) or a model "
+                                       "(needs tuneforge[lm-eval])")
+    from .commands.lm_eval import add_lm_eval_arguments
+
+    add_lm_eval_arguments(p)
+    p.set_defaults(func=_cmd_lm_eval)
 
     p = sub.add_parser("spec", help="print a resolved spec (with defaults), or the JSON schema without SPEC")
     p.add_argument("spec", nargs="?")

@@ -134,7 +134,9 @@ class DataConfig(_Section):
     cutoff_len: int = Field(512, gt=0, le=MAX_INT32, description="Maximum tokens per example; longer examples are truncated.")
     data_split_config: dict[str, float] = Field(
         default_factory=lambda: {"train": 0.9, "validation": 0.1},
-        description="Fractions of the rows used for training and validation, e.g. {'train': 0.9, 'validation': 0.1}.",
+        description="Fractions of the rows used for training, validation and (optionally) held-out testing, e.g. "
+        "{'train': 0.8, 'validation': 0.1, 'test': 0.1}. Test rows never touch training or early stopping: after "
+        "training the base model and the adapter answer them and are scored side by side.",
     )
     prevalidated: bool = Field(
         False,
@@ -147,6 +149,11 @@ class DataConfig(_Section):
     )
     validation_data_path: str | None = Field(
         None, description="(tuneforge) Separate validation data (same kinds as data_path); then no split is taken."
+    )
+    test_data_path: str | None = Field(
+        None,
+        description="(tuneforge) Separate held-out test data (same kinds and format as data_path): evaluated after "
+        "training, base model vs adapter; then no 'test' split is taken from data_path.",
     )
     data_format: DataFormat = Field(
         "auto",

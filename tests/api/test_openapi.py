@@ -43,6 +43,7 @@ def test_every_json_answer_of_jobs_datasets_and_deployments_has_a_schema(openapi
         "GET /v1/finetune/llm": "JobPage",
         "GET /v1/finetune/llm/{job_id}": "Job",
         "POST /v1/finetune/llm/{job_id}/cancel": "Job",
+        "GET /v1/finetune/llm/{job_id}/eval": "JobEvaluation",
         "GET /v1/finetune/llm/{job_id}/events": "JobEvents",
         "POST /v1/datasets": "Dataset",
         "GET /v1/datasets": "DatasetPage",

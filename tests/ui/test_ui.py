@@ -268,3 +268,30 @@ def test_jobs_list_shows_live_status_and_a_job_is_cancelled_from_its_page(ui_ser
     assert client.job(job_id)["status"] == "cancelled"
     shot(page, "job-cancelled")
     no_js_errors(page)
+
+
+def test_a_finished_job_page_shows_base_vs_fine_tuned_on_the_test_rows(ui_server, page, shot, sign_in):
+    server, key = ui_server
+    client = Client(server.url, key)
+    body = payload(server.home, max_steps=6)
+    body["data_config"]["data_split_config"] = {"train": 0.7, "validation": 0.1, "test": 0.2}
+    job_id = client.post("/v1/finetune/llm", json=body).json()["job_id"]
+    job = client.wait_status(job_id, ("succeeded", "failed"), 240, server)
+    assert job["status"] == "succeeded", job
+    ev = job["evaluation"]
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/#/jobs/{job_id}")
+    page.get_by_role("heading", name="Did the fine-tune help? Held-out evaluation").wait_for()
+    table = page.locator("#eval-table")
+    assert table.locator("tbody tr").count() == len(ev["metrics"])
+    em = table.locator('tr[data-metric="exact_match"] td')
+    assert em.nth(0).inner_text() == f"{100 * ev['results']['base']['exact_match']:.1f}%"
+    assert em.nth(1).inner_text() == f"{100 * ev['results']['adapter']['exact_match']:.1f}%"
+    assert page.locator("#eval-samples tbody tr").count() == len(ev["samples"])
+    page.locator("#job-evaluation").scroll_into_view_if_needed()
+    shot(page, "job-evaluation")
+    if ev["differing_rows"] > len(ev["samples"]):
+        page.get_by_role("button", name=f"Show all {ev['differing_rows']} differing rows").click()
+        page.locator("#eval-all-rows").wait_for()
+        assert page.locator("#eval-all-rows tbody tr").count() == ev["differing_rows"]
+    no_js_errors(page)

@@ -20,7 +20,7 @@ from ..jobs import service
 from ..jobs.store import STATUSES, TERMINAL, Store
 from ..spec import JobSpec
 from .auth import CurrentPrincipal, SettingsDep, StoreDep
-from .responses import Job, JobEvents, JobLaunched, JobPage
+from .responses import Job, JobEvaluation, JobEvents, JobLaunched, JobPage
 
 router = APIRouter(prefix="/v1/finetune/llm", tags=["fine-tuning"])
 
@@ -77,6 +77,19 @@ def adapter(job_id: str, store: StoreDep, settings: SettingsDep, principal: Curr
     return FileResponse(path, media_type="application/zip", filename=f"adapter-{job_id}.zip")
 
 
+@router.get("/{job_id}/eval", summary="Held-out evaluation: base model vs adapter, row by row",
+            responses={**_ERRORS, 409: {"description": "The job has not succeeded (yet)"}})
+def evaluation(job_id: str, store: StoreDep, principal: CurrentPrincipal,
+               limit: Annotated[int, Query(ge=1, le=1000, description="Rows per page.")] = 100,
+               offset: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Rows to skip.")] = 0,
+               differing: Annotated[bool, Query(description="Only rows where the models' answers differ.")] = False,
+               ) -> JobEvaluation:
+    """The summary (metrics per model, as in the job's `evaluation` field) and a page of the per-row file: each
+    row's prompt, reference, and every model's answer and scores. 404 when the job had no test rows."""
+    job = service.get_job(store, principal, job_id)
+    return JobEvaluation(**service.eval_rows(job, limit=limit, offset=offset, differing=differing))
+
+
 @router.get("/{job_id}/events", summary="Metrics and log lines, incremental (JSON or server-sent events)",
             response_model=JobEvents,
             responses={**_ERRORS, 200: {"content": {"text/event-stream": {"schema": {
@@ -91,8 +104,10 @@ async def events(job_id: str, request: Request, store: StoreDep, principal: Curr
                                                            "`Accept: text/event-stream`) until the job ends.")] = False,
                  accept: Annotated[str | None, Header()] = None,
                  last_event_id: Annotated[str | None, Header()] = None):
-    """Each event has `seq` (1, 2, ...), `type` (`status`, `log`, `validation`, `train`, `eval`) and its fields:
-    `train` has step, total_steps, epoch, loss, lr; `eval` has step, eval_loss. Pass the last `seq` you saw as
+    """Each event has `seq` (1, 2, ...), `type` (`status`, `log`, `validation`, `train`, `eval`, `evaluation`) and
+    its fields: `train` has step, total_steps, epoch, loss, lr; `eval` has step, eval_loss; `evaluation` (once,
+    after training, when the job has test rows) has the base-vs-adapter summary of the job's `evaluation` field.
+    Pass the last `seq` you saw as
     `after` to get only newer ones. When a job resumes after its worker died, the steps after its last checkpoint
     are trained and reported again (a `status` event `queued` marks the gap): the later values are the ones that
     count."""

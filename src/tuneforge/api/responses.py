@@ -68,6 +68,9 @@ class Job(JobSummary):
 
     spec: dict[str, Any]
     result: dict[str, Any] | None = Field(description="The run's report.json: losses, steps, tokens, memory, time.")
+    evaluation: dict[str, Any] | None = Field(
+        None, description="Base model vs adapter on the held-out test rows: metrics per model (null without test rows).")
+    eval_url: str | None = Field(None, description="The per-row evaluation (GET), when the job has one.")
 
 
 class JobLaunched(Job, _Message):  # _Message last: `message` comes first on the wire
@@ -77,6 +80,17 @@ class JobLaunched(Job, _Message):  # _Message last: `message` comes first on the
 class JobPage(_Response):
     jobs: list[JobSummary]
     total: int
+    limit: int
+    offset: int
+
+
+class JobEvaluation(_Response):
+    """A page of a job's per-row evaluation: each row's prompt, reference and every model's answer and scores."""
+
+    job_id: str
+    evaluation: dict[str, Any] = Field(description="The summary: metrics per model, as in the job's `evaluation`.")
+    rows: list[dict[str, Any]]
+    total: int = Field(description="Rows matching the query (all rows, or those whose answers differ).")
     limit: int
     offset: int
 

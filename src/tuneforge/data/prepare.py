@@ -14,7 +14,7 @@ from .example import Example
 from .formats import MessagesFormat, RowFormat
 from .options import DataOptions
 from .report import DataIssue, DataValidationError, ValidationReport
-from .split import DEFAULT_FRACTIONS, MIN_USEFUL_VALIDATION, check_fractions, split_indices
+from .split import DEFAULT_FRACTIONS, MIN_USEFUL_VALIDATION, check_fractions, held_out_counts, split_indices
 from .tokenize import Encoder
 from .validate import Kept, scan_path
 
@@ -87,6 +87,18 @@ class PreparedData:
         return self.renderer.reference(row)
 
 
+def _check_training_left(n: int, fractions: dict[str, float], *, has_validation_file: bool) -> None:
+    """Held-out splits are never shrunk silently to make room for training: ask for fewer instead."""
+    counts = held_out_counts(n, {**fractions, "validation": 0.0} if has_validation_file else fractions)
+    if n - counts["validation"] - counts["test"] < 1:
+        asked = ", ".join(f"{k} {fractions[k]:g} ({counts[k]} row{'s' * (counts[k] != 1)})"
+                          for k in ("validation", "test") if counts[k])
+        raise TuneforgeError(
+            f"data_config.data_split_config: {asked} of {n:,} row{'s' * (n != 1)} leaves no rows for training; "
+            "lower the held-out fractions, add rows, or give validation_data_path / test_data_path",
+            field="data_config.data_split_config", value=fractions)
+
+
 def prepare_dataset(
     data_path: str,
     options: DataOptions,
@@ -94,12 +106,16 @@ def prepare_dataset(
     tokenizer: Any,
     split_fractions: dict[str, float] | None = None,
     validation_data_path: str | None = None,
+    test_data_path: str | None = None,
     seed: int = 42,
 ) -> PreparedData:
     """Validate, tokenize and split. Raises `DataValidationError` (with `.report`) when the data is not trainable.
 
     With `validation_data_path`, that source is the validation split (validated in the same format) and the
-    'validation' fraction is ignored; a 'test' fraction is still taken from `data_path`.
+    'validation' fraction is ignored; a 'test' fraction is still taken from `data_path`. Likewise with
+    `test_data_path`: that source is the test split and the 'test' fraction is ignored.
+
+    Raises TuneforgeError when the held-out fractions would leave no training rows.
     """
     if tokenizer is None:
         raise TuneforgeError("prepare_dataset needs the model's tokenizer to build training examples")
@@ -111,15 +127,26 @@ def prepare_dataset(
     assert result.fmt is not None and result.encoder is not None
     kept = result.kept
 
+    def side_source(path: str, split: str):
+        # The same hub dataset or datasets folder as the training data means its split of that name.
+        same = path.strip() == data_path.strip()
+        res = scan_path(path, replace(options, data_format=result.fmt.name, data_split=split if same else None),
+                        tokenizer=tokenizer, keep=True)
+        if not res.report.ok:
+            raise DataValidationError(res.report)
+        return res
+
+    test_kept_file = None
+    if test_data_path:
+        test_kept_file = side_source(test_data_path, "test").kept
+        # The test rows come from the file: a 'test' share of data_path goes to training instead.
+        fractions = {**fractions, "train": fractions["train"] + fractions["test"], "test": 0.0}
+    _check_training_left(len(kept), fractions, has_validation_file=bool(validation_data_path))
+
     val_report = None
     if validation_data_path:
-        # The same hub dataset or datasets folder as validation data means its 'validation' split.
-        val_split = "validation" if validation_data_path.strip() == data_path.strip() else None
-        vres = scan_path(validation_data_path, replace(options, data_format=result.fmt.name, data_split=val_split),
-                         tokenizer=tokenizer, keep=True)
+        vres = side_source(validation_data_path, "validation")
         val_report = vres.report
-        if not val_report.ok:
-            raise DataValidationError(val_report)
         # The validation rows come from the file: training gets everything but a requested test share.
         fractions = {"train": 1.0 - fractions["test"], "validation": 0.0, "test": fractions["test"]}
         idx = split_indices(len(kept), fractions, seed)
@@ -128,7 +155,7 @@ def prepare_dataset(
         idx = split_indices(len(kept), fractions, seed)
         val_kept = [kept[i] for i in idx["validation"]]
     train_kept = [kept[i] for i in idx["train"]]
-    test_kept = [kept[i] for i in idx["test"]]
+    test_kept = test_kept_file if test_kept_file is not None else [kept[i] for i in idx["test"]]
 
     report.splits = {"train": len(train_kept), "validation": len(val_kept), "test": len(test_kept)}
     wanted_val = validation_data_path or fractions.get("validation", 0) > 0

@@ -29,9 +29,9 @@ def check_fractions(fractions: dict[str, float]) -> dict[str, float]:
     return {k: float(fractions.get(k, 0.0)) for k in SPLITS}
 
 
-def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
-    """Rows per split. A non-zero held-out fraction gets at least one row when there are two rows or more; when
-    the fractions add up to 1 every row is used, otherwise the rest is left out (e.g. train 0.5 on a quick run)."""
+def held_out_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
+    """Validation and test rows as asked for, before any are given back to training: a non-zero fraction gets at
+    least one row when there are two rows or more."""
     f = check_fractions(fractions)
     held = {}
     for key in ("validation", "test"):
@@ -39,6 +39,14 @@ def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
         if f[key] > 0 and k == 0 and n >= 2:
             k = 1
         held[key] = k
+    return held
+
+
+def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
+    """Rows per split. A non-zero held-out fraction gets at least one row when there are two rows or more; when
+    the fractions add up to 1 every row is used, otherwise the rest is left out (e.g. train 0.5 on a quick run)."""
+    f = check_fractions(fractions)
+    held = held_out_counts(n, f)
     for key in ("test", "validation"):  # never leave training empty: give back held-out rows, test first
         while n - held["validation"] - held["test"] < 1 and held[key] > 0:
             held[key] -= 1

@@ -4,8 +4,8 @@ A job spec names data and models by strings that the training process would happ
 shared server that would let any key holder train on (and so read back, through the loss and generations)
 `/etc/passwd` or another tenant's upload. So before a job is stored:
 
-- `data_path` / `validation_data_path`: an uploaded dataset id (`ds_...`, the caller's own) is replaced by the
-  upload's file; an http(s) URL is allowed unless it points at a loopback/private/link-local address; a hub id
+- `data_path` / `validation_data_path` / `test_data_path`: an uploaded dataset id (`ds_...`, the caller's own) is
+  replaced by the upload's file; an http(s) URL is allowed unless it points at a loopback/private/link-local address; a hub id
   stays a hub id; anything else is a local path and must lie inside an allowed folder.
 - `model_path`: a catalog alias or hub id stays; a local path must lie inside an allowed folder.
 - `resume_checkpoint_path`: the caller's own finished job id (its adapter), or a local path inside an allowed

@@ -87,7 +87,7 @@ def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: Path
     problems: list[str] = []
     dataset_ids: list[str] = []
     d, p = data["data_config"], data["pretrainedmodel_config"]
-    for name in ("data_path", "validation_data_path"):
+    for name in ("data_path", "validation_data_path", "test_data_path"):
         if d.get(name):
             try:
                 d[name] = _resolve_data(d[name], f"data_config.{name}", store, principal, policy, dataset_ids)
@@ -275,6 +275,9 @@ def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
     if full:
         view["spec"] = spec
         view["result"] = json.loads(job["result"]) if job["result"] else None
+        # Base vs adapter on the held-out test rows (None without test rows); rows: GET .../{id}/eval.
+        view["evaluation"] = (view["result"] or {}).get("evaluation")
+        view["eval_url"] = f"/v1/finetune/llm/{job['id']}/eval" if view["evaluation"] else None
     return view
 
 
@@ -365,6 +368,35 @@ def adapter_zip(settings, job: dict) -> Path:
                 zf.write(f, f.relative_to(adapter).as_posix())
     os.replace(tmp, target)  # atomic: concurrent downloads never see half a zip
     return target
+
+
+def eval_rows(job: dict, *, limit: int, offset: int, differing: bool) -> dict[str, Any]:
+    """A page of the job's per-row evaluation file (prompt, reference, each model's answer and scores)."""
+    from ..evaluate.runner import EVAL_ROWS_FILE
+
+    if job["status"] != "succeeded":
+        raise Conflict(f"job {job['id']!r} is {job['status']}; its evaluation is available once it has succeeded",
+                       field="job_id", value=job["id"])
+    summary = (json.loads(job["result"]) if job["result"] else {}).get("evaluation")
+    if not summary:
+        raise NotFound(f"job {job['id']!r} has no evaluation: it had no held-out test rows (give data_config."
+                       "data_split_config a 'test' fraction or data_config.test_data_path)", field="job_id",
+                       value=job["id"])
+    path = Path(job["run_dir"]) / EVAL_ROWS_FILE
+    if not path.is_file():
+        raise NotFound(f"the evaluation rows of job {job['id']!r} are no longer on the server", field="job_id",
+                       value=job["id"])
+    rows, total = [], 0
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if differing and len({a.strip() for a in row["answers"].values()}) < 2:
+                continue
+            if offset <= total < offset + limit:
+                rows.append(row)
+            total += 1
+    return {"job_id": job["id"], "evaluation": summary, "rows": rows, "total": total, "limit": limit,
+            "offset": offset}
 
 
 # --- datasets ---------------------------------------------------------------------------------------------------------

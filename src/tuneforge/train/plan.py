@@ -49,4 +49,5 @@ def prepare_spec_data(spec: JobSpec, tokenizer) -> PreparedData:
     d = spec.data_config
     return prepare_dataset(d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token),
                            tokenizer=tokenizer, split_fractions=d.data_split_config,
-                           validation_data_path=d.validation_data_path, seed=spec.training_config.seed)
+                           validation_data_path=d.validation_data_path, test_data_path=d.test_data_path,
+                           seed=spec.training_config.seed)

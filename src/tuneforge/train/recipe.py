@@ -187,6 +187,7 @@ class Session:
     console: _Console
     card: AdapterCard  # tuneforge_adapter.json: the training prompt's shape and the exact base
     tracker: _WandbTracker | None = None
+    eval_set: Any = None  # evaluate.EvalSet of the held-out test rows, or None without any
 
     def record(self, entry: dict) -> None:
         """One metrics line: to metrics.jsonl, the event sink and the tracker."""
@@ -214,6 +215,9 @@ def setup(spec: JobSpec, output_dir: Path, *, resume: bool, overwrite: bool, con
         console.log(f"data warning: {warning}")
     if not data.train:
         raise TuneforgeError(f"data_config.data_path: no training examples in {d.data_path!r}")
+    from ..evaluate.runner import job_eval_set
+
+    eval_set = job_eval_set(data, tokenizer)  # checked now: rows without a reference answer fail before training
     plan = make_plan(spec, len(data.train))
     work = _prepare_output(output_dir, resume=resume, overwrite=overwrite)
 
@@ -235,7 +239,8 @@ def setup(spec: JobSpec, output_dir: Path, *, resume: bool, overwrite: bool, con
                       quant=quant, tokenizer=tokenizer, train_set=data.train, val_set=data.validation, plan=plan,
                       model=model, targets=targets, trainable=trainable, total_params=total_params,
                       optimizer=optimizer, optimizer_name=optimizer_name, scheduler=scheduler, state=TrainerState(),
-                      metrics=MetricsLog(work / "metrics.jsonl"), console=console, card=_card(data, resolved))
+                      metrics=MetricsLog(work / "metrics.jsonl"), console=console, card=_card(data, resolved),
+                      eval_set=eval_set)
     _restore(session, resume=resume)
     (work / "spec.json").write_text(json.dumps(_resolved_spec(spec, targets, plan), indent=2))
     session.tracker = _wandb_tracker(spec, output_dir, console) if spec.logging_config.use_wandb else None
@@ -427,12 +432,14 @@ class TrainReport:
     trainable_parameters: int
     total_parameters: int
     trainable_share: float
+    test_examples: int = 0
+    evaluation: dict | None = None  # base vs adapter on the held-out test rows (evaluate.runner.Evaluation.summary)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def build_report(s: Session, *, wall_start: float) -> TrainReport:
+def build_report(s: Session, *, wall_start: float, evaluation: dict | None = None) -> TrainReport:
     state, quant, runtime = s.state, s.quant, s.runtime
     return TrainReport(
         model=s.model_id,
@@ -464,6 +471,8 @@ def build_report(s: Session, *, wall_start: float) -> TrainReport:
         trainable_parameters=s.trainable,
         total_parameters=s.total_params,
         trainable_share=s.trainable / s.total_params,
+        test_examples=len(s.eval_set) if s.eval_set is not None else 0,
+        evaluation=evaluation,
     )
 
 
@@ -478,7 +487,15 @@ def publish(s: Session, *, wall_start: float) -> RunResult:
     save_adapter(s.model, adapter_dir)
     s.tokenizer.save_pretrained(adapter_dir)
     s.card.write(adapter_dir)  # how it was trained, so inference prompts it the same way (adapter_card.py)
-    report = build_report(s, wall_start=wall_start).to_dict()
+    evaluation = None
+    if s.eval_set is not None:
+        from ..evaluate.runner import evaluate_after_training
+
+        evaluation = evaluate_after_training(
+            s.model, s.tokenizer, s.eval_set, runtime=s.runtime, loss_fn=evaluate, run_dir=work, base_source=s.model_id,
+            batch_size=s.spec.training_config.batch_size * 2, log=s.console.log)
+        s.console.event({"type": "evaluation", **evaluation, "time": time.time()})
+    report = build_report(s, wall_start=wall_start, evaluation=evaluation).to_dict()
     (work / "report.json").write_text(json.dumps(report, indent=2))
     plot_loss(work / "metrics.jsonl", work / "loss.png",
               title=f"{s.model_id} · LoRA r={s.spec.pretrainedmodel_config.lora_r}")

@@ -46,6 +46,7 @@
     if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(0)} MiB`;
     return n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} bytes`;
   }
+  const fmtPct = (x) => (x === null || x === undefined || Number.isNaN(x) ? "—" : `${(100 * x).toFixed(1)}%`);
   function fmtDuration(sec) {
     if (sec === null || sec === undefined) return "—";
     sec = Math.round(sec);
@@ -450,7 +451,8 @@
     hf_token: "Hugging Face token", hf_model_path: "Push adapter to hub repo", use_wandb: "Log to Weights & Biases",
     wandb_login_key: "W&B API key", wandb_username: "W&B entity", wandb_project: "W&B project",
     wandb_run_name: "W&B run name", data_subset: "Dataset subset", data_split: "Dataset split",
-    validation_data_path: "Separate validation data", train_on_inputs: "Train on inputs (prompt) too",
+    validation_data_path: "Separate validation data",
+    test_data_path: "Separate held-out test data", train_on_inputs: "Train on inputs (prompt) too",
   };
   const humanize = (name) => LABELS[name] || (name.charAt(0).toUpperCase() + name.slice(1)).replace(/_/g, " ")
     .replace(/\blr\b/gi, "LR");
@@ -937,7 +939,8 @@
     const logPre = h("pre", { class: "log", id: "job-log", role: "log", "aria-live": "polite", "aria-label": "Job log",
       tabindex: "0" });
     const details = h("details", {}, h("summary", {}, "Job spec and result"));
-    root.append(progressBox, h("div", { class: "panel" }, actions, actionStatus, deployBox),
+    const evalBox = h("div", { class: "panel", id: "job-evaluation", hidden: true });
+    root.append(progressBox, h("div", { class: "panel" }, actions, actionStatus, deployBox), evalBox,
       h("div", { class: "panel" }, h("h2", {}, "Training curves"), h("div", { class: "charts" }, lossFig, lrFig)),
       h("div", { class: "panel" }, h("h2", {}, "Log"), logPre), h("div", { class: "panel" }, details));
 
@@ -990,6 +993,10 @@
       } else if (ev.type === "status") {
         logLine(`${at} status: ${ev.status}${ev.message && ev.message !== ev.status ? ` — ${ev.message}` : ""}`);
         refresh();
+      } else if (ev.type === "evaluation") {
+        const r = ev.results || {};
+        logLine(`${at} held-out evaluation on ${ev.rows} rows: exact match ${fmtPct(r.base?.exact_match)} (base) → ` +
+          `${fmtPct(r.adapter?.exact_match)} (fine-tuned)`);
       } else if (ev.type === "validation") {
         const r = ev.report || {};
         logLine(`${at} data check: ${r.ok ? "trainable" : "NOT trainable"}, ${r.n_rows ?? "?"} rows` +
@@ -1021,6 +1028,58 @@
           h("dt", {}, "Created"), h("dd", {}, fmtTime(job.created_at)),
           h("dt", {}, "Finished"), h("dd", {}, fmtTime(job.finished_at))),
         job.error ? h("div", { class: "alert", role: "alert", id: "job-error" }, h("strong", {}, "Failed: "), job.error) : null);
+    }
+
+    // Held-out evaluation (test rows): base vs fine-tuned per metric, and rows where their answers differ.
+    let shownEval = false;
+    function renderEvaluation() {
+      const ev = job.evaluation;
+      if (!ev || shownEval) return;
+      shownEval = true;
+      const isLoss = (m) => m.startsWith("test_");
+      const cell = (m, v) => isLoss(m) ? fmtNum(v) : fmtPct(v);
+      const delta = (m, a, b) => {
+        if (a === undefined || b === undefined || a === null || b === null) return "—";
+        const d = b - a, better = isLoss(m) ? d < 0 : d > 0;
+        const text = isLoss(m) ? `${d > 0 ? "+" : ""}${fmtNum(d)}` : `${d > 0 ? "+" : ""}${(100 * d).toFixed(1)} pts`;
+        return h("span", { class: d === 0 ? "muted" : better ? "good" : "bad" }, text);
+      };
+      const base = ev.results.base || {}, tuned = ev.results.adapter || {};
+      const rowsTable = (rows, id) => h("table", { id, class: "eval-rows" },
+        h("thead", {}, h("tr", {}, ["Row", "Prompt", "Reference", "Base model", "Fine-tuned"].map((t) =>
+          h("th", { scope: "col" }, t)))),
+        h("tbody", {}, rows.map((r) => h("tr", {},
+          h("td", { class: "num" }, r.row),
+          h("td", {}, h("pre", { class: "example" }, r.prompt.length > 300 ? "…" + r.prompt.slice(-300) : r.prompt)),
+          h("td", {}, h("pre", { class: "example" }, r.reference)),
+          ...["base", "adapter"].map((k) => h("td", {}, h("pre", {
+            class: `example ${r.scores[k]?.exact_match === 1 ? "good" : ""}` }, r.answers[k]))),
+        ))));
+      const more = h("div", { id: "eval-more" });
+      put(evalBox, h("h2", {}, "Did the fine-tune help? Held-out evaluation"),
+        h("p", { class: "muted small" }, `${ev.rows} test rows never seen in training (${ev.task} task); greedy ` +
+          `answers of at most ${ev.max_new_tokens} tokens.`),
+        h("table", { id: "eval-table" },
+          h("thead", {}, h("tr", {}, ["Metric", "Base model", "Fine-tuned", "Change"].map((t, i) =>
+            h("th", { scope: "col", class: i ? "num" : null }, t)))),
+          h("tbody", {}, ev.metrics.map((m) => h("tr", { "data-metric": m },
+            h("th", { scope: "row" }, m.replace(/_/g, " ")),
+            h("td", { class: "num" }, cell(m, base[m])), h("td", { class: "num" }, cell(m, tuned[m])),
+            h("td", { class: "num" }, delta(m, base[m], tuned[m])))))),
+        h("h3", {}, `Rows where the answers differ (${ev.differing_rows} of ${ev.rows})`),
+        ev.samples.length ? rowsTable(ev.samples, "eval-samples") : h("p", { class: "muted" }, "None: both models " +
+          "answered every row the same way."),
+        ev.differing_rows > ev.samples.length ? h("button", { type: "button", id: "eval-load-all", onclick: async (e) => {
+          e.target.disabled = true;
+          try {
+            const page = await api(`/v1/finetune/llm/${jobId}/eval?differing=true&limit=200`);
+            put(more, rowsTable(page.rows, "eval-all-rows"),
+              page.total > page.rows.length ? h("p", { class: "muted small" }, `First ${page.rows.length} of ` +
+                `${page.total}; every row: GET ${job.eval_url}`) : null);
+            e.target.remove();
+          } catch (err) { put(more, alertBox(err)); e.target.disabled = false; }
+        } }, `Show all ${ev.differing_rows} differing rows`) : null, more);
+      evalBox.hidden = false;
     }
 
     let shownActions = "";
@@ -1114,6 +1173,7 @@
       job = await api(`/v1/finetune/llm/${jobId}`);
       renderProgress();
       renderActions();
+      renderEvaluation();
       put(details, h("summary", {}, "Job spec and result"),
         h("pre", { class: "example" }, JSON.stringify({ spec: job.spec, result: job.result }, null, 2)));
       return ACTIVE.has(job.status) ? 2000 : 0;
