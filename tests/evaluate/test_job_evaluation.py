@@ -60,11 +60,11 @@ def test_a_job_with_test_rows_compares_base_and_adapter(tiny_model_dir, qa_data,
     assert event["results"] == ev["results"]
 
     # Test rows never reach training or validation.
-    from tuneforge.data import prepare_dataset
+    from tuneforge.data import DataOptions, prepare_dataset
     from tuneforge.models.loader import load_tokenizer
 
-    data = prepare_dataset(data_path=str(qa_data), tokenizer=load_tokenizer(str(tiny_model_dir)), cutoff_len=64,
-                           prompt_template="Question: {question}\nAnswer: {answer}",
+    options = DataOptions(cutoff_len=64, prompt_template="Question: {question}\nAnswer: {answer}")
+    data = prepare_dataset(str(qa_data), options, tokenizer=load_tokenizer(str(tiny_model_dir)),
                            split_fractions={"train": 0.7, "validation": 0.1, "test": 0.2}, seed=42)
     assert report["train_examples"] == len(data.train) == 42 and report["validation_examples"] == 6
     ids = lambda rs: {id(r) for r in rs}  # noqa: E731
