@@ -27,8 +27,8 @@ MAX_WORDS = 600  # beyond cutoff_len 512 anyway: a longer draw would only cost g
 
 TOOLS = ["a kettle", "a bicycle pump", "a sewing machine", "a garden hose", "a laptop", "a drill", "a rice cooker",
          "a spreadsheet", "a camera", "a compost bin", "a bread oven", "a paint roller", "a soldering iron"]
-ACTIVITIES = ["learning a new language", "training for a 10 km run", "saving money each month", "keeping houseplants "
-              "alive", "writing a cover letter", "planning a weekend trip", "cooking for a large group",
+ACTIVITIES = ["learning a new language", "training for a 10 km run", "saving money each month",
+              "keeping houseplants alive", "writing a cover letter", "planning a weekend trip", "cooking for a large group",
               "studying for an exam", "starting a vegetable garden", "running a team meeting", "moving to a new city",
               "learning to play the guitar", "reducing screen time", "preparing for a job interview"]
 TOPICS = ["the water cycle", "how vaccines work", "why the sky is blue", "how bread rises", "what inflation is",
@@ -49,11 +49,11 @@ VERB = ["prepare", "check", "write down", "review", "measure", "clean", "compare
         "test", "organise", "track", "share", "limit", "finish"]
 OBJ = ["the materials", "your notes", "the settings", "each part", "the results", "a short list", "the first draft",
        "the timing", "your progress", "the budget", "the main points", "every mistake", "the next task"]
-WHEN = ["before you start", "at the end of each day", "once a week", "after every attempt", "when something "
-        "changes", "as early as possible", "while it is still fresh", "before moving on", "every morning"]
+WHEN = ["before you start", "at the end of each day", "once a week", "after every attempt",
+        "when something changes", "as early as possible", "while it is still fresh", "before moving on", "every morning"]
 WHY = ["it saves time later", "small errors add up quickly", "it keeps you motivated", "you can see what works",
-       "it avoids surprises", "others can follow along", "it makes the result more reliable", "mistakes are cheaper "
-       "to fix early", "it builds confidence", "the details are easy to forget"]
+       "it avoids surprises", "others can follow along", "it makes the result more reliable",
+       "mistakes are cheaper to fix early", "it builds confidence", "the details are easy to forget"]
 CONNECT = ["In practice,", "For example,", "As a rule,", "Most of the time,", "In addition,", "Above all,",
            "At first,", "Over time,", "In short,", "Because of this,"]
 
@@ -140,8 +140,7 @@ def make_rows(n_rows: int, seed: int = 0) -> list[dict]:
 
 def write_rows(path: Path, n_rows: int, seed: int = 0) -> None:
     with open(path, "w") as fh:
-        for row in make_rows(n_rows, seed):
-            fh.write(json.dumps(row) + "\n")
+        fh.writelines(json.dumps(row) + "\n" for row in make_rows(n_rows, seed))
 
 
 def main() -> None:
