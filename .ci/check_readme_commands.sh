@@ -15,8 +15,15 @@ test -x "$VENV/bin/tuneforge" || { echo "check_readme_commands: no tuneforge in 
 
 WORK="$(mktemp -d)"
 PIDS=()
+# Stops a command started with setsid and everything it started (make -> python -> workers, server -> job).
+stop_group() {
+    kill -TERM -- "-$1" 2>/dev/null || return 0
+    for _ in $(seq 20); do kill -0 -- "-$1" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do stop_group "$pid"; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -37,7 +44,8 @@ N=0
 fail() { echo "FAIL: $*" >&2; exit 1; }
 # The README must still show this command (the check runs what users read, not a copy that drifted from it).
 shown() { grep -qF -- "$1" README.md || fail "README.md no longer shows: $1"; }
-log_of() { N=$((N + 1)); echo "$LOGS/$N.log"; }
+# A fresh, empty log per command (created before the command starts, so nothing stale is ever read): sets LOG.
+new_log() { N=$((N + 1)); LOG="$LOGS/$N.log"; : >"$LOG"; }
 # The command as run: `make X` with this venv and without reinstalling into it.
 runnable() { if [[ $1 == "make "* ]]; then echo "$MAKE ${1#make }"; else echo "$1"; fi; }
 
@@ -45,7 +53,7 @@ runnable() { if [[ $1 == "make "* ]]; then echo "$MAKE ${1#make }"; else echo "$
 to_end() {
     local cmd="$1" extra="${2:-}" log
     shown "$cmd"
-    log="$(log_of)"
+    new_log; log="$LOG"
     local started=$SECONDS
     if ! eval "$(runnable "$cmd") $extra" >"$log" 2>&1; then
         tail -20 "$log" >&2
@@ -59,7 +67,7 @@ to_end() {
 until_line() {
     local cmd="$1" extra="$2" regex="$3" limit="$4" log pid
     shown "$cmd"
-    log="$(log_of)"
+    new_log; log="$LOG"
     local started=$SECONDS
     setsid bash -c "exec $(runnable "$cmd") $extra" >"$log" 2>&1 &
     pid=$!
@@ -75,8 +83,7 @@ until_line() {
         fi
         sleep 1
     done
-    kill -- "-$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    stop_group "$pid"
     echo "ok   $cmd $extra  (started its work: $(grep -m1 -E -- "$regex" "$log" | cut -c1-90); $((SECONDS - started)) s)"
 }
 
@@ -84,7 +91,7 @@ until_line() {
 serve_bg() {
     local cmd="$1" extra="$2" url="$3" limit="$4" log pid
     shown "$cmd"
-    log="$(log_of)"
+    new_log; log="$LOG"
     local started=$SECONDS
     setsid bash -c "exec $(runnable "$cmd") $extra" >"$log" 2>&1 &
     pid=$!
@@ -100,8 +107,8 @@ serve_bg() {
 free_port() { python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # --- the quick start: make demo and make bench (make test is what .ci/run runs anyway)
-until_line "make demo" "" '^\[1/3\] base model' 300
-until_line "make bench" "" '^data: [0-9]+ train' 300
+until_line "make demo" "" '^\[1/3\] base model: validation loss' 600
+until_line "make bench" "" '^data: [0-9]+ train / [0-9]+ validation examples \(bench/bench_data.py\)' 600
 
 # --- the command-line section, with the job spec exactly as the README shows it
 awk '/^# job.yaml$/ {on = 1} on && /^```/ {exit} on' README.md > job.yaml
@@ -120,7 +127,7 @@ to_end "tuneforge export runs/orders/adapter --merged out/orders-merged --gguf o
 
 # --- the service: a key, the server (API + worker), a dataset upload as the README's curl does it
 to_end "tuneforge keys create alice --home ~/.tuneforge"
-KEY="$(tail -1 "$LOGS/$N.log")"
+KEY="$(tail -1 "$LOG")"
 PORT="$(free_port)"
 serve_bg "tuneforge server --home ~/.tuneforge" "--port $PORT" "http://127.0.0.1:$PORT/docs" 120
 shown 'curl -H "Authorization: Bearer $KEY" -F file=@train.jsonl'
