@@ -23,10 +23,12 @@ stop_group() {
     wait "$1" 2>/dev/null || true
 }
 cleanup() {
+    trap '' TERM INT  # a second signal must not cut the cleanup short and leave servers behind
     for pid in "${PIDS[@]}"; do stop_group "$pid"; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 git clone -q "$ROOT" "$WORK/tuneforge"
 cd "$WORK/tuneforge"
 test ! -e ../shared
