@@ -5,8 +5,8 @@
 Deterministic (Python's `random.Random`, whose streams are stable across versions) and self-contained, so
 `make bench` runs on a plain clone. What matters to a throughput benchmark is the token-length distribution, and
 this one follows what Alpaca-style sets show (and what the benchmark used before, rendered from the Self-Instruct
-seed tasks, which are CC BY-NC and so cannot ship here): whole examples log-normal, median ~160 tokens, p95 ~380,
-a long tail that cutoff_len 512 clips for ~1-2% of rows; prompts are 10-25% of an example, the rest is the
+seed tasks, which are CC BY-NC and so cannot ship here): whole examples log-normal, median ~150 tokens, p95 ~370,
+a long tail that cutoff_len 512 clips for ~1.5% of rows; prompts are ~25% of the tokens, the rest is the
 completion the loss is computed on. The text is written from templates (task families with their own phrasing,
 numbered steps, lists, explanations), so the fine-tune has structure to learn, as a real instruction set has.
 """
