@@ -133,3 +133,91 @@ def test_plateau_halves_after_patience_and_resumes_exactly():
     other = WarmupPlateau(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), warmup_steps=4, patience=2)
     other.load_state_dict(state)
     assert other.get_last_lr() == [0.5]
+
+
+def _lora_llama():
+    import sys
+    from pathlib import Path
+
+    from peft import LoraConfig, get_peft_model
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from tiny import build_model
+
+    torch.manual_seed(0)
+    # init_lora_weights=False: B is random too, so both LoRA factors get gradients from the first step.
+    return get_peft_model(build_model("llama", vocab_size=400), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                            init_lora_weights=False))
+
+
+def _examples():
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for n, prompt in [(12, 5), (7, 3), (16, 9), (9, 2)]:  # uneven lengths: micro-batches pad differently
+        ids = tuple(torch.randint(3, 400, (n,), generator=g).tolist())
+        out.append(Example(ids, (IGNORE_INDEX,) * prompt + ids[prompt:]))
+    return out
+
+
+def _one_step(micro_batches, max_grad_norm=0.0):
+    from tuneforge.train.recipe import train_step
+    from tuneforge.train.runtime import pick_runtime
+
+    model = _lora_llama()
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    result = train_step(model, micro_batches, pad_id=0, runtime=pick_runtime("fp32", "cpu"), optimizer=optimizer,
+                        scheduler=scheduler, max_grad_norm=max_grad_norm)
+    return result, before, dict(model.named_parameters()), model
+
+
+def test_train_step_accumulation_equals_one_big_batch_and_touches_only_the_adapter():
+    ex = _examples()
+    whole, before, after_whole, model = _one_step([ex])
+    split, _, after_split, _ = _one_step([ex[:1], ex[1:3], ex[3:]])
+
+    # The loss it reports is the per-target-token mean before the update, whatever the micro-batching.
+    with torch.no_grad():
+        fresh = _lora_llama()
+        s, n = loss_sum(fresh, collate(ex, 0))
+    assert whole.target_tokens == split.target_tokens == sum(e.n_targets for e in ex) == n
+    assert whole.tokens == split.tokens == sum(len(e) for e in ex)
+    assert whole.loss == pytest.approx(float(s) / n, rel=1e-5)
+    assert split.loss == pytest.approx(whole.loss, rel=1e-5)
+
+    changed = {name for name, p in after_whole.items() if not torch.equal(p, before[name])}
+    assert changed and changed == {name for name, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in name for name in changed)
+    for name in changed:  # three micro-batches of the per-token mean = one batch of it (same SGD step)
+        assert torch.allclose(after_split[name], after_whole[name], atol=1e-6), name
+    assert all(p.grad is None for p in model.parameters())  # gradients are cleared for the next step
+
+
+def test_train_step_clips_the_gradient_norm():
+    ex = _examples()
+    free, before, after_free, _ = _one_step([ex])
+    clipped, _, after_clipped, _ = _one_step([ex], max_grad_norm=1e-3)
+    norm = torch.sqrt(sum(((after_clipped[n] - before[n]) / 0.5).pow(2).sum() for n in after_clipped
+                          if not torch.equal(after_clipped[n], before[n])))
+    assert norm.item() == pytest.approx(1e-3, rel=1e-3)  # the update is lr * the clipped gradient
+    assert clipped.loss == free.loss
+
+
+def test_track_eval_keeps_the_best_and_stops_after_patience():
+    from tuneforge.train.checkpoint import TrainerState
+    from tuneforge.train.recipe import track_eval
+
+    state = TrainerState()
+    seen = []
+    for step, loss in [(0, 2.0), (10, 1.5), (20, 1.495), (30, 1.6), (40, 1.7), (50, 1.0)]:
+        state.global_step = step
+        seen.append(track_eval(state, loss, threshold=0.01, patience=3))
+        if state.stopped_early:
+            break
+    # 1.495 is not better than 1.5 by more than the threshold; the third miss in a row stops the run
+    assert seen == [True, True, False, False, False]
+    assert (state.best_eval_loss, state.best_step, state.last_eval_loss) == (1.5, 10, 1.7)
+    assert state.stopped_early and state.evals_without_improvement == 3

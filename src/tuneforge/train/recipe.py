@@ -1,7 +1,9 @@
 """The training recipe: job spec in, adapter + metrics + report out.
 
-Reads top to bottom as setup -> train -> save (cf. torchtune's lora_finetune_single_device and litgpt's
-finetune/lora). Everything it calls is a plain function of explicit arguments; this file only wires them.
+Reads top to bottom as `setup` (model, data, adapter, optimizer; resume) -> `train` (the loop, inline; one
+optimizer step is `train_step`, the early-stopping bookkeeping `track_eval`) -> `publish` (the typed
+`TrainReport`, then the rename into place), cf. torchtune's lora_finetune_single_device and litgpt's
+finetune/lora. Everything it calls is a plain function of explicit arguments; this file only wires them.
 
 Output layout. The run works in `<DIR>.partial/` and renames it to `<DIR>` only when everything is written, so a
 folder named DIR is always a finished run:
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -188,21 +191,53 @@ def prepare_spec_data(spec: JobSpec, tokenizer):
     )
 
 
-def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False, on_event: EventSink | None = None, device: str | None = None) -> RunResult:
-    # ----------------------------------------------------------------------------------------------- setup
+@dataclass
+class Session:
+    """Everything the loop works with, built by `setup` (and restored from a checkpoint when resuming)."""
+
+    spec: JobSpec
+    output_dir: Path
+    work: Path
+    runtime: Runtime
+    model_id: str
+    quant: Any  # QuantSettings | None
+    tokenizer: Any
+    train_set: list[Example]
+    val_set: list[Example]
+    plan: Plan
+    model: Any
+    targets: list[str]
+    trainable: int
+    total_params: int
+    optimizer: Any
+    optimizer_name: str
+    scheduler: Any
+    state: TrainerState
+    metrics: MetricsLog
+    console: _Console
+    tracker: _WandbTracker | None = None
+
+    def record(self, entry: dict) -> None:
+        """One metrics line: to metrics.jsonl, the event sink and the tracker."""
+        self.metrics.write(entry)
+        self.console.event(entry)
+        if self.tracker:
+            self.tracker.log(entry)
+
+
+def setup(spec: JobSpec, output_dir: Path, *, resume: bool, overwrite: bool, console: _Console,
+          device: str | None) -> Session:
+    """Model, data, adapter, optimizer and schedule, in the order that refuses bad input before any work: the
+    model id and fit first, then the data, and only then the output folder."""
     from ..models.loader import load_tokenizer, resolve_model
-    from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts, weight_bytes
+    from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts
     from ..models.memory import TrainingSetup
 
-    wall_start = time.time()
-    output_dir = Path(output_dir).expanduser().resolve()
     p, d, t = spec.pretrainedmodel_config, spec.data_config, spec.training_config
     hf_token = spec.hf_config.hf_token
     runtime = pick_runtime(t.precision, device)
     # A bad model id, or one too large for this device by the estimate, is refused before any download or work.
     resolved = resolve_model(p.model_path, setup=TrainingSetup.from_spec(spec, device=device))
-    console = _Console(on_event, quiet)
     _seed_everything(t.seed)
 
     # Validate the data before anything is written: a bad dataset leaves no output folder behind.
@@ -210,10 +245,9 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
     data = prepare_spec_data(spec, tokenizer)
     for warning in data.report.warnings:
         console.log(f"data warning: {warning}")
-    train_set, val_set = data.train, data.validation
-    if not train_set:
+    if not data.train:
         raise TuneforgeError(f"data_config.data_path: no training examples in {d.data_path!r}")
-    plan = make_plan(spec, len(train_set))
+    plan = make_plan(spec, len(data.train))
     work = _prepare_output(output_dir, resume=resume, overwrite=overwrite)
 
     quant = QuantSettings(p.quantization_type, p.double_quantization) if p.use_quantization else None
@@ -230,17 +264,30 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
     optimizer, optimizer_name = _build_optimizer(spec, model, runtime, quant is not None)
     scheduler = build_scheduler(t.lr_scheduler_type, optimizer, warmup_steps=plan.warmup_steps,
                                 total_steps=plan.total_steps)
+    session = Session(spec=spec, output_dir=output_dir, work=work, runtime=runtime, model_id=resolved.model_id,
+                      quant=quant, tokenizer=tokenizer, train_set=data.train, val_set=data.validation, plan=plan,
+                      model=model, targets=targets, trainable=trainable, total_params=total_params,
+                      optimizer=optimizer, optimizer_name=optimizer_name, scheduler=scheduler, state=TrainerState(),
+                      metrics=MetricsLog(work / "metrics.jsonl"), console=console)
+    _restore(session, resume=resume)
+    (work / "spec.json").write_text(json.dumps(_resolved_spec(spec, targets, plan), indent=2))
+    session.tracker = _wandb_tracker(spec, output_dir, console) if spec.logging_config.use_wandb else None
+    return session
 
-    metrics = MetricsLog(work / "metrics.jsonl")
-    state = TrainerState()
-    checkpoint = latest_checkpoint(work) if resume else None
+
+def _restore(session: Session, *, resume: bool) -> None:
+    """Continue from this run's latest checkpoint (`resume`), or start from `resume_checkpoint_path`: a checkpoint
+    (full state) or a finished adapter (weights only, a warm start)."""
+    s = session
+    p = s.spec.pretrainedmodel_config
+    checkpoint = latest_checkpoint(s.work) if resume else None
     if checkpoint is None and p.resume_checkpoint_path:
         source = Path(p.resume_checkpoint_path).expanduser()
         if is_checkpoint(source):
             checkpoint = source
         elif (source / "adapter_config.json").is_file():
-            load_adapter_weights(model, source)
-            console.log(f"initialised the adapter from {source}")
+            load_adapter_weights(s.model, source)
+            s.console.log(f"initialised the adapter from {source}")
         else:
             raise TuneforgeError(
                 f"pretrainedmodel_config.resume_checkpoint_path: {str(source)!r} is neither a checkpoint folder "
@@ -248,92 +295,121 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
                 field="pretrainedmodel_config.resume_checkpoint_path", value=str(source),
             )
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
-        if checkpoint.parent == work:
-            metrics.truncate_after(state.global_step)
-        console.log(f"resumed from {checkpoint} at step {state.global_step}/{plan.total_steps}")
-    (work / "spec.json").write_text(json.dumps(_resolved_spec(spec, targets, plan), indent=2))
+        s.state = load_checkpoint(checkpoint, s.model, s.optimizer, s.scheduler)
+        if checkpoint.parent == s.work:
+            s.metrics.truncate_after(s.state.global_step)
+        s.console.log(f"resumed from {checkpoint} at step {s.state.global_step}/{s.plan.total_steps}")
 
-    tracker = _wandb_tracker(spec, output_dir, console) if spec.logging_config.use_wandb else None
-    pad_id = tokenizer.pad_token_id
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # mean cross-entropy per target token over the whole step (all micro-batches)
+    target_tokens: int  # tokens that carried loss
+    tokens: int  # real (non-padding) tokens
+
+
+def train_step(model, micro_batches: list[list[Example]], *, pad_id: int, runtime: Runtime, optimizer, scheduler,
+               max_grad_norm: float) -> StepResult:
+    """One optimizer step over `micro_batches` (gradient accumulation). Each micro-batch's summed loss is divided
+    by the step's total target tokens, so the step's gradient is that of the per-token mean over all of them,
+    whatever the padding or the split into micro-batches."""
+    step_targets = sum(e.n_targets for mb in micro_batches for e in mb)
+    step_loss, tokens = 0.0, 0
+    for mb in micro_batches:
+        batch = collate(mb, pad_id)
+        tokens += int(batch["attention_mask"].sum())
+        batch = {k: v.to(runtime.device, non_blocking=True) for k, v in batch.items()}
+        with runtime.autocast():
+            s, _ = loss_sum(model, batch)
+        (s / max(step_targets, 1)).backward()
+        step_loss += float(s.detach())
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([q for q in model.parameters() if q.requires_grad], max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss=step_loss / max(step_targets, 1), target_tokens=step_targets, tokens=tokens)
+
+
+def track_eval(state: TrainerState, loss: float, *, threshold: float, patience: int) -> bool:
+    """Early-stopping bookkeeping for one validation loss; True when it is a new best (by more than `threshold`).
+    Sets `state.stopped_early` after `patience` evaluations in a row without one."""
+    state.last_eval_loss = loss
+    improved = state.best_eval_loss is None or loss < state.best_eval_loss - threshold
+    if improved:
+        state.best_eval_loss, state.best_step, state.evals_without_improvement = loss, state.global_step, 0
+    else:
+        state.evals_without_improvement += 1
+    if state.evals_without_improvement >= patience:
+        state.stopped_early = True
+    return improved
+
+
+def _run_eval(s: Session) -> None:
+    t, state = s.spec.training_config, s.state
+    loss = evaluate(s.model, s.val_set, batch_size=t.batch_size * 2, pad_id=s.tokenizer.pad_token_id,
+                    runtime=s.runtime)
+    if track_eval(state, loss, threshold=t.early_stopping_threshold, patience=t.early_stopping_patience):
+        save_adapter(s.model, s.work / "best_adapter")  # small: only the LoRA weights
+    if isinstance(s.scheduler, WarmupPlateau):
+        s.scheduler.on_eval(loss)
+    s.record({"type": "eval", "step": state.global_step, "epoch": round(state.global_step / s.plan.steps_per_epoch, 4),
+              "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50)), "time": time.time()})
+    if state.stopped_early:
+        s.console.log(f"early stopping at step {state.global_step}: validation loss has not improved for "
+                      f"{t.early_stopping_patience} evaluations (best {state.best_eval_loss:.4f} at step {state.best_step})")
+
+
+def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False, on_event: EventSink | None = None, device: str | None = None) -> RunResult:
+    wall_start = time.time()
+    console = _Console(on_event, quiet)
+    s = setup(spec, Path(output_dir).expanduser().resolve(), resume=resume, overwrite=overwrite, console=console,
+              device=device)
+    t, plan, state, train_set = spec.training_config, s.plan, s.state, s.train_set
     ga = t.gradient_accumulation_steps
     lengths = [len(e) for e in train_set]
-
-    # ----------------------------------------------------------------------------------------------- train
-    def record(entry: dict) -> None:
-        metrics.write(entry)
-        console.event(entry)
-        if tracker:
-            tracker.log(entry)
-
-    def run_eval() -> None:
-        loss = evaluate(model, val_set, batch_size=t.batch_size * 2, pad_id=pad_id, runtime=runtime)
-        state.last_eval_loss = loss
-        improved = state.best_eval_loss is None or loss < state.best_eval_loss - t.early_stopping_threshold
-        if improved:
-            state.best_eval_loss, state.best_step, state.evals_without_improvement = loss, state.global_step, 0
-            save_adapter(model, work / "best_adapter")  # small: only the LoRA weights
-        else:
-            state.evals_without_improvement += 1
-        if isinstance(scheduler, WarmupPlateau):
-            scheduler.on_eval(loss)
-        record({"type": "eval", "step": state.global_step, "epoch": round(state.global_step / plan.steps_per_epoch, 4),
-                "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50)), "time": time.time()})
-        if state.evals_without_improvement >= t.early_stopping_patience:
-            state.stopped_early = True
-            console.log(f"early stopping at step {state.global_step}: validation loss has not improved for "
-                        f"{t.early_stopping_patience} evaluations (best {state.best_eval_loss:.4f} at step {state.best_step})")
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=plan.total_steps, initial=state.global_step, unit="step", desc="training",
                disable=quiet, dynamic_ncols=True, file=sys.stderr)
     console.bar = bar
-    if val_set and state.global_step == 0:
-        run_eval()  # the base model's validation loss: the curve's starting point and the bar to beat
-    model.train()
+    if s.val_set and state.global_step == 0:
+        _run_eval(s)  # the base model's validation loss: the curve's starting point and the bar to beat
+    s.model.train()
     loop_start = time.perf_counter() - state.train_seconds
     while state.global_step < plan.total_steps and not state.stopped_early:
         batches = epoch_batches(lengths, t.batch_size, seed=t.seed, epoch=state.epoch, group_by_length=t.group_by_length)
         groups = [batches[i : i + ga] for i in range(0, len(batches), ga)]
         for group in groups[-(-state.micro_batch // ga) :]:  # ceil: a finished last group is never redone
-            step_targets = sum(train_set[i].n_targets for mb in group for i in mb)
-            step_loss = 0.0
-            for mb in group:
-                batch = collate([train_set[i] for i in mb], pad_id)
-                state.tokens_seen += int(batch["attention_mask"].sum())
-                batch = {k: v.to(runtime.device, non_blocking=True) for k, v in batch.items()}
-                with runtime.autocast():
-                    s, _ = loss_sum(model, batch)
-                (s / max(step_targets, 1)).backward()
-                step_loss += float(s.detach())
-            if t.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_([q for q in model.parameters() if q.requires_grad], t.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            step = train_step(s.model, [[train_set[i] for i in mb] for mb in group], pad_id=s.tokenizer.pad_token_id,
+                              runtime=s.runtime, optimizer=s.optimizer, scheduler=s.scheduler,
+                              max_grad_norm=t.max_grad_norm)
             state.global_step += 1
             state.micro_batch += len(group)
-            state.target_tokens_seen += step_targets
-            state.last_train_loss = step_loss / max(step_targets, 1)
+            state.tokens_seen += step.tokens
+            state.target_tokens_seen += step.target_tokens
+            state.last_train_loss = step.loss
             state.loss_window = (state.loss_window + [state.last_train_loss])[-10:]
             state.train_seconds = time.perf_counter() - loop_start
+            lr = s.scheduler.get_last_lr()[0]
             bar.update(1)
-            bar.set_postfix(loss=f"{state.last_train_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+            bar.set_postfix(loss=f"{state.last_train_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             if state.global_step % t.logging_steps == 0 or state.global_step == plan.total_steps:
-                record({"type": "train", "step": state.global_step,
-                        "epoch": round(state.global_step / plan.steps_per_epoch, 4), "loss": state.last_train_loss,
-                        "lr": scheduler.get_last_lr()[0], "tokens_seen": state.tokens_seen,
-                        "tokens_per_second": state.tokens_seen / max(state.train_seconds, 1e-9),
-                        "total_steps": plan.total_steps, "time": time.time()})
+                s.record({"type": "train", "step": state.global_step,
+                          "epoch": round(state.global_step / plan.steps_per_epoch, 4), "loss": state.last_train_loss,
+                          "lr": lr, "tokens_seen": state.tokens_seen,
+                          "tokens_per_second": state.tokens_seen / max(state.train_seconds, 1e-9),
+                          "total_steps": plan.total_steps, "time": time.time()})
             last = state.global_step >= plan.total_steps
-            if val_set and (state.global_step % plan.eval_every == 0 or last):
+            if s.val_set and (state.global_step % plan.eval_every == 0 or last):
                 eval_start = time.perf_counter()
-                run_eval()
+                _run_eval(s)
                 loop_start += time.perf_counter() - eval_start  # throughput counts training time only
             if not last and not state.stopped_early and state.global_step % plan.save_every == 0:
                 save_start = time.perf_counter()
-                save_checkpoint(work, state, model, optimizer, scheduler, keep=t.save_total_limit)
+                save_checkpoint(s.work, state, s.model, s.optimizer, s.scheduler, keep=t.save_total_limit)
                 loop_start += time.perf_counter() - save_start
             if last or state.stopped_early:
                 break
@@ -342,56 +418,107 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
             state.micro_batch = 0
     bar.close()
     console.bar = None
+    return publish(s, wall_start=wall_start)
 
-    # ------------------------------------------------------------------------------------------------ save
+
+@dataclass(frozen=True)
+class TrainReport:
+    """report.json (field order is the file's key order)."""
+
+    model: str
+    device: str
+    precision: str
+    quantization: str | None
+    optimizer: str
+    target_modules: list[str]
+    train_loss: float | None
+    train_loss_smoothed: float | None
+    eval_loss: float | None  # the best validation loss, whose adapter is the one published
+    eval_perplexity: float | None
+    final_eval_loss: float | None
+    best_step: int | None
+    steps: int
+    total_steps: int
+    epochs: float
+    stopped_early: bool
+    train_examples: int
+    validation_examples: int
+    tokens_seen: int
+    target_tokens_seen: int
+    tokens_per_second: float
+    train_seconds: float
+    wall_time_seconds: float
+    peak_memory_bytes: int
+    peak_memory_kind: str  # "cuda_max_allocated" or "process_max_rss"
+    weight_bytes: int
+    trainable_parameters: int
+    total_parameters: int
+    trainable_share: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_report(s: Session, *, wall_start: float) -> TrainReport:
+    from ..models.lora import weight_bytes
+
+    state, quant, runtime = s.state, s.quant, s.runtime
+    return TrainReport(
+        model=s.model_id,
+        device=runtime.device.type,
+        precision=runtime.precision,
+        quantization=f"4-bit {quant.quant_type}{' + double quant' if quant.double_quant else ''}" if quant else None,
+        optimizer=s.optimizer_name,
+        target_modules=s.targets,
+        train_loss=state.last_train_loss,
+        train_loss_smoothed=float(np.mean(state.loss_window)) if state.loss_window else None,
+        eval_loss=state.best_eval_loss,
+        eval_perplexity=math.exp(min(state.best_eval_loss, 50)) if state.best_eval_loss is not None else None,
+        final_eval_loss=state.last_eval_loss,
+        best_step=state.best_step,
+        steps=state.global_step,
+        total_steps=s.plan.total_steps,
+        epochs=round(state.global_step / s.plan.steps_per_epoch, 4),
+        stopped_early=state.stopped_early,
+        train_examples=len(s.train_set),
+        validation_examples=len(s.val_set),
+        tokens_seen=state.tokens_seen,
+        target_tokens_seen=state.target_tokens_seen,
+        tokens_per_second=state.tokens_seen / max(state.train_seconds, 1e-9),
+        train_seconds=state.train_seconds,
+        wall_time_seconds=time.time() - wall_start,
+        peak_memory_bytes=_peak_memory_bytes(runtime),
+        peak_memory_kind="cuda_max_allocated" if runtime.is_cuda else "process_max_rss",
+        weight_bytes=weight_bytes(s.model),
+        trainable_parameters=s.trainable,
+        total_parameters=s.total_params,
+        trainable_share=s.trainable / s.total_params,
+    )
+
+
+def publish(s: Session, *, wall_start: float) -> RunResult:
+    """Write the final adapter (the best one by validation loss), the report and the plot into the work folder,
+    drop the checkpoints, and rename the folder into place: only a complete run ever carries the final name."""
+    state, work, output_dir = s.state, s.work, s.output_dir
     if state.best_step is not None and state.best_step != state.global_step:
-        load_adapter_weights(model, work / "best_adapter")
-        console.log(f"kept the adapter of step {state.best_step}, which had the lowest validation loss")
+        load_adapter_weights(s.model, work / "best_adapter")
+        s.console.log(f"kept the adapter of step {state.best_step}, which had the lowest validation loss")
     adapter_dir = work / "adapter"
-    save_adapter(model, adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)
-    report = {
-        "model": resolved.model_id,
-        "device": runtime.device.type,
-        "precision": runtime.precision,
-        "quantization": f"4-bit {quant.quant_type}{' + double quant' if quant.double_quant else ''}" if quant else None,
-        "optimizer": optimizer_name,
-        "target_modules": targets,
-        "train_loss": state.last_train_loss,
-        "train_loss_smoothed": float(np.mean(state.loss_window)) if state.loss_window else None,
-        "eval_loss": state.best_eval_loss,
-        "eval_perplexity": math.exp(min(state.best_eval_loss, 50)) if state.best_eval_loss is not None else None,
-        "final_eval_loss": state.last_eval_loss,
-        "best_step": state.best_step,
-        "steps": state.global_step,
-        "total_steps": plan.total_steps,
-        "epochs": round(state.global_step / plan.steps_per_epoch, 4),
-        "stopped_early": state.stopped_early,
-        "train_examples": len(train_set),
-        "validation_examples": len(val_set),
-        "tokens_seen": state.tokens_seen,
-        "target_tokens_seen": state.target_tokens_seen,
-        "tokens_per_second": state.tokens_seen / max(state.train_seconds, 1e-9),
-        "train_seconds": state.train_seconds,
-        "wall_time_seconds": time.time() - wall_start,
-        "peak_memory_bytes": _peak_memory_bytes(runtime),
-        "peak_memory_kind": "cuda_max_allocated" if runtime.is_cuda else "process_max_rss",
-        "weight_bytes": weight_bytes(model),
-        "trainable_parameters": trainable,
-        "total_parameters": total_params,
-        "trainable_share": trainable / total_params,
-    }
+    save_adapter(s.model, adapter_dir)
+    s.tokenizer.save_pretrained(adapter_dir)
+    report = build_report(s, wall_start=wall_start).to_dict()
     (work / "report.json").write_text(json.dumps(report, indent=2))
-    plot_loss(work / "metrics.jsonl", work / "loss.png", title=f"{resolved.model_id} · LoRA r={p.lora_r}")
+    plot_loss(work / "metrics.jsonl", work / "loss.png",
+              title=f"{s.model_id} · LoRA r={s.spec.pretrainedmodel_config.lora_r}")
     for ckpt in list_checkpoints(work):
         shutil.rmtree(ckpt)
     shutil.rmtree(work / "best_adapter", ignore_errors=True)
     if output_dir.exists():
         shutil.rmtree(output_dir)  # only reached with --overwrite of a finished run (checked in _prepare_output)
     os.replace(work, output_dir)
-    if tracker:
-        tracker.finish(report)
-    console.log(
+    if s.tracker:
+        s.tracker.finish(report)
+    s.console.log(
         f"done: {state.global_step} steps, train loss {state.last_train_loss:.4f}"
         + (f", validation loss {state.best_eval_loss:.4f}" if state.best_eval_loss is not None else "")
         + f", {report['tokens_per_second']:.0f} tokens/s; adapter in {output_dir / 'adapter'}"
