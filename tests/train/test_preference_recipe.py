@@ -73,6 +73,17 @@ def test_preference_run_raises_validation_reward_accuracy(tiny_model_dir, pairs,
     assert (out / "loss.png").stat().st_size > 0
 
 
+def test_dpo_on_qlora_uses_the_4bit_base_as_reference(tiny_model_dir, pairs, tmp_path):
+    """QLoRA: the reference pass runs the same 4-bit weights with the adapter off (no second model)."""
+    spec = pref_spec(tiny_model_dir, pairs, preference_method="dpo", preference_beta=0.5, precision="auto")
+    spec.pretrainedmodel_config.use_quantization = True
+    report = train(spec, tmp_path / "q", quiet=True).report
+    assert report["quantization"] == "4-bit nf4 + double quant" and report["method"] == "dpo"
+    evals = _evals(tmp_path / "q")
+    assert evals[0]["eval_reward_accuracy"] == 0.0  # policy == reference before the first step
+    assert evals[-1]["eval_reward_accuracy"] > 0.6
+
+
 def test_preference_resume_matches_an_uninterrupted_run(tiny_model_dir, pairs, tmp_path):
     spec = pref_spec(tiny_model_dir, pairs, preference_method="simpo", max_steps=8, save_steps=4)
     full = train(spec, tmp_path / "full", quiet=True).report

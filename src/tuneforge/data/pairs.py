@@ -324,3 +324,12 @@ def encode_preference(
         )
         out.append((pair, len(p_ids) + max(len(c_ids), len(r_ids)), len(p_ids)))
     return out
+
+
+def pair_prompt(encoder: Encoder, fmt: PreferenceFormat, row: dict[str, Any]) -> tuple[str, list[int]]:
+    """The prompt of a pair as text and as token ids exactly as training tokenized it (for generating from it)."""
+    prompt, chosen, rejected = fmt.parts(row)
+    if isinstance(prompt, list) or isinstance(chosen, list) or isinstance(rejected, list):
+        text = encoder._render(_as_messages(prompt, "user"), generation_prompt=True)
+        return text, encoder._ids(text, False)
+    return prompt, encoder.prompt_ids(prompt)

@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import TuneforgeError
 from .example import Example
 from .formats import ChatFormat, RowFormat
+from .pairs import PreferenceFormat, pair_prompt
 from .report import DataIssue, DataValidationError, ValidationReport
 from .split import DEFAULT_FRACTIONS, MIN_USEFUL_VALIDATION, check_fractions, split_indices
 from .tokenize import Encoder
@@ -58,12 +59,16 @@ class PromptRenderer:
         self.encoder = encoder
 
     def render_prompt(self, row: dict[str, Any]) -> str:
+        if isinstance(self.fmt, PreferenceFormat):
+            return pair_prompt(self.encoder, self.fmt, row)[0]
         if isinstance(self.fmt, ChatFormat):
             return self.encoder.chat_prompt(self.fmt.messages(row))
         return self.fmt.render(row)[0]
 
     def prompt_ids(self, row: dict[str, Any]) -> list[int]:
         """Token ids of the prompt, special tokens included as in training (BOS once; none appended)."""
+        if isinstance(self.fmt, PreferenceFormat):
+            return pair_prompt(self.encoder, self.fmt, row)[1]
         if isinstance(self.fmt, ChatFormat):
             # The chat template writes its own BOS; adding the tokenizer's would double it.
             return list(self.encoder.tokenizer(self.render_prompt(row), add_special_tokens=False)["input_ids"])
@@ -71,8 +76,8 @@ class PromptRenderer:
 
     def reference(self, row: dict[str, Any]) -> str:
         """The text the model should generate after the prompt (the completion, or the last assistant turn),
-        without EOS."""
-        if isinstance(self.fmt, ChatFormat):
+        without EOS; for a preference pair, the chosen answer)."""
+        if isinstance(self.fmt, (ChatFormat, PreferenceFormat)):
             return self.fmt.completion_text(row) or ""
         return self.fmt.render(row)[1]
 
