@@ -458,6 +458,12 @@ def _preference_format(
             parsed = Template.parse(template)
         except TemplateError as err:
             return FormatChoice(None, [str(err)], kind="template")
+        answers = [f for f in parsed.fields if f in ("chosen", "rejected", "preferred_output", "non_preferred_output")]
+        if answers:
+            return FormatChoice(None, [
+                f"prompt_template uses {', '.join(repr('{' + a + '}') for a in answers)}; for preference pairs the "
+                "template renders the prompt only (e.g. '### Question: {prompt}\\n### Answer: '), and the answers "
+                "come from the 'chosen' and 'rejected' columns"], kind="template")
     fmt = PreferenceFormat.from_columns(columns, parsed)
     if fmt is None:
         found = ", ".join(columns) if columns else "none"
