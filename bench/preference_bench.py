@@ -43,7 +43,7 @@ def main() -> int:
     def spec(training: dict, template: str):
         return parse_spec({
             "pretrainedmodel_config": {"model_path": args.model, "lora_r": 8, "lora_alpha": 16},
-            "data_config": {"data_path": str(tmp / "pairs.jsonl"), "prompt_template": template, "cutoff_len": 256,
+            "data_config": {"data_path": str(tmp / "pairs.jsonl"), "prompt_template": template, "cutoff_len": 128,
                             "data_split_config": {"train": 1.0}},  # no validation: the loop is all that is timed
             "training_config": {"max_steps": args.steps, "batch_size": 8, "learning_rate": 5e-4, "seed": 0,
                                 "save_steps": 10_000, **training},
