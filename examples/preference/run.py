@@ -26,7 +26,12 @@ def main() -> int:
     from tuneforge.models.loader import load_tokenizer, resolve_model
     from tuneforge.models.lora import load_base_model
     from tuneforge.spec import load_spec
-    from tuneforge.train.recipe import prepare_spec_data, preference_objective, train, work_dir_for
+    from tuneforge.train.recipe import (
+        preference_objective,
+        prepare_spec_data,
+        train,
+        work_dir_for,
+    )
     from tuneforge.train.runtime import pick_runtime
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -450,8 +450,8 @@ def _preference_format(
     from .pairs import NEEDED_COLUMNS, PreferenceFormat
 
     if completion_column:
-        return FormatChoice(None, ["completion_column is for SFT templates; preference pairs take their answers from "
-                                   "'chosen' and 'rejected': remove completion_column"])
+        return FormatChoice(None, [("completion_column is for SFT templates; preference pairs take their answers "
+                                    "from 'chosen' and 'rejected': remove completion_column")])
     parsed = None
     if template is not None:
         try:
@@ -460,10 +460,10 @@ def _preference_format(
             return FormatChoice(None, [str(err)], kind="template")
         answers = [f for f in parsed.fields if f in ("chosen", "rejected", "preferred_output", "non_preferred_output")]
         if answers:
-            return FormatChoice(None, [
+            return FormatChoice(None, [(
                 f"prompt_template uses {', '.join(repr('{' + a + '}') for a in answers)}; for preference pairs the "
                 "template renders the prompt only (e.g. '### Question: {prompt}\\n### Answer: '), and the answers "
-                "come from the 'chosen' and 'rejected' columns"], kind="template")
+                "come from the 'chosen' and 'rejected' columns")], kind="template")
     fmt = PreferenceFormat.from_columns(columns, parsed)
     if fmt is None:
         found = ", ".join(columns) if columns else "none"

@@ -261,9 +261,6 @@ class PreferenceFormat(RowFormat):
         return prompt, (_clean(chosen) if isinstance(chosen, list) else chosen), (
             _clean(rejected) if isinstance(rejected, list) else rejected)
 
-    def is_chat(self, row: dict[str, Any]) -> bool:
-        return any(isinstance(p, list) for p in self.parts(row))
-
     def completion_text(self, row: dict[str, Any]) -> str | None:
         chosen = self.parts(row)[1]
         return chosen if isinstance(chosen, str) else (chosen[-1]["content"] if chosen else None)

@@ -21,7 +21,6 @@ margin is chosen minus rejected reward.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -205,8 +204,3 @@ class PreferenceObjective:
         if was_training:
             model.train()
         return self.means(total, prefix="eval_")
-
-    def base_model(self, model):
-        """A context in which `model` is the base model (adapter off): for measuring it before training."""
-        disable = getattr(model, "disable_adapter", None)
-        return disable() if disable is not None else contextlib.nullcontext()
