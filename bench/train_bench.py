@@ -182,7 +182,7 @@ def main() -> None:
     config = AutoConfig.from_pretrained(resolve_model(MODEL).load_from)
     mean_len = sum(lengths) / len(lengths)
     flops_tok = train_flops_per_token(config, mean_len)
-    from tuneforge.train.runtime import pick_runtime
+    from tuneforge.runtime import pick_runtime
 
     # The bf16 peak only where bf16 is native (CUDA, AVX-512 BF16 / AMX): elsewhere torch emulates it, a 2048^3
     # product takes minutes, and tuneforge trains in fp32 anyway. Measured again after the runs: max kept.

@@ -56,7 +56,14 @@ def test_minimal_spec_gets_working_defaults():
         ({"pretrainedmodel_config": {"lora_r": 0}}, "pretrainedmodel_config.lora_r: 0 is not allowed"),
         ({"training_config": {"lr_scheduler_type": "cosin"}}, "training_config.lr_scheduler_type: 'cosin' is not allowed"),
         ({"pretrainedmodel_config": {"lora_bias": "some"}}, "pretrainedmodel_config.lora_bias: 'some' is not allowed"),
-        ({"training_config": {"preference_optimization": "ORPO"}}, "'ORPO' is not supported yet"),
+        ({"training_config": {"preference_method": "kto"}},
+         "training_config.preference_method: 'kto' is not allowed: Input should be 'orpo', 'dpo' or 'simpo'"),
+        ({"training_config": {"preference_optimization": "ORPO", "preference_method": "dpo"}},
+         "preference_optimization 'ORPO' conflicts with preference_method 'dpo'"),
+        ({"training_config": {"preference_method": "orpo", "preference_beta": 0.2}}, "ORPO's weight is orpo_lambda"),
+        ({"data_config": {"data_path": "x", "data_format": "preference"}}, "'preference' needs a preference method"),
+        ({"data_config": {"data_path": "x", "data_format": "chat"}, "training_config": {"preference_method": "dpo"}},
+         "data_format 'chat' cannot be used with preference tuning (dpo)"),
         ({"pretrainedmodel_config": {"use_lora": False}}, "full fine-tuning (use_lora=false) is not supported"),
         ({"hf_config": {"hf_model_path": "me/model"}}, "pushing the adapter to the hub is not supported yet"),
         ({"data_config": {"data_path": "x", "data_split_config": {"train": 0.9, "valid": 0.1}}}, "unknown split 'valid'"),
@@ -129,3 +136,19 @@ def test_schema_has_field_help():
     schema = JobSpec.model_json_schema()
     lora_r = schema["$defs"]["PretrainedModelConfig"]["properties"]["lora_r"]
     assert "rank" in lora_r["description"]
+
+
+def test_monsterapi_orpo_payload_is_accepted_as_is():
+    from monsterapi.LLM_config import LLMServiceParams  # the official client's own model of the payload
+
+    payload = {"pretrainedmodel_config": {"model_path": "smollm2"},
+               "data_config": {"data_path": "pairs.jsonl", "prompt_template": "Q: {prompt}\nA: "},
+               "training_config": {"preference_optimization": "ORPO"}, "logging_config": {"use_wandb": False}}
+    sent = LLMServiceParams(**payload).model_dump()  # what client.finetune("llm", payload) puts on the wire
+    assert sent["training_config"]["preference_optimization"] == "ORPO"
+    spec = parse_spec(sent)
+    t = spec.training_config
+    assert t.preference == "orpo" and t.beta == 0.1
+    assert parse_spec({"data_config": {"data_path": "x"}, "training_config": {"preference_method": "dpo"}}).training_config.beta == 0.1
+    assert parse_spec({"data_config": {"data_path": "x"}, "training_config": {"preference_method": "simpo"}}).training_config.beta == 2.0
+    assert parse_spec({"data_config": {"data_path": "x"}}).training_config.preference is None

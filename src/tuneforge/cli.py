@@ -36,6 +36,9 @@ def _cmd_train(args) -> int:
     r = result.report
     summary = {k: r[k] for k in ("train_loss", "eval_loss", "eval_perplexity", "steps", "epochs", "tokens_per_second",
                                  "wall_time_seconds", "trainable_parameters", "trainable_share")}
+    if r.get("preference"):  # preference runs: the method and the best validation rewards
+        summary = {"method": r["method"], **summary, "eval_reward_accuracy": r["preference"]["reward_accuracy"],
+                   "eval_reward_margin": r["preference"]["reward_margin"]}
     print(json.dumps({"output": str(result.output_dir), **summary}, indent=2))
     return 0
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import TuneforgeError, did_you_mean
 
 # The data formats data/formats.py reads (its RowFormat classes implement each).
-FORMATS = ("template", "chat", "sharegpt", "chat_prompt_completion", "prompt_completion", "alpaca", "text")
+FORMATS = ("template", "chat", "sharegpt", "chat_prompt_completion", "prompt_completion", "alpaca", "text", "preference")
 # What each data_format value reads: the field's description and the data layer's errors list them.
 FORMAT_HELP = {
     "template": "prompt_template over the row's columns",
@@ -31,6 +31,8 @@ FORMAT_HELP = {
     "prompt_completion": "'prompt' and 'completion' text",
     "alpaca": "Alpaca: 'instruction', 'input', 'output' (+ 'system', 'history')",
     "text": "one 'text' column, learned whole",
+    "preference": "pairs for preference tuning: 'prompt'/'chosen'/'rejected' (text or message lists), or OpenAI's "
+    "DPO 'input'/'preferred_output'/'non_preferred_output' (a prompt_template renders the prompt)",
 }
 DataFormat = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
 
@@ -50,6 +52,9 @@ SCHEDULERS = (
     "inverse_sqrt",
     "reduce_lr_on_plateau",
 )
+
+PREFERENCE_METHODS = ("orpo", "dpo", "simpo")
+DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0}  # TRL's DPO default; SimPO paper's recommended range starts at 2.0
 
 
 class _Section(BaseModel):
@@ -160,7 +165,8 @@ class DataConfig(_Section):
         description="(tuneforge) Row shape: "
         + "; ".join(f"{k} = {v}" for k, v in FORMAT_HELP.items())
         + ". auto: template when prompt_template is given, else detected from the columns (a structured format "
-        "wins over a 'text' column, which is then ignored and reported).",
+        "wins over a 'text' column, which is then ignored and reported); preference whenever the job trains with a "
+        "preference method.",
     )
     completion_column: str | None = Field(
         None,
@@ -220,7 +226,9 @@ class TrainingConfig(_Section):
         "order stays shuffled.",
     )
     preference_optimization: Literal["ORPO", "DONT"] = Field(
-        "DONT", description="MonsterAPI's preference optimization switch. Only 'DONT' (supervised) is supported."
+        "DONT",
+        description="MonsterAPI's preference optimization switch: 'ORPO' trains on preference pairs with ORPO "
+        "(same as preference_method 'orpo'); 'DONT' trains supervised (SFT) unless preference_method is set.",
     )
     # --- tuneforge extensions -------------------------------------------------------------------------------------
     batch_size: int = Field(8, gt=0, le=4096, description="(tuneforge) Examples per micro-batch.")
@@ -254,15 +262,57 @@ class TrainingConfig(_Section):
     early_stopping_threshold: float = Field(
         0.0, ge=0.0, description="(tuneforge) Minimum decrease in validation loss that counts as an improvement."
     )
+    preference_method: Literal[PREFERENCE_METHODS] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="(tuneforge) Preference tuning on prompt/chosen/rejected pairs instead of SFT: 'orpo' (odds-ratio "
+        "preference optimization, no reference model; arXiv:2403.07691), 'dpo' (direct preference optimization "
+        "against the base model with the adapter disabled; arXiv:2305.18290) or 'simpo' (length-normalised, "
+        "reference-free; arXiv:2405.14734). Empty: 'orpo' when preference_optimization is 'ORPO', else SFT.",
+    )
+    preference_beta: float | None = Field(
+        None,
+        gt=0,
+        description="(tuneforge) DPO and SimPO: beta, the scale of the implicit reward (DPO: how far the adapter may "
+        "move from the reference; default 0.1 for dpo, 2.0 for simpo). ORPO uses orpo_lambda instead.",
+    )
+    orpo_lambda: float = Field(
+        0.1,
+        gt=0,
+        description="(tuneforge) ORPO: weight of the odds-ratio term added to the chosen answer's NLL (the paper's "
+        "lambda, TRL's beta; default 0.1).",
+    )
+    simpo_gamma: float = Field(
+        0.5, ge=0, description="(tuneforge) SimPO: target reward margin gamma between chosen and rejected (default 0.5)."
+    )
 
-    @field_validator("preference_optimization")
-    @classmethod
-    def _no_orpo(cls, v: str) -> str:
-        if v != "DONT":
+    @model_validator(mode="after")
+    def _preference(self) -> TrainingConfig:
+        method = self.preference_method
+        if self.preference_optimization == "ORPO" and method not in (None, "orpo"):
             raise ValueError(
-                f"{v!r} is not supported yet: tuneforge trains supervised (SFT) adapters only; set it to 'DONT'"
+                f"preference_optimization 'ORPO' conflicts with preference_method {method!r}: leave "
+                f"preference_optimization at 'DONT' to train with {method!r}, or set preference_method to 'orpo'"
             )
-        return v
+        if self.preference_beta is not None and self.preference in (None, "orpo"):
+            what = "ORPO's weight is orpo_lambda" if self.preference == "orpo" else "this job trains SFT"
+            raise ValueError(f"preference_beta applies to preference_method 'dpo' and 'simpo' only; {what}")
+        return self
+
+    @property
+    def preference(self) -> str | None:
+        """The preference method this job trains with ('orpo', 'dpo', 'simpo'), or None for SFT."""
+        if self.preference_method is not None:
+            return self.preference_method
+        return "orpo" if self.preference_optimization == "ORPO" else None
+
+    @property
+    def beta(self) -> float:
+        """The preference method's beta (DPO/SimPO), its default when not set; ORPO's reward scale is orpo_lambda."""
+        if self.preference == "orpo":
+            return self.orpo_lambda
+        if self.preference_beta is not None:
+            return self.preference_beta
+        return DEFAULT_BETA.get(self.preference or "", 0.1)
 
 
 class LoggingConfig(_Section):
@@ -302,12 +352,29 @@ class JobSpec(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> JobSpec:
         t = self.training_config
-        no_validation = (self.data_config.validation_data_path is None
-                         and self.data_config.data_split_config.get("validation", 0) == 0)
-        if no_validation and t.lr_scheduler_type == "reduce_lr_on_plateau":
+        if self.data_config.validation_data_path is None and self.data_config.data_split_config.get("validation", 0) == 0:
+            if t.lr_scheduler_type == "reduce_lr_on_plateau":
+                raise ValueError(
+                    "lr_scheduler_type 'reduce_lr_on_plateau' needs a validation split: give data_split_config a "
+                    "'validation' fraction or set validation_data_path"
+                )
+        d = self.data_config
+        if t.preference is not None:
+            if d.data_format not in ("auto", "preference"):
+                raise ValueError(
+                    f"data_config.data_format {d.data_format!r} cannot be used with preference tuning "
+                    f"({t.preference}): it trains on chosen/rejected pairs; set data_format to 'preference' or 'auto'"
+                )
+            for name in ("completion_column", "train_on_inputs"):
+                if getattr(d, name):
+                    raise ValueError(
+                        f"data_config.{name} is for SFT; preference tuning ({t.preference}) learns from the chosen "
+                        "and rejected answers only: remove it"
+                    )
+        elif d.data_format == "preference":
             raise ValueError(
-                "lr_scheduler_type 'reduce_lr_on_plateau' needs a validation split: give data_split_config a "
-                "'validation' fraction or set validation_data_path"
+                "data_config.data_format 'preference' needs a preference method: set training_config."
+                "preference_method to one of orpo, dpo, simpo (or preference_optimization to 'ORPO')"
             )
         return self
 

@@ -212,3 +212,31 @@ def test_the_service_on_postgresql_with_a_separate_worker(tmp_path, tiny_model_d
         worker.kill()
         server.stop()
     assert not (home / "tuneforge.db").exists()  # everything went to PostgreSQL
+
+
+def test_monsterapi_orpo_job_trains_on_pairs_and_streams_reward_metrics(svc):
+    """`preference_optimization: "ORPO"` exactly as the official client sends it; SFT data is refused by name."""
+    from monsterapi import client as mclient
+
+    server, keys = svc
+    pairs = server.home / "datasets" / "pairs.jsonl"
+    pairs.write_text("".join(
+        json.dumps({"prompt": f"what is {i % 10} plus 1?", "chosen": f"sum is {i % 10 + 1}", "rejected": "maybe 3 or so"}) + "\n"
+        for i in range(64)))
+    client = mclient(api_key=keys["alice"], base_url=f"{server.url}/v1")
+    body = payload(server.home, data_path=str(pairs), preference_optimization="ORPO", max_steps=6, eval_steps=3)
+    body["data_config"]["prompt_template"] = "Question: {prompt}\nAnswer: "
+    job_id = client.finetune(service="llm", params=body)["deployment_id"]
+    alice = Client(server.url, keys["alice"])
+    job = alice.wait_status(job_id, ("succeeded", "failed"), 180, server)
+    assert job["status"] == "succeeded", (job, server.log_tail())
+    assert job["result"]["method"] == "orpo" and job["result"]["preference"]["reward_accuracy"] is not None
+    evals = [e for e in alice.events(job_id) if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 3, 6]
+    assert all("eval_reward_accuracy" in e and "eval_reward_margin" in e for e in evals)
+
+    sft = payload(server.home, preference_optimization="ORPO")  # qa.jsonl: question/answer, no pairs
+    sft["data_config"]["prompt_template"] = "Question: {question}\nAnswer: "
+    bad = alice.wait_status(alice.post("/v1/finetune/llm", json=sft).json()["job_id"], ("failed",), 120, server)
+    assert "'chosen' and 'rejected'" in bad["error"] and "found: question, answer" in bad["error"]
+    assert bad["progress"]["step"] == 0

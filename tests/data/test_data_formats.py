@@ -84,8 +84,10 @@ def test_detection_from_columns():
     )
     assert fmt(["a"], data_format="chats") == (
         "data_format 'chats' is unknown (did you mean 'chat'?); allowed: auto, template, chat, sharegpt, "
-        "chat_prompt_completion, prompt_completion, alpaca, text"
+        "chat_prompt_completion, prompt_completion, alpaca, text, preference"
     )
+    assert fmt(["prompt", "chosen", "rejected"]) == "preference"
+    assert fmt(["input", "preferred_output", "non_preferred_output"]) == "preference"
     assert fmt(["a"], data_format="template") == "data_format 'template' needs a prompt_template with {column} placeholders"
     assert fmt(["a"], data_format="chat", prompt_template="{a}").startswith(
         "prompt_template is given but data_format is 'chat'"

@@ -28,6 +28,7 @@ from typing import Any
 from ..errors import did_you_mean
 from ..spec import FORMAT_HELP, FORMATS
 
+ROLES = ("system", "user", "assistant")  # of preference pairs given as message lists (pairs.py)
 SHORT_COMPLETION_CHARS = 3  # completions shorter than this (stripped) are flagged as very short
 # Columns that carry part of the task in instruction datasets (Alpaca's input, Dolly's context): a template that
 # leaves them out drops that text, which is worth a warning when a row has some.
@@ -166,6 +167,10 @@ class Template:
     def render(self, row: dict[str, Any]) -> tuple[str, str]:
         """(prompt, completion) text; the row's fields were checked to be text."""
         return self._fill(self.prompt_pieces, row), self._fill(self.completion_pieces, row)
+
+    def render_whole(self, row: dict[str, Any]) -> str:
+        """The whole template filled in: the prompt of a preference pair, whose answers come from other columns."""
+        return self._fill(self.prompt_pieces + self.completion_pieces, row)
 
 
 # --- shapes -----------------------------------------------------------------------------------------------------
@@ -787,6 +792,8 @@ def resolve_format(
             [f"data_format {data_format!r} is unknown{did_you_mean(data_format, FORMATS)}; allowed: auto, {', '.join(FORMATS)}"],
         )
     template = prompt_template if prompt_template and prompt_template.strip() else None
+    if data_format == "preference":
+        return _preference_format(columns, template, completion_column, source_name)
     if template is not None:
         if data_format not in ("auto", "template"):
             return FormatChoice(
@@ -820,6 +827,11 @@ def resolve_format(
             f"mask the prompt from the loss; set data_format 'text' to train on 'text' instead"
         )
         matches = richer
+    if not matches:
+        from .pairs import is_pair_columns
+
+        if is_pair_columns(columns):  # shown as pairs by `tuneforge data validate`; SFT training refuses them
+            return _preference_format(columns, None, None, source_name)
     if len(matches) == 1:
         return FormatChoice(matches[0], [], warnings=warnings)
     cols = ", ".join(columns) if columns else "none"
@@ -839,3 +851,34 @@ def resolve_format(
         ],
         kind="format",
     )
+
+
+def _preference_format(
+    columns: list[str], template: str | None, completion_column: str | None, source_name: str
+) -> FormatChoice:
+    from .pairs import NEEDED_COLUMNS, PreferenceFormat
+
+    if completion_column:
+        return FormatChoice(None, [("completion_column is for SFT templates; preference pairs take their answers "
+                                    "from 'chosen' and 'rejected': remove completion_column")])
+    parsed = None
+    if template is not None:
+        try:
+            parsed = Template.parse(template)
+        except TemplateError as err:
+            return FormatChoice(None, [str(err)], kind="template")
+        answers = [f for f in parsed.fields if f in ("chosen", "rejected", "preferred_output", "non_preferred_output")]
+        if answers:
+            return FormatChoice(None, [(
+                f"prompt_template uses {', '.join(repr('{' + a + '}') for a in answers)}; for preference pairs the "
+                "template renders the prompt only (e.g. '### Question: {prompt}\\n### Answer: '), and the answers "
+                "come from the 'chosen' and 'rejected' columns")], kind="template")
+    fmt = PreferenceFormat.from_columns(columns, parsed)
+    if fmt is None:
+        found = ", ".join(columns) if columns else "none"
+        return FormatChoice(
+            None,
+            [f"{source_name}: preference tuning needs pairs: columns {NEEDED_COLUMNS}; found: {found}"],
+            kind="format",
+        )
+    return FormatChoice(fmt, [])

@@ -13,6 +13,7 @@ from ..errors import TuneforgeError
 from .example import Example
 from .formats import MessagesFormat, RowFormat
 from .options import DataOptions
+from .pairs import PreferenceFormat, pair_prompt
 from .report import DataIssue, DataValidationError, ValidationReport
 from .split import DEFAULT_FRACTIONS, MIN_USEFUL_VALIDATION, check_fractions, held_out_counts, split_indices
 from .tokenize import Encoder
@@ -36,12 +37,16 @@ class PromptRenderer:
         self.encoder = encoder
 
     def render_prompt(self, row: dict[str, Any]) -> str:
+        if isinstance(self.fmt, PreferenceFormat):
+            return pair_prompt(self.encoder, self.fmt, row)[0]
         if isinstance(self.fmt, MessagesFormat):
             return self.encoder.chat_prompt(self.fmt.conversation(row))
         return self.fmt.render(row)[0]
 
     def prompt_ids(self, row: dict[str, Any]) -> list[int]:
         """Token ids of the prompt, special tokens included as in training (BOS once; none appended)."""
+        if isinstance(self.fmt, PreferenceFormat):
+            return pair_prompt(self.encoder, self.fmt, row)[1]
         if isinstance(self.fmt, MessagesFormat):
             # The chat template writes its own BOS; adding the tokenizer's would double it.
             return list(self.encoder.tokenizer(self.render_prompt(row), add_special_tokens=False)["input_ids"])
@@ -49,8 +54,8 @@ class PromptRenderer:
 
     def reference(self, row: dict[str, Any]) -> str:
         """The text the model should generate after the prompt (the completion, or the last assistant turn),
-        without EOS."""
-        if isinstance(self.fmt, MessagesFormat):
+        without EOS; for a preference pair, the chosen answer)."""
+        if isinstance(self.fmt, (MessagesFormat, PreferenceFormat)):
             return self.fmt.completion_text(row) or ""
         return self.fmt.render(row)[1]
 

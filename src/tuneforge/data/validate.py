@@ -19,6 +19,7 @@ from ..errors import TuneforgeError, did_you_mean
 from .example import IGNORE_INDEX, Example
 from .formats import SHORT_COMPLETION_CHARS, MessagesFormat, RowFormat, TemplateFormat, learned, resolve_format
 from .options import DataOptions
+from .pairs import PairExample, PreferenceFormat, encode_preference
 from .report import MASK_CLOSE, MASK_OPEN, DataIssue, ValidationReport, plural
 from .sources import Record, Source, SourceError, open_source, redact_url, where
 from .tokenize import ChatTemplateError, Encoder, chat_example, pair_example
@@ -34,7 +35,7 @@ class Kept:
     """A row that passed validation, with its example (None when validating without a tokenizer)."""
 
     data: dict[str, Any]
-    example: Example | None
+    example: Example | PairExample | None
     line: int | None
     row: int
 
@@ -286,6 +287,9 @@ class _Scan:
             for rec in batch:
                 self._accept(rec, None, None)
             return
+        if isinstance(fmt, PreferenceFormat):
+            self._flush_pairs(enc, fmt, batch)
+            return
         if isinstance(fmt, MessagesFormat):
             results = enc.encode_chats([fmt.conversation(r.data) for r in batch])  # type: ignore[arg-type]
             for rec, res in zip(batch, results, strict=True):
@@ -322,7 +326,25 @@ class _Scan:
             ex = pair_example(p_ids, c_ids, cutoff_len=self.cutoff, train_on_inputs=self.options.train_on_inputs)
             self._accept(rec, ex, len(p_ids) + len(c_ids))
 
-    def _accept(self, rec: Record, ex: Example | None, full_len: int | None) -> None:
+    def _flush_pairs(self, enc: Encoder, fmt: PreferenceFormat, batch: list[Record]) -> None:
+        results = encode_preference(enc, fmt, [r.data for r in batch], cutoff_len=self.cutoff)  # type: ignore[misc]
+        for rec, res in zip(batch, results):
+            if isinstance(res, ChatTemplateError):
+                self._row_error(rec, "chat_template", str(res), "prompt")
+                continue
+            pair, full_len, prompt_len = res
+            if prompt_len >= self.cutoff:
+                self._row_error(
+                    rec,
+                    "prompt_too_long",
+                    f"the prompt alone is {prompt_len} tokens and cutoff_len is {self.cutoff}; nothing of the chosen "
+                    "and rejected answers would be compared (raise cutoff_len or shorten the prompt)",
+                    "prompt",
+                )
+                continue
+            self._accept(rec, pair, full_len)
+
+    def _accept(self, rec: Record, ex: Example | PairExample | None, full_len: int | None) -> None:
         rep = self.report
         rep.n_trainable += 1
         data = rec.data
@@ -341,7 +363,9 @@ class _Scan:
         if self.keep:
             self.kept.append(Kept(data, ex, rec.line, rec.row))
 
-    def _first_example(self, rec: Record, ex: Example | None, full_len: int | None) -> dict[str, Any]:
+    def _first_example(self, rec: Record, ex: Example | PairExample | None, full_len: int | None) -> dict[str, Any]:
+        if isinstance(self.fmt, PreferenceFormat):
+            return self._first_pair(rec, ex)
         segments: list[tuple[str, bool]] = []
         if ex is not None:
             tok = self.tokenizer
@@ -369,6 +393,32 @@ class _Scan:
         }
         if ex is not None:
             out.update(n_tokens=len(ex), n_trained=ex.n_targets, truncated=bool(full_len and full_len > len(ex)))
+        return out
+
+    def _first_pair(self, rec: Record, pair: Example | PairExample | None) -> dict[str, Any]:
+        """The first pair as the model sees it: the prompt once (no loss), then each answer."""
+        assert isinstance(self.fmt, PreferenceFormat) and rec.data is not None
+        out: dict[str, Any] = {"line": rec.line, "row": rec.row, "tokenized": pair is not None, "pair": True}
+        if isinstance(pair, PairExample):
+            tok = self.tokenizer
+            n_prompt = len(pair.chosen) - pair.chosen.n_targets
+
+            def text(ids: tuple[int, ...]) -> str:
+                return tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+            prompt = text(pair.chosen.input_ids[:n_prompt])
+            chosen = text(pair.chosen.input_ids[n_prompt:])
+            rejected = text(pair.rejected.input_ids[n_prompt:])
+            out.update(n_tokens=len(pair), n_trained=pair.n_targets, chosen_tokens=len(pair.chosen),
+                       rejected_tokens=len(pair.rejected))
+        else:
+            parts = [p if isinstance(p, str) else "".join(f"<{m['role']}>\n{m['content']}\n" for m in p)
+                     for p in self.fmt.parts(rec.data)]
+            prompt, chosen, rejected = parts
+        out.update(prompt=prompt, chosen=chosen, rejected=rejected)
+        out["segments"] = [{"text": prompt, "trained": False}, {"text": chosen, "trained": True},
+                           {"text": rejected, "trained": True}]
+        out["rendered"] = (f"{MASK_OPEN}{prompt}{MASK_CLOSE}\n[chosen]   {chosen}\n[rejected] {rejected}")
         return out
 
     # --- the summary ----------------------------------------------------------------------------------------------
@@ -478,7 +528,16 @@ class _Scan:
             "truncated": int(self.truncated),
             "truncated_share": self.truncated / n,
         }
-        if self.truncated:
+        if self.truncated and isinstance(self.fmt, PreferenceFormat):
+            rep.add_warning(
+                DataIssue(
+                    "truncated",
+                    f"{self.truncated:,} of {n:,} pairs ({self.truncated / n:.1%}) have prompt + answer longer than "
+                    f"cutoff_len {self.cutoff} tokens and will be truncated (longest: {int(lengths.max())} tokens); "
+                    "the cut part of an answer is not compared",
+                )
+            )
+        elif self.truncated:
             rep.add_warning(
                 DataIssue(
                     "truncated",

@@ -312,7 +312,8 @@ class TrainingSetup:
         optimizer = resolve_optimizer(t.optimizer, quantized=quantized, device_type=runtime.device.type)
         return cls(
             method="qlora" if quantized else "lora",
-            batch_size=t.batch_size,
+            # Preference tuning runs the chosen and the rejected sequence of each pair in one pass: twice the rows.
+            batch_size=t.batch_size * (2 if t.preference else 1),
             seq_len=d.cutoff_len,
             lora_r=p.lora_r,
             target_modules=tuple(p.target_modules) if p.target_modules else None,

@@ -38,6 +38,8 @@ class TrainerState:
     last_train_loss: float | None = None
     last_eval_loss: float | None = None
     loss_window: list[float] = field(default_factory=list)  # last logged losses, for a smoothed final value
+    best_eval_metrics: dict[str, float] | None = None  # every value of the best evaluation (preference: rewards)
+    last_eval_metrics: dict[str, float] | None = None
 
 
 def save_checkpoint(work_dir: Path, state: TrainerState, model, optimizer, scheduler, *, keep: int) -> Path:

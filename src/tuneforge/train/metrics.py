@@ -39,6 +39,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
+    """Train and validation loss; for preference runs a second panel with the validation reward accuracy and
+    margin (what tells whether the model has learned to prefer the chosen answers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,16 +49,34 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
     records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if r.get("type") == "train"]
     evals = [(r["step"], r["eval_loss"]) for r in records if r.get("type") == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    rewards = [(r["step"], r["eval_reward_accuracy"], r["eval_reward_margin"]) for r in records
+               if r.get("type") == "eval" and "eval_reward_accuracy" in r]
+    if rewards:
+        fig, (ax, rax) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss", color="#1f77b4", linewidth=1.2)
     if evals:
         ax.plot(*zip(*evals, strict=True), label="validation loss", color="#d62728", marker="o", linewidth=1.5)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_ylabel("preference loss (per pair)" if rewards else "cross-entropy (nats/token)")
     ax.set_title(title or "tuneforge training")
     ax.grid(alpha=0.3)
     ax.legend()
+    if rewards:
+        steps, acc, margin = zip(*rewards)
+        rax.plot(steps, acc, label="reward accuracy", color="#2ca02c", marker="o")
+        rax.set_ylim(-0.02, 1.02)
+        rax.set_xlabel("optimizer step")
+        rax.set_ylabel("validation reward accuracy")
+        rax.grid(alpha=0.3)
+        max_ = rax.twinx()
+        max_.plot(steps, margin, label="reward margin", color="#9467bd", marker="s", linestyle="--")
+        max_.set_ylabel("validation reward margin")
+        lines = rax.get_lines() + max_.get_lines()
+        rax.legend(lines, [line.get_label() for line in lines], loc="lower right")
+        rax.set_title("chosen vs rejected (validation pairs)")
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)

@@ -7,10 +7,11 @@ from recipe.py (which imports torch, PEFT and the model code).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..data import DataOptions, PreparedData, prepare_dataset
+from ..errors import TuneforgeError
 from ..spec import JobSpec
 
 
@@ -46,8 +47,18 @@ def is_finished_run(path: Path) -> bool:
 
 def prepare_spec_data(spec: JobSpec, tokenizer) -> PreparedData:
     """The job's data, validated, tokenized and split as its data_config says (raises DataValidationError)."""
-    d = spec.data_config
-    return prepare_dataset(d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token),
-                           tokenizer=tokenizer, split_fractions=d.data_split_config,
+    d, method = spec.data_config, spec.training_config.preference
+    options = DataOptions.from_config(d, hf_token=spec.hf_config.hf_token)
+    if method:  # preference tuning reads pairs whatever the columns look like: SFT-shaped data is refused by name
+        options = replace(options, data_format="preference")
+    data = prepare_dataset(d.data_path, options, tokenizer=tokenizer, split_fractions=d.data_split_config,
                            validation_data_path=d.validation_data_path, test_data_path=d.test_data_path,
                            seed=spec.training_config.seed)
+    if method is None and data.report.format == "preference":
+        raise TuneforgeError(
+            f"data_config.data_path: {data.report.source!r} holds preference pairs (chosen/rejected) but the job "
+            "trains SFT; set training_config.preference_method to one of orpo, dpo, simpo (or "
+            "preference_optimization to 'ORPO') to train on them",
+            field="data_config.data_path", value=d.data_path,
+        )
+    return data

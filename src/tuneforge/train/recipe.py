@@ -10,7 +10,8 @@ folder named DIR is always a finished run:
   adapter/        PEFT adapter (adapter_config.json, adapter_model.safetensors) + tokenizer files +
                   tuneforge_adapter.json (training prompt shape and exact base: adapter_card.py)
   spec.json       the resolved spec (defaults filled in, secrets redacted)
-  metrics.jsonl   one line per logging step ("train") and per evaluation ("eval")
+  metrics.jsonl   one line per logging step ("train") and per evaluation ("eval"); preference runs add reward
+                  accuracy and margin and the chosen/rejected log-probs to both
   report.json     final losses, perplexity, steps, tokens, throughput, memory, time, parameter counts
   loss.png        train and validation loss curves
 """
@@ -56,6 +57,7 @@ from .checkpoint import (
 from .loss import loss_sum
 from .metrics import MetricsLog, plot_loss
 from .plan import Plan, is_finished_run, make_plan, prepare_spec_data, work_dir_for
+from .preference import PreferenceObjective
 from .schedule import WarmupPlateau, build_scheduler
 
 EventSink = Callable[[dict], None]
@@ -188,6 +190,7 @@ class Session:
     card: AdapterCard  # tuneforge_adapter.json: the training prompt's shape and the exact base
     tracker: _WandbTracker | None = None
     eval_set: Any = None  # evaluate.EvalSet of the held-out test rows, or None without any
+    objective: PreferenceObjective | None = None  # None: SFT
 
     def record(self, entry: dict) -> None:
         """One metrics line: to metrics.jsonl, the event sink and the tracker."""
@@ -240,7 +243,7 @@ def setup(spec: JobSpec, output_dir: Path, *, resume: bool, overwrite: bool, con
                       model=model, targets=targets, trainable=trainable, total_params=total_params,
                       optimizer=optimizer, optimizer_name=optimizer_name, scheduler=scheduler, state=TrainerState(),
                       metrics=MetricsLog(work / "metrics.jsonl"), console=console, card=_card(data, resolved),
-                      eval_set=eval_set)
+                      eval_set=eval_set, objective=preference_objective(spec))
     _restore(session, resume=resume)
     (work / "spec.json").write_text(json.dumps(_resolved_spec(spec, targets, plan), indent=2))
     session.tracker = _wandb_tracker(spec, output_dir, console) if spec.logging_config.use_wandb else None
@@ -281,11 +284,17 @@ def _restore(session: Session, *, resume: bool) -> None:
         s.console.log(f"resumed from {checkpoint} at step {s.state.global_step}/{s.plan.total_steps}")
 
 
+def preference_objective(spec: JobSpec) -> PreferenceObjective | None:
+    t = spec.training_config
+    return PreferenceObjective(t.preference, beta=t.beta, gamma=t.simpo_gamma) if t.preference else None
+
+
 @dataclass(frozen=True)
 class StepResult:
-    loss: float  # mean cross-entropy per target token over the whole step (all micro-batches)
+    loss: float  # mean cross-entropy per target token over the whole step (all micro-batches); preference: per pair
     target_tokens: int  # tokens that carried loss
     tokens: int  # real (non-padding) tokens
+    stats: dict[str, float] | None = None  # preference: mean reward accuracy/margin and log-probs of the step's pairs
 
 
 def train_step(model, micro_batches: list[list[Example]], *, pad_id: int, runtime: Runtime, optimizer, scheduler,
@@ -311,6 +320,32 @@ def train_step(model, micro_batches: list[list[Example]], *, pad_id: int, runtim
     return StepResult(loss=step_loss / max(step_targets, 1), target_tokens=step_targets, tokens=tokens)
 
 
+def preference_step(objective: PreferenceObjective, model, micro_batches: list[list[Any]], *, pad_id: int,
+                    runtime: Runtime, optimizer, scheduler, max_grad_norm: float) -> StepResult:
+    """`train_step` for preference pairs: each micro-batch runs its chosen and rejected sequences in one forward
+    pass, and the per-pair losses are divided by the step's number of pairs (the mean over pairs, however they are
+    split into micro-batches). DPO's reference log-probs are computed first, under no_grad, with the adapter off."""
+    n_pairs = sum(len(mb) for mb in micro_batches)
+    totals: dict[str, float] = {}
+    target_tokens = sum(p.n_targets for mb in micro_batches for p in mb)
+    tokens = 0
+    for mb in micro_batches:
+        batch = objective.collate(mb, pad_id)
+        tokens += int(batch["attention_mask"].sum())
+        batch = {k: v.to(runtime.device, non_blocking=True) for k, v in batch.items()}
+        terms = objective.terms(model, batch, runtime)
+        (terms.losses.sum() / n_pairs).backward()
+        for k, v in objective.stat_sums(terms).items():
+            totals[k] = totals.get(k, 0.0) + v
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([q for q in model.parameters() if q.requires_grad], max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    stats = objective.means(totals)
+    return StepResult(loss=stats.pop("loss"), target_tokens=target_tokens, tokens=tokens, stats=stats)
+
+
 def track_eval(state: TrainerState, loss: float, *, threshold: float, patience: int) -> bool:
     """Early-stopping bookkeeping for one validation loss; True when it is a new best (by more than `threshold`).
     Sets `state.stopped_early` after `patience` evaluations in a row without one."""
@@ -327,14 +362,23 @@ def track_eval(state: TrainerState, loss: float, *, threshold: float, patience: 
 
 def _run_eval(s: Session) -> None:
     t, state = s.spec.training_config, s.state
-    loss = evaluate(s.model, s.val_set, batch_size=t.batch_size * 2, pad_id=s.tokenizer.pad_token_id,
-                    runtime=s.runtime)
+    if s.objective is not None:
+        # Pairs take two sequences each: the same batch_size * 2 sequences per forward pass as SFT's evaluation.
+        values = s.objective.evaluate(s.model, s.val_set, batch_size=t.batch_size, pad_id=s.tokenizer.pad_token_id,
+                                      runtime=s.runtime)
+        loss = values["eval_loss"]
+    else:
+        loss = evaluate(s.model, s.val_set, batch_size=t.batch_size * 2, pad_id=s.tokenizer.pad_token_id,
+                        runtime=s.runtime)
+        values = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50))}
     if track_eval(state, loss, threshold=t.early_stopping_threshold, patience=t.early_stopping_patience):
         save_adapter(s.model, s.work / "best_adapter")  # small: only the LoRA weights
+        state.best_eval_metrics = values
+    state.last_eval_metrics = values
     if isinstance(s.scheduler, WarmupPlateau):
         s.scheduler.on_eval(loss)
     s.record({"type": "eval", "step": state.global_step, "epoch": round(state.global_step / s.plan.steps_per_epoch, 4),
-              "eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50)), "time": time.time()})
+              **values, "time": time.time()})
     if state.stopped_early:
         s.console.log(f"early stopping at step {state.global_step}: validation loss has not improved for "
                       f"{t.early_stopping_patience} evaluations (best {state.best_eval_loss:.4f} at step {state.best_step})")
@@ -361,9 +405,13 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
         batches = epoch_batches(lengths, t.batch_size, seed=t.seed, epoch=state.epoch, group_by_length=t.group_by_length)
         groups = [batches[i : i + ga] for i in range(0, len(batches), ga)]
         for group in groups[-(-state.micro_batch // ga) :]:  # ceil: a finished last group is never redone
-            step = train_step(s.model, [[train_set[i] for i in mb] for mb in group], pad_id=s.tokenizer.pad_token_id,
-                              runtime=s.runtime, optimizer=s.optimizer, scheduler=s.scheduler,
-                              max_grad_norm=t.max_grad_norm)
+            micro_batches = [[train_set[i] for i in mb] for mb in group]
+            common = dict(pad_id=s.tokenizer.pad_token_id, runtime=s.runtime, optimizer=s.optimizer,
+                          scheduler=s.scheduler, max_grad_norm=t.max_grad_norm)
+            if s.objective is not None:
+                step = preference_step(s.objective, s.model, micro_batches, **common)
+            else:
+                step = train_step(s.model, micro_batches, **common)
             state.global_step += 1
             state.micro_batch += len(group)
             state.tokens_seen += step.tokens
@@ -377,7 +425,7 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
             if state.global_step % t.logging_steps == 0 or state.global_step == plan.total_steps:
                 s.record({"type": "train", "step": state.global_step,
                           "epoch": round(state.global_step / plan.steps_per_epoch, 4), "loss": state.last_train_loss,
-                          "lr": lr, "tokens_seen": state.tokens_seen,
+                          **(step.stats or {}), "lr": lr, "tokens_seen": state.tokens_seen,
                           "tokens_per_second": state.tokens_seen / max(state.train_seconds, 1e-9),
                           "total_steps": plan.total_steps, "time": time.time()})
             last = state.global_step >= plan.total_steps
@@ -434,6 +482,9 @@ class TrainReport:
     trainable_share: float
     test_examples: int = 0
     evaluation: dict | None = None  # base vs adapter on the held-out test rows (evaluate.runner.Evaluation.summary)
+    method: str = "sft"  # or the preference method: orpo, dpo, simpo
+    # Preference runs: the validation metrics at the best step (the published adapter's) and at the last evaluation.
+    preference: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -441,6 +492,16 @@ class TrainReport:
 
 def build_report(s: Session, *, wall_start: float, evaluation: dict | None = None) -> TrainReport:
     state, quant, runtime = s.state, s.quant, s.runtime
+    t = s.spec.training_config
+    preference = None
+    if s.objective is not None:
+        best, final = state.best_eval_metrics or {}, state.last_eval_metrics or {}
+        preference = {
+            "beta": s.objective.beta, **({"gamma": s.objective.gamma} if t.preference == "simpo" else {}),
+            **{k: best.get(f"eval_{k}") for k in ("reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps")},
+            "final_reward_accuracy": final.get("eval_reward_accuracy"),
+            "final_reward_margin": final.get("eval_reward_margin"),
+        }
     return TrainReport(
         model=s.model_id,
         device=runtime.device.type,
@@ -451,7 +512,8 @@ def build_report(s: Session, *, wall_start: float, evaluation: dict | None = Non
         train_loss=state.last_train_loss,
         train_loss_smoothed=float(np.mean(state.loss_window)) if state.loss_window else None,
         eval_loss=state.best_eval_loss,
-        eval_perplexity=math.exp(min(state.best_eval_loss, 50)) if state.best_eval_loss is not None else None,
+        eval_perplexity=(math.exp(min(state.best_eval_loss, 50))
+                         if state.best_eval_loss is not None and s.objective is None else None),
         final_eval_loss=state.last_eval_loss,
         best_step=state.best_step,
         steps=state.global_step,
@@ -473,6 +535,8 @@ def build_report(s: Session, *, wall_start: float, evaluation: dict | None = Non
         trainable_share=s.trainable / s.total_params,
         test_examples=len(s.eval_set) if s.eval_set is not None else 0,
         evaluation=evaluation,
+        method=t.preference or "sft",
+        preference=preference,
     )
 
 
@@ -497,8 +561,10 @@ def publish(s: Session, *, wall_start: float) -> RunResult:
         s.console.event({"type": "evaluation", **evaluation, "time": time.time()})
     report = build_report(s, wall_start=wall_start, evaluation=evaluation).to_dict()
     (work / "report.json").write_text(json.dumps(report, indent=2))
+    method = s.spec.training_config.preference
     plot_loss(work / "metrics.jsonl", work / "loss.png",
-              title=f"{s.model_id} · LoRA r={s.spec.pretrainedmodel_config.lora_r}")
+              title=f"{s.model_id} · LoRA r={s.spec.pretrainedmodel_config.lora_r}"
+              + (f" · {method.upper()}" if method else ""))
     for ckpt in list_checkpoints(work):
         shutil.rmtree(ckpt)
     shutil.rmtree(work / "best_adapter", ignore_errors=True)
@@ -519,6 +585,9 @@ def _resolved_spec(spec: JobSpec, targets: list[str], plan: Plan) -> dict:
     data = spec.to_dict(redact=True)
     data["pretrainedmodel_config"]["target_modules"] = targets
     tc = data["training_config"]
+    tc["preference_method"] = spec.training_config.preference
+    if spec.training_config.preference in ("dpo", "simpo"):
+        tc["preference_beta"] = spec.training_config.beta
     tc["warmup_steps"] = plan.warmup_steps
     tc["eval_steps"] = plan.eval_every
     tc["save_steps"] = plan.save_every

@@ -936,15 +936,18 @@
     const deployBox = h("div", { id: "deploy-box" });
     const lossFig = h("figure", { class: "chart", id: "loss-figure" }, h("figcaption", {}, "Loss"));
     const lrFig = h("figure", { class: "chart", id: "lr-figure" }, h("figcaption", {}, "Learning rate"));
+    // Preference jobs (ORPO/DPO/SimPO): validation reward accuracy and margin, shown once the first one arrives.
+    const rewardFig = h("figure", { class: "chart", id: "reward-figure", hidden: true },
+      h("figcaption", {}, "Reward accuracy and margin"));
     const logPre = h("pre", { class: "log", id: "job-log", role: "log", "aria-live": "polite", "aria-label": "Job log",
       tabindex: "0" });
     const details = h("details", {}, h("summary", {}, "Job spec and result"));
     const evalBox = h("div", { class: "panel", id: "job-evaluation", hidden: true });
     root.append(progressBox, h("div", { class: "panel" }, actions, actionStatus, deployBox), evalBox,
-      h("div", { class: "panel" }, h("h2", {}, "Training curves"), h("div", { class: "charts" }, lossFig, lrFig)),
+      h("div", { class: "panel" }, h("h2", {}, "Training curves"), h("div", { class: "charts" }, lossFig, lrFig, rewardFig)),
       h("div", { class: "panel" }, h("h2", {}, "Log"), logPre), h("div", { class: "panel" }, details));
 
-    const train = [], evals = [], lrs = [];
+    const train = [], evals = [], lrs = [], rewardAcc = [], rewardMargin = [];
     let job = null, drawPending = false, lastLr = null;
     const drawCharts = () => {
       if (drawPending) return;
@@ -962,6 +965,17 @@
         put(lrFig, h("figcaption", {}, "Learning rate"), lineChart({ id: "lr-chart", yLabel: "learning rate",
           width: 420, summary: lrs.length ? `Learning rate by step, last ${fmtNum(last(lrs))}` : "No learning rate yet",
           series: [{ name: "lr", color: "var(--lr)", points: lrs }] }), legend([["learning rate", "var(--lr)"]]));
+        if (rewardAcc.length) {
+          rewardFig.hidden = false;
+          const rsum = `Validation reward accuracy from ${fmtNum(rewardAcc[0][1])} to ${fmtNum(last(rewardAcc))}, ` +
+            `reward margin from ${fmtNum(rewardMargin[0][1])} to ${fmtNum(last(rewardMargin))}, at ${rewardAcc.length} evaluations.`;
+          put(rewardFig, h("figcaption", {}, "Reward accuracy and margin (validation pairs)"),
+            lineChart({ id: "reward-accuracy-chart", yLabel: "reward accuracy", width: 420, summary: rsum,
+              series: [{ name: "accuracy", color: "#2ca02c", points: rewardAcc, dots: true }] }),
+            lineChart({ id: "reward-margin-chart", yLabel: "reward margin", width: 420, summary: rsum,
+              series: [{ name: "margin", color: "#9467bd", points: rewardMargin, dots: true }] }),
+            legend([["chosen beats rejected (share)", "#2ca02c"], ["chosen minus rejected reward", "#9467bd"]]));
+        }
       });
     };
     drawCharts();
@@ -986,8 +1000,12 @@
         }
         renderProgress();
       } else if (ev.type === "eval") {
-        upsert(evals, ev.step, ev.eval_loss); drawCharts();
-        logLine(`${at} eval at step ${ev.step}: validation loss ${fmtNum(ev.eval_loss)}`);
+        upsert(evals, ev.step, ev.eval_loss);
+        const pref = ev.eval_reward_accuracy !== undefined && ev.eval_reward_accuracy !== null;
+        if (pref) { upsert(rewardAcc, ev.step, ev.eval_reward_accuracy); upsert(rewardMargin, ev.step, ev.eval_reward_margin); }
+        drawCharts();
+        logLine(`${at} eval at step ${ev.step}: validation loss ${fmtNum(ev.eval_loss)}` +
+          (pref ? `, reward accuracy ${fmtNum(ev.eval_reward_accuracy)}, margin ${fmtNum(ev.eval_reward_margin)}` : ""));
       } else if (ev.type === "log") {
         logLine(`${at} ${ev.message}`);
       } else if (ev.type === "status") {
