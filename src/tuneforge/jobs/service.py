@@ -183,7 +183,8 @@ def _model_config(model_path: str) -> PretrainedConfig | None:
         return None
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(folder)
+    config: PretrainedConfig = AutoConfig.from_pretrained(folder)
+    return config
 
 
 def _target_module_problems(spec: JobSpec) -> list[str]:
