@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import TuneforgeError
@@ -32,7 +33,7 @@ def _source_folder(resolved: ResolvedModel) -> Path:
     return Path(snapshot_download(resolved.model_id))
 
 
-def export_base(name: str, out_dir: str | Path, *, adapters: list[str | Path] = ()) -> dict:
+def export_base(name: str, out_dir: str | Path, *, adapters: Sequence[str | Path] = ()) -> dict:
     """Copy the resolved base of `name` to `out_dir` (a Hugging Face folder); point each adapter in `adapters` at
     it after checking that the adapter was trained on these exact weights. Returns what was done."""
     from .adapter_card import read_card

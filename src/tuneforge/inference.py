@@ -24,15 +24,16 @@ def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | 
     quiet_transformers()
     config = read_adapter_config(adapter_dir) if adapter_dir else None
     if model_path is None:
-        if config is None:
+        if config is None or not adapter_dir:
             raise TuneforgeError("--model: give a base model (or an --adapter whose config names one)")
         resolved, model_path = adapter_base(adapter_dir, config)
     else:
         resolved = resolve_model(model_path, field="--model")
     dev = torch.device(default_device(device))
     # Local folders are read with local_files_only: no hub call (and no minute of retries offline) for them.
+    # transformers wraps .to() in a decorator that mypy reads as taking the model
     model = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype,
-                                                 local_files_only=resolved.is_local).to(dev)
+                                                 local_files_only=resolved.is_local).to(dev)  # type: ignore[arg-type]
     tokenizer = (
         AutoTokenizer.from_pretrained(str(adapter_dir), local_files_only=True)
         if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").is_file()
@@ -61,7 +62,7 @@ def adapter_base(adapter_dir: str | Path, config: dict):
     except TuneforgeError as err:
         card = read_card(adapter_dir)
         recorded = Path(card.base_model.get("path", "")) if card is not None else None
-        if recorded is not None and (recorded / "config.json").is_file():
+        if card is not None and recorded is not None and (recorded / "config.json").is_file():
             return ResolvedModel(model_id=card.base_model.get("model_id", named), load_from=str(recorded),
                                  is_local=True), str(recorded)
         raise TuneforgeError(

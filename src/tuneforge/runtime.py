@@ -11,14 +11,16 @@ service import this module and stay torch-free until they ask about a device.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from .errors import TuneforgeError
 
 if TYPE_CHECKING:
     import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+Precision = Literal["fp32", "bf16", "fp16"]  # a compute precision, "auto" resolved
+DeviceType = Literal["cuda", "cpu"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
 
 
 def dtype_of(precision: str) -> torch.dtype:
@@ -37,7 +39,7 @@ class Runtime:
         return self.device.type == "cuda"
 
     @property
-    def precision(self) -> str:
+    def precision(self) -> Precision:
         return next(name for name in PRECISIONS if dtype_of(name) == self.compute_dtype)
 
     def autocast(self):
@@ -59,14 +61,19 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def default_device(device: str | None = None) -> str:
-    """`device` as given, else CUDA when present, else the CPU."""
+def local_device_type() -> DeviceType:
+    """CUDA when present, else the CPU."""
     import torch
 
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def auto_precision(device_type: str) -> str:
+def default_device(device: str | None = None) -> str:
+    """`device` as given, else CUDA when present, else the CPU."""
+    return device or local_device_type()
+
+
+def auto_precision(device_type: str) -> Precision:
     """What precision 'auto' means on a device type: bf16 on CUDA (fp16 on GPUs without bf16), bf16 on CPUs with
     native bf16, else fp32. For a CUDA device this machine does not have (an estimate for a GPU elsewhere): bf16."""
     import torch

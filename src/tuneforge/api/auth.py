@@ -23,11 +23,13 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def get_store(request: Request) -> Store:
-    return request.app.state.store
+    store: Store = request.app.state.store
+    return store
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 StoreDep = Annotated[Store, Depends(get_store)]

@@ -15,8 +15,8 @@ from ..jobs import service
 from ..jobs.paths import PathPolicy
 from ..jobs.service import DatasetOptions
 from .auth import CurrentPrincipal, SettingsDep, StoreDep
-from .errors import problems_response
-from .responses import Dataset, DatasetDeleted, DatasetPage
+from .errors import Responses, problems_response
+from .responses import Dataset, DatasetDeleted, DatasetPage, DatasetSummary
 from .uploads import receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -54,7 +54,8 @@ def _option_problems(exc: ValidationError) -> list[str]:
 
 @router.post("", status_code=201, summary="Upload a dataset and get its validation report", response_model=Dataset,
              openapi_extra=_UPLOAD_BODY, responses={**_ERRORS, 413: {"description": "Larger than the upload limit"}})
-async def upload(request: Request, store: StoreDep, settings: SettingsDep, principal: CurrentPrincipal):
+async def upload(request: Request, store: StoreDep, settings: SettingsDep,
+                 principal: CurrentPrincipal) -> JSONResponse | Dataset:
     """Multipart form: the file in `file`, optionally how to read it (`prompt_template`, `data_format`, ...) for the
     report. The answer has the dataset's `id` (use it as `data_config.data_path`) and its validation `report`;
     a dataset with problems is stored too, with `ok: false` and every problem listed."""
@@ -67,7 +68,8 @@ async def upload(request: Request, store: StoreDep, settings: SettingsDep, princ
         except ValidationError as exc:
             shutil.rmtree(dest, ignore_errors=True)
             return problems_response(_option_problems(exc))
-        assert up.path is not None  # receive_upload refuses a body without the file
+        # receive_upload refuses a body without the file; the file part sets both
+        assert up.path is not None and up.filename is not None
         report = await run_in_threadpool(service.validate_file, up.path, options, PathPolicy.from_settings(settings))
         ds = store.insert_dataset(dataset_id=dataset_id, owner=principal.owner, filename=up.filename,
                                   path=str(up.path), size_bytes=up.size, sha256=up.sha256, report=report)
@@ -82,8 +84,8 @@ def list_datasets(store: StoreDep, principal: CurrentPrincipal,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                   offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0) -> DatasetPage:  # the database's integer
     rows, total = store.list_datasets(owner=service.scope(principal), limit=limit, offset=offset)
-    return DatasetPage(datasets=[service.dataset_view(r, full=False) for r in rows], total=total, limit=limit,
-                       offset=offset)
+    datasets = [DatasetSummary.model_validate(service.dataset_view(r, full=False)) for r in rows]
+    return DatasetPage(datasets=datasets, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{dataset_id}", summary="A dataset with its validation report", responses=_ERRORS)
@@ -105,7 +107,7 @@ def revalidate(dataset_id: str, options: DatasetOptions, store: StoreDep, settin
     except FileNotFoundError:
         raise HTTPException(410, f"the file of dataset {dataset_id!r} is gone from the server") from None
     store.update_dataset_report(dataset_id, report)
-    return Dataset(**service.dataset_view(store.get_dataset(dataset_id)))
+    return Dataset(**service.dataset_view(service.get_dataset(store, principal, dataset_id)))
 
 
 @router.delete("/{dataset_id}", summary="Delete a dataset", responses={**_ERRORS, 409: {"description": "In use"}})

@@ -9,6 +9,7 @@ request's paths in `tuneforge.jobs.service`; these routes speak HTTP only.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -23,10 +24,12 @@ from ..jobs.limits import string_problems
 from ..jobs.paths import PathPolicy
 from ..jobs.store import Store
 from ..serve.deployments import DeploymentManager, DeployRequest, deployment_auth
-from ..serve.engine import SamplingParams
-from ..serve.openai_routes import openai_router
+from ..serve.engine import Generation, SamplingParams
+from ..serve.openai_routes import Auth, openai_router
+from ..settings import Settings
 from ..spec import SpecError
 from .auth import CurrentPrincipal, SettingsDep, StoreDep
+from .errors import Responses
 from .limits import client_address, throttled
 from .responses import Deployment, DeploymentCreated, DeploymentLogs, DeploymentPage, DeploymentTerminated
 
@@ -45,7 +48,7 @@ def _manager(request: Request) -> DeploymentManager:
 Manager = Annotated[DeploymentManager, Depends(_manager)]
 
 
-def _view(request: Request, row: dict) -> dict:
+def _view(request: Request, row: dict[str, Any]) -> dict[str, Any]:
     base = str(request.base_url).rstrip("/")
     return {
         "deployment_id": row["id"],
@@ -105,7 +108,7 @@ def logs(deployment_id: str, manager: Manager, principal: CurrentPrincipal,
 @router.get("/list", summary="Your deployments, newest first (an admin key: everyone's)", responses=_ERRORS)
 def list_deployments(request: Request, manager: Manager, principal: CurrentPrincipal) -> DeploymentPage:
     rows = manager.list(service.scope(principal))
-    return DeploymentPage(deployments=[_view(request, r) for r in rows], total=len(rows))
+    return DeploymentPage(deployments=[Deployment.model_validate(_view(request, r)) for r in rows], total=len(rows))
 
 
 class TerminateRequest(BaseModel):
@@ -161,7 +164,7 @@ async def generate(deployment: str, body: GenerateRequest, request: Request) -> 
         raise TuneforgeError("give either input_variables (filled into the deployment's prompt_template) or prompt "
                              "(used as is), not " + ("both" if has_vars else "neither"), field="input_variables")
     loop = asyncio.get_running_loop()
-    gens = []
+    gens: list[Generation] = []
     try:
         for i in range(body.n):
             params = SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
@@ -182,11 +185,12 @@ async def generate(deployment: str, body: GenerateRequest, request: Request) -> 
     return JSONResponse(json.dumps({"text": texts}))
 
 
-async def _stream_texts(gens) -> AsyncIterator[bytes]:
+async def _stream_texts(gens: list[Generation]) -> AsyncIterator[bytes]:
     texts = [""] * len(gens)
-    updates: asyncio.Queue = asyncio.Queue()
+    # (output index, its next text delta; the exception that ended it; None once it has ended)
+    updates: asyncio.Queue[tuple[int, str | Exception | None]] = asyncio.Queue()
 
-    async def pump(i, gen):
+    async def pump(i: int, gen: Generation) -> None:
         try:
             async for delta in gen.astream():
                 await updates.put((i, delta))
@@ -227,7 +231,7 @@ def install(app: FastAPI, settings: Settings, store: Store) -> DeploymentManager
     return manager
 
 
-def throttled_auth(auth):
+def throttled_auth(auth: Auth) -> Auth:
     """`auth` of the OpenAI routes, with failed attempts counted against the client address's budget
     (TUNEFORGE_AUTH_FAILURES_PER_MINUTE) as on every other route: guessing api_auth_tokens is throttled too."""
 
@@ -237,7 +241,9 @@ def throttled_auth(auth):
         if refusal is not None:
             raise refusal
         try:
-            await auth(request, model)
+            result = auth(request, model)  # an Auth may be a plain function or a coroutine function
+            if inspect.isawaitable(result):
+                await result
         except HTTPException as exc:
             if exc.status_code == 401 and request.headers.get("authorization"):
                 throttle.failed(client_address(request))

@@ -11,7 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ..errors import Conflict, LimitReached, NotFound, TuneforgeError
-from ..spec import SpecError, describe_validation_error
+from ..spec import SpecError, describe_errors
+
+# The `responses=` of a route: status code -> its OpenAPI description (FastAPI's own parameter type).
+Responses: TypeAlias = dict[int | str, dict[str, Any]]
 
 
 def split_problem(line: str) -> dict[str, str | None]:
@@ -58,11 +61,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 
     @app.exception_handler(LimitReached)
-    async def _limit(_request: Request, exc: LimitReached):
+    async def _limit(_request: Request, exc: LimitReached) -> JSONResponse:
         return JSONResponse(status_code=429, content={"detail": str(exc)})
 
     @app.exception_handler(RecursionError)
-    async def _too_deep(_request: Request, _exc: RecursionError):
+    async def _too_deep(_request: Request, _exc: RecursionError) -> JSONResponse:
         # Python's JSON parser recurses once per nesting level; a body nested thousands deep exhausts the stack.
         return problems_response(["body: nested too deeply to parse (JSON objects and arrays nested more than a few "
                                   "hundred levels)"])

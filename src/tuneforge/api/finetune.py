@@ -20,13 +20,14 @@ from ..jobs import service
 from ..jobs.store import STATUSES, TERMINAL, Store
 from ..spec import JobSpec
 from .auth import CurrentPrincipal, SettingsDep, StoreDep
-from .responses import Job, JobEvaluation, JobEvents, JobLaunched, JobPage
+from .errors import Responses
+from .responses import Job, JobEvaluation, JobEvent, JobEvents, JobLaunched, JobPage, JobSummary
 
 router = APIRouter(prefix="/v1/finetune/llm", tags=["fine-tuning"])
 
 MAX_SEQ = 2**63 - 1  # the database's integer: a larger cursor would overflow the query instead of matching nothing
 
-_ERRORS = {401: {"description": "Missing or invalid API key"},
+_ERRORS: Responses = {401: {"description": "Missing or invalid API key"},
            404: {"description": "No such job (or not yours)"},
            422: {"description": "Invalid input: `detail` and one `problems` entry per field"}}
 
@@ -51,8 +52,8 @@ def list_jobs(store: StoreDep, principal: CurrentPrincipal,
     if principal.is_admin and owner:
         who = owner
     rows, total = store.list_jobs(owner=who, status=status, limit=limit, offset=offset)
-    return JobPage(jobs=[service.job_view(store, r, full=False) for r in rows], total=total, limit=limit,
-                   offset=offset)
+    jobs = [JobSummary.model_validate(service.job_view(store, r, full=False)) for r in rows]
+    return JobPage(jobs=jobs, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", summary="A job's status, progress and losses", responses=_ERRORS)
@@ -71,7 +72,7 @@ def cancel(job_id: str, store: StoreDep, principal: CurrentPrincipal) -> Job:
 @router.get("/{job_id}/adapter", summary="Download the trained PEFT adapter (zip)",
             responses={**_ERRORS, 409: {"description": "The job has not succeeded (yet)"},
                        200: {"content": {"application/zip": {}}}}, response_class=FileResponse)
-def adapter(job_id: str, store: StoreDep, settings: SettingsDep, principal: CurrentPrincipal):
+def adapter(job_id: str, store: StoreDep, settings: SettingsDep, principal: CurrentPrincipal) -> FileResponse:
     job = service.get_job(store, principal, job_id)
     path = service.adapter_zip(settings, job)
     return FileResponse(path, media_type="application/zip", filename=f"adapter-{job_id}.zip")
@@ -103,7 +104,7 @@ async def events(job_id: str, request: Request, store: StoreDep, principal: Curr
                  stream: Annotated[bool, Query(description="Stream as server-sent events (as does "
                                                            "`Accept: text/event-stream`) until the job ends.")] = False,
                  accept: Annotated[str | None, Header()] = None,
-                 last_event_id: Annotated[str | None, Header()] = None):
+                 last_event_id: Annotated[str | None, Header()] = None) -> EventSourceResponse | JobEvents:
     """Each event has `seq` (1, 2, ...), `type` (`status`, `log`, `validation`, `train`, `eval`, `evaluation`) and
     its fields: `train` has step, total_steps, epoch, loss, lr; `eval` has step, eval_loss; `evaluation` (once,
     after training, when the job has test rows) has the base-vs-adapter summary of the job's `evaluation` field.
@@ -125,7 +126,8 @@ async def events(job_id: str, request: Request, store: StoreDep, principal: Curr
         return EventSourceResponse(_sse(store, job["id"], after, request),
                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     rows = await anyio.to_thread.run_sync(store.events_after, job["id"], after, limit)
-    return JobEvents(job_id=job["id"], status=job["status"], events=rows, next_after=rows[-1]["seq"] if rows else after)
+    return JobEvents(job_id=job["id"], status=job["status"], events=[JobEvent.model_validate(e) for e in rows],
+                     next_after=rows[-1]["seq"] if rows else after)
 
 
 SSE_RETRY_MS = 2000  # how long a disconnected EventSource waits before reconnecting (with Last-Event-ID)

@@ -14,6 +14,8 @@ import time
 from collections import deque
 
 from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UPLOAD_PATHS = ("/v1/datasets",)  # POST /v1/datasets: multipart, limited by max_upload_bytes while it streams
 
@@ -26,15 +28,15 @@ class BodyTooLarge(HTTPException):
     """Raised from `receive` while a route reads the body; an HTTPException so that FastAPI's body parsing passes
     it on as it is (it turns other exceptions into 400) and the app answers 413."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int) -> None:
         super().__init__(413, _message(limit), headers={"Connection": "close"})
 
 
 class BodyLimit:
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (scope["method"] == "POST" and scope["path"].rstrip("/") in UPLOAD_PATHS):
             return await self.app(scope, receive, send)
         limit = self.max_bytes
@@ -44,7 +46,7 @@ class BodyLimit:
         seen = 0
         started = False
 
-        async def limited_receive():
+        async def limited_receive() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
@@ -53,7 +55,7 @@ class BodyLimit:
                     raise BodyTooLarge(limit)
             return message
 
-        async def tracking_send(message):
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -66,7 +68,7 @@ class BodyLimit:
                 await self._refuse(send, limit)
 
     @staticmethod
-    async def _refuse(send, limit: int) -> None:
+    async def _refuse(send: Send, limit: int) -> None:
         body = json.dumps({"detail": _message(limit)}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -118,11 +120,11 @@ class AuthThrottle:
             q.append(now)
 
 
-def client_address(request) -> str:
+def client_address(request: HTTPConnection) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def throttled(throttle: AuthThrottle, request):
+def throttled(throttle: AuthThrottle, request: HTTPConnection) -> HTTPException | None:
     """An HTTPException(429) when the request's address has failed too often, else None."""
     wait = throttle.retry_after(client_address(request))
     if wait is None:

@@ -33,13 +33,15 @@ from ..errors import TuneforgeError
 from ..jobs import service
 from ..jobs.paths import PathPolicy, check_path_text, classify_data_path, classify_model_path
 from ..jobs.service import DatasetOptions, tokenizer_for
-from ..jobs.store import Principal
+from ..jobs.store import Store
+from ..keys import Principal
 from ..models.fit import model_shape
 from ..models.listing import REFERENCE, catalog_rows
 from ..models.memory import TrainingSetup, device_memory, estimate_training_memory
-from ..runtime import auto_precision, default_device, resolve_optimizer
+from ..runtime import DeviceType, Precision, auto_precision, local_device_type, resolve_optimizer
 from ..spec import MAX_INT32, DataConfig, JobSpec
 from .auth import CurrentPrincipal
+from .errors import Responses
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 
@@ -51,13 +53,13 @@ _MAX_LISTED = 200
 
 
 @router.get("/v1/me", summary="Who this API key belongs to", responses=_ERRORS)
-def me(principal: CurrentPrincipal) -> dict:
+def me(principal: CurrentPrincipal) -> dict[str, Any]:
     return {"owner": principal.owner, "is_admin": principal.is_admin}
 
 
 @router.get("/v1/spec/schema", summary="The job spec's JSON schema (field help texts, limits) and its defaults",
             responses=_ERRORS)
-def spec_schema(principal: CurrentPrincipal) -> dict:
+def spec_schema(principal: CurrentPrincipal) -> dict[str, Any]:
     """`schema`: `JobSpec.model_json_schema()`, whose field descriptions are the spec's own docs. `defaults`: a
     spec with every default filled in (including those the schema cannot show, such as `data_split_config`);
     `data_config.data_path` has no default and is left out."""
@@ -65,7 +67,7 @@ def spec_schema(principal: CurrentPrincipal) -> dict:
 
 
 @functools.lru_cache(maxsize=1)
-def _schema() -> dict:
+def _schema() -> dict[str, Any]:
     defaults = JobSpec(data_config=DataConfig(data_path="-")).to_dict(redact=False)
     del defaults["data_config"]["data_path"]
     return {"schema": JobSpec.model_json_schema(), "defaults": defaults}
@@ -89,13 +91,13 @@ def _serialized(fn: Callable[P, T]) -> Callable[P, T]:
 
 
 @functools.lru_cache(maxsize=1)
-def _catalog() -> dict:
+def _catalog() -> dict[str, Any]:
     return {"reference_setup": dataclasses.asdict(REFERENCE), "models": catalog_rows(REFERENCE)}
 
 
 @router.get("/v1/catalog/models", summary="The model catalog with LoRA and QLoRA memory estimates",
             responses=_ERRORS)
-async def catalog(principal: CurrentPrincipal) -> dict:
+async def catalog(principal: CurrentPrincipal) -> dict[str, Any]:
     """As `tuneforge models --json`: each model's size, context, licence, LoRA targets, and the estimated peak
     memory of LoRA and QLoRA training in the reference setup (`reference_setup`)."""
 
@@ -109,7 +111,7 @@ def _policy(request: Request) -> PathPolicy:
 
 @router.get("/v1/catalog/local", summary="Model folders and data files in the server's allowed folders",
             responses=_ERRORS)
-def local_files(request: Request, principal: CurrentPrincipal) -> dict:
+def local_files(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     """Folders with a `config.json` (models) and data files, up to two levels below each allowed folder: the
     local paths a job may name as `model_path` and `data_path`."""
     settings = request.app.state.settings
@@ -180,8 +182,8 @@ async def estimate(request: Request, principal: CurrentPrincipal,
         out = {"model_path": model_path, "params": shape.params, "architecture": shape.model_type}
         # As TrainingSetup.from_spec resolves a spec on this server, but for any device: the catalog's reference
         # columns are for a CUDA GPU even on a server without one.
-        dev = default_device(None if device == "auto" else device)
-        prec = auto_precision(dev) if precision == "auto" else precision
+        dev: DeviceType = local_device_type() if device == "auto" else device
+        prec: Precision = auto_precision(dev) if precision == "auto" else precision
         for method in ("lora", "qlora"):
             optimizer = resolve_optimizer("auto", quantized=method == "qlora", device_type=dev)
             setup = TrainingSetup(method=method, batch_size=batch_size, seq_len=cutoff_len, lora_r=lora_r,
@@ -206,7 +208,7 @@ class InspectRequest(DatasetOptions):
 
 @router.post("/v1/data/inspect", summary="A dataset's validation report and token-length histogram (not stored)",
              responses={**_ERRORS, 404: {"description": "No such dataset (or not yours)"}})
-async def inspect(body: InspectRequest, request: Request, principal: CurrentPrincipal) -> dict:
+async def inspect(body: InspectRequest, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     """The report for these reading options (as `POST /v1/datasets/{id}/validate`, without storing it), and, when
     `model_path` gives a tokenizer, `token_histogram`: tokens per trainable example after `cutoff_len` (`edges` has
     one more entry than `counts`; `truncated` examples were longer and are cut to `cutoff_len`)."""

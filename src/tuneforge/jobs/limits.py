@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..settings import Settings
 from ..spec import JobSpec
 
 
@@ -39,7 +40,7 @@ def planned_steps(spec: JobSpec, n_rows: int) -> int:
     return make_plan(spec, max(1, n_rows)).total_steps
 
 
-def size_problems(spec: JobSpec, settings, n_rows: int | None) -> list[str]:
+def size_problems(spec: JobSpec, settings: Settings, n_rows: int | None) -> list[str]:
     """Steps and tokens of the job against `max_steps_per_job` and `max_tokens_per_job`. `n_rows`: the rows of the
     training data when known (an uploaded dataset, or once the job has read its data); without it, only an
     explicit `max_steps` can be checked."""

@@ -59,7 +59,7 @@ class PathPolicy:
         self.home = os.path.realpath(home) if home is not None else None
 
     @classmethod
-    def from_settings(cls, settings) -> PathPolicy:
+    def from_settings(cls, settings: Settings) -> PathPolicy:
         return cls(settings.allowed_dirs, settings.private_dirs, allow_private_urls=settings.allow_private_urls,
                    home=settings.home)
 
@@ -85,7 +85,8 @@ class PathPolicy:
             real = os.path.realpath(expanded)
             exists = os.path.exists(real)
         except (OSError, ValueError) as exc:  # ELOOP, ENAMETOOLONG in a component
-            raise PathRejected(f"{field}: {raw!r} cannot be used as a path: {exc.strerror or exc}", field=field,
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise PathRejected(f"{field}: {raw!r} cannot be used as a path: {reason}", field=field,
                                value=raw) from None
         if not self._permitted(real):
             raise PathRejected(

@@ -136,7 +136,11 @@ def run(job_id: str, worker_id: str) -> int:
         # Every URL this job downloads, redirect targets included, obeys the private-address rule that its
         # data_path passed at submission (a public URL could otherwise redirect to an internal service).
         policy = PathPolicy.from_settings(settings)
-        set_url_guard(lambda url: policy.url(url, "data_config.data_path"))
+
+        def guard(url: str) -> None:  # raises PathRejected for a private address; the checked URL is not needed
+            policy.url(url, "data_config.data_path")
+
+        set_url_guard(guard)
         d = spec.data_config
         tokenizer = load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)
         report = validate_source(d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token),

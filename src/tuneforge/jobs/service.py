@@ -15,7 +15,7 @@ import shutil
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,10 +23,12 @@ from ..data import validate_source
 from ..data.formats import Template, TemplateError
 from ..data.options import DataOptions
 from ..errors import Conflict, LimitReached, NotFound, TuneforgeError
+from ..keys import Principal
 from ..models.adapters import check_adapter_folder
 from ..models.fit import ensure_fits
 from ..models.loader import ALIASES, SMOLLM2_ID, _hf_cached_snapshot, hub_reachable, load_tokenizer
 from ..models.memory import TrainingSetup
+from ..settings import Settings
 from ..spec import DataConfig, DataFormat, JobSpec, SpecError, parse_spec
 from ..train.plan import work_dir_for
 from .limits import size_problems, string_problems
@@ -39,7 +41,10 @@ from .paths import (
     is_job_id,
     looks_like_url,
 )
-from .store import ACTIVE, TERMINAL, Principal, Store, TooManyJobs
+from .store import ACTIVE, TERMINAL, Row, Store, TooManyJobs
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 
 def scope(principal: Principal) -> str | None:
@@ -120,7 +125,7 @@ def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: Path
     return parse_spec(data), dataset_ids
 
 
-def submit_job(store: Store, settings, principal: Principal, spec: JobSpec) -> dict:
+def submit_job(store: Store, settings: Settings, principal: Principal, spec: JobSpec) -> Row:
     """Check everything that can be checked before a job is queued, so that it fails here with 422 instead of
     later in the queue: field sizes, paths, the datasets it reads, its size against the server's limits, its
     target modules and its memory estimate."""
@@ -130,7 +135,9 @@ def submit_job(store: Store, settings, principal: Principal, spec: JobSpec) -> d
     resolved, dataset_ids = resolve_spec(spec, store, principal, PathPolicy.from_settings(settings))
     n_rows = None
     for ds_id in dataset_ids[:1]:  # data_path (validation_data_path, when given, is the second)
-        n_rows = json.loads(store.get_dataset(ds_id)["report"]).get("n_rows")
+        ds = store.get_dataset(ds_id)
+        if ds is not None:  # resolve_spec found it; it may have been deleted since
+            n_rows = json.loads(ds["report"]).get("n_rows")
     problems = _template_problems(resolved) + size_problems(resolved, settings, n_rows) + \
         _target_module_problems(resolved)
     if problems:
@@ -159,10 +166,11 @@ def _template_problems(spec: JobSpec) -> list[str]:
     return []
 
 
-def _model_config(model_path: str):
+def _model_config(model_path: str) -> PretrainedConfig | None:
     """The transformers config of a catalog model, a local model folder or a cached hub model; None if unknown."""
     from ..models.catalog import get_entry
 
+    folder: str | None
     if Path(model_path).is_absolute():
         folder = model_path
     else:
@@ -175,7 +183,8 @@ def _model_config(model_path: str):
         return None
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(folder)
+    config: PretrainedConfig = AutoConfig.from_pretrained(folder)
+    return config
 
 
 def _target_module_problems(spec: JobSpec) -> list[str]:
@@ -203,6 +212,7 @@ def _refuse_if_too_large(spec: JobSpec) -> None:
     """A job that cannot fit this server's device by the memory estimate is refused at submission, with the numbers,
     instead of failing in the queue. Only the config is read (catalog entry or local config.json), never weights."""
     model_path = spec.pretrainedmodel_config.model_path
+    folder: str | None
     if Path(model_path).is_absolute():  # checked by the path policy
         model_id, folder = model_path, model_path
     else:  # an alias or hub id: its catalog entry, else its config in the hub cache (never a relative folder)
@@ -340,16 +350,16 @@ def _resolve_adapter(value: str | None, store: Store, principal: Principal, poli
         raise TuneforgeError(f"{field}: URLs are not supported here; give a succeeded job id, an adapter folder on "
                              "the server, or a hub id", field=field, value=v)
     if classify_model_path(v) == "local":
-        folder = policy.local(v, field)
-        check_adapter_folder(folder, field=field)
-        return folder
+        local = policy.local(v, field)
+        check_adapter_folder(local, field=field)
+        return local
     if _hf_cached_snapshot(v) is None and not hub_reachable():
         raise TuneforgeError(f"{field}: {v!r} is not in the server's Hugging Face cache and the hub cannot be "
                              "reached", field=field, value=v)
     return v
 
 
-def adapter_zip(settings, job: dict) -> Path:
+def adapter_zip(settings: Settings, job: Row) -> Path:
     """A zip of the job's PEFT adapter folder (files at the zip's root), built once and cached."""
     if job["status"] != "succeeded":
         raise Conflict(f"job {job['id']!r} is {job['status']}; its adapter can be downloaded once it has succeeded",
@@ -370,7 +380,7 @@ def adapter_zip(settings, job: dict) -> Path:
     return target
 
 
-def eval_rows(job: dict, *, limit: int, offset: int, differing: bool) -> dict[str, Any]:
+def eval_rows(job: Row, *, limit: int, offset: int, differing: bool) -> dict[str, Any]:
     """A page of the job's per-row evaluation file (prompt, reference, each model's answer and scores)."""
     from ..evaluate.runner import EVAL_ROWS_FILE
 
@@ -440,10 +450,11 @@ def tokenizer_for(model_path: str, policy: PathPolicy) -> PreTrainedTokenizerBas
 
 
 @functools.lru_cache(maxsize=8)
-def _load_tokenizer(model_path: str):
+def _load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
     # An absolute folder passed the path policy; anything else is a hub id or alias, never a folder under the
     # server's working directory.
-    return load_tokenizer(model_path, relative_is_local=False)
+    tokenizer: PreTrainedTokenizerBase = load_tokenizer(model_path, relative_is_local=False)
+    return tokenizer
 
 
 def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> dict[str, Any]:

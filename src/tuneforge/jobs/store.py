@@ -16,7 +16,9 @@ import os
 import secrets
 import time
 import uuid
-from typing import Any
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TypeAlias
 
 import sqlalchemy
 from sqlalchemy import func, insert, select, update
@@ -133,8 +135,9 @@ class Store:
         return res.rowcount == 1
 
     # --- jobs ----------------------------------------------------------------------------------------------------
-    def insert_job(self, *, owner: str, key_id: int | None, spec: dict, spec_public: dict, dataset_ids: list[str],
-                   runs_dir, job_id: str | None = None, max_active_per_key: int | None = None) -> dict:
+    def insert_job(self, *, owner: str, key_id: int | None, spec: dict[str, Any], spec_public: dict[str, Any],
+                   dataset_ids: list[str], runs_dir: Path, job_id: str | None = None,
+                   max_active_per_key: int | None = None) -> Row:
         """Queue a job. With `max_active_per_key`, raise `TooManyJobs` when the key already has that many queued or
         running jobs (counted in the inserting transaction: SQLite's BEGIN IMMEDIATE serializes it with other
         submissions)."""

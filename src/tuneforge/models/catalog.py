@@ -20,8 +20,12 @@ import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from .targets import TARGET_MODULES, TARGET_PARAMETERS
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 # transformers `model_type`s (and config variants) with a passing tiny-model test in tests/models/.
 PROVEN_ARCHITECTURES = frozenset({
@@ -86,7 +90,7 @@ class CatalogEntry:
     def chat(self) -> bool:
         return self.prompt_style not in {"base", "instruct-plain", "phi2-qa"}
 
-    def transformers_config(self):
+    def transformers_config(self) -> PretrainedConfig:
         """The transformers config with this entry's sizes (other fields at the class defaults)."""
         from transformers import AutoConfig
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ..errors import TuneforgeError
-from ..runtime import auto_precision, default_device
+from ..runtime import DeviceType, auto_precision, local_device_type
 from .catalog import get_entry
 from .memory import (
     MINIMAL_SETUP,
@@ -51,7 +51,7 @@ def _describe(setup: TrainingSetup) -> str:
             f"batch {setup.batch_size} x {setup.seq_len} tokens, r={setup.lora_r}{checkpointing}")
 
 
-def smallest_estimate(shape: ModelShape, device: str) -> MemoryEstimate:
+def smallest_estimate(shape: ModelShape, device: DeviceType) -> MemoryEstimate:
     """The least memory any job on `device` could need: the smaller of LoRA and QLoRA in MINIMAL_SETUP."""
     base = dataclasses.replace(MINIMAL_SETUP, device=device, precision=auto_precision(device))
     estimates = [estimate_training_memory(shape, base, method=method) for method in ("qlora", "lora")]
@@ -67,7 +67,7 @@ def ensure_fits(model_id: str, *, config_dir: str | Path | None = None, setup: T
     shape = model_shape(model_id, config_dir)
     if shape is None:
         return None
-    device = setup.device if setup is not None else default_device()
+    device = setup.device if setup is not None else local_device_type()
     estimate = estimate_training_memory(shape, setup) if setup is not None else smallest_estimate(shape, device)
     available, what = device_memory(device)
     if estimate.total <= available:

@@ -14,6 +14,11 @@ tests/models/test_architectures.py trains, round-trips and merges them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 _NEOX_LIKE = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
@@ -75,7 +80,7 @@ def missing_target_modules(model, targets: list[str]) -> list[str]:
     return [t for t in targets if t not in present]
 
 
-def skeleton_model(config):
+def skeleton_model(config: PretrainedConfig) -> PreTrainedModel:
     """The model of `config` on the meta device (no memory, no weights): its module names, in a second or less.
     Layers repeat their names, so two are enough."""
     import copy

@@ -17,6 +17,7 @@ in the create response) or to its owner's service key (or an admin key).
 
 from __future__ import annotations
 
+import builtins
 import contextvars
 import json
 import secrets
@@ -339,9 +340,13 @@ class DeploymentManager:
         if row["status"] == "terminated":
             raise Conflict(f"deployment {row['id']!r} is already terminated", field="deployment_id", value=row["id"])
         self.log(row["id"], f"terminate requested by {principal.owner!r} ({actor or 'api'})")
-        return self.terminate(row["id"])
+        terminated = self.terminate(row["id"])
+        if terminated is None:  # deployment rows are never deleted: not reached
+            raise NotFound(f"deployment {deployment_id!r} not found", field="deployment_id", value=deployment_id)
+        return terminated
 
-    def terminate(self, deployment_id: str) -> dict:
+    def terminate(self, deployment_id: str) -> dict | None:
+        """Stop the deployment; its row after that (as it was, if already terminated), None if there is none."""
         with self._lock:
             row = self.get(deployment_id)
             if row is None or row["status"] == "terminated":
@@ -410,7 +415,7 @@ class DeploymentManager:
             return matches[0] if len(matches) == 1 else None
 
     def submit(self, model: str, prompt: Any = None, params: SamplingParams | None = None, *,
-               messages: list[dict] | None = None, loop=None, input_variables: dict[str, Any] | None = None,
+               messages: builtins.list[dict] | None = None, loop=None, input_variables: dict[str, Any] | None = None,
                raw: bool = False):
         """A request to live deployment `model`. A text `prompt` is wrapped in the deployment's prompt_template
         (unless `raw`); `input_variables` fill the template's placeholders instead (MonsterAPI's /generate)."""

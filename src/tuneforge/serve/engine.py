@@ -58,6 +58,9 @@ from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
 from ..runtime import default_device
 from .fast_decode import AdapterPlan, FastDecoder
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 log = logging.getLogger("tuneforge.serve")
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:/@+")
@@ -204,6 +207,13 @@ class _TextAssembler:
 
 _DONE = object()  # end of a Generation's stream
 _UNKNOWN = object()  # the LoRA layers' state after a load or delete: re-apply on the next switch
+
+
+class _Plain:
+    """The lean-step plan of an adapter that the lean step does not model: its requests take the plain forward."""
+
+
+_PLAIN = _Plain()
 
 
 class Generation:
@@ -368,8 +378,9 @@ class InferenceEngine:
         self.default_max_tokens = default_max_tokens
         self.tokenizer = load_tokenizer(model_path, relative_is_local=relative_is_local)
         self.dtype = serving_dtype(dtype, self.device)
+        # transformers wraps .to() in a decorator that mypy reads as taking the model
         self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=self.dtype,
-                                                         local_files_only=resolved.is_local).to(self.device).eval()
+                                                         local_files_only=resolved.is_local).to(self.device).eval()  # type: ignore[arg-type]
         # transformers 5.x renamed `past_key_values` to `cache` (input and output); accept either
         self._cache_kw = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
         self.context_length = int(getattr(self.base.config, "max_position_embeddings", 0) or 2048)
@@ -391,7 +402,7 @@ class InferenceEngine:
         self._closed = False
         self._want_fast = fast_decode
         self._fast: FastDecoder | None = None  # set by the model thread's warm-up when the lean step checks out
-        self._plans: dict[str, AdapterPlan | None] = {}  # adapter -> its fused LoRA weights (None: plain path)
+        self._plans: dict[str, AdapterPlan | _Plain] = {}  # adapter -> its fused LoRA weights (_PLAIN: plain path)
         self._last_adapter: str | None | object = _UNKNOWN  # adapter of the previous forward pass
         for name, path in (adapters or {}).items():
             self.add_adapter(name, path)
@@ -494,6 +505,7 @@ class InferenceEngine:
             raise TypeError("give exactly one of prompt= and messages=")
         if messages is not None:
             prompt, chat = self.chat_prompt(messages, adapter), True
+        assert prompt is not None  # given, or rendered from the messages
         ids = self.encode(prompt, chat=chat)
         if not ids:
             raise TuneforgeError("prompt must not be empty", field="prompt")
@@ -671,18 +683,18 @@ class InferenceEngine:
             self._peft.set_adapter(adapter, inference_mode=True)
         self._active = adapter
 
-    def _plan(self, adapter: str | None) -> AdapterPlan | None | object:
-        """The lean step's fused LoRA weights for `adapter` (None for the base); _UNKNOWN when the adapter has
+    def _plan(self, fast: FastDecoder, adapter: str | None) -> AdapterPlan | _Plain | None:
+        """The lean step's fused LoRA weights for `adapter` (None for the base); _PLAIN when the adapter has
         something the lean step does not model, so its requests take the plain forward."""
         if adapter is None:
             return None
         if adapter not in self._plans:
             try:
-                self._plans[adapter] = self._fast.adapter_plan(self._peft, adapter)
+                self._plans[adapter] = fast.adapter_plan(self._peft, adapter)
             except ValueError as exc:
                 log.info("adapter %r is served with the plain forward pass: lean decode does not model %s",
                          adapter, exc)
-                self._plans[adapter] = _UNKNOWN
+                self._plans[adapter] = _PLAIN
         return self._plans[adapter]
 
     def _fast_logits(self, gen: Generation) -> torch.Tensor | None:
@@ -690,15 +702,18 @@ class InferenceEngine:
         failure of the lean step is logged once, turns it off, and hands this request's cache to the plain path."""
         if self._fast is None:
             return None
+        plan = self._plan(self._fast, gen.adapter)
         if gen._state is None:
-            plan = self._plan(gen.adapter)
-            if gen._cache is None or plan is _UNKNOWN:  # prefill (the plain forward), or an adapter it cannot run
+            # prefill (the plain forward), or an adapter the lean step cannot run
+            if gen._cache is None or isinstance(plan, _Plain):
                 return None
             capacity = gen.prompt_tokens + gen.max_tokens
             gen._state, gen._cache = self._fast.state_from_cache(gen._cache, capacity), None
         try:
+            if isinstance(plan, _Plain):  # not reached: a request's adapter stays loaded while it decodes
+                raise ValueError(f"adapter {gen.adapter!r} can no longer be run by the lean step")
             token = torch.tensor(gen._next_input, device=self.device)
-            return self._fast.decode_step(gen._state, token, self._plan(gen.adapter))[0]
+            return self._fast.decode_step(gen._state, token, plan)[0]
         except Exception as exc:  # noqa: BLE001 -- never fail a request for an optimisation
             log.warning("lean decode off after a failure, serving with the plain forward pass: %s", exc)
             self._fast = None
