@@ -14,14 +14,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import TuneforgeError, did_you_mean
 
-# The data formats data/formats.py reads (its RowFormat classes implement each).
-FORMATS = ("template", "chat", "sharegpt", "chat_prompt_completion", "prompt_completion", "alpaca", "text", "preference")
+# data_format: "auto" (detect), or one of the data formats data/formats.py reads (its RowFormat classes implement
+# each). Listed once: FORMATS is derived from it.
+DataFormat = Literal["auto", "template", "chat", "sharegpt", "chat_prompt_completion", "prompt_completion", "alpaca",
+                     "text", "preference"]
+FORMATS: tuple[str, ...] = get_args(DataFormat)[1:]
 # What each data_format value reads: the field's description and the data layer's errors list them.
 FORMAT_HELP = {
     "template": "prompt_template over the row's columns",
@@ -34,7 +37,6 @@ FORMAT_HELP = {
     "preference": "pairs for preference tuning: 'prompt'/'chosen'/'rejected' (text or message lists), or OpenAI's "
     "DPO 'input'/'preferred_output'/'non_preferred_output' (a prompt_template renders the prompt)",
 }
-DataFormat = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
 
 # Upper bound of the counts and lengths below: larger values mean nothing to training, and reach int32/int64
 # arithmetic in torch, numpy and the database where they would fail in the queue instead of at the door.
@@ -53,7 +55,8 @@ SCHEDULERS = (
     "reduce_lr_on_plateau",
 )
 
-PREFERENCE_METHODS = ("orpo", "dpo", "simpo")
+PreferenceMethod = Literal["orpo", "dpo", "simpo"]
+PREFERENCE_METHODS: tuple[str, ...] = get_args(PreferenceMethod)
 DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0}  # TRL's DPO default; SimPO paper's recommended range starts at 2.0
 
 
@@ -262,7 +265,7 @@ class TrainingConfig(_Section):
     early_stopping_threshold: float = Field(
         0.0, ge=0.0, description="(tuneforge) Minimum decrease in validation loss that counts as an improvement."
     )
-    preference_method: Literal[PREFERENCE_METHODS] | None = Field(  # type: ignore[valid-type]
+    preference_method: PreferenceMethod | None = Field(
         None,
         description="(tuneforge) Preference tuning on prompt/chosen/rejected pairs instead of SFT: 'orpo' (odds-ratio "
         "preference optimization, no reference model; arXiv:2403.07691), 'dpo' (direct preference optimization "

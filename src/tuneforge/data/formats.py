@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import string
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -492,10 +493,11 @@ class ChatFormat(MessagesFormat):
                 out.append(Problem("bad_messages", col, f"{at}: content is missing; it must be text"))
                 continue
             else:
-                text, why = _content_text(content, at)
-                if why is not None:
-                    out.append(Problem("bad_messages", col, why))
+                content_text, why = _content_text(content, at)
+                if content_text is None:  # `why` says what is wrong
+                    out.append(Problem("bad_messages", col, str(why)))
                     continue
+                text = content_text
             if role == "assistant" and not calls and not text.strip():
                 out.append(Problem("empty_field", col, f"{at} has empty content; nothing to learn from it"))
                 continue
@@ -766,12 +768,13 @@ def _forced(data_format: str, columns: list[str], head: list[dict[str, Any]]) ->
         other = "conversations" if data_format == "chat" else "messages"
         column = other if default not in columns and other in columns else default
         return _messages_format(column, head, data_format)
-    return {
+    makers: dict[str, Callable[[], RowFormat]] = {
         "chat_prompt_completion": ChatPromptCompletionFormat,
         "prompt_completion": PromptCompletionFormat,
         "alpaca": AlpacaFormat,
         "text": TextFormat,
-    }[data_format]()
+    }
+    return makers[data_format]()
 
 
 def resolve_format(

@@ -130,12 +130,13 @@ def prepare_dataset(
     if not report.ok:
         raise DataValidationError(report)
     assert result.fmt is not None and result.encoder is not None
+    fmt_name = result.fmt.name
     kept = result.kept
 
     def side_source(path: str, split: str):
         # The same hub dataset or datasets folder as the training data means its split of that name.
         same = path.strip() == data_path.strip()
-        res = scan_path(path, replace(options, data_format=result.fmt.name, data_split=split if same else None),
+        res = scan_path(path, replace(options, data_format=fmt_name, data_split=split if same else None),
                         tokenizer=tokenizer, keep=True)
         if not res.report.ok:
             raise DataValidationError(res.report)
@@ -179,7 +180,8 @@ def prepare_dataset(
         )
 
     def examples(rows: list[Kept]) -> list[Example]:
-        return [k.example for k in rows if k.example is not None]
+        # Preference data holds PairExamples here: the recipe hands those to its PreferenceObjective only.
+        return [k.example for k in rows if k.example is not None]  # type: ignore[misc]
 
     return PreparedData(
         train=examples(train_kept),

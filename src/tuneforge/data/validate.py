@@ -367,7 +367,7 @@ class _Scan:
         if isinstance(self.fmt, PreferenceFormat):
             return self._first_pair(rec, ex)
         segments: list[tuple[str, bool]] = []
-        if ex is not None:
+        if isinstance(ex, Example):  # (a PairExample comes only with PreferenceFormat, shown by _first_pair)
             tok = self.tokenizer
             for trained, group in itertools.groupby(
                 zip(ex.input_ids, ex.labels, strict=True), key=lambda pair: pair[1] != IGNORE_INDEX

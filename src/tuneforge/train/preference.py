@@ -199,8 +199,8 @@ class PreferenceObjective:
                         cache[id(pairs[i])] = (pairs[i], (float(ref[k]), float(ref[len(idx) + k])))
                 values = [cache[id(pairs[i])][1] for i in idx]
                 reference = torch.tensor([c for c, _ in values] + [r for _, r in values], device=runtime.device)
-            for k, v in self.stat_sums(self.terms(model, batch, runtime, reference)).items():
-                total[k] = total.get(k, 0.0) + v
+            for name, v in self.stat_sums(self.terms(model, batch, runtime, reference)).items():
+                total[name] = total.get(name, 0.0) + v
         if was_training:
             model.train()
         return self.means(total, prefix="eval_")

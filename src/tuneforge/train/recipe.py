@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..adapter_card import AdapterCard, build_card
 from ..data.example import Example
+from ..data.pairs import PairExample
 from ..errors import TuneforgeError
 from ..models.loader import base_record, load_tokenizer, resolve_model
 from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts, weight_bytes
@@ -364,7 +365,8 @@ def _run_eval(s: Session) -> None:
     t, state = s.spec.training_config, s.state
     if s.objective is not None:
         # Pairs take two sequences each: the same batch_size * 2 sequences per forward pass as SFT's evaluation.
-        values = s.objective.evaluate(s.model, s.val_set, batch_size=t.batch_size, pad_id=s.tokenizer.pad_token_id,
+        pairs = cast("list[PairExample]", s.val_set)  # preference data: prepare_dataset kept pairs
+        values = s.objective.evaluate(s.model, pairs, batch_size=t.batch_size, pad_id=s.tokenizer.pad_token_id,
                                       runtime=s.runtime)
         loss = values["eval_loss"]
     else:
