@@ -30,7 +30,7 @@ test-ui: $(STAMP)
 	$(PY) -m pytest tests/ui
 
 # Lint and format checks (configuration in pyproject.toml). `ruff check --fix` and `ruff format` fix most findings.
-LINT_PATHS := src tests bench
+LINT_PATHS := src tests bench examples
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)

@@ -25,37 +25,183 @@ MEDIAN_WORDS = 112
 SIGMA = 0.57
 MAX_WORDS = 600  # beyond cutoff_len 512 anyway: a longer draw would only cost generation time
 
-TOOLS = ["a kettle", "a bicycle pump", "a sewing machine", "a garden hose", "a laptop", "a drill", "a rice cooker",
-         "a spreadsheet", "a camera", "a compost bin", "a bread oven", "a paint roller", "a soldering iron"]
-ACTIVITIES = ["learning a new language", "training for a 10 km run", "saving money each month",
-              "keeping houseplants alive", "writing a cover letter", "planning a weekend trip", "cooking for a large group",
-              "studying for an exam", "starting a vegetable garden", "running a team meeting", "moving to a new city",
-              "learning to play the guitar", "reducing screen time", "preparing for a job interview"]
-TOPICS = ["the water cycle", "how vaccines work", "why the sky is blue", "how bread rises", "what inflation is",
-          "how a bill becomes law", "why leaves change colour", "how batteries store energy", "what a compiler does",
-          "how bees make honey", "why tides happen", "how credit scores work", "what photosynthesis is",
-          "how a search engine ranks pages", "why bridges expand in summer"]
-THINGS = ["a lighthouse", "an old library", "a mountain village", "a night market", "a rainforest", "a train station",
-          "a small bakery", "a desert at dawn", "a harbour in winter", "a rooftop garden", "a science museum"]
+TOOLS = [
+    "a kettle",
+    "a bicycle pump",
+    "a sewing machine",
+    "a garden hose",
+    "a laptop",
+    "a drill",
+    "a rice cooker",
+    "a spreadsheet",
+    "a camera",
+    "a compost bin",
+    "a bread oven",
+    "a paint roller",
+    "a soldering iron",
+]
+ACTIVITIES = [
+    "learning a new language",
+    "training for a 10 km run",
+    "saving money each month",
+    "keeping houseplants alive",
+    "writing a cover letter",
+    "planning a weekend trip",
+    "cooking for a large group",
+    "studying for an exam",
+    "starting a vegetable garden",
+    "running a team meeting",
+    "moving to a new city",
+    "learning to play the guitar",
+    "reducing screen time",
+    "preparing for a job interview",
+]
+TOPICS = [
+    "the water cycle",
+    "how vaccines work",
+    "why the sky is blue",
+    "how bread rises",
+    "what inflation is",
+    "how a bill becomes law",
+    "why leaves change colour",
+    "how batteries store energy",
+    "what a compiler does",
+    "how bees make honey",
+    "why tides happen",
+    "how credit scores work",
+    "what photosynthesis is",
+    "how a search engine ranks pages",
+    "why bridges expand in summer",
+]
+THINGS = [
+    "a lighthouse",
+    "an old library",
+    "a mountain village",
+    "a night market",
+    "a rainforest",
+    "a train station",
+    "a small bakery",
+    "a desert at dawn",
+    "a harbour in winter",
+    "a rooftop garden",
+    "a science museum",
+]
 PEOPLE = ["a new employee", "a customer", "a neighbour", "a teacher", "a landlord", "a colleague", "an old friend"]
-REASONS = ["a delayed delivery", "a cancelled meeting", "a late payment", "a broken appliance", "a schedule change",
-           "a missing invoice", "a noisy renovation", "a lost parcel"]
+REASONS = [
+    "a delayed delivery",
+    "a cancelled meeting",
+    "a late payment",
+    "a broken appliance",
+    "a schedule change",
+    "a missing invoice",
+    "a noisy renovation",
+    "a lost parcel",
+]
 
-ADJ = ["careful", "simple", "steady", "clear", "gentle", "practical", "quick", "thorough", "patient", "regular",
-       "small", "useful", "reliable", "honest", "calm", "consistent"]
-NOUN = ["step", "habit", "plan", "routine", "check", "note", "list", "goal", "method", "detail", "schedule", "record",
-        "rule", "idea", "tool", "reminder"]
-VERB = ["prepare", "check", "write down", "review", "measure", "clean", "compare", "repeat", "plan", "adjust",
-        "test", "organise", "track", "share", "limit", "finish"]
-OBJ = ["the materials", "your notes", "the settings", "each part", "the results", "a short list", "the first draft",
-       "the timing", "your progress", "the budget", "the main points", "every mistake", "the next task"]
-WHEN = ["before you start", "at the end of each day", "once a week", "after every attempt",
-        "when something changes", "as early as possible", "while it is still fresh", "before moving on", "every morning"]
-WHY = ["it saves time later", "small errors add up quickly", "it keeps you motivated", "you can see what works",
-       "it avoids surprises", "others can follow along", "it makes the result more reliable",
-       "mistakes are cheaper to fix early", "it builds confidence", "the details are easy to forget"]
-CONNECT = ["In practice,", "For example,", "As a rule,", "Most of the time,", "In addition,", "Above all,",
-           "At first,", "Over time,", "In short,", "Because of this,"]
+ADJ = [
+    "careful",
+    "simple",
+    "steady",
+    "clear",
+    "gentle",
+    "practical",
+    "quick",
+    "thorough",
+    "patient",
+    "regular",
+    "small",
+    "useful",
+    "reliable",
+    "honest",
+    "calm",
+    "consistent",
+]
+NOUN = [
+    "step",
+    "habit",
+    "plan",
+    "routine",
+    "check",
+    "note",
+    "list",
+    "goal",
+    "method",
+    "detail",
+    "schedule",
+    "record",
+    "rule",
+    "idea",
+    "tool",
+    "reminder",
+]
+VERB = [
+    "prepare",
+    "check",
+    "write down",
+    "review",
+    "measure",
+    "clean",
+    "compare",
+    "repeat",
+    "plan",
+    "adjust",
+    "test",
+    "organise",
+    "track",
+    "share",
+    "limit",
+    "finish",
+]
+OBJ = [
+    "the materials",
+    "your notes",
+    "the settings",
+    "each part",
+    "the results",
+    "a short list",
+    "the first draft",
+    "the timing",
+    "your progress",
+    "the budget",
+    "the main points",
+    "every mistake",
+    "the next task",
+]
+WHEN = [
+    "before you start",
+    "at the end of each day",
+    "once a week",
+    "after every attempt",
+    "when something changes",
+    "as early as possible",
+    "while it is still fresh",
+    "before moving on",
+    "every morning",
+]
+WHY = [
+    "it saves time later",
+    "small errors add up quickly",
+    "it keeps you motivated",
+    "you can see what works",
+    "it avoids surprises",
+    "others can follow along",
+    "it makes the result more reliable",
+    "mistakes are cheaper to fix early",
+    "it builds confidence",
+    "the details are easy to forget",
+]
+CONNECT = [
+    "In practice,",
+    "For example,",
+    "As a rule,",
+    "Most of the time,",
+    "In addition,",
+    "Above all,",
+    "At first,",
+    "Over time,",
+    "In short,",
+    "Because of this,",
+]
 
 
 def _a(word: str) -> str:
@@ -94,7 +240,7 @@ def _fill(rng: random.Random, words: int, style: str) -> str:
     out, i = [], 0
     while i < len(parts):
         n = rng.randint(3, 5)
-        out.append(" ".join(parts[i:i + n]))
+        out.append(" ".join(parts[i : i + n]))
         i += n
     return "\n\n".join(out)
 
@@ -116,14 +262,21 @@ def _prompt(rng: random.Random) -> tuple[str, str, str]:
         return f"Write a short, vivid description of {thing}.", f"Picture {thing}.", "prose"
     if family == 4:
         person, reason = rng.choice(PEOPLE), rng.choice(REASONS)
-        return (f"Write a polite email to {person} about {reason}. Keep it friendly and propose a next step.",
-                f"Subject: {reason.capitalize()[2:] if reason.startswith('a ') else reason}\n\nHello,", "prose")
+        return (
+            f"Write a polite email to {person} about {reason}. Keep it friendly and propose a next step.",
+            f"Subject: {reason.capitalize()[2:] if reason.startswith('a ') else reason}\n\nHello,",
+            "prose",
+        )
     # Instructions with an input passage (2 families in 7): the prompt carries real length, as in summarisation
     # and rewriting tasks, so prompts are ~25% of the tokens, as in the seed-task set.
     passage = _fill(rng, rng.randint(30, 90), "prose").replace("\n\n", " ")
     if family == 5:
         return (f"Summarise the following notes as a list of the key points.\n\n{passage}", "Key points:", "list")
-    return f"Rewrite the following text so that it is easier to read.\n\n{passage}", "Here is a clearer version.", "prose"
+    return (
+        f"Rewrite the following text so that it is easier to read.\n\n{passage}",
+        "Here is a clearer version.",
+        "prose",
+    )
 
 
 def make_rows(n_rows: int, seed: int = 0) -> list[dict]:

@@ -46,8 +46,12 @@ def make_adapter(out: Path, rank: int, seed: int = 0) -> Path:
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model(SMOLLM2_ID).load_from, dtype=torch.float32)
     torch.manual_seed(seed)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, task_type="CAUSAL_LM",
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -90,8 +94,13 @@ def main() -> int:
     }
     lora = engines["lora"]
     dtype, device = lora.dtype, lora.device
-    messages = [{"role": "user", "content": "Write a short story about a lighthouse keeper who finds a message in "
-                                            "a bottle, in three paragraphs."}]
+    messages = [
+        {
+            "role": "user",
+            "content": "Write a short story about a lighthouse keeper who finds a message in "
+            "a bottle, in three paragraphs.",
+        }
+    ]
     prompt_ids = lora.encode(lora.chat_prompt(messages), chat=True)
 
     def engine_run(engine, model):
@@ -99,6 +108,7 @@ def main() -> int:
             res = engine.generate(model, prompt_ids, temperature=0, max_tokens=n, ignore_eos=True)
             assert res.completion_tokens == n
             return engine.encode(res.text)  # for the equality checks (re-encoded text)
+
         return run
 
     hf = AutoModelForCausalLM.from_pretrained(resolve_model(SMOLLM2_ID).load_from, dtype=dtype).to(device).eval()
@@ -106,9 +116,15 @@ def main() -> int:
 
     def hf_run(n):
         with torch.no_grad():
-            out = hf.generate(input_ids=hf_ids, attention_mask=torch.ones_like(hf_ids), max_new_tokens=n,
-                              min_new_tokens=n, do_sample=False, pad_token_id=0)
-        return lora.encode(lora.tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True))
+            out = hf.generate(
+                input_ids=hf_ids,
+                attention_mask=torch.ones_like(hf_ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        return lora.encode(lora.tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True))
 
     variants = {
         "engine: base": engine_run(lora, lora.base_name),
@@ -125,10 +141,10 @@ def main() -> int:
     exact = dtype == torch.float32
     n_check = None if exact else 8
     checks = {
-        "engine base == transformers generate": outputs["engine: base"][:n_check] ==
-        outputs["transformers generate"][:n_check],
-        "engine base == plain forward": outputs["engine: base"][:n_check] ==
-        outputs["engine: plain forward (lean step off)"][:n_check],
+        "engine base == transformers generate": outputs["engine: base"][:n_check]
+        == outputs["transformers generate"][:n_check],
+        "engine base == plain forward": outputs["engine: base"][:n_check]
+        == outputs["engine: plain forward (lean step off)"][:n_check],
         "merged == adapter unmerged": outputs["engine: merged"][:n_check] == outputs[unmerged][:n_check],
     }
 
@@ -148,10 +164,12 @@ def main() -> int:
 
     med = {label: statistics.median(v) for label, v in per_token.items()}
     lean = "on" if lora._fast is not None else "OFF (see the log)"
-    print(f"\nSmolLM2-135M-Instruct, {str(dtype).removeprefix('torch.')}, {device}, {torch.get_num_threads()} torch "
-          f"threads, {platform.machine()}, torch {torch.__version__}; lean decode {lean}; prompt {len(prompt_ids)} "
-          f"tokens; decode time per token = (t({args.long}) - t({args.short})) / {args.long - args.short}, median "
-          f"of {args.reps} interleaved reps; 1-min load average during the reps: {', '.join(loads)}\n")
+    print(
+        f"\nSmolLM2-135M-Instruct, {str(dtype).removeprefix('torch.')}, {device}, {torch.get_num_threads()} torch "
+        f"threads, {platform.machine()}, torch {torch.__version__}; lean decode {lean}; prompt {len(prompt_ids)} "
+        f"tokens; decode time per token = (t({args.long}) - t({args.short})) / {args.long - args.short}, median "
+        f"of {args.reps} interleaved reps; 1-min load average during the reps: {', '.join(loads)}\n"
+    )
     ref = med["transformers generate"]
     print("| variant | ms / generated token | tokens / s | speed vs transformers generate |")
     print("| --- | ---: | ---: | ---: |")

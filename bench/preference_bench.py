@@ -41,13 +41,25 @@ def main() -> int:
     (tmp / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def spec(training: dict, template: str):
-        return parse_spec({
-            "pretrainedmodel_config": {"model_path": args.model, "lora_r": 8, "lora_alpha": 16},
-            "data_config": {"data_path": str(tmp / "pairs.jsonl"), "prompt_template": template, "cutoff_len": 128,
-                            "data_split_config": {"train": 1.0}},  # no validation: the loop is all that is timed
-            "training_config": {"max_steps": args.steps, "batch_size": 8, "learning_rate": 5e-4, "seed": 0,
-                                "save_steps": 10_000, **training},  # `training` may override max_steps
-        })
+        return parse_spec(
+            {
+                "pretrainedmodel_config": {"model_path": args.model, "lora_r": 8, "lora_alpha": 16},
+                "data_config": {
+                    "data_path": str(tmp / "pairs.jsonl"),
+                    "prompt_template": template,
+                    "cutoff_len": 128,
+                    "data_split_config": {"train": 1.0},
+                },  # no validation: the loop is all that is timed
+                "training_config": {
+                    "max_steps": args.steps,
+                    "batch_size": 8,
+                    "learning_rate": 5e-4,
+                    "seed": 0,
+                    "save_steps": 10_000,
+                    **training,
+                },  # `training` may override max_steps
+            }
+        )
 
     runs = {
         # SFT on the same rows: the template's last placeholder {chosen} is the completion.
@@ -63,15 +75,21 @@ def main() -> int:
     for name, s in runs.items():
         r = train(s, tmp / name, quiet=True).report
         results[name] = r
-        print(f"{name:5} {r['tokens_per_second']:8.1f} tokens/s  {r['train_seconds']:7.1f} s  "
-              f"{r['tokens_seen']:7d} tokens  {r['steps']} steps", file=sys.stderr, flush=True)
+        print(
+            f"{name:5} {r['tokens_per_second']:8.1f} tokens/s  {r['train_seconds']:7.1f} s  "
+            f"{r['tokens_seen']:7d} tokens  {r['steps']} steps",
+            file=sys.stderr,
+            flush=True,
+        )
     sft = results["sft"]
     print("\n| run | real tokens/s | vs SFT | train s | s per step | step time vs SFT |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
         per_step = r["train_seconds"] / r["steps"]
-        print(f"| {name.upper()} | {r['tokens_per_second']:.1f} | {r['tokens_per_second'] / sft['tokens_per_second']:.2f}x "
-              f"| {r['train_seconds']:.1f} | {per_step:.2f} | {per_step / (sft['train_seconds'] / sft['steps']):.2f}x |")
+        print(
+            f"| {name.upper()} | {r['tokens_per_second']:.1f} | {r['tokens_per_second'] / sft['tokens_per_second']:.2f}x "
+            f"| {r['train_seconds']:.1f} | {per_step:.2f} | {per_step / (sft['train_seconds'] / sft['steps']):.2f}x |"
+        )
     ratios = {n: results[n]["tokens_per_second"] / sft["tokens_per_second"] for n in ("orpo", "dpo")}
     print(f"\norpo_tokens_per_s_vs_sft={ratios['orpo']:.2f} dpo_tokens_per_s_vs_sft={ratios['dpo']:.2f}")
     return 0

@@ -43,8 +43,12 @@ LORA = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
 def spec_dict(data_path: Path, quantized: bool) -> dict:
     return {
         "pretrainedmodel_config": {"model_path": MODEL, "use_quantization": quantized, **LORA},
-        "data_config": {"data_path": str(data_path), "prompt_template": TEMPLATE, "cutoff_len": 512,
-                        "data_split_config": {"train": 0.8, "validation": 0.2}},
+        "data_config": {
+            "data_path": str(data_path),
+            "prompt_template": TEMPLATE,
+            "cutoff_len": 512,
+            "data_split_config": {"train": 0.8, "validation": 0.2},
+        },
         "training_config": {**HYPER, "num_train_epochs": 1, "eval_steps": 10_000, "save_steps": 10_000},
     }
 
@@ -72,8 +76,8 @@ def eval_adapter(adapter_dir: Path, data, pad_id: int) -> float:
     from transformers import AutoModelForCausalLM
 
     from tuneforge.models.loader import resolve_model
-    from tuneforge.train.recipe import evaluate
     from tuneforge.runtime import pick_runtime
+    from tuneforge.train.recipe import evaluate
 
     base = AutoModelForCausalLM.from_pretrained(resolve_model(MODEL).load_from, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
@@ -85,8 +89,7 @@ def run_baseline(data_path: Path, out: Path) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
     from tuneforge.models.loader import resolve_model
     from tuneforge.models.lora import weight_bytes
@@ -94,11 +97,19 @@ def run_baseline(data_path: Path, out: Path) -> dict:
     tok, data = prepared(data_path)
     model = AutoModelForCausalLM.from_pretrained(resolve_model(MODEL).load_from, dtype=torch.float32)
     weights = weight_bytes(model)
-    model = get_peft_model(model, LoraConfig(r=LORA["lora_r"], lora_alpha=LORA["lora_alpha"], lora_dropout=0.0,
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                             "up_proj", "down_proj"], task_type="CAUSAL_LM"))
-    train_ds = Dataset.from_list([{"input_ids": list(e.input_ids), "labels": list(e.labels),
-                                   "attention_mask": [1] * len(e)} for e in data.train])
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=LORA["lora_r"],
+            lora_alpha=LORA["lora_alpha"],
+            lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            task_type="CAUSAL_LM",
+        ),
+    )
+    train_ds = Dataset.from_list(
+        [{"input_ids": list(e.input_ids), "labels": list(e.labels), "attention_mask": [1] * len(e)} for e in data.train]
+    )
 
     class Clock(TrainerCallback):
         seconds = 0.0
@@ -109,21 +120,39 @@ def run_baseline(data_path: Path, out: Path) -> dict:
         def on_train_end(self, *a, **k):
             Clock.seconds = time.perf_counter() - self.t0
 
-    args = TrainingArguments(output_dir=str(out / "baseline"), per_device_train_batch_size=HYPER["batch_size"],
-                             num_train_epochs=1, learning_rate=HYPER["learning_rate"], warmup_steps=HYPER["warmup_steps"],
-                             lr_scheduler_type=HYPER["lr_scheduler_type"], seed=HYPER["seed"], logging_steps=1,
-                             save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-                             disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds,
-                      data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),
-                      callbacks=[Clock()])
+    args = TrainingArguments(
+        output_dir=str(out / "baseline"),
+        per_device_train_batch_size=HYPER["batch_size"],
+        num_train_epochs=1,
+        learning_rate=HYPER["learning_rate"],
+        warmup_steps=HYPER["warmup_steps"],
+        lr_scheduler_type=HYPER["lr_scheduler_type"],
+        seed=HYPER["seed"],
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),
+        callbacks=[Clock()],
+    )
     trainer.train()
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else peak_rss()
     model.save_pretrained(out / "baseline" / "adapter")
     tokens = sum(len(e) for e in data.train)
     del trainer, model
-    return {"tokens": tokens, "seconds": Clock.seconds, "peak_bytes": peak, "weight_bytes": weights,
-            "eval_loss": eval_adapter(out / "baseline" / "adapter", data, tok.pad_token_id)}
+    return {
+        "tokens": tokens,
+        "seconds": Clock.seconds,
+        "peak_bytes": peak,
+        "weight_bytes": weights,
+        "eval_loss": eval_adapter(out / "baseline" / "adapter", data, tok.pad_token_id),
+    }
 
 
 def run_tuneforge(data_path: Path, out: Path, quantized: bool) -> dict:
@@ -139,8 +168,13 @@ def run_tuneforge(data_path: Path, out: Path, quantized: bool) -> dict:
     result = train(parse_spec(spec_dict(data_path, quantized)), run_dir, quiet=True)
     tok, data = prepared(data_path)
     r = result.report
-    return {"tokens": r["tokens_seen"], "seconds": r["train_seconds"], "peak_bytes": r["peak_memory_bytes"],
-            "weight_bytes": r["weight_bytes"], "eval_loss": eval_adapter(result.adapter_dir, data, tok.pad_token_id)}
+    return {
+        "tokens": r["tokens_seen"],
+        "seconds": r["train_seconds"],
+        "peak_bytes": r["peak_memory_bytes"],
+        "weight_bytes": r["weight_bytes"],
+        "eval_loss": eval_adapter(result.adapter_dir, data, tok.pad_token_id),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ parent
@@ -189,28 +223,45 @@ def main() -> None:
     precisions = ["fp32"] + (["bf16"] if pick_runtime("auto").precision == "bf16" else [])
     peaks = {p: matmul_peak(p) for p in precisions}
     peak_text = ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()) + (
-        "" if "bf16" in peaks else " (no native bf16 here: tuneforge trains in fp32)")
+        "" if "bf16" in peaks else " (no native bf16 here: tuneforge trains in fp32)"
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"# tuneforge training benchmark ({device}, {os.cpu_count()} CPUs, torch {torch.__version__})")
     targets = sum(e.n_targets for e in data.train) / sum(lengths)
-    print(f"data: {len(data.train)} train / {len(data.validation)} validation examples (bench/bench_data.py), tokens "
-          f"per example min {lengths[0]} median {lengths[len(lengths) // 2]} "
-          f"p95 {lengths[int(0.95 * (len(lengths) - 1))]} max {lengths[-1]} mean {mean_len:.0f}, "
-          f"{targets:.0%} of them completion; matmul peak {peak_text}",
-          flush=True)
+    print(
+        f"data: {len(data.train)} train / {len(data.validation)} validation examples (bench/bench_data.py), tokens "
+        f"per example min {lengths[0]} median {lengths[len(lengths) // 2]} "
+        f"p95 {lengths[int(0.95 * (len(lengths) - 1))]} max {lengths[-1]} mean {mean_len:.0f}, "
+        f"{targets:.0%} of them completion; matmul peak {peak_text}",
+        flush=True,
+    )
 
     results = {}
     for name in ("baseline", "lora", "qlora"):
         started = time.time()
-        proc = subprocess.run([sys.executable, __file__, "--worker", name, "--out", str(args.out),
-                               "--train-examples", str(args.train_examples)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                "--out",
+                str(args.out),
+                "--train-examples",
+                str(args.train_examples),
+            ],
+            capture_output=True,
+            text=True,
+        )
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        results[name] = json.loads(line[len("RESULT "):])
+        results[name] = json.loads(line[len("RESULT ") :])
         results[name]["tokens_per_second"] = results[name]["tokens"] / results[name]["seconds"]
-        print(f"  {name}: {results[name]['tokens_per_second']:.1f} tokens/s, done in {time.time() - started:.0f} s",
-              flush=True)
+        print(
+            f"  {name}: {results[name]['tokens_per_second']:.1f} tokens/s, done in {time.time() - started:.0f} s",
+            flush=True,
+        )
 
     # The machine's peak is the best of the measurements before and after the runs (a busy moment only lowers it).
     peaks = {k: max(v, matmul_peak(k)) for k, v in peaks.items()}
@@ -219,33 +270,43 @@ def main() -> None:
     from tuneforge.spec import parse_spec
 
     for name in ("lora", "qlora"):  # `tuneforge estimate`'s prediction for the same job
-        results[name]["predicted_peak_bytes"] = estimate_job(parse_spec(spec_dict(data_path, name == "qlora")),
-                                                             device=device).memory.total
+        results[name]["predicted_peak_bytes"] = estimate_job(
+            parse_spec(spec_dict(data_path, name == "qlora")), device=device
+        ).memory.total
     base = results["baseline"]
     labels = {"baseline": "baseline (Trainer + PEFT, fp32)", "lora": "tuneforge LoRA", "qlora": "tuneforge QLoRA"}
-    print("\n| run | real tokens/s | speed-up | wall (train) s | peak memory MiB | of which weights MiB | memory vs "
-          "baseline | validation loss | MFU vs fp32 peak | MFU vs bf16 peak |")
+    print(
+        "\n| run | real tokens/s | speed-up | wall (train) s | peak memory MiB | of which weights MiB | memory vs "
+        "baseline | validation loss | MFU vs fp32 peak | MFU vs bf16 peak |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
         achieved = r["tokens_per_second"] * flops_tok
         mfu_bf16 = f"{achieved / peaks['bf16']:.1%}" if "bf16" in peaks else "n/a"
-        print(f"| {labels[name]} | {r['tokens_per_second']:.1f} | {r['tokens_per_second'] / base['tokens_per_second']:.2f}x "
-              f"| {r['seconds']:.1f} | {r['peak_bytes'] / 2**20:.0f} | {r['weight_bytes'] / 2**20:.0f} "
-              f"| {r['peak_bytes'] / base['peak_bytes']:.2f}x | {r['eval_loss']:.4f} "
-              f"| {achieved / peaks['fp32']:.1%} | {mfu_bf16} |")
-    (args.out / "train_bench.json").write_text(json.dumps({"peaks": peaks, "flops_per_token": flops_tok,
-                                                             "results": results}, indent=2))
+        print(
+            f"| {labels[name]} | {r['tokens_per_second']:.1f} | {r['tokens_per_second'] / base['tokens_per_second']:.2f}x "
+            f"| {r['seconds']:.1f} | {r['peak_bytes'] / 2**20:.0f} | {r['weight_bytes'] / 2**20:.0f} "
+            f"| {r['peak_bytes'] / base['peak_bytes']:.2f}x | {r['eval_loss']:.4f} "
+            f"| {achieved / peaks['fp32']:.1%} | {mfu_bf16} |"
+        )
+    (args.out / "train_bench.json").write_text(
+        json.dumps({"peaks": peaks, "flops_per_token": flops_tok, "results": results}, indent=2)
+    )
     _chart(results, labels, args.out / "train_bench.png")
     lora, qlora = results["lora"], results["qlora"]
     for name in ("lora", "qlora"):
         r = results[name]
-        print(f"{labels[name]}: `tuneforge estimate` predicted {r['predicted_peak_bytes'] / 2**20:.0f} MiB peak, "
-              f"measured {r['peak_bytes'] / 2**20:.0f} MiB ({r['predicted_peak_bytes'] / r['peak_bytes'] - 1:+.0%})")
+        print(
+            f"{labels[name]}: `tuneforge estimate` predicted {r['predicted_peak_bytes'] / 2**20:.0f} MiB peak, "
+            f"measured {r['peak_bytes'] / 2**20:.0f} MiB ({r['predicted_peak_bytes'] / r['peak_bytes'] - 1:+.0%})"
+        )
     print(f"\nchart: {args.out / 'train_bench.png'}")
-    print(f"speedup_vs_baseline={lora['tokens_per_second'] / base['tokens_per_second']:.2f} "
-          f"memory_vs_baseline={lora['peak_bytes'] / base['peak_bytes']:.2f} "
-          f"eval_loss_vs_baseline={lora['eval_loss'] / base['eval_loss']:.3f} "
-          f"qlora_weights_vs_fp32={qlora['weight_bytes'] / base['weight_bytes']:.2f}")
+    print(
+        f"speedup_vs_baseline={lora['tokens_per_second'] / base['tokens_per_second']:.2f} "
+        f"memory_vs_baseline={lora['peak_bytes'] / base['peak_bytes']:.2f} "
+        f"eval_loss_vs_baseline={lora['eval_loss'] / base['eval_loss']:.3f} "
+        f"qlora_weights_vs_fp32={qlora['weight_bytes'] / base['weight_bytes']:.2f}"
+    )
 
 
 def _chart(results: dict, labels: dict, path: Path) -> None:
@@ -261,8 +322,13 @@ def _chart(results: dict, labels: dict, path: Path) -> None:
     peak = [results[n]["peak_bytes"] / 2**20 for n in names]
     weights = [results[n]["weight_bytes"] / 2**20 for n in names]
     axes[1].bar([labels[n] for n in names], weights, color="#2ca02c", label="weights")
-    axes[1].bar([labels[n] for n in names], [p - w for p, w in zip(peak, weights, strict=True)], bottom=weights, color="#98df8a",
-                label="everything else")
+    axes[1].bar(
+        [labels[n] for n in names],
+        [p - w for p, w in zip(peak, weights, strict=True)],
+        bottom=weights,
+        color="#98df8a",
+        label="everything else",
+    )
     axes[1].set_title("peak memory, MiB (lower is better)")
     axes[1].legend()
     for ax in axes:

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import build_tokenizer, save_tiny  # noqa: E402
+from tiny import build_tokenizer, save_tiny
 
 
 @pytest.fixture(scope="session")

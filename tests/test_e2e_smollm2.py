@@ -16,10 +16,23 @@ DEMO = Path(__file__).parents[1] / "examples" / "demo"
 @pytest.mark.slow
 def test_train_and_generate_on_smollm2(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", str(DEMO / "spec.yaml"), "-o", str(out), "-q",
-                 "--set", f"data_config.data_path={DEMO / 'orders.jsonl'}",
-                 "--set", "training_config.max_steps=4", "--set", "training_config.batch_size=4",
-                 "--set", "training_config.eval_steps=4"])
+    code = main(
+        [
+            "train",
+            str(DEMO / "spec.yaml"),
+            "-o",
+            str(out),
+            "-q",
+            "--set",
+            f"data_config.data_path={DEMO / 'orders.jsonl'}",
+            "--set",
+            "training_config.max_steps=4",
+            "--set",
+            "training_config.batch_size=4",
+            "--set",
+            "training_config.eval_steps=4",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -30,8 +43,20 @@ def test_train_and_generate_on_smollm2(tmp_path, capsys):
     assert cfg["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     capsys.readouterr()
 
-    assert main(["generate", "--adapter", str(out / "adapter"), "--max-new-tokens", "24", "--raw",
-                 "Extract the order as JSON with keys name, item, quantity, city.\n"
-                 "Order: Alice ordered 3 mugs to be delivered in Oslo.\nJSON: "]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--adapter",
+                str(out / "adapter"),
+                "--max-new-tokens",
+                "24",
+                "--raw",
+                "Extract the order as JSON with keys name, item, quantity, city.\n"
+                "Order: Alice ordered 3 mugs to be delivered in Oslo.\nJSON: ",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert len(text.strip()) > 0

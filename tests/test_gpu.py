@@ -11,30 +11,48 @@ import torch
 from tiny import make_tiny_spec, write_qa_data
 from tuneforge.train.recipe import train
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def test_lora_bf16_on_cuda(tiny_model_dir, tmp_path):
-    spec = make_tiny_spec(tiny_model_dir, write_qa_data(tmp_path / "qa.jsonl"), max_steps=30, eval_steps=10,
-                          learning_rate=1e-2, precision="auto")
+    spec = make_tiny_spec(
+        tiny_model_dir,
+        write_qa_data(tmp_path / "qa.jsonl"),
+        max_steps=30,
+        eval_steps=10,
+        learning_rate=1e-2,
+        precision="auto",
+    )
     report = train(spec, tmp_path / "run", quiet=True).report
     assert report["device"] == "cuda" and report["precision"] == "bf16"
     assert report["peak_memory_kind"] == "cuda_max_allocated"
-    evals = [json.loads(x)["eval_loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if '"eval"' in x]
+    evals = [
+        json.loads(x)["eval_loss"]
+        for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if '"eval"' in x
+    ]
     assert evals[-1] < 0.7 * evals[0]
 
 
 def test_qlora_with_bitsandbytes_kernels_and_paged_adamw_8bit(tiny_model_dir, tmp_path):
     import bitsandbytes as bnb
 
-    spec = make_tiny_spec(tiny_model_dir, write_qa_data(tmp_path / "qa.jsonl"), max_steps=30, eval_steps=10,
-                          learning_rate=1e-2, precision="auto", p={"use_quantization": True})
+    spec = make_tiny_spec(
+        tiny_model_dir,
+        write_qa_data(tmp_path / "qa.jsonl"),
+        max_steps=30,
+        eval_steps=10,
+        learning_rate=1e-2,
+        precision="auto",
+        p={"use_quantization": True},
+    )
     report = train(spec, tmp_path / "run", quiet=True).report
     assert report["optimizer"] == "paged_adamw_8bit" and report["quantization"].startswith("4-bit nf4")
-    evals = [json.loads(x)["eval_loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if '"eval"' in x]
+    evals = [
+        json.loads(x)["eval_loss"]
+        for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if '"eval"' in x
+    ]
     assert evals[-1] < evals[0]
     from tuneforge.models.loader import resolve_model
     from tuneforge.models.lora import QuantSettings, load_base_model

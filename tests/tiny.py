@@ -17,7 +17,7 @@ _CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Question: what is two plus two? Answer: four.",
     "### Instruction: translate to French ### Response: bonjour le monde",
-    "Convert the date 2024-01-31 to ISO format. 0123456789 {}[]\":,.-_/",
+    'Convert the date 2024-01-31 to ISO format. 0123456789 {}[]":,.-_/',
     "def add(a, b):\n    return a + b\n",
 ] * 20
 
@@ -56,13 +56,25 @@ TINY_CONFIGS: dict[str, dict] = {
     "qwen3": dict(_LLAMA_STYLE, head_dim=16, tie_word_embeddings=True),
     "phi3": dict(_LLAMA_STYLE, num_key_value_heads=4),
     "gemma": dict(_LLAMA_STYLE, head_dim=16, num_key_value_heads=1),
-    "gemma2": dict(_LLAMA_STYLE, head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
-                   final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
+    "gemma2": dict(
+        _LLAMA_STYLE,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=16,
+        final_logit_softcapping=30.0,
+        attn_logit_softcapping=50.0,
+    ),
     "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=1024, initializer_range=0.2),
     "opt": dict(_ATTN, ffn_dim=128, word_embed_proj_dim=64, max_position_embeddings=1024, init_std=0.2),
     # OPT-350m projects 512-wide embeddings to the 1024-wide decoder and normalises after each block.
-    "opt:project": dict(_ATTN, ffn_dim=128, word_embed_proj_dim=32, max_position_embeddings=1024, init_std=0.2,
-                        do_layer_norm_before=False),
+    "opt:project": dict(
+        _ATTN,
+        ffn_dim=128,
+        word_embed_proj_dim=32,
+        max_position_embeddings=1024,
+        init_std=0.2,
+        do_layer_norm_before=False,
+    ),
     "gptj": dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=1024, initializer_range=0.2),
     "gpt_neox": dict(_ATTN, intermediate_size=128, rotary_pct=0.25, max_position_embeddings=1024),
     # Falcon-7B: multi-query attention and parallel attention/MLP ...
@@ -72,8 +84,16 @@ TINY_CONFIGS: dict[str, dict] = {
     "stablelm": dict(_LLAMA_STYLE, num_key_value_heads=4, partial_rotary_factor=0.25),
     "phi": dict(_ATTN, intermediate_size=128, partial_rotary_factor=0.5, max_position_embeddings=1024),
     "starcoder2": dict(_LLAMA_STYLE, sliding_window=None),
-    "qwen3_moe": dict(_LLAMA_STYLE, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                      decoder_sparse_step=1, mlp_only_layers=[], tie_word_embeddings=True),
+    "qwen3_moe": dict(
+        _LLAMA_STYLE,
+        head_dim=16,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        tie_word_embeddings=True,
+    ),
     # Not in the catalog: proves that an architecture tuneforge has no entry for trains with inspected targets.
     "bloom": dict(hidden_size=64, n_layer=2, n_head=4, initializer_range=0.2),
 }
@@ -90,8 +110,9 @@ def tiny_config(arch: str = "llama", vocab_size: int = 400):
         raise ValueError(arch)
     model_type = arch.split(":")[0]
     # Token ids of build_tokenizer(): 0 <|endoftext|> (padding), 2 <|im_end|> (end of sequence).
-    return AutoConfig.for_model(model_type, vocab_size=vocab_size, pad_token_id=0, eos_token_id=2, bos_token_id=None,
-                                **TINY_CONFIGS[arch])
+    return AutoConfig.for_model(
+        model_type, vocab_size=vocab_size, pad_token_id=0, eos_token_id=2, bos_token_id=None, **TINY_CONFIGS[arch]
+    )
 
 
 def build_model(arch: str = "llama", vocab_size: int = 400, seed: int = 0):
@@ -132,9 +153,15 @@ def make_tiny_spec(model_dir, data, **training):
 
     t = {"max_steps": 12, "batch_size": 8, "learning_rate": 3e-3, "eval_steps": 4, "precision": "fp32", **training}
     extra_p = t.pop("p", {})
-    return parse_spec({
-        "pretrainedmodel_config": {"model_path": str(model_dir), "lora_r": 4, **extra_p},
-        "data_config": {"data_path": str(data), "prompt_template": "Question: {question}\nAnswer: {answer}",
-                        "cutoff_len": 64, "data_split_config": {"train": 0.8, "validation": 0.2}},
-        "training_config": t,
-    })
+    return parse_spec(
+        {
+            "pretrainedmodel_config": {"model_path": str(model_dir), "lora_r": 4, **extra_p},
+            "data_config": {
+                "data_path": str(data),
+                "prompt_template": "Question: {question}\nAnswer: {answer}",
+                "cutoff_len": 64,
+                "data_split_config": {"train": 0.8, "validation": 0.2},
+            },
+            "training_config": t,
+        }
+    )

@@ -11,8 +11,24 @@ import random
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CITIES = ["Paris", "Lagos", "Osaka", "Lima", "Berlin", "Toronto", "Nairobi", "Madrid", "Hanoi", "Oslo", "Quito",
-          "Dublin", "Cairo", "Perth", "Seoul", "Austin"]
+CITIES = [
+    "Paris",
+    "Lagos",
+    "Osaka",
+    "Lima",
+    "Berlin",
+    "Toronto",
+    "Nairobi",
+    "Madrid",
+    "Hanoi",
+    "Oslo",
+    "Quito",
+    "Dublin",
+    "Cairo",
+    "Perth",
+    "Seoul",
+    "Austin",
+]
 
 
 def rejected_for(order: dict, kind: int, rng: random.Random) -> str:
@@ -26,8 +42,10 @@ def rejected_for(order: dict, kind: int, rng: random.Random) -> str:
     elif kind == 2:
         wrong["item"] = {"name": order["name"], "quantity": order["quantity"]}
     else:
-        return f"Sure! Here is the order you asked for, written as JSON: {json.dumps(order)}. Let me know if you " \
-               "need anything else!"
+        return (
+            f"Sure! Here is the order you asked for, written as JSON: {json.dumps(order)}. Let me know if you "
+            "need anything else!"
+        )
     return json.dumps(wrong)
 
 

@@ -25,6 +25,7 @@ def main() -> int:
     from tuneforge.inference import load_for_inference
     from tuneforge.models.loader import load_tokenizer, resolve_model
     from tuneforge.models.lora import load_base_model
+    from tuneforge.runtime import pick_runtime
     from tuneforge.spec import load_spec
     from tuneforge.train.recipe import (
         preference_objective,
@@ -32,12 +33,13 @@ def main() -> int:
         train,
         work_dir_for,
     )
-    from tuneforge.runtime import pick_runtime
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default="runs/orders-orpo")
     ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("--set", action="append", default=[], help="spec override, e.g. training_config.preference_method=dpo")
+    ap.add_argument(
+        "--set", action="append", default=[], help="spec override, e.g. training_config.preference_method=dpo"
+    )
     args = ap.parse_args()
     started = time.time()
     overrides = [f"data_config.data_path={HERE / 'pairs.jsonl'}", *args.set]
@@ -50,8 +52,10 @@ def main() -> int:
     objective = preference_objective(spec)
     assert objective is not None
     method = spec.training_config.preference
-    print(f"{method.upper()} on {len(data.train)} train / {len(data.validation)} validation pairs; "
-          f"{len(data.test)} held-out test pairs")
+    print(
+        f"{method.upper()} on {len(data.train)} train / {len(data.validation)} validation pairs; "
+        f"{len(data.test)} held-out test pairs"
+    )
     sample = data.test_rows[0]
     prompt_ids = [data.prompt_ids(sample)]
 
@@ -91,13 +95,25 @@ def main() -> int:
     print(f"rejected     : {sample['rejected']}")
     print(f"base model   : {before_text.strip()[:160]!r}")
     print(f"fine-tuned   : {after_text.strip()[:160]!r}")
-    print(f"\ntraining: {r['steps']} steps, {r['tokens_per_second']:.0f} tokens/s, {r['train_seconds']:.0f} s; "
-          f"total {time.time() - started:.0f} s")
-    (result.output_dir / "preference_demo.json").write_text(json.dumps({
-        "method": method, "test_pairs": len(data.test), "before": before, "after": after,
-        "sample": {"order": sample["text"], "base": before_text, "fine_tuned": after_text},
-        "steps": r["steps"], "tokens_per_second": r["tokens_per_second"], "total_seconds": time.time() - started,
-    }, indent=2))
+    print(
+        f"\ntraining: {r['steps']} steps, {r['tokens_per_second']:.0f} tokens/s, {r['train_seconds']:.0f} s; "
+        f"total {time.time() - started:.0f} s"
+    )
+    (result.output_dir / "preference_demo.json").write_text(
+        json.dumps(
+            {
+                "method": method,
+                "test_pairs": len(data.test),
+                "before": before,
+                "after": after,
+                "sample": {"order": sample["text"], "base": before_text, "fine_tuned": after_text},
+                "steps": r["steps"],
+                "tokens_per_second": r["tokens_per_second"],
+                "total_seconds": time.time() - started,
+            },
+            indent=2,
+        )
+    )
     return 0 if after["eval_reward_accuracy"] > before["eval_reward_accuracy"] else 1
 
 

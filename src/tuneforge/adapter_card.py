@@ -81,8 +81,12 @@ class AdapterCard:
 
 def check_mode(mode: str, field_name: str = "chat_template") -> str:
     if mode not in CHAT_TEMPLATE_CHOICES:
-        raise TuneforgeError(f"{field_name}: {mode!r} is not allowed; allowed: training (the adapter's training "
-                             "prompt), model (the base model's chat template)", field=field_name, value=mode)
+        raise TuneforgeError(
+            f"{field_name}: {mode!r} is not allowed; allowed: training (the adapter's training "
+            "prompt), model (the base model's chat template)",
+            field=field_name,
+            value=mode,
+        )
     return mode
 
 
@@ -96,23 +100,31 @@ def read_card(adapter_dir: str | Path) -> AdapterCard | None:
         known = {k: v for k, v in data.items() if k in AdapterCard.__dataclass_fields__}
         return AdapterCard(**known)
     except (json.JSONDecodeError, TypeError) as err:
-        raise TuneforgeError(f"{path}: not a valid {CARD_NAME} ({err}); delete it to serve the adapter with the "
-                             "model's chat template", field="adapter", value=str(path)) from None
+        raise TuneforgeError(
+            f"{path}: not a valid {CARD_NAME} ({err}); delete it to serve the adapter with the model's chat template",
+            field="adapter",
+            value=str(path),
+        ) from None
 
 
 # --- the training prompt as a chat template ---------------------------------------------------------------------
+
 
 def _lit(text: str) -> str:
     """A Jinja expression printing `text` exactly (a JSON string is a valid Jinja string literal)."""
     return "{{ " + json.dumps(text) + " }}" if text else ""
 
 
-_LAST_USER = ("{%- set ns = namespace(user='') -%}{%- for m in messages -%}{%- if m['role'] == 'user' -%}"
-              "{%- set ns.user = m['content'] -%}{%- endif -%}{%- endfor -%}")
+_LAST_USER = (
+    "{%- set ns = namespace(user='') -%}{%- for m in messages -%}{%- if m['role'] == 'user' -%}"
+    "{%- set ns.user = m['content'] -%}{%- endif -%}{%- endfor -%}"
+)
 # When the conversation ends with an assistant turn and no generation prompt is asked for (llama.cpp renders such
 # conversations to probe a template), the answer follows the prompt, then EOS, as in training.
-_ANSWER = ("{%- if not add_generation_prompt and messages and messages[-1]['role'] == 'assistant' -%}"
-           "{{ messages[-1]['content'] }}{%- if eos_token -%}{{ eos_token }}{%- endif -%}{%- endif -%}")
+_ANSWER = (
+    "{%- if not add_generation_prompt and messages and messages[-1]['role'] == 'assistant' -%}"
+    "{{ messages[-1]['content'] }}{%- if eos_token -%}{{ eos_token }}{%- endif -%}{%- endif -%}"
+)
 
 
 def training_chat_template(fmt: RowFormat, *, adds_bos: bool) -> str | None:
@@ -137,11 +149,18 @@ def training_chat_template(fmt: RowFormat, *, adds_bos: bool) -> str | None:
             "{%- set ns = namespace(system='') -%}{%- for m in messages -%}{%- if m['role'] == 'system' -%}"
             "{%- set ns.system = m['content'] -%}{%- endif -%}{%- endfor -%}"
             + bos
-            + "{%- if ns.system | trim -%}{{ ns.system }}{%- else -%}" + _lit(ALPACA_PREAMBLE) + "{%- endif -%}"
+            + "{%- if ns.system | trim -%}{{ ns.system }}{%- else -%}"
+            + _lit(ALPACA_PREAMBLE)
+            + "{%- endif -%}"
             + _lit("\n\n")
             + "{%- for m in messages -%}{%- if m['role'] == 'user' -%}"
-            + "{{ " + json.dumps("### Instruction:\n") + " + m['content'] + " + json.dumps("\n\n### Response:\n") + " }}"
-            + "{%- elif m['role'] == 'assistant' -%}{{ m['content'] }}{%- if not loop.last -%}" + _lit("\n\n")
+            + "{{ "
+            + json.dumps("### Instruction:\n")
+            + " + m['content'] + "
+            + json.dumps("\n\n### Response:\n")
+            + " }}"
+            + "{%- elif m['role'] == 'assistant' -%}{{ m['content'] }}{%- if not loop.last -%}"
+            + _lit("\n\n")
             + "{%- elif eos_token -%}{{ eos_token }}{%- endif -%}{%- endif -%}{%- endfor -%}"
         )
     # prompt_completion and text: the prompt is the text itself.
@@ -166,8 +185,9 @@ def common_system_prompt(fmt: RowFormat, rows: list[dict[str, Any]]) -> str | No
     return only
 
 
-def build_card(fmt: RowFormat, *, adds_bos: bool, rows: list[dict[str, Any]],
-               base_model: dict[str, Any] | None = None) -> AdapterCard:
+def build_card(
+    fmt: RowFormat, *, adds_bos: bool, rows: list[dict[str, Any]], base_model: dict[str, Any] | None = None
+) -> AdapterCard:
     template = fmt.template if isinstance(fmt, TemplateFormat) else None
     return AdapterCard(
         data_format=fmt.name,
@@ -179,8 +199,14 @@ def build_card(fmt: RowFormat, *, adds_bos: bool, rows: list[dict[str, Any]],
     )
 
 
-def render_chat(tokenizer, messages: list[dict[str, Any]], card: AdapterCard | None, mode: str = "training", *,
-                model_name: str = "the model") -> str:
+def render_chat(
+    tokenizer,
+    messages: list[dict[str, Any]],
+    card: AdapterCard | None,
+    mode: str = "training",
+    *,
+    model_name: str = "the model",
+) -> str:
     """`messages` as the prompt text to continue: with the adapter's training prompt (mode "training", an adapter
     trained on a prompt template), else with the tokenizer's chat template. The text carries its own special
     tokens: tokenize it without adding any."""
@@ -191,6 +217,9 @@ def render_chat(tokenizer, messages: list[dict[str, Any]], card: AdapterCard | N
     if card is not None:
         messages = card.messages_for(messages, mode)
     if template is None and not tokenizer.chat_template:
-        raise TuneforgeError(f"{model_name} has no chat template: give a formatted prompt instead (/v1/completions, "
-                             "`tuneforge generate --raw`)", field="messages")
+        raise TuneforgeError(
+            f"{model_name} has no chat template: give a formatted prompt instead (/v1/completions, "
+            "`tuneforge generate --raw`)",
+            field="messages",
+        )
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)

@@ -22,10 +22,9 @@ from .models.listing import add_models_arguments
 
 
 def _cmd_train(args) -> int:
+    from .data import DataValidationError
     from .spec import load_spec
     from .train.recipe import train
-
-    from .data import DataValidationError
 
     spec = load_spec(args.spec, args.set)
     try:
@@ -34,30 +33,58 @@ def _cmd_train(args) -> int:
         print(exc.report.to_text(), file=sys.stderr)  # the same report as `tuneforge data validate`
         raise
     r = result.report
-    summary = {k: r[k] for k in ("train_loss", "eval_loss", "eval_perplexity", "steps", "epochs", "tokens_per_second",
-                                 "wall_time_seconds", "trainable_parameters", "trainable_share")}
+    summary = {
+        k: r[k]
+        for k in (
+            "train_loss",
+            "eval_loss",
+            "eval_perplexity",
+            "steps",
+            "epochs",
+            "tokens_per_second",
+            "wall_time_seconds",
+            "trainable_parameters",
+            "trainable_share",
+        )
+    }
     if r.get("preference"):  # preference runs: the method and the best validation rewards
-        summary = {"method": r["method"], **summary, "eval_reward_accuracy": r["preference"]["reward_accuracy"],
-                   "eval_reward_margin": r["preference"]["reward_margin"]}
+        summary = {
+            "method": r["method"],
+            **summary,
+            "eval_reward_accuracy": r["preference"]["reward_accuracy"],
+            "eval_reward_margin": r["preference"]["reward_margin"],
+        }
     print(json.dumps({"output": str(result.output_dir), **summary}, indent=2))
     return 0
 
 
 def _chat_template_arg(p, what: str) -> None:
-    p.add_argument("--chat-template", choices=["training", "model"], default="training",
-                   help=f"how {what} is rendered: training (default) = as the adapter was trained, from its "
-                   "tuneforge_adapter.json (its prompt_template, Alpaca prompt, or the model's chat template for chat "
-                   "data); model = the base model's chat template")
+    p.add_argument(
+        "--chat-template",
+        choices=["training", "model"],
+        default="training",
+        help=f"how {what} is rendered: training (default) = as the adapter was trained, from its "
+        "tuneforge_adapter.json (its prompt_template, Alpaca prompt, or the model's chat template for chat "
+        "data); model = the base model's chat template",
+    )
 
 
 def _cmd_generate(args) -> int:
     from .inference import format_prompt, generate, load_for_inference
 
     model, tokenizer = load_for_inference(args.model, args.adapter)
-    text = format_prompt(tokenizer, args.prompt, chat=False if args.raw else None, adapter_dir=args.adapter,
-                         chat_template=args.chat_template)
-    print(generate(model, tokenizer, text, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   seed=args.seed))
+    text = format_prompt(
+        tokenizer,
+        args.prompt,
+        chat=False if args.raw else None,
+        adapter_dir=args.adapter,
+        chat_template=args.chat_template,
+    )
+    print(
+        generate(
+            model, tokenizer, text, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
+        )
+    )
     return 0
 
 
@@ -72,9 +99,17 @@ def _cmd_merge(args) -> int:
 def _cmd_serve(args) -> int:
     from .serve.app import run_server
 
-    return run_server(model=args.model, adapters=args.adapter, host=args.host, port=args.port,
-                      max_adapters=args.max_adapters, api_key=args.api_key, model_name=args.model_name,
-                      chat_template=args.chat_template, dtype=args.dtype)
+    return run_server(
+        model=args.model,
+        adapters=args.adapter,
+        host=args.host,
+        port=args.port,
+        max_adapters=args.max_adapters,
+        api_key=args.api_key,
+        model_name=args.model_name,
+        chat_template=args.chat_template,
+        dtype=args.dtype,
+    )
 
 
 def _cmd_export(args) -> int:
@@ -115,8 +150,9 @@ def _cmd_estimate(args) -> int:
     from .estimate import estimate_job, format_estimate
     from .spec import load_spec
 
-    est = estimate_job(load_spec(args.spec, args.set), device=args.device, gpu_memory_gb=args.gpu_memory,
-                       gpu_tflops=args.gpu_tflops)
+    est = estimate_job(
+        load_spec(args.spec, args.set), device=args.device, gpu_memory_gb=args.gpu_memory, gpu_tflops=args.gpu_tflops
+    )
     print(json.dumps(est.to_dict(), indent=2) if args.json else format_estimate(est))
     return 0 if est.fits is not False else 1
 
@@ -145,8 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a LoRA/QLoRA adapter from a job spec (JSON or YAML)")
     p.add_argument("spec", help="job spec file: the MonsterAPI fine-tune payload, plus optional tuneforge fields")
     p.add_argument("--output", "-o", required=True, help="run folder to create (adapter/, report.json, ...)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a spec field, e.g. --set training_config.learning_rate=1e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a spec field, e.g. --set training_config.learning_rate=1e-4 (repeatable)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or log lines")
@@ -172,18 +213,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve a base model and LoRA adapters on an OpenAI-compatible API")
     p.add_argument("--model", "-m", default="smollm2", help="base model (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--adapter", "-a", action="append", default=[], metavar="NAME=DIR",
-                   help="serve the adapter in DIR as model NAME (repeatable; loaded on first use)")
+    p.add_argument(
+        "--adapter",
+        "-a",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="serve the adapter in DIR as model NAME (repeatable; loaded on first use)",
+    )
     p.add_argument("--model-name", default=None, help="the base model's name in the API (default: its id)")
-    p.add_argument("--dtype", default="auto",
-                   help="weight dtype: auto (bf16 on CUDA and on CPUs with native bf16, else float32), float32, "
-                        "bfloat16 or float16")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="weight dtype: auto (bf16 on CUDA and on CPUs with native bf16, else float32), float32, "
+        "bfloat16 or float16",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-adapters", type=int, default=4,
-                   help="adapters kept in memory at once; the least recently used is evicted past this")
-    p.add_argument("--api-key", default=os.environ.get("TUNEFORGE_API_KEY"),
-                   help="require `Authorization: Bearer KEY` (default: $TUNEFORGE_API_KEY; none: open)")
+    p.add_argument(
+        "--max-adapters",
+        type=int,
+        default=4,
+        help="adapters kept in memory at once; the least recently used is evicted past this",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("TUNEFORGE_API_KEY"),
+        help="require `Authorization: Bearer KEY` (default: $TUNEFORGE_API_KEY; none: open)",
+    )
     _chat_template_arg(p, "chat requests to an adapter")
     p.set_defaults(func=_cmd_serve)
 
@@ -207,8 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(p)
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks on an adapter (and its base) or a model "
-                                       "(needs tuneforge[lm-eval])")
+    p = sub.add_parser(
+        "lm-eval",
+        help="run lm-evaluation-harness tasks on an adapter (and its base) or a model (needs tuneforge[lm-eval])",
+    )
     from .commands.lm_eval import add_lm_eval_arguments
 
     add_lm_eval_arguments(p)
@@ -224,8 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: CUDA when present, else CPU")
     p.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="memory of the target GPU")
-    p.add_argument("--gpu-tflops", type=float, default=None, metavar="T",
-                   help="matmul peak of a GPU that is not on this machine (bf16 dense TFLOP/s), for the time")
+    p.add_argument(
+        "--gpu-tflops",
+        type=float,
+        default=None,
+        metavar="T",
+        help="matmul peak of a GPU that is not on this machine (bf16 dense TFLOP/s), for the time",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_estimate)
 
@@ -233,17 +297,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_arguments(p)
     p.set_defaults(func=_cmd_models)
     models = p.add_subparsers(dest="models_command", metavar="COMMAND")
-    p = models.add_parser("export-base", help="write a base model (e.g. the bundled default) as a Hugging Face "
-                          "folder, so plain PEFT loads its adapters offline")
+    p = models.add_parser(
+        "export-base",
+        help="write a base model (e.g. the bundled default) as a Hugging Face "
+        "folder, so plain PEFT loads its adapters offline",
+    )
     p.add_argument("name", help="model id, alias or folder, as in model_path (e.g. smollm2)")
     p.add_argument("dir", help="the folder to write (new or empty)")
-    p.add_argument("--adapter", "-a", action="append", default=[], metavar="ADAPTER_DIR",
-                   help="point this adapter's adapter_config.json at DIR, after checking it was trained on these "
-                   "exact weights (repeatable)")
+    p.add_argument(
+        "--adapter",
+        "-a",
+        action="append",
+        default=[],
+        metavar="ADAPTER_DIR",
+        help="point this adapter's adapter_config.json at DIR, after checking it was trained on these "
+        "exact weights (repeatable)",
+    )
     p.set_defaults(func=_cmd_export_base)
 
-    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True,
-                                                                       metavar="COMMAND")
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(
+        dest="data_command", required=True, metavar="COMMAND"
+    )
     p = data.add_parser("validate", help="check a dataset before training and print a report")
     add_validate_arguments(p)
     p.set_defaults(func=_cmd_data_validate)

@@ -25,7 +25,9 @@ def find_demo_dir() -> Path:
         candidate = root / "examples" / "demo"
         if (candidate / "spec.yaml").is_file():
             return candidate
-    raise TuneforgeError("the demo files (examples/demo/spec.yaml) were not found; run the demo from a tuneforge checkout")
+    raise TuneforgeError(
+        "the demo files (examples/demo/spec.yaml) were not found; run the demo from a tuneforge checkout"
+    )
 
 
 def _base_validation_loss(metrics_file: Path) -> float | None:
@@ -49,8 +51,10 @@ def run_demo(output: str = "runs/demo", max_steps: int | None = None) -> int:
     print(f"task: {d.prompt_template!r}")
     data = prepare_spec_data(spec, load_tokenizer(spec.pretrainedmodel_config.model_path))  # the splits train() uses
     print(f"data: {len(data.train)} train, {len(data.validation)} validation, {len(data.test)} held-out test rows")
-    print("fine-tuning (LoRA), then base model vs adapter on the held-out rows (the evaluation every job with test "
-          "rows gets) ...")
+    print(
+        "fine-tuning (LoRA), then base model vs adapter on the held-out rows (the evaluation every job with test "
+        "rows gets) ..."
+    )
     out = Path(output)
     for stale in (out, work_dir_for(out)):
         if stale.exists():
@@ -77,16 +81,27 @@ def run_demo(output: str = "runs/demo", max_steps: int | None = None) -> int:
     print(f"base model   : {sample['answers']['base'].strip()[:160]!r}")
     print(f"fine-tuned   : {sample['answers']['adapter'].strip()[:160]!r}")
     rate = {k: f"{v:.2f}" for k, v in ev["rows_per_second"].items()}
-    print(f"\ntraining: {r['steps']} steps, {r['tokens_per_second']:.0f} tokens/s, {r['train_seconds']:.0f} s; "
-          f"{r['trainable_parameters']:,} trainable parameters ({r['trainable_share']:.2%}); evaluation "
-          f"{rate['base']} (base) and {rate['adapter']} (fine-tuned) rows/s; demo total {time.time() - started:.0f} s")
-    print(f"adapter: {result.adapter_dir}   loss curve: {result.output_dir / 'loss.png'}   "
-          f"per-row answers: {result.output_dir / EVAL_ROWS_FILE}")
-    (result.output_dir / "demo.json").write_text(json.dumps({
-        "before": {"validation_loss": before_loss, **base},
-        "after": {"validation_loss": after_loss, **tuned},
-        "test_rows": ev["rows"], "rows_per_second": ev["rows_per_second"], "total_seconds": time.time() - started,
-    }, indent=2))
+    print(
+        f"\ntraining: {r['steps']} steps, {r['tokens_per_second']:.0f} tokens/s, {r['train_seconds']:.0f} s; "
+        f"{r['trainable_parameters']:,} trainable parameters ({r['trainable_share']:.2%}); evaluation "
+        f"{rate['base']} (base) and {rate['adapter']} (fine-tuned) rows/s; demo total {time.time() - started:.0f} s"
+    )
+    print(
+        f"adapter: {result.adapter_dir}   loss curve: {result.output_dir / 'loss.png'}   "
+        f"per-row answers: {result.output_dir / EVAL_ROWS_FILE}"
+    )
+    (result.output_dir / "demo.json").write_text(
+        json.dumps(
+            {
+                "before": {"validation_loss": before_loss, **base},
+                "after": {"validation_loss": after_loss, **tuned},
+                "test_rows": ev["rows"],
+                "rows_per_second": ev["rows_per_second"],
+                "total_seconds": time.time() - started,
+            },
+            indent=2,
+        )
+    )
     if not (tuned["exact_match"] > base["exact_match"] and after_loss < before_loss):
         print("the fine-tuned model did not beat the base model", flush=True)
         return 1

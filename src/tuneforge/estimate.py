@@ -97,13 +97,13 @@ class JobEstimate:
         }
 
 
-def estimate_job(spec, *, device: str | None = None, gpu_memory_gb: float | None = None,
-                 gpu_tflops: float | None = None) -> JobEstimate:
+def estimate_job(
+    spec, *, device: str | None = None, gpu_memory_gb: float | None = None, gpu_tflops: float | None = None
+) -> JobEstimate:
     import dataclasses
 
     import torch
     from transformers import AutoConfig
-
 
     device = default_device(device)
     p, d = spec.pretrainedmodel_config, spec.data_config
@@ -121,9 +121,11 @@ def estimate_job(spec, *, device: str | None = None, gpu_memory_gb: float | None
     else:  # a GPU elsewhere: resolve precision and optimizer as a CUDA run would (bf16; paged AdamW 8-bit for QLoRA)
         t = spec.training_config
         setup = dataclasses.replace(
-            TrainingSetup.from_spec(spec, device="cpu"), device="cuda",
+            TrainingSetup.from_spec(spec, device="cpu"),
+            device="cuda",
             precision=auto_precision("cuda") if t.precision == "auto" else t.precision,
-            optimizer=resolve_optimizer(t.optimizer, quantized=bool(p.use_quantization), device_type="cuda"))
+            optimizer=resolve_optimizer(t.optimizer, quantized=bool(p.use_quantization), device_type="cuda"),
+        )
     # The longest batch sets the activation peak: the data's longest example, not the cutoff it may never reach.
     setup = dataclasses.replace(setup, seq_len=min(longest, d.cutoff_len))
     memory = estimate_training_memory(shape, setup)
@@ -139,18 +141,27 @@ def estimate_job(spec, *, device: str | None = None, gpu_memory_gb: float | None
         peak, source = None, "unknown: pass --gpu-tflops for a time estimate"
     tokens = sum(lengths)
     seconds = tokens * PADDING_OVERHEAD * flops_tok / (peak * MFU[device]) if peak else None
-    return JobEstimate(memory=memory, device=device, device_memory_bytes=available,
-                       fits=None if available is None else memory.total <= available, train_examples=len(lengths),
-                       tokens_per_epoch=tokens, longest_example=longest, flops_per_token=flops_tok, peak_flops=peak,
-                       peak_source=source, seconds_per_epoch=seconds,
-                       steps_per_epoch=make_plan(spec, len(lengths)).steps_per_epoch)
+    return JobEstimate(
+        memory=memory,
+        device=device,
+        device_memory_bytes=available,
+        fits=None if available is None else memory.total <= available,
+        train_examples=len(lengths),
+        tokens_per_epoch=tokens,
+        longest_example=longest,
+        flops_per_token=flops_tok,
+        peak_flops=peak,
+        peak_source=source,
+        seconds_per_epoch=seconds,
+        steps_per_epoch=make_plan(spec, len(lengths)).steps_per_epoch,
+    )
 
 
 def format_estimate(est: JobEstimate) -> str:
     m = est.memory
     lines = [
-        f"device            {est.device}" + (f" ({format_bytes(est.device_memory_bytes)} available)"
-                                             if est.device_memory_bytes else ""),
+        f"device            {est.device}"
+        + (f" ({format_bytes(est.device_memory_bytes)} available)" if est.device_memory_bytes else ""),
         f"data              {est.train_examples} training examples, {est.tokens_per_epoch:,} tokens per epoch, "
         f"longest {est.longest_example} tokens, {est.steps_per_epoch} optimizer steps per epoch",
         f"peak memory       {format_bytes(m.total)}"
@@ -159,8 +170,10 @@ def format_estimate(est: JobEstimate) -> str:
     for name, value in m.to_dict()["breakdown_bytes"].items():
         lines.append(f"  {name:<15} {format_bytes(value)}")
     if est.seconds_per_epoch is not None and est.peak_flops is not None:
-        lines.append(f"time per epoch    {est.seconds_per_epoch / 60:.1f} min  ({est.flops_per_token / 1e9:.2f} GFLOP/token, "
-                     f"peak {est.peak_flops / 1e12:.2f} TFLOP/s {est.peak_source}, utilisation {MFU[est.device]:.0%})")
+        lines.append(
+            f"time per epoch    {est.seconds_per_epoch / 60:.1f} min  ({est.flops_per_token / 1e9:.2f} GFLOP/token, "
+            f"peak {est.peak_flops / 1e12:.2f} TFLOP/s {est.peak_source}, utilisation {MFU[est.device]:.0%})"
+        )
     else:
         lines.append(f"time per epoch    {est.peak_source}")
     return "\n".join(lines)

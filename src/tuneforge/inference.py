@@ -12,8 +12,13 @@ from .models.loader import load_tokenizer, quiet_transformers, resolve_model
 from .runtime import default_device
 
 
-def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | None = None, *,
-                       dtype: torch.dtype = torch.float32, device: str | None = None):
+def load_for_inference(
+    model_path: str | None = None,
+    adapter_dir: str | Path | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | None = None,
+):
     """(model, tokenizer): the base model, with the adapter applied unmerged when given.
 
     Without `model_path`, the base recorded in the adapter's config is used (tuneforge records the model id the
@@ -32,8 +37,9 @@ def load_for_inference(model_path: str | None = None, adapter_dir: str | Path | 
     dev = torch.device(default_device(device))
     # Local folders are read with local_files_only: no hub call (and no minute of retries offline) for them.
     # transformers wraps .to() in a decorator that mypy reads as taking the model
-    model = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=dtype,
-                                                 local_files_only=resolved.is_local).to(dev)  # type: ignore[arg-type]
+    model = AutoModelForCausalLM.from_pretrained(
+        resolved.load_from, dtype=dtype, local_files_only=resolved.is_local
+    ).to(dev)  # type: ignore[arg-type]
     tokenizer = (
         AutoTokenizer.from_pretrained(str(adapter_dir), local_files_only=True)
         if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").is_file()
@@ -55,24 +61,35 @@ def adapter_base(adapter_dir: str | Path, config: dict):
 
     named = config.get("base_model_name_or_path")
     if not named:
-        raise TuneforgeError(f"--model: the adapter {str(adapter_dir)!r} does not name its base model; give --model",
-                             field="--model")
+        raise TuneforgeError(
+            f"--model: the adapter {str(adapter_dir)!r} does not name its base model; give --model", field="--model"
+        )
     try:
         return resolve_model(named, field="--model"), named
     except TuneforgeError as err:
         card = read_card(adapter_dir)
         recorded = Path(card.base_model.get("path", "")) if card is not None else None
         if card is not None and recorded is not None and (recorded / "config.json").is_file():
-            return ResolvedModel(model_id=card.base_model.get("model_id", named), load_from=str(recorded),
-                                 is_local=True), str(recorded)
+            return ResolvedModel(
+                model_id=card.base_model.get("model_id", named), load_from=str(recorded), is_local=True
+            ), str(recorded)
         raise TuneforgeError(
             f"the adapter's base model {named!r} cannot be loaded here ({err}); give it with --model DIR (a Hugging "
             f"Face folder of that model; `tuneforge models export-base {named} DIR --adapter {adapter_dir}` writes one "
-            "on a machine that has it)", field="--model", value=named) from None
+            "on a machine that has it)",
+            field="--model",
+            value=named,
+        ) from None
 
 
-def format_prompt(tokenizer, prompt: str, *, chat: bool | None = None, adapter_dir: str | Path | None = None,
-                  chat_template: str = "training") -> str:
+def format_prompt(
+    tokenizer,
+    prompt: str,
+    *,
+    chat: bool | None = None,
+    adapter_dir: str | Path | None = None,
+    chat_template: str = "training",
+) -> str:
     """`prompt` as one user message, rendered as the adapter was trained (its tuneforge_adapter.json, with
     `chat_template` "training") or with the model's chat template; unchanged with `chat=False`, or when there is
     neither a training prompt nor a chat template."""
@@ -90,8 +107,16 @@ def format_prompt(tokenizer, prompt: str, *, chat: bool | None = None, adapter_d
 
 
 @torch.no_grad()
-def generate(model, tokenizer, text: str, *, max_new_tokens: int = 128, temperature: float = 0.0,
-             top_p: float = 1.0, seed: int | None = None) -> str:
+def generate(
+    model,
+    tokenizer,
+    text: str,
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> str:
     """Continue `text` (already formatted) and return only the new text."""
     if seed is not None:
         torch.manual_seed(seed)
@@ -111,8 +136,14 @@ def generate(model, tokenizer, text: str, *, max_new_tokens: int = 128, temperat
     return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, *, model_path: str | None = None,
-                  dtype: torch.dtype = torch.float32, chat_template: str = "training") -> Path:
+def merge_adapter(
+    adapter_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    model_path: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    chat_template: str = "training",
+) -> Path:
     """Fold W + (alpha/r)·B·A into plain weights and save a model that transformers loads without PEFT.
 
     The base is loaded unquantized even for QLoRA adapters (merging into 4-bit weights would round the update
@@ -126,8 +157,9 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, *, model_path
     card = read_card(adapter_dir)
     output_dir = Path(output_dir).expanduser()
     if output_dir.exists() and any(output_dir.iterdir()):
-        raise TuneforgeError(f"--output {str(output_dir)!r} exists and is not empty", field="output",
-                             value=str(output_dir))
+        raise TuneforgeError(
+            f"--output {str(output_dir)!r} exists and is not empty", field="output", value=str(output_dir)
+        )
     model, tokenizer = load_for_inference(model_path, adapter_dir, dtype=dtype, device="cpu")
     merged = model.merge_and_unload(safe_merge=True)
     training_template = card.template_for(chat_template) if card is not None else None

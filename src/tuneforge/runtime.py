@@ -97,7 +97,9 @@ def pick_runtime(precision: str = "auto", device: str | None = None) -> Runtime:
 
     dev = torch.device(default_device(device))
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TuneforgeError("device 'cuda' was asked for but no CUDA device is available", field="device", value=device)
+        raise TuneforgeError(
+            "device 'cuda' was asked for but no CUDA device is available", field="device", value=device
+        )
     if precision == "auto":
         precision = auto_precision(dev.type)
     elif precision == "fp16" and dev.type == "cpu":

@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the API server listens on.")
     port: int = Field(8000, ge=0, lt=65536, description="Port the API server listens on.")
     workers: int = Field(
-        1, ge=0, le=64,
+        1,
+        ge=0,
+        le=64,
         description="Workers the server starts beside itself (each runs one job at a time, FIFO). 0: none; run "
         "`tuneforge worker` processes instead.",
     )
@@ -66,25 +68,31 @@ class Settings(BaseSettings):
         "max_upload_bytes), in bytes or with a unit ('2MB'). A job spec is a few kilobytes.",
     )
     max_field_chars: int = Field(
-        32768, ge=256,
+        32768,
+        ge=256,
         description="Longest string accepted in any field of a job spec or deployment (a prompt_template, a name, "
         "a path); paths are also limited to 4096 characters.",
     )
     max_active_jobs_per_key: int = Field(
-        10, ge=1, description="Queued plus running jobs one API key may have at a time; more are refused with 429.",
+        10,
+        ge=1,
+        description="Queued plus running jobs one API key may have at a time; more are refused with 429.",
     )
     max_steps_per_job: int = Field(
-        100_000, ge=1,
+        100_000,
+        ge=1,
         description="Most optimizer steps one job may run (max_steps, or epochs x batches per epoch): a job "
         "beyond it would hold a worker for days.",
     )
     max_tokens_per_job: int = Field(
-        2_000_000_000, ge=1,
+        2_000_000_000,
+        ge=1,
         description="Most tokens one job may train on, counted as steps x batch_size x "
         "gradient_accumulation_steps x cutoff_len (an upper bound of the real count).",
     )
     auth_failures_per_minute: int = Field(
-        20, ge=1,
+        20,
+        ge=1,
         description="Failed authentications (API keys and deployment tokens) one client address may make per "
         "minute before it gets 429 until the minute is over.",
     )
@@ -95,7 +103,8 @@ class Settings(BaseSettings):
     )
     heartbeat_seconds: float = Field(2.0, gt=0, description="How often a worker marks its running job as alive.")
     stale_after_seconds: float = Field(
-        30.0, gt=0,
+        30.0,
+        gt=0,
         description="A running job whose worker has not marked it alive for this long is put back in the queue "
         "(and resumes from its last checkpoint).",
     )
@@ -164,8 +173,12 @@ class Settings(BaseSettings):
             try:
                 os.chmod(d, 0o700)
             except PermissionError as exc:
-                raise TuneforgeError(f"home: cannot make {d} private to this user (chmod 700): {exc.strerror}; run "
-                                     "the service as the owner of its home", field="home", value=str(d)) from None
+                raise TuneforgeError(
+                    f"home: cannot make {d} private to this user (chmod 700): {exc.strerror}; run "
+                    "the service as the owner of its home",
+                    field="home",
+                    value=str(d),
+                ) from None
 
     def relative(self, path: str | os.PathLike) -> str:
         """`path` as shown to API users: relative to the home (`<home>/datasets/x.jsonl`) so that error messages
@@ -173,7 +186,7 @@ class Settings(BaseSettings):
         text = str(path)
         home = str(self.home)
         if text == home or text.startswith(home + os.sep):
-            return "<home>" + text[len(home):]
+            return "<home>" + text[len(home) :]
         return text
 
     def to_env(self) -> dict[str, str]:

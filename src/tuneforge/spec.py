@@ -12,8 +12,8 @@ and the UI's help texts are all generated from them.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,8 +22,17 @@ from .errors import TuneforgeError, did_you_mean
 
 # data_format: "auto" (detect), or one of the data formats data/formats.py reads (its RowFormat classes implement
 # each). Listed once: FORMATS is derived from it.
-DataFormat = Literal["auto", "template", "chat", "sharegpt", "chat_prompt_completion", "prompt_completion", "alpaca",
-                     "text", "preference"]
+DataFormat = Literal[
+    "auto",
+    "template",
+    "chat",
+    "sharegpt",
+    "chat_prompt_completion",
+    "prompt_completion",
+    "alpaca",
+    "text",
+    "preference",
+]
 FORMATS: tuple[str, ...] = get_args(DataFormat)[1:]
 # What each data_format value reads: the field's description and the data layer's errors list them.
 FORMAT_HELP = {
@@ -77,8 +86,12 @@ class PretrainedModelConfig(_Section):
         "or from an adapter folder. Empty: start fresh.",
     )
     use_lora: bool = Field(True, description="Train a LoRA adapter. Full fine-tuning is not offered: must be true.")
-    lora_r: int = Field(8, gt=0, lt=2048, description="LoRA rank r: the adapter adds r*(m+n) parameters per m*n weight.")
-    lora_alpha: int = Field(16, gt=0, lt=2048, description="LoRA scaling numerator: the update B·A is scaled by alpha/r.")
+    lora_r: int = Field(
+        8, gt=0, lt=2048, description="LoRA rank r: the adapter adds r*(m+n) parameters per m*n weight."
+    )
+    lora_alpha: int = Field(
+        16, gt=0, lt=2048, description="LoRA scaling numerator: the update B·A is scaled by alpha/r."
+    )
     lora_dropout: float = Field(
         0.0, ge=0.0, le=1.0, description="Dropout on the LoRA input path (0 disables it and saves activation memory)."
     )
@@ -139,7 +152,9 @@ class DataConfig(_Section):
         "is the completion the model learns, everything before it the prompt. '{{' and '}}' are literal braces. "
         "Empty: use a 'messages', 'prompt'/'completion' or 'text' column.",
     )
-    cutoff_len: int = Field(512, gt=0, le=MAX_INT32, description="Maximum tokens per example; longer examples are truncated.")
+    cutoff_len: int = Field(
+        512, gt=0, le=MAX_INT32, description="Maximum tokens per example; longer examples are truncated."
+    )
     data_split_config: dict[str, float] = Field(
         default_factory=lambda: {"train": 0.9, "validation": 0.1},
         description="Fractions of the rows used for training, validation and (optionally) held-out testing, e.g. "
@@ -236,20 +251,35 @@ class TrainingConfig(_Section):
     # --- tuneforge extensions -------------------------------------------------------------------------------------
     batch_size: int = Field(8, gt=0, le=4096, description="(tuneforge) Examples per micro-batch.")
     max_steps: int | None = Field(
-        None, gt=0, le=MAX_INT32,
-        description="(tuneforge) Stop after this many optimizer steps (overrides num_train_epochs)."
+        None,
+        gt=0,
+        le=MAX_INT32,
+        description="(tuneforge) Stop after this many optimizer steps (overrides num_train_epochs).",
     )
     eval_steps: int | None = Field(
-        None, gt=0, le=MAX_INT32, description="(tuneforge) Evaluate every N optimizer steps. Default: about 10 times per run."
+        None,
+        gt=0,
+        le=MAX_INT32,
+        description="(tuneforge) Evaluate every N optimizer steps. Default: about 10 times per run.",
     )
     save_steps: int | None = Field(
-        None, gt=0, le=MAX_INT32, description="(tuneforge) Write a resumable checkpoint every N optimizer steps. Default: at each evaluation."
+        None,
+        gt=0,
+        le=MAX_INT32,
+        description="(tuneforge) Write a resumable checkpoint every N optimizer steps. Default: at each evaluation.",
     )
-    save_total_limit: int = Field(2, gt=0, le=MAX_INT32,
-                                  description="(tuneforge) Checkpoints kept on disk (oldest removed first).")
-    logging_steps: int = Field(1, gt=0, le=MAX_INT32, description="(tuneforge) Record the training loss every N optimizer steps.")
-    seed: int = Field(42, ge=0, le=2**32 - 1,  # numpy's seeds are 32-bit
-                      description="(tuneforge) Seed for the data split, shuffling, dropout and LoRA init.")
+    save_total_limit: int = Field(
+        2, gt=0, le=MAX_INT32, description="(tuneforge) Checkpoints kept on disk (oldest removed first)."
+    )
+    logging_steps: int = Field(
+        1, gt=0, le=MAX_INT32, description="(tuneforge) Record the training loss every N optimizer steps."
+    )
+    seed: int = Field(
+        42,
+        ge=0,
+        le=2**32 - 1,  # numpy's seeds are 32-bit
+        description="(tuneforge) Seed for the data split, shuffling, dropout and LoRA init.",
+    )
     weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="(tuneforge) AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="(tuneforge) Gradient clipping norm (0 disables).")
     optimizer: Literal["auto", "adamw", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit"] = Field(
@@ -285,7 +315,9 @@ class TrainingConfig(_Section):
         "lambda, TRL's beta; default 0.1).",
     )
     simpo_gamma: float = Field(
-        0.5, ge=0, description="(tuneforge) SimPO: target reward margin gamma between chosen and rejected (default 0.5)."
+        0.5,
+        ge=0,
+        description="(tuneforge) SimPO: target reward margin gamma between chosen and rejected (default 0.5).",
     )
 
     @model_validator(mode="after")
@@ -355,12 +387,15 @@ class JobSpec(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> JobSpec:
         t = self.training_config
-        if self.data_config.validation_data_path is None and self.data_config.data_split_config.get("validation", 0) == 0:
-            if t.lr_scheduler_type == "reduce_lr_on_plateau":
-                raise ValueError(
-                    "lr_scheduler_type 'reduce_lr_on_plateau' needs a validation split: give data_split_config a "
-                    "'validation' fraction or set validation_data_path"
-                )
+        if (
+            self.data_config.validation_data_path is None
+            and self.data_config.data_split_config.get("validation", 0) == 0
+            and t.lr_scheduler_type == "reduce_lr_on_plateau"
+        ):
+            raise ValueError(
+                "lr_scheduler_type 'reduce_lr_on_plateau' needs a validation split: give data_split_config a "
+                "'validation' fraction or set validation_data_path"
+            )
         d = self.data_config
         if t.preference is not None:
             if d.data_format not in ("auto", "preference"):
@@ -471,7 +506,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise TuneforgeError(f"--set {item!r}: expected section.field=value, e.g. training_config.learning_rate=1e-4")
+            raise TuneforgeError(
+                f"--set {item!r}: expected section.field=value, e.g. training_config.learning_rate=1e-4"
+            )
         parts = key.strip().split(".")
         node = data
         for part in parts[:-1]:
@@ -503,8 +540,11 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     if data is None:
         raise TuneforgeError(f"{path}: the file is empty")
     if not isinstance(data, dict):
-        raise TuneforgeError(f"{path}: expected a mapping of sections (data_config, training_config, ...), not a "
-                             f"{type(data).__name__}", field="spec", value=str(path))
+        raise TuneforgeError(
+            f"{path}: expected a mapping of sections (data_config, training_config, ...), not a {type(data).__name__}",
+            field="spec",
+            value=str(path),
+        )
     return data
 
 

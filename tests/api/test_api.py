@@ -10,15 +10,17 @@ import sys
 
 import pytest
 import requests
-
 from tfservice import Client, Server, create_key, make_home, payload
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory, tiny_model_dir):
     home = make_home(tmp_path_factory.mktemp("api"), tiny_model_dir)
-    keys = {"alice": create_key(home, "alice"), "bob": create_key(home, "bob"),
-            "root": create_key(home, "root", admin=True)}
+    keys = {
+        "alice": create_key(home, "alice"),
+        "bob": create_key(home, "bob"),
+        "root": create_key(home, "root", admin=True),
+    }
     server = Server(home, workers=0).start()
     yield server, {name: Client(server.url, k) for name, k in keys.items()}, keys
     server.stop()
@@ -36,16 +38,25 @@ def _jobs_in_db(server) -> int:
 
 def test_keys_create_prints_the_key_alone_on_its_last_line_and_stores_only_its_hash(svc):
     server, _, keys = svc
-    out = subprocess.run([sys.executable, "-m", "tuneforge.cli", "keys", "create", "carol", "--home",
-                          str(server.home)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "keys", "create", "carol", "--home", str(server.home)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     key = out.rstrip("\n").splitlines()[-1]
     assert key.startswith("tf_") and " " not in key
     assert Client(server.url, key).get("/v1/finetune/llm").status_code == 200
     db = (server.home / "tuneforge.db").read_bytes() + b"".join(
-        p.read_bytes() for p in server.home.glob("tuneforge.db-*"))
+        p.read_bytes() for p in server.home.glob("tuneforge.db-*")
+    )
     assert key.encode() not in db and keys["alice"].encode() not in db
-    listing = subprocess.run([sys.executable, "-m", "tuneforge.cli", "keys", "list", "--home", str(server.home)],
-                             capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "keys", "list", "--home", str(server.home)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "carol" in listing and key not in listing
 
 
@@ -57,27 +68,47 @@ def test_missing_wrong_and_revoked_keys_get_401(svc):
         assert r.headers["www-authenticate"] == "Bearer" and "key" in r.json()["detail"]
     r = requests.post(server.url + "/v1/finetune/llm", json=payload(server.home))
     assert r.status_code == 401
-    out = subprocess.run([sys.executable, "-m", "tuneforge.cli", "keys", "create", "dave", "--home",
-                          str(server.home)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "keys", "create", "dave", "--home", str(server.home)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     key_id, key = out.split("created key ")[1].split()[0], out.splitlines()[-1]
     assert Client(server.url, key).get("/v1/datasets").status_code == 200
-    subprocess.run([sys.executable, "-m", "tuneforge.cli", "keys", "revoke", key_id, "--home", str(server.home)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "keys", "revoke", key_id, "--home", str(server.home)],
+        check=True,
+        capture_output=True,
+    )
     assert Client(server.url, key).get("/v1/datasets").status_code == 401
     assert requests.get(server.url + "/v1/health").json()["status"] == "ok"  # no key needed
 
 
-@pytest.mark.parametrize("mutate, field, words", [
-    (lambda p: p["pretrainedmodel_config"].update(lora_alpah=16), "pretrainedmodel_config.lora_alpah",
-     "did you mean 'lora_alpha'"),
-    (lambda p: p["pretrainedmodel_config"].update(lora_r=0), "pretrainedmodel_config.lora_r", "greater than 0"),
-    (lambda p: p["training_config"].update(learning_rate="fast"), "training_config.learning_rate", "'fast'"),
-    (lambda p: p["training_config"].update(lr_scheduler_type="cosin"), "training_config.lr_scheduler_type", "cosine"),
-    (lambda p: p.pop("data_config"), "data_config", "required field is missing"),
-    (lambda p: p["data_config"].update(data_split_config={"train": 0.9, "valid": 0.1}), "data_config.data_split_config",
-     "did you mean 'validation'"),
-    (lambda p: p.update(extra_section={}), "extra_section", "unknown field"),
-])
+@pytest.mark.parametrize(
+    "mutate, field, words",
+    [
+        (
+            lambda p: p["pretrainedmodel_config"].update(lora_alpah=16),
+            "pretrainedmodel_config.lora_alpah",
+            "did you mean 'lora_alpha'",
+        ),
+        (lambda p: p["pretrainedmodel_config"].update(lora_r=0), "pretrainedmodel_config.lora_r", "greater than 0"),
+        (lambda p: p["training_config"].update(learning_rate="fast"), "training_config.learning_rate", "'fast'"),
+        (
+            lambda p: p["training_config"].update(lr_scheduler_type="cosin"),
+            "training_config.lr_scheduler_type",
+            "cosine",
+        ),
+        (lambda p: p.pop("data_config"), "data_config", "required field is missing"),
+        (
+            lambda p: p["data_config"].update(data_split_config={"train": 0.9, "valid": 0.1}),
+            "data_config.data_split_config",
+            "did you mean 'validation'",
+        ),
+        (lambda p: p.update(extra_section={}), "extra_section", "unknown field"),
+    ],
+)
 def test_bad_payloads_get_422_with_the_field_path_and_nothing_is_stored(svc, mutate, field, words):
     server, c, _ = svc
     before = _jobs_in_db(server)
@@ -106,8 +137,9 @@ def test_a_model_too_large_for_the_server_is_refused_at_submission_with_the_numb
 
 def test_malformed_json_and_wrong_shapes_get_422(svc):
     _server, c, _ = svc
-    r = c["alice"].post("/v1/finetune/llm", data=b'{"data_config": {"data_path": "x",}',
-                        headers={"Content-Type": "application/json"})
+    r = c["alice"].post(
+        "/v1/finetune/llm", data=b'{"data_config": {"data_path": "x",}', headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "body"
     assert "not valid JSON" in r.json()["detail"]
     r = c["alice"].post("/v1/finetune/llm", json=[1, 2])
@@ -120,16 +152,19 @@ def test_malformed_json_and_wrong_shapes_get_422(svc):
     assert c["alice"].get("/v1/finetune/llm").status_code == 200
 
 
-@pytest.mark.parametrize("section, field, value, words", [
-    ("data_config", "data_path", "/etc/passwd", "outside the folders"),
-    ("data_config", "data_path", "../../etc/passwd", "relative path"),
-    ("data_config", "data_path", "file:///etc/passwd", "only http(s) URLs"),
-    ("data_config", "data_path", "http://127.0.0.1:1/x.jsonl", "loopback/private"),
-    ("data_config", "data_path", "ds_0000000000000000", "no uploaded dataset"),
-    ("data_config", "validation_data_path", "/etc/hosts", "outside the folders"),
-    ("pretrainedmodel_config", "model_path", "/etc", "outside the folders"),
-    ("pretrainedmodel_config", "resume_checkpoint_path", "/root", "outside the folders"),
-])
+@pytest.mark.parametrize(
+    "section, field, value, words",
+    [
+        ("data_config", "data_path", "/etc/passwd", "outside the folders"),
+        ("data_config", "data_path", "../../etc/passwd", "relative path"),
+        ("data_config", "data_path", "file:///etc/passwd", "only http(s) URLs"),
+        ("data_config", "data_path", "http://127.0.0.1:1/x.jsonl", "loopback/private"),
+        ("data_config", "data_path", "ds_0000000000000000", "no uploaded dataset"),
+        ("data_config", "validation_data_path", "/etc/hosts", "outside the folders"),
+        ("pretrainedmodel_config", "model_path", "/etc", "outside the folders"),
+        ("pretrainedmodel_config", "resume_checkpoint_path", "/root", "outside the folders"),
+    ],
+)
 def test_paths_outside_the_allowed_folders_are_refused(svc, section, field, value, words):
     server, c, _ = svc
     before = _jobs_in_db(server)
@@ -191,8 +226,12 @@ def test_events_of_a_queued_job_and_sse_ending_on_cancel(svc):
     r = c["alice"].get(f"/v1/finetune/llm/{job['job_id']}/events")
     assert [e["status"] for e in r.json()["events"]] == ["queued"] and r.json()["next_after"] == 1
     c["alice"].post(f"/v1/finetune/llm/{job['job_id']}/cancel")
-    with requests.get(f"{server.url}/v1/finetune/llm/{job['job_id']}/events", stream=True, timeout=30,
-                      headers={**c["alice"].headers, "Accept": "text/event-stream"}) as r:
+    with requests.get(
+        f"{server.url}/v1/finetune/llm/{job['job_id']}/events",
+        stream=True,
+        timeout=30,
+        headers={**c["alice"].headers, "Accept": "text/event-stream"},
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         text = r.text
     assert "event: status" in text and '"cancelled"' in text and text.rstrip().endswith('"last_seq": 2}')
@@ -201,8 +240,11 @@ def test_events_of_a_queued_job_and_sse_ending_on_cancel(svc):
 def test_dataset_upload_report_tenancy_and_use_as_data_path(svc):
     server, c, _ = svc
     data = (server.home / "datasets" / "qa.jsonl").read_bytes()
-    r = c["alice"].post("/v1/datasets", files={"file": ("../../my train.jsonl", data)},
-                        data={"prompt_template": "Question: {question}\nAnswer: {answer}"})
+    r = c["alice"].post(
+        "/v1/datasets",
+        files={"file": ("../../my train.jsonl", data)},
+        data={"prompt_template": "Question: {question}\nAnswer: {answer}"},
+    )
     assert r.status_code == 201, r.text
     ds = r.json()
     assert ds["id"].startswith("ds_") and ds["ok"] and ds["filename"] == "my_train.jsonl"
@@ -252,12 +294,18 @@ def test_upload_refusals_leave_nothing_behind(svc):
 
     def chunks():  # no Content-Length: the limit must hold while streaming
         for _ in range(8):
-            yield b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jsonl\"\r\n\r\n" if _ == 0 \
+            yield (
+                b'--B\r\nContent-Disposition: form-data; name="file"; filename="x.jsonl"\r\n\r\n'
+                if _ == 0
                 else b"x" * 20000
+            )
         yield b"\r\n--B--\r\n"
 
-    r = requests.post(server.url + "/v1/datasets", data=chunks(),
-                      headers={**c["alice"].headers, "Content-Type": "multipart/form-data; boundary=B"})
+    r = requests.post(
+        server.url + "/v1/datasets",
+        data=chunks(),
+        headers={**c["alice"].headers, "Content-Type": "multipart/form-data; boundary=B"},
+    )
     assert r.status_code == 413
     r = c["alice"].post("/v1/datasets", files={"data": ("x.jsonl", b"{}\n")})
     assert r.status_code == 422 and "'file' is missing" in r.json()["detail"]
@@ -274,9 +322,15 @@ def test_upload_refusals_leave_nothing_behind(svc):
 def test_openapi_page_documents_the_spec_fields(svc):
     server, _, _ = svc
     spec = requests.get(server.url + "/openapi.json").json()
-    assert {"/v1/finetune/llm", "/v1/finetune/llm/{job_id}", "/v1/finetune/llm/{job_id}/events",
-            "/v1/finetune/llm/{job_id}/cancel", "/v1/finetune/llm/{job_id}/adapter", "/v1/datasets",
-            "/v1/datasets/{dataset_id}"} <= set(spec["paths"])
+    assert {
+        "/v1/finetune/llm",
+        "/v1/finetune/llm/{job_id}",
+        "/v1/finetune/llm/{job_id}/events",
+        "/v1/finetune/llm/{job_id}/cancel",
+        "/v1/finetune/llm/{job_id}/adapter",
+        "/v1/datasets",
+        "/v1/datasets/{dataset_id}",
+    } <= set(spec["paths"])
     lora_r = spec["components"]["schemas"]["PretrainedModelConfig"]["properties"]["lora_r"]
     assert "LoRA rank" in lora_r["description"]
     assert "multipart/form-data" in spec["paths"]["/v1/datasets"]["post"]["requestBody"]["content"]

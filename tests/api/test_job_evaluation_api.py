@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tfservice import Client, Server, create_key, make_home, payload
 
 pytestmark = pytest.mark.slow
@@ -41,7 +40,10 @@ def test_a_job_with_a_test_split_reports_base_vs_adapter(svc):
     assert page["total"] == 16 and [row["row"] for row in page["rows"]] == [11, 12, 13, 14, 15]
     assert page["evaluation"] == ev
     row = page["rows"][0]
-    assert set(row) == {"row", "prompt", "reference", "answers", "scores"} and set(row["answers"]) == {"base", "adapter"}
+    assert set(row) == {"row", "prompt", "reference", "answers", "scores"} and set(row["answers"]) == {
+        "base",
+        "adapter",
+    }
     differing = c["alice"].get(job["eval_url"], params={"differing": "true", "limit": 1000}).json()
     assert differing["total"] == ev["differing_rows"]
     assert all(r["answers"]["base"].strip() != r["answers"]["adapter"].strip() for r in differing["rows"])

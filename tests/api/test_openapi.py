@@ -65,13 +65,35 @@ def test_every_json_answer_of_jobs_datasets_and_deployments_has_a_schema(openapi
 
 
 def test_a_view_with_an_undeclared_key_is_refused():
-    view = {"job_id": "j", "deployment_id": "j", "owner": "o", "status": "queued", "model": "m", "data_path": "d",
-            "created_at": None, "started_at": None, "finished_at": None, "updated_at": None, "queue_position": 1,
-            "progress": {"step": 0, "total_steps": None, "epoch": None, "percent": 0.0, "steps_per_second": None,
-                         "eta_seconds": None},
-            "losses": {"train_loss": None, "eval_loss": None, "best_eval_loss": None, "best_step": None},
-            "error": None, "cancel_requested": False, "attempts": 0, "events_url": "/e", "adapter_url": None,
-            "spec": {}, "result": None}
+    view = {
+        "job_id": "j",
+        "deployment_id": "j",
+        "owner": "o",
+        "status": "queued",
+        "model": "m",
+        "data_path": "d",
+        "created_at": None,
+        "started_at": None,
+        "finished_at": None,
+        "updated_at": None,
+        "queue_position": 1,
+        "progress": {
+            "step": 0,
+            "total_steps": None,
+            "epoch": None,
+            "percent": 0.0,
+            "steps_per_second": None,
+            "eta_seconds": None,
+        },
+        "losses": {"train_loss": None, "eval_loss": None, "best_eval_loss": None, "best_step": None},
+        "error": None,
+        "cancel_requested": False,
+        "attempts": 0,
+        "events_url": "/e",
+        "adapter_url": None,
+        "spec": {},
+        "result": None,
+    }
     wire = JobLaunched(message="queued", **view).model_dump(mode="json")
     assert list(wire)[:2] == ["message", "job_id"] and {k: wire[k] for k in view} == view
     with pytest.raises(ValidationError, match="surprise"):

@@ -13,8 +13,8 @@ import zipfile
 
 import pytest
 import requests
-
 from tfservice import Client, Server, create_key, make_home, payload, wait_for
+
 from tuneforge.jobs.store import Store
 from tuneforge.jobs.worker import pid_alive
 
@@ -85,8 +85,13 @@ def test_official_monsterapi_client_launches_a_job_that_trains_and_yields_an_ada
     assert Client(server.url, keys["bob"]).get(f"/v1/finetune/llm/{job_id}/adapter").status_code == 404
 
     # The server-sent event stream replays from `after` and ends with the job.
-    with requests.get(f"{server.url}/v1/finetune/llm/{job_id}/events", params={"stream": "true", "after": 3},
-                      headers=client.headers, stream=True, timeout=30) as resp:
+    with requests.get(
+        f"{server.url}/v1/finetune/llm/{job_id}/events",
+        params={"stream": "true", "after": 3},
+        headers=client.headers,
+        stream=True,
+        timeout=30,
+    ) as resp:
         text = resp.text
     ids = [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
     assert ids == list(range(4, len(events) + 1)) and "event: end" in text
@@ -141,8 +146,9 @@ def test_sigkill_of_the_worker_alone_restarts_it_and_the_job_resumes(svc):
 
     server, keys = svc
     alice = Client(server.url, keys["alice"])
-    job_id = alice.post("/v1/finetune/llm", json=payload(server.home, max_steps=40, save_steps=4, eval_steps=20,
-                                                          batch_size=4)).json()["job_id"]
+    job_id = alice.post(
+        "/v1/finetune/llm", json=payload(server.home, max_steps=40, save_steps=4, eval_steps=20, batch_size=4)
+    ).json()["job_id"]
     _wait_step(alice, job_id, 10)
     row = _job_row(server, job_id)
     worker_pid = int(row["worker_id"].split(":")[-2])
@@ -196,9 +202,12 @@ def test_the_service_on_postgresql_with_a_separate_worker(tmp_path, tiny_model_d
     bob_key = create_key(home, "bob", db=pg_database)
     server = Server(home, workers=0, db=pg_database).start()
     # `tuneforge worker` started on its own, as on a second machine sharing the database.
-    worker = subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "worker", "--home", str(home), "--db",
-                               pg_database, "--max-jobs", "1"], env=server.env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tuneforge.cli", "worker", "--home", str(home), "--db", pg_database, "--max-jobs", "1"],
+        env=server.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         alice, bob = Client(server.url, alice_key), Client(server.url, bob_key)
         job_id = alice.post("/v1/finetune/llm", json=payload(home, max_steps=6, eval_steps=3)).json()["job_id"]
@@ -220,9 +229,15 @@ def test_monsterapi_orpo_job_trains_on_pairs_and_streams_reward_metrics(svc):
 
     server, keys = svc
     pairs = server.home / "datasets" / "pairs.jsonl"
-    pairs.write_text("".join(
-        json.dumps({"prompt": f"what is {i % 10} plus 1?", "chosen": f"sum is {i % 10 + 1}", "rejected": "maybe 3 or so"}) + "\n"
-        for i in range(64)))
+    pairs.write_text(
+        "".join(
+            json.dumps(
+                {"prompt": f"what is {i % 10} plus 1?", "chosen": f"sum is {i % 10 + 1}", "rejected": "maybe 3 or so"}
+            )
+            + "\n"
+            for i in range(64)
+        )
+    )
     client = mclient(api_key=keys["alice"], base_url=f"{server.url}/v1")
     body = payload(server.home, data_path=str(pairs), preference_optimization="ORPO", max_steps=6, eval_steps=3)
     body["data_config"]["prompt_template"] = "Question: {prompt}\nAnswer: "

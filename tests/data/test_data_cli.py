@@ -18,8 +18,17 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_trainable_file_with_model_prints_report_and_exits_0(tiny_model_dir, capsys):
-    code = run_validate(parse(str(FIXTURES / "alpaca.jsonl"), "--template", "{instruction} {input} => {output}",
-                              "--model", str(tiny_model_dir), "--cutoff-len", "64"))
+    code = run_validate(
+        parse(
+            str(FIXTURES / "alpaca.jsonl"),
+            "--template",
+            "{instruction} {input} => {output}",
+            "--model",
+            str(tiny_model_dir),
+            "--cutoff-len",
+            "64",
+        )
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert f"Dataset {FIXTURES / 'alpaca.jsonl'}: trainable" in out
@@ -48,13 +57,22 @@ def test_json_output(capsys):
 def test_format_and_completion_column_options(tmp_path, capsys):
     p = tmp_path / "d.jsonl"
     p.write_text(json.dumps({"answer": "4", "question": "2+2?", "text": "unused"}) + "\n")
-    args = parse(str(p), "--template", "A: {answer} Q: {question}", "--completion-column", "answer",
-                 "--data-format", "template", "--json")
+    args = parse(
+        str(p),
+        "--template",
+        "A: {answer} Q: {question}",
+        "--completion-column",
+        "answer",
+        "--data-format",
+        "template",
+        "--json",
+    )
     assert run_validate(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["format_detail"] == "completion: {answer}"
     assert report["first_example"]["segments"] == [
-        {"text": "A: ", "trained": False}, {"text": "4 Q: 2+2?", "trained": True}
+        {"text": "A: ", "trained": False},
+        {"text": "4 Q: 2+2?", "trained": True},
     ]
 
 

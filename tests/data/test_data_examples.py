@@ -12,7 +12,7 @@ from tuneforge.data import IGNORE_INDEX, DataOptions, prepare_dataset, validate_
 from tuneforge.data.tokenize import Encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny import CHATML, build_tokenizer  # noqa: E402
+from tiny import CHATML, build_tokenizer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 
@@ -28,7 +28,9 @@ def all_examples(prepared):
 
 def only_example(tmp_path, rows, tok, **kw):
     p = write_jsonl(tmp_path / "d.jsonl", rows)
-    prepared = prepare_dataset(p, DataOptions(**{"cutoff_len": 512, **kw}), tokenizer=tok, split_fractions={"train": 1.0})
+    prepared = prepare_dataset(
+        p, DataOptions(**{"cutoff_len": 512, **kw}), tokenizer=tok, split_fractions={"train": 1.0}
+    )
     assert len(prepared.train) == 1
     return prepared.train[0]
 
@@ -59,8 +61,10 @@ def test_text_format_learns_all_text_and_eos(tmp_path, tiny_tokenizer):
 
 def test_truncation_to_cutoff_len(tmp_path, tiny_tokenizer):
     ex = only_example(
-        tmp_path, [{"prompt": "Question: ", "completion": "the quick brown fox jumps over the lazy dog " * 5}],
-        tiny_tokenizer, cutoff_len=16,
+        tmp_path,
+        [{"prompt": "Question: ", "completion": "the quick brown fox jumps over the lazy dog " * 5}],
+        tiny_tokenizer,
+        cutoff_len=16,
     )
     assert len(ex) == 16 and ex.labels[-1] != IGNORE_INDEX
 
@@ -133,7 +137,13 @@ def test_chat_template_that_raises_is_a_row_error(tmp_path):
     p = write_jsonl(
         tmp_path / "c.jsonl",
         [
-            {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]},
+            {
+                "messages": [
+                    {"role": "system", "content": "s"},
+                    {"role": "user", "content": "u"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
             {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]},
         ],
     )
@@ -176,7 +186,14 @@ def test_prompt_that_fills_cutoff_len_is_an_error(tmp_path, tiny_tokenizer):
     )
     chat = write_jsonl(
         tmp_path / "c.jsonl",
-        [{"messages": [{"role": "user", "content": "the quick brown fox " * 10}, {"role": "assistant", "content": "ok"}]}],
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "the quick brown fox " * 10},
+                    {"role": "assistant", "content": "ok"},
+                ]
+            }
+        ],
     )
     err = validate_source(chat, DataOptions(cutoff_len=12), tokenizer=tiny_tokenizer).errors[0]
     assert err.kind == "prompt_too_long" and "the first assistant turn starts at token" in err.message
@@ -193,7 +210,12 @@ def test_examples_are_deterministic(tmp_path, tiny_tokenizer):
 
 @pytest.mark.parametrize("name", ["alpaca.json", "alpaca.jsonl", "alpaca.parquet"])
 def test_same_rows_same_examples_in_every_format(name, tiny_tokenizer):
-    prepared = prepare_dataset(str(FIXTURES / name), DataOptions(cutoff_len=128, prompt_template="{instruction} {input} => {output}"), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0})
+    prepared = prepare_dataset(
+        str(FIXTURES / name),
+        DataOptions(cutoff_len=128, prompt_template="{instruction} {input} => {output}"),
+        tokenizer=tiny_tokenizer,
+        split_fractions={"train": 1.0},
+    )
     for row, ex in zip(prepared.train_rows, prepared.train, strict=True):
         prompt = f"{row['instruction']} {row['input']} => "
         ids = tiny_tokenizer(prompt)["input_ids"]

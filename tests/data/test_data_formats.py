@@ -88,7 +88,10 @@ def test_detection_from_columns():
     )
     assert fmt(["prompt", "chosen", "rejected"]) == "preference"
     assert fmt(["input", "preferred_output", "non_preferred_output"]) == "preference"
-    assert fmt(["a"], data_format="template") == "data_format 'template' needs a prompt_template with {column} placeholders"
+    assert (
+        fmt(["a"], data_format="template")
+        == "data_format 'template' needs a prompt_template with {column} placeholders"
+    )
     assert fmt(["a"], data_format="chat", prompt_template="{a}").startswith(
         "prompt_template is given but data_format is 'chat'"
     )
@@ -111,7 +114,10 @@ def test_undetectable_columns_suggest_a_template(tmp_path):
 
 
 def test_template_fields_missing_null_empty_or_not_text():
-    report = validate_source(str(FIXTURES / "fields.jsonl"), DataOptions(prompt_template="### Instruction: {instruction}\n### Input: {input}\n### Response: {output}"))
+    report = validate_source(
+        str(FIXTURES / "fields.jsonl"),
+        DataOptions(prompt_template="### Instruction: {instruction}\n### Input: {input}\n### Response: {output}"),
+    )
     assert [e.message for e in report.errors] == [
         "fields.jsonl line 2: field 'input' is missing; the template needs it in the prompt",
         "fields.jsonl line 3: field 'output' is null; the template needs it as the completion",
@@ -137,7 +143,9 @@ def test_csv_empty_completion_message_names_the_file_line(tmp_path):
 
 
 def test_field_missing_from_every_row_is_reported_once_as_a_column():
-    report = validate_source(str(FIXTURES / "alpaca.jsonl"), DataOptions(prompt_template="{instruction} {inptu} {output}"))
+    report = validate_source(
+        str(FIXTURES / "alpaca.jsonl"), DataOptions(prompt_template="{instruction} {inptu} {output}")
+    )
     assert report.error_counts == {"missing_column": 1}
     assert report.errors[0].message == (
         "alpaca.jsonl: no row has a field 'inptu' (did you mean 'input'?); the fields are: instruction, input, output"
@@ -154,10 +162,14 @@ def test_tabular_missing_column_is_checked_up_front():
 
 
 def test_empty_prompt_fields_are_a_warning_not_an_error():
-    report = validate_source(str(FIXTURES / "alpaca.jsonl"), DataOptions(prompt_template="### Instruction: {instruction}\n### Input: {input}\n### Response: {output}"))
+    report = validate_source(
+        str(FIXTURES / "alpaca.jsonl"),
+        DataOptions(prompt_template="### Instruction: {instruction}\n### Input: {input}\n### Response: {output}"),
+    )
     assert report.ok
     assert any(
-        w.message.startswith("1 of 6 rows (16.7%) have an empty 'input' (allowed") and "alpaca.jsonl line 3" in w.message
+        w.message.startswith("1 of 6 rows (16.7%) have an empty 'input' (allowed")
+        and "alpaca.jsonl line 3" in w.message
         for w in report.warnings
     )
 

@@ -37,7 +37,7 @@ def tool_tokenizer():
 def trained_text(tok, ex) -> str:
     """The text of the tokens the loss is taken on, runs joined by '|'."""
     runs, run = [], []
-    for t, label in zip(ex.input_ids, ex.labels):
+    for t, label in zip(ex.input_ids, ex.labels, strict=True):
         if label != IGNORE_INDEX:
             run.append(t)
         elif run:
@@ -64,20 +64,24 @@ def test_sharegpt_rows_train_assistant_turns_only(tmp_path, tiny_tokenizer):
     rows = [json.loads(line) for line in (FIXTURES / "sharegpt.jsonl").read_text().splitlines()[:2]]
     p = tmp_path / "s.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows))
-    prepared = prepare_dataset(str(p), DataOptions(cutoff_len=256), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0})
-    first = next(ex for ex, row in zip(prepared.train, prepared.train_rows) if "system" in row)
+    prepared = prepare_dataset(
+        str(p), DataOptions(cutoff_len=256), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0}
+    )
+    first = next(ex for ex, row in zip(prepared.train, prepared.train_rows, strict=True) if "system" in row)
     assert tiny_tokenizer.decode(first.input_ids).startswith("<|im_start|>system\nYou answer in one word.<|im_end|>")
     assert trained_text(tiny_tokenizer, first) == "Paris.<|im_end|>|Madrid.<|im_end|>"
 
 
 def test_sharegpt_tool_calls_and_observations(tool_tokenizer, tiny_tokenizer):
     path = str(FIXTURES / "sharegpt_toolcall.json")
-    prepared = prepare_dataset(path, DataOptions(cutoff_len=4096), tokenizer=tool_tokenizer, split_fractions={"train": 1.0})
+    prepared = prepare_dataset(
+        path, DataOptions(cutoff_len=4096), tokenizer=tool_tokenizer, split_fractions={"train": 1.0}
+    )
     assert prepared.report.format == "sharegpt" and prepared.report.columns_used == ["conversations", "tools"]
-    ex = next(e for e, r in zip(prepared.train, prepared.train_rows) if "USD" in json.dumps(r))
+    ex = next(e for e, r in zip(prepared.train, prepared.train_rows, strict=True) if "USD" in json.dumps(r))
     full = tool_tokenizer.decode(ex.input_ids)
     assert '"name": "convert_currency", "description": "Convert currency' in full  # the tool definitions
-    assert "<|im_start|>tool\n{\"converted_amount\": 425.5" in full  # the observation is a tool turn
+    assert '<|im_start|>tool\n{"converted_amount": 425.5' in full  # the observation is a tool turn
     assert trained_text(tool_tokenizer, ex) == (
         '<tool_call>{"name": "convert_currency", "arguments": {"amount": 500, "from_currency": "USD", '
         '"to_currency": "EUR"}}</tool_call><|im_end|>|Sure, 500 US dollars is approximately 425.50 Euros.<|im_end|>'
@@ -115,7 +119,9 @@ def test_openai_tools_developer_content_parts_and_images(tool_tokenizer):
     assert conv.messages[0] == {"role": "system", "content": "You are a weather bot."}  # developer = system
     assert conv.messages[1]["content"] == "What is the weather in San Francisco?"  # text parts joined
     assert conv.messages[2]["tool_calls"][0]["function"]["arguments"] == {
-        "location": "San Francisco, USA", "format": "celsius"}  # JSON text -> object, as chat templates read it
+        "location": "San Francisco, USA",
+        "format": "celsius",
+    }  # JSON text -> object, as chat templates read it
     assert conv.messages[3] == {"role": "tool", "content": "21.0", "tool_call_id": "call_id"}
 
 
@@ -125,21 +131,27 @@ def test_bad_weights_and_tool_calls_name_the_message():
 
     user = {"role": "user", "content": "q"}
     assert problems([user, {"role": "assistant", "content": "a", "weight": 0.5}]) == [
-        "message 2 (assistant): weight is 0.5; allowed: 0 (not learned) or 1"]
+        "message 2 (assistant): weight is 0.5; allowed: 0 (not learned) or 1"
+    ]
     assert problems([user, {"role": "assistant", "content": "a", "weight": 0}]) == [
-        "every assistant turn has weight 0, so there is nothing to learn"]
+        "every assistant turn has weight 0, so there is nothing to learn"
+    ]
     bad_call = {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{x"}}]}
     assert problems([user, bad_call]) == [
         "message 2 (assistant): tool call 1 ('f'): arguments are not valid JSON (Expecting property name enclosed in "
-        "double quotes at column 2)"]
+        "double quotes at column 2)"
+    ]
     assert problems([user, {"role": "assistant", "content": "a"}], tools=[{"type": "function"}]) == [
-        "field 'tools': tool 1 is not a list of {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": "
-        "...}} tool definitions"]
+        'field \'tools\': tool 1 is not a list of {"type": "function", "function": {"name": ..., "parameters": '
+        "...}} tool definitions"
+    ]
 
 
 def test_trl_conversational_prompt_completion(tiny_tokenizer):
     path = str(FIXTURES / "trl_conversational_prompt_completion.jsonl")
-    prepared = prepare_dataset(path, DataOptions(cutoff_len=256), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0})
+    prepared = prepare_dataset(
+        path, DataOptions(cutoff_len=256), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0}
+    )
     assert prepared.report.format == "chat_prompt_completion"
     by_answer = {trained_text(tiny_tokenizer, ex) for ex in prepared.train}
     assert by_answer == {"It is blue.<|im_end|>", "In the sky.<|im_end|>"}
@@ -153,13 +165,21 @@ def test_alpaca_uses_its_own_with_and_no_input_prompts(tiny_tokenizer):
     assert prompt == f"{ALPACA_PREAMBLE}\n\n### Instruction:\nName the color of the sky.\n\n### Response:\n"
     assert completion == "Blue."
     prompt, _ = fmt.render({"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"})
-    assert prompt == f"{ALPACA_PREAMBLE_INPUT}\n\n### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3\n\n### Response:\n"
-    prompt, _ = fmt.render({"instruction": "And 4 and 4?", "output": "8", "system": "Be exact.",
-                            "history": [["Add 2 and 3.", "5"]]})
-    assert prompt == ("Be exact.\n\n### Instruction:\nAdd 2 and 3.\n\n### Response:\n5\n\n### Instruction:\nAnd 4 and "
-                      "4?\n\n### Response:\n")
-    report = validate_source(data_path=str(Path(__file__).resolve().parents[1] / "fixtures" / "data" / "alpaca.jsonl"),
-                             tokenizer=tiny_tokenizer)
+    assert (
+        prompt
+        == f"{ALPACA_PREAMBLE_INPUT}\n\n### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3\n\n### Response:\n"
+    )
+    prompt, _ = fmt.render(
+        {"instruction": "And 4 and 4?", "output": "8", "system": "Be exact.", "history": [["Add 2 and 3.", "5"]]}
+    )
+    assert prompt == (
+        "Be exact.\n\n### Instruction:\nAdd 2 and 3.\n\n### Response:\n5\n\n### Instruction:\nAnd 4 and "
+        "4?\n\n### Response:\n"
+    )
+    report = validate_source(
+        data_path=str(Path(__file__).resolve().parents[1] / "fixtures" / "data" / "alpaca.jsonl"),
+        tokenizer=tiny_tokenizer,
+    )
     assert report.ok and report.format == "alpaca"
     assert report.columns_used == ["instruction", "input", "output"]
     # A typed table without the optional columns (system, history) is fine too.
@@ -183,7 +203,11 @@ def test_alpaca_columns_beside_text_train_alpaca_and_say_so(tiny_tokenizer):
 
 def test_template_without_input_warns_with_the_rows_it_drops(tiny_tokenizer):
     # MonsterAPI's sample template for tatsu-lab/alpaca
-    report = validate_source(str(FIXTURES / "monster_alpaca_template.jsonl"), DataOptions(prompt_template="### Input: {instruction} ### Output: {output}"), tokenizer=tiny_tokenizer)
+    report = validate_source(
+        str(FIXTURES / "monster_alpaca_template.jsonl"),
+        DataOptions(prompt_template="### Input: {instruction} ### Output: {output}"),
+        tokenizer=tiny_tokenizer,
+    )
     assert report.ok and report.format == "template" and report.columns_ignored == ["input"]
     assert [w.message for w in report.warnings if w.kind == "dropped_input"] == [
         "monster_alpaca_template.jsonl: column 'input' is not in prompt_template, but 2 of 4 rows have text in it "

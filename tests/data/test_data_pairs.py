@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tuneforge.data import DataOptions, IGNORE_INDEX, prepare_dataset, validate_source
 from tuneforge.commands.data import add_validate_arguments, run_validate
+from tuneforge.data import IGNORE_INDEX, DataOptions, prepare_dataset, validate_source
 from tuneforge.data.pairs import PairExample
 
 USER = {"role": "user", "content": "Say hi."}
@@ -37,7 +37,12 @@ def _answer_ids(side):
 
 def test_text_pairs_share_the_prompt_and_learn_only_the_answers(tmp_path, tiny_tokenizer):
     path = write(tmp_path / "p.jsonl", good_rows())
-    data = prepare_dataset(path, DataOptions(cutoff_len=64, data_format="preference", prompt_template="Q: {prompt}\nA: "), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0})
+    data = prepare_dataset(
+        path,
+        DataOptions(cutoff_len=64, data_format="preference", prompt_template="Q: {prompt}\nA: "),
+        tokenizer=tiny_tokenizer,
+        split_fractions={"train": 1.0},
+    )
     assert data.report.ok and data.report.format == "preference" and len(data.train) == 12
     pair = data.train[0]
     assert isinstance(pair, PairExample)
@@ -51,17 +56,36 @@ def test_text_pairs_share_the_prompt_and_learn_only_the_answers(tmp_path, tiny_t
     assert _answer_ids(pair.rejected) == tiny_tokenizer(row["rejected"], add_special_tokens=False)["input_ids"] + [eos]
 
 
-@pytest.mark.parametrize("row", [
-    {"prompt": [USER], "chosen": [{"role": "assistant", "content": "Hi!"}], "rejected": [{"role": "assistant", "content": "No."}]},
-    {"chosen": [USER, {"role": "assistant", "content": "Hi!"}], "rejected": [USER, {"role": "assistant", "content": "No."}]},
-    {"input": {"messages": [USER]}, "preferred_output": [{"role": "assistant", "content": "Hi!"}],
-     "non_preferred_output": [{"role": "assistant", "content": "No."}]},
-], ids=["trl-explicit-prompt", "trl-implicit-prompt", "openai-dpo"])
+@pytest.mark.parametrize(
+    "row",
+    [
+        {
+            "prompt": [USER],
+            "chosen": [{"role": "assistant", "content": "Hi!"}],
+            "rejected": [{"role": "assistant", "content": "No."}],
+        },
+        {
+            "chosen": [USER, {"role": "assistant", "content": "Hi!"}],
+            "rejected": [USER, {"role": "assistant", "content": "No."}],
+        },
+        {
+            "input": {"messages": [USER]},
+            "preferred_output": [{"role": "assistant", "content": "Hi!"}],
+            "non_preferred_output": [{"role": "assistant", "content": "No."}],
+        },
+    ],
+    ids=["trl-explicit-prompt", "trl-implicit-prompt", "openai-dpo"],
+)
 def test_chat_pairs_render_with_the_chat_template(tmp_path, tiny_tokenizer, row):
     path = write(tmp_path / "c.jsonl", [row])
     report = validate_source(path, DataOptions(cutoff_len=64), tokenizer=tiny_tokenizer)
     assert report.ok and report.format == "preference", report.to_text()
-    data = prepare_dataset(path, DataOptions(cutoff_len=64, data_format="preference"), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0})
+    data = prepare_dataset(
+        path,
+        DataOptions(cutoff_len=64, data_format="preference"),
+        tokenizer=tiny_tokenizer,
+        split_fractions={"train": 1.0},
+    )
     pair = data.train[0]
     n_prompt = len(pair.chosen) - pair.chosen.n_targets
     decode = lambda ids: tiny_tokenizer.decode(list(ids), skip_special_tokens=False)  # noqa: E731
@@ -93,8 +117,10 @@ def test_bad_pairs_are_reported_by_row_and_field(tmp_path, tiny_tokenizer):
 
 
 def test_pairs_over_cutoff_are_counted_and_a_too_long_prompt_is_an_error(tmp_path, tiny_tokenizer):
-    rows = good_rows(4) + [{"prompt": "q", "chosen": "word " * 40, "rejected": "x"},
-                           {"prompt": "word " * 40, "chosen": "y", "rejected": "x"}]
+    rows = good_rows(4) + [
+        {"prompt": "q", "chosen": "word " * 40, "rejected": "x"},
+        {"prompt": "word " * 40, "chosen": "y", "rejected": "x"},
+    ]
     report = validate_source(write(tmp_path / "long.jsonl", rows), DataOptions(cutoff_len=24), tokenizer=tiny_tokenizer)
     assert [e.kind for e in report.errors] == ["prompt_too_long"] and report.errors[0].line == 6
     assert "cutoff_len is 24" in report.errors[0].message

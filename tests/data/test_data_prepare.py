@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.data import DataOptions, DataValidationError, IGNORE_INDEX, prepare_dataset, split_indices
+from tuneforge.data import IGNORE_INDEX, DataOptions, DataValidationError, prepare_dataset, split_indices
 from tuneforge.data.split import split_counts
 from tuneforge.errors import TuneforgeError
 
@@ -33,7 +33,11 @@ def test_refuses_untrainable_data_with_the_report(tiny_tokenizer):
 
 def test_split_counts_and_minimums():
     assert split_counts(100, {"train": 0.9, "validation": 0.1}) == {"train": 90, "validation": 10, "test": 0}
-    assert split_counts(100, {"train": 0.8, "validation": 0.1, "test": 0.1}) == {"train": 80, "validation": 10, "test": 10}
+    assert split_counts(100, {"train": 0.8, "validation": 0.1, "test": 0.1}) == {
+        "train": 80,
+        "validation": 10,
+        "test": 10,
+    }
     assert split_counts(5, {"train": 0.9, "validation": 0.1}) == {"train": 4, "validation": 1, "test": 0}
     assert split_counts(1, {"train": 0.9, "validation": 0.1}) == {"train": 1, "validation": 0, "test": 0}
     assert split_counts(2, {"train": 0.5, "validation": 0.25, "test": 0.25}) == {"train": 1, "validation": 1, "test": 0}
@@ -54,7 +58,13 @@ def test_split_is_deterministic_for_a_seed_and_disjoint():
 
 def test_splits_rows_and_examples_line_up(tmp_path, tiny_tokenizer):
     path = write_rows(tmp_path / "d.jsonl", 40)
-    prepared = prepare_dataset(path, DataOptions(cutoff_len=64, prompt_template="Q: {q}\nA: {a}"), tokenizer=tiny_tokenizer, split_fractions={"train": 0.5, "validation": 0.25, "test": 0.25}, seed=3)
+    prepared = prepare_dataset(
+        path,
+        DataOptions(cutoff_len=64, prompt_template="Q: {q}\nA: {a}"),
+        tokenizer=tiny_tokenizer,
+        split_fractions={"train": 0.5, "validation": 0.25, "test": 0.25},
+        seed=3,
+    )
     assert (len(prepared.train), len(prepared.validation), len(prepared.test)) == (20, 10, 10)
     assert prepared.report.splits == {"train": 20, "validation": 10, "test": 10}
     assert len(prepared.validation_rows) == 10 and len(prepared.test_rows) == 10
@@ -71,7 +81,12 @@ def test_splits_rows_and_examples_line_up(tmp_path, tiny_tokenizer):
 
 
 def test_chat_prompt_for_evaluation(tiny_tokenizer):
-    prepared = prepare_dataset(str(FIXTURES / "chat.jsonl"), DataOptions(cutoff_len=128), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0})
+    prepared = prepare_dataset(
+        str(FIXTURES / "chat.jsonl"),
+        DataOptions(cutoff_len=128),
+        tokenizer=tiny_tokenizer,
+        split_fractions={"train": 1.0},
+    )
     row = prepared.train_rows[1]
     assert prepared.render_prompt(row) == (
         "<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\nhi<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n"
@@ -84,7 +99,11 @@ def test_chat_prompt_for_evaluation(tiny_tokenizer):
 
 
 def test_small_validation_split_warns_with_numbers(tmp_path, tiny_tokenizer):
-    prepared = prepare_dataset(write_rows(tmp_path / "d.jsonl", 30), DataOptions(cutoff_len=64, prompt_template="Q: {q}\nA: {a}"), tokenizer=tiny_tokenizer)
+    prepared = prepare_dataset(
+        write_rows(tmp_path / "d.jsonl", 30),
+        DataOptions(cutoff_len=64, prompt_template="Q: {q}\nA: {a}"),
+        tokenizer=tiny_tokenizer,
+    )
     (w,) = [w for w in prepared.report.warnings if w.kind == "small_validation"]
     assert w.message == (
         "the 'validation' fraction 0.1 of 30 rows gives 3 validation rows; fewer than 20 make the validation loss too "
@@ -95,7 +114,13 @@ def test_small_validation_split_warns_with_numbers(tmp_path, tiny_tokenizer):
 def test_explicit_validation_file(tmp_path, tiny_tokenizer):
     train = write_rows(tmp_path / "train.jsonl", 30)
     val = write_rows(tmp_path / "val.jsonl", 25, start=100)
-    prepared = prepare_dataset(train, DataOptions(cutoff_len=64, prompt_template="Q: {q}\nA: {a}"), validation_data_path=val, tokenizer=tiny_tokenizer, split_fractions={"train": 0.9, "validation": 0.1})
+    prepared = prepare_dataset(
+        train,
+        DataOptions(cutoff_len=64, prompt_template="Q: {q}\nA: {a}"),
+        validation_data_path=val,
+        tokenizer=tiny_tokenizer,
+        split_fractions={"train": 0.9, "validation": 0.1},
+    )
     assert (len(prepared.train), len(prepared.validation), len(prepared.test)) == (30, 25, 0)
     assert prepared.validation_rows[0] == {"q": "what is 100 plus 100?", "a": "200"}
     assert prepared.validation_report.ok and prepared.validation_report.n_rows == 25
@@ -107,8 +132,16 @@ def test_bad_validation_file_is_refused(tmp_path, tiny_tokenizer):
     bad = tmp_path / "val.jsonl"
     bad.write_text('{"q": "x", "a": ""}\n')
     with pytest.raises(DataValidationError) as exc:
-        prepare_dataset(train, DataOptions(cutoff_len=64, prompt_template="Q: {q}\nA: {a}"), validation_data_path=str(bad), tokenizer=tiny_tokenizer)
-    assert exc.value.report.errors[0].message == "val.jsonl line 1: field 'a' is empty; the template needs it as the completion"
+        prepare_dataset(
+            train,
+            DataOptions(cutoff_len=64, prompt_template="Q: {q}\nA: {a}"),
+            validation_data_path=str(bad),
+            tokenizer=tiny_tokenizer,
+        )
+    assert (
+        exc.value.report.errors[0].message
+        == "val.jsonl line 1: field 'a' is empty; the template needs it as the completion"
+    )
 
 
 def test_needs_a_tokenizer():

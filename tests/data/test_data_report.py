@@ -40,11 +40,15 @@ def test_report_of_a_good_file(tiny_tokenizer):
 
 
 def test_truncation_share_warning(tiny_tokenizer):
-    r = validate_source(str(FIXTURES / "alpaca.jsonl"), DataOptions(prompt_template=ALPACA, cutoff_len=40), tokenizer=tiny_tokenizer)
+    r = validate_source(
+        str(FIXTURES / "alpaca.jsonl"), DataOptions(prompt_template=ALPACA, cutoff_len=40), tokenizer=tiny_tokenizer
+    )
     s = r.token_stats
     assert s["truncated"] > 0 and s["truncated_share"] == s["truncated"] / 6
     (w,) = [w for w in r.warnings if w.kind == "truncated"]
-    assert w.message.startswith(f"{s['truncated']} of 6 examples ({s['truncated'] / 6:.1%}) are longer than cutoff_len 40")
+    assert w.message.startswith(
+        f"{s['truncated']} of 6 examples ({s['truncated'] / 6:.1%}) are longer than cutoff_len 40"
+    )
 
 
 def test_without_tokenizer_token_stats_are_skipped_and_said_so():

@@ -132,7 +132,9 @@ def test_save_to_disk_folder_and_split(tmp_path):
     assert [r.data for r in recs] == [{"prompt": "p1", "completion": "c1"}, {"prompt": "p2", "completion": "c2"}]
     _, recs = read(tmp_path / "saved", data_split="validation")
     assert len(recs) == 1
-    with pytest.raises(SourceError, match=r"no split 'valid' \(did you mean 'validation'\?\); splits: train, validation"):
+    with pytest.raises(
+        SourceError, match=r"no split 'valid' \(did you mean 'validation'\?\); splits: train, validation"
+    ):
         read(tmp_path / "saved", data_split="valid")
 
 
@@ -189,7 +191,11 @@ def test_notes_for_arguments_that_do_not_apply_to_files():
             "garbage.jsonl: not a text file (a NUL byte at byte 239, line 7); expected UTF-8 JSON, JSON Lines or "
             "CSV, or a Parquet file",
         ),
-        ("utf16.csv", "encoding", "utf16.csv: the file is UTF-16 encoded; save it as UTF-8 (tuneforge reads UTF-8 only)"),
+        (
+            "utf16.csv",
+            "encoding",
+            "utf16.csv: the file is UTF-16 encoded; save it as UTF-8 (tuneforge reads UTF-8 only)",
+        ),
         (
             "not_records.json",
             "not_an_object",
@@ -274,7 +280,9 @@ def test_json_lines_syntax_errors_and_non_objects():
 
 
 def test_parquet_int_column_used_as_text():
-    report = validate_source(str(FIXTURES / "int_answer.parquet"), DataOptions(prompt_template="Q: {question}\nA: {answer}"))
+    report = validate_source(
+        str(FIXTURES / "int_answer.parquet"), DataOptions(prompt_template="Q: {question}\nA: {answer}")
+    )
     err = only_error(report)
     assert (err.kind, err.field) == ("not_text", "answer")
     assert err.message == (
@@ -302,10 +310,14 @@ def test_gzip_is_named(tmp_path):
 @pytest.mark.parametrize(
     "body, rows, message",
     [
-        ('["a", {"text": "b"}]', 2, 'a.json line 1: a string, not a JSON object; the array must hold records, such as'),
+        ('["a", {"text": "b"}]', 2, "a.json line 1: a string, not a JSON object; the array must hold records, such as"),
         ('[{"text": "b"},]', 1, "a.json line 1 column 16: invalid JSON: a trailing comma before ']'"),
         ('[{"text": "b"}] extra', 1, "a.json line 1 column 17: invalid JSON: extra data after the array's closing ']'"),
-        ('[{"text": "b"}\n', 1, "a.json line 2: the file ends before the array is closed with ']' (truncated file?) after 1 record"),
+        (
+            '[{"text": "b"}\n',
+            1,
+            "a.json line 2: the file ends before the array is closed with ']' (truncated file?) after 1 record",
+        ),
     ],
 )
 def test_json_array_structure_errors(tmp_path, body, rows, message):

@@ -38,15 +38,21 @@ def served(tmp_path_factory):
 
 def test_presigned_style_url_is_downloaded_and_the_query_never_shown(served, tiny_tokenizer):
     url = f"{served}/alpaca.jsonl?X-Amz-Signature=secret123&X-Amz-Expires=3600"
-    report = validate_source(url, DataOptions(prompt_template="{instruction} {input} => {output}"), tokenizer=tiny_tokenizer)
+    report = validate_source(
+        url, DataOptions(prompt_template="{instruction} {input} => {output}"), tokenizer=tiny_tokenizer
+    )
     assert report.ok and report.n_rows == 6 and report.source_format == "jsonl"
     assert report.source == f"{served}/alpaca.jsonl"
     assert "secret123" not in report.to_text() and "secret123" not in str(report.to_dict())
 
 
 @pytest.mark.parametrize(
-    "path, kind, fmt", [("alpaca.parquet", "parquet", "template"), ("semicolon_bom.csv", "csv", "template"),
-                        ("download", "jsonl", "chat")]
+    "path, kind, fmt",
+    [
+        ("alpaca.parquet", "parquet", "template"),
+        ("semicolon_bom.csv", "csv", "template"),
+        ("download", "jsonl", "chat"),
+    ],
 )
 def test_every_file_kind_by_url(served, path, kind, fmt):
     template = {"alpaca.parquet": "{instruction} {output}", "semicolon_bom.csv": "{question} {answer}"}.get(path)
@@ -77,6 +83,8 @@ def test_prepare_from_url_cleans_up_its_download(served, tiny_tokenizer, tmp_pat
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    prepared = prepare_dataset(f"{served}/download", DataOptions(cutoff_len=128), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0})
+    prepared = prepare_dataset(
+        f"{served}/download", DataOptions(cutoff_len=128), tokenizer=tiny_tokenizer, split_fractions={"train": 1.0}
+    )
     assert len(prepared.train) == 2
     assert list((tmp_path / "tmp").iterdir()) == []

@@ -17,20 +17,23 @@ PAIRS = [  # (prediction, reference)
 ]
 
 
-@pytest.mark.parametrize(("pair", "chrf", "rouge_l"), [
-    (PAIRS[0], 52.5324471643681, 0.5882352941176471),  # rouge_score README's own example
-    (PAIRS[1], 74.18272272179469, 0.8),
-    (PAIRS[2], 0.0, 0.0),
-    (PAIRS[3], 38.46153846153846, 0.0),  # only the orders both strings have are averaged
-    (PAIRS[4], 31.223544973544975, 0.0),
-])
+@pytest.mark.parametrize(
+    "pair, chrf, rouge_l",
+    [
+        (PAIRS[0], 52.5324471643681, 0.5882352941176471),  # rouge_score README's own example
+        (PAIRS[1], 74.18272272179469, 0.8),
+        (PAIRS[2], 0.0, 0.0),
+        (PAIRS[3], 38.46153846153846, 0.0),  # only the orders both strings have are averaged
+        (PAIRS[4], 31.223544973544975, 0.0),
+    ],
+)
 def test_chrf_and_rouge_l_match_sacrebleu_and_rouge_score(pair, chrf, rouge_l):
     assert m.chrf(*pair) * 100 == pytest.approx(chrf, abs=1e-9)
     assert m.rouge_l(*pair) == pytest.approx(rouge_l, abs=1e-12)
 
 
 def test_corpus_chrf_sums_statistics_before_scoring():
-    preds, refs = zip(*PAIRS)
+    preds, refs = zip(*PAIRS, strict=True)
     assert m.corpus_chrf(preds, refs) * 100 == pytest.approx(57.19730844853701, abs=1e-9)
     assert m.corpus_chrf(preds, refs) != pytest.approx(sum(m.chrf(p, r) for p, r in PAIRS) / len(PAIRS))
 
@@ -60,7 +63,7 @@ def test_macro_f1_matches_scikit_learn_with_reference_labels():
 
 
 def test_task_detection():
-    assert m.detect_task(['{"a": 1}', '[1]']) == "json"
+    assert m.detect_task(['{"a": 1}', "[1]"]) == "json"
     assert m.detect_task(["positive", "negative", "neutral"] * 3) == "classification"
     assert m.detect_task(["one answer", "another answer", "a third", "and a fourth"]) == "text"
     assert m.detect_task(["7", "12", "3", "9"]) == "text"  # every answer distinct: not a label set
@@ -69,12 +72,15 @@ def test_task_detection():
 
 
 def test_metrics_that_do_not_fit_the_task_are_refused_with_what_fits():
-    with pytest.raises(TuneforgeError, match=r"--metrics: 'accuracy' does not fit this data \(text task\).*"
-                                             r"metrics that fit: exact_match"):
+    with pytest.raises(
+        TuneforgeError,
+        match=r"--metrics: 'accuracy' does not fit this data \(text task\).*"
+        r"metrics that fit: exact_match",
+    ):
         m.check_metrics(["accuracy"], "text", with_loss=False)
-    with pytest.raises(TuneforgeError, match="'json_valid' does not fit.*not all JSON"):
+    with pytest.raises(TuneforgeError, match=r"'json_valid' does not fit.*not all JSON"):
         m.check_metrics(["json_valid"], "classification", with_loss=True)
-    with pytest.raises(TuneforgeError, match="unknown metric 'rougel'.*did you mean 'rouge_l'"):
+    with pytest.raises(TuneforgeError, match=r"unknown metric 'rougel'.*did you mean 'rouge_l'"):
         m.check_metrics(["rougel"], "text", with_loss=True)
     with pytest.raises(TuneforgeError, match="'test_loss' does not fit"):
         m.check_metrics(["test_loss"], "text", with_loss=False)
@@ -82,8 +88,9 @@ def test_metrics_that_do_not_fit_the_task_are_refused_with_what_fits():
 
 
 def test_score_answers_summarises_row_means_and_corpus_scores():
-    scored = m.score_answers(["pos", "pos", "neg", "neg"], ["pos", "neg", "neg", "neg"],
-                             ["exact_match", "accuracy", "macro_f1", "chrf"])
+    scored = m.score_answers(
+        ["pos", "pos", "neg", "neg"], ["pos", "neg", "neg", "neg"], ["exact_match", "accuracy", "macro_f1", "chrf"]
+    )
     assert [r["exact_match"] for r in scored.rows] == [1.0, 0.0, 1.0, 1.0]
     assert scored.summary["exact_match"] == 0.75 and scored.summary["accuracy"] == 0.75
     assert scored.summary["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)

@@ -38,8 +38,9 @@ def db_url(request, tmp_path):
 
 def first_release_ddl(dialect: str, *, tables: set[str] = TABLES) -> list[str]:
     """The CREATE statements the first release ran (`create_all`, captured from it), for the given tables."""
-    sql = "\n".join(line for line in (FIXTURES / f"schema_v0.{dialect}.sql").read_text().splitlines()
-                    if not line.startswith("--"))
+    sql = "\n".join(
+        line for line in (FIXTURES / f"schema_v0.{dialect}.sql").read_text().splitlines() if not line.startswith("--")
+    )
     statements = [s.strip() for s in sql.split(";") if s.strip()]
     return [s for s in statements if any(f" {t} " in s or f" {t}\n" in s for t in tables)]
 
@@ -58,41 +59,55 @@ def fill(engine) -> dict:
     report = {"ok": True, "format": "jsonl", "rows": 80}
     result = {"adapter": "/runs/j1/adapter", "eval_loss": 0.42}
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO api_keys (id, owner, prefix, key_hash, is_admin, created_at, revoked_at) VALUES "
-            "(1, 'alice', 'tf_alice00', :h1, false, 100.0, NULL), (2, 'root', 'tf_root000', :h2, true, 101.0, NULL), "
-            "(3, 'bob', 'tf_bob0000', :h3, false, 102.0, 150.0)"),
-            {"h1": hash_key("tf_alice-key"), "h2": hash_key("tf_root-key"), "h3": hash_key("tf_bob-key")})
-        conn.execute(text(
-            "INSERT INTO jobs (id, owner, key_id, status, spec, spec_public, dataset_ids, run_dir, created_at, "
-            "updated_at, started_at, finished_at, attempts, lost, cancel_requested, step, total_steps, train_loss, "
-            "eval_loss, last_seq, result) VALUES "
-            "('j1', 'alice', 1, 'succeeded', :spec, :spec, 'ds_1', '/runs/j1', 200.0, 260.0, 201.0, 260.0, 1, 0, "
-            "false, 12, 12, 0.5, 0.42, 3, :result), "
-            "('j2', 'alice', 1, 'queued', :spec, :spec, 'ds_1', '/runs/j2', 300.0, 300.0, NULL, NULL, 0, 0, false, "
-            "NULL, NULL, NULL, NULL, 1, NULL)"),
-            {"spec": json.dumps({"x": 1}), "result": json.dumps(result)})
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (id, owner, prefix, key_hash, is_admin, created_at, revoked_at) VALUES "
+                "(1, 'alice', 'tf_alice00', :h1, false, 100.0, NULL), (2, 'root', 'tf_root000', :h2, true, 101.0, NULL), "
+                "(3, 'bob', 'tf_bob0000', :h3, false, 102.0, 150.0)"
+            ),
+            {"h1": hash_key("tf_alice-key"), "h2": hash_key("tf_root-key"), "h3": hash_key("tf_bob-key")},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, owner, key_id, status, spec, spec_public, dataset_ids, run_dir, created_at, "
+                "updated_at, started_at, finished_at, attempts, lost, cancel_requested, step, total_steps, train_loss, "
+                "eval_loss, last_seq, result) VALUES "
+                "('j1', 'alice', 1, 'succeeded', :spec, :spec, 'ds_1', '/runs/j1', 200.0, 260.0, 201.0, 260.0, 1, 0, "
+                "false, 12, 12, 0.5, 0.42, 3, :result), "
+                "('j2', 'alice', 1, 'queued', :spec, :spec, 'ds_1', '/runs/j2', 300.0, 300.0, NULL, NULL, 0, 0, false, "
+                "NULL, NULL, NULL, NULL, 1, NULL)"
+            ),
+            {"spec": json.dumps({"x": 1}), "result": json.dumps(result)},
+        )
         for job_id, seq, kind, data in [
             ("j1", 1, "status", {"type": "status", "status": "queued", "message": "job queued", "time": 200.0}),
             ("j1", 2, "metrics", {"type": "metrics", "step": 12, "loss": 0.5, "time": 250.0}),
             ("j1", 3, "status", {"type": "status", "status": "succeeded", "message": "done", "time": 260.0}),
             ("j2", 1, "status", {"type": "status", "status": "queued", "message": "job queued", "time": 300.0}),
         ]:
-            conn.execute(text("INSERT INTO job_events (job_id, seq, type, time, data) VALUES (:j, :s, :k, :t, :d)"),
-                         {"j": job_id, "s": seq, "k": kind, "t": data["time"], "d": json.dumps(data)})
-        conn.execute(text(
-            "INSERT INTO datasets (id, owner, filename, path, size_bytes, sha256, created_at, ok, report) VALUES "
-            "('ds_1', 'alice', 'qa.jsonl', '/uploads/ds_1/qa.jsonl', 1234, :sha, 150.0, true, :report)"),
-            {"sha": "ab" * 32, "report": json.dumps(report)})
-        conn.execute(text(
-            "INSERT INTO deployments (id, name, owner, key_id, status, token_hash, token_prefix, basemodel_path, "
-            "loramodel_path, model_load, adapter_source, prompt_template, params, created_at, updated_at, live_at, "
-            "terminated_at) VALUES "
-            "('d1', 'qa-bot', 'alice', 1, 'live', :t1, 'tok_aaaa', 'smollm2', 'j1', '/models/smollm2', "
-            "'/runs/j1/adapter', '{prompt}{completion}', '{}', 400.0, 410.0, 410.0, NULL), "
-            "('d0', 'qa-bot', 'alice', 1, 'terminated', :t0, 'tok_bbbb', 'smollm2', NULL, '/models/smollm2', NULL, "
-            "'{prompt}{completion}', '{}', 350.0, 390.0, 360.0, 390.0)"),
-            {"t1": hash_key("deploy-token-1"), "t0": hash_key("deploy-token-0")})
+            conn.execute(
+                text("INSERT INTO job_events (job_id, seq, type, time, data) VALUES (:j, :s, :k, :t, :d)"),
+                {"j": job_id, "s": seq, "k": kind, "t": data["time"], "d": json.dumps(data)},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO datasets (id, owner, filename, path, size_bytes, sha256, created_at, ok, report) VALUES "
+                "('ds_1', 'alice', 'qa.jsonl', '/uploads/ds_1/qa.jsonl', 1234, :sha, 150.0, true, :report)"
+            ),
+            {"sha": "ab" * 32, "report": json.dumps(report)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO deployments (id, name, owner, key_id, status, token_hash, token_prefix, basemodel_path, "
+                "loramodel_path, model_load, adapter_source, prompt_template, params, created_at, updated_at, live_at, "
+                "terminated_at) VALUES "
+                "('d1', 'qa-bot', 'alice', 1, 'live', :t1, 'tok_aaaa', 'smollm2', 'j1', '/models/smollm2', "
+                "'/runs/j1/adapter', '{prompt}{completion}', '{}', 400.0, 410.0, 410.0, NULL), "
+                "('d0', 'qa-bot', 'alice', 1, 'terminated', :t0, 'tok_bbbb', 'smollm2', NULL, '/models/smollm2', NULL, "
+                "'{prompt}{completion}', '{}', 350.0, 390.0, 360.0, 390.0)"
+            ),
+            {"t1": hash_key("deploy-token-1"), "t0": hash_key("deploy-token-0")},
+        )
     return {"report": report, "result": result}
 
 
@@ -118,14 +133,22 @@ def test_a_first_release_database_is_adopted_upgraded_and_reads_back(db_url, tmp
         assert store.authenticate("tf_root-key").is_admin
         assert store.authenticate("tf_bob-key") is None  # still revoked
         assert [(k["id"], k["owner"], k["revoked_at"]) for k in store.list_keys()] == [
-            (1, "alice", None), (2, "root", None), (3, "bob", 150.0)]
+            (1, "alice", None),
+            (2, "root", None),
+            (3, "bob", 150.0),
+        ]
 
         j1 = store.get_job("j1", owner="alice")
         assert (j1["status"], j1["step"], j1["eval_loss"], j1["last_seq"]) == ("succeeded", 12, 0.42, 3)
         assert json.loads(j1["result"]) == expected["result"] and json.loads(j1["spec"]) == {"x": 1}
         assert [e["seq"] for e in store.events_after("j1")] == [1, 2, 3]
-        assert store.events_after("j1", after=1)[0] == {"seq": 2, "type": "metrics", "step": 12, "loss": 0.5,
-                                                        "time": 250.0}
+        assert store.events_after("j1", after=1)[0] == {
+            "seq": 2,
+            "type": "metrics",
+            "step": 12,
+            "loss": 0.5,
+            "time": 250.0,
+        }
         jobs, total = store.list_jobs(owner="alice")
         assert total == 2 and [j["id"] for j in jobs] == ["j2", "j1"]
 
@@ -153,8 +176,13 @@ def test_a_database_with_only_the_job_store_tables_gets_the_rest(db_url):
     # `tuneforge keys create` before the server ever ran: the first release made the four job-store tables only.
     engine = make_first_release_db(db_url, tables=TABLES - {"deployments"})
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO api_keys (owner, prefix, key_hash, is_admin, created_at) "
-                          "VALUES ('alice', 'tf_alice00', :h, false, 1.0)"), {"h": hash_key("tf_alice-key")})
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (owner, prefix, key_hash, is_admin, created_at) "
+                "VALUES ('alice', 'tf_alice00', :h, false, 1.0)"
+            ),
+            {"h": hash_key("tf_alice-key")},
+        )
     store = Store(db_url)
     try:
         assert set(inspect(store.engine).get_table_names()) == TABLES | {"alembic_version"}
@@ -174,11 +202,19 @@ def reflect(engine) -> dict:
             "columns": [(c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(table)],
             "pk": insp.get_pk_constraint(table)["constrained_columns"],
             "unique": sorted((u["name"], tuple(u["column_names"])) for u in insp.get_unique_constraints(table)),
-            "fks": sorted((f["name"], tuple(f["constrained_columns"]), f["referred_table"],
-                           f["options"].get("ondelete")) for f in insp.get_foreign_keys(table)),
-            "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]),
-                               sorted((k, str(v)) for k, v in i.get("dialect_options", {}).items()))
-                              for i in insp.get_indexes(table)),
+            "fks": sorted(
+                (f["name"], tuple(f["constrained_columns"]), f["referred_table"], f["options"].get("ondelete"))
+                for f in insp.get_foreign_keys(table)
+            ),
+            "indexes": sorted(
+                (
+                    i["name"],
+                    tuple(i["column_names"]),
+                    bool(i["unique"]),
+                    sorted((k, str(v)) for k, v in i.get("dialect_options", {}).items()),
+                )
+                for i in insp.get_indexes(table)
+            ),
         }
     return out
 
@@ -229,7 +265,7 @@ def test_processes_starting_at_once_migrate_once(db_url):
         try:
             barrier.wait()
             Store(db_url).close()  # each its own engine and connections, as separate processes have
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=start) for _ in range(6)]
@@ -248,8 +284,11 @@ def test_a_table_tuneforge_did_not_make_is_refused_and_nothing_is_written(db_url
     engine = make_engine(db_url)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE jobs (id INTEGER PRIMARY KEY, title TEXT)")  # another app's
-    with pytest.raises(TuneforgeError, match=r"table 'jobs' that tuneforge did not make: it lacks the columns "
-                                             r"owner, key_id, status, spec, spec_public and 23 more\. Give tuneforge a database of its own"):
+    with pytest.raises(
+        TuneforgeError,
+        match=r"table 'jobs' that tuneforge did not make: it lacks the columns "
+        r"owner, key_id, status, spec, spec_public and 23 more\. Give tuneforge a database of its own",
+    ):
         Store(db_url)
     assert set(inspect(engine).get_table_names()) == {"jobs"}  # rolled back: no alembic_version, no api_keys
     engine.dispose()
@@ -260,8 +299,11 @@ def test_a_database_from_a_newer_tuneforge_is_refused(db_url):
     engine = make_engine(db_url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
-    with pytest.raises(TuneforgeError, match=rf"schema revision '9999', which this tuneforge does not know \(its "
-                                             rf"newest is '{head_revision()}'\): a newer tuneforge upgraded it"):
+    with pytest.raises(
+        TuneforgeError,
+        match=rf"schema revision '9999', which this tuneforge does not know \(its "
+        rf"newest is '{head_revision()}'\): a newer tuneforge upgraded it",
+    ):
         Store(db_url)
     engine.dispose()
 

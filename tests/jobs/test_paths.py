@@ -23,12 +23,23 @@ def policy(tmp_path):
 
 def test_files_inside_allowed_folders_pass(policy):
     pol, home = policy
-    assert pol.local(str(home / "datasets" / "ok.jsonl"), "data_config.data_path") == \
-        os.path.realpath(home / "datasets" / "ok.jsonl")
+    assert pol.local(str(home / "datasets" / "ok.jsonl"), "data_config.data_path") == os.path.realpath(
+        home / "datasets" / "ok.jsonl"
+    )
 
 
-@pytest.mark.parametrize("raw", ["/etc/passwd", "{home}/datasets/../../outside.jsonl", "{home}/uploads/ds_1/bob.jsonl",
-                                 "{home}/runs", "datasets/ok.jsonl", "./ok.jsonl", "~/../../etc/shadow"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/etc/passwd",
+        "{home}/datasets/../../outside.jsonl",
+        "{home}/uploads/ds_1/bob.jsonl",
+        "{home}/runs",
+        "datasets/ok.jsonl",
+        "./ok.jsonl",
+        "~/../../etc/shadow",
+    ],
+)
 def test_outside_private_and_relative_paths_are_refused_naming_the_field(policy, raw):
     pol, home = policy
     with pytest.raises(PathRejected) as err:
@@ -56,8 +67,12 @@ def test_missing_files_are_reported_only_inside_allowed_folders(policy):
 
 def test_urls_to_loopback_and_private_addresses_are_refused(policy):
     pol, _ = policy
-    for url in ("http://127.0.0.1:8000/x.jsonl", "http://localhost/x.csv", "http://169.254.169.254/latest/",
-                "http://10.1.2.3/data.json"):
+    for url in (
+        "http://127.0.0.1:8000/x.jsonl",
+        "http://localhost/x.csv",
+        "http://169.254.169.254/latest/",
+        "http://10.1.2.3/data.json",
+    ):
         with pytest.raises(PathRejected, match="loopback/private"):
             pol.url(url, "data_config.data_path")
     assert PathPolicy([], [], allow_private_urls=True).url("http://127.0.0.1/x", "f") == "http://127.0.0.1/x"

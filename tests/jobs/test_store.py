@@ -31,8 +31,9 @@ def store(db_url):
 
 
 def _job(store: Store, tmp_path: Path, owner: str = "alice", **kw) -> dict:
-    return store.insert_job(owner=owner, key_id=None, spec={"x": 1}, spec_public={"x": 1}, dataset_ids=[],
-                            runs_dir=tmp_path, **kw)
+    return store.insert_job(
+        owner=owner, key_id=None, spec={"x": 1}, spec_public={"x": 1}, dataset_ids=[], runs_dir=tmp_path, **kw
+    )
 
 
 def test_keys_are_stored_hashed_and_revocable(store):
@@ -82,8 +83,12 @@ def test_events_get_dense_sequences_and_only_the_owner_worker_writes(store, tmp_
     job = _job(store, tmp_path)
     store.claim_next("h:1:w")
     for step in range(1, 6):
-        store.add_event(job["id"], {"type": "train", "step": step, "loss": 1.0 / step},
-                        progress={"step": step, "total_steps": 5}, worker_id="h:1:w")
+        store.add_event(
+            job["id"],
+            {"type": "train", "step": step, "loss": 1.0 / step},
+            progress={"step": step, "total_steps": 5},
+            worker_id="h:1:w",
+        )
     assert store.add_event(job["id"], {"type": "log", "message": "impostor"}, worker_id="other:2:w") is None
     events = store.events_after(job["id"], 0)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
@@ -136,10 +141,18 @@ def test_a_dead_worker_on_this_host_is_noticed_at_once(store, tmp_path):
 
 
 def test_dataset_in_use_by_unfinished_jobs(store, tmp_path):
-    store.insert_dataset(dataset_id="ds_0123456789abcdef", owner="alice", filename="a.jsonl", path="/x/a.jsonl",
-                         size_bytes=3, sha256="0" * 64, report={"ok": True})
+    store.insert_dataset(
+        dataset_id="ds_0123456789abcdef",
+        owner="alice",
+        filename="a.jsonl",
+        path="/x/a.jsonl",
+        size_bytes=3,
+        sha256="0" * 64,
+        report={"ok": True},
+    )
     job = store.insert_job(
-        owner="alice", key_id=None, spec={}, spec_public={}, dataset_ids=["ds_0123456789abcdef"], runs_dir=tmp_path)
+        owner="alice", key_id=None, spec={}, spec_public={}, dataset_ids=["ds_0123456789abcdef"], runs_dir=tmp_path
+    )
     assert store.jobs_using_dataset("ds_0123456789abcdef") == [job["id"]]
     store.request_cancel(job["id"])
     assert store.jobs_using_dataset("ds_0123456789abcdef") == []

@@ -71,14 +71,28 @@ def make_home(root: Path, tiny_model_dir: Path) -> Path:
 
 def payload(home: Path, *, data_path: str | None = None, **training) -> dict:
     """A MonsterAPI fine-tune payload (every section the official client requires) for a seconds-long run."""
-    t = {"max_steps": 12, "batch_size": 8, "learning_rate": 3e-3, "eval_steps": 4, "precision": "fp32",
-         "num_train_epochs": 1, "gradient_accumulation_steps": 1, "warmup_steps": 1, "lr_scheduler_type": "cosine",
-         "early_stopping_patience": 5, "group_by_length": True, **training}
+    t = {
+        "max_steps": 12,
+        "batch_size": 8,
+        "learning_rate": 3e-3,
+        "eval_steps": 4,
+        "precision": "fp32",
+        "num_train_epochs": 1,
+        "gradient_accumulation_steps": 1,
+        "warmup_steps": 1,
+        "lr_scheduler_type": "cosine",
+        "early_stopping_patience": 5,
+        "group_by_length": True,
+        **training,
+    }
     return {
         "pretrainedmodel_config": {"model_path": str(home / "models" / "tiny"), "lora_r": 4, "lora_alpha": 8},
-        "data_config": {"data_path": data_path or str(home / "datasets" / "qa.jsonl"),
-                        "prompt_template": "Question: {question}\nAnswer: {answer}", "cutoff_len": 64,
-                        "data_split_config": {"train": 0.8, "validation": 0.2}},
+        "data_config": {
+            "data_path": data_path or str(home / "datasets" / "qa.jsonl"),
+            "prompt_template": "Question: {question}\nAnswer: {answer}",
+            "cutoff_len": 64,
+            "data_split_config": {"train": 0.8, "validation": 0.2},
+        },
         "training_config": t,
         "logging_config": {"use_wandb": False},
     }
@@ -95,8 +109,9 @@ def create_key(home: Path, name: str, *, admin: bool = False, db: str | None = N
 class Server:
     """`tuneforge server` in a subprocess (its own process group, so a test can SIGKILL the lot)."""
 
-    def __init__(self, home: Path, *, workers: int = 1, db: str | None = None, env: dict | None = None,
-                 cwd: Path | None = None):
+    def __init__(
+        self, home: Path, *, workers: int = 1, db: str | None = None, env: dict | None = None, cwd: Path | None = None
+    ):
         self.home, self.workers, self.db, self.cwd = home, workers, db, cwd
         self.env = {**os.environ, **FAST_ENV, "TUNEFORGE_CACHE": str(home / "hf-cache"), **(env or {})}
         self.proc: subprocess.Popen | None = None
@@ -110,12 +125,29 @@ class Server:
     def start(self) -> Server:
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        cmd = [sys.executable, "-m", "tuneforge.cli", "server", "--home", str(self.home), "--port", str(self.port),
-               "--workers", str(self.workers)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tuneforge.cli",
+            "server",
+            "--home",
+            str(self.home),
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+        ]
         cmd += ["--db", self.db] if self.db else []
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
         def up():
             if self.proc.poll() is not None:
@@ -212,8 +244,10 @@ def _pg_bindir() -> str | None:
 
 def _install_postgres() -> None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.fail("PostgreSQL is not installed and cannot be installed here (needs root and apt-get): "
-                    "apt-get install postgresql")
+        pytest.fail(
+            "PostgreSQL is not installed and cannot be installed here (needs root and apt-get): "
+            "apt-get install postgresql"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"], check=True, env=env)
@@ -234,17 +268,22 @@ def postgres_url():
     if as_root:  # initdb refuses to run as root: run the cluster as the `postgres` user the package created
         shutil.chown(base, "postgres", "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(prefix + [f"{bindir}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                             "--no-sync"], check=True, capture_output=True)
+    subprocess.run(
+        prefix + [f"{bindir}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
     opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
-    subprocess.run(prefix + [f"{bindir}/pg_ctl", "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "-t",
-                             "60", "start"], check=True, capture_output=True)
+    subprocess.run(
+        prefix + [f"{bindir}/pg_ctl", "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "-t", "60", "start"],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(prefix + [f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(prefix + [f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -21,9 +21,9 @@ from tuneforge.models.loader import resolve_model
 from tuneforge.models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts
 from tuneforge.models.memory import ModelShape, estimate_training_memory
 from tuneforge.models.targets import TARGET_MODULES, TARGET_PARAMETERS, default_target_parameters
+from tuneforge.runtime import cpu_has_bf16, pick_runtime
 from tuneforge.train import loss as loss_module
 from tuneforge.train.loss import loss_sum
-from tuneforge.runtime import cpu_has_bf16, pick_runtime
 
 # Every tiny config whose architecture the catalog may list ("falcon:new_decoder" is Falcon-40B's layout, etc.).
 TESTED = [arch for arch in TINY_CONFIGS if arch.split(":")[0] in PROVEN_ARCHITECTURES]
@@ -42,8 +42,9 @@ def test_every_catalog_architecture_is_tested():
     assert set(MOE) <= PROVEN_ARCHITECTURES
     # Catalog entries with an unusual layout have a tiny model of that layout too.
     assert any(e.config.get("new_decoder_architecture") for e in CATALOG) == ("falcon:new_decoder" in TESTED)
-    assert any(e.config.get("word_embed_proj_dim", 0) not in (0, e.config.get("hidden_size")) for e in CATALOG) \
-        == ("opt:project" in TESTED)
+    assert any(e.config.get("word_embed_proj_dim", 0) not in (0, e.config.get("hidden_size")) for e in CATALOG) == (
+        "opt:project" in TESTED
+    )
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,9 @@ def _assert_only_the_adapter_trained(model, before: dict[str, torch.Tensor]) -> 
     after = dict(model.named_parameters())
     assert after.keys() == before.keys()
     trainable = {name for name, p in after.items() if p.requires_grad}
-    assert trainable and all("lora_" in name for name in trainable), sorted(trainable - {n for n in trainable if "lora_" in n})
+    assert trainable and all("lora_" in name for name in trainable), sorted(
+        trainable - {n for n in trainable if "lora_" in n}
+    )
     for name, p in after.items():
         if name in trainable:
             assert not torch.equal(p.detach(), before[name]), f"{name}: an adapter weight did not train"
@@ -162,8 +165,9 @@ def test_lora_trains_round_trips_and_merges(arch, tiny_dir, tmp_path):
     resolved = resolve_model(str(folder))
     base = load_base_model(resolved, runtime)
     experts = bool(default_target_parameters(base))  # apply_lora adapts fused MoE experts too
-    model, targets, how = apply_lora(base, LORA, model_id=resolved.model_id,
-                                     quantized=False, gradient_checkpointing=False, seed=0)
+    model, targets, how = apply_lora(
+        base, LORA, model_id=resolved.model_id, quantized=False, gradient_checkpointing=False, seed=0
+    )
     assert targets == TARGET_MODULES[_model_type(arch)], how
     trainable, _ = parameter_counts(model)
     # The memory estimate counts the same LoRA parameters PEFT creates.
@@ -205,8 +209,9 @@ def test_qlora_trains_and_round_trips(arch, tiny_dir, tmp_path):
         # Every linear layer but the output head is 4-bit (OPT-350m's projections too), as the estimate assumes.
         assert sum(p.numel() * 2 for n, p in base.named_parameters() if n in quantized) == shape.quantizable_params
         assert all(n.rsplit(".", 2)[-2] in TARGET_MODULES[_model_type(arch)] or "project" in n for n in quantized)
-    model, _, _ = apply_lora(base, LORA, model_id=resolved.model_id, quantized=True, gradient_checkpointing=False,
-                             seed=0)
+    model, _, _ = apply_lora(
+        base, LORA, model_id=resolved.model_id, quantized=True, gradient_checkpointing=False, seed=0
+    )
     weights = _weights(model)
     before, after = _train(model, runtime)
     assert after < 0.7 * before, (before, after)
@@ -217,8 +222,14 @@ def test_qlora_trains_and_round_trips(arch, tiny_dir, tmp_path):
 
     # Reload through PEFT (load_adapter, what PeftModel.from_pretrained runs) onto a base prepared the same way.
     # (Merging a QLoRA adapter means merging into the full-precision base: the same as the LoRA test's merge.)
-    fresh, _, _ = apply_lora(_without_cpu_repacking(load_base_model(resolved, runtime, quant=QuantSettings("nf4", True))),
-                             LORA, model_id=resolved.model_id, quantized=True, gradient_checkpointing=False, seed=1)
+    fresh, _, _ = apply_lora(
+        _without_cpu_repacking(load_base_model(resolved, runtime, quant=QuantSettings("nf4", True))),
+        LORA,
+        model_id=resolved.model_id,
+        quantized=True,
+        gradient_checkpointing=False,
+        seed=1,
+    )
     fresh.load_adapter(str(adapter), adapter_name="reloaded")
     fresh.set_adapter("reloaded")
     assert torch.equal(_logits(fresh.eval(), runtime), logits)  # same 4-bit weights, same adapter: identical
@@ -242,8 +253,13 @@ def test_moe_experts_train_through_target_parameters(arch, quantized, tiny_dir, 
     base = wrapped_base()
     experts = default_target_parameters(base)
     assert experts == TARGET_PARAMETERS[arch]
-    config = LoraConfig(r=LORA.r, lora_alpha=LORA.alpha, target_modules=TARGET_MODULES[arch],
-                        target_parameters=experts, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=LORA.r,
+        lora_alpha=LORA.alpha,
+        target_modules=TARGET_MODULES[arch],
+        target_parameters=experts,
+        task_type="CAUSAL_LM",
+    )
     torch.manual_seed(0)
     model = get_peft_model(base, config)
     expert_lora = {n: p for n, p in model.named_parameters() if "experts" in n and "lora_B" in n}

@@ -24,8 +24,9 @@ def adapter(tiny_model_dir, tmp_path_factory):
     return root / "run" / "adapter"
 
 
-def test_export_base_points_adapters_at_it_and_plain_peft_loads_offline(tiny_model_dir, adapter, tmp_path, capsys,
-                                                                          monkeypatch):
+def test_export_base_points_adapters_at_it_and_plain_peft_loads_offline(
+    tiny_model_dir, adapter, tmp_path, capsys, monkeypatch
+):
     mine = tmp_path / "adapter"
     shutil.copytree(adapter, mine)
     assert main(["models", "export-base", str(tiny_model_dir), str(tmp_path / "base"), "--adapter", str(mine)]) == 0

@@ -131,8 +131,11 @@ def test_hub_model_outside_the_catalog_is_sized_from_its_config_json(catalog_twi
     fetched = []
     monkeypatch.setattr(loader, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(loader, "_hf_cached_snapshot", lambda repo_id: None)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
-                        lambda repo_id, filename, **kw: fetched.append(filename) or str(tmp_path / filename))
+    monkeypatch.setattr(
+        huggingface_hub,
+        "hf_hub_download",
+        lambda repo_id, filename, **kw: fetched.append(filename) or str(tmp_path / filename),
+    )
     _device_memory(monkeypatch, 16)
     if refused:
         assert "'someone/private-70b' (70.55B parameters) is too large" in _error("someone/private-70b")

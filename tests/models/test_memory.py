@@ -11,9 +11,16 @@ from tiny import build_tokenizer, make_tiny_spec
 from tuneforge.models.catalog import get_entry
 from tuneforge.models.loader import resolve_model
 from tuneforge.models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model
-from tuneforge.models.memory import (CPU_ALLOCATOR_FACTOR, GiB, NF4_BITS, NF4_CONSTANT_BITS, ModelShape, TrainingSetup,
-                                     estimate_training_memory)
 from tuneforge.models.loss_path import chunk_tokens_for
+from tuneforge.models.memory import (
+    CPU_ALLOCATOR_FACTOR,
+    NF4_BITS,
+    NF4_CONSTANT_BITS,
+    GiB,
+    ModelShape,
+    TrainingSetup,
+    estimate_training_memory,
+)
 from tuneforge.runtime import pick_runtime
 
 
@@ -50,12 +57,27 @@ def wide_dirs(tmp_path_factory):
     tok = build_tokenizer()
     common = dict(vocab_size=len(tok), pad_token_id=0, eos_token_id=2, bos_token_id=None)
     configs = {
-        "llama": AutoConfig.for_model("llama", hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
-                                      num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=False,
-                                      **common),
+        "llama": AutoConfig.for_model(
+            "llama",
+            hidden_size=512,
+            intermediate_size=1024,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            tie_word_embeddings=False,
+            **common,
+        ),
         "gpt2": AutoConfig.for_model("gpt2", n_embd=512, n_layer=2, n_head=8, **common),
-        "falcon": AutoConfig.for_model("falcon", hidden_size=512, num_hidden_layers=2, num_attention_heads=8,
-                                       multi_query=True, parallel_attn=True, bias=False, **common),
+        "falcon": AutoConfig.for_model(
+            "falcon",
+            hidden_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            multi_query=True,
+            parallel_attn=True,
+            bias=False,
+            **common,
+        ),
     }
     folders = {}
     for arch, config in configs.items():
@@ -87,8 +109,14 @@ def test_lora_weights_on_the_cpu_are_exact(arch, wide_dirs):
 def test_qlora_weights_match_bitsandbytes_storage(arch, wide_dirs):
     resolved = resolve_model(str(wide_dirs[arch]))
     runtime = pick_runtime("bf16")
-    model, _, _ = apply_lora(load_base_model(resolved, runtime, quant=QuantSettings("nf4", True)), LoraSettings(r=4),
-                             model_id=resolved.model_id, quantized=True, gradient_checkpointing=False, seed=0)
+    model, _, _ = apply_lora(
+        load_base_model(resolved, runtime, quant=QuantSettings("nf4", True)),
+        LoraSettings(r=4),
+        model_id=resolved.model_id,
+        quantized=True,
+        gradient_checkpointing=False,
+        seed=0,
+    )
     shape = ModelShape.from_config(model.get_base_model().config)
     estimate = estimate_training_memory(shape, method="qlora", device="cpu", precision="bf16")
     assert estimate.weights == pytest.approx(_stored_bytes(model), rel=0.02)
@@ -120,9 +148,14 @@ def test_terms_follow_the_setup():
     # QLoRA: about a quarter of the weights.
     q = estimate_training_memory(shape, base, method="qlora")
     assert q.weights < 0.4 * e.weights and q.workspace > 0
-    assert e.total == e.training == sum(e.to_dict()["breakdown_bytes"][k] for k in
-                                        ("weights", "lora", "gradients", "optimizer", "activations", "logits",
-                                         "workspace", "overhead"))
+    assert (
+        e.total
+        == e.training
+        == sum(
+            e.to_dict()["breakdown_bytes"][k]
+            for k in ("weights", "lora", "gradients", "optimizer", "activations", "logits", "workspace", "overhead")
+        )
+    )
     json.dumps(e.to_dict())  # serialisable for `tuneforge models --json` and the API
 
 
@@ -134,8 +167,10 @@ def test_known_model_sizes():
     # Mixtral's experts are not linear layers: QLoRA quantizes only ~3% of its weights.
     mixtral = ModelShape.from_config(get_entry("mixtral-8x7b").transformers_config(), extrapolate=True)
     assert mixtral.quantizable_params < 0.05 * mixtral.params
-    assert estimate_training_memory(mixtral, lora_on_experts=True).trainable_params > \
-        estimate_training_memory(mixtral).trainable_params
+    assert (
+        estimate_training_memory(mixtral, lora_on_experts=True).trainable_params
+        > estimate_training_memory(mixtral).trainable_params
+    )
 
 
 def test_eager_attention_costs_quadratic_memory():
@@ -147,17 +182,26 @@ def test_eager_attention_costs_quadratic_memory():
 
 
 def test_setup_from_a_job_spec(tmp_path):
-    spec = make_tiny_spec(tmp_path, tmp_path / "data.jsonl", batch_size=6,
-                          p={"use_quantization": True, "lora_r": 16, "use_gradient_checkpointing": True})
+    spec = make_tiny_spec(
+        tmp_path,
+        tmp_path / "data.jsonl",
+        batch_size=6,
+        p={"use_quantization": True, "lora_r": 16, "use_gradient_checkpointing": True},
+    )
     setup = TrainingSetup.from_spec(spec, device="cpu")
-    assert (setup.method, setup.batch_size, setup.seq_len, setup.lora_r, setup.gradient_checkpointing) == \
-        ("qlora", 6, 64, 16, True)
+    assert (setup.method, setup.batch_size, setup.seq_len, setup.lora_r, setup.gradient_checkpointing) == (
+        "qlora",
+        6,
+        64,
+        16,
+        True,
+    )
     assert setup.device == "cpu" and setup.precision == "fp32" and setup.optimizer == "adamw"
 
 
 def test_bad_setups_are_refused():
     for bad in ({"method": "full"}, {"batch_size": 0}, {"precision": "int8"}, {"optimizer": "sgd"}):
-        (field, value), = bad.items()
+        ((field, value),) = bad.items()
         with pytest.raises(ValueError, match=rf"^{field} must .*, not {value!r}$"):
             TrainingSetup(**bad)
 
@@ -197,12 +241,19 @@ def test_activation_term_tracks_what_autograd_saves(arch, method, precision, wid
     for module in base.modules():  # keep bitsandbytes' trainable layout (see test_architectures)
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
-    model, _, _ = apply_lora(base, LoraSettings(r=8), model_id=resolved.model_id, quantized=method == "qlora",
-                             gradient_checkpointing=False, seed=0)
+    model, _, _ = apply_lora(
+        base,
+        LoraSettings(r=8),
+        model_id=resolved.model_id,
+        quantized=method == "qlora",
+        gradient_checkpointing=False,
+        seed=0,
+    )
     measured = _saved_activation_bytes(model, runtime, 2, 96)
     shape = ModelShape.from_config(model.get_base_model().config)
-    estimate = estimate_training_memory(shape, method=method, precision=precision, device="cpu", batch_size=2,
-                                        seq_len=96)
+    estimate = estimate_training_memory(
+        shape, method=method, precision=precision, device="cpu", batch_size=2, seq_len=96
+    )
     # With LoRA on the CPU, `workspace` is the compute-dtype copy of GPT-2's fp32 Conv1D weights that autocast makes
     # and autograd keeps; under QLoRA it is the dequantization buffer, which autograd does not keep.
     # The CPU estimate scales live tensors by the allocator's retention; autograd's own share is the unscaled term.
@@ -220,7 +271,17 @@ def test_gpu_estimate_matches_torchtunes_published_llama31_8b_figures(method, pu
     from tuneforge.models.fit import model_shape
 
     shape = model_shape("meta-llama/Llama-3.1-8B-Instruct")
-    estimate = estimate_training_memory(shape, TrainingSetup(
-        method=method, batch_size=2, seq_len=2048, lora_r=8, gradient_checkpointing=True, precision="bf16",
-        device="cuda", target_modules=("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")))
+    estimate = estimate_training_memory(
+        shape,
+        TrainingSetup(
+            method=method,
+            batch_size=2,
+            seq_len=2048,
+            lora_r=8,
+            gradient_checkpointing=True,
+            precision="bf16",
+            device="cuda",
+            target_modules=("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        ),
+    )
     assert 0.7 * published_gib <= estimate.total / 2**30 <= 1.3 * published_gib, estimate.describe()

@@ -52,14 +52,20 @@ def test_architecture_outside_the_catalog_trains_with_inspected_targets(tmp_path
     data = write_qa_data(tmp_path / "qa.jsonl")
     logs: list[str] = []
     spec = make_tiny_spec(folder, data, max_steps=16, eval_steps=16, learning_rate=1e-2)
-    result = train(spec, tmp_path / "run", quiet=True,
-                   on_event=lambda e: logs.append(e["message"]) if e["type"] == "log" else None)
+    result = train(
+        spec, tmp_path / "run", quiet=True, on_event=lambda e: logs.append(e["message"]) if e["type"] == "log" else None
+    )
     expected = ["dense", "dense_4h_to_h", "dense_h_to_4h", "query_key_value"]
     line = next(m for m in logs if "LoRA r=" in m)
-    assert f"on {', '.join(expected)} (every linear layer except the output head (architecture 'bloom' found by " \
-           "inspection))" in line, line
+    assert (
+        f"on {', '.join(expected)} (every linear layer except the output head (architecture 'bloom' found by "
+        "inspection))" in line
+    ), line
     resolved = json.loads((tmp_path / "run" / "spec.json").read_text())
     assert resolved["pretrainedmodel_config"]["target_modules"] == expected
-    evals = [json.loads(x)["eval_loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if '"eval"' in x]
+    evals = [
+        json.loads(x)["eval_loss"]
+        for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if '"eval"' in x
+    ]
     assert result.report["eval_loss"] < 0.8 * evals[0], evals

@@ -21,16 +21,57 @@ from tfservice import Client, Server, create_key, make_home, payload
 # Raw JSON texts, spliced into a body in place of one field's value (so that values the client's own encoder
 # would refuse, like 1e400 or 5,000-deep nesting, reach the server as they are).
 JSON_VALUES = [
-    "null", "true", "-1", "0", "9223372036854775808", "1180591620717411303424", "-1180591620717411303424",
-    "1e400", "-1e-400", "NaN", '""', '"\\u0000"', '"a\\u0000b"', json.dumps("x" * 5000), '"../../../etc/passwd"',
-    '"{__class__}"', "[]", "{}", "[" * 5000 + "]" * 5000, '{"a":' * 3000 + "1" + "}" * 3000,
+    "null",
+    "true",
+    "-1",
+    "0",
+    "9223372036854775808",
+    "1180591620717411303424",
+    "-1180591620717411303424",
+    "1e400",
+    "-1e-400",
+    "NaN",
+    '""',
+    '"\\u0000"',
+    '"a\\u0000b"',
+    json.dumps("x" * 5000),
+    '"../../../etc/passwd"',
+    '"{__class__}"',
+    "[]",
+    "{}",
+    "[" * 5000 + "]" * 5000,
+    '{"a":' * 3000 + "1" + "}" * 3000,
 ]
 # Per field of a body (the table's bulk): one of each kind above.
-FIELD_VALUES = ["null", "true", "1180591620717411303424", "-1180591620717411303424", "1e400", '"a\\u0000b"',
-                json.dumps("x" * 5000), '"../../../etc/passwd"', "[]", "[" * 5000 + "]" * 5000]
+FIELD_VALUES = [
+    "null",
+    "true",
+    "1180591620717411303424",
+    "-1180591620717411303424",
+    "1e400",
+    '"a\\u0000b"',
+    json.dumps("x" * 5000),
+    '"../../../etc/passwd"',
+    "[]",
+    "[" * 5000 + "]" * 5000,
+]
 # Query, path and header values (strings on the wire).
-TEXT_VALUES = ["99999999999999999999", "-99999999999999999999", "1e400", "nan", "-1", "0", "\x00", "a\x00b",
-               "x" * 5000, "", "../../etc/passwd", "[]", "ds_0000000000000000", "{__class__}"]
+TEXT_VALUES = [
+    "99999999999999999999",
+    "-99999999999999999999",
+    "1e400",
+    "nan",
+    "-1",
+    "0",
+    "\x00",
+    "a\x00b",
+    "x" * 5000,
+    "",
+    "../../etc/passwd",
+    "[]",
+    "ds_0000000000000000",
+    "{__class__}",
+]
 PLACEHOLDER = '"__FUZZ__"'
 
 
@@ -47,8 +88,12 @@ def svc(tmp_path_factory, tiny_model_dir):
 
 
 def _routes(schema: dict) -> list[tuple[str, str, dict]]:
-    return [(method.upper(), path, op) for path, ops in schema["paths"].items() for method, op in ops.items()
-            if method in ("get", "post", "put", "patch", "delete")]
+    return [
+        (method.upper(), path, op)
+        for path, ops in schema["paths"].items()
+        for method, op in ops.items()
+        if method in ("get", "post", "put", "patch", "delete")
+    ]
 
 
 def _resolve(schema: dict, node: dict) -> dict:
@@ -134,14 +179,21 @@ def test_every_route_survives_hostile_path_and_query_values(svc):
         fixed = _fill_path(path, "00000000-0000-0000-0000-000000000000")
         if "{" in path:
             for value in TEXT_VALUES:
-                _check(failures, f"{method} {path} path={value[:20]!r}",
-                       client.request, method, _fill_path(path, value))
+                _check(
+                    failures, f"{method} {path} path={value[:20]!r}", client.request, method, _fill_path(path, value)
+                )
         for param in params:
             if param["in"] != "query":
                 continue
             for value in TEXT_VALUES:
-                _check(failures, f"{method} {path} ?{param['name']}={value[:20]!r}",
-                       client.request, method, fixed, params={param["name"]: value})
+                _check(
+                    failures,
+                    f"{method} {path} ?{param['name']}={value[:20]!r}",
+                    client.request,
+                    method,
+                    fixed,
+                    params={param["name"]: value},
+                )
     assert not failures, "\n".join(failures)
     _healthy(server, client)
 
@@ -159,13 +211,26 @@ def test_every_json_body_field_survives_hostile_values(svc):
         base = _base_body(server, path)
         target = _fill_path(path, "00000000-0000-0000-0000-000000000000")
         for raw in JSON_VALUES:  # the whole body hostile
-            _check(failures, f"{method} {path} body={raw[:20]}",
-                   client.request, method, target, data=raw, headers={"Content-Type": "application/json"})
+            _check(
+                failures,
+                f"{method} {path} body={raw[:20]}",
+                client.request,
+                method,
+                target,
+                data=raw,
+                headers={"Content-Type": "application/json"},
+            )
         for field in _leaf_fields(schema, body_schema):
             for raw in FIELD_VALUES:
-                _check(failures, f"{method} {path} {'.'.join(field)}={raw[:20]}",
-                       client.request, method, target, data=_splice(base, field, raw),
-                       headers={"Content-Type": "application/json"})
+                _check(
+                    failures,
+                    f"{method} {path} {'.'.join(field)}={raw[:20]}",
+                    client.request,
+                    method,
+                    target,
+                    data=_splice(base, field, raw),
+                    headers={"Content-Type": "application/json"},
+                )
     assert bodies >= 6
     assert not failures, "\n".join(failures)
     _healthy(server, client)
@@ -180,25 +245,57 @@ def test_upload_form_file_and_headers_survive_hostile_values(svc):
         if name == "file":
             continue
         for value in TEXT_VALUES:
-            _check(failures, f"upload {name}={value[:20]!r}",
-                   client.post, "/v1/datasets", files={"file": ("t.jsonl", good)}, data={name: value})
-    files = [b"\x00" * 1000, b"[" * 20000 + b"]" * 20000, b'{"question": "' + b"q" * 60000 + b'", "answer": "a"}',
-             b"\xff\xfe\x00garbage", b"", b"question,answer\n" + b'"' * 1000 + b"\n",
-             b'{"question": {"a": ' * 3000 + b"1" + b"}" * 3000 + b"\n"]
+            _check(
+                failures,
+                f"upload {name}={value[:20]!r}",
+                client.post,
+                "/v1/datasets",
+                files={"file": ("t.jsonl", good)},
+                data={name: value},
+            )
+    files = [
+        b"\x00" * 1000,
+        b"[" * 20000 + b"]" * 20000,
+        b'{"question": "' + b"q" * 60000 + b'", "answer": "a"}',
+        b"\xff\xfe\x00garbage",
+        b"",
+        b"question,answer\n" + b'"' * 1000 + b"\n",
+        b'{"question": {"a": ' * 3000 + b"1" + b"}" * 3000 + b"\n",
+    ]
     for i, content in enumerate(files):
         for filename in ("t.jsonl", "t.json", "t.csv", "t.parquet", "\x00.jsonl", "x" * 5000 + ".jsonl"):
-            _check(failures, f"upload file #{i} as {filename[:20]!r}",
-                   client.post, "/v1/datasets", files={"file": (filename, content)})
+            _check(
+                failures,
+                f"upload file #{i} as {filename[:20]!r}",
+                client.post,
+                "/v1/datasets",
+                files={"file": (filename, content)},
+            )
     _check(failures, "upload without multipart", client.post, "/v1/datasets", data=b"{}")
-    _check(failures, "upload truncated multipart", client.post, "/v1/datasets",
-           data=b"--b\r\nContent-Disposition: form-data; name=\"file\"",
-           headers={"Content-Type": "multipart/form-data; boundary=b"})
+    _check(
+        failures,
+        "upload truncated multipart",
+        client.post,
+        "/v1/datasets",
+        data=b'--b\r\nContent-Disposition: form-data; name="file"',
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
     for value in ("Bearer " + "x" * 10000, "Bearer", "Basic Og==", "Bearer \t", "bearer " + "\u00e9" * 100):
-        _check(failures, f"Authorization {value[:20]!r}", requests.get, server.url + "/v1/finetune/llm",
-               headers={"Authorization": value.encode("utf-8")})
+        _check(
+            failures,
+            f"Authorization {value[:20]!r}",
+            requests.get,
+            server.url + "/v1/finetune/llm",
+            headers={"Authorization": value.encode("utf-8")},
+        )
     for value in ("9" * 40, "-1", "x", "1" * 18, "\u0661\u0662"):
-        _check(failures, f"Last-Event-ID {value[:20]!r}", client.get,
-               "/v1/finetune/llm/00000000-0000-0000-0000-000000000000/events",
-               headers={"Last-Event-ID": value.encode("utf-8")}, params={"stream": "true"})
+        _check(
+            failures,
+            f"Last-Event-ID {value[:20]!r}",
+            client.get,
+            "/v1/finetune/llm/00000000-0000-0000-0000-000000000000/events",
+            headers={"Last-Event-ID": value.encode("utf-8")},
+            params={"stream": "true"},
+        )
     assert not failures, "\n".join(failures)
     _healthy(server, client)

@@ -68,12 +68,17 @@ def test_relative_model_name_is_not_opened_under_the_working_directory(svc):
 def test_symlink_inside_an_allowed_folder_is_refused(svc):
     server, c, _ = svc
     folder = str(server.home / "datasets" / "linked")
-    text = problem(c["alice"].post("/v1/data/inspect", json={"data_path": folder}), 422, "data_path", "link",
-                   "train.jsonl")
+    text = problem(
+        c["alice"].post("/v1/data/inspect", json={"data_path": folder}), 422, "data_path", "link", "train.jsonl"
+    )
     assert "SECRET" not in text
     assert str(server.home) not in text.replace(folder, "")  # server paths (but the caller's own) relative to home
-    text = problem(c["alice"].post("/v1/finetune/llm", json=payload(server.home, data_path=folder)), 422,
-                   "data_config.data_path", "link")
+    text = problem(
+        c["alice"].post("/v1/finetune/llm", json=payload(server.home, data_path=folder)),
+        422,
+        "data_config.data_path",
+        "link",
+    )
     assert "SECRET" not in text
     # The same folder without the link is fine.
     os.remove(os.path.join(folder, "train.jsonl"))
@@ -107,19 +112,31 @@ def test_field_step_and_token_limits_name_the_setting(svc):
     server, c, _ = svc
     p = payload(server.home)
     p["data_config"]["prompt_template"] = "{question} " + "y" * 40000 + " {answer}"
-    problem(c["alice"].post("/v1/finetune/llm", json=p), 422, "data_config.prompt_template",
-            "TUNEFORGE_MAX_FIELD_CHARS")
-    problem(c["alice"].post("/v1/finetune/llm", json=payload(server.home, max_steps=10**6)), 422,
-            "training_config.max_steps", "TUNEFORGE_MAX_STEPS_PER_JOB")
+    problem(
+        c["alice"].post("/v1/finetune/llm", json=p), 422, "data_config.prompt_template", "TUNEFORGE_MAX_FIELD_CHARS"
+    )
+    problem(
+        c["alice"].post("/v1/finetune/llm", json=payload(server.home, max_steps=10**6)),
+        422,
+        "training_config.max_steps",
+        "TUNEFORGE_MAX_STEPS_PER_JOB",
+    )
     p = payload(server.home, max_steps=5000, batch_size=4096)
     p["data_config"]["cutoff_len"] = 8192
     problem(c["alice"].post("/v1/finetune/llm", json=p), 422, "TUNEFORGE_MAX_TOKENS_PER_JOB")
-    ds = upload(c["alice"], (server.home / "datasets" / "qa.jsonl").read_bytes(),
-                prompt_template="Question: {question}\nAnswer: {answer}").json()
+    ds = upload(
+        c["alice"],
+        (server.home / "datasets" / "qa.jsonl").read_bytes(),
+        prompt_template="Question: {question}\nAnswer: {answer}",
+    ).json()
     p = payload(server.home, data_path=ds["id"], num_train_epochs=1e6)
     p["training_config"].pop("max_steps")
-    problem(c["alice"].post("/v1/finetune/llm", json=p), 422, "training_config.num_train_epochs",
-            "TUNEFORGE_MAX_STEPS_PER_JOB")
+    problem(
+        c["alice"].post("/v1/finetune/llm", json=p),
+        422,
+        "training_config.num_train_epochs",
+        "TUNEFORGE_MAX_STEPS_PER_JOB",
+    )
 
 
 def test_active_jobs_per_key(svc):
@@ -133,12 +150,15 @@ def test_active_jobs_per_key(svc):
 # --- 4. 4xx instead of 500 ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("section, field, value", [
-    ("data_config", "data_path", "/tmp/a\x00b.jsonl"),
-    ("pretrainedmodel_config", "model_path", "models/\x00tiny"),
-    ("pretrainedmodel_config", "model_path", "a" * 5000),
-    ("pretrainedmodel_config", "model_path", "/" + "b" * 5000),
-])
+@pytest.mark.parametrize(
+    "section, field, value",
+    [
+        ("data_config", "data_path", "/tmp/a\x00b.jsonl"),
+        ("pretrainedmodel_config", "model_path", "models/\x00tiny"),
+        ("pretrainedmodel_config", "model_path", "a" * 5000),
+        ("pretrainedmodel_config", "model_path", "/" + "b" * 5000),
+    ],
+)
 def test_hostile_path_fields_are_4xx_naming_the_field(svc, section, field, value):
     server, c, _ = svc
     p = payload(server.home)
@@ -152,11 +172,11 @@ def test_upload_form_and_query_and_header_extremes(svc):
     problem(upload(c["alice"], b'{"a": 1}\n', model_path="/x\x00y"), 422, "model_path")
     job = c["alice"].post("/v1/finetune/llm", json=payload(server.home)).json()["job_id"]
     problem(c["alice"].get(f"/v1/finetune/llm/{job}/events", params={"after": "99999999999999999999"}), 422, "after")
-    r = c["alice"].get(f"/v1/finetune/llm/{job}/events", params={"stream": "true"},
-                       headers={"Last-Event-ID": "9" * 40})
+    r = c["alice"].get(f"/v1/finetune/llm/{job}/events", params={"stream": "true"}, headers={"Last-Event-ID": "9" * 40})
     problem(r, 422, "Last-Event-ID")
-    r = c["alice"].post("/v1/chat/completions", json={"model": "x", "seed": 2**70,
-                                                      "messages": [{"role": "user", "content": "hi"}]})
+    r = c["alice"].post(
+        "/v1/chat/completions", json={"model": "x", "seed": 2**70, "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "seed", r.text  # OpenAI's error shape there
     c["alice"].post(f"/v1/finetune/llm/{job}/cancel")
 
@@ -164,8 +184,9 @@ def test_upload_form_and_query_and_header_extremes(svc):
 def test_deeply_nested_input(svc):
     server, c, _ = svc
     depth = 100_000
-    r = c["alice"].post("/v1/finetune/llm", data="[" * depth + "]" * depth,
-                        headers={"Content-Type": "application/json"})
+    r = c["alice"].post(
+        "/v1/finetune/llm", data="[" * depth + "]" * depth, headers={"Content-Type": "application/json"}
+    )
     assert 400 <= r.status_code < 500, r.text
     depth = 30_000  # within the tests' 64 KiB upload limit
     r = upload(c["alice"], b'{"question": ' + b"[" * depth + b"]" * depth + b', "answer": "a"}\n')
@@ -178,20 +199,38 @@ def test_deeply_nested_input(svc):
 # --- 5. refused at submission, not in the queue ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mutate, field, words", [
-    (lambda p: p["training_config"].update(seed=2**32), "training_config.seed", "4294967295"),
-    (lambda p: p["training_config"].update(max_steps=2**63), "training_config.max_steps", "less than or equal"),
-    (lambda p: p["data_config"].update(prompt_template="no placeholder"), "data_config.prompt_template",
-     "no {column}"),
-    (lambda p: p["data_config"].update(prompt_template="Q: {question} {"), "data_config.prompt_template", "'{'"),
-    (lambda p: p["data_config"].update(prompt_template="{question.__class__} {answer}"),
-     "data_config.prompt_template", "attribute"),
-    (lambda p: p["pretrainedmodel_config"].update(target_modules=["nope_proj"]),
-     "pretrainedmodel_config.target_modules", "q_proj"),
-    (lambda p: (p["pretrainedmodel_config"].update(model_path="smollm2"), p["training_config"].update(
-        batch_size=4096), p["data_config"].update(cutoff_len=2048)), "pretrainedmodel_config.model_path",
-     "too large"),
-])
+@pytest.mark.parametrize(
+    "mutate, field, words",
+    [
+        (lambda p: p["training_config"].update(seed=2**32), "training_config.seed", "4294967295"),
+        (lambda p: p["training_config"].update(max_steps=2**63), "training_config.max_steps", "less than or equal"),
+        (
+            lambda p: p["data_config"].update(prompt_template="no placeholder"),
+            "data_config.prompt_template",
+            "no {column}",
+        ),
+        (lambda p: p["data_config"].update(prompt_template="Q: {question} {"), "data_config.prompt_template", "'{'"),
+        (
+            lambda p: p["data_config"].update(prompt_template="{question.__class__} {answer}"),
+            "data_config.prompt_template",
+            "attribute",
+        ),
+        (
+            lambda p: p["pretrainedmodel_config"].update(target_modules=["nope_proj"]),
+            "pretrainedmodel_config.target_modules",
+            "q_proj",
+        ),
+        (
+            lambda p: (
+                p["pretrainedmodel_config"].update(model_path="smollm2"),
+                p["training_config"].update(batch_size=4096),
+                p["data_config"].update(cutoff_len=2048),
+            ),
+            "pretrainedmodel_config.model_path",
+            "too large",
+        ),
+    ],
+)
 def test_refused_at_submission(svc, mutate, field, words):
     server, c, _ = svc
     p = payload(server.home)
@@ -203,8 +242,12 @@ def test_dataset_with_errors_is_refused_at_submission(svc):
     server, c, _ = svc
     ds = upload(c["alice"], b'{"question": "q", "answer": "a"}\nnot json\n').json()
     assert ds["ok"] is False
-    problem(c["alice"].post("/v1/finetune/llm", json=payload(server.home, data_path=ds["id"])), 422,
-            "data_config.data_path", "has errors")
+    problem(
+        c["alice"].post("/v1/finetune/llm", json=payload(server.home, data_path=ds["id"])),
+        422,
+        "data_config.data_path",
+        "has errors",
+    )
 
 
 # --- 6. deployment tokens ----------------------------------------------------------------------------------------------
@@ -227,19 +270,29 @@ def test_weak_and_reused_tokens_are_refused(svc):
 
 def test_revoking_a_key_stops_its_deployments_tokens(svc):
     server, _, _ = svc
-    out = subprocess.run([sys.executable, "-m", "tuneforge.cli", "keys", "create", "dora", "--home", str(server.home)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "keys", "create", "dora", "--home", str(server.home)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     key_id, key = out.split("created key ")[1].split()[0], out.splitlines()[-1]
     r = _deploy(Client(server.url, key), server.home, deployment_name="dora-d")
     assert r.status_code == 200, r.text
     token, dep = r.json()["api_auth_token"], r.json()["deployment_id"]
-    wait_for(lambda: Client(server.url, key).get(f"/v1/deploy/status/{dep}").json()["status"] == "live", 120,
-             what="the deployment to go live")
+    wait_for(
+        lambda: Client(server.url, key).get(f"/v1/deploy/status/{dep}").json()["status"] == "live",
+        120,
+        what="the deployment to go live",
+    )
     by_token = Client(server.url, token)
     chat = {"model": "dora-d", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     assert by_token.post("/v1/chat/completions", json=chat).status_code == 200
-    subprocess.run([sys.executable, "-m", "tuneforge.cli", "keys", "revoke", key_id, "--home", str(server.home)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "keys", "revoke", key_id, "--home", str(server.home)],
+        check=True,
+        capture_output=True,
+    )
     assert by_token.post("/v1/chat/completions", json=chat).status_code == 401
 
 
@@ -252,8 +305,11 @@ def test_deployment_names_are_per_owner(svc):
         ids[who] = (r.json()["deployment_id"], r.json()["api_auth_token"])
     problem(_deploy(c["alice"], server.home, deployment_name="orders"), 409, "deployment_name", "you already have")
     for who in ("alice", "bob"):
-        wait_for(lambda who=who: c[who].get(f"/v1/deploy/status/{ids[who][0]}").json()["status"] == "live", 120,
-                 what="the deployments to go live")
+        wait_for(
+            lambda who=who: c[who].get(f"/v1/deploy/status/{ids[who][0]}").json()["status"] == "live",
+            120,
+            what="the deployments to go live",
+        )
     chat = {"model": "orders", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     for who in ("alice", "bob"):  # each key and each token reaches its own `orders`
         for client in (c[who], Client(server.url, ids[who][1])):
@@ -286,8 +342,12 @@ def test_tokens_dropped_when_the_job_ends_and_files_are_private(svc):
 
 def test_errors_show_paths_relative_to_the_home(svc):
     server, c, _ = svc
-    text = problem(c["alice"].post("/v1/finetune/llm", json=payload(server.home, data_path="/etc/passwd")), 422,
-                   "data_config.data_path", "<home>/datasets")
+    text = problem(
+        c["alice"].post("/v1/finetune/llm", json=payload(server.home, data_path="/etc/passwd")),
+        422,
+        "data_config.data_path",
+        "<home>/datasets",
+    )
     assert str(server.home) not in text
     r = upload(c["alice"], b'{"question": "q", "answer": "a"}\nnot json\n')
     assert r.status_code == 201 and r.json()["report"]["source"].startswith("<home>/uploads/"), r.text
@@ -322,8 +382,10 @@ def test_download_checks_every_redirect_hop():
 
     set_url_guard(guard)
     try:
-        with pytest.raises(SourceError, match="redirected to a refused address"), \
-                open_source(f"http://localhost:{httpd.server_port}/data.jsonl") as src:
+        with (
+            pytest.raises(SourceError, match="redirected to a refused address"),
+            open_source(f"http://localhost:{httpd.server_port}/data.jsonl") as src,
+        ):
             list(src.records())
     finally:
         set_url_guard(None)
@@ -336,13 +398,18 @@ def test_download_checks_every_redirect_hop():
 def test_failed_auth_is_throttled_and_docs_can_be_private(tmp_path, tiny_model_dir):
     home = make_home(tmp_path, tiny_model_dir)
     key = create_key(home, "erin")
-    server = Server(home, workers=0, env={"TUNEFORGE_AUTH_FAILURES_PER_MINUTE": "5",
-                                          "TUNEFORGE_PUBLIC_DOCS": "false"}).start()
+    server = Server(
+        home, workers=0, env={"TUNEFORGE_AUTH_FAILURES_PER_MINUTE": "5", "TUNEFORGE_PUBLIC_DOCS": "false"}
+    ).start()
     try:
         assert requests.get(server.url + "/openapi.json").status_code == 404
         assert requests.get(server.url + "/docs").status_code == 404
-        codes = [Client(server.url, f"guess-{i}").post("/v1/chat/completions", json={
-            "model": "m", "messages": [{"role": "user", "content": "hi"}]}).status_code for i in range(5)]
+        codes = [
+            Client(server.url, f"guess-{i}")
+            .post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+            .status_code
+            for i in range(5)
+        ]
         assert codes == [401] * 5
         r = Client(server.url, key).get("/v1/finetune/llm")  # even a right key, from this address, for now
         problem(r, 429, "TUNEFORGE_AUTH_FAILURES_PER_MINUTE")

@@ -54,8 +54,13 @@ def test_restart_rebuilds_one_at_a_time_and_retries_a_failed_rebuild(tmp_path, m
     for i, base in enumerate(("/models/a", "/models/b", "/models/c")):
         # rows as a live server left them: inserted, then marked live (no build runs here)
         monkeypatch.setattr(first, "_start_build", lambda _id: None)
-        row, _ = first.create(DeployRequest(basemodel_path=base, deployment_name=f"d{i}"), owner="alice",
-                              key_id=None, model_load=base, adapter_source=None)
+        row, _ = first.create(
+            DeployRequest(basemodel_path=base, deployment_name=f"d{i}"),
+            owner="alice",
+            key_id=None,
+            model_load=base,
+            adapter_source=None,
+        )
         first._set(row["id"], status="live")
         ids.append(row["id"])
 

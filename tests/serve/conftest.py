@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from serve_helpers import LiveServer, craft_adapter  # noqa: E402
+from serve_helpers import LiveServer, craft_adapter
 
 ADAPTER_SEEDS = {"alpha": 1, "beta": 2, "gamma": 3}
 
@@ -25,8 +25,9 @@ def adapters(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
 def engine(tiny_model_dir, adapters):
     from tuneforge.serve.engine import InferenceEngine
 
-    eng = InferenceEngine(str(tiny_model_dir), adapters={k: str(v) for k, v in adapters.items()},
-                          max_loaded_adapters=2, model_name="tiny")
+    eng = InferenceEngine(
+        str(tiny_model_dir), adapters={k: str(v) for k, v in adapters.items()}, max_loaded_adapters=2, model_name="tiny"
+    )
     yield eng
     eng.close()
 

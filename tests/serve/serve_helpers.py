@@ -19,8 +19,13 @@ def craft_adapter(base_dir: Path, out: Path, seed: int, *, scale: float = 1.0) -
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     torch.manual_seed(seed)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
-                        init_lora_weights=False, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     peft_model = get_peft_model(model, config)
     if scale != 1.0:
         with torch.no_grad():
@@ -71,8 +76,12 @@ def craft_smollm2_adapter(out: Path, seed: int = 0, *, std: float = 0.02) -> Pat
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model(SMOLLM2_ID).load_from, dtype=torch.float32)
     torch.manual_seed(seed)
-    config = LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM",
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():

@@ -10,7 +10,6 @@ import time
 import openai
 import pytest
 import requests
-
 from serve_helpers import LiveServer
 
 SURVIVOR = "survivor-token-" + "3" * 24  # api_auth_token: at least 32 characters
@@ -30,8 +29,11 @@ def svc(tmp_path_factory, tiny_model_dir, adapters):
     for name in ("alpha", "beta"):
         shutil.copytree(adapters[name], home / "models" / "adapters" / name)
     store = Store(settings.database_url)
-    keys = {"alice": store.create_key("alice")[1], "bob": store.create_key("bob")[1],
-            "root": store.create_key("root", admin=True)[1]}
+    keys = {
+        "alice": store.create_key("alice")[1],
+        "bob": store.create_key("bob")[1],
+        "root": store.create_key("root", admin=True)[1],
+    }
     app = create_app(settings, store=store)
     with LiveServer(app) as live:
         yield live, home, keys, store, app
@@ -55,9 +57,14 @@ def wait_live(client, deployment_id, timeout=60):
 
 
 def payload(home, adapter=None, **kw):
-    return {"basemodel_path": str(home / "models" / "tiny"),
-            "loramodel_path": str(home / "models" / "adapters" / adapter) if adapter else "",
-            "prompt_template": "{prompt}{completion}", "per_gpu_vram": 24, "gpu_count": 1, **kw}
+    return {
+        "basemodel_path": str(home / "models" / "tiny"),
+        "loramodel_path": str(home / "models" / "adapters" / adapter) if adapter else "",
+        "prompt_template": "{prompt}{completion}",
+        "per_gpu_vram": 24,
+        "gpu_count": 1,
+        **kw,
+    }
 
 
 def test_monsterapi_client_deploys_and_openai_client_calls_it(svc, engine):
@@ -77,13 +84,22 @@ def test_monsterapi_client_deploys_and_openai_client_calls_it(svc, engine):
     assert [m.id for m in oc.models.list().data] == ["alice-alpha"]
     resp = oc.chat.completions.create(model="alice-alpha", messages=MESSAGES, temperature=0, max_tokens=10)
     assert resp.model == "alice-alpha" and resp.choices[0].message.content == expected
-    streamed = "".join(c.choices[0].delta.content or "" for c in oc.chat.completions.create(
-        model="alice-alpha", messages=MESSAGES, temperature=0, max_tokens=10, stream=True) if c.choices)
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in oc.chat.completions.create(
+            model="alice-alpha", messages=MESSAGES, temperature=0, max_tokens=10, stream=True
+        )
+        if c.choices
+    )
     assert streamed == expected
     # ... and with the owner's key.
     owner = openai.OpenAI(base_url=st["URL"], api_key=keys["alice"], max_retries=0)
-    assert owner.chat.completions.create(model="alice-alpha", messages=MESSAGES, temperature=0,
-                                         max_tokens=10).choices[0].message.content == expected
+    assert (
+        owner.chat.completions.create(model="alice-alpha", messages=MESSAGES, temperature=0, max_tokens=10)
+        .choices[0]
+        .message.content
+        == expected
+    )
 
     # Not to another tenant, nor to a made-up token.
     bob = openai.OpenAI(base_url=st["URL"], api_key=keys["bob"], max_retries=0)
@@ -102,8 +118,9 @@ def test_monsterapi_client_deploys_and_openai_client_calls_it(svc, engine):
     listed = alice.get_list_of_deployments()["deployments"]
     assert [d["deployment_id"] for d in listed] == [deployment_id]
     assert mclient(live, keys["bob"]).get_list_of_deployments()["deployments"] == []
-    assert deployment_id in [d["deployment_id"] for d in mclient(live, keys["root"]).get_list_of_deployments()
-                             ["deployments"]]
+    assert deployment_id in [
+        d["deployment_id"] for d in mclient(live, keys["root"]).get_list_of_deployments()["deployments"]
+    ]
 
     out = alice.terminate_deployment(deployment_id)
     assert out["status"] == "terminated"
@@ -121,13 +138,17 @@ def test_deploy_a_finished_job_and_the_base_model(svc, adapters, engine):
     from tuneforge.jobs.store import Store  # noqa: F401  (the job store the service uses)
 
     # A succeeded job of alice's, its run folder holding the adapter (as a worker leaves it).
-    job = store.insert_job(owner="alice", key_id=None, spec={}, spec_public={}, dataset_ids=[],
-                           runs_dir=app.state.settings.runs_dir)
+    job = store.insert_job(
+        owner="alice", key_id=None, spec={}, spec_public={}, dataset_ids=[], runs_dir=app.state.settings.runs_dir
+    )
     shutil.copytree(adapters["beta"], f"{job['run_dir']}/adapter")
     assert store.finish(job["id"], "succeeded", from_statuses=("queued",))
     alice = mclient(live, keys["alice"])
-    ret = alice.deploy("llm", payload(home, deployment_name="from-job", api_auth_token="tok-from-job-" + "1" * 24,
-                                      max_model_len=64) | {"loramodel_path": job["id"]})
+    ret = alice.deploy(
+        "llm",
+        payload(home, deployment_name="from-job", api_auth_token="tok-from-job-" + "1" * 24, max_model_len=64)
+        | {"loramodel_path": job["id"]},
+    )
     base = alice.deploy("llm", payload(home, deployment_name="plain-base", api_auth_token="tok-plain-base-" + "2" * 24))
     assert wait_live(alice, ret["deployment_id"])["status"] == "live"
     assert wait_live(alice, base["deployment_id"])["status"] == "live"
@@ -135,8 +156,9 @@ def test_deploy_a_finished_job_and_the_base_model(svc, adapters, engine):
     assert sorted(m.id for m in oc.models.list().data) == ["from-job", "plain-base"]
     for name, ref in (("from-job", "beta"), ("plain-base", "tiny")):
         got = oc.chat.completions.create(model=name, messages=MESSAGES, temperature=0, max_tokens=8)
-        assert got.choices[0].message.content == engine.generate(ref, messages=MESSAGES, temperature=0,
-                                                                 max_tokens=8).text
+        assert (
+            got.choices[0].message.content == engine.generate(ref, messages=MESSAGES, temperature=0, max_tokens=8).text
+        )
     # max_model_len caps prompt + completion
     resp = oc.completions.create(model="from-job", prompt="the quick brown fox " * 4, temperature=0, max_tokens=500)
     assert resp.usage.total_tokens <= 64
@@ -163,8 +185,11 @@ def test_deploy_errors(svc):
         with pytest.raises(requests.HTTPError, match="422") as exc:
             alice.deploy("llm", payload(home, "alpha") | change)
         assert words in str(exc.value), (change, str(exc.value))
-    r = requests.post(live.url + "/v1/deploy/llm", json={**payload(home, "alpha"), "lora_path": "x"},
-                      headers={"Authorization": f"Bearer {keys['alice']}"})
+    r = requests.post(
+        live.url + "/v1/deploy/llm",
+        json={**payload(home, "alpha"), "lora_path": "x"},
+        headers={"Authorization": f"Bearer {keys['alice']}"},
+    )
     assert r.status_code == 422 and "lora_path" in r.text
     assert requests.get(live.url + "/v1/deploy/list").status_code == 401
     with pytest.raises(requests.HTTPError, match="404"):
@@ -186,10 +211,10 @@ def test_deploy_errors(svc):
 
 def test_an_adapter_that_does_not_fit_fails_with_its_reason(svc, tmp_path):
     live, home, keys, _store, _app = svc
-    from tiny import tiny_config
+    from serve_helpers import craft_adapter
     from transformers import AutoModelForCausalLM
 
-    from serve_helpers import craft_adapter
+    from tiny import tiny_config
 
     config = tiny_config("llama", vocab_size=400)
     config.hidden_size = 96
@@ -231,8 +256,10 @@ def test_generate_endpoint_with_the_official_client(svc, engine):
 
     live, home, keys, _, _ = svc
     alice = mclient(live, keys["alice"])
-    ret = alice.deploy("llm", payload(home, "alpha", deployment_name="gen-alpha",
-                                      prompt_template="### Q: {question}\n### A: {completion}"))
+    ret = alice.deploy(
+        "llm",
+        payload(home, "alpha", deployment_name="gen-alpha", prompt_template="### Q: {question}\n### A: {completion}"),
+    )
     st = wait_live(alice, ret["deployment_id"])
     assert st["generate_base_url"] == live.url + "/v1/deploy/gen-alpha"
     client = MClient(api_key=ret["api_auth_token"], base_url=st["generate_base_url"])
@@ -240,18 +267,22 @@ def test_generate_endpoint_with_the_official_client(svc, engine):
     def ref(prompt, n=8):
         return engine.generate("alpha", prompt, temperature=0, max_tokens=n).text
 
-    out = client.generate("deploy-llm", {"prompt": "", "input_variables": {"question": "two plus two?"},
-                                         "temperature": 0, "max_tokens": 8})
+    out = client.generate(
+        "deploy-llm",
+        {"prompt": "", "input_variables": {"question": "two plus two?"}, "temperature": 0, "max_tokens": 8},
+    )
     assert out == {"text": [ref("### Q: two plus two?\n### A: ")]}
     out = client.generate("deploy-llm", {"prompt": "the quick brown", "temperature": 0, "max_tokens": 6, "n": 2})
     assert out == {"text": [ref("the quick brown", 6)] * 2}  # a prompt is used as is, n outputs
-    chunks = list(client.generate("deploy-llm", {"prompt": "the quick brown", "temperature": 0, "max_tokens": 6,
-                                                 "stream": True}))
+    chunks = list(
+        client.generate("deploy-llm", {"prompt": "the quick brown", "temperature": 0, "max_tokens": 6, "stream": True})
+    )
     assert len(chunks) > 1 and chunks[-1] == {"text": [ref("the quick brown", 6)]}
     # The deployment's id works in the URL too, and the owner's key as well as the deployment's token.
     by_id = MClient(api_key=keys["alice"], base_url=f"{live.url}/v1/deploy/{ret['deployment_id']}")
     assert by_id.generate("deploy-llm", {"prompt": "the quick brown", "temperature": 0, "max_tokens": 6}) == {
-        "text": out["text"][:1]}
+        "text": out["text"][:1]
+    }
 
     url = st["generate_base_url"] + "/generate"
     auth = {"Authorization": f"Bearer {ret['api_auth_token']}"}
@@ -261,7 +292,9 @@ def test_generate_endpoint_with_the_official_client(svc, engine):
     assert r.status_code == 422 and "not both" in r.text
     r = requests.post(url, json={"prompt": "a", "n": 0}, headers=auth)
     assert r.status_code == 422
-    assert requests.post(url, json={"prompt": "a"}, headers={"Authorization": f"Bearer {keys['bob']}"}).status_code == 404
+    assert (
+        requests.post(url, json={"prompt": "a"}, headers={"Authorization": f"Bearer {keys['bob']}"}).status_code == 404
+    )
     alice.terminate_deployment(ret["deployment_id"])
 
 
@@ -272,8 +305,9 @@ def test_a_template_trained_adapter_is_deployed_with_its_training_prompt(svc, en
     live, home, keys, _, _ = svc
     folder = home / "models" / "adapters" / "alpha-qa"
     shutil.copytree(adapters["alpha"], folder)
-    build_card(TemplateFormat(Template.parse("Question: {question}\nAnswer: {answer}")), adds_bos=False,
-               rows=[]).write(folder)
+    build_card(TemplateFormat(Template.parse("Question: {question}\nAnswer: {answer}")), adds_bos=False, rows=[]).write(
+        folder
+    )
     alice = mclient(live, keys["alice"])
     body = payload(home, "alpha-qa", deployment_name="qa")
     del body["prompt_template"]  # not given: the adapter's training template
@@ -282,8 +316,9 @@ def test_a_template_trained_adapter_is_deployed_with_its_training_prompt(svc, en
     assert st["prompt_template"] == "Question: {question}\nAnswer: {completion}"
     expected = engine.generate("alpha", "Question: two plus two?\nAnswer: ", temperature=0, max_tokens=8).text
     oc = openai.OpenAI(base_url=st["URL"], api_key=ret["api_auth_token"], max_retries=0)
-    chat = oc.chat.completions.create(model="qa", messages=[{"role": "user", "content": "two plus two?"}],
-                                      temperature=0, max_tokens=8)
+    chat = oc.chat.completions.create(
+        model="qa", messages=[{"role": "user", "content": "two plus two?"}], temperature=0, max_tokens=8
+    )
     assert chat.choices[0].message.content == expected
     completion = oc.completions.create(model="qa", prompt="two plus two?", temperature=0, max_tokens=8)
     assert completion.choices[0].text == expected  # the one placeholder takes the prompt

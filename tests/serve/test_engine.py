@@ -7,11 +7,10 @@ import threading
 
 import pytest
 import torch
+from serve_helpers import craft_adapter
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.serve.engine import GenerationError, InferenceEngine, SamplingParams, UnknownModelError
-
-from serve_helpers import craft_adapter
 
 MESSAGES = [{"role": "user", "content": "what is two plus two?"}]
 GREEDY = dict(temperature=0, max_tokens=12, ignore_eos=True)
@@ -27,9 +26,15 @@ def hf_greedy(model_dir, adapter_dir, prompt_ids, n):
         model = PeftModel.from_pretrained(model, adapter_dir)
     model.eval()
     ids = torch.tensor([prompt_ids])
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)
-    return out[0, len(prompt_ids):].tolist()
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return out[0, len(prompt_ids) :].tolist()
 
 
 def token_ids(engine, text):
@@ -73,8 +78,9 @@ def test_interleaved_concurrent_requests_get_their_own_adapter(engine):
 
 
 def test_lru_eviction_and_reload(tiny_model_dir, adapters):
-    engine = InferenceEngine(str(tiny_model_dir), adapters={k: str(v) for k, v in adapters.items()},
-                             max_loaded_adapters=2)
+    engine = InferenceEngine(
+        str(tiny_model_dir), adapters={k: str(v) for k, v in adapters.items()}, max_loaded_adapters=2
+    )
     try:
         first = engine.generate("alpha", messages=MESSAGES, **GREEDY).text
         engine.generate("beta", messages=MESSAGES, **GREEDY)
@@ -113,13 +119,16 @@ def test_repointed_adapter_is_reloaded(tiny_model_dir, adapters, tmp_path):
 
 def test_stop_strings_cut_the_output_and_stream_the_same(engine):
     full = engine.generate("alpha", messages=MESSAGES, temperature=0, max_tokens=24, ignore_eos=True).text
-    printable = [i for i in range(4, len(full) - 2) if full[i:i + 2].isprintable() and full[i] != "\ufffd"]
+    printable = [i for i in range(4, len(full) - 2) if full[i : i + 2].isprintable() and full[i] != "\ufffd"]
     assert printable, full
     i = printable[len(printable) // 2]
-    stop = full[i:i + 2]
-    expected = full[:full.find(stop)]
-    gen = engine.submit("alpha", messages=MESSAGES,
-                        params=SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=["\x00never", stop]))
+    stop = full[i : i + 2]
+    expected = full[: full.find(stop)]
+    gen = engine.submit(
+        "alpha",
+        messages=MESSAGES,
+        params=SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=["\x00never", stop]),
+    )
     deltas = list(gen)
     assert "".join(deltas) == expected and gen.finish_reason == "stop"
     assert gen.completion_tokens < 24
@@ -127,23 +136,27 @@ def test_stop_strings_cut_the_output_and_stream_the_same(engine):
 
 
 def test_streaming_is_token_by_token(engine):
-    gen = engine.submit("beta", messages=MESSAGES, params=SamplingParams(temperature=0, max_tokens=10,
-                                                                        ignore_eos=True))
+    gen = engine.submit("beta", messages=MESSAGES, params=SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))
     deltas = list(gen)
     assert len(deltas) >= 5  # not one block at the end
-    assert "".join(deltas) == engine.generate("beta", messages=MESSAGES, temperature=0, max_tokens=10,
-                                              ignore_eos=True).text
+    assert (
+        "".join(deltas)
+        == engine.generate("beta", messages=MESSAGES, temperature=0, max_tokens=10, ignore_eos=True).text
+    )
 
 
 def test_seeded_sampling_is_reproducible(engine):
     def run(seed, **kw):
-        return engine.generate("alpha", messages=MESSAGES, temperature=1.0, max_tokens=16, seed=seed,
-                               ignore_eos=True, **kw).text
+        return engine.generate(
+            "alpha", messages=MESSAGES, temperature=1.0, max_tokens=16, seed=seed, ignore_eos=True, **kw
+        ).text
 
     assert run(7) == run(7)
     assert len({run(s) for s in range(4)}) > 1
-    assert run(7, top_p=0.01) == engine.generate("alpha", messages=MESSAGES, temperature=0, max_tokens=16,
-                                                  ignore_eos=True).text  # top_p tiny: always the top token
+    assert (
+        run(7, top_p=0.01)
+        == engine.generate("alpha", messages=MESSAGES, temperature=0, max_tokens=16, ignore_eos=True).text
+    )  # top_p tiny: always the top token
 
 
 def test_end_of_sequence_stops(engine):
@@ -157,8 +170,11 @@ def test_end_of_sequence_stops(engine):
 
 
 def test_bad_input_gets_clear_errors(engine, tmp_path, tiny_model_dir):
-    with pytest.raises(UnknownModelError, match="'alpah' is not served here; available: tiny, alpha, beta, gamma"
-                                               r".*did you mean 'alpha'"):
+    with pytest.raises(
+        UnknownModelError,
+        match="'alpah' is not served here; available: tiny, alpha, beta, gamma"
+        r".*did you mean 'alpha'",
+    ):
         engine.submit("alpah", messages=MESSAGES)
     with pytest.raises(TuneforgeError, match="temperature must be between 0 and 2"):
         engine.submit("alpha", messages=MESSAGES, params=SamplingParams(temperature=3))
@@ -181,8 +197,9 @@ def test_bad_input_gets_clear_errors(engine, tmp_path, tiny_model_dir):
 
 def test_adapter_that_does_not_fit_the_base_fails_that_request_only(engine, tmp_path):
     # An adapter for a different (wider) model: loading fails with a clear message; the engine keeps serving.
-    from tiny import tiny_config
     from transformers import AutoModelForCausalLM
+
+    from tiny import tiny_config
 
     config = tiny_config("llama", vocab_size=len(engine.tokenizer))
     config.hidden_size = 96
@@ -206,7 +223,11 @@ def test_merged_model_gives_the_same_output_as_unmerged(engine, adapters, tmp_pa
     try:
         prompt_ids = engine.encode(engine.chat_prompt(MESSAGES), chat=True)
         unmerged = engine.generate("gamma", prompt_ids, temperature=0, max_tokens=20, ignore_eos=True).text
-        assert merged_engine.generate(merged_engine.base_name, prompt_ids, temperature=0, max_tokens=20,
-                                      ignore_eos=True).text == unmerged
+        assert (
+            merged_engine.generate(
+                merged_engine.base_name, prompt_ids, temperature=0, max_tokens=20, ignore_eos=True
+            ).text
+            == unmerged
+        )
     finally:
         merged_engine.close()

@@ -8,11 +8,10 @@ import json
 
 import pytest
 import torch
+from serve_helpers import craft_smollm2_adapter
 
 from tuneforge.cli import main
 from tuneforge.export import convert_to_gguf, inspect_gguf
-
-from serve_helpers import craft_smollm2_adapter
 
 
 def logits(model_dir_or_model, ids, adapter=None):
@@ -54,10 +53,8 @@ def test_export_errors(adapters, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_gguf_of_a_tokenizer_the_converter_does_not_know_is_a_clear_error(tiny_model_dir, adapters, tmp_path,
-                                                                           capsys):
-    code = main(["export", str(adapters["alpha"]), "--gguf", str(tmp_path / "t.gguf"), "--model",
-                 str(tiny_model_dir)])
+def test_gguf_of_a_tokenizer_the_converter_does_not_know_is_a_clear_error(tiny_model_dir, adapters, tmp_path, capsys):
+    code = main(["export", str(adapters["alpha"]), "--gguf", str(tmp_path / "t.gguf"), "--model", str(tiny_model_dir)])
     assert code == 2
     assert "GGUF conversion of" in capsys.readouterr().err
     assert not (tmp_path / "t.gguf").exists() and not (tmp_path / "t.gguf.partial").exists()
@@ -88,8 +85,9 @@ def test_gguf_export_of_smollm2_reads_back_and_generates(tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     tok = AutoTokenizer.from_pretrained(merged)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
-                                     add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
+    )
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     reference = logits(merged, ids)
     for gguf_file, tol in ((f16, 0.999), (q8.path, 0.99)):
@@ -107,7 +105,7 @@ def test_gguf_export_of_smollm2_reads_back_and_generates(tmp_path, capsys):
     text = llm(prompt, max_tokens=16, temperature=0)["choices"][0]["text"]
     hf = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     with torch.no_grad():
-        expected = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids):]
+        expected = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids) :]
     assert text == tok.decode(expected, skip_special_tokens=True)  # llama.cpp on the f16 GGUF == merged HF model
 
 

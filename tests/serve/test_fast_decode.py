@@ -10,8 +10,8 @@ import random
 import pytest
 import torch
 from serve_helpers import craft_adapter
-from tiny import build_model, build_tokenizer
 
+from tiny import build_model, build_tokenizer
 from tuneforge.errors import TuneforgeError
 from tuneforge.serve import fast_decode
 from tuneforge.serve.engine import InferenceEngine, _TextAssembler, serving_dtype
@@ -53,7 +53,7 @@ def test_lean_step_is_bit_identical_to_the_forward_in_fp32(arch):
                 layer.self_attn.q_proj.bias.normal_(0, 0.2)
                 layer.self_attn.v_proj.bias.normal_(0, 0.2)
     ref, mine = both_ways(model, 20)
-    assert all(torch.equal(a, b) for a, b in zip(ref, mine))
+    assert all(torch.equal(a, b) for a, b in zip(ref, mine, strict=True))
 
 
 def test_lean_step_with_lora_is_bit_identical_to_peft(tiny_model_dir, tmp_path):
@@ -67,7 +67,7 @@ def test_lean_step_with_lora_is_bit_identical_to_peft(tiny_model_dir, tmp_path):
     plan = fast.adapter_plan(model, "a")
     assert set(plan[0]) == {"qkv", "o", "down"}  # the crafted adapter skips k_proj and gate/up
     ref, mine = both_ways(model, 16, plan)
-    assert all(torch.equal(a, b) for a, b in zip(ref, mine))
+    assert all(torch.equal(a, b) for a, b in zip(ref, mine, strict=True))
     with model.disable_adapter():  # and the plan really is the adapter: the base differs
         base_ref, _ = both_ways(model, 4)
     assert not torch.equal(base_ref[0], ref[0])
@@ -78,7 +78,7 @@ def test_lean_step_in_bf16_stays_within_tolerance():
     the engine's warm-up) is that every logit is within 5% of the largest |logit| and the greedy tokens agree."""
     model = build_model("llama").to(torch.bfloat16).eval()
     ref, mine = both_ways(model, 16)
-    for a, b in zip(ref, mine):
+    for a, b in zip(ref, mine, strict=True):
         assert (a.float() - b.float()).abs().max() <= 0.05 * a.float().abs().max()
     assert [int(a.argmax()) for a in ref] == [int(b.argmax()) for b in mine]
 
@@ -88,7 +88,7 @@ def test_fused_weights_are_views_not_copies():
     params = sum(p.numel() for p in model.parameters())
     fast = FastDecoder(model)
     attn = model.model.layers[0].self_attn
-    assert attn.k_proj.weight.data_ptr() == fast.layers[0]["qkv"][0][attn.q_proj.out_features:].data_ptr()
+    assert attn.k_proj.weight.data_ptr() == fast.layers[0]["qkv"][0][attn.q_proj.out_features :].data_ptr()
     assert sum(p.numel() for p in model.parameters()) == params
 
 
@@ -100,12 +100,15 @@ def test_unsupported_architecture_is_named():
 
 def test_engine_uses_the_lean_step_and_matches_the_plain_path(tiny_model_dir, adapters):
     fast = InferenceEngine(str(tiny_model_dir), adapters={"alpha": str(adapters["alpha"])}, model_name="tiny")
-    plain = InferenceEngine(str(tiny_model_dir), adapters={"alpha": str(adapters["alpha"])}, model_name="tiny",
-                            fast_decode=False)
+    plain = InferenceEngine(
+        str(tiny_model_dir), adapters={"alpha": str(adapters["alpha"])}, model_name="tiny", fast_decode=False
+    )
     try:
         for name in ("tiny", "alpha"):
-            assert fast.generate(name, messages=MESSAGES, **GREEDY).text == \
-                plain.generate(name, messages=MESSAGES, **GREEDY).text
+            assert (
+                fast.generate(name, messages=MESSAGES, **GREEDY).text
+                == plain.generate(name, messages=MESSAGES, **GREEDY).text
+            )
         assert fast._fast is not None and plain._fast is None
         assert isinstance(fast._plans["alpha"], list)
     finally:
@@ -114,8 +117,7 @@ def test_engine_uses_the_lean_step_and_matches_the_plain_path(tiny_model_dir, ad
 
 
 def test_warm_up_failure_falls_back_to_the_plain_forward(tiny_model_dir, adapters, monkeypatch, caplog):
-    reference = InferenceEngine(str(tiny_model_dir), adapters={"alpha": str(adapters["alpha"])},
-                                fast_decode=False)
+    reference = InferenceEngine(str(tiny_model_dir), adapters={"alpha": str(adapters["alpha"])}, fast_decode=False)
     expected = reference.generate("alpha", messages=MESSAGES, **GREEDY).text
     reference.close()
 

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-
 from serve_helpers import LiveServer
 
 MESSAGES = [{"role": "user", "content": "what is two plus two?"}]
@@ -50,8 +49,14 @@ def test_chat_completion_per_adapter(client, engine):
 
 
 def test_chat_streaming_chunks(client, engine):
-    stream = client.chat.completions.create(model="alpha", messages=MESSAGES, temperature=0, max_tokens=12,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="alpha",
+        messages=MESSAGES,
+        temperature=0,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     ref = reference(engine, "alpha")
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -79,8 +84,10 @@ def test_text_completions(client, engine):
     resp = client.completions.create(model="gamma", prompt=prompt, temperature=0, max_tokens=8)
     assert resp.object == "text_completion" and resp.choices[0].text == ref.text
     assert resp.usage.prompt_tokens == ref.prompt_tokens
-    pieces = [c.choices[0].text for c in client.completions.create(model="gamma", prompt=prompt, temperature=0,
-                                                                   max_tokens=8, stream=True)]
+    pieces = [
+        c.choices[0].text
+        for c in client.completions.create(model="gamma", prompt=prompt, temperature=0, max_tokens=8, stream=True)
+    ]
     assert "".join(pieces) == ref.text
     # a prompt given as token ids
     ids = engine.encode(prompt)
@@ -90,15 +97,17 @@ def test_text_completions(client, engine):
 def test_stop_seed_and_max_tokens(client, engine):
     long = client.chat.completions.create(model="alpha", messages=MESSAGES, temperature=0, max_tokens=3)
     assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 3
-    a = client.chat.completions.create(model="alpha", messages=MESSAGES, temperature=1.0, top_p=0.9, seed=11,
-                                       max_tokens=10)
-    b = client.chat.completions.create(model="alpha", messages=MESSAGES, temperature=1.0, top_p=0.9, seed=11,
-                                       max_tokens=10)
+    a = client.chat.completions.create(
+        model="alpha", messages=MESSAGES, temperature=1.0, top_p=0.9, seed=11, max_tokens=10
+    )
+    b = client.chat.completions.create(
+        model="alpha", messages=MESSAGES, temperature=1.0, top_p=0.9, seed=11, max_tokens=10
+    )
     assert a.choices[0].message.content == b.choices[0].message.content
     full = reference(engine, "beta", max_tokens=20, ignore_eos=True).text
-    stop = next(full[i:i + 2] for i in range(3, len(full) - 2) if full[i:i + 2].isprintable())
+    stop = next(full[i : i + 2] for i in range(3, len(full) - 2) if full[i : i + 2].isprintable())
     resp = client.chat.completions.create(model="beta", messages=MESSAGES, temperature=0, max_tokens=20, stop=stop)
-    assert resp.choices[0].message.content == full[:full.find(stop)]
+    assert resp.choices[0].message.content == full[: full.find(stop)]
     assert resp.choices[0].finish_reason == "stop"
 
 
@@ -109,8 +118,9 @@ def test_concurrent_requests_to_two_adapters_over_http(client, engine):
 
     def ask(name):
         if name == "alpha":  # mix streaming and non-streaming requests
-            chunks = client.chat.completions.create(model=name, messages=MESSAGES, temperature=0, max_tokens=16,
-                                                    stream=True)
+            chunks = client.chat.completions.create(
+                model=name, messages=MESSAGES, temperature=0, max_tokens=16, stream=True
+            )
             return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         resp = client.chat.completions.create(model=name, messages=MESSAGES, temperature=0, max_tokens=16)
         return resp.choices[0].message.content

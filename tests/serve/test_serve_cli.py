@@ -13,8 +13,8 @@ import openai
 import pytest
 
 from tuneforge.cli import main
-from tuneforge.serve.app import parse_adapter_args
 from tuneforge.errors import TuneforgeError
+from tuneforge.serve.app import parse_adapter_args
 
 
 def free_port() -> int:
@@ -26,9 +26,26 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_serve_command_answers_the_openai_client(tiny_model_dir, adapters, tmp_path):
     port = free_port()
-    cmd = [sys.executable, "-m", "tuneforge.cli", "serve", "--model", str(tiny_model_dir), "--model-name", "tiny",
-           "--adapter", f"alpha={adapters['alpha']}", "--adapter", f"beta={adapters['beta']}", "--port", str(port),
-           "--max-adapters", "1", "--api-key", "k1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tuneforge.cli",
+        "serve",
+        "--model",
+        str(tiny_model_dir),
+        "--model-name",
+        "tiny",
+        "--adapter",
+        f"alpha={adapters['alpha']}",
+        "--adapter",
+        f"beta={adapters['beta']}",
+        "--port",
+        str(port),
+        "--max-adapters",
+        "1",
+        "--api-key",
+        "k1",
+    ]
     with open(tmp_path / "serve.log", "w") as log:  # the server writes to its own copy of the descriptor
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TUNEFORGE_API_KEY": ""})
     try:
@@ -70,6 +87,8 @@ def test_serve_argument_errors(tiny_model_dir, tmp_path, capsys):
 
 def test_adapter_argument_forms(tmp_path):
     assert parse_adapter_args(["orders=runs/orders/adapter"]) == {"orders": "runs/orders/adapter"}
-    assert parse_adapter_args([str(tmp_path / "orders" / "adapter")]) == {"orders": str(tmp_path / "orders" / "adapter")}
+    assert parse_adapter_args([str(tmp_path / "orders" / "adapter")]) == {
+        "orders": str(tmp_path / "orders" / "adapter")
+    }
     with pytest.raises(TuneforgeError, match="expected NAME=DIR"):
         parse_adapter_args(["=x"])

@@ -8,8 +8,8 @@ import json
 
 import openai
 import pytest
-
 from serve_helpers import LiveServer
+
 from tiny import make_tiny_spec, write_qa_data
 
 QUESTION = "what is 1 plus 2?"
@@ -55,7 +55,8 @@ def test_model_template_override(tiny_model_dir, trained):
     eng = InferenceEngine(str(tiny_model_dir), adapters={"qa": str(trained)}, chat_template="model")
     try:
         assert eng.chat_prompt([{"role": "user", "content": QUESTION}], "qa") == (
-            f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+            f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+        )
     finally:
         eng.close()
 
@@ -69,7 +70,8 @@ def test_generate_uses_the_training_prompt(trained, capsys):
 
     assert run(QUESTION) == run(TRAINING_PROMPT, "--raw")
     assert run(QUESTION, "--chat-template", "model") == run(
-        f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n", "--raw")
+        f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n", "--raw"
+    )
 
 
 def test_merged_model_carries_the_training_prompt_as_its_chat_template(trained, tmp_path):
@@ -79,8 +81,10 @@ def test_merged_model_carries_the_training_prompt_as_its_chat_template(trained, 
 
     merge_adapter(trained, tmp_path / "m")
     tok = AutoTokenizer.from_pretrained(tmp_path / "m")
-    assert tok.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False,
-                                   add_generation_prompt=True) == TRAINING_PROMPT
+    assert (
+        tok.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True)
+        == TRAINING_PROMPT
+    )
     merge_adapter(trained, tmp_path / "m2", chat_template="model")
     assert "<|im_start|>" in AutoTokenizer.from_pretrained(tmp_path / "m2").chat_template
 
@@ -90,23 +94,30 @@ def test_card_templates_reproduce_the_training_prompts(tiny_tokenizer):
     from tuneforge.data.formats import AlpacaFormat, PromptCompletionFormat, Template, TemplateFormat, alpaca_prompt
 
     def render(card, messages, generation=True):
-        return tiny_tokenizer.apply_chat_template(messages, chat_template=card.chat_template, tokenize=False,
-                                                  add_generation_prompt=generation)
+        return tiny_tokenizer.apply_chat_template(
+            messages, chat_template=card.chat_template, tokenize=False, add_generation_prompt=generation
+        )
 
     alpaca = build_card(AlpacaFormat(), adds_bos=False, rows=[{"instruction": "a", "output": "b"}])
     assert alpaca.system_prompt is None and alpaca.prompt_template is None
     u = [{"role": "user", "content": "Name a color."}]
     assert render(alpaca, u) == alpaca_prompt("Name a color.")
-    multi = [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "Add 2 and 3."},
-             {"role": "assistant", "content": "5"}, {"role": "user", "content": "And 4 and 4?"}]
+    multi = [
+        {"role": "system", "content": "Be exact."},
+        {"role": "user", "content": "Add 2 and 3."},
+        {"role": "assistant", "content": "5"},
+        {"role": "user", "content": "And 4 and 4?"},
+    ]
     assert render(alpaca, multi) == alpaca_prompt("And 4 and 4?", system="Be exact.", history=[("Add 2 and 3.", "5")])
     # llama.cpp renders a finished conversation to probe a template: the answer and EOS follow the prompt.
     assert render(alpaca, u + [{"role": "assistant", "content": "Red."}], False) == (
-        alpaca_prompt("Name a color.") + "Red.<|im_end|>")
+        alpaca_prompt("Name a color.") + "Red.<|im_end|>"
+    )
 
     # Several prompt placeholders: the user message fills the first, the others stay empty.
-    two = build_card(TemplateFormat(Template.parse("<s>[{topic}] {question} {{x}}\n=> {answer}!")), adds_bos=False,
-                     rows=[])
+    two = build_card(
+        TemplateFormat(Template.parse("<s>[{topic}] {question} {{x}}\n=> {answer}!")), adds_bos=False, rows=[]
+    )
     assert two.deploy_template == "<s>[{topic}] {question} {{x}}\n=> {completion}"
     assert render(two, u) == "<s>[Name a color.]  {x}\n=> "
     pc = build_card(PromptCompletionFormat(), adds_bos=False, rows=[])
@@ -118,8 +129,13 @@ def test_card_records_a_shared_system_prompt():
     from tuneforge.data.formats import ChatFormat
 
     def rows(*systems):
-        return [{"messages": ([{"role": "system", "content": s}] if s else []) + [
-            {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]} for s in systems]
+        return [
+            {
+                "messages": ([{"role": "system", "content": s}] if s else [])
+                + [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+            }
+            for s in systems
+        ]
 
     assert build_card(ChatFormat(), adds_bos=False, rows=rows("Be brief.", "Be brief.")).system_prompt == "Be brief."
     assert build_card(ChatFormat(), adds_bos=False, rows=rows("Be brief.", None)).system_prompt is None

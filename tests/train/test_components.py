@@ -67,7 +67,9 @@ def _batch(seed=0):
 def test_completion_only_loss_equals_full_logits_loss(tiny_llama):
     batch = _batch()
     s, n = loss_sum(tiny_llama, batch)
-    reference = tiny_llama(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    reference = tiny_llama(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss
     assert n == int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     assert torch.allclose(s / n, reference, rtol=1e-5)
 
@@ -146,8 +148,10 @@ def _lora_llama():
 
     torch.manual_seed(0)
     # init_lora_weights=False: B is random too, so both LoRA factors get gradients from the first step.
-    return get_peft_model(build_model("llama", vocab_size=400), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                                                            init_lora_weights=False))
+    return get_peft_model(
+        build_model("llama", vocab_size=400),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
 
 
 def _examples():
@@ -160,8 +164,8 @@ def _examples():
 
 
 def _one_step(micro_batches, max_grad_norm=0.0):
-    from tuneforge.train.recipe import train_step
     from tuneforge.runtime import pick_runtime
+    from tuneforge.train.recipe import train_step
 
     model = _lora_llama()
     model.train()
@@ -169,8 +173,15 @@ def _one_step(micro_batches, max_grad_norm=0.0):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    result = train_step(model, micro_batches, pad_id=0, runtime=pick_runtime("fp32", "cpu"), optimizer=optimizer,
-                        scheduler=scheduler, max_grad_norm=max_grad_norm)
+    result = train_step(
+        model,
+        micro_batches,
+        pad_id=0,
+        runtime=pick_runtime("fp32", "cpu"),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        max_grad_norm=max_grad_norm,
+    )
     return result, before, dict(model.named_parameters()), model
 
 
@@ -198,10 +209,15 @@ def test_train_step_accumulation_equals_one_big_batch_and_touches_only_the_adapt
 
 def test_train_step_clips_the_gradient_norm():
     ex = _examples()
-    free, before, after_free, _ = _one_step([ex])
+    free, before, _, _ = _one_step([ex])
     clipped, _, after_clipped, _ = _one_step([ex], max_grad_norm=1e-3)
-    norm = torch.sqrt(sum(((after_clipped[n] - before[n]) / 0.5).pow(2).sum() for n in after_clipped
-                          if not torch.equal(after_clipped[n], before[n])))
+    norm = torch.sqrt(
+        sum(
+            ((after_clipped[n] - before[n]) / 0.5).pow(2).sum()
+            for n in after_clipped
+            if not torch.equal(after_clipped[n], before[n])
+        )
+    )
     assert norm.item() == pytest.approx(1e-3, rel=1e-3)  # the update is lr * the clipped gradient
     assert clipped.loss == free.loss
 

@@ -11,11 +11,10 @@ import time
 
 import pytest
 
-from tuneforge.cli import main
-from tuneforge.train.recipe import work_dir_for
-
 from tiny import make_tiny_spec as make_spec
 from tiny import write_qa_data
+from tuneforge.cli import main
+from tuneforge.train.recipe import work_dir_for
 
 
 @pytest.mark.slow
@@ -27,8 +26,10 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
     assert main(["train", str(spec_file), "-o", str(tmp_path / "clean"), "-q"]) == 0
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "train", str(spec_file), "-o", str(out), "-q"],
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneforge.cli", "train", str(spec_file), "-o", str(out), "-q"],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     work = work_dir_for(out)
     deadline = time.time() + 120
     while not any(work.glob("checkpoint-*")) and time.time() < deadline and proc.poll() is None:

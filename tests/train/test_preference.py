@@ -10,8 +10,8 @@ import torch
 
 from tuneforge.data.example import IGNORE_INDEX, Example
 from tuneforge.data.pairs import PairExample
-from tuneforge.train.preference import PreferenceObjective, dpo_terms, orpo_terms, sequence_logps, simpo_terms
 from tuneforge.runtime import pick_runtime
+from tuneforge.train.preference import PreferenceObjective, dpo_terms, orpo_terms, sequence_logps, simpo_terms
 
 
 def _logsigmoid(x: float) -> float:
@@ -35,18 +35,21 @@ def test_dpo_matches_the_paper():
     beta = 0.1
     # Rafailov et al. 2023, eq. 7: -log sigma(beta log(pi(yw)/ref(yw)) - beta log(pi(yl)/ref(yl)))
     expected = [
-        -_logsigmoid(beta * (pc - rc) - beta * (pr - rr)) for pc, pr, rc, rr in zip(POLICY_C, POLICY_R, REF_C, REF_R)
+        -_logsigmoid(beta * (pc - rc) - beta * (pr - rr))
+        for pc, pr, rc, rr in zip(POLICY_C, POLICY_R, REF_C, REF_R, strict=True)
     ]
     t = dpo_terms(_t(POLICY_C), _t(POLICY_R), _t(REF_C), _t(REF_R), beta)
     assert t.losses.tolist() == pytest.approx(expected, abs=1e-4)
     assert float(t.losses.mean()) == pytest.approx(sum(expected) / 4, abs=1e-4)
-    assert t.chosen_rewards.tolist() == pytest.approx([beta * (pc - rc) for pc, rc in zip(POLICY_C, REF_C)])
+    assert t.chosen_rewards.tolist() == pytest.approx(
+        [beta * (pc - rc) for pc, rc in zip(POLICY_C, REF_C, strict=True)]
+    )
 
 
 def test_orpo_matches_the_paper():
     lam = 0.1
     expected = []
-    for c, r, lc, lr in zip(POLICY_C, POLICY_R, LEN_C, LEN_R):
+    for c, r, lc, lr in zip(POLICY_C, POLICY_R, LEN_C, LEN_R, strict=True):
         # Hong et al. 2024: P(y|x) = exp(mean token log-prob); odds(y) = P / (1 - P);
         # L = L_SFT - lambda * log sigma(log(odds(yw) / odds(yl))), L_SFT = mean token NLL of the chosen answer.
         pw, pl = math.exp(c / lc), math.exp(r / lr)
@@ -64,7 +67,10 @@ def test_orpo_is_finite_when_an_answer_is_nearly_certain():
 def test_simpo_matches_the_paper():
     beta, gamma = 2.0, 0.5
     # Meng et al. 2024, eq. 6: -log sigma(beta/|yw| log pi(yw) - beta/|yl| log pi(yl) - gamma)
-    expected = [-_logsigmoid(beta / lc * c - beta / lr * r - gamma) for c, r, lc, lr in zip(POLICY_C, POLICY_R, LEN_C, LEN_R)]
+    expected = [
+        -_logsigmoid(beta / lc * c - beta / lr * r - gamma)
+        for c, r, lc, lr in zip(POLICY_C, POLICY_R, LEN_C, LEN_R, strict=True)
+    ]
     t = simpo_terms(_t(POLICY_C) / _t(LEN_C), _t(POLICY_R) / _t(LEN_R), beta, gamma)
     assert t.losses.tolist() == pytest.approx(expected, abs=1e-4)
 
@@ -90,7 +96,7 @@ def _pairs(seed=0, n=4):
     for _ in range(n):
         prompt = torch.randint(5, 300, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
 
-        def answer():
+        def answer(prompt=prompt):
             ids = torch.randint(5, 300, (int(torch.randint(1, 8, (1,), generator=g)),), generator=g).tolist()
             return Example(tuple(prompt + ids), tuple([IGNORE_INDEX] * len(prompt) + ids))
 
@@ -143,8 +149,13 @@ def test_evaluate_averages_over_pairs_and_caches_the_dpo_reference(peft_llama):
     runtime = pick_runtime("fp32", "cpu")
     obj = PreferenceObjective("dpo", beta=0.1)
     m1 = obj.evaluate(peft_llama, pairs, batch_size=2, pad_id=0, runtime=runtime)
-    assert set(m1) == {"eval_loss", "eval_reward_accuracy", "eval_reward_margin", "eval_chosen_logps",
-                       "eval_rejected_logps"}
+    assert set(m1) == {
+        "eval_loss",
+        "eval_reward_accuracy",
+        "eval_reward_margin",
+        "eval_chosen_logps",
+        "eval_rejected_logps",
+    }
     assert len(obj._reference_cache) == 5
     with torch.no_grad():
         t = obj.terms(peft_llama, obj.collate(pairs, 0), runtime)

@@ -8,13 +8,12 @@ import random
 
 import pytest
 
+from tiny import write_qa_data
 from tuneforge.cli import main
 from tuneforge.data import DataValidationError
 from tuneforge.errors import TuneforgeError
 from tuneforge.spec import parse_spec
 from tuneforge.train.recipe import train, work_dir_for
-
-from tiny import write_qa_data
 
 
 def write_pairs(path, n=96):
@@ -37,20 +36,29 @@ def pairs(tmp_path_factory):
 
 def pref_spec(model_dir, data, **training):
     t = {"max_steps": 12, "batch_size": 8, "learning_rate": 3e-3, "eval_steps": 4, "precision": "fp32", **training}
-    return parse_spec({
-        "pretrainedmodel_config": {"model_path": str(model_dir), "lora_r": 4},
-        "data_config": {"data_path": str(data), "prompt_template": "Question: {prompt}\nAnswer: ", "cutoff_len": 64,
-                        "data_split_config": {"train": 0.75, "validation": 0.25}},
-        "training_config": t,
-    })
+    return parse_spec(
+        {
+            "pretrainedmodel_config": {"model_path": str(model_dir), "lora_r": 4},
+            "data_config": {
+                "data_path": str(data),
+                "prompt_template": "Question: {prompt}\nAnswer: ",
+                "cutoff_len": 64,
+                "data_split_config": {"train": 0.75, "validation": 0.25},
+            },
+            "training_config": t,
+        }
+    )
 
 
 def _evals(out):
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
 
 
-@pytest.mark.parametrize("training", [{"preference_optimization": "ORPO"}, {"preference_method": "dpo", "preference_beta": 0.5}],
-                         ids=["orpo", "dpo"])
+@pytest.mark.parametrize(
+    "training",
+    [{"preference_optimization": "ORPO"}, {"preference_method": "dpo", "preference_beta": 0.5}],
+    ids=["orpo", "dpo"],
+)
 def test_preference_run_raises_validation_reward_accuracy(tiny_model_dir, pairs, tmp_path, training):
     out = tmp_path / "run"
     events = []
@@ -58,7 +66,13 @@ def test_preference_run_raises_validation_reward_accuracy(tiny_model_dir, pairs,
     evals = _evals(out)
     assert [e["step"] for e in evals] == [0, 4, 8, 12]
     for e in evals:
-        for key in ("eval_loss", "eval_reward_accuracy", "eval_reward_margin", "eval_chosen_logps", "eval_rejected_logps"):
+        for key in (
+            "eval_loss",
+            "eval_reward_accuracy",
+            "eval_reward_margin",
+            "eval_chosen_logps",
+            "eval_rejected_logps",
+        ):
             assert key in e, key
     assert max(e["eval_reward_accuracy"] for e in evals[1:]) > evals[0]["eval_reward_accuracy"] + 0.2
     assert evals[-1]["eval_reward_margin"] > evals[0]["eval_reward_margin"]
@@ -114,15 +128,22 @@ def test_orpo_with_sft_data_names_the_columns_before_any_work(tiny_model_dir, tm
 
 
 def test_sft_job_on_pair_data_says_to_set_a_preference_method(tiny_model_dir, pairs, tmp_path):
-    spec = parse_spec({"pretrainedmodel_config": {"model_path": str(tiny_model_dir)},
-                       "data_config": {"data_path": str(pairs)}, "training_config": {"max_steps": 1}})
+    spec = parse_spec(
+        {
+            "pretrainedmodel_config": {"model_path": str(tiny_model_dir)},
+            "data_config": {"data_path": str(pairs)},
+            "training_config": {"max_steps": 1},
+        }
+    )
     with pytest.raises(TuneforgeError, match=r"holds preference pairs .*training_config.preference_method"):
         train(spec, tmp_path / "run", quiet=True)
 
 
 def test_cli_unknown_method_lists_the_allowed_ones(tiny_model_dir, pairs, tmp_path, capsys):
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"data_config": {"data_path": str(pairs)}, "training_config": {"preference_method": "kto"}}))
+    job.write_text(
+        json.dumps({"data_config": {"data_path": str(pairs)}, "training_config": {"preference_method": "kto"}})
+    )
     assert main(["train", str(job), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("tuneforge: error: ") and "'orpo', 'dpo' or 'simpo'" in err

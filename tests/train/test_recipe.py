@@ -8,12 +8,11 @@ import json
 import pytest
 import torch
 
-from tuneforge.cli import main
-from tuneforge.train.recipe import evaluate, train, work_dir_for
-from tuneforge.runtime import pick_runtime
-
 from tiny import make_tiny_spec as make_spec
 from tiny import write_qa_data
+from tuneforge.cli import main
+from tuneforge.runtime import pick_runtime
+from tuneforge.train.recipe import evaluate, train, work_dir_for
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +25,13 @@ def test_train_writes_a_complete_run_that_plain_peft_reloads(tiny_model_dir, qa_
     result = train(make_spec(tiny_model_dir, qa_data), out, quiet=True)
     assert result.output_dir == out.resolve() and not work_dir_for(out).exists()
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "loss.png", "metrics.jsonl", "report.json", "spec.json"]
-    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "tuneforge_adapter.json"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tuneforge_adapter.json",
+    ):
         assert (out / "adapter" / name).is_file(), name
     card = json.loads((out / "adapter" / "tuneforge_adapter.json").read_text())
     assert card["data_format"] == "template" and card["completion_column"] == "answer"
@@ -36,18 +40,38 @@ def test_train_writes_a_complete_run_that_plain_peft_reloads(tiny_model_dir, qa_
     assert card["base_model"]["path"] == str(tiny_model_dir) and list(weights) == ["model.safetensors"]
     import hashlib
 
-    assert weights["model.safetensors"] == hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert (
+        weights["model.safetensors"] == hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
+    )
     report = json.loads((out / "report.json").read_text())
-    for key in ("train_loss", "eval_loss", "eval_perplexity", "steps", "epochs", "tokens_seen", "tokens_per_second",
-                "peak_memory_bytes", "wall_time_seconds", "trainable_parameters", "trainable_share"):
+    for key in (
+        "train_loss",
+        "eval_loss",
+        "eval_perplexity",
+        "steps",
+        "epochs",
+        "tokens_seen",
+        "tokens_per_second",
+        "peak_memory_bytes",
+        "wall_time_seconds",
+        "trainable_parameters",
+        "trainable_share",
+    ):
         assert report[key] is not None, key
     assert report["steps"] == 12 and 0 < report["trainable_share"] < 0.5
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["type"] == "train"] == list(range(1, 13))
     assert [r["step"] for r in lines if r["type"] == "eval"] == [0, 4, 8, 12]  # 0: the base model
     resolved = json.loads((out / "spec.json").read_text())
-    assert resolved["pretrainedmodel_config"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                  "gate_proj", "up_proj", "down_proj"]
+    assert resolved["pretrainedmodel_config"]["target_modules"] == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
 
     # Plain PEFT, no tuneforge code: the adapter gives exactly the validation loss the run reported.
     from peft import PeftModel
@@ -59,7 +83,13 @@ def test_train_writes_a_complete_run_that_plain_peft_reloads(tiny_model_dir, qa_
     from tuneforge.models.loader import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model_dir))
-    data = prepare_dataset(str(qa_data), DataOptions(cutoff_len=64, prompt_template="Question: {question}\nAnswer: {answer}"), tokenizer=tok, split_fractions={"train": 0.8, "validation": 0.2}, seed=42)
+    data = prepare_dataset(
+        str(qa_data),
+        DataOptions(cutoff_len=64, prompt_template="Question: {question}\nAnswer: {answer}"),
+        tokenizer=tok,
+        split_fractions={"train": 0.8, "validation": 0.2},
+        seed=42,
+    )
     loss = evaluate(peft_model, data.validation, batch_size=16, pad_id=tok.pad_token_id, runtime=pick_runtime("fp32"))
     assert loss == pytest.approx(report["eval_loss"], rel=1e-5)
     with torch.no_grad():
@@ -70,17 +100,26 @@ def test_train_writes_a_complete_run_that_plain_peft_reloads(tiny_model_dir, qa_
 
 
 def test_training_learns_the_task(tiny_model_dir, qa_data, tmp_path):
-    result = train(make_spec(tiny_model_dir, qa_data, max_steps=40, eval_steps=10, learning_rate=1e-2), tmp_path / "r",
-                   quiet=True)
-    evals = [json.loads(x)["eval_loss"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-             if '"eval"' in x]
+    result = train(
+        make_spec(tiny_model_dir, qa_data, max_steps=40, eval_steps=10, learning_rate=1e-2), tmp_path / "r", quiet=True
+    )
+    evals = [
+        json.loads(x)["eval_loss"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"eval"' in x
+    ]
     assert result.report["eval_loss"] < 0.5 * evals[0], evals  # evals[0]: the untrained base
 
 
 def test_early_stopping_really_stops(tiny_model_dir, qa_data, tmp_path):
     # A learning rate this high makes the validation loss stop improving at once.
-    spec = make_spec(tiny_model_dir, qa_data, max_steps=60, eval_steps=2, learning_rate=0.9,
-                     early_stopping_patience=2, lr_scheduler_type="constant")
+    spec = make_spec(
+        tiny_model_dir,
+        qa_data,
+        max_steps=60,
+        eval_steps=2,
+        learning_rate=0.9,
+        early_stopping_patience=2,
+        lr_scheduler_type="constant",
+    )
     report = train(spec, tmp_path / "r", quiet=True).report
     evals = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert report["stopped_early"] and report["steps"] < 60
@@ -90,8 +129,16 @@ def test_early_stopping_really_stops(tiny_model_dir, qa_data, tmp_path):
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model_dir, qa_data, tmp_path):
-    spec = make_spec(tiny_model_dir, qa_data, max_steps=10, save_steps=2, eval_steps=5,
-                     gradient_accumulation_steps=2, batch_size=4, p={"lora_dropout": 0.1})
+    spec = make_spec(
+        tiny_model_dir,
+        qa_data,
+        max_steps=10,
+        save_steps=2,
+        eval_steps=5,
+        gradient_accumulation_steps=2,
+        batch_size=4,
+        p={"lora_dropout": 0.1},
+    )
     reference = train(spec, tmp_path / "a", quiet=True)
 
     class Crash(Exception):
@@ -107,8 +154,10 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model_dir, qa_da
     resumed = train(spec, tmp_path / "b", resume=True, quiet=True)
 
     def losses(run):
-        return [(r["type"], r["step"], r.get("loss", r.get("eval_loss")))
-                for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+        return [
+            (r["type"], r["step"], r.get("loss", r.get("eval_loss")))
+            for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        ]
 
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert [x[:2] for x in a] == [x[:2] for x in b]
@@ -123,8 +172,15 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model_dir, qa_da
 
 
 def test_qlora_on_cpu_quantizes_the_base_and_trains(tiny_model_dir, qa_data, tmp_path):
-    spec = make_spec(tiny_model_dir, qa_data, max_steps=20, eval_steps=10, learning_rate=1e-2,
-                     p={"use_quantization": True}, precision="auto")
+    spec = make_spec(
+        tiny_model_dir,
+        qa_data,
+        max_steps=20,
+        eval_steps=10,
+        learning_rate=1e-2,
+        p={"use_quantization": True},
+        precision="auto",
+    )
     seen = []
     report = train(spec, tmp_path / "q", quiet=True, on_event=seen.append).report
     assert report["quantization"] == "4-bit nf4 + double quant"
@@ -164,9 +220,22 @@ def test_merge_equals_base_plus_adapter(tiny_model_dir, qa_data, tmp_path):
 
 def test_generate_with_adapter(tiny_model_dir, qa_data, tmp_path, capsys):
     train(make_spec(tiny_model_dir, qa_data, max_steps=4), tmp_path / "r", quiet=True)
-    assert main(["generate", "--adapter", str(tmp_path / "r" / "adapter"), "--max-new-tokens", "5",
-                 "Question: what is 1 plus 2?\nAnswer:", "--raw"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--adapter",
+                str(tmp_path / "r" / "adapter"),
+                "--max-new-tokens",
+                "5",
+                "Question: what is 1 plus 2?\nAnswer:",
+                "--raw",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()  # a random tiny model may emit only EOS: that the command ran is the check here
+
 
 # ---------------------------------------------------------------------------------------------- bad input (CLI)
 
@@ -184,7 +253,10 @@ def _spec_file(tmp_path, tiny_model_dir, qa_data, **overrides):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"pretrainedmodel_config__model_path": "/nonexistent/model"}, "model_path: '/nonexistent/model' does not exist"),
+        (
+            {"pretrainedmodel_config__model_path": "/nonexistent/model"},
+            "model_path: '/nonexistent/model' does not exist",
+        ),
         ({"data_config__prompt_template": "Q: {question} A: {answr}"}, "answr"),
         ({"data_config__cutoff_len": 0}, "data_config.cutoff_len: 0 is not allowed"),
         ({"training_config__lr_scheduler_type": "warmup_cosine"}, "lr_scheduler_type: 'warmup_cosine' is not allowed"),
@@ -193,7 +265,9 @@ def _spec_file(tmp_path, tiny_model_dir, qa_data, **overrides):
         ({"pretrainedmodel_config__target_modules": ["qq_proj"]}, "['qq_proj'] not found"),
     ],
 )
-def test_cli_bad_input_is_one_clear_line_exit_2_and_no_output(tiny_model_dir, qa_data, tmp_path, capsys, overrides, message):
+def test_cli_bad_input_is_one_clear_line_exit_2_and_no_output(
+    tiny_model_dir, qa_data, tmp_path, capsys, overrides, message
+):
     spec = _spec_file(tmp_path, tiny_model_dir, qa_data, **overrides)
     out = tmp_path / "out"
     assert main(["train", str(spec), "--output", str(out), "--quiet"]) == 2
@@ -232,8 +306,9 @@ def test_qlora_gradients_survive_an_evaluation_pass(tiny_model_dir):
 
     def first_layer_grad(evaluate_first: bool) -> float:
         base = load_base_model(resolve_model(str(tiny_model_dir)), runtime, quant=QuantSettings())
-        model, _, _ = apply_lora(base, LoraSettings(r=4), model_id="tiny", quantized=True,
-                                 gradient_checkpointing=False, seed=0)
+        model, _, _ = apply_lora(
+            base, LoraSettings(r=4), model_id="tiny", quantized=True, gradient_checkpointing=False, seed=0
+        )
         with torch.no_grad():
             for p in model.parameters():
                 if p.requires_grad:

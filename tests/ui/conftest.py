@@ -11,16 +11,24 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "jobs"))
 
-from tfservice import Server, create_key, make_home  # noqa: E402
+from tfservice import Server, create_key, make_home
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 CHROMIUM = os.environ.get("TUNEFORGE_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium's own connections (updates, sync, field trials) are refused on
 # machines without internet access and slow every page down.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 VIEWPORT = {"width": 1366, "height": 900}  # a laptop screen
 
 

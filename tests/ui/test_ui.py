@@ -11,8 +11,8 @@ import re
 import zipfile
 
 import pytest
-
 from tfservice import Client, payload, wait_for
+
 from tuneforge.models.catalog import CATALOG
 from tuneforge.spec import PretrainedModelConfig, TrainingConfig
 
@@ -184,9 +184,17 @@ def test_dataset_upload_job_training_adapter_deploy_and_chat(ui_server, page, tm
     shot(page, "new-job")
 
     # Settings for a seconds-long run; the job is created through the form.
-    for label, value in [("LoRA rank r", "4"), ("LoRA alpha", "8"), ("Cutoff length (tokens)", "64"),
-                         ("Max steps", "12"), ("Batch size", "8"), ("Learning rate", "0.003"),
-                         ("Evaluate every N steps", "4"), ("Warmup steps", "1"), ("Validation share", "0.2")]:
+    for label, value in [
+        ("LoRA rank r", "4"),
+        ("LoRA alpha", "8"),
+        ("Cutoff length (tokens)", "64"),
+        ("Max steps", "12"),
+        ("Batch size", "8"),
+        ("Learning rate", "0.003"),
+        ("Evaluate every N steps", "4"),
+        ("Warmup steps", "1"),
+        ("Validation share", "0.2"),
+    ]:
         page.get_by_label(label, exact=True).fill(value)
     page.get_by_label("Precision", exact=True).select_option("fp32")
     page.get_by_role("button", name="Create fine-tuning job").click()
@@ -235,8 +243,11 @@ def test_dataset_upload_job_training_adapter_deploy_and_chat(ui_server, page, tm
     wait_for(lambda: adapter_sel.input_value() != "", 10, what="the adapter deployment to be selected")
     page.get_by_role("button", name="Deploy the base model for comparison").click()
     base_sel = page.get_by_label("Base model deployment")
-    wait_for(lambda: "(live)" in (base_sel.locator("option:checked").inner_text() or ""), 120,
-             what="the base deployment to be live")
+    wait_for(
+        lambda: "(live)" in (base_sel.locator("option:checked").inner_text() or ""),
+        120,
+        what="the base deployment to be live",
+    )
     page.get_by_label("Message", exact=True).fill("what is 2 plus 3?")
     page.get_by_role("button", name="Send to both").click()
     for pane in ("#chat-adapter", "#chat-base"):
@@ -250,7 +261,9 @@ def test_dataset_upload_job_training_adapter_deploy_and_chat(ui_server, page, tm
 def test_jobs_list_shows_live_status_and_a_job_is_cancelled_from_its_page(ui_server, page, shot, sign_in):
     server, key = ui_server
     client = Client(server.url, key)
-    job_id = client.post("/v1/finetune/llm", json=payload(server.home, max_steps=5000, eval_steps=2500)).json()["job_id"]
+    job_id = client.post("/v1/finetune/llm", json=payload(server.home, max_steps=5000, eval_steps=2500)).json()[
+        "job_id"
+    ]
     sign_in(page, server, key)
     page.locator(f'tr[data-job="{job_id}"] .badge.running').wait_for(timeout=60_000)  # queued -> running, live
     row = page.locator(f'tr[data-job="{job_id}"]')
@@ -258,9 +271,15 @@ def test_jobs_list_shows_live_status_and_a_job_is_cancelled_from_its_page(ui_ser
     shot(page, "jobs-running")
     row.get_by_role("link").click()
     page.locator("#job-status .badge.running").wait_for()
-    wait_for(lambda: int(page.locator('#loss-chart polyline[data-series="train"]').get_attribute("data-n") or 0) > 1
-             if page.locator('#loss-chart polyline[data-series="train"]').count() else False, 30,
-             what="the loss curve to grow")
+    wait_for(
+        lambda: (
+            int(page.locator('#loss-chart polyline[data-series="train"]').get_attribute("data-n") or 0) > 1
+            if page.locator('#loss-chart polyline[data-series="train"]').count()
+            else False
+        ),
+        30,
+        what="the loss curve to grow",
+    )
     wait_for(lambda: re.search(r"\d+ (s|min|h)", page.locator("#stat-eta").inner_text()), 15, what="an ETA")
     page.once("dialog", lambda d: d.accept())
     page.get_by_role("button", name="Cancel job").click()

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import requests
-
 from tfservice import Client, Server, create_key, make_home
+
 from tuneforge.models.catalog import CATALOG
 from tuneforge.spec import JobSpec
 
@@ -36,8 +36,13 @@ def test_the_page_and_its_assets_are_served_without_a_key(svc):
 
 def test_support_routes_need_a_key(svc):
     server, _, _ = svc
-    for path in ("/v1/me", "/v1/spec/schema", "/v1/catalog/models", "/v1/catalog/local",
-                 "/v1/catalog/estimate?model_path=x"):
+    for path in (
+        "/v1/me",
+        "/v1/spec/schema",
+        "/v1/catalog/models",
+        "/v1/catalog/local",
+        "/v1/catalog/estimate?model_path=x",
+    ):
         assert requests.get(server.url + path, timeout=10).status_code == 401, path
     assert requests.post(server.url + "/v1/data/inspect", json={"data_path": "x"}, timeout=10).status_code == 401
 
@@ -50,15 +55,20 @@ def test_me_and_the_spec_schema_with_defaults(svc):
     d = body["defaults"]
     assert d["data_config"]["data_split_config"] == {"train": 0.9, "validation": 0.1}  # a default_factory
     assert "data_path" not in d["data_config"]
-    assert d["training_config"]["learning_rate"] == JobSpec.model_fields["training_config"].default_factory().learning_rate
+    assert (
+        d["training_config"]["learning_rate"] == JobSpec.model_fields["training_config"].default_factory().learning_rate
+    )
 
 
 def test_catalog_local_files_and_memory_estimates(svc):
     server, alice, _ = svc
     cat = alice.get("/v1/catalog/models", timeout=120).json()
     assert len(cat["models"]) == len(CATALOG)
-    assert all(m["memory"]["qlora"]["total_bytes"] < m["memory"]["lora"]["total_bytes"] for m in cat["models"]
-               if m["qlora_4bit"] and m["params_b"] >= 1)
+    assert all(
+        m["memory"]["qlora"]["total_bytes"] < m["memory"]["lora"]["total_bytes"]
+        for m in cat["models"]
+        if m["qlora_4bit"] and m["params_b"] >= 1
+    )
     assert cat["reference_setup"]["seq_len"] == 1024
 
     local = alice.get("/v1/catalog/local").json()
@@ -66,8 +76,10 @@ def test_catalog_local_files_and_memory_estimates(svc):
     assert [m["path"] for m in local["models"]] == [tiny] and local["models"][0]["architecture"] == "llama"
     assert [d["name"] for d in local["datasets"]] == ["qa.jsonl"]
 
-    e = alice.get("/v1/catalog/estimate", params={"model_path": tiny, "batch_size": 8, "cutoff_len": 64,
-                                                  "device": "cpu", "precision": "fp32"}).json()
+    e = alice.get(
+        "/v1/catalog/estimate",
+        params={"model_path": tiny, "batch_size": 8, "cutoff_len": 64, "device": "cpu", "precision": "fp32"},
+    ).json()
     assert e["architecture"] == "llama" and 50_000 < e["params"] < 200_000
     assert e["lora"]["setup"]["seq_len"] == 64 and e["qlora"]["setup"]["method"] == "qlora"
     assert e["device"]["type"] == "cpu" and e["device"]["available_bytes"] > 0
@@ -81,8 +93,10 @@ def test_inspect_gives_the_report_and_a_token_length_histogram(svc):
     server, alice, bob = svc
     data = str(server.home / "datasets" / "qa.jsonl")
     tiny = str(server.home / "models" / "tiny")
-    r = alice.post("/v1/data/inspect", json={"data_path": data, "prompt_template": TEMPLATE, "model_path": tiny,
-                                             "cutoff_len": 64, "bins": 10})
+    r = alice.post(
+        "/v1/data/inspect",
+        json={"data_path": data, "prompt_template": TEMPLATE, "model_path": tiny, "cutoff_len": 64, "bins": 10},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     rep, hist = body["report"], body["token_histogram"]

@@ -28,14 +28,21 @@ The official `monsterapi` Python client works unchanged with `MClient(api_key=KE
 """
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None,
-               lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, store: Store | None = None, lifespan: Lifespan[FastAPI] | None = None
+) -> FastAPI:
     settings = settings or Settings()
     settings.ensure_dirs()
     public = settings.public_docs  # else no docs pages and no schema (FastAPI's default URLs otherwise)
-    app = FastAPI(title="tuneforge", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                  docs_url="/docs" if public else None, redoc_url="/redoc" if public else None,
-                  openapi_url="/openapi.json" if public else None)
+    app = FastAPI(
+        title="tuneforge",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if public else None,
+        redoc_url="/redoc" if public else None,
+        openapi_url="/openapi.json" if public else None,
+    )
     app.state.settings = settings
     app.state.store = store or Store(settings.database_url)
     app.state.auth_throttle = AuthThrottle(settings.auth_failures_per_minute)

@@ -36,11 +36,16 @@ StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_principal(request: Request, store: StoreDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+def get_principal(
+    request: Request, store: StoreDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
     if credentials is None or not credentials.credentials:
-        raise HTTPException(401, "missing API key: send the header 'Authorization: Bearer <key>' (an administrator "
-                                 "creates keys with `tuneforge keys create NAME`)", headers=_CHALLENGE)
+        raise HTTPException(
+            401,
+            "missing API key: send the header 'Authorization: Bearer <key>' (an administrator "
+            "creates keys with `tuneforge keys create NAME`)",
+            headers=_CHALLENGE,
+        )
     throttle = request.app.state.auth_throttle
     refusal = throttled(throttle, request)
     if refusal is not None:

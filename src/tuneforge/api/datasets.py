@@ -21,22 +21,34 @@ from .uploads import receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
-_ERRORS: Responses = {401: {"description": "Missing or invalid API key"}, 404: {"description": "No such dataset (or not yours)"},
-           422: {"description": "Invalid input: `detail` and one `problems` entry per field"}}
+_ERRORS: Responses = {
+    401: {"description": "Missing or invalid API key"},
+    404: {"description": "No such dataset (or not yours)"},
+    422: {"description": "Invalid input: `detail` and one `problems` entry per field"},
+}
 
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["file"],
-            "properties": {
-                "file": {"type": "string", "format": "binary",
-                         "description": "The dataset: .jsonl, .json, .csv, .tsv or .parquet."},
-                **{name: {**schema, "description": DatasetOptions.model_fields[name].description}
-                   for name, schema in DatasetOptions.model_json_schema()["properties"].items()},
-            },
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The dataset: .jsonl, .json, .csv, .tsv or .parquet.",
+                        },
+                        **{
+                            name: {**schema, "description": DatasetOptions.model_fields[name].description}
+                            for name, schema in DatasetOptions.model_json_schema()["properties"].items()
+                        },
+                    },
+                }
+            }
+        },
     }
 }
 
@@ -52,10 +64,17 @@ def _option_problems(exc: ValidationError) -> list[str]:
     return out
 
 
-@router.post("", status_code=201, summary="Upload a dataset and get its validation report", response_model=Dataset,
-             openapi_extra=_UPLOAD_BODY, responses={**_ERRORS, 413: {"description": "Larger than the upload limit"}})
-async def upload(request: Request, store: StoreDep, settings: SettingsDep,
-                 principal: CurrentPrincipal) -> JSONResponse | Dataset:
+@router.post(
+    "",
+    status_code=201,
+    summary="Upload a dataset and get its validation report",
+    response_model=Dataset,
+    openapi_extra=_UPLOAD_BODY,
+    responses={**_ERRORS, 413: {"description": "Larger than the upload limit"}},
+)
+async def upload(
+    request: Request, store: StoreDep, settings: SettingsDep, principal: CurrentPrincipal
+) -> JSONResponse | Dataset:
     """Multipart form: the file in `file`, optionally how to read it (`prompt_template`, `data_format`, ...) for the
     report. The answer has the dataset's `id` (use it as `data_config.data_path`) and its validation `report`;
     a dataset with problems is stored too, with `ok: false` and every problem listed."""
@@ -71,8 +90,15 @@ async def upload(request: Request, store: StoreDep, settings: SettingsDep,
         # receive_upload refuses a body without the file; the file part sets both
         assert up.path is not None and up.filename is not None
         report = await run_in_threadpool(service.validate_file, up.path, options, PathPolicy.from_settings(settings))
-        ds = store.insert_dataset(dataset_id=dataset_id, owner=principal.owner, filename=up.filename,
-                                  path=str(up.path), size_bytes=up.size, sha256=up.sha256, report=report)
+        ds = store.insert_dataset(
+            dataset_id=dataset_id,
+            owner=principal.owner,
+            filename=up.filename,
+            path=str(up.path),
+            size_bytes=up.size,
+            sha256=up.sha256,
+            report=report,
+        )
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)  # a refused upload leaves nothing behind
         raise
@@ -80,9 +106,12 @@ async def upload(request: Request, store: StoreDep, settings: SettingsDep,
 
 
 @router.get("", summary="List datasets, newest first", responses=_ERRORS)
-def list_datasets(store: StoreDep, principal: CurrentPrincipal,
-                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                  offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0) -> DatasetPage:  # the database's integer
+def list_datasets(
+    store: StoreDep,
+    principal: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+) -> DatasetPage:  # the database's integer
     rows, total = store.list_datasets(owner=service.scope(principal), limit=limit, offset=offset)
     datasets = [DatasetSummary.model_validate(service.dataset_view(r, full=False)) for r in rows]
     return DatasetPage(datasets=datasets, total=total, limit=limit, offset=offset)
@@ -93,10 +122,10 @@ def get_dataset(dataset_id: str, store: StoreDep, principal: CurrentPrincipal) -
     return Dataset(**service.dataset_view(service.get_dataset(store, principal, dataset_id)))
 
 
-@router.post("/{dataset_id}/validate", summary="Validate a dataset again with other reading options",
-             responses=_ERRORS)
-def revalidate(dataset_id: str, options: DatasetOptions, store: StoreDep, settings: SettingsDep,
-               principal: CurrentPrincipal) -> Dataset:
+@router.post("/{dataset_id}/validate", summary="Validate a dataset again with other reading options", responses=_ERRORS)
+def revalidate(
+    dataset_id: str, options: DatasetOptions, store: StoreDep, settings: SettingsDep, principal: CurrentPrincipal
+) -> Dataset:
     """E.g. with the `prompt_template` you intend to train with: the report then checks its columns, renders the
     first example and, given `model_path`, counts tokens. The stored report is replaced."""
     ds = service.get_dataset(store, principal, dataset_id)

@@ -35,9 +35,11 @@ from .responses import Deployment, DeploymentCreated, DeploymentLogs, Deployment
 
 router = APIRouter(prefix="/v1/deploy", tags=["deployments"])
 
-_ERRORS: Responses = {401: {"description": "Missing or invalid API key"},
-           404: {"description": "No such deployment (or not yours)"},
-           422: {"description": "Invalid input: `detail` and one `problems` entry per field"}}
+_ERRORS: Responses = {
+    401: {"description": "Missing or invalid API key"},
+    404: {"description": "No such deployment (or not yours)"},
+    422: {"description": "Invalid input: `detail` and one `problems` entry per field"},
+}
 
 
 def _manager(request: Request) -> DeploymentManager:
@@ -74,32 +76,45 @@ def _view(request: Request, row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/llm", summary="Deploy a base model with a LoRA adapter as an API endpoint", responses=_ERRORS)
-def deploy(req: DeployRequest, request: Request, manager: Manager, store: StoreDep, settings: SettingsDep,
-           principal: CurrentPrincipal) -> DeploymentCreated:
+def deploy(
+    req: DeployRequest,
+    request: Request,
+    manager: Manager,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: CurrentPrincipal,
+) -> DeploymentCreated:
     """Starts building at once and returns `deployment_id`; poll `GET /v1/deploy/status/{id}` until `live`, then
     call `POST /v1/chat/completions` with `model` = `deployment_name` and `Authorization: Bearer <api_auth_token>`.
     The whole `api_auth_token` is in this response only."""
     problems = string_problems(req.model_dump(), settings.max_field_chars)
     if problems:
         raise SpecError(problems)
-    model_load, adapter = service.resolve_deployment(req.basemodel_path, req.loramodel_path, store, principal,
-                                                     PathPolicy.from_settings(settings))
-    row, token = manager.create(req, owner=principal.owner, key_id=principal.key_id, model_load=model_load,
-                                adapter_source=adapter)
-    return DeploymentCreated(message=f"deployment {row['name']!r} is building",
-                             **{**_view(request, row), "api_auth_token": token})
+    model_load, adapter = service.resolve_deployment(
+        req.basemodel_path, req.loramodel_path, store, principal, PathPolicy.from_settings(settings)
+    )
+    row, token = manager.create(
+        req, owner=principal.owner, key_id=principal.key_id, model_load=model_load, adapter_source=adapter
+    )
+    return DeploymentCreated(
+        message=f"deployment {row['name']!r} is building", **{**_view(request, row), "api_auth_token": token}
+    )
 
 
-@router.get("/status/{deployment_id}", summary="A deployment's status: building, live, failed or terminated",
-            responses=_ERRORS)
+@router.get(
+    "/status/{deployment_id}", summary="A deployment's status: building, live, failed or terminated", responses=_ERRORS
+)
 def status(deployment_id: str, request: Request, manager: Manager, principal: CurrentPrincipal) -> Deployment:
     return Deployment(**_view(request, manager.visible(deployment_id, principal)))
 
 
 @router.get("/logs/{deployment_id}", summary="The last lines of a deployment's log", responses=_ERRORS)
-def logs(deployment_id: str, manager: Manager, principal: CurrentPrincipal,
-         n_lines: Annotated[int, Query(ge=1, le=10000, description="How many of the last lines.")] = 100,
-         ) -> DeploymentLogs:
+def logs(
+    deployment_id: str,
+    manager: Manager,
+    principal: CurrentPrincipal,
+    n_lines: Annotated[int, Query(ge=1, le=10000, description="How many of the last lines.")] = 100,
+) -> DeploymentLogs:
     row = manager.visible(deployment_id, principal)
     lines = manager.tail(row["id"], n_lines)
     return DeploymentLogs(deployment_id=row["id"], status=row["status"], n_lines=len(lines), logs=lines)
@@ -116,15 +131,18 @@ class TerminateRequest(BaseModel):
     actor: str | None = None  # sent by the monsterapi client ("user"); recorded in the log
 
 
-@router.post("/terminate", summary="Stop a deployment", responses={
-    **_ERRORS, 409: {"description": "Already terminated"}})
-def terminate(body: TerminateRequest, request: Request, manager: Manager,
-              principal: CurrentPrincipal) -> DeploymentTerminated:
+@router.post(
+    "/terminate", summary="Stop a deployment", responses={**_ERRORS, 409: {"description": "Already terminated"}}
+)
+def terminate(
+    body: TerminateRequest, request: Request, manager: Manager, principal: CurrentPrincipal
+) -> DeploymentTerminated:
     row = manager.terminate_for(body.deployment_id, principal, actor=body.actor)
     return DeploymentTerminated(message=f"deployment {row['name']!r} terminated", **_view(request, row))
 
 
 # --- MonsterAPI's deployment endpoint: POST <deployment URL>/generate ------------------------------------------
+
 
 class GenerateRequest(BaseModel):
     """MonsterAPI's `DeployLLM` payload (monsterapi.InputDataModels): `input_variables` fill the deployment's
@@ -132,11 +150,13 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input_variables: dict[str, Any] | None = Field(None, description="Values for the placeholders of the "
-                                                   "deployment's prompt_template (e.g. {\"prompt\": ...}).")
-    prompt: str | None = Field(None, description="A formatted prompt, used as is (no prompt template). Give it or "
-                               "input_variables, not both.")
-    stream: bool = Field(False, description="Stream NUL-delimited JSON chunks {\"text\": [...]} as they grow.")
+    input_variables: dict[str, Any] | None = Field(
+        None, description='Values for the placeholders of the deployment\'s prompt_template (e.g. {"prompt": ...}).'
+    )
+    prompt: str | None = Field(
+        None, description="A formatted prompt, used as is (no prompt template). Give it or input_variables, not both."
+    )
+    stream: bool = Field(False, description='Stream NUL-delimited JSON chunks {"text": [...]} as they grow.')
     n: int = Field(1, ge=1, le=16, description="Number of outputs.")
     temperature: float = Field(0.6, ge=0, le=2, description="Sampling temperature (0: greedy).")
     max_tokens: int = Field(256, ge=1, description="Most new tokens per output.")
@@ -144,12 +164,22 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, description="(tuneforge) Seed for reproducible sampling (output i uses seed+i).")
 
 
-@router.post("/{deployment:path}/generate", response_model=None, responses={
-    **_ERRORS, 200: {"description": "A JSON string holding {\"text\": [output, ...]} (MonsterAPI's shape), or with "
-                                    "`stream` NUL-delimited JSON objects of that shape",
-                     "content": {"application/json": {"schema": {"type": "string"}},
-                                 "application/octet-stream": {"schema": {"type": "string"}}}}},
-             summary="MonsterAPI's deployment endpoint: generate from input_variables or a prompt")
+@router.post(
+    "/{deployment:path}/generate",
+    response_model=None,
+    responses={
+        **_ERRORS,
+        200: {
+            "description": 'A JSON string holding {"text": [output, ...]} (MonsterAPI\'s shape), or with '
+            "`stream` NUL-delimited JSON objects of that shape",
+            "content": {
+                "application/json": {"schema": {"type": "string"}},
+                "application/octet-stream": {"schema": {"type": "string"}},
+            },
+        },
+    },
+    summary="MonsterAPI's deployment endpoint: generate from input_variables or a prompt",
+)
 async def generate(deployment: str, body: GenerateRequest, request: Request) -> JSONResponse | StreamingResponse:
     """The deployment's base URL for the official client is `<server>/v1/deploy/<name or id>` (the status's
     `generate_base_url`): `MClient(api_key=TOKEN, base_url=...).generate("deploy-llm", {...})`. As MonsterAPI's
@@ -161,16 +191,31 @@ async def generate(deployment: str, body: GenerateRequest, request: Request) -> 
     await request.app.state.deployment_auth(request, name)
     has_vars, has_prompt = bool(body.input_variables), bool(body.prompt)
     if has_vars == has_prompt:
-        raise TuneforgeError("give either input_variables (filled into the deployment's prompt_template) or prompt "
-                             "(used as is), not " + ("both" if has_vars else "neither"), field="input_variables")
+        raise TuneforgeError(
+            "give either input_variables (filled into the deployment's prompt_template) or prompt "
+            "(used as is), not " + ("both" if has_vars else "neither"),
+            field="input_variables",
+        )
     loop = asyncio.get_running_loop()
     gens: list[Generation] = []
     try:
         for i in range(body.n):
-            params = SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                    seed=None if body.seed is None else body.seed + i)
-            gens.append(manager.submit(name, body.prompt if has_prompt else None, params, loop=loop, raw=True,
-                                       input_variables=body.input_variables if has_vars else None))
+            params = SamplingParams(
+                max_tokens=body.max_tokens,
+                temperature=body.temperature,
+                top_p=body.top_p,
+                seed=None if body.seed is None else body.seed + i,
+            )
+            gens.append(
+                manager.submit(
+                    name,
+                    body.prompt if has_prompt else None,
+                    params,
+                    loop=loop,
+                    raw=True,
+                    input_variables=body.input_variables if has_vars else None,
+                )
+            )
     except BaseException:
         for g in gens:
             g.cancel()
@@ -194,7 +239,7 @@ async def _stream_texts(gens: list[Generation]) -> AsyncIterator[bytes]:
         try:
             async for delta in gen.astream():
                 await updates.put((i, delta))
-        except Exception as exc:  # noqa: BLE001 -- reported in the stream: the status line is sent already
+        except Exception as exc:
             await updates.put((i, exc))
         finally:
             await updates.put((i, None))

@@ -23,8 +23,9 @@ def split_problem(line: str) -> dict[str, str | None]:
 
 
 def problems_response(lines: list[str], status: int = 422) -> JSONResponse:
-    return JSONResponse(status_code=status,
-                        content={"detail": "; ".join(lines), "problems": [split_problem(x) for x in lines]})
+    return JSONResponse(
+        status_code=status, content={"detail": "; ".join(lines), "problems": [split_problem(x) for x in lines]}
+    )
 
 
 def request_problems(errors: list[dict[str, Any]]) -> list[str]:
@@ -67,8 +68,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RecursionError)
     async def _too_deep(_request: Request, _exc: RecursionError) -> JSONResponse:
         # Python's JSON parser recurses once per nesting level; a body nested thousands deep exhausts the stack.
-        return problems_response(["body: nested too deeply to parse (JSON objects and arrays nested more than a few "
-                                  "hundred levels)"])
+        return problems_response(
+            ["body: nested too deeply to parse (JSON objects and arrays nested more than a few hundred levels)"]
+        )
 
     @app.exception_handler(Conflict)
     async def _conflict(_request: Request, exc: Conflict) -> JSONResponse:

@@ -27,9 +27,11 @@ router = APIRouter(prefix="/v1/finetune/llm", tags=["fine-tuning"])
 
 MAX_SEQ = 2**63 - 1  # the database's integer: a larger cursor would overflow the query instead of matching nothing
 
-_ERRORS: Responses = {401: {"description": "Missing or invalid API key"},
-           404: {"description": "No such job (or not yours)"},
-           422: {"description": "Invalid input: `detail` and one `problems` entry per field"}}
+_ERRORS: Responses = {
+    401: {"description": "Missing or invalid API key"},
+    404: {"description": "No such job (or not yours)"},
+    422: {"description": "Invalid input: `detail` and one `problems` entry per field"},
+}
 
 
 @router.post("", status_code=201, summary="Launch a fine-tuning job", responses=_ERRORS)
@@ -41,13 +43,17 @@ def launch(spec: JobSpec, store: StoreDep, settings: SettingsDep, principal: Cur
 
 
 @router.get("", summary="List jobs, newest first", responses=_ERRORS)
-def list_jobs(store: StoreDep, principal: CurrentPrincipal,
-              limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
-              offset: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Jobs to skip (page * limit).")] = 0,
-              status: Annotated[Literal[STATUSES] | None,  # type: ignore[valid-type]
-                                Query(description="Only jobs in this status.")] = None,
-              owner: Annotated[str | None, Query(description="Admin keys only: only this owner's jobs.")] = None,
-              ) -> JobPage:
+def list_jobs(
+    store: StoreDep,
+    principal: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Jobs to skip (page * limit).")] = 0,
+    status: Annotated[
+        Literal[STATUSES] | None,  # type: ignore[valid-type]
+        Query(description="Only jobs in this status."),
+    ] = None,
+    owner: Annotated[str | None, Query(description="Admin keys only: only this owner's jobs.")] = None,
+) -> JobPage:
     who = service.scope(principal)
     if principal.is_admin and owner:
         who = owner
@@ -61,50 +67,86 @@ def get_job(job_id: str, store: StoreDep, principal: CurrentPrincipal) -> Job:
     return Job(**service.job_view(store, service.get_job(store, principal, job_id)))
 
 
-@router.post("/{job_id}/cancel", summary="Cancel a queued or running job",
-             responses={**_ERRORS, 409: {"description": "The job has already finished"}})
+@router.post(
+    "/{job_id}/cancel",
+    summary="Cancel a queued or running job",
+    responses={**_ERRORS, 409: {"description": "The job has already finished"}},
+)
 def cancel(job_id: str, store: StoreDep, principal: CurrentPrincipal) -> Job:
     """A queued job is cancelled at once; a running one is stopped by its worker at its next poll
     (`TUNEFORGE_POLL_SECONDS`, 0.5 s by default: under a second in all), `cancel_requested` being true until then."""
     return Job(**service.job_view(store, service.cancel_job(store, principal, job_id)))
 
 
-@router.get("/{job_id}/adapter", summary="Download the trained PEFT adapter (zip)",
-            responses={**_ERRORS, 409: {"description": "The job has not succeeded (yet)"},
-                       200: {"content": {"application/zip": {}}}}, response_class=FileResponse)
+@router.get(
+    "/{job_id}/adapter",
+    summary="Download the trained PEFT adapter (zip)",
+    responses={
+        **_ERRORS,
+        409: {"description": "The job has not succeeded (yet)"},
+        200: {"content": {"application/zip": {}}},
+    },
+    response_class=FileResponse,
+)
 def adapter(job_id: str, store: StoreDep, settings: SettingsDep, principal: CurrentPrincipal) -> FileResponse:
     job = service.get_job(store, principal, job_id)
     path = service.adapter_zip(settings, job)
     return FileResponse(path, media_type="application/zip", filename=f"adapter-{job_id}.zip")
 
 
-@router.get("/{job_id}/eval", summary="Held-out evaluation: base model vs adapter, row by row",
-            responses={**_ERRORS, 409: {"description": "The job has not succeeded (yet)"}})
-def evaluation(job_id: str, store: StoreDep, principal: CurrentPrincipal,
-               limit: Annotated[int, Query(ge=1, le=1000, description="Rows per page.")] = 100,
-               offset: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Rows to skip.")] = 0,
-               differing: Annotated[bool, Query(description="Only rows where the models' answers differ.")] = False,
-               ) -> JobEvaluation:
+@router.get(
+    "/{job_id}/eval",
+    summary="Held-out evaluation: base model vs adapter, row by row",
+    responses={**_ERRORS, 409: {"description": "The job has not succeeded (yet)"}},
+)
+def evaluation(
+    job_id: str,
+    store: StoreDep,
+    principal: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Rows per page.")] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Rows to skip.")] = 0,
+    differing: Annotated[bool, Query(description="Only rows where the models' answers differ.")] = False,
+) -> JobEvaluation:
     """The summary (metrics per model, as in the job's `evaluation` field) and a page of the per-row file: each
     row's prompt, reference, and every model's answer and scores. 404 when the job had no test rows."""
     job = service.get_job(store, principal, job_id)
     return JobEvaluation(**service.eval_rows(job, limit=limit, offset=offset, differing=differing))
 
 
-@router.get("/{job_id}/events", summary="Metrics and log lines, incremental (JSON or server-sent events)",
-            response_model=JobEvents,
-            responses={**_ERRORS, 200: {"content": {"text/event-stream": {"schema": {
-                "type": "string", "description": "With `stream=true` or `Accept: text/event-stream`: one event per "
-                "job event (`id` = seq, `event` = type, `data` = the event as JSON), then `event: end` with "
-                "`{\"status\", \"last_seq\"}` when the job has finished."}}}}})
-async def events(job_id: str, request: Request, store: StoreDep, principal: CurrentPrincipal,
-                 after: Annotated[int, Query(ge=0, le=MAX_SEQ,
-                                             description="Return events with `seq` greater than this.")] = 0,
-                 limit: Annotated[int, Query(ge=1, le=5000, description="At most this many events (JSON only).")] = 500,
-                 stream: Annotated[bool, Query(description="Stream as server-sent events (as does "
-                                                           "`Accept: text/event-stream`) until the job ends.")] = False,
-                 accept: Annotated[str | None, Header()] = None,
-                 last_event_id: Annotated[str | None, Header()] = None) -> EventSourceResponse | JobEvents:
+@router.get(
+    "/{job_id}/events",
+    summary="Metrics and log lines, incremental (JSON or server-sent events)",
+    response_model=JobEvents,
+    responses={
+        **_ERRORS,
+        200: {
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "string",
+                        "description": "With `stream=true` or `Accept: text/event-stream`: one event per "
+                        "job event (`id` = seq, `event` = type, `data` = the event as JSON), then `event: end` with "
+                        '`{"status", "last_seq"}` when the job has finished.',
+                    }
+                }
+            }
+        },
+    },
+)
+async def events(
+    job_id: str,
+    request: Request,
+    store: StoreDep,
+    principal: CurrentPrincipal,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Return events with `seq` greater than this.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000, description="At most this many events (JSON only).")] = 500,
+    stream: Annotated[
+        bool,
+        Query(description="Stream as server-sent events (as does `Accept: text/event-stream`) until the job ends."),
+    ] = False,
+    accept: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse | JobEvents:
     """Each event has `seq` (1, 2, ...), `type` (`status`, `log`, `validation`, `train`, `eval`, `evaluation`) and
     its fields: `train` has step, total_steps, epoch, loss, lr; `eval` has step, eval_loss; `evaluation` (once,
     after training, when the job has test rows) has the base-vs-adapter summary of the job's `evaluation` field.
@@ -118,16 +160,22 @@ async def events(job_id: str, request: Request, store: StoreDep, principal: Curr
             if not (last_event_id.isascii() and last_event_id.isdigit()) or len(last_event_id) > 18:
                 from ..spec import SpecError
 
-                raise SpecError([f"Last-Event-ID: {last_event_id[:40]!r} is not an event seq (an integer from 0 to "
-                                 f"{MAX_SEQ})"])
+                raise SpecError(
+                    [f"Last-Event-ID: {last_event_id[:40]!r} is not an event seq (an integer from 0 to {MAX_SEQ})"]
+                )
             after = int(last_event_id)  # a reconnecting EventSource continues where it left off
         # One path serves JSON and the stream (chosen per request), so the stream is returned as a response
         # rather than through a generator route; FastAPI's SSE encoder writes the frames.
-        return EventSourceResponse(_sse(store, job["id"], after, request),
-                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return EventSourceResponse(
+            _sse(store, job["id"], after, request), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
     rows = await anyio.to_thread.run_sync(store.events_after, job["id"], after, limit)
-    return JobEvents(job_id=job["id"], status=job["status"], events=[JobEvent.model_validate(e) for e in rows],
-                     next_after=rows[-1]["seq"] if rows else after)
+    return JobEvents(
+        job_id=job["id"],
+        status=job["status"],
+        events=[JobEvent.model_validate(e) for e in rows],
+        next_after=rows[-1]["seq"] if rows else after,
+    )
 
 
 SSE_RETRY_MS = 2000  # how long a disconnected EventSource waits before reconnecting (with Last-Event-ID)

@@ -70,9 +70,17 @@ class BodyLimit:
     @staticmethod
     async def _refuse(send: Send, limit: int) -> None:
         body = json.dumps({"detail": _message(limit)}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -129,6 +137,10 @@ def throttled(throttle: AuthThrottle, request: HTTPConnection) -> HTTPException 
     wait = throttle.retry_after(client_address(request))
     if wait is None:
         return None
-    return HTTPException(429, f"too many failed authentications from {client_address(request)}: try again in "
-                              f"{wait} s (this server allows {throttle.per_minute} a minute: "
-                              "TUNEFORGE_AUTH_FAILURES_PER_MINUTE)", headers={"Retry-After": str(wait)})
+    return HTTPException(
+        429,
+        f"too many failed authentications from {client_address(request)}: try again in "
+        f"{wait} s (this server allows {throttle.per_minute} a minute: "
+        "TUNEFORGE_AUTH_FAILURES_PER_MINUTE)",
+        headers={"Retry-After": str(wait)},
+    )

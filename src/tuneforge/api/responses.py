@@ -69,7 +69,8 @@ class Job(JobSummary):
     spec: dict[str, Any]
     result: dict[str, Any] | None = Field(description="The run's report.json: losses, steps, tokens, memory, time.")
     evaluation: dict[str, Any] | None = Field(
-        None, description="Base model vs adapter on the held-out test rows: metrics per model (null without test rows).")
+        None, description="Base model vs adapter on the held-out test rows: metrics per model (null without test rows)."
+    )
     eval_url: str | None = Field(None, description="The per-row evaluation (GET), when the job has one.")
 
 
@@ -153,8 +154,10 @@ class Deployment(_Response):
     max_model_len: int | None
     error: str | None
     URL: str = Field(description="The OpenAI base URL to call this deployment at, with `model` = deployment_name.")
-    generate_base_url: str = Field(description="MonsterAPI's own endpoint: POST <generate_base_url>/generate with "
-                                   "input_variables or prompt (the official client's base_url).")
+    generate_base_url: str = Field(
+        description="MonsterAPI's own endpoint: POST <generate_base_url>/generate with "
+        "input_variables or prompt (the official client's base_url)."
+    )
     model: str
     api_auth_token: str = Field(description="Its first characters; the create response alone has the whole token.")
     created_at: str | None

@@ -49,8 +49,9 @@ class WorkerPool:
     def _spawn(self, slot: int) -> None:
         # Must run on the main thread: the parent-death signal fires when the *thread* that forked exits, and
         # the main thread (which also runs the event loop) lives as long as the server.
-        self.procs[slot] = subprocess.Popen(worker_command(os.getpid(), self.devices[slot]), env=self.env,
-                                            stdin=subprocess.DEVNULL)
+        self.procs[slot] = subprocess.Popen(
+            worker_command(os.getpid(), self.devices[slot]), env=self.env, stdin=subprocess.DEVNULL
+        )
         self.started_at[slot] = time.monotonic()
 
     def start(self) -> None:
@@ -64,8 +65,11 @@ class WorkerPool:
                 continue
             if time.monotonic() - self.started_at[slot] < RESTART_BACKOFF_SECONDS:
                 continue
-            print(f"tuneforge server: worker {proc.pid} exited ({proc.returncode}); starting another",
-                  file=sys.stderr, flush=True)
+            print(
+                f"tuneforge server: worker {proc.pid} exited ({proc.returncode}); starting another",
+                file=sys.stderr,
+                flush=True,
+            )
             self._spawn(slot)
 
     async def watch(self) -> None:
@@ -104,11 +108,18 @@ def run_server(settings: Settings) -> int:
             pool.stop(timeout=settings.cancel_grace_seconds + 15)
 
     app = create_app(settings, store=store, lifespan=lifespan)
-    print(f"tuneforge server: http://{settings.host}:{settings.port} (API docs at /docs); home {settings.home}; "
-          f"database {redact_url(settings.database_url)}; {len(pool.devices)} worker(s)", file=sys.stderr, flush=True)
+    print(
+        f"tuneforge server: http://{settings.host}:{settings.port} (API docs at /docs); home {settings.home}; "
+        f"database {redact_url(settings.database_url)}; {len(pool.devices)} worker(s)",
+        file=sys.stderr,
+        flush=True,
+    )
     if not store.list_keys():
-        print(f"tuneforge server: no API keys yet: create one with `tuneforge keys create NAME --home {settings.home}`",
-              file=sys.stderr, flush=True)
+        print(
+            f"tuneforge server: no API keys yet: create one with `tuneforge keys create NAME --home {settings.home}`",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
     finally:

@@ -18,8 +18,8 @@ import dataclasses
 import functools
 import os
 import threading
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import anyio
@@ -57,8 +57,11 @@ def me(principal: CurrentPrincipal) -> dict[str, Any]:
     return {"owner": principal.owner, "is_admin": principal.is_admin}
 
 
-@router.get("/v1/spec/schema", summary="The job spec's JSON schema (field help texts, limits) and its defaults",
-            responses=_ERRORS)
+@router.get(
+    "/v1/spec/schema",
+    summary="The job spec's JSON schema (field help texts, limits) and its defaults",
+    responses=_ERRORS,
+)
 def spec_schema(principal: CurrentPrincipal) -> dict[str, Any]:
     """`schema`: `JobSpec.model_json_schema()`, whose field descriptions are the spec's own docs. `defaults`: a
     spec with every default filled in (including those the schema cannot show, such as `data_split_config`);
@@ -95,8 +98,7 @@ def _catalog() -> dict[str, Any]:
     return {"reference_setup": dataclasses.asdict(REFERENCE), "models": catalog_rows(REFERENCE)}
 
 
-@router.get("/v1/catalog/models", summary="The model catalog with LoRA and QLoRA memory estimates",
-            responses=_ERRORS)
+@router.get("/v1/catalog/models", summary="The model catalog with LoRA and QLoRA memory estimates", responses=_ERRORS)
 async def catalog(principal: CurrentPrincipal) -> dict[str, Any]:
     """As `tuneforge models --json`: each model's size, context, licence, LoRA targets, and the estimated peak
     memory of LoRA and QLoRA training in the reference setup (`reference_setup`)."""
@@ -109,8 +111,9 @@ def _policy(request: Request) -> PathPolicy:
     return PathPolicy.from_settings(request.app.state.settings)
 
 
-@router.get("/v1/catalog/local", summary="Model folders and data files in the server's allowed folders",
-            responses=_ERRORS)
+@router.get(
+    "/v1/catalog/local", summary="Model folders and data files in the server's allowed folders", responses=_ERRORS
+)
 def local_files(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     """Folders with a `config.json` (models) and data files, up to two levels below each allowed folder: the
     local paths a job may name as `model_path` and `data_path`."""
@@ -154,15 +157,22 @@ def _local_model_facts(folder: Path) -> dict[str, Any]:
     return {"architecture": cfg.get("model_type"), "context_length": cfg.get("max_position_embeddings")}
 
 
-@router.get("/v1/catalog/estimate", summary="Estimated training memory of one model, LoRA and QLoRA",
-            responses={**_ERRORS, 422: {"description": "Unknown model or invalid settings"}})
-async def estimate(request: Request, principal: CurrentPrincipal,
-                   model_path: str = Query(..., description="A catalog id or alias, or a model folder in an allowed "
-                                                            "folder."),
-                   batch_size: int = Query(8, ge=1, le=4096), cutoff_len: int = Query(512, ge=1, le=MAX_INT32),
-                   lora_r: int = Query(8, ge=1, lt=2048), gradient_checkpointing: bool = Query(False),
-                   precision: Literal["auto", "fp32", "bf16", "fp16"] = Query("auto"),
-                   device: Literal["auto", "cuda", "cpu"] = Query("auto")) -> dict[str, Any]:
+@router.get(
+    "/v1/catalog/estimate",
+    summary="Estimated training memory of one model, LoRA and QLoRA",
+    responses={**_ERRORS, 422: {"description": "Unknown model or invalid settings"}},
+)
+async def estimate(
+    request: Request,
+    principal: CurrentPrincipal,
+    model_path: str = Query(..., description="A catalog id or alias, or a model folder in an allowed folder."),
+    batch_size: int = Query(8, ge=1, le=4096),
+    cutoff_len: int = Query(512, ge=1, le=MAX_INT32),
+    lora_r: int = Query(8, ge=1, lt=2048),
+    gradient_checkpointing: bool = Query(False),
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Query("auto"),
+    device: Literal["auto", "cuda", "cpu"] = Query("auto"),
+) -> dict[str, Any]:
     """What models/fit.py checks before a job loads its model: the peak memory of LoRA and of QLoRA training with
     these settings on `device` (auto: CUDA when the server has it, else the CPU), and the memory there is."""
     policy = _policy(request)
@@ -177,8 +187,12 @@ async def estimate(request: Request, principal: CurrentPrincipal,
             check_path_text(model_path, "model_path")
         shape = model_shape(model_path, folder)
         if shape is None:
-            raise TuneforgeError(f"model_path: no size known for {model_path!r} (not in the catalog and no readable "
-                                 "config.json on the server)", field="model_path", value=model_path)
+            raise TuneforgeError(
+                f"model_path: no size known for {model_path!r} (not in the catalog and no readable "
+                "config.json on the server)",
+                field="model_path",
+                value=model_path,
+            )
         out = {"model_path": model_path, "params": shape.params, "architecture": shape.model_type}
         # As TrainingSetup.from_spec resolves a spec on this server, but for any device: the catalog's reference
         # columns are for a CUDA GPU even on a server without one.
@@ -186,9 +200,16 @@ async def estimate(request: Request, principal: CurrentPrincipal,
         prec: Precision = auto_precision(dev) if precision == "auto" else precision
         for method in ("lora", "qlora"):
             optimizer = resolve_optimizer("auto", quantized=method == "qlora", device_type=dev)
-            setup = TrainingSetup(method=method, batch_size=batch_size, seq_len=cutoff_len, lora_r=lora_r,
-                                  gradient_checkpointing=gradient_checkpointing, precision=prec, device=dev,
-                                  optimizer=optimizer)
+            setup = TrainingSetup(
+                method=method,
+                batch_size=batch_size,
+                seq_len=cutoff_len,
+                lora_r=lora_r,
+                gradient_checkpointing=gradient_checkpointing,
+                precision=prec,
+                device=dev,
+                optimizer=optimizer,
+            )
             out[method] = estimate_training_memory(shape, setup).to_dict()
         if dev == "cuda" and not torch.cuda.is_available():
             out["device"] = {"type": dev, "available_bytes": None, "what": "no CUDA device on this server"}
@@ -201,13 +222,19 @@ async def estimate(request: Request, principal: CurrentPrincipal,
 
 
 class InspectRequest(DatasetOptions):
-    data_path: str = Field(..., min_length=1, description="An uploaded dataset id (`ds_...`) of yours, or a data "
-                                                         "file in the server's allowed folders.")
+    data_path: str = Field(
+        ...,
+        min_length=1,
+        description="An uploaded dataset id (`ds_...`) of yours, or a data file in the server's allowed folders.",
+    )
     bins: int = Field(20, ge=1, le=200, description="Bars of the token-length histogram.")
 
 
-@router.post("/v1/data/inspect", summary="A dataset's validation report and token-length histogram (not stored)",
-             responses={**_ERRORS, 404: {"description": "No such dataset (or not yours)"}})
+@router.post(
+    "/v1/data/inspect",
+    summary="A dataset's validation report and token-length histogram (not stored)",
+    responses={**_ERRORS, 404: {"description": "No such dataset (or not yours)"}},
+)
 async def inspect(body: InspectRequest, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     """The report for these reading options (as `POST /v1/datasets/{id}/validate`, without storing it), and, when
     `model_path` gives a tokenizer, `token_histogram`: tokens per trainable example after `cutoff_len` (`edges` has
@@ -222,8 +249,11 @@ async def inspect(body: InspectRequest, request: Request, principal: CurrentPrin
         report = result.report.to_dict()
         report["source"] = shown  # not the upload's path on the server
         lengths = [len(k.example) for k in result.kept if k.example is not None]
-        return {"data_path": body.data_path, "report": report,
-                "token_histogram": _histogram(lengths, body.bins, body.cutoff_len, report) if lengths else None}
+        return {
+            "data_path": body.data_path,
+            "report": report,
+            "token_histogram": _histogram(lengths, body.bins, body.cutoff_len, report) if lengths else None,
+        }
 
     return await anyio.to_thread.run_sync(_serialized(work))
 
@@ -236,9 +266,12 @@ def _data_file(value: str, store: Store, principal: Principal, policy: PathPolic
         ds = service.get_dataset(store, principal, value)
         return str(ds["path"]), f"{ds['filename']} ({value})"
     if kind in ("url", "scheme", "hub"):
-        raise TuneforgeError(f"data_path: {value!r}: only uploaded datasets and files in the server's allowed folders "
-                             "can be inspected here; hub datasets and URLs are checked when the job starts",
-                             field="data_path", value=value)
+        raise TuneforgeError(
+            f"data_path: {value!r}: only uploaded datasets and files in the server's allowed folders "
+            "can be inspected here; hub datasets and URLs are checked when the job starts",
+            field="data_path",
+            value=value,
+        )
     return policy.local(value, "data_path"), value
 
 
@@ -250,8 +283,13 @@ def _histogram(lengths: list[int], bins: int, cutoff: int, report: dict[str, Any
     for n in lengths:
         counts[(n - start) // width] += 1
     stats = report.get("token_stats") or {}
-    return {"edges": [start + i * width for i in range(len(counts) + 1)], "counts": counts, "cutoff_len": cutoff,
-            "truncated": stats.get("truncated", 0), "count": len(lengths)}
+    return {
+        "edges": [start + i * width for i in range(len(counts) + 1)],
+        "counts": counts,
+        "cutoff_len": cutoff,
+        "truncated": stats.get("truncated", 0),
+        "count": len(lengths),
+    }
 
 
 # --------------------------------------------------------------------------------------------------- static UI

@@ -55,10 +55,15 @@ class _Receiver:
         self._hvalue = bytearray()
 
     def callbacks(self) -> MultipartCallbacks:
-        return {"on_part_begin": self._part_begin, "on_header_field": self._header_field,
-                "on_header_value": self._header_value, "on_header_end": self._header_end,
-                "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-                "on_part_end": self._part_end}
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
 
     def _part_begin(self) -> None:
         self._headers, self._buf, self._name, self._is_file = {}, bytearray(), None, False
@@ -121,8 +126,9 @@ class _Receiver:
 
 
 def _too_large(max_bytes: int) -> HTTPException:
-    return HTTPException(413, f"upload larger than this server's limit of {max_bytes:,} bytes "
-                              "(TUNEFORGE_MAX_UPLOAD_BYTES)")
+    return HTTPException(
+        413, f"upload larger than this server's limit of {max_bytes:,} bytes (TUNEFORGE_MAX_UPLOAD_BYTES)"
+    )
 
 
 async def _drain(request: Request) -> None:
@@ -132,7 +138,7 @@ async def _drain(request: Request) -> None:
             seen += len(chunk)
             if seen > MAX_DRAIN_BYTES:
                 break
-    except Exception:  # noqa: BLE001 - the client may hang up; the refusal stands either way
+    except Exception:
         pass
 
 
@@ -142,8 +148,11 @@ async def receive_upload(request: Request, dest_dir: Path, *, max_bytes: int, fi
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
     boundary = opts.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
-        raise HTTPException(415, f"send the dataset as multipart/form-data with the file in the form field "
-                                 f"'{file_field}' (got Content-Type {request.headers.get('content-type')!r})")
+        raise HTTPException(
+            415,
+            f"send the dataset as multipart/form-data with the file in the form field "
+            f"'{file_field}' (got Content-Type {request.headers.get('content-type')!r})",
+        )
     declared = request.headers.get("content-length")
     # A little slack for the multipart framing and the small option fields around the file.
     if declared and declared.isdigit() and int(declared) > max_bytes + 256 * 1024:
@@ -162,10 +171,13 @@ async def receive_upload(request: Request, dest_dir: Path, *, max_bytes: int, fi
     except HTTPException:
         receiver.abort()
         raise
-    except Exception as exc:  # noqa: BLE001 - a malformed body is the client's problem, said plainly
+    except Exception as exc:
         receiver.abort()
         raise HTTPException(422, f"malformed multipart/form-data body: {exc}") from None
     if receiver.result.path is None or not receiver.result.path.exists():
-        raise HTTPException(422, f"form field '{file_field}' is missing: put the dataset file in a multipart form "
-                                 f"field named '{file_field}' (curl -F {file_field}=@train.jsonl)")
+        raise HTTPException(
+            422,
+            f"form field '{file_field}' is missing: put the dataset file in a multipart form "
+            f"field named '{file_field}' (curl -F {file_field}=@train.jsonl)",
+        )
     return receiver.result

@@ -28,31 +28,39 @@ def _lm_eval():
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise TuneforgeError("lm-evaluation-harness is not installed: pip install 'tuneforge[lm-eval]' (or lm_eval)",
-                             field="lm_eval") from None
+        raise TuneforgeError(
+            "lm-evaluation-harness is not installed: pip install 'tuneforge[lm-eval]' (or lm_eval)", field="lm_eval"
+        ) from None
     return lm_eval, HFLM, TaskManager
 
 
 def check_tasks(tasks: list[str], include_path: str | None):
     """A TaskManager that knows `tasks` (the harness's own and those under `include_path`), or a clear error."""
-    _, _, TaskManager = _lm_eval()
+    _, _, task_manager_cls = _lm_eval()
     if include_path and not Path(include_path).expanduser().is_dir():
-        raise TuneforgeError(f"--include-path: {include_path!r} is not a folder of task YAML files",
-                             field="--include-path", value=include_path)
+        raise TuneforgeError(
+            f"--include-path: {include_path!r} is not a folder of task YAML files",
+            field="--include-path",
+            value=include_path,
+        )
     include = str(Path(include_path).expanduser()) if include_path else None
     manager = None
     if include:
         # Indexing the harness's thousands of built-in task files takes a while; local tasks alone need none of it.
-        manager = TaskManager(include_path=include, include_defaults=False)
+        manager = task_manager_cls(include_path=include, include_defaults=False)
         if not set(tasks) <= set(manager.all_tasks):
             manager = None
     if manager is None:
-        manager = TaskManager(include_path=include)
+        manager = task_manager_cls(include_path=include)
     known = set(manager.all_tasks)
     for task in tasks:
         if task not in known:
-            raise TuneforgeError(f"--tasks: unknown lm-evaluation-harness task {task!r}{did_you_mean(task, known)}; "
-                                 "define it in a YAML file under --include-path", field="--tasks", value=task)
+            raise TuneforgeError(
+                f"--tasks: unknown lm-evaluation-harness task {task!r}{did_you_mean(task, known)}; "
+                "define it in a YAML file under --include-path",
+                field="--tasks",
+                value=task,
+            )
     return manager
 
 
@@ -60,14 +68,26 @@ def _scores(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} without stderr entries and the harness's ',none' filter suffix."""
     out: dict[str, dict[str, float]] = {}
     for task, metrics in result.get("results", {}).items():
-        out[task] = {key.split(",")[0]: value for key, value in metrics.items()
-                     if isinstance(value, (int, float)) and "_stderr" not in key}
+        out[task] = {
+            key.split(",")[0]: value
+            for key, value in metrics.items()
+            if isinstance(value, (int, float)) and "_stderr" not in key
+        }
     return out
 
 
-def run_harness(target: str, tasks: list[str], *, include_path: str | None = None, limit: int | None = None,
-                num_fewshot: int | None = None, batch_size: int = 8, device: str | None = None,
-                output: str | None = None, log=None) -> tuple[dict[str, dict], Path]:
+def run_harness(
+    target: str,
+    tasks: list[str],
+    *,
+    include_path: str | None = None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    output: str | None = None,
+    log=None,
+) -> tuple[dict[str, dict], Path]:
     """Run `tasks` on `target` (an adapter/run folder: base and adapter; a model: itself). Returns
     ({candidate: {task: {metric: value}}}, path of the saved full results)."""
     import torch
@@ -75,23 +95,38 @@ def run_harness(target: str, tasks: list[str], *, include_path: str | None = Non
     from ..inference import load_for_inference
     from .evaluate import resolve_target
 
-    lm_eval, HFLM, _ = _lm_eval()
+    lm_eval, hflm_cls, _ = _lm_eval()
     manager = check_tasks(tasks, include_path)  # before loading any model
     t = resolve_target(target, "ADAPTER_OR_MODEL")
-    out_path = Path(output).expanduser() if output else (
-        (t.adapter_dir.parent if t.adapter_dir.name == "adapter" else t.adapter_dir) / RESULTS_FILE
-        if t.adapter_dir is not None else Path(RESULTS_FILE))
+    out_path = (
+        Path(output).expanduser()
+        if output
+        else (
+            (t.adapter_dir.parent if t.adapter_dir.name == "adapter" else t.adapter_dir) / RESULTS_FILE
+            if t.adapter_dir is not None
+            else Path(RESULTS_FILE)
+        )
+    )
     model, tokenizer = load_for_inference(t.model_path, t.adapter_dir, dtype=torch.float32, device=device)
 
     def evaluate() -> dict[str, Any]:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = hflm_cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         try:
-            return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
-                                           num_fewshot=num_fewshot, log_samples=False, verbosity="ERROR")
+            return lm_eval.simple_evaluate(
+                model=lm,
+                tasks=tasks,
+                task_manager=manager,
+                limit=limit,
+                num_fewshot=num_fewshot,
+                log_samples=False,
+                verbosity="ERROR",
+            )
         except (ConnectionError, OSError) as exc:
-            raise TuneforgeError(f"--tasks: the data of {', '.join(tasks)} could not be read ({exc}); only tasks whose "
-                                 "data is on this machine can run (dataset_path: json with local data_files)",
-                                 field="--tasks") from None
+            raise TuneforgeError(
+                f"--tasks: the data of {', '.join(tasks)} could not be read ({exc}); only tasks whose "
+                "data is on this machine can run (dataset_path: json with local data_files)",
+                field="--tasks",
+            ) from None
 
     full: dict[str, Any] = {}
     if t.is_adapter:
@@ -107,8 +142,9 @@ def run_harness(target: str, tasks: list[str], *, include_path: str | None = Non
     scores = {name: _scores(result) for name, result in full.items()}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(json.dumps({"target": target, "tasks": tasks, "scores": scores, "results": full}, indent=2,
-                              default=str))
+    tmp.write_text(
+        json.dumps({"target": target, "tasks": tasks, "scores": scores, "results": full}, indent=2, default=str)
+    )
     tmp.replace(out_path)
     return scores, out_path
 
@@ -116,9 +152,17 @@ def run_harness(target: str, tasks: list[str], *, include_path: str | None = Non
 def run_lm_eval_command(args) -> int:
     tasks = [x.strip() for v in args.tasks for x in v.split(",") if x.strip()]
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    scores, path = run_harness(args.target, tasks, include_path=args.include_path, limit=args.limit,
-                               num_fewshot=args.num_fewshot, batch_size=args.batch_size, device=args.device,
-                               output=args.output, log=log)
+    scores, path = run_harness(
+        args.target,
+        tasks,
+        include_path=args.include_path,
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
+        batch_size=args.batch_size,
+        device=args.device,
+        output=args.output,
+        log=log,
+    )
     if args.json:
         print(json.dumps(scores, indent=2))
     else:
@@ -135,10 +179,14 @@ def run_lm_eval_command(args) -> int:
 def add_lm_eval_arguments(p: argparse.ArgumentParser) -> None:
     from .evaluate import _positive
 
-    p.add_argument("target", metavar="ADAPTER_OR_MODEL", help="an adapter or run folder (scored with its base), or a "
-                                                              "model folder, hub id or alias")
-    p.add_argument("--tasks", nargs="+", required=True, metavar="TASK", help="harness task names (space- or "
-                                                                             "comma-separated)")
+    p.add_argument(
+        "target",
+        metavar="ADAPTER_OR_MODEL",
+        help="an adapter or run folder (scored with its base), or a model folder, hub id or alias",
+    )
+    p.add_argument(
+        "--tasks", nargs="+", required=True, metavar="TASK", help="harness task names (space- or comma-separated)"
+    )
     p.add_argument("--include-path", help="folder of custom task YAML files (e.g. local data via dataset_path: json)")
     p.add_argument("--limit", type=_positive, help="at most N examples per task")
     p.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: the task's)")

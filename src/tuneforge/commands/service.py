@@ -20,9 +20,12 @@ if TYPE_CHECKING:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", default=None, help="service state folder (default: $TUNEFORGE_HOME, else ~/.tuneforge)")
-    p.add_argument("--db", default=None,
-                   help="database URL, e.g. postgresql://user:pass@host/db (default: $TUNEFORGE_DB, else SQLite in "
-                        "the home folder)")
+    p.add_argument(
+        "--db",
+        default=None,
+        help="database URL, e.g. postgresql://user:pass@host/db (default: $TUNEFORGE_DB, else SQLite in "
+        "the home folder)",
+    )
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -60,8 +63,10 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
     if not name or len(name) > 200:
         raise TuneforgeError("keys create: NAME must be 1 to 200 characters", field="name", value=args.name)
     key_id, key = _store(args).create_key(name, admin=args.admin)
-    print(f"created key {key_id} for {name!r}{' (admin: sees every job)' if args.admin else ''}. It is shown only "
-          "this once; the server keeps only its hash.")
+    print(
+        f"created key {key_id} for {name!r}{' (admin: sees every job)' if args.admin else ''}. It is shown only "
+        "this once; the server keeps only its hash."
+    )
     print(key)  # alone on the last line, so scripts can take it with `| tail -n 1`
     return 0
 
@@ -74,15 +79,20 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
         print("no keys yet: tuneforge keys create NAME [--admin]")
     for r in rows:
         state = f"revoked {iso(r['revoked_at'])}" if r["revoked_at"] else "active"
-        print(f"{r['id']:>4}  {r['owner']:<24} {r['prefix']}…  {'admin' if r['is_admin'] else 'user ':<5}  "
-              f"created {iso(r['created_at'])}  {state}")
+        print(
+            f"{r['id']:>4}  {r['owner']:<24} {r['prefix']}…  {'admin' if r['is_admin'] else 'user ':<5}  "
+            f"created {iso(r['created_at'])}  {state}"
+        )
     return 0
 
 
 def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     if not _store(args).revoke_key(args.key_id):
-        raise TuneforgeError(f"keys revoke: no active key with id {args.key_id} (see `tuneforge keys list`)",
-                             field="key_id", value=args.key_id)
+        raise TuneforgeError(
+            f"keys revoke: no active key with id {args.key_id} (see `tuneforge keys list`)",
+            field="key_id",
+            value=args.key_id,
+        )
     print(f"revoked key {args.key_id}")
     return 0
 
@@ -93,21 +103,28 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     _common(p)
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1; 0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=None, help="listen port (default 8000)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="workers to start beside the API, one job each at a time (default 1; 0: use `tuneforge "
-                        "worker` processes)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="workers to start beside the API, one job each at a time (default 1; 0: use `tuneforge worker` processes)",
+    )
     p.set_defaults(func=_cmd_server)
 
     p = sub.add_parser("worker", help="run queued fine-tuning jobs (add workers to a running server)")
     _common(p)
-    p.add_argument("--device", default=None,
-                   help="CUDA device index this worker's jobs use (sets CUDA_VISIBLE_DEVICES); default: all visible")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="CUDA device index this worker's jobs use (sets CUDA_VISIBLE_DEVICES); default: all visible",
+    )
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by `tuneforge server`
     p.set_defaults(func=_cmd_worker)
 
-    keys = sub.add_parser("keys", help="API keys of the service").add_subparsers(dest="keys_command", required=True,
-                                                                                 metavar="COMMAND")
+    keys = sub.add_parser("keys", help="API keys of the service").add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND"
+    )
     p = keys.add_parser("create", help="create a key for NAME and print it (once)")
     p.add_argument("name", help="owner name: keys with the same name share their jobs and datasets")
     p.add_argument("--admin", action="store_true", help="the key sees and manages every owner's jobs")

@@ -19,12 +19,13 @@ each shape's `check` lists what is wrong with one row, in words that name the fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import string
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import did_you_mean
 from ..spec import FORMAT_HELP, FORMATS
@@ -304,11 +305,14 @@ def _content_text(content: Any, where_: str) -> tuple[str | None, str | None]:
         texts = []
         for j, part in enumerate(content, 1):
             if not isinstance(part, dict):
-                return None, f"{where_}: content part {j} is {describe_value(part)}; parts are {{\"type\": \"text\", \"text\": ...}}"
+                return (
+                    None,
+                    f'{where_}: content part {j} is {describe_value(part)}; parts are {{"type": "text", "text": ...}}',
+                )
             kind = part.get("type")
             if kind != "text":
                 return None, (
-                    f"{where_}: content part {j} has type {kind!r}; only text parts ({{\"type\": \"text\", \"text\": "
+                    f'{where_}: content part {j} has type {kind!r}; only text parts ({{"type": "text", "text": '
                     "...}) can be trained on (images, audio and files are not supported)"
                 )
             if not isinstance(part.get("text"), str):
@@ -324,7 +328,7 @@ def _tool_call(call: Any, where_: str) -> tuple[dict[str, Any] | None, str | Non
     chat templates read: arguments as an object."""
     fn = call.get("function") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-        return None, f"{where_} is not {{\"type\": \"function\", \"function\": {{\"name\": ..., \"arguments\": ...}}}}"
+        return None, f'{where_} is not {{"type": "function", "function": {{"name": ..., "arguments": ...}}}}'
     args = fn.get("arguments", {})
     if isinstance(args, str):
         try:
@@ -374,7 +378,7 @@ def _tools(row: dict[str, Any], noun: str) -> tuple[list[dict[str, Any]] | None,
         for i, t in enumerate(tools, 1):
             # OpenAI wraps each as {"type": "function", "function": {...}}; LLaMA-Factory's ShareGPT and the legacy
             # `functions` list the bare function objects.
-            fn = (t["function"] if "function" in t else t) if isinstance(t, dict) else None
+            fn = t.get("function", t) if isinstance(t, dict) else None
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                 return None, Problem("bad_tools", name, f"{noun} '{name}': tool {i} is not {allowed}")
             out.append({"type": "function", "function": fn})
@@ -416,7 +420,11 @@ class MessagesFormat(RowFormat):
             ]
         if not any(learned(m) for m in conv.messages):
             return [
-                Problem("no_assistant_turn", self.fields[0], "every assistant turn has weight 0, so there is nothing to learn")
+                Problem(
+                    "no_assistant_turn",
+                    self.fields[0],
+                    "every assistant turn has weight 0, so there is nothing to learn",
+                )
             ]
         return []
 
@@ -443,7 +451,7 @@ class ChatFormat(MessagesFormat):
 
     def parse(self, row: dict[str, Any], noun: str) -> tuple[Conversation | None, list[Problem]]:
         col = self.fields[0]
-        allowed = "a list of {\"role\": ..., \"content\": ...} messages (OpenAI chat format)"
+        allowed = 'a list of {"role": ..., "content": ...} messages (OpenAI chat format)'
         if col not in row:
             return None, [Problem("missing_field", col, f"{noun} '{col}' is missing; it must be {allowed}")]
         value, problem = _json_list(row[col], col, noun, allowed)
@@ -456,21 +464,29 @@ class ChatFormat(MessagesFormat):
                     "bad_messages",
                     col,
                     "the messages use ShareGPT keys 'from'/'value' while the file was read as OpenAI chat "
-                    "{\"role\", \"content\"}; use one format per file (data_format 'sharegpt' reads ShareGPT)",
+                    '{"role", "content"}; use one format per file (data_format \'sharegpt\' reads ShareGPT)',
                 )
             ]
         out: list[Problem] = []
         messages: list[dict[str, Any]] = []
         for i, m in enumerate(value, 1):
             if not isinstance(m, dict):
-                out.append(Problem("bad_messages", col, f"message {i} is {describe_value(m)}, not an object {{\"role\", \"content\"}}"))
+                out.append(
+                    Problem(
+                        "bad_messages", col, f'message {i} is {describe_value(m)}, not an object {{"role", "content"}}'
+                    )
+                )
                 continue
             role = m.get("role")
             if role not in self.ROLES:
                 hint = did_you_mean(role, self.ROLES) if isinstance(role, str) else ""
                 shown = "missing" if role is None else repr(role)
                 out.append(
-                    Problem("unknown_role", col, f"message {i} has role {shown}{hint}; allowed roles: {', '.join(self.ROLES)}")
+                    Problem(
+                        "unknown_role",
+                        col,
+                        f"message {i} has role {shown}{hint}; allowed roles: {', '.join(self.ROLES)}",
+                    )
                 )
                 continue
             at = f"message {i} ({role})"
@@ -478,7 +494,9 @@ class ChatFormat(MessagesFormat):
             calls = m.get("tool_calls") if role == "assistant" else None
             if calls:
                 if not isinstance(calls, list):
-                    out.append(Problem("bad_messages", col, f"{at}: tool_calls is {describe_value(calls)}; it must be a list"))
+                    out.append(
+                        Problem("bad_messages", col, f"{at}: tool_calls is {describe_value(calls)}; it must be a list")
+                    )
                     continue
                 parsed = [_tool_call(c, f"{at}: tool call {j}") for j, c in enumerate(calls, 1)]
                 bad = [why for _, why in parsed if why]
@@ -508,7 +526,9 @@ class ChatFormat(MessagesFormat):
                         msg[key] = m[key]
             if role == "assistant" and "weight" in m:
                 if m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
-                    out.append(Problem("bad_weight", col, f"{at}: weight is {m['weight']!r}; allowed: 0 (not learned) or 1"))
+                    out.append(
+                        Problem("bad_weight", col, f"{at}: weight is {m['weight']!r}; allowed: 0 (not learned) or 1")
+                    )
                     continue
                 if m["weight"] == 0:
                     msg["weight"] = 0
@@ -529,9 +549,16 @@ class ShareGPTFormat(MessagesFormat):
 
     name = "sharegpt"
     extra_fields = ("system", "tools")
-    ROLES = {
-        "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
-        "system": "system", "function_call": "assistant", "observation": "tool", "tool": "tool",
+    ROLES: ClassVar[dict[str, str]] = {
+        "human": "user",
+        "user": "user",
+        "gpt": "assistant",
+        "assistant": "assistant",
+        "model": "assistant",
+        "system": "system",
+        "function_call": "assistant",
+        "observation": "tool",
+        "tool": "tool",
     }
 
     def __init__(self, column: str = "conversations"):
@@ -553,7 +580,7 @@ class ShareGPTFormat(MessagesFormat):
             messages.append({"role": "system", "content": system})
         for i, turn in enumerate(value, 1):
             if not isinstance(turn, dict) or "from" not in turn:
-                out.append(Problem("bad_messages", col, f"turn {i} is not an object {{\"from\", \"value\"}}"))
+                out.append(Problem("bad_messages", col, f'turn {i} is not an object {{"from", "value"}}'))
                 continue
             who = turn["from"]
             role = self.ROLES.get(who) if isinstance(who, str) else None
@@ -608,14 +635,18 @@ class ChatPromptCompletionFormat(MessagesFormat):
         joined: list[Any] = []
         for col in self.fields:
             if col not in row:
-                return None, [Problem("missing_field", col, f"{noun} '{col}' is missing; it must be a list of messages")]
+                return None, [
+                    Problem("missing_field", col, f"{noun} '{col}' is missing; it must be a list of messages")
+                ]
             value, problem = _json_list(row[col], col, noun, 'a list of {"role": ..., "content": ...} messages')
             if problem is not None:
                 return None, [problem]
             assert value is not None
             if col == "prompt":
                 # Only the completion is learned: an assistant turn in the prompt is context (few-shot).
-                value = [dict(m, weight=0) if isinstance(m, dict) and m.get("role") == "assistant" else m for m in value]
+                value = [
+                    dict(m, weight=0) if isinstance(m, dict) and m.get("role") == "assistant" else m for m in value
+                ]
             joined.extend(value)
         conv, problems = ChatFormat().parse({"messages": joined, "tools": row.get("tools")}, noun)
         return conv, [Problem(p.kind, "prompt/completion", p.text, p.warning) for p in problems]
@@ -629,11 +660,14 @@ ALPACA_PREAMBLE_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request."
 )
-ALPACA_PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
 
 
-def alpaca_prompt(instruction: str, input_text: str = "", system: str | None = None,
-                  history: list[tuple[str, str]] | None = None) -> str:
+def alpaca_prompt(
+    instruction: str, input_text: str = "", system: str | None = None, history: list[tuple[str, str]] | None = None
+) -> str:
     """The Alpaca prompt up to "### Response:\\n"; `system` replaces the preamble, `history` holds earlier
     (instruction, response) turns (LLaMA-Factory's alpaca `history`)."""
     has_input = bool(input_text.strip())
@@ -726,10 +760,8 @@ def _first(head: list[dict[str, Any]], col: str) -> Any:
     for row in head:
         value = row.get(col)
         if isinstance(value, str) and value[:1] in "[{":
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
         if value not in (None, "", []):
             return value
     return None
@@ -792,7 +824,9 @@ def resolve_format(
     if data_format not in ("auto", *FORMATS):
         return FormatChoice(
             None,
-            [f"data_format {data_format!r} is unknown{did_you_mean(data_format, FORMATS)}; allowed: auto, {', '.join(FORMATS)}"],
+            [
+                f"data_format {data_format!r} is unknown{did_you_mean(data_format, FORMATS)}; allowed: auto, {', '.join(FORMATS)}"
+            ],
         )
     template = prompt_template if prompt_template and prompt_template.strip() else None
     if data_format == "preference":
@@ -801,8 +835,10 @@ def resolve_format(
         if data_format not in ("auto", "template"):
             return FormatChoice(
                 None,
-                [f"prompt_template is given but data_format is {data_format!r}; a template is used only with "
-                 "data_format 'template' (or 'auto'): remove one of them"],
+                [
+                    f"prompt_template is given but data_format is {data_format!r}; a template is used only with "
+                    "data_format 'template' (or 'auto'): remove one of them"
+                ],
             )
         try:
             return FormatChoice(TemplateFormat(Template.parse(template, completion_column)), [])
@@ -813,8 +849,10 @@ def resolve_format(
     if completion_column:
         return FormatChoice(
             None,
-            [f"completion_column {completion_column!r} is used only with a prompt_template; give a template such as "
-             f"'... {{question}} ... {{{completion_column}}}' or remove completion_column"],
+            [
+                f"completion_column {completion_column!r} is used only with a prompt_template; give a template such as "
+                f"'... {{question}} ... {{{completion_column}}}' or remove completion_column"
+            ],
         )
     if data_format != "auto":
         return FormatChoice(_forced(data_format, columns, head), [])
@@ -862,8 +900,15 @@ def _preference_format(
     from .pairs import NEEDED_COLUMNS, PreferenceFormat
 
     if completion_column:
-        return FormatChoice(None, [("completion_column is for SFT templates; preference pairs take their answers "
-                                    "from 'chosen' and 'rejected': remove completion_column")])
+        return FormatChoice(
+            None,
+            [
+                (
+                    "completion_column is for SFT templates; preference pairs take their answers "
+                    "from 'chosen' and 'rejected': remove completion_column"
+                )
+            ],
+        )
     parsed = None
     if template is not None:
         try:
@@ -872,10 +917,17 @@ def _preference_format(
             return FormatChoice(None, [str(err)], kind="template")
         answers = [f for f in parsed.fields if f in ("chosen", "rejected", "preferred_output", "non_preferred_output")]
         if answers:
-            return FormatChoice(None, [(
-                f"prompt_template uses {', '.join(repr('{' + a + '}') for a in answers)}; for preference pairs the "
-                "template renders the prompt only (e.g. '### Question: {prompt}\\n### Answer: '), and the answers "
-                "come from the 'chosen' and 'rejected' columns")], kind="template")
+            return FormatChoice(
+                None,
+                [
+                    (
+                        f"prompt_template uses {', '.join(repr('{' + a + '}') for a in answers)}; for preference pairs the "
+                        "template renders the prompt only (e.g. '### Question: {prompt}\\n### Answer: '), and the answers "
+                        "come from the 'chosen' and 'rejected' columns"
+                    )
+                ],
+                kind="template",
+            )
     fmt = PreferenceFormat.from_columns(columns, parsed)
     if fmt is None:
         found = ", ".join(columns) if columns else "none"

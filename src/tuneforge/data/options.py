@@ -28,6 +28,13 @@ class DataOptions:
     @classmethod
     def from_config(cls, d: DataConfig, *, hf_token: str | None = None) -> DataOptions:
         """The options of a job's `data_config` (the token lives in the spec's hf_config)."""
-        return cls(cutoff_len=d.cutoff_len, prompt_template=d.prompt_template, data_format=d.data_format,
-                   completion_column=d.completion_column, train_on_inputs=d.train_on_inputs,
-                   data_subset=d.data_subset, data_split=d.data_split, hf_token=hf_token)
+        return cls(
+            cutoff_len=d.cutoff_len,
+            prompt_template=d.prompt_template,
+            data_format=d.data_format,
+            completion_column=d.completion_column,
+            train_on_inputs=d.train_on_inputs,
+            data_subset=d.data_subset,
+            data_split=d.data_split,
+            hf_token=hf_token,
+        )

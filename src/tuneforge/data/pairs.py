@@ -72,7 +72,7 @@ def _message_problems(value: list[Any], where: str, *, answer: bool) -> list[str
     out = []
     for i, m in enumerate(value, 1):
         if not isinstance(m, dict):
-            out.append(f"{where} message {i} is {describe_value(m)}, not an object {{\"role\", \"content\"}}")
+            out.append(f'{where} message {i} is {describe_value(m)}, not an object {{"role", "content"}}')
             continue
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
@@ -140,7 +140,9 @@ class PreferenceFormat(RowFormat):
         elif "prompt" in row and "prompt" not in skip:
             value = _json_list(row["prompt"])
             if isinstance(value, list):
-                out.extend(Problem("bad_messages", "prompt", t) for t in _message_problems(value, "'prompt'", answer=False))
+                out.extend(
+                    Problem("bad_messages", "prompt", t) for t in _message_problems(value, "'prompt'", answer=False)
+                )
             else:
                 p = check_text(row, "prompt", noun, f"it is the prompt (text or {_MESSAGES})", empty_is_error=False)
                 if p is not None:
@@ -159,24 +161,34 @@ class PreferenceFormat(RowFormat):
         chosen, rejected = answers["chosen"], answers["rejected"]
         if "prompt" not in row and self.template is None:
             if not (isinstance(chosen, list) and isinstance(rejected, list)):
-                return [Problem(
-                    "missing_field", "prompt",
-                    f"{noun} 'prompt' is missing: text answers need the prompt they answer (or give chosen and "
-                    f"rejected as {_MESSAGES} holding the whole conversation)",
-                )]
+                return [
+                    Problem(
+                        "missing_field",
+                        "prompt",
+                        f"{noun} 'prompt' is missing: text answers need the prompt they answer (or give chosen and "
+                        f"rejected as {_MESSAGES} holding the whole conversation)",
+                    )
+                ]
             try:
                 self.parts(row)
             except ValueError as err:
                 return [Problem("bad_messages", "chosen", str(err))]
         if chosen == rejected:
-            return [Problem(
-                "identical_pair", "rejected",
-                "'chosen' and 'rejected' are identical, so there is no preference to learn (fix or drop the row)",
-            )]
+            return [
+                Problem(
+                    "identical_pair",
+                    "rejected",
+                    "'chosen' and 'rejected' are identical, so there is no preference to learn (fix or drop the row)",
+                )
+            ]
         return out
 
     def _check_answer(self, row: dict[str, Any], name: str, noun: str) -> Problem | None:
-        role = "the answer the model should prefer" if name in ("chosen", "preferred_output") else "the answer it should avoid"
+        role = (
+            "the answer the model should prefer"
+            if name in ("chosen", "preferred_output")
+            else "the answer it should avoid"
+        )
         if name not in row:
             return Problem("missing_field", name, f"{noun} '{name}' is missing; it is {role}")
         value = _json_list(row[name])
@@ -195,7 +207,8 @@ class PreferenceFormat(RowFormat):
             return Problem("bad_messages", name, f"{noun} '{name}' is {describe_value(value)}; it must be {_MESSAGES}")
         if not isinstance(value, str):
             return Problem(
-                "not_text", name,
+                "not_text",
+                name,
                 f"{noun} '{name}' is {describe_value(value)}, not text; it is {role} (write it as a string or as "
                 f"{_MESSAGES})",
             )
@@ -209,25 +222,35 @@ class PreferenceFormat(RowFormat):
             value = row.get("input")
             messages = value.get("messages") if isinstance(value, dict) else None
             if "input" not in row:
-                out.append(Problem("missing_field", "input", f"{noun} 'input' is missing; it holds the prompt's messages"))
+                out.append(
+                    Problem("missing_field", "input", f"{noun} 'input' is missing; it holds the prompt's messages")
+                )
             elif not isinstance(messages, list) or not messages:
-                out.append(Problem(
-                    "bad_messages", "input",
-                    f"{noun} 'input' must be an object {{\"messages\": [...]}} with {_MESSAGES}, got "
-                    f"{describe_value(value)}",
-                ))
+                out.append(
+                    Problem(
+                        "bad_messages",
+                        "input",
+                        f"{noun} 'input' must be an object {{\"messages\": [...]}} with {_MESSAGES}, got "
+                        f"{describe_value(value)}",
+                    )
+                )
             else:
-                out.extend(Problem("bad_messages", "input", t) for t in _message_problems(messages, "'input'", answer=False))
+                out.extend(
+                    Problem("bad_messages", "input", t) for t in _message_problems(messages, "'input'", answer=False)
+                )
         for name in self.answer_fields:
             if name not in skip:
                 p = self._check_answer(row, name, noun)
                 if p is not None:
                     out.append(p)
         if not out and self._answers(row)[0] == self._answers(row)[1]:
-            out.append(Problem(
-                "identical_pair", "non_preferred_output",
-                "'preferred_output' and 'non_preferred_output' are identical, so there is no preference to learn",
-            ))
+            out.append(
+                Problem(
+                    "identical_pair",
+                    "non_preferred_output",
+                    "'preferred_output' and 'non_preferred_output' are identical, so there is no preference to learn",
+                )
+            )
         return out
 
     # --- reading a checked row ---------------------------------------------------------------------------------------
@@ -258,8 +281,11 @@ class PreferenceFormat(RowFormat):
             if any(m.get("role") != "assistant" for m in chosen[k:] + rejected[k:]):
                 raise ValueError("after the shared conversation, chosen and rejected must hold assistant messages only")
             return _clean(chosen[:k]), _clean(chosen[k:]), _clean(rejected[k:])
-        return prompt, (_clean(chosen) if isinstance(chosen, list) else chosen), (
-            _clean(rejected) if isinstance(rejected, list) else rejected)
+        return (
+            prompt,
+            (_clean(chosen) if isinstance(chosen, list) else chosen),
+            (_clean(rejected) if isinstance(rejected, list) else rejected),
+        )
 
     def completion_text(self, row: dict[str, Any]) -> str | None:
         chosen = self.parts(row)[1]
@@ -273,7 +299,9 @@ def _as_messages(value: str | Messages, role: str) -> Messages:
     return value if isinstance(value, list) else [{"role": role, "content": value}]
 
 
-def chat_pair_texts(encoder: Encoder, prompt: str | Messages, answers: tuple[str | Messages, ...]) -> tuple[str, list[str]]:
+def chat_pair_texts(
+    encoder: Encoder, prompt: str | Messages, answers: tuple[str | Messages, ...]
+) -> tuple[str, list[str]]:
     """The prompt as the chat template renders it for generation, and each answer's text after it (through the
     end-of-turn token). Raises ChatTemplateError when the template does not render the prompt as a prefix."""
     prompt_msgs = _as_messages(prompt, "user")
@@ -300,10 +328,12 @@ def encode_preference(
         prompt, chosen, rejected = fmt.parts(row)
         if isinstance(prompt, list) or isinstance(chosen, list) or isinstance(rejected, list):
             if not encoder.has_chat_template:
-                out.append(ChatTemplateError(
-                    "the pair holds chat messages but the tokenizer has no chat template; use a model with one "
-                    "(an instruct/chat model) or give prompt, chosen and rejected as text"
-                ))
+                out.append(
+                    ChatTemplateError(
+                        "the pair holds chat messages but the tokenizer has no chat template; use a model with one "
+                        "(an instruct/chat model) or give prompt, chosen and rejected as text"
+                    )
+                )
                 continue
             try:
                 prompt_text, (c_text, r_text) = chat_pair_texts(encoder, prompt, (chosen, rejected))

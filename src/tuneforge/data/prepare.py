@@ -96,12 +96,17 @@ def _check_training_left(n: int, fractions: dict[str, float], *, has_validation_
     """Held-out splits are never shrunk silently to make room for training: ask for fewer instead."""
     counts = held_out_counts(n, {**fractions, "validation": 0.0} if has_validation_file else fractions)
     if n - counts["validation"] - counts["test"] < 1:
-        asked = ", ".join(f"{k} {fractions[k]:g} ({counts[k]} row{'s' * (counts[k] != 1)})"
-                          for k in ("validation", "test") if counts[k])
+        asked = ", ".join(
+            f"{k} {fractions[k]:g} ({counts[k]} row{'s' * (counts[k] != 1)})"
+            for k in ("validation", "test")
+            if counts[k]
+        )
         raise TuneforgeError(
             f"data_config.data_split_config: {asked} of {n:,} row{'s' * (n != 1)} leaves no rows for training; "
             "lower the held-out fractions, add rows, or give validation_data_path / test_data_path",
-            field="data_config.data_split_config", value=fractions)
+            field="data_config.data_split_config",
+            value=fractions,
+        )
 
 
 def prepare_dataset(
@@ -136,8 +141,12 @@ def prepare_dataset(
     def side_source(path: str, split: str):
         # The same hub dataset or datasets folder as the training data means its split of that name.
         same = path.strip() == data_path.strip()
-        res = scan_path(path, replace(options, data_format=fmt_name, data_split=split if same else None),
-                        tokenizer=tokenizer, keep=True)
+        res = scan_path(
+            path,
+            replace(options, data_format=fmt_name, data_split=split if same else None),
+            tokenizer=tokenizer,
+            keep=True,
+        )
         if not res.report.ok:
             raise DataValidationError(res.report)
         return res

@@ -184,10 +184,15 @@ class ValidationReport:
             where = f"line {fe['line']}" if fe.get("line") else f"row {fe.get('row')}"
             out.append("")
             if fe.get("pair"):
-                sizes = (f", chosen {fe['chosen_tokens']} tokens, rejected {fe['rejected_tokens']} tokens"
-                         if fe.get("tokenized") else ", as text: no tokenizer")
-                out.append(f"First pair ({where}{sizes}); {MASK_OPEN}...{MASK_CLOSE} marks the prompt (no loss), "
-                           "then each answer:")
+                sizes = (
+                    f", chosen {fe['chosen_tokens']} tokens, rejected {fe['rejected_tokens']} tokens"
+                    if fe.get("tokenized")
+                    else ", as text: no tokenizer"
+                )
+                out.append(
+                    f"First pair ({where}{sizes}); {MASK_OPEN}...{MASK_CLOSE} marks the prompt (no loss), "
+                    "then each answer:"
+                )
             elif fe.get("tokenized"):
                 out.append(
                     f"First example ({where}, {fe['n_tokens']} tokens, {fe['n_trained']} trained), exactly as the "

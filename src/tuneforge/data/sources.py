@@ -151,7 +151,9 @@ def _note_ignored(source: Source, data_subset: str | None, data_split: str | Non
     if data_subset:
         source.notes.append(f"data_subset {data_subset!r} ignored: it selects a configuration of a hub dataset")
     if data_split:
-        source.notes.append(f"data_split {data_split!r} ignored: it selects a split of a hub dataset or datasets folder")
+        source.notes.append(
+            f"data_split {data_split!r} ignored: it selects a split of a hub dataset or datasets folder"
+        )
 
 
 def _looks_like_path(path: str) -> bool:
@@ -353,7 +355,9 @@ def _json_document(path: Path, name: str) -> Source:
     try:
         doc = _loads(text)
     except json.JSONDecodeError as err:
-        raise SourceError(_syntax_issue(name, err.msg, err.lineno, err.colno, truncated=err.pos >= len(text.rstrip()))) from None
+        raise SourceError(
+            _syntax_issue(name, err.msg, err.lineno, err.colno, truncated=err.pos >= len(text.rstrip()))
+        ) from None
     lists: list[str] = []
     if isinstance(doc, dict):  # anything else gets the error below
         lists = [k for k, v in doc.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v[:100])]
@@ -514,7 +518,9 @@ def _json_array(path: Path, name: str) -> Iterator[Record]:
                         yield Record(
                             0,
                             line,
-                            error=_syntax_issue(name, f"expected ',' or ']' after record {row}", line, col, truncated=False),
+                            error=_syntax_issue(
+                                name, f"expected ',' or ']' after record {row}", line, col, truncated=False
+                            ),
                         )
                         return
                     i = w.skip_ws(i + 1)
@@ -625,7 +631,7 @@ def _open_csv(path: Path, name: str, head: bytes, *, tab: bool) -> Source:
                     )
                 seen.add(h)
             break
-    schema = {h: "string" for h in header}
+    schema = dict.fromkeys(header, "string")
 
     def read() -> Iterator[Record]:
         for p in problems:
@@ -797,9 +803,7 @@ def _open_saved(folder: Path, data_split: str | None) -> Source:
     )
 
 
-def _open_hub(
-    path: str, name: str, data_subset: str | None, data_split: str | None, hf_token: str | None
-) -> Source:
+def _open_hub(path: str, name: str, data_subset: str | None, data_split: str | None, hf_token: str | None) -> Source:
     """A Hugging Face dataset (hub id or a local folder of data files) through `datasets.load_dataset`.
 
     `streaming=True` so validation reads rows as they arrive instead of downloading and converting everything

@@ -27,7 +27,15 @@ from .tokenize import ChatTemplateError, Encoder, chat_example, pair_example
 HEAD_ROWS = 100  # good records read before choosing the format (JSON has no header to learn the columns from)
 BATCH = 256  # rows tokenized per call
 _TEXT_TYPES = {"string", "large_string", "string_view"}
-_JSON_TYPES = {str: "string", bool: "bool", int: "int", float: "float", type(None): "null", list: "list", dict: "object"}
+_JSON_TYPES = {
+    str: "string",
+    bool: "bool",
+    int: "int",
+    float: "float",
+    type(None): "null",
+    list: "list",
+    dict: "object",
+}
 
 
 @dataclass(slots=True)
@@ -66,8 +74,9 @@ def scan_path(
         report.add_error(DataIssue("config", f"cutoff_len must be a positive number of tokens, got {cutoff_len!r}"))
         return ScanResult(report)
     try:
-        with open_source(data_path, data_subset=options.data_subset, data_split=options.data_split,
-                         hf_token=options.hf_token) as source:
+        with open_source(
+            data_path, data_subset=options.data_subset, data_split=options.data_split, hf_token=options.hf_token
+        ) as source:
             return _Scan(source, report, options, tokenizer=tokenizer, keep=keep).run()
     except SourceError as err:
         report.add_error(err.issue)
@@ -75,8 +84,7 @@ def scan_path(
 
 
 class _Scan:
-    def __init__(self, source: Source, report: ValidationReport, options: DataOptions, *, tokenizer: Any,
-                 keep: bool):
+    def __init__(self, source: Source, report: ValidationReport, options: DataOptions, *, tokenizer: Any, keep: bool):
         self.source = source
         self.report = report
         self.cutoff = report.cutoff_len or 0
@@ -328,7 +336,7 @@ class _Scan:
 
     def _flush_pairs(self, enc: Encoder, fmt: PreferenceFormat, batch: list[Record]) -> None:
         results = encode_preference(enc, fmt, [r.data for r in batch], cutoff_len=self.cutoff)  # type: ignore[misc]
-        for rec, res in zip(batch, results):
+        for rec, res in zip(batch, results, strict=True):
             if isinstance(res, ChatTemplateError):
                 self._row_error(rec, "chat_template", str(res), "prompt")
                 continue
@@ -373,7 +381,9 @@ class _Scan:
                 zip(ex.input_ids, ex.labels, strict=True), key=lambda pair: pair[1] != IGNORE_INDEX
             ):
                 ids = [i for i, _ in group]
-                segments.append((tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), trained))
+                segments.append(
+                    (tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False), trained)
+                )
         elif isinstance(self.fmt, MessagesFormat):
             for m in self.fmt.conversation(rec.data).messages:  # type: ignore[arg-type]
                 text = m["content"] or json.dumps([c["function"] for c in m.get("tool_calls", [])])
@@ -409,16 +419,25 @@ class _Scan:
             prompt = text(pair.chosen.input_ids[:n_prompt])
             chosen = text(pair.chosen.input_ids[n_prompt:])
             rejected = text(pair.rejected.input_ids[n_prompt:])
-            out.update(n_tokens=len(pair), n_trained=pair.n_targets, chosen_tokens=len(pair.chosen),
-                       rejected_tokens=len(pair.rejected))
+            out.update(
+                n_tokens=len(pair),
+                n_trained=pair.n_targets,
+                chosen_tokens=len(pair.chosen),
+                rejected_tokens=len(pair.rejected),
+            )
         else:
-            parts = [p if isinstance(p, str) else "".join(f"<{m['role']}>\n{m['content']}\n" for m in p)
-                     for p in self.fmt.parts(rec.data)]
+            parts = [
+                p if isinstance(p, str) else "".join(f"<{m['role']}>\n{m['content']}\n" for m in p)
+                for p in self.fmt.parts(rec.data)
+            ]
             prompt, chosen, rejected = parts
         out.update(prompt=prompt, chosen=chosen, rejected=rejected)
-        out["segments"] = [{"text": prompt, "trained": False}, {"text": chosen, "trained": True},
-                           {"text": rejected, "trained": True}]
-        out["rendered"] = (f"{MASK_OPEN}{prompt}{MASK_CLOSE}\n[chosen]   {chosen}\n[rejected] {rejected}")
+        out["segments"] = [
+            {"text": prompt, "trained": False},
+            {"text": chosen, "trained": True},
+            {"text": rejected, "trained": True},
+        ]
+        out["rendered"] = f"{MASK_OPEN}{prompt}{MASK_CLOSE}\n[chosen]   {chosen}\n[rejected] {rejected}"
         return out
 
     # --- the summary ----------------------------------------------------------------------------------------------

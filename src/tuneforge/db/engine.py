@@ -12,7 +12,7 @@ def normalize_url(url: str) -> str:
     """`postgresql://` means psycopg 3 here (SQLAlchemy would otherwise pick psycopg2, which we don't install)."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 

@@ -13,9 +13,9 @@ the baseline migration, which creates only the tables they lack.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-import sys
 from pathlib import Path
 
 from alembic import command
@@ -92,8 +92,14 @@ def upgrade(engine: Engine) -> None:
                 f"the database {engine.url.render_as_string(hide_password=True)} is at schema revision {current!r}, "
                 f"which this tuneforge does not know (its newest is {head!r}): a newer tuneforge upgraded it. Run "
                 "that version, or restore a backup of the database made before the upgrade",
-                field="database", value=current)
+                field="database",
+                value=current,
+            )
         if current != head:  # another process may have done it while this one waited for the lock
-            print(f"tuneforge: upgrading the database {engine.url.render_as_string(hide_password=True)} from schema "
-                  f"revision {current or '(none)'} to {head}", file=sys.stderr, flush=True)
+            print(
+                f"tuneforge: upgrading the database {engine.url.render_as_string(hide_password=True)} from schema "
+                f"revision {current or '(none)'} to {head}",
+                file=sys.stderr,
+                flush=True,
+            )
             command.upgrade(alembic_config(conn), "head")

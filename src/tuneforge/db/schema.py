@@ -9,8 +9,20 @@ Times are UNIX seconds (floats): heartbeat arithmetic stays trivial and portable
 
 from __future__ import annotations
 
-from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint, text)
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
 
 # Constraints are unnamed, as the first release made them (PostgreSQL names them itself: `api_keys_key_hash_key`,
 # `jobs_key_id_fkey`, ...; SQLite leaves them unnamed), so databases made before migrations existed and those made
@@ -19,7 +31,8 @@ from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, Meta
 metadata = MetaData()
 
 api_keys = Table(
-    "api_keys", metadata,
+    "api_keys",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("owner", String(200), nullable=False, index=True),
     Column("prefix", String(16), nullable=False),  # shown in `keys list`, so a key can be recognised
@@ -31,7 +44,8 @@ api_keys = Table(
 )
 
 jobs = Table(
-    "jobs", metadata,
+    "jobs",
+    metadata,
     Column("id", String(36), primary_key=True),
     Column("owner", String(200), nullable=False),
     Column("key_id", Integer, ForeignKey("api_keys.id")),
@@ -66,7 +80,8 @@ jobs = Table(
 )
 
 job_events = Table(
-    "job_events", metadata,
+    "job_events",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
     Column("seq", Integer, nullable=False),  # 1, 2, 3... per job: the `after=N` cursor
@@ -77,7 +92,8 @@ job_events = Table(
 )
 
 datasets = Table(
-    "datasets", metadata,
+    "datasets",
+    metadata,
     Column("id", String(40), primary_key=True),
     Column("owner", String(200), nullable=False, index=True),
     Column("filename", Text, nullable=False),
@@ -90,7 +106,8 @@ datasets = Table(
 )
 
 deployments = Table(
-    "deployments", metadata,
+    "deployments",
+    metadata,
     Column("id", String(36), primary_key=True),
     Column("name", String(128), nullable=False),
     Column("owner", String(200), nullable=False, index=True),
@@ -113,6 +130,12 @@ deployments = Table(
     Column("terminated_at", Float),
     # One non-terminated deployment per name and owner: the name is the `model` on the OpenAI endpoints, resolved
     # within the caller's own deployments, so one tenant's names neither block nor reveal another's (0002).
-    Index("uq_deployments_active_name", "owner", "name", unique=True, sqlite_where=text("status != 'terminated'"),
-          postgresql_where=text("status != 'terminated'")),
+    Index(
+        "uq_deployments_active_name",
+        "owner",
+        "name",
+        unique=True,
+        sqlite_where=text("status != 'terminated'"),
+        postgresql_where=text("status != 'terminated'"),
+    ),
 )

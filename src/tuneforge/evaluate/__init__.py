@@ -7,7 +7,17 @@
 """
 
 from .metrics import ALL_METRICS, detect_task, score_answers
-from .runner import EVAL_ROWS_FILE, CandidateResult, Evaluation, EvalSet, eval_set, run_candidate, run_with_base
+from .runner import EVAL_ROWS_FILE, CandidateResult, EvalSet, Evaluation, eval_set, run_candidate, run_with_base
 
-__all__ = ["ALL_METRICS", "EVAL_ROWS_FILE", "CandidateResult", "EvalSet", "Evaluation", "detect_task", "eval_set",
-           "run_candidate", "run_with_base", "score_answers"]
+__all__ = [
+    "ALL_METRICS",
+    "EVAL_ROWS_FILE",
+    "CandidateResult",
+    "EvalSet",
+    "Evaluation",
+    "detect_task",
+    "eval_set",
+    "run_candidate",
+    "run_with_base",
+    "score_answers",
+]

@@ -18,8 +18,9 @@ def max_new_tokens_for(reference_lengths: Sequence[int], *, cap: int = MAX_NEW_T
 
 
 @torch.no_grad()
-def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                    batch_size: int = 16, autocast=None) -> list[str]:
+def greedy_generate(
+    model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, batch_size: int = 16, autocast=None
+) -> list[str]:
     """Greedy completions for prompts given as token ids (exactly as training tokenized them), in their order.
 
     Prompts are batched longest first so that each batch pads little, with left padding so that every row's next
@@ -37,10 +38,19 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_n
         ids = torch.tensor([[pad] * (width - len(prompts[i])) + list(prompts[i]) for i in chunk], device=device)
         mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk], device=device)
         with autocast() if autocast else torch.autocast(device.type, enabled=False):
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, top_p=None, top_k=None,
-                                 temperature=None, use_cache=True)
-        for i, row in zip(chunk, out):
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+                top_p=None,
+                top_k=None,
+                temperature=None,
+                use_cache=True,
+            )
+        for i, row in zip(chunk, out, strict=True):
             answers[i] = tokenizer.decode(row[width:], skip_special_tokens=True)
     if was_training:
         model.train()

@@ -132,8 +132,8 @@ def chrf(prediction: str, reference: str) -> float:
 
 def corpus_chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
     total = [0] * (3 * CHRF_ORDER)
-    for p, r in zip(predictions, references):
-        total = [a + b for a, b in zip(total, chrf_statistics(p, r))]
+    for p, r in zip(predictions, references, strict=True):
+        total = [a + b for a, b in zip(total, chrf_statistics(p, r), strict=True)]
     return chrf_from_statistics(total)
 
 
@@ -199,9 +199,9 @@ def macro_f1(predictions: Sequence[str], references: Sequence[str]) -> float:
         return 0.0
     total = 0.0
     for c in labels:
-        tp = sum(p == c and r == c for p, r in zip(preds, refs))
-        fp = sum(p == c and r != c for p, r in zip(preds, refs))
-        fn = sum(p != c and r == c for p, r in zip(preds, refs))
+        tp = sum(p == c and r == c for p, r in zip(preds, refs, strict=True))
+        fp = sum(p == c and r != c for p, r in zip(preds, refs, strict=True))
+        fn = sum(p != c and r == c for p, r in zip(preds, refs, strict=True))
         total += 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     return total / len(labels)
 
@@ -269,17 +269,23 @@ def check_metrics(requested: Sequence[str], task: str, *, with_loss: bool, field
     out: list[str] = []
     for name in requested:
         if name not in ALL_METRICS:
-            raise TuneforgeError(f"{field}: unknown metric {name!r}{did_you_mean(name, ALL_METRICS)}; allowed: "
-                                 f"{', '.join(ALL_METRICS)}", field=field, value=name)
+            raise TuneforgeError(
+                f"{field}: unknown metric {name!r}{did_you_mean(name, ALL_METRICS)}; allowed: {', '.join(ALL_METRICS)}",
+                field=field,
+                value=name,
+            )
         if name not in fits:
             why = {
                 "json": "the references are not all JSON objects or arrays",
                 "classification": f"the references are not a small label set (at most {MAX_LABELS} distinct "
-                                  f"answers of at most {MAX_LABEL_WORDS} words, not numbers, each seen three times on average)",
+                f"answers of at most {MAX_LABEL_WORDS} words, not numbers, each seen three times on average)",
                 "loss": "the rows have no tokenized examples to compute a loss on",
             }["json" if name in JSON_METRICS else "classification" if name in CLASSIFICATION_METRICS else "loss"]
-            raise TuneforgeError(f"{field}: {name!r} does not fit this data ({task} task): {why}; metrics that fit: "
-                                 f"{', '.join(fits)}", field=field, value=name)
+            raise TuneforgeError(
+                f"{field}: {name!r} does not fit this data ({task} task): {why}; metrics that fit: {', '.join(fits)}",
+                field=field,
+                value=name,
+            )
         if name not in out:
             out.append(name)
     return out
@@ -297,7 +303,7 @@ def score_answers(predictions: Sequence[str], references: Sequence[str], metrics
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     row_metrics = [m for m in metrics if m in ROW_SCORERS]
-    rows = [{m: ROW_SCORERS[m](p, r) for m in row_metrics} for p, r in zip(predictions, references)]
+    rows = [{m: ROW_SCORERS[m](p, r) for m in row_metrics} for p, r in zip(predictions, references, strict=True)]
     n = max(len(rows), 1)
     summary = {m: sum(row[m] for row in rows) / n for m in row_metrics}
     if "chrf" in metrics:

@@ -43,9 +43,17 @@ class EvalSet:
         return len(self.references)
 
 
-def eval_set(data: PreparedData, rows: Sequence[dict[str, Any]], examples: Sequence[Example], tokenizer, *,
-             metrics: Sequence[str] | None = None, where: str = "the test rows", field: str = "--metrics",
-             max_new_tokens: int | None = None) -> EvalSet:
+def eval_set(
+    data: PreparedData,
+    rows: Sequence[dict[str, Any]],
+    examples: Sequence[Example],
+    tokenizer,
+    *,
+    metrics: Sequence[str] | None = None,
+    where: str = "the test rows",
+    field: str = "--metrics",
+    max_new_tokens: int | None = None,
+) -> EvalSet:
     """Check that `rows` can be evaluated (every row has a reference answer; requested metrics fit the data) and
     tokenize their prompts exactly as training did. Raises TuneforgeError before any model work otherwise."""
     if not rows:
@@ -55,18 +63,26 @@ def eval_set(data: PreparedData, rows: Sequence[dict[str, Any]], examples: Seque
         raise TuneforgeError(
             f"{where} have no reference answers: data_format 'text' trains on whole texts with no prompt/answer "
             "split; give a prompt_template (its last placeholder is the answer), a 'messages' column ending with "
-            "an assistant turn, or 'prompt'/'completion' columns", field="data_config.data_format", value="text")
+            "an assistant turn, or 'prompt'/'completion' columns",
+            field="data_config.data_format",
+            value="text",
+        )
     references = [data.reference(r) for r in rows]
     missing = [i + 1 for i, ref in enumerate(references) if not ref.strip()]
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise TuneforgeError(
             f"{where}: {len(missing)} of {len(rows)} rows have an empty reference answer (rows {shown} of "
-            f"{where}); every evaluated row needs the answer to compare with", field="reference")
+            f"{where}); every evaluated row needs the answer to compare with",
+            field="reference",
+        )
     task = detect_task(references)
     with_loss = bool(examples)
-    chosen = check_metrics(metrics, task, with_loss=with_loss, field=field) if metrics else metrics_for(
-        task, with_loss=with_loss)
+    chosen = (
+        check_metrics(metrics, task, with_loss=with_loss, field=field)
+        if metrics
+        else metrics_for(task, with_loss=with_loss)
+    )
     lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in references]  # + EOS
     return EvalSet(
         prompts=[data.render_prompt(r) for r in rows],
@@ -104,34 +120,79 @@ class CandidateResult:
 LossFn = Callable[..., float]
 
 
-def run_candidate(name: str, model, tokenizer, es: EvalSet, *, runtime, loss_fn: LossFn, source: str = "",
-                  batch_size: int = 16, log: Callable[[str], None] | None = None) -> CandidateResult:
+def run_candidate(
+    name: str,
+    model,
+    tokenizer,
+    es: EvalSet,
+    *,
+    runtime,
+    loss_fn: LossFn,
+    source: str = "",
+    batch_size: int = 16,
+    log: Callable[[str], None] | None = None,
+) -> CandidateResult:
     loss = None
     if es.examples and any(m in LOSS_METRICS for m in es.metrics):
         loss = loss_fn(model, es.examples, batch_size=batch_size, pad_id=tokenizer.pad_token_id, runtime=runtime)
     start = time.perf_counter()
-    answers = greedy_generate(model, tokenizer, es.prompt_ids, max_new_tokens=es.max_new_tokens,
-                              batch_size=batch_size, autocast=runtime.autocast)
+    answers = greedy_generate(
+        model,
+        tokenizer,
+        es.prompt_ids,
+        max_new_tokens=es.max_new_tokens,
+        batch_size=batch_size,
+        autocast=runtime.autocast,
+    )
     seconds = time.perf_counter() - start
     result = CandidateResult(name, source, answers, score_answers(answers, es.references, es.metrics), loss, seconds)
     if log:
-        log(f"evaluated {name} on {len(es)} rows in {seconds:.1f} s ({len(es) / max(seconds, 1e-9):.2f} rows/s): "
-            + ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items()))
+        log(
+            f"evaluated {name} on {len(es)} rows in {seconds:.1f} s ({len(es) / max(seconds, 1e-9):.2f} rows/s): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items())
+        )
     return result
 
 
-def run_with_base(peft_model, tokenizer, es: EvalSet, *, runtime, loss_fn: LossFn, base_source: str = "",
-                  adapter_source: str = "", batch_size: int = 16,
-                  log: Callable[[str], None] | None = None) -> list[CandidateResult]:
+def run_with_base(
+    peft_model,
+    tokenizer,
+    es: EvalSet,
+    *,
+    runtime,
+    loss_fn: LossFn,
+    base_source: str = "",
+    adapter_source: str = "",
+    batch_size: int = 16,
+    log: Callable[[str], None] | None = None,
+) -> list[CandidateResult]:
     """The base (adapter disabled: the same weights in memory) and then the adapter."""
     disable = getattr(peft_model, "disable_adapter", None)
     if disable is None:
         raise TypeError("run_with_base needs a PEFT model")
     with disable():
-        base = run_candidate("base", peft_model, tokenizer, es, runtime=runtime, loss_fn=loss_fn, source=base_source,
-                             batch_size=batch_size, log=log)
-    adapter = run_candidate("adapter", peft_model, tokenizer, es, runtime=runtime, loss_fn=loss_fn, source=adapter_source,
-                            batch_size=batch_size, log=log)
+        base = run_candidate(
+            "base",
+            peft_model,
+            tokenizer,
+            es,
+            runtime=runtime,
+            loss_fn=loss_fn,
+            source=base_source,
+            batch_size=batch_size,
+            log=log,
+        )
+    adapter = run_candidate(
+        "adapter",
+        peft_model,
+        tokenizer,
+        es,
+        runtime=runtime,
+        loss_fn=loss_fn,
+        source=adapter_source,
+        batch_size=batch_size,
+        log=log,
+    )
     return [base, adapter]
 
 
@@ -198,8 +259,9 @@ class Evaluation:
                 v = r.summary.get(m)
                 cells.append(f"{'—':>14}" if v is None else f"{v:>14.4f}" if m in LOSS_METRICS else f"{v:>13.1%} ")
             lines.append(f"{m:<{width}}" + "".join(cells))
-        lines.append(f"{'rows/s':<{width}}" + "".join(f"{len(self.es) / max(r.seconds, 1e-9):>14.2f}"
-                                                      for r in self.results))
+        lines.append(
+            f"{'rows/s':<{width}}" + "".join(f"{len(self.es) / max(r.seconds, 1e-9):>14.2f}" for r in self.results)
+        )
         return "\n".join(lines)
 
 
@@ -207,20 +269,40 @@ def job_eval_set(data: PreparedData, tokenizer) -> EvalSet | None:
     """A job's test rows as an EvalSet (None without test rows), checked before training starts."""
     if not data.test_rows:
         return None
-    return eval_set(data, data.test_rows, data.test, tokenizer, where="the test rows",
-                    field="data_config.data_split_config")
+    return eval_set(
+        data, data.test_rows, data.test, tokenizer, where="the test rows", field="data_config.data_split_config"
+    )
 
 
-def evaluate_after_training(model, tokenizer, es: EvalSet, *, runtime, loss_fn: LossFn, run_dir: Path,
-                            base_source: str, batch_size: int, log: Callable[[str], None]) -> dict[str, Any]:
+def evaluate_after_training(
+    model,
+    tokenizer,
+    es: EvalSet,
+    *,
+    runtime,
+    loss_fn: LossFn,
+    run_dir: Path,
+    base_source: str,
+    batch_size: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     """A finished job's held-out evaluation: base vs adapter on its test rows; writes eval_rows.jsonl into
     `run_dir` and returns the summary for report.json."""
-    log(f"evaluating base and adapter on {len(es)} held-out test rows ({es.task} task; at most "
-        f"{es.max_new_tokens} new tokens per answer)")
-    results = run_with_base(model, tokenizer, es, runtime=runtime, loss_fn=loss_fn, base_source=base_source,
-                            adapter_source="adapter",
-                            batch_size=batch_size, log=log)
+    log(
+        f"evaluating base and adapter on {len(es)} held-out test rows ({es.task} task; at most "
+        f"{es.max_new_tokens} new tokens per answer)"
+    )
+    results = run_with_base(
+        model,
+        tokenizer,
+        es,
+        runtime=runtime,
+        loss_fn=loss_fn,
+        base_source=base_source,
+        adapter_source="adapter",
+        batch_size=batch_size,
+        log=log,
+    )
     evaluation = Evaluation(es, results)
     evaluation.write_rows(run_dir / EVAL_ROWS_FILE)
     return evaluation.summary()
-

@@ -25,8 +25,10 @@ def string_problems(data: Any, max_chars: int, prefix: str = "") -> list[str]:
             out += string_problems(value, max_chars, f"{prefix}[{i}]")
     elif isinstance(data, str):
         if len(data) > max_chars:
-            out.append(f"{prefix}: {len(data):,} characters is over this server's limit of {max_chars:,} "
-                       "(TUNEFORGE_MAX_FIELD_CHARS)")
+            out.append(
+                f"{prefix}: {len(data):,} characters is over this server's limit of {max_chars:,} "
+                "(TUNEFORGE_MAX_FIELD_CHARS)"
+            )
         if "\x00" in data:
             out.append(f"{prefix}: contains a NUL byte (\\x00), which is not allowed in any field")
     return out
@@ -49,15 +51,19 @@ def size_problems(spec: JobSpec, settings: Settings, n_rows: int | None) -> list
         steps, how = t.max_steps, f"max_steps {t.max_steps:,}"
     elif n_rows is not None:
         steps = planned_steps(spec, n_rows)
-        how = (f"{t.num_train_epochs:g} epoch(s) of {n_rows:,} rows in batches of {t.batch_size} x "
-               f"{t.gradient_accumulation_steps} = {steps:,} steps")
+        how = (
+            f"{t.num_train_epochs:g} epoch(s) of {n_rows:,} rows in batches of {t.batch_size} x "
+            f"{t.gradient_accumulation_steps} = {steps:,} steps"
+        )
     else:
         return []
     problems = []
     if steps > settings.max_steps_per_job:
         field = "training_config.max_steps" if t.max_steps is not None else "training_config.num_train_epochs"
-        problems.append(f"{field}: {how} is over this server's limit of {settings.max_steps_per_job:,} steps per "
-                        "job (TUNEFORGE_MAX_STEPS_PER_JOB)")
+        problems.append(
+            f"{field}: {how} is over this server's limit of {settings.max_steps_per_job:,} steps per "
+            "job (TUNEFORGE_MAX_STEPS_PER_JOB)"
+        )
         return problems
     tokens = steps * t.batch_size * t.gradient_accumulation_steps * spec.data_config.cutoff_len
     if tokens > settings.max_tokens_per_job:
@@ -65,7 +71,8 @@ def size_problems(spec: JobSpec, settings: Settings, n_rows: int | None) -> list
             f"training_config: {steps:,} steps x batch_size {t.batch_size} x gradient_accumulation_steps "
             f"{t.gradient_accumulation_steps} x cutoff_len {spec.data_config.cutoff_len} = {_short(tokens)} tokens "
             f"is over this server's limit of {_short(settings.max_tokens_per_job)} tokens per job "
-            "(TUNEFORGE_MAX_TOKENS_PER_JOB)")
+            "(TUNEFORGE_MAX_TOKENS_PER_JOB)"
+        )
     return problems
 
 

@@ -51,8 +51,9 @@ def _inside(path: str, folder: str) -> bool:
 
 
 class PathPolicy:
-    def __init__(self, allowed: list[Path], private: list[Path], *, allow_private_urls: bool = False,
-                 home: Path | None = None):
+    def __init__(
+        self, allowed: list[Path], private: list[Path], *, allow_private_urls: bool = False, home: Path | None = None
+    ):
         self.allowed = [os.path.realpath(p) for p in allowed]
         self.private = [os.path.realpath(p) for p in private]
         self.allow_private_urls = allow_private_urls
@@ -60,13 +61,17 @@ class PathPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PathPolicy:
-        return cls(settings.allowed_dirs, settings.private_dirs, allow_private_urls=settings.allow_private_urls,
-                   home=settings.home)
+        return cls(
+            settings.allowed_dirs,
+            settings.private_dirs,
+            allow_private_urls=settings.allow_private_urls,
+            home=settings.home,
+        )
 
     def shown(self, path: str) -> str:
         """A server path as API users see it: relative to the home (`<home>/models`), not where the home is."""
         if self.home and (path == self.home or path.startswith(self.home + os.sep)):
-            return "<home>" + path[len(self.home):]
+            return "<home>" + path[len(self.home) :]
         return path
 
     def _permitted(self, real: str) -> bool:
@@ -80,20 +85,23 @@ class PathPolicy:
             raise PathRejected(
                 f"{field}: {raw!r} is a relative path; local paths on the server must be absolute and inside "
                 f"{self._allowed_text()} (or upload the file with POST /v1/datasets and pass its id)",
-                field=field, value=raw)
+                field=field,
+                value=raw,
+            )
         try:
             real = os.path.realpath(expanded)
             exists = os.path.exists(real)
         except (OSError, ValueError) as exc:  # ELOOP, ENAMETOOLONG in a component
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise PathRejected(f"{field}: {raw!r} cannot be used as a path: {reason}", field=field,
-                               value=raw) from None
+            raise PathRejected(f"{field}: {raw!r} cannot be used as a path: {reason}", field=field, value=raw) from None
         if not self._permitted(real):
             raise PathRejected(
                 f"{field}: {raw!r} is outside the folders this server reads from ({self._allowed_text()}); upload "
                 "the file with POST /v1/datasets and pass its id, or ask the operator to add its folder to "
                 "TUNEFORGE_ALLOWED_PATHS",
-                field=field, value=raw)
+                field=field,
+                value=raw,
+            )
         if must_exist and not exists:
             raise PathRejected(f"{field}: {raw!r} does not exist on the server", field=field, value=raw)
         if exists and os.path.isdir(real):
@@ -113,19 +121,25 @@ class PathPolicy:
             try:
                 entries = list(os.scandir(folder))
             except OSError as exc:
-                raise PathRejected(f"{field}: {raw!r}: cannot read {self.shown(folder)!r}: {exc.strerror}",
-                                   field=field, value=raw) from None
+                raise PathRejected(
+                    f"{field}: {raw!r}: cannot read {self.shown(folder)!r}: {exc.strerror}", field=field, value=raw
+                ) from None
             for entry in entries:
                 count += 1
                 if count > MAX_FOLDER_ENTRIES:
-                    raise PathRejected(f"{field}: {raw!r} holds more than {MAX_FOLDER_ENTRIES:,} files; point at a "
-                                       "smaller folder", field=field, value=raw)
+                    raise PathRejected(
+                        f"{field}: {raw!r} holds more than {MAX_FOLDER_ENTRIES:,} files; point at a smaller folder",
+                        field=field,
+                        value=raw,
+                    )
                 real = os.path.realpath(entry.path)
                 if not self._permitted(real):
                     raise PathRejected(
                         f"{field}: {raw!r} contains {self.shown(entry.path)!r}, a link to a file outside the folders "
                         f"this server reads from ({self._allowed_text()}); jobs read only files inside them",
-                        field=field, value=raw)
+                        field=field,
+                        value=raw,
+                    )
                 if os.path.isdir(real):
                     stack.append(real)
 
@@ -138,16 +152,25 @@ class PathPolicy:
         try:
             infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
         except (socket.gaierror, UnicodeError):
-            raise PathRejected(f"{field}: cannot resolve the host of {parts.hostname!r}", field=field,
-                               value=raw) from None
+            raise PathRejected(
+                f"{field}: cannot resolve the host of {parts.hostname!r}", field=field, value=raw
+            ) from None
         for info in infos:
             addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-            if addr.is_loopback or addr.is_private or addr.is_link_local or addr.is_reserved or addr.is_multicast \
-                    or addr.is_unspecified:
+            if (
+                addr.is_loopback
+                or addr.is_private
+                or addr.is_link_local
+                or addr.is_reserved
+                or addr.is_multicast
+                or addr.is_unspecified
+            ):
                 raise PathRejected(
                     f"{field}: {parts.hostname!r} is a loopback/private address ({addr}); jobs download only from "
                     "public addresses (the operator can allow private ones with TUNEFORGE_ALLOW_PRIVATE_URLS=true)",
-                    field=field, value=raw)
+                    field=field,
+                    value=raw,
+                )
         return raw
 
     def _allowed_text(self) -> str:
@@ -157,11 +180,15 @@ class PathPolicy:
 def check_path_text(raw: str, field: str) -> None:
     """A string that cannot name a file is refused before any os call raises on it (NUL byte, over PATH_MAX)."""
     if "\x00" in raw:
-        raise PathRejected(f"{field}: contains a NUL byte (\\x00), which no path or id may contain", field=field,
-                           value=raw)
+        raise PathRejected(
+            f"{field}: contains a NUL byte (\\x00), which no path or id may contain", field=field, value=raw
+        )
     if len(raw) > MAX_PATH_CHARS:
-        raise PathRejected(f"{field}: {len(raw):,} characters is longer than any path or id may be "
-                           f"({MAX_PATH_CHARS})", field=field, value=raw[:64] + "...")
+        raise PathRejected(
+            f"{field}: {len(raw):,} characters is longer than any path or id may be ({MAX_PATH_CHARS})",
+            field=field,
+            value=raw[:64] + "...",
+        )
 
 
 def looks_like_url(value: str) -> bool:

@@ -76,8 +76,12 @@ class Recorder:
             elif now > self.first[0] and step > self.first[1]:
                 # Measured within this attempt only: model loading and a resume's gap would distort it.
                 progress["steps_per_second"] = (step - self.first[1]) / (now - self.first[0])
-            progress.update(step=step, total_steps=record.get("total_steps"), epoch=record.get("epoch"),
-                            train_loss=record.get("loss"))
+            progress.update(
+                step=step,
+                total_steps=record.get("total_steps"),
+                epoch=record.get("epoch"),
+                train_loss=record.get("loss"),
+            )
         elif kind == "eval":
             loss = record.get("eval_loss")
             progress["eval_loss"] = loss
@@ -130,8 +134,10 @@ def run(job_id: str, worker_id: str) -> int:
             store.finish(job_id, "succeeded", worker_id=worker_id, result=report, message="succeeded")
             return 0
         resume = latest_checkpoint(work_dir_for(run_dir)) is not None
-        rec.log(f"attempt {job['attempts']} on worker {worker_id} (pid {os.getpid()})"
-                + ("; continuing from the last checkpoint" if resume else ""))
+        rec.log(
+            f"attempt {job['attempts']} on worker {worker_id} (pid {os.getpid()})"
+            + ("; continuing from the last checkpoint" if resume else "")
+        )
 
         # Every URL this job downloads, redirect targets included, obeys the private-address rule that its
         # data_path passed at submission (a public URL could otherwise redirect to an internal service).
@@ -143,8 +149,9 @@ def run(job_id: str, worker_id: str) -> int:
         set_url_guard(guard)
         d = spec.data_config
         tokenizer = load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)
-        report = validate_source(d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token),
-                                 tokenizer=tokenizer)
+        report = validate_source(
+            d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token), tokenizer=tokenizer
+        )
         report.source = policy.shown(report.source)  # the tenant sees <home>/..., not where the server keeps it
         rec({"type": "validation", "report": report.to_dict(), "time": time.time()})
         if not report.ok:
@@ -170,11 +177,13 @@ def run(job_id: str, worker_id: str) -> int:
         return fail(f"data_config.data_path: the dataset is not trainable: {exc.report.summary()}")
     except TuneforgeError as exc:
         return fail(str(exc))
-    except BaseException as exc:  # noqa: BLE001 - every failure must end up in the job's record
+    except BaseException as exc:
         traceback.print_exc()
         if _is_oom(exc):
-            return fail(f"out of memory: {exc}. Try use_quantization, a smaller batch_size with more "
-                        "gradient_accumulation_steps, a smaller cutoff_len, or use_gradient_checkpointing")
+            return fail(
+                f"out of memory: {exc}. Try use_quantization, a smaller batch_size with more "
+                "gradient_accumulation_steps, a smaller cutoff_len, or use_gradient_checkpointing"
+            )
         if isinstance(exc, KeyboardInterrupt):
             return fail("interrupted")
         return fail(f"internal error: {type(exc).__name__}: {exc} (the traceback is in the job's log on the server)")

@@ -59,25 +59,34 @@ def iso(t: float | None) -> str | None:
 # --- jobs -------------------------------------------------------------------------------------------------------------
 
 
-def _resolve_data(value: str, field: str, store: Store, principal: Principal, policy: PathPolicy,
-                  dataset_ids: list[str]) -> str:
+def _resolve_data(
+    value: str, field: str, store: Store, principal: Principal, policy: PathPolicy, dataset_ids: list[str]
+) -> str:
     check_path_text(value, field)  # a hub id or URL is no longer than a path, and none holds a NUL byte
     kind = classify_data_path(value)
     if kind == "url":
         return policy.url(value, field)
     if kind == "scheme":
-        raise PathRejected(f"{field}: {value!r}: only http(s) URLs are supported (or an uploaded dataset id, a "
-                           "hub dataset id, or a file in an allowed folder)", field=field, value=value)
+        raise PathRejected(
+            f"{field}: {value!r}: only http(s) URLs are supported (or an uploaded dataset id, a "
+            "hub dataset id, or a file in an allowed folder)",
+            field=field,
+            value=value,
+        )
     if kind == "dataset":
         ds = store.get_dataset(value, scope(principal))
         if ds is None:
-            raise PathRejected(f"{field}: no uploaded dataset {value!r} (GET /v1/datasets lists yours)", field=field,
-                               value=value)
+            raise PathRejected(
+                f"{field}: no uploaded dataset {value!r} (GET /v1/datasets lists yours)", field=field, value=value
+            )
         if not ds["ok"]:
             raise PathRejected(
                 f"{field}: dataset {value!r} has errors (GET /v1/datasets/{value} lists them); upload a corrected "
                 f"file, or check it again with the job's prompt_template and data_format (POST /v1/datasets/{value}"
-                "/validate) if it was read with other options", field=field, value=value)
+                "/validate) if it was read with other options",
+                field=field,
+                value=value,
+            )
         dataset_ids.append(value)
         return str(ds["path"])
     if kind == "hub":
@@ -111,8 +120,10 @@ def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: Path
         if is_job_id(resume):
             job = store.get_job(resume.strip(), scope(principal))
             if job is None or job["status"] != "succeeded":
-                problems.append(f"{field}: {resume!r} is not a succeeded job of yours; give a finished job id (its "
-                                "adapter is the starting point) or a checkpoint folder in an allowed folder")
+                problems.append(
+                    f"{field}: {resume!r} is not a succeeded job of yours; give a finished job id (its "
+                    "adapter is the starting point) or a checkpoint folder in an allowed folder"
+                )
             else:
                 p["resume_checkpoint_path"] = str(Path(job["run_dir"]) / "adapter")
         else:
@@ -138,15 +149,22 @@ def submit_job(store: Store, settings: Settings, principal: Principal, spec: Job
         ds = store.get_dataset(ds_id)
         if ds is not None:  # resolve_spec found it; it may have been deleted since
             n_rows = json.loads(ds["report"]).get("n_rows")
-    problems = _template_problems(resolved) + size_problems(resolved, settings, n_rows) + \
-        _target_module_problems(resolved)
+    problems = (
+        _template_problems(resolved) + size_problems(resolved, settings, n_rows) + _target_module_problems(resolved)
+    )
     if problems:
         raise SpecError(problems)
     _refuse_if_too_large(resolved)
     try:
-        return store.insert_job(owner=principal.owner, key_id=principal.key_id, spec=resolved.to_dict(redact=False),
-                                spec_public=spec.to_dict(redact=True), dataset_ids=dataset_ids,
-                                runs_dir=settings.runs_dir, max_active_per_key=settings.max_active_jobs_per_key)
+        return store.insert_job(
+            owner=principal.owner,
+            key_id=principal.key_id,
+            spec=resolved.to_dict(redact=False),
+            spec_public=spec.to_dict(redact=True),
+            dataset_ids=dataset_ids,
+            runs_dir=settings.runs_dir,
+            max_active_per_key=settings.max_active_jobs_per_key,
+        )
     except TooManyJobs as exc:
         raise LimitReached(str(exc), field="api_key") from None
 
@@ -197,15 +215,17 @@ def _target_module_problems(spec: JobSpec) -> list[str]:
     try:
         config = _model_config(p.model_path)
         model = skeleton_model(config) if config is not None else None
-    except Exception:  # noqa: BLE001 - an architecture we cannot build here: the training process checks again
+    except Exception:
         return []
     if model is None:
         return []
     missing = missing_target_modules(model, list(p.target_modules))
     if not missing:
         return []
-    return [f"pretrainedmodel_config.target_modules: {missing} not found in {p.model_path!r}; its linear layers "
-            f"are {inspect_linear_modules(model)}"]
+    return [
+        f"pretrainedmodel_config.target_modules: {missing} not found in {p.model_path!r}; its linear layers "
+        f"are {inspect_linear_modules(model)}"
+    ]
 
 
 def _refuse_if_too_large(spec: JobSpec) -> None:
@@ -231,11 +251,13 @@ def get_job(store: Store, principal: Principal, job_id: str) -> Row:
 def cancel_job(store: Store, principal: Principal, job_id: str) -> Row:
     job = get_job(store, principal, job_id)
     if job["status"] in TERMINAL:
-        raise Conflict(f"job {job_id!r} has already {job['status']}; only queued or running jobs can be cancelled",
-                       field="job_id", value=job_id)
+        raise Conflict(
+            f"job {job_id!r} has already {job['status']}; only queued or running jobs can be cancelled",
+            field="job_id",
+            value=job_id,
+        )
     after = store.request_cancel(job_id) or job
     if after["status"] == "cancelled":  # a requeued job may hold checkpoints of an earlier attempt
-
         shutil.rmtree(work_dir_for(Path(after["run_dir"])), ignore_errors=True)
     return after
 
@@ -265,8 +287,9 @@ def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
             "step": step or 0,
             "total_steps": total,
             "epoch": job["epoch"],
-            "percent": round(100.0 * (step or 0) / total, 1) if total else (100.0 if job["status"] == "succeeded"
-                                                                             else 0.0),
+            "percent": round(100.0 * (step or 0) / total, 1)
+            if total
+            else (100.0 if job["status"] == "succeeded" else 0.0),
             "steps_per_second": rate,
             "eta_seconds": eta,
         },
@@ -291,8 +314,9 @@ def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
     return view
 
 
-def resolve_deployment(basemodel_path: str, loramodel_path: str | None, store: Store, principal: Principal,
-                       policy: PathPolicy) -> tuple[str, str | None]:
+def resolve_deployment(
+    basemodel_path: str, loramodel_path: str | None, store: Store, principal: Principal, policy: PathPolicy
+) -> tuple[str, str | None]:
     """(what the engine loads, the adapter folder or hub id) for a deploy request, checked before anything is
     built; raises SpecError with one line per bad field (both are checked)."""
     problems, model_load, adapter = [], "", None
@@ -314,17 +338,24 @@ def _resolve_base(value: str, policy: PathPolicy) -> str:
     if classify_model_path(v) == "local":
         path = policy.local(v, "basemodel_path")
         if not (Path(path) / "config.json").is_file():
-            raise TuneforgeError(f"basemodel_path: {value!r} is not a Hugging Face model folder (no config.json)",
-                                 field="basemodel_path", value=value)
+            raise TuneforgeError(
+                f"basemodel_path: {value!r} is not a Hugging Face model folder (no config.json)",
+                field="basemodel_path",
+                value=value,
+            )
         return path
     check_path_text(v, "basemodel_path")
     repo_id = ALIASES.get(v.lower(), v)
     if repo_id != SMOLLM2_ID and _hf_cached_snapshot(repo_id) is None and not hub_reachable():
         # Checked now rather than failing the build; and a name like `models/SomeModel` is a hub id here, never a
         # folder under the server's working directory.
-        raise TuneforgeError(f"basemodel_path: {value!r} is not in the server's Hugging Face cache and the hub "
-                             "cannot be reached; give a catalog alias, a cached hub id, or a model folder in the "
-                             "server's allowed folders", field="basemodel_path", value=value)
+        raise TuneforgeError(
+            f"basemodel_path: {value!r} is not in the server's Hugging Face cache and the hub "
+            "cannot be reached; give a catalog alias, a cached hub id, or a model folder in the "
+            "server's allowed folders",
+            field="basemodel_path",
+            value=value,
+        )
     return repo_id
 
 
@@ -338,32 +369,44 @@ def _resolve_adapter(value: str | None, store: Store, principal: Principal, poli
     if is_job_id(v):
         job = store.get_job(v, scope(principal))
         if job is None:
-            raise TuneforgeError(f"{field}: no fine-tuning job {v!r} of yours (GET /v1/finetune/llm lists them)",
-                                 field=field, value=v)
+            raise TuneforgeError(
+                f"{field}: no fine-tuning job {v!r} of yours (GET /v1/finetune/llm lists them)", field=field, value=v
+            )
         if job["status"] != "succeeded":
-            raise TuneforgeError(f"{field}: job {v!r} is {job['status']}; deploy it once it has succeeded",
-                                 field=field, value=v)
+            raise TuneforgeError(
+                f"{field}: job {v!r} is {job['status']}; deploy it once it has succeeded", field=field, value=v
+            )
         folder = Path(job["run_dir"]) / "adapter"
         check_adapter_folder(folder, field=field)
         return str(folder)
     if looks_like_url(v) or "://" in v:
-        raise TuneforgeError(f"{field}: URLs are not supported here; give a succeeded job id, an adapter folder on "
-                             "the server, or a hub id", field=field, value=v)
+        raise TuneforgeError(
+            f"{field}: URLs are not supported here; give a succeeded job id, an adapter folder on "
+            "the server, or a hub id",
+            field=field,
+            value=v,
+        )
     if classify_model_path(v) == "local":
         local = policy.local(v, field)
         check_adapter_folder(local, field=field)
         return local
     if _hf_cached_snapshot(v) is None and not hub_reachable():
-        raise TuneforgeError(f"{field}: {v!r} is not in the server's Hugging Face cache and the hub cannot be "
-                             "reached", field=field, value=v)
+        raise TuneforgeError(
+            f"{field}: {v!r} is not in the server's Hugging Face cache and the hub cannot be reached",
+            field=field,
+            value=v,
+        )
     return v
 
 
 def adapter_zip(settings: Settings, job: Row) -> Path:
     """A zip of the job's PEFT adapter folder (files at the zip's root), built once and cached."""
     if job["status"] != "succeeded":
-        raise Conflict(f"job {job['id']!r} is {job['status']}; its adapter can be downloaded once it has succeeded",
-                       field="job_id", value=job["id"])
+        raise Conflict(
+            f"job {job['id']!r} is {job['status']}; its adapter can be downloaded once it has succeeded",
+            field="job_id",
+            value=job["id"],
+        )
     adapter = Path(job["run_dir"]) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise NotFound(f"the adapter of job {job['id']!r} is no longer on the server", field="job_id", value=job["id"])
@@ -385,17 +428,24 @@ def eval_rows(job: Row, *, limit: int, offset: int, differing: bool) -> dict[str
     from ..evaluate.runner import EVAL_ROWS_FILE
 
     if job["status"] != "succeeded":
-        raise Conflict(f"job {job['id']!r} is {job['status']}; its evaluation is available once it has succeeded",
-                       field="job_id", value=job["id"])
+        raise Conflict(
+            f"job {job['id']!r} is {job['status']}; its evaluation is available once it has succeeded",
+            field="job_id",
+            value=job["id"],
+        )
     summary = (json.loads(job["result"]) if job["result"] else {}).get("evaluation")
     if not summary:
-        raise NotFound(f"job {job['id']!r} has no evaluation: it had no held-out test rows (give data_config."
-                       "data_split_config a 'test' fraction or data_config.test_data_path)", field="job_id",
-                       value=job["id"])
+        raise NotFound(
+            f"job {job['id']!r} has no evaluation: it had no held-out test rows (give data_config."
+            "data_split_config a 'test' fraction or data_config.test_data_path)",
+            field="job_id",
+            value=job["id"],
+        )
     path = Path(job["run_dir"]) / EVAL_ROWS_FILE
     if not path.is_file():
-        raise NotFound(f"the evaluation rows of job {job['id']!r} are no longer on the server", field="job_id",
-                       value=job["id"])
+        raise NotFound(
+            f"the evaluation rows of job {job['id']!r} are no longer on the server", field="job_id", value=job["id"]
+        )
     rows, total = [], 0
     with path.open(encoding="utf-8") as f:
         for line in f:
@@ -405,8 +455,7 @@ def eval_rows(job: Row, *, limit: int, offset: int, differing: bool) -> dict[str
             if offset <= total < offset + limit:
                 rows.append(row)
             total += 1
-    return {"job_id": job["id"], "evaluation": summary, "rows": rows, "total": total, "limit": limit,
-            "offset": offset}
+    return {"job_id": job["id"], "evaluation": summary, "rows": rows, "total": total, "limit": limit, "offset": offset}
 
 
 # --- datasets ---------------------------------------------------------------------------------------------------------
@@ -420,19 +469,24 @@ class DatasetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     prompt_template: str | None = Field(None, description=_DC["prompt_template"].description)
-    data_format: DataFormat = Field(
-        "auto", description=_DC["data_format"].description)
+    data_format: DataFormat = Field("auto", description=_DC["data_format"].description)
     completion_column: str | None = Field(None, description=_DC["completion_column"].description)
     cutoff_len: int = Field(512, gt=0, description=_DC["cutoff_len"].description)
     train_on_inputs: bool = Field(False, description=_DC["train_on_inputs"].description)
     model_path: str | None = Field(
-        None, description="Tokenizer to count tokens with (a model id or a model folder in an allowed folder). "
-        "Empty: token statistics are skipped.")
+        None,
+        description="Tokenizer to count tokens with (a model id or a model folder in an allowed folder). "
+        "Empty: token statistics are skipped.",
+    )
 
     def data_options(self) -> DataOptions:
-        return DataOptions(cutoff_len=self.cutoff_len, prompt_template=self.prompt_template,
-                           data_format=self.data_format, completion_column=self.completion_column,
-                           train_on_inputs=self.train_on_inputs)
+        return DataOptions(
+            cutoff_len=self.cutoff_len,
+            prompt_template=self.prompt_template,
+            data_format=self.data_format,
+            completion_column=self.completion_column,
+            train_on_inputs=self.train_on_inputs,
+        )
 
 
 def new_dataset_id() -> str:
@@ -494,7 +548,11 @@ def delete_dataset(store: Store, principal: Principal, dataset_id: str) -> None:
     ds = get_dataset(store, principal, dataset_id)
     users = store.jobs_using_dataset(dataset_id)
     if users:
-        raise Conflict(f"dataset {dataset_id!r} is used by unfinished job(s) {', '.join(users)}; cancel them or wait "
-                       "until they finish", field="dataset_id", value=dataset_id)
+        raise Conflict(
+            f"dataset {dataset_id!r} is used by unfinished job(s) {', '.join(users)}; cancel them or wait "
+            "until they finish",
+            field="dataset_id",
+            value=dataset_id,
+        )
     store.delete_dataset(dataset_id)
     shutil.rmtree(Path(ds["path"]).parent, ignore_errors=True)

@@ -64,13 +64,21 @@ def recover_stale(store: Store, settings: Settings, *, me: str | None = None) ->
         if not (dead_here or stale):
             continue
         if job["lost"] + 1 > settings.max_lost:
-            done = store.finish(job["id"], "failed", worker_id=wid, message="failed",
-                                error=f"the job lost its worker {job['lost'] + 1} times (last: {wid}); giving up "
-                                "(TUNEFORGE_MAX_LOST)")
+            done = store.finish(
+                job["id"],
+                "failed",
+                worker_id=wid,
+                message="failed",
+                error=f"the job lost its worker {job['lost'] + 1} times (last: {wid}); giving up (TUNEFORGE_MAX_LOST)",
+            )
         else:
-            done = store.requeue(job["id"], wid, lost=True,
-                                 message=f"worker {wid} stopped while running the job; queued again, it resumes "
-                                 "from its last checkpoint")
+            done = store.requeue(
+                job["id"],
+                wid,
+                lost=True,
+                message=f"worker {wid} stopped while running the job; queued again, it resumes "
+                "from its last checkpoint",
+            )
         if done:
             touched.append(job["id"])
     return touched
@@ -83,8 +91,10 @@ def describe_exit(returncode: int) -> str:
         except ValueError:
             name = f"signal {-returncode}"
         if -returncode == signal.SIGKILL:
-            return ("the training process was killed (SIGKILL), most often by the kernel's out-of-memory killer: "
-                    "try use_quantization, a smaller batch_size or cutoff_len")
+            return (
+                "the training process was killed (SIGKILL), most often by the kernel's out-of-memory killer: "
+                "try use_quantization, a smaller batch_size or cutoff_len"
+            )
         return f"the training process crashed ({name})"
     return f"the training process exited with code {returncode} without recording a result"
 
@@ -147,13 +157,28 @@ class Worker:
         s, job_id, wid = self.settings, job["id"], self.worker_id
         log_path = s.logs_dir / f"{job_id}.log"
         cwd = tempfile.mkdtemp(prefix=f"{job_id}-", dir=s.tmp_dir)
-        cmd = [sys.executable, "-m", "tuneforge.jobs.run_job", job_id, "--worker-id", wid, "--parent-pid",
-               str(os.getpid())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tuneforge.jobs.run_job",
+            job_id,
+            "--worker-id",
+            wid,
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         self.say(f"job {job_id}: starting (attempt {job['attempts']})")
         try:
             with open(log_path, "ab") as log:
-                proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(s, self.device), stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                proc = subprocess.Popen(
+                    cmd,
+                    cwd=cwd,
+                    env=_child_env(s, self.device),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             self.store.set_pid(job_id, wid, proc.pid)
             outcome = self._watch(job_id, proc, log_path)
         finally:
@@ -172,8 +197,12 @@ class Worker:
                 pass
             if self.stopping.is_set():
                 self._terminate(proc)
-                self.store.requeue(job_id, wid, lost=False,
-                                   message="the worker was shut down; queued again, it resumes from its last checkpoint")
+                self.store.requeue(
+                    job_id,
+                    wid,
+                    lost=False,
+                    message="the worker was shut down; queued again, it resumes from its last checkpoint",
+                )
                 return "requeued (worker shutting down)"
             if time.monotonic() - last_beat >= s.heartbeat_seconds:
                 job = self.store.heartbeat(job_id, wid)
@@ -198,8 +227,13 @@ class Worker:
         job = self.store.get_job(job_id)
         if job is not None and job["status"] in ACTIVE and job["worker_id"] == wid:
             tail = _tail(log_path)
-            self.store.finish(job_id, "failed", worker_id=wid, message="failed",
-                              error=describe_exit(rc) + (f"; last log lines: {tail}" if tail else ""))
+            self.store.finish(
+                job_id,
+                "failed",
+                worker_id=wid,
+                message="failed",
+                error=describe_exit(rc) + (f"; last log lines: {tail}" if tail else ""),
+            )
             return f"failed (exit {rc})"
         return job["status"] if job else "gone"
 
@@ -214,8 +248,9 @@ class Worker:
                 continue
 
 
-def run_worker(settings: Settings, *, device: str | None = None, parent_pid: int | None = None,
-               max_jobs: int | None = None) -> int:
+def run_worker(
+    settings: Settings, *, device: str | None = None, parent_pid: int | None = None, max_jobs: int | None = None
+) -> int:
     if parent_pid is not None:
         die_with_parent(parent_pid)  # started by `tuneforge server`: never outlive it
     worker = Worker(settings, device=device)

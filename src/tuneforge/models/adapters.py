@@ -30,9 +30,15 @@ def check_adapter_folder(path: str | Path, *, field: str = "adapter") -> dict:
     config = read_adapter_config(path, field=field)
     p = Path(path).expanduser()
     if not any((p / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise TuneforgeError(f"{field}: {str(p)!r} has an adapter_config.json but no adapter_model.safetensors",
-                             field=field, value=str(p))
+        raise TuneforgeError(
+            f"{field}: {str(p)!r} has an adapter_config.json but no adapter_model.safetensors",
+            field=field,
+            value=str(p),
+        )
     if config.get("peft_type", "LORA") != "LORA":
-        raise TuneforgeError(f"{field}: {str(p)!r} is a {config.get('peft_type')} adapter; only LoRA adapters are "
-                             "served", field=field, value=str(p))
+        raise TuneforgeError(
+            f"{field}: {str(p)!r} is a {config.get('peft_type')} adapter; only LoRA adapters are served",
+            field=field,
+            value=str(p),
+        )
     return config

@@ -47,8 +47,10 @@ def model_shape(model_id: str, config_dir: str | Path | None = None) -> ModelSha
 
 def _describe(setup: TrainingSetup) -> str:
     checkpointing = ", gradient checkpointing" if setup.gradient_checkpointing else ""
-    return (f"{'QLoRA (4-bit)' if setup.method == 'qlora' else 'LoRA'} on {setup.device}, {setup.precision}, "
-            f"batch {setup.batch_size} x {setup.seq_len} tokens, r={setup.lora_r}{checkpointing}")
+    return (
+        f"{'QLoRA (4-bit)' if setup.method == 'qlora' else 'LoRA'} on {setup.device}, {setup.precision}, "
+        f"batch {setup.batch_size} x {setup.seq_len} tokens, r={setup.lora_r}{checkpointing}"
+    )
 
 
 def smallest_estimate(shape: ModelShape, device: DeviceType) -> MemoryEstimate:
@@ -58,8 +60,13 @@ def smallest_estimate(shape: ModelShape, device: DeviceType) -> MemoryEstimate:
     return min(estimates, key=lambda e: e.total)
 
 
-def ensure_fits(model_id: str, *, config_dir: str | Path | None = None, setup: TrainingSetup | None = None,
-                field: str = "pretrainedmodel_config.model_path") -> MemoryEstimate | None:
+def ensure_fits(
+    model_id: str,
+    *,
+    config_dir: str | Path | None = None,
+    setup: TrainingSetup | None = None,
+    field: str = "pretrainedmodel_config.model_path",
+) -> MemoryEstimate | None:
     """Raise a TuneforgeError with the numbers when `model_id` does not fit the device by the estimate; return the
     estimate (None when the model's size is unknown or the check is switched off)."""
     if os.environ.get(SKIP_ENV, "").lower() in {"1", "true", "yes"}:
@@ -77,8 +84,10 @@ def ensure_fits(model_id: str, *, config_dir: str | Path | None = None, setup: T
         advice = "use a machine with more memory or a smaller model"
     else:
         need = f"needs about {estimate.describe()} as {_describe(setup)}"
-        advice = ("try use_quantization (QLoRA), a smaller batch_size or cutoff_len, use_gradient_checkpointing, "
-                  "a machine with more memory, or a smaller model")
+        advice = (
+            "try use_quantization (QLoRA), a smaller batch_size or cutoff_len, use_gradient_checkpointing, "
+            "a machine with more memory, or a smaller model"
+        )
     raise TuneforgeError(
         f"{field}: {model_id!r} ({shape.params / 1e9:.2f}B parameters) is too large for this device by tuneforge's "
         f"memory estimate: training it {need}, but the {what} is {format_bytes(available)}; {advice} "

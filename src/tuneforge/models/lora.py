@@ -53,8 +53,14 @@ def _bnb_config(quant: QuantSettings, compute_dtype: torch.dtype):
     )
 
 
-def load_base_model(resolved: ResolvedModel, runtime: Runtime, *, quant: QuantSettings | None = None,
-                    hf_token: str | None = None, for_training: bool = True):
+def load_base_model(
+    resolved: ResolvedModel,
+    runtime: Runtime,
+    *,
+    quant: QuantSettings | None = None,
+    hf_token: str | None = None,
+    for_training: bool = True,
+):
     """The frozen base model on the runtime's device.
 
     Without quantization on the CPU, embeddings and norms stay fp32 (so the residual stream keeps fp32 precision)
@@ -77,7 +83,9 @@ def load_base_model(resolved: ResolvedModel, runtime: Runtime, *, quant: QuantSe
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved.load_from, **kwargs)
     except OSError as exc:
-        raise TuneforgeError(f"pretrainedmodel_config.model_path: could not load {resolved.model_id!r}: {exc}") from None
+        raise TuneforgeError(
+            f"pretrainedmodel_config.model_path: could not load {resolved.model_id!r}: {exc}"
+        ) from None
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "model type" in str(exc):
             raise TuneforgeError(

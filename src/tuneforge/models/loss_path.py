@@ -8,8 +8,24 @@ Others fall back to the model's own forward, which makes every position's logits
 from __future__ import annotations
 
 FAST_PATH_TYPES = {
-    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "gemma", "gemma2",
-    "stablelm", "gpt2", "opt", "gptj", "gpt_neox", "falcon", "phi", "starcoder2",
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "stablelm",
+    "gpt2",
+    "opt",
+    "gptj",
+    "gpt_neox",
+    "falcon",
+    "phi",
+    "starcoder2",
 }
 
 # Logits computed at once: 2^25 elements (128 MiB in fp32), i.e. 682 positions of SmolLM2's 49,152-token vocabulary

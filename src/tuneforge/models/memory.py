@@ -348,16 +348,33 @@ class MemoryEstimate:
 
     @property
     def training(self) -> int:
-        return (self.weights + self.lora + self.gradients + self.optimizer + self.activations + self.logits
-                + self.workspace + self.overhead)
+        return (
+            self.weights
+            + self.lora
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.logits
+            + self.workspace
+            + self.overhead
+        )
 
     @property
     def total(self) -> int:
         return max(self.training, self.loading + self.overhead)
 
     def to_dict(self) -> dict:
-        terms = ("weights", "lora", "gradients", "optimizer", "activations", "logits", "workspace", "overhead",
-                 "loading")
+        terms = (
+            "weights",
+            "lora",
+            "gradients",
+            "optimizer",
+            "activations",
+            "logits",
+            "workspace",
+            "overhead",
+            "loading",
+        )
         return {
             "total_bytes": self.total,
             "total_gib": round(self.total / GiB, 2),
@@ -368,8 +385,13 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         """One line: total and the biggest terms, for error messages and logs."""
-        terms = {"weights": self.weights, "activations": self.activations, "optimizer+gradients+LoRA":
-                 self.lora + self.gradients + self.optimizer, "logits": self.logits, "overhead": self.overhead}
+        terms = {
+            "weights": self.weights,
+            "activations": self.activations,
+            "optimizer+gradients+LoRA": self.lora + self.gradients + self.optimizer,
+            "logits": self.logits,
+            "overhead": self.overhead,
+        }
         parts = ", ".join(f"{name} {format_bytes(size)}" for name, size in terms.items() if size >= 0.05 * GiB)
         return f"{format_bytes(self.total)} ({parts})"
 
@@ -472,9 +494,17 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
     logits = positions * model.vocab_size * (4 + 4 + 4 + compute)
 
     return MemoryEstimate(
-        weights=int(weights), lora=int(lora), gradients=int(gradients), optimizer=int(optimizer),
-        activations=int(activations), logits=int(logits), workspace=int(workspace),
-        overhead=FRAMEWORK_OVERHEAD_BYTES[s.device], loading=int(loading), trainable_params=int(trainable), setup=s,
+        weights=int(weights),
+        lora=int(lora),
+        gradients=int(gradients),
+        optimizer=int(optimizer),
+        activations=int(activations),
+        logits=int(logits),
+        workspace=int(workspace),
+        overhead=FRAMEWORK_OVERHEAD_BYTES[s.device],
+        loading=int(loading),
+        trainable_params=int(trainable),
+        setup=s,
     )
 
 

@@ -20,14 +20,21 @@ def create_app(engine: InferenceEngine, *, api_key: str | None = None):
         yield
         engine.close()
 
-    app = FastAPI(title="tuneforge serve", description="OpenAI-compatible inference for a base model and its LoRA "
-                  "adapters.", lifespan=lifespan)
+    app = FastAPI(
+        title="tuneforge serve",
+        description="OpenAI-compatible inference for a base model and its LoRA adapters.",
+        lifespan=lifespan,
+    )
     app.include_router(openai_router(engine, bearer_key_auth(api_key)))
 
     @app.get("/health", tags=["service"])
     def health():
-        return {"status": "ok", "models": engine.model_names(), "loaded_adapters": engine.loaded_adapters(),
-                "max_loaded_adapters": engine.max_loaded_adapters}
+        return {
+            "status": "ok",
+            "models": engine.model_names(),
+            "loaded_adapters": engine.loaded_adapters(),
+            "max_loaded_adapters": engine.max_loaded_adapters,
+        }
 
     return app
 
@@ -49,12 +56,28 @@ def parse_adapter_args(values: list[str]) -> dict[str, str]:
     return adapters
 
 
-def run_server(*, model: str, adapters: list[str], host: str, port: int, max_adapters: int, api_key: str | None,
-               model_name: str | None = None, chat_template: str = "training", dtype: str = "auto") -> int:
+def run_server(
+    *,
+    model: str,
+    adapters: list[str],
+    host: str,
+    port: int,
+    max_adapters: int,
+    api_key: str | None,
+    model_name: str | None = None,
+    chat_template: str = "training",
+    dtype: str = "auto",
+) -> int:
     import uvicorn
 
-    engine = InferenceEngine(model, adapters=parse_adapter_args(adapters), max_loaded_adapters=max_adapters,
-                             model_name=model_name, chat_template=chat_template, dtype=dtype)
+    engine = InferenceEngine(
+        model,
+        adapters=parse_adapter_args(adapters),
+        max_loaded_adapters=max_adapters,
+        model_name=model_name,
+        chat_template=chat_template,
+        dtype=dtype,
+    )
     app = create_app(engine, api_key=api_key)
     shown = "localhost" if host in ("0.0.0.0", "::") else host
     print(f"tuneforge serve: {', '.join(engine.model_names())}")

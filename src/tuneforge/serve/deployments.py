@@ -50,41 +50,64 @@ _CHOSEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("tuneforge_
 # characters of even a small alphabet are out of reach of guessing (the generated ones have 192 random bits).
 MIN_TOKEN_CHARS = 32
 
+
 class DeployRequest(BaseModel):
     """The payload of `POST /v1/deploy/llm`: MonsterAPI's `LLMServingParams` (what the official client sends)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    basemodel_path: str = Field(..., min_length=1, description="Base model: a hub id or catalog alias (e.g. "
-                                "`smollm2`), or a model folder inside the server's allowed folders.")
-    loramodel_path: str | None = Field(None, description="The LoRA adapter: a succeeded fine-tuning job id of yours, "
-                                       "an adapter folder inside the server's allowed folders, or a hub id. Empty: "
-                                       "serve the base model alone.")
-    deployment_name: str | None = Field(None, description="The name clients pass as `model` on the OpenAI-compatible "
-                                        "endpoints; unique among your live deployments (other owners may use the same "
-                                        "name). Default: deploy-<id prefix>.")
-    prompt_template: str | None = Field(None, description="Wraps `prompt` on /v1/completions and `/generate`: the "
-                                        "text before `{completion}`, its placeholders filled from `input_variables` "
-                                        "(or `{prompt}`, or a single placeholder, from `prompt`). Default: the "
-                                        "adapter's training template (its tuneforge_adapter.json), else "
-                                        "'{prompt}{completion}'.")
+    basemodel_path: str = Field(
+        ...,
+        min_length=1,
+        description="Base model: a hub id or catalog alias (e.g. "
+        "`smollm2`), or a model folder inside the server's allowed folders.",
+    )
+    loramodel_path: str | None = Field(
+        None,
+        description="The LoRA adapter: a succeeded fine-tuning job id of yours, "
+        "an adapter folder inside the server's allowed folders, or a hub id. Empty: "
+        "serve the base model alone.",
+    )
+    deployment_name: str | None = Field(
+        None,
+        description="The name clients pass as `model` on the OpenAI-compatible "
+        "endpoints; unique among your live deployments (other owners may use the same "
+        "name). Default: deploy-<id prefix>.",
+    )
+    prompt_template: str | None = Field(
+        None,
+        description="Wraps `prompt` on /v1/completions and `/generate`: the "
+        "text before `{completion}`, its placeholders filled from `input_variables` "
+        "(or `{prompt}`, or a single placeholder, from `prompt`). Default: the "
+        "adapter's training template (its tuneforge_adapter.json), else "
+        "'{prompt}{completion}'.",
+    )
     chat_template: Literal["training", "model"] = Field(
-        "training", description="(tuneforge) How /v1/chat/completions renders messages: training = as the adapter "
+        "training",
+        description="(tuneforge) How /v1/chat/completions renders messages: training = as the adapter "
         "was trained (its prompt template, or the model's chat template for chat data); model = the base model's "
-        "chat template.")
+        "chat template.",
+    )
     api_auth_token: str | None = Field(
-        None, min_length=MIN_TOKEN_CHARS, max_length=256,
+        None,
+        min_length=MIN_TOKEN_CHARS,
+        max_length=256,
         description=f"Bearer token that may call this deployment (besides your own key): at least {MIN_TOKEN_CHARS} "
         "characters, not used by another deployment. Default (recommended): generated, 192 random bits, returned "
-        "once in the response.")
-    max_model_len: int | None = Field(None, ge=16, description="Context length cap (prompt + completion tokens). "
-                                      "Default: the model's own.")
-    per_gpu_vram: int | None = Field(None, description="Accepted for MonsterAPI compatibility; tuneforge serves on "
-                                     "the server's own device.")
+        "once in the response.",
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length cap (prompt + completion tokens). Default: the model's own."
+    )
+    per_gpu_vram: int | None = Field(
+        None, description="Accepted for MonsterAPI compatibility; tuneforge serves on the server's own device."
+    )
     gpu_count: int | None = Field(None, description="Accepted for MonsterAPI compatibility (see per_gpu_vram).")
     use_nightly: bool = Field(False, description="Accepted for MonsterAPI compatibility; no effect.")
-    multi_lora: bool = Field(False, description="Accepted for MonsterAPI compatibility: every tuneforge engine serves "
-                             "many adapters on one base.")
+    multi_lora: bool = Field(
+        False,
+        description="Accepted for MonsterAPI compatibility: every tuneforge engine serves many adapters on one base.",
+    )
 
 
 def _now() -> float:
@@ -102,8 +125,7 @@ def template_variables(template: str) -> list[str]:
         return []
 
 
-def render_completion_prompt(template: str, prompt: str | None = None,
-                             variables: dict[str, Any] | None = None) -> str:
+def render_completion_prompt(template: str, prompt: str | None = None, variables: dict[str, Any] | None = None) -> str:
     """The part of `template` before `{completion}`, its placeholders filled from `variables`, or from `prompt`
     (into `{prompt}`, or into the only placeholder there is). Without placeholders, `prompt` is used as is."""
     names = template_variables(template)
@@ -112,13 +134,19 @@ def render_completion_prompt(template: str, prompt: str | None = None,
             return prompt or ""
         target = "prompt" if "prompt" in names else names[0] if len(names) == 1 else None
         if target is None:
-            raise TuneforgeError(f"prompt: this deployment's prompt_template has several placeholders "
-                                 f"({', '.join(names)}); send them as input_variables", field="prompt")
+            raise TuneforgeError(
+                f"prompt: this deployment's prompt_template has several placeholders "
+                f"({', '.join(names)}); send them as input_variables",
+                field="prompt",
+            )
         variables = {target: prompt or ""}
     missing = [n for n in names if n not in variables]
     if missing:
-        raise TuneforgeError(f"input_variables: missing {', '.join(map(repr, missing))}; this deployment's "
-                             f"prompt_template needs {', '.join(names)}", field="input_variables")
+        raise TuneforgeError(
+            f"input_variables: missing {', '.join(map(repr, missing))}; this deployment's "
+            f"prompt_template needs {', '.join(names)}",
+            field="input_variables",
+        )
     head = template.split("{completion}", 1)[0]
     return head.format_map({k: str(v) for k, v in variables.items()})
 
@@ -158,15 +186,20 @@ class DeploymentManager:
 
     def by_token(self, token: str) -> dict | None:
         with self.db.connect() as conn:
-            r = conn.execute(select(deployments).where(deployments.c.token_hash == hash_key(token),
-                                                       deployments.c.status != "terminated")).first()
+            r = conn.execute(
+                select(deployments).where(
+                    deployments.c.token_hash == hash_key(token), deployments.c.status != "terminated"
+                )
+            ).first()
         return dict(r._mapping) if r else None
 
     def token_in_use(self, token: str) -> bool:
         """Any deployment, terminated ones included, was given this token (a token is never reused)."""
         with self.db.connect() as conn:
-            return conn.execute(select(deployments.c.id).where(deployments.c.token_hash == hash_key(token))).first() \
+            return (
+                conn.execute(select(deployments.c.id).where(deployments.c.token_hash == hash_key(token))).first()
                 is not None
+            )
 
     def list(self, owner: str | None) -> list[dict]:
         q = select(deployments).order_by(deployments.c.created_at.desc())
@@ -196,8 +229,9 @@ class DeploymentManager:
         return lines[-n_lines:] if n_lines > 0 else []
 
     # ------------------------------------------------------------------ create / build / terminate
-    def create(self, req: DeployRequest, *, owner: str, key_id: int | None, model_load: str,
-               adapter_source: str | None) -> tuple[dict, str]:
+    def create(
+        self, req: DeployRequest, *, owner: str, key_id: int | None, model_load: str, adapter_source: str | None
+    ) -> tuple[dict, str]:
         """Insert the deployment (status building) and start building it; returns (row, api_auth_token).
         `model_load` and `adapter_source` are already checked against the server's path policy."""
         deployment_id = str(uuid.uuid4())
@@ -205,32 +239,63 @@ class DeploymentManager:
         token = req.api_auth_token or secrets.token_urlsafe(24)
         if req.api_auth_token and self.token_in_use(token):
             # Tokens are unique: one token must never open two deployments (of possibly different owners).
-            raise Conflict("api_auth_token: this token is already used by another deployment; choose another one, "
-                           "or leave it empty to get a generated one", field="api_auth_token", value="***")
-        params = req.model_dump(exclude={"api_auth_token", "basemodel_path", "loramodel_path", "deployment_name",
-                                         "prompt_template", "max_model_len"})
+            raise Conflict(
+                "api_auth_token: this token is already used by another deployment; choose another one, "
+                "or leave it empty to get a generated one",
+                field="api_auth_token",
+                value="***",
+            )
+        params = req.model_dump(
+            exclude={
+                "api_auth_token",
+                "basemodel_path",
+                "loramodel_path",
+                "deployment_name",
+                "prompt_template",
+                "max_model_len",
+            }
+        )
         now = _now()
         try:
             with self.db.begin() as conn:
-                conn.execute(insert(deployments).values(
-                    id=deployment_id, name=name, owner=owner, key_id=key_id, status="building",
-                    token_hash=hash_key(token), token_prefix=token[:6], basemodel_path=req.basemodel_path,
-                    loramodel_path=req.loramodel_path or None, model_load=model_load, adapter_source=adapter_source,
-                    prompt_template=req.prompt_template or "", max_model_len=req.max_model_len,
-                    params=json.dumps(params), created_at=now, updated_at=now))
+                conn.execute(
+                    insert(deployments).values(
+                        id=deployment_id,
+                        name=name,
+                        owner=owner,
+                        key_id=key_id,
+                        status="building",
+                        token_hash=hash_key(token),
+                        token_prefix=token[:6],
+                        basemodel_path=req.basemodel_path,
+                        loramodel_path=req.loramodel_path or None,
+                        model_load=model_load,
+                        adapter_source=adapter_source,
+                        prompt_template=req.prompt_template or "",
+                        max_model_len=req.max_model_len,
+                        params=json.dumps(params),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
         except IntegrityError:
-            raise Conflict(f"deployment_name: you already have a deployment called {name!r}; choose another name or "
-                           "terminate that one first", field="deployment_name", value=name) from None
-        self.log(deployment_id, f"created deployment {name!r}: base {req.basemodel_path!r}, adapter "
-                                f"{req.loramodel_path or '(none)'!r}")
+            raise Conflict(
+                f"deployment_name: you already have a deployment called {name!r}; choose another name or "
+                "terminate that one first",
+                field="deployment_name",
+                value=name,
+            ) from None
+        self.log(
+            deployment_id,
+            f"created deployment {name!r}: base {req.basemodel_path!r}, adapter {req.loramodel_path or '(none)'!r}",
+        )
         self._start_build(deployment_id)
         row = self.get(deployment_id)
         assert row is not None  # inserted above; deployments are never deleted
         return row, token
 
     def _start_build(self, deployment_id: str) -> None:
-        t = threading.Thread(target=self._build, args=(deployment_id,), name=f"deploy-{deployment_id[:8]}",
-                             daemon=True)
+        t = threading.Thread(target=self._build, args=(deployment_id,), name=f"deploy-{deployment_id[:8]}", daemon=True)
         self._threads.append(t)
         t.start()
 
@@ -243,8 +308,12 @@ class DeploymentManager:
                 self.log(deployment_id, f"loading base model {model_load!r}")
                 t = time.monotonic()
                 # model_load is a policy-checked absolute folder or a hub id: never a path under the working directory
-                engine = InferenceEngine(model_load, max_loaded_adapters=self.max_loaded_adapters, device=self.device,
-                                         relative_is_local=False)
+                engine = InferenceEngine(
+                    model_load,
+                    max_loaded_adapters=self.max_loaded_adapters,
+                    device=self.device,
+                    relative_is_local=False,
+                )
                 self.log(deployment_id, f"base model loaded in {time.monotonic() - t:.1f}s on {engine.device}")
                 with self._lock:
                     self._engines[model_load] = engine
@@ -266,21 +335,26 @@ class DeploymentManager:
                 config = check_adapter_folder(folder, field="loramodel_path")
                 recorded = config.get("base_model_name_or_path")
                 if recorded and recorded not in engine._aliases:
-                    self.log(deployment_id, f"warning: the adapter was trained on {recorded!r}, served here on "
-                                            f"{engine.model_id!r}")
+                    self.log(
+                        deployment_id,
+                        f"warning: the adapter was trained on {recorded!r}, served here on {engine.model_id!r}",
+                    )
                 engine.add_adapter(deployment_id, folder, chat_template=mode)
                 model = deployment_id
             if not row["prompt_template"]:  # not given: the adapter's training template, if it has one
                 card = engine.card(deployment_id) if source else None
                 trained = card.deploy_template if card is not None and mode == "training" else None
                 self._set(deployment_id, prompt_template=trained or "{prompt}{completion}")
-                self.log(deployment_id, f"prompt_template: {trained or '{prompt}{completion}'!r}"
-                         + (" (the adapter's training template)" if trained else ""))
+                self.log(
+                    deployment_id,
+                    f"prompt_template: {trained or '{prompt}{completion}'!r}"
+                    + (" (the adapter's training template)" if trained else ""),
+                )
             # Test-load: one greedy token proves the adapter fits this base before the deployment goes live.
             probe = engine.encode("Hello")
             engine.generate(model, probe, temperature=0, max_tokens=1)
             self.log(deployment_id, "adapter loaded and checked" if source else "base model checked")
-        except Exception as exc:  # noqa: BLE001 -- any failure is the deployment's status, shown to its owner
+        except Exception as exc:
             message = str(exc) if isinstance(exc, TuneforgeError) else f"{type(exc).__name__}: {exc}"
             self.log(deployment_id, f"failed: {message}")
             self._set(deployment_id, status="failed", error=message, only_if="building")  # not over a terminate
@@ -293,8 +367,7 @@ class DeploymentManager:
                 return
             self._set(deployment_id, status="live", live_at=_now(), error=None)
             self._live[deployment_id] = {**current, "status": "live", "engine": engine, "model": model}
-        self.log(deployment_id, f"live: answering as model {row['name']!r} on /v1/chat/completions and "
-                                "/v1/completions")
+        self.log(deployment_id, f"live: answering as model {row['name']!r} on /v1/chat/completions and /v1/completions")
 
     def _adapter_folder(self, source: str, deployment_id: str) -> str:
         if Path(source).is_absolute():
@@ -304,8 +377,11 @@ class DeploymentManager:
         if cached:
             return cached
         if not hub_reachable():
-            raise TuneforgeError(f"loramodel_path: {source!r} is not in the server's Hugging Face cache and the hub "
-                                 "cannot be reached", field="loramodel_path", value=source)
+            raise TuneforgeError(
+                f"loramodel_path: {source!r} is not in the server's Hugging Face cache and the hub cannot be reached",
+                field="loramodel_path",
+                value=source,
+            )
         from huggingface_hub import snapshot_download
 
         self.log(deployment_id, f"downloading adapter {source!r} from the hub")
@@ -320,8 +396,11 @@ class DeploymentManager:
             if deployment_id in engine.adapters():
                 engine.remove_adapter(deployment_id)
             others = [d for d in self._live.values() if d["model_load"] == model_load and d["id"] != deployment_id]
-            building = [r for r in self.list(None) if r["status"] == "building" and r["model_load"] == model_load
-                        and r["id"] != deployment_id]
+            building = [
+                r
+                for r in self.list(None)
+                if r["status"] == "building" and r["model_load"] == model_load and r["id"] != deployment_id
+            ]
             if not others and not building:
                 self._engines.pop(model_load, None)
                 engine.close()
@@ -414,9 +493,17 @@ class DeploymentManager:
             matches = [d for d in self._live.values() if d["name"] == name]
             return matches[0] if len(matches) == 1 else None
 
-    def submit(self, model: str, prompt: Any = None, params: SamplingParams | None = None, *,
-               messages: builtins.list[dict] | None = None, loop=None, input_variables: dict[str, Any] | None = None,
-               raw: bool = False):
+    def submit(
+        self,
+        model: str,
+        prompt: Any = None,
+        params: SamplingParams | None = None,
+        *,
+        messages: builtins.list[dict] | None = None,
+        loop=None,
+        input_variables: dict[str, Any] | None = None,
+        raw: bool = False,
+    ):
         """A request to live deployment `model`. A text `prompt` is wrapped in the deployment's prompt_template
         (unless `raw`); `input_variables` fill the template's placeholders instead (MonsterAPI's /generate)."""
         d = self.live(model)
@@ -426,15 +513,20 @@ class DeploymentManager:
             prompt = render_completion_prompt(d["prompt_template"], variables=input_variables)
         elif isinstance(prompt, str) and not raw:
             prompt = render_completion_prompt(d["prompt_template"], prompt)
-        gen = d["engine"].submit(d["model"], prompt, params, messages=messages, loop=loop,
-                                 context_length=d["max_model_len"])
-        self.log(d["id"], f"request: {'chat' if messages is not None else 'completion'}, {gen.prompt_tokens} prompt "
-                          f"tokens, max {gen.max_tokens} new")
+        gen = d["engine"].submit(
+            d["model"], prompt, params, messages=messages, loop=loop, context_length=d["max_model_len"]
+        )
+        self.log(
+            d["id"],
+            f"request: {'chat' if messages is not None else 'completion'}, {gen.prompt_tokens} prompt "
+            f"tokens, max {gen.max_tokens} new",
+        )
         return gen
 
 
-def deployment_auth(manager: DeploymentManager, authenticate: Callable[[str], Principal | None], *,
-                    key_active: Callable[[int], bool]) -> Auth:
+def deployment_auth(
+    manager: DeploymentManager, authenticate: Callable[[str], Principal | None], *, key_active: Callable[[int], bool]
+) -> Auth:
     """The `auth` of the OpenAI routes over deployments (see openai_routes): a deployment answers to its own
     api_auth_token while `key_active` says the key that created it is not revoked, or to its owner's (or an
     admin's) service key, which `authenticate` looks up. Others get 404,
@@ -462,22 +554,30 @@ def deployment_auth(manager: DeploymentManager, authenticate: Callable[[str], Pr
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise HTTPException(401, "missing key: send 'Authorization: Bearer <api_auth_token or API key>'",
-                                headers=challenge)
+            raise HTTPException(
+                401, "missing key: send 'Authorization: Bearer <api_auth_token or API key>'", headers=challenge
+            )
         principal, own, d = await anyio.to_thread.run_sync(lookup, token, model)
         if principal is None and own is None:
             raise HTTPException(401, "invalid API key or api_auth_token", headers=challenge)
         if model is None:
             return
-        allowed = d is not None and ((own is not None and own["id"] == d["id"]) or (
-            principal is not None and (principal.is_admin or principal.owner == d["owner"])))
+        allowed = d is not None and (
+            (own is not None and own["id"] == d["id"])
+            or (principal is not None and (principal.is_admin or principal.owner == d["owner"]))
+        )
         if not allowed:
-            raise HTTPException(404, f"model {model!r} not found: no live deployment of that name that this key may "
-                                     "use (a deployment answers to its api_auth_token and its owner's key)")
+            raise HTTPException(
+                404,
+                f"model {model!r} not found: no live deployment of that name that this key may "
+                "use (a deployment answers to its api_auth_token and its owner's key)",
+            )
         _CHOSEN.set(d["id"])  # the deployment `submit` serves for this request
         if d["status"] == "building":
             raise HTTPException(503, f"deployment {model!r} is still building; poll GET /v1/deploy/status/{d['id']}")
         if d["status"] != "live":
-            raise HTTPException(409, f"deployment {model!r} is {d['status']}" + (f": {d['error']}" if d["error"] else ""))
+            raise HTTPException(
+                409, f"deployment {model!r} is {d['status']}" + (f": {d['error']}" if d["error"] else "")
+            )
 
     return auth

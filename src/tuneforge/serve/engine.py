@@ -131,11 +131,18 @@ def serving_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype
         return dtype
     if dtype != "auto":
         try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+            return {
+                "float32": torch.float32,
+                "fp32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16,
+                "float16": torch.float16,
+                "fp16": torch.float16,
+            }[dtype]
         except KeyError:
-            raise TuneforgeError(f"--dtype: {dtype!r} is not one of auto, float32, bfloat16, float16", field="dtype",
-                                 value=dtype) from None
+            raise TuneforgeError(
+                f"--dtype: {dtype!r} is not one of auto, float32, bfloat16, float16", field="dtype", value=dtype
+            ) from None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
@@ -165,10 +172,10 @@ class _TextAssembler:
 
     def _decode_window(self, final: bool = False) -> None:
         decode = self.tokenizer.decode
-        before = decode(self.ids[self._prefix:self._read], skip_special_tokens=True)
-        window = decode(self.ids[self._prefix:], skip_special_tokens=True)
+        before = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        window = decode(self.ids[self._prefix :], skip_special_tokens=True)
         if len(window) > len(before) and (final or not window.endswith("\ufffd")):
-            self.text += window[len(before):]
+            self.text += window[len(before) :]
             self._prefix, self._read = self._read, len(self.ids)
 
     def _hold(self, text: str) -> int:
@@ -185,15 +192,14 @@ class _TextAssembler:
         self.ids.append(token_id)
         self._decode_window()
         text = self.text
-        cut = min((i for i in (text.find(s, max(0, self.sent - len(s) + 1)) for s in self.stop) if i >= 0),
-                  default=-1)
+        cut = min((i for i in (text.find(s, max(0, self.sent - len(s) + 1)) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
             cut = max(cut, self.sent)
-            delta, self.sent = text[self.sent:cut], cut
+            delta, self.sent = text[self.sent : cut], cut
             return delta
         end = max(self.sent, len(text) - self._hold(text))
-        delta, self.sent = text[self.sent:end], end
+        delta, self.sent = text[self.sent : end], end
         return delta
 
     def flush(self) -> str:
@@ -201,7 +207,7 @@ class _TextAssembler:
         if self.stopped:
             return ""
         self._decode_window(final=True)
-        delta, self.sent = self.text[self.sent:], len(self.text)
+        delta, self.sent = self.text[self.sent :], len(self.text)
         return delta
 
 
@@ -221,8 +227,16 @@ class Generation:
     `result()` / `aresult()` wait for the whole text. After the end, `finish_reason`, `prompt_tokens` and
     `completion_tokens` are set. `cancel()` stops it at the next token (a client that went away)."""
 
-    def __init__(self, engine: InferenceEngine, model: str, adapter: str | None, prompt_ids: list[int],
-                 params: SamplingParams, max_tokens: int, loop: asyncio.AbstractEventLoop | None):
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        model: str,
+        adapter: str | None,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        max_tokens: int,
+        loop: asyncio.AbstractEventLoop | None,
+    ):
         self.id = uuid.uuid4().hex
         self.model = model
         self.adapter = adapter
@@ -293,8 +307,12 @@ class Generation:
             self.cancel()
 
     def _finish_result(self, text: str) -> GenerationResult:
-        return GenerationResult(text=text, finish_reason=self.finish_reason or "stop",
-                                prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+        return GenerationResult(
+            text=text,
+            finish_reason=self.finish_reason or "stop",
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+        )
 
     def result(self) -> GenerationResult:
         return self._finish_result("".join(self))
@@ -331,8 +349,9 @@ class EngineStats:
 
 def check_name(name: str, *, field: str = "adapter") -> str:
     if not name or not set(name) <= _NAME_CHARS or len(name) > 128:
-        raise TuneforgeError(f"{field}: invalid model name {name!r}: use 1-128 letters, digits and ._-:/@+",
-                             field=field, value=name)
+        raise TuneforgeError(
+            f"{field}: invalid model name {name!r}: use 1-128 letters, digits and ._-:/@+", field=field, value=name
+        )
     return name
 
 
@@ -346,10 +365,20 @@ class InferenceEngine:
     >>> engine.generate("orders", engine.chat_prompt([{"role": "user", "content": "hi"}]), temperature=0).text
     """
 
-    def __init__(self, model_path: str, *, adapters: Mapping[str, str | Path] | None = None,
-                 max_loaded_adapters: int = 4, model_name: str | None = None, device: str | None = None,
-                 dtype: torch.dtype | str = "auto", default_max_tokens: int = 256, chat_template: str = "training",
-                 fast_decode: bool = True, relative_is_local: bool = True):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        adapters: Mapping[str, str | Path] | None = None,
+        max_loaded_adapters: int = 4,
+        model_name: str | None = None,
+        device: str | None = None,
+        dtype: torch.dtype | str = "auto",
+        default_max_tokens: int = 256,
+        chat_template: str = "training",
+        fast_decode: bool = True,
+        relative_is_local: bool = True,
+    ):
         with _IMPORT_LOCK:
             # transformers resolves its classes lazily on first attribute access; two threads doing that at once
             # (deployments rebuilt in parallel after a restart) saw `ImportError: cannot import name
@@ -361,8 +390,11 @@ class InferenceEngine:
         self.chat_template_mode = check_mode(chat_template, "--chat-template")
 
         if max_loaded_adapters < 1:
-            raise TuneforgeError(f"--max-adapters must be at least 1, got {max_loaded_adapters}",
-                                 field="max_adapters", value=max_loaded_adapters)
+            raise TuneforgeError(
+                f"--max-adapters must be at least 1, got {max_loaded_adapters}",
+                field="max_adapters",
+                value=max_loaded_adapters,
+            )
         quiet_transformers()
         for name, path in (adapters or {}).items():  # fail on a wrong folder before spending time on the model
             check_name(name)
@@ -370,8 +402,9 @@ class InferenceEngine:
         resolved = resolve_model(model_path, field="--model", relative_is_local=relative_is_local)
         self.model_id = resolved.model_id
         local = Path(resolved.model_id).is_absolute()
-        self.base_name = check_name(model_name or (Path(resolved.model_id).name if local else resolved.model_id),
-                                    field="--model-name")
+        self.base_name = check_name(
+            model_name or (Path(resolved.model_id).name if local else resolved.model_id), field="--model-name"
+        )
         self._aliases = {model_path, resolved.model_id, self.base_name}
         self.device = torch.device(default_device(device))
         self.max_loaded_adapters = max_loaded_adapters
@@ -379,8 +412,13 @@ class InferenceEngine:
         self.tokenizer = load_tokenizer(model_path, relative_is_local=relative_is_local)
         self.dtype = serving_dtype(dtype, self.device)
         # transformers wraps .to() in a decorator that mypy reads as taking the model
-        self.base = AutoModelForCausalLM.from_pretrained(resolved.load_from, dtype=self.dtype,
-                                                         local_files_only=resolved.is_local).to(self.device).eval()  # type: ignore[arg-type]
+        self.base = (
+            AutoModelForCausalLM.from_pretrained(
+                resolved.load_from, dtype=self.dtype, local_files_only=resolved.is_local
+            )
+            .to(self.device)
+            .eval()
+        )  # type: ignore[arg-type]
         # transformers 5.x renamed `past_key_values` to `cache` (input and output); accept either
         self._cache_kw = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
         self.context_length = int(getattr(self.base.config, "max_position_embeddings", 0) or 2048)
@@ -390,7 +428,7 @@ class InferenceEngine:
         self.eos_ids = {int(e) for e in eos if e is not None}
 
         self._peft: PeftModel | None = None  # the PeftModel wrapping `self.base` once an adapter is loaded
-        self._active: str | None | object = _UNKNOWN  # adapter the LoRA layers are set to; None: disabled
+        self._active: str | object | None = _UNKNOWN  # adapter the LoRA layers are set to; None: disabled
         self._registry: dict[str, str] = {}
         self._cards: dict[str, AdapterCard | None] = {}  # how each adapter was trained (None: not by tuneforge)
         self._modes: dict[str, str] = {}  # each adapter's chat template mode ("training" | "model")
@@ -403,7 +441,7 @@ class InferenceEngine:
         self._want_fast = fast_decode
         self._fast: FastDecoder | None = None  # set by the model thread's warm-up when the lean step checks out
         self._plans: dict[str, AdapterPlan | _Plain] = {}  # adapter -> its fused LoRA weights (_PLAIN: plain path)
-        self._last_adapter: str | None | object = _UNKNOWN  # adapter of the previous forward pass
+        self._last_adapter: str | object | None = _UNKNOWN  # adapter of the previous forward pass
         for name, path in (adapters or {}).items():
             self.add_adapter(name, path)
         self._thread = threading.Thread(target=self._run, name="tuneforge-model", daemon=True)
@@ -415,8 +453,9 @@ class InferenceEngine:
         "model") overrides the engine's mode for this adapter's chat requests."""
         check_name(name)
         if name in self._aliases:
-            raise TuneforgeError(f"adapter: name {name!r} is the base model's name; choose another", field="adapter",
-                                 value=name)
+            raise TuneforgeError(
+                f"adapter: name {name!r} is the base model's name; choose another", field="adapter", value=name
+            )
         config = check_adapter_folder(path, field=f"adapter {name!r}")
         recorded = config.get("base_model_name_or_path")
         if recorded and recorded not in self._aliases:
@@ -454,7 +493,9 @@ class InferenceEngine:
         return UnknownModelError(
             f"model {name!r} is not served here; available: {', '.join(names)}"
             + (f" (did you mean {hint[0]!r}?)" if hint else ""),
-            field="model", value=name)
+            field="model",
+            value=name,
+        )
 
     def resolve(self, model: str) -> str | None:
         """The adapter name for `model`, None for the base model; UnknownModelError otherwise."""
@@ -489,9 +530,17 @@ class InferenceEngine:
         return self.tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
 
     # ---------------------------------------------------------------- requests (any thread)
-    def submit(self, model: str, prompt: str | Sequence[int] | None = None, params: SamplingParams | None = None,
-               *, messages: list[dict] | None = None, chat: bool = False,
-               loop: asyncio.AbstractEventLoop | None = None, context_length: int | None = None) -> Generation:
+    def submit(
+        self,
+        model: str,
+        prompt: str | Sequence[int] | None = None,
+        params: SamplingParams | None = None,
+        *,
+        messages: list[dict] | None = None,
+        chat: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
+        context_length: int | None = None,
+    ) -> Generation:
         """Queue a request and return at once. Give either `messages` (rendered with the chat template) or
         `prompt`: text (already chat-formatted when `chat`) or token ids. Pass `loop` to consume the result with
         `async for` on that event loop. `context_length` caps prompt + completion below the model's own limit (a
@@ -512,15 +561,21 @@ class InferenceEngine:
         limit = min(self.context_length, context_length or self.context_length)
         room = limit - len(ids)
         if room < 1:
-            raise TuneforgeError(f"the prompt has {len(ids)} tokens; this model's context is {limit}",
-                                 field="prompt")
+            raise TuneforgeError(f"the prompt has {len(ids)} tokens; this model's context is {limit}", field="prompt")
         max_tokens = min(params.max_tokens or self.default_max_tokens, room)
         gen = Generation(self, model, adapter, ids, params, max_tokens, loop)
         self._inbox.put(gen)
         return gen
 
-    def generate(self, model: str, prompt: str | Sequence[int] | None = None, *, messages: list[dict] | None = None,
-                 chat: bool = False, **params) -> GenerationResult:
+    def generate(
+        self,
+        model: str,
+        prompt: str | Sequence[int] | None = None,
+        *,
+        messages: list[dict] | None = None,
+        chat: bool = False,
+        **params,
+    ) -> GenerationResult:
         """Blocking convenience: submit and wait for the whole text."""
         return self.submit(model, prompt, SamplingParams(**params), messages=messages, chat=chat).result()
 
@@ -556,14 +611,14 @@ class InferenceEngine:
                 else:
                     try:
                         self._step(gen)
-                    except Exception as exc:  # noqa: BLE001 -- delivered to the request, the engine keeps serving
+                    except Exception as exc:
                         log.exception("generation failed")
                         self._end(gen, error=GenerationError(f"generation failed: {exc}"))
                 if gen.finish_reason is not None or gen.error is not None:
                     active.remove(gen)
             try:
                 self._housekeep()
-            except Exception:  # noqa: BLE001 -- an unload that failed must not stop the model thread
+            except Exception:
                 log.exception("adapter housekeeping failed")
 
     @torch.no_grad()
@@ -579,21 +634,25 @@ class InferenceEngine:
             state = fast.state_from_cache(cache, ids.shape[1] + 4)
             token = out.logits[:, -1].argmax(-1)
             for _ in range(4):
-                ref = self.base(input_ids=token.view(1, 1), use_cache=True, logits_to_keep=1,
-                                **{self._cache_kw: cache})
+                ref = self.base(input_ids=token.view(1, 1), use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
                 cache = getattr(ref, self._cache_kw)
                 mine = fast.decode_step(state, token)
                 expected = ref.logits[:, -1]
                 # fp32: the same ops in the same order, so the same bits; bf16/fp16: differences of a few units
                 # in the last place of the logits, from kernels that block a reduction differently
                 exact = self.dtype == torch.float32 and self.device.type == "cpu"
-                close = torch.equal(mine, expected) if exact else torch.allclose(
-                    mine.float(), expected.float(), rtol=0, atol=0.05 * float(expected.float().abs().max()))
+                close = (
+                    torch.equal(mine, expected)
+                    if exact
+                    else torch.allclose(
+                        mine.float(), expected.float(), rtol=0, atol=0.05 * float(expected.float().abs().max())
+                    )
+                )
                 if not close:
                     diff = float((mine.float() - expected.float()).abs().max())
                     raise ValueError(f"its logits differ from the model's forward by up to {diff:.3g}")
                 token = expected.argmax(-1)
-        except Exception as exc:  # noqa: BLE001 -- any failure: keep the plain path, never fail a request
+        except Exception as exc:
             log.warning("lean decode off, serving with the plain forward pass: %s", exc)
             return
         self._fast = fast
@@ -611,7 +670,7 @@ class InferenceEngine:
                 self._loaded[gen.adapter].pins += 1
                 self._loaded.move_to_end(gen.adapter)
                 self.stats.loaded = list(self._loaded)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             gen.error = exc
             gen._emit(exc)
             return False
@@ -630,11 +689,12 @@ class InferenceEngine:
                 self._peft = PeftModel.from_pretrained(self.base, path, adapter_name=name, is_trainable=False)
             else:
                 self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
-        except Exception as exc:  # noqa: BLE001 -- e.g. shapes that do not fit this base model
+        except Exception as exc:
             if self._peft is not None and name in self._peft.peft_config:
                 self._delete(name)
-            raise GenerationError(f"adapter {name!r} ({path}) could not be loaded on {self.model_id!r}: {exc}") \
-                from None
+            raise GenerationError(
+                f"adapter {name!r} ({path}) could not be loaded on {self.model_id!r}: {exc}"
+            ) from None
         self._peft.eval()
         self._loaded[name] = _Loaded(path)
         self._active = _UNKNOWN  # new LoRA layers: their on/off state is not known
@@ -692,8 +752,9 @@ class InferenceEngine:
             try:
                 self._plans[adapter] = fast.adapter_plan(self._peft, adapter)
             except ValueError as exc:
-                log.info("adapter %r is served with the plain forward pass: lean decode does not model %s",
-                         adapter, exc)
+                log.info(
+                    "adapter %r is served with the plain forward pass: lean decode does not model %s", adapter, exc
+                )
                 self._plans[adapter] = _PLAIN
         return self._plans[adapter]
 
@@ -714,7 +775,7 @@ class InferenceEngine:
                 raise ValueError(f"adapter {gen.adapter!r} can no longer be run by the lean step")
             token = torch.tensor(gen._next_input, device=self.device)
             return self._fast.decode_step(gen._state, token, plan)[0]
-        except Exception as exc:  # noqa: BLE001 -- never fail a request for an optimisation
+        except Exception as exc:
             log.warning("lean decode off after a failure, serving with the plain forward pass: %s", exc)
             self._fast = None
             gen._cache = self._hf_cache(gen._state)
@@ -773,4 +834,3 @@ class InferenceEngine:
         self.stats.completion_tokens += gen.completion_tokens
         if gen.adapter is not None and gen.adapter in self._loaded:
             self._loaded[gen.adapter].pins -= 1
-

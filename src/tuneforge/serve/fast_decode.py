@@ -36,8 +36,12 @@ import torch.nn.functional as F
 # model_type -> what it needs beyond a plain Llama layer. These share LlamaDecoderLayer's structure:
 # pre-norm attention (q/k/v/o, optional biases) and a gated MLP (gate/up/down).
 _SUPPORTED = {"llama", "mistral", "qwen2"}
-_GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj"),
-           "down": ("down_proj",)}
+_GROUPS = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "o": ("o_proj",),
+    "gate_up": ("gate_proj", "up_proj"),
+    "down": ("down_proj",),
+}
 
 
 def unsupported(model) -> str | None:
@@ -46,7 +50,8 @@ def unsupported(model) -> str | None:
     if cfg.model_type not in _SUPPORTED:
         return f"architecture {cfg.model_type!r} (lean decode covers {', '.join(sorted(_SUPPORTED))})"
     if getattr(cfg, "use_sliding_window", False) or (
-            getattr(cfg, "sliding_window", None) and cfg.sliding_window < cfg.max_position_embeddings):
+        getattr(cfg, "sliding_window", None) and cfg.sliding_window < cfg.max_position_embeddings
+    ):
         return "sliding-window attention"
     if getattr(cfg, "_attn_implementation", "sdpa") not in ("sdpa", "eager", None):
         return f"attention implementation {cfg._attn_implementation!r}"
@@ -67,14 +72,20 @@ def _fuse_rows(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tens
     fused = torch.cat([w.detach() for w in weights])
     bias = None
     if any(lin.bias is not None for lin in linears):
-        bias = torch.cat([lin.bias.detach() if lin.bias is not None else torch.zeros(lin.out_features,
-                          dtype=fused.dtype, device=fused.device) for lin in linears])
+        bias = torch.cat(
+            [
+                lin.bias.detach()
+                if lin.bias is not None
+                else torch.zeros(lin.out_features, dtype=fused.dtype, device=fused.device)
+                for lin in linears
+            ]
+        )
     start = 0
     for lin in linears:
         n = lin.out_features
-        lin.weight = torch.nn.Parameter(fused[start:start + n], requires_grad=False)
+        lin.weight = torch.nn.Parameter(fused[start : start + n], requires_grad=False)
         if bias is not None and lin.bias is not None:
-            lin.bias = torch.nn.Parameter(bias[start:start + n], requires_grad=False)
+            lin.bias = torch.nn.Parameter(bias[start : start + n], requires_grad=False)
         start += n
     return fused, bias
 
@@ -132,19 +143,26 @@ class FastDecoder:
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        self.scaling = self.head_dim ** -0.5
+        self.scaling = self.head_dim**-0.5
         self.q_size, self.kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            qkv_w, qkv_b = _fuse_rows([_base_linear(attn.q_proj), _base_linear(attn.k_proj),
-                                       _base_linear(attn.v_proj)])
+            qkv_w, qkv_b = _fuse_rows([_base_linear(attn.q_proj), _base_linear(attn.k_proj), _base_linear(attn.v_proj)])
             gu_w, gu_b = _fuse_rows([_base_linear(mlp.gate_proj), _base_linear(mlp.up_proj)])
             o, down = _base_linear(attn.o_proj), _base_linear(mlp.down_proj)
-            self.layers.append({
-                "in_norm": _norm(layer.input_layernorm), "post_norm": _norm(layer.post_attention_layernorm),
-                "act": mlp.act_fn, "qkv": (qkv_w, qkv_b), "o": (o.weight, o.bias), "gate_up": (gu_w, gu_b),
-                "down": (down.weight, down.bias), "module": layer})
+            self.layers.append(
+                {
+                    "in_norm": _norm(layer.input_layernorm),
+                    "post_norm": _norm(layer.post_attention_layernorm),
+                    "act": mlp.act_fn,
+                    "qkv": (qkv_w, qkv_b),
+                    "o": (o.weight, o.bias),
+                    "gate_up": (gu_w, gu_b),
+                    "down": (down.weight, down.bias),
+                    "module": layer,
+                }
+            )
         self.dtype = self.layers[0]["qkv"][0].dtype
         self.device = self.layers[0]["qkv"][0].device
 
@@ -168,8 +186,11 @@ class FastDecoder:
         for layer in self.layers:
             # the modules as they are now: PEFT replaced the projections with LoRA wrappers after __init__
             attn, mlp = layer["module"].self_attn, layer["module"].mlp
-            modules = {proj: getattr(attn if proj in ("q_proj", "k_proj", "v_proj", "o_proj") else mlp, proj)
-                       for projs in _GROUPS.values() for proj in projs}
+            modules = {
+                proj: getattr(attn if proj in ("q_proj", "k_proj", "v_proj", "o_proj") else mlp, proj)
+                for projs in _GROUPS.values()
+                for proj in projs
+            }
             groups: dict[str, LoraGroup] = {}
             for group, projs in _GROUPS.items():
                 a_parts, parts, row, col = [], [], 0, 0
@@ -192,8 +213,11 @@ class FastDecoder:
     # ------------------------------------------------------------------ cache
     def new_state(self, rows: int, capacity: int) -> DecodeState:
         shape = (len(self.layers), rows, self.n_kv, capacity, self.head_dim)
-        return DecodeState(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                           torch.zeros(shape, dtype=self.dtype, device=self.device), 0)
+        return DecodeState(
+            torch.zeros(shape, dtype=self.dtype, device=self.device),
+            torch.zeros(shape, dtype=self.dtype, device=self.device),
+            0,
+        )
 
     def state_from_cache(self, cache, capacity: int) -> DecodeState:
         """A DecodeState holding a Hugging Face cache's keys/values (after a prefill), with room for `capacity`."""
@@ -244,12 +268,16 @@ class FastDecoder:
             # rotary embedding (Su et al. 2021, arXiv:2104.09864), as transformers' apply_rotary_pos_emb, on the
             # query and key heads at once (element-wise, so the same bits as applying it to each)
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
-            q, k = qk[:, :self.n_heads], qk[:, self.n_heads:]
+            q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
             state.keys[i, :, :, pos:length] = k
             state.values[i, :, :, pos:length] = v
             attn = F.scaled_dot_product_attention(
-                q, state.keys[i, :, :, :length], state.values[i, :, :, :length], scale=self.scaling,
-                enable_gqa=self.n_kv != self.n_heads)
+                q,
+                state.keys[i, :, :, :length],
+                state.values[i, :, :, :length],
+                scale=self.scaling,
+                enable_gqa=self.n_kv != self.n_heads,
+            )
             h = h + self._linear(attn.transpose(1, 2).reshape(rows, 1, self.q_size), layer["o"], lora.get("o"))
             x = layer["post_norm"](h)
             gate, up = self._linear(x, layer["gate_up"], lora.get("gate_up")).chunk(2, dim=-1)

@@ -55,24 +55,35 @@ def bearer_key_auth(api_key: str | None) -> Auth:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-            raise HTTPException(401, "invalid or missing API key: send `Authorization: Bearer <key>`",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "invalid or missing API key: send `Authorization: Bearer <key>`",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     return check
 
 
 # ------------------------------------------------------------------------------------------ errors
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": param,
-                      "code": code}}
+    return {
+        "error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}
+    }
 
 
-def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
-                   headers: dict | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, *, param: str | None = None, code: str | None = None, headers: dict | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(status, message, param=param, code=code), status_code=status, headers=headers)
 
 
@@ -134,8 +145,7 @@ class ChatMessage(_Lenient):
         if isinstance(self.content, list):
             kinds = {p.type for p in self.content} - {"text"}
             if kinds:
-                raise TuneforgeError(f"messages: only text content is supported, got {sorted(kinds)}",
-                                     field="messages")
+                raise TuneforgeError(f"messages: only text content is supported, got {sorted(kinds)}", field="messages")
             text = "".join(p.text or "" for p in self.content)
         else:
             text = self.content or ""
@@ -226,8 +236,11 @@ def _sse(obj: dict) -> bytes:
 
 
 def _usage(gen) -> dict:
-    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-            "total_tokens": gen.prompt_tokens + gen.completion_tokens}
+    return {
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": gen.completion_tokens,
+        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+    }
 
 
 async def _call_auth(auth: Auth, request: Request, model: str | None) -> None:
@@ -261,8 +274,7 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
     @router.get("/models/{model:path}", summary="One model")
     async def get_model(model: str, request: Request):
         if model not in await visible_models(request):
-            return error_response(404, f"model {model!r} is not served here", param="model",
-                                  code="model_not_found")
+            return error_response(404, f"model {model!r} is not served here", param="model", code="model_not_found")
         return card(model)
 
     def submit(request_model: str, params: SamplingParams, **prompt) -> Any:
@@ -285,8 +297,11 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
         finally:
             gen.cancel()  # done, or the client went away: either way free the model thread from this request
 
-    @router.post("/chat/completions", summary="Chat completion (messages rendered as the adapter was trained: its "
-                 "training prompt, or the model's chat template)")
+    @router.post(
+        "/chat/completions",
+        summary="Chat completion (messages rendered as the adapter was trained: its "
+        "training prompt, or the model's chat template)",
+    )
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         await _call_auth(auth, request, body.model)
         body.check()
@@ -296,22 +311,41 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
         gen = submit(body.model, params, messages=[m.to_template() for m in body.messages])
         cid, created = f"chatcmpl-{gen.id}", int(time.time())
         if body.stream:
+
             def chunk(delta, finish):
                 d = {} if delta is None else delta if isinstance(delta, dict) else {"content": delta}
-                return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                        "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]}
+                return {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": body.model,
+                    "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}],
+                }
 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return EventSourceResponse(stream(gen, chunk, {"role": "assistant", "content": ""}, include_usage),
-                                       headers={"Cache-Control": "no-cache"})
+            return EventSourceResponse(
+                stream(gen, chunk, {"role": "assistant", "content": ""}, include_usage),
+                headers={"Cache-Control": "no-cache"},
+            )
         try:
             res = await gen.aresult()
         finally:
             gen.cancel()
-        return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
-                             "logprobs": None, "finish_reason": res.finish_reason}],
-                "usage": _usage(gen)}
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": res.text},
+                    "logprobs": None,
+                    "finish_reason": res.finish_reason,
+                }
+            ],
+            "usage": _usage(gen),
+        }
 
     @router.post("/completions", summary="Text completion of a raw prompt (no chat template)")
     async def completions(body: CompletionRequest, request: Request):
@@ -320,9 +354,15 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
         gen = submit(body.model, body.params(), prompt=prompt)
         cid, created = f"cmpl-{gen.id}", int(time.time())
         if body.stream:
+
             def chunk(delta, finish):
-                return {"id": cid, "object": "text_completion", "created": created, "model": body.model,
-                        "choices": [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}]}
+                return {
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": body.model,
+                    "choices": [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}],
+                }
 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return EventSourceResponse(stream(gen, chunk, None, include_usage), headers={"Cache-Control": "no-cache"})
@@ -330,8 +370,13 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
             res = await gen.aresult()
         finally:
             gen.cancel()
-        return {"id": cid, "object": "text_completion", "created": created, "model": body.model,
-                "choices": [{"index": 0, "text": res.text, "logprobs": None, "finish_reason": res.finish_reason}],
-                "usage": _usage(gen)}
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "choices": [{"index": 0, "text": res.text, "logprobs": None, "finish_reason": res.finish_reason}],
+            "usage": _usage(gen),
+        }
 
     return router

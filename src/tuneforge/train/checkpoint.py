@@ -78,8 +78,9 @@ def load_adapter_weights(model, folder: Path) -> None:
     result = set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
-        raise TuneforgeError(f"adapter {folder} does not fit this model/LoRA configuration "
-                             f"(unexpected weights such as {unexpected[0]})")
+        raise TuneforgeError(
+            f"adapter {folder} does not fit this model/LoRA configuration (unexpected weights such as {unexpected[0]})"
+        )
 
 
 def list_checkpoints(work_dir: Path) -> list[Path]:

@@ -22,7 +22,9 @@ from ..data.example import IGNORE_INDEX
 from ..models.loss_path import FAST_PATH_TYPES, chunk_tokens_for
 
 
-def _head_loss_sum(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+def _head_loss_sum(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
     logits = head(hidden).float()  # (N, V); cross-entropy in fp32 for accuracy under bf16 autocast
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap

@@ -49,8 +49,11 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
     records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if r.get("type") == "train"]
     evals = [(r["step"], r["eval_loss"]) for r in records if r.get("type") == "eval"]
-    rewards = [(r["step"], r["eval_reward_accuracy"], r["eval_reward_margin"]) for r in records
-               if r.get("type") == "eval" and "eval_reward_accuracy" in r]
+    rewards = [
+        (r["step"], r["eval_reward_accuracy"], r["eval_reward_margin"])
+        for r in records
+        if r.get("type") == "eval" and "eval_reward_accuracy" in r
+    ]
     if rewards:
         fig, (ax, rax) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     else:
@@ -65,7 +68,7 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     if rewards:
-        steps, acc, margin = zip(*rewards)
+        steps, acc, margin = zip(*rewards, strict=True)
         rax.plot(steps, acc, label="reward accuracy", color="#2ca02c", marker="o")
         rax.set_ylim(-0.02, 1.02)
         rax.set_xlabel("optimizer step")

@@ -51,14 +51,21 @@ def prepare_spec_data(spec: JobSpec, tokenizer) -> PreparedData:
     options = DataOptions.from_config(d, hf_token=spec.hf_config.hf_token)
     if method:  # preference tuning reads pairs whatever the columns look like: SFT-shaped data is refused by name
         options = replace(options, data_format="preference")
-    data = prepare_dataset(d.data_path, options, tokenizer=tokenizer, split_fractions=d.data_split_config,
-                           validation_data_path=d.validation_data_path, test_data_path=d.test_data_path,
-                           seed=spec.training_config.seed)
+    data = prepare_dataset(
+        d.data_path,
+        options,
+        tokenizer=tokenizer,
+        split_fractions=d.data_split_config,
+        validation_data_path=d.validation_data_path,
+        test_data_path=d.test_data_path,
+        seed=spec.training_config.seed,
+    )
     if method is None and data.report.format == "preference":
         raise TuneforgeError(
             f"data_config.data_path: {data.report.source!r} holds preference pairs (chosen/rejected) but the job "
             "trains SFT; set training_config.preference_method to one of orpo, dpo, simpo (or "
             "preference_optimization to 'ORPO') to train on them",
-            field="data_config.data_path", value=d.data_path,
+            field="data_config.data_path",
+            value=d.data_path,
         )
     return data

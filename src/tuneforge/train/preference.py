@@ -41,14 +41,18 @@ STAT_KEYS = ("loss", "reward_accuracy", "reward_margin", "chosen_logps", "reject
 # --- log-probabilities --------------------------------------------------------------------------------------------
 
 
-def _head_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+def _head_logps(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
     logits = head(hidden).float()  # (N, V), fp32 under bf16 autocast
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return -F.cross_entropy(logits, targets, reduction="none")  # (N,) log p(target)
 
 
-def sequence_logps(model, batch: dict[str, torch.Tensor], *, chunk_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model, batch: dict[str, torch.Tensor], *, chunk_tokens: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed log-prob of each row's target tokens (B,), number of target tokens per row (B,))."""
     labels = batch["labels"]
     targets = labels[:, 1:]  # position t predicts token t+1
@@ -70,11 +74,17 @@ def sequence_logps(model, batch: dict[str, torch.Tensor], *, chunk_tokens: int |
         if n <= chunk:
             token_logps = _head_logps(head, hidden, selected, softcap)
         else:
-            token_logps = torch.cat([
-                checkpoint(_head_logps, head, hidden[s : s + chunk], selected[s : s + chunk], softcap, use_reentrant=False)
-                for s in range(0, n, chunk)
-            ])
-    sums = torch.zeros(labels.size(0), dtype=torch.float32, device=labels.device).index_add(0, rows, token_logps.float())
+            token_logps = torch.cat(
+                [
+                    checkpoint(
+                        _head_logps, head, hidden[s : s + chunk], selected[s : s + chunk], softcap, use_reentrant=False
+                    )
+                    for s in range(0, n, chunk)
+                ]
+            )
+    sums = torch.zeros(labels.size(0), dtype=torch.float32, device=labels.device).index_add(
+        0, rows, token_logps.float()
+    )
     return sums, counts
 
 
@@ -103,12 +113,19 @@ def orpo_terms(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, lam: floa
     return PairTerms(losses, lam * chosen_mean.detach(), lam * rejected_mean.detach(), chosen_mean, rejected_mean)
 
 
-def dpo_terms(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-              ref_rejected: torch.Tensor, beta: float) -> PairTerms:
+def dpo_terms(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> PairTerms:
     """DPO on summed log-probs of the policy and the reference."""
     chosen_ratio, rejected_ratio = policy_chosen - ref_chosen, policy_rejected - ref_rejected
     losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
-    return PairTerms(losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach(), policy_chosen, policy_rejected)
+    return PairTerms(
+        losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach(), policy_chosen, policy_rejected
+    )
 
 
 def simpo_terms(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, beta: float, gamma: float) -> PairTerms:
@@ -179,7 +196,9 @@ class PreferenceObjective:
         return {prefix + k: sums.get(k, 0.0) / n for k in STAT_KEYS}
 
     @torch.no_grad()
-    def evaluate(self, model, pairs: Sequence[PairExample], *, batch_size: int, pad_id: int, runtime) -> dict[str, float]:
+    def evaluate(
+        self, model, pairs: Sequence[PairExample], *, batch_size: int, pad_id: int, runtime
+    ) -> dict[str, float]:
         """eval_loss, eval_reward_accuracy, eval_reward_margin, eval_chosen_logps, eval_rejected_logps over `pairs`
         (deterministic, length-sorted batches). DPO's reference log-probs of the pairs are computed on the first
         call and reused: the reference never changes."""

@@ -98,8 +98,11 @@ def _build_optimizer(spec: JobSpec, model, runtime: Runtime, quantized: bool):
         )
     import bitsandbytes as bnb
 
-    cls = {"paged_adamw_8bit": bnb.optim.PagedAdamW8bit, "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
-           "adamw_8bit": bnb.optim.AdamW8bit}[name]
+    cls = {
+        "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+        "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
+        "adamw_8bit": bnb.optim.AdamW8bit,
+    }[name]
     return cls(params, lr=t.learning_rate, weight_decay=t.weight_decay), name
 
 
@@ -145,18 +148,21 @@ def _prepare_output(output_dir: Path, *, resume: bool, overwrite: bool) -> Path:
     if is_finished_run(output_dir) and not overwrite:
         raise TuneforgeError(
             f"--output {str(output_dir)!r} already holds a finished run; choose another folder or pass --overwrite",
-            field="output", value=str(output_dir),
+            field="output",
+            value=str(output_dir),
         )
     if output_dir.exists() and not is_finished_run(output_dir) and any(output_dir.iterdir()):
         raise TuneforgeError(
             f"--output {str(output_dir)!r} exists and is not a tuneforge run; refusing to overwrite it",
-            field="output", value=str(output_dir),
+            field="output",
+            value=str(output_dir),
         )
     if resume:
         if latest_checkpoint(work) is None:
             raise TuneforgeError(
                 f"--resume: no checkpoint to resume in {str(work)!r} (a run writes checkpoints every save_steps)",
-                field="resume", value=str(work),
+                field="resume",
+                value=str(work),
             )
     elif work.exists():
         shutil.rmtree(work)  # a stale unfinished run that the user chose not to resume
@@ -201,8 +207,9 @@ class Session:
             self.tracker.log(entry)
 
 
-def setup(spec: JobSpec, output_dir: Path, *, resume: bool, overwrite: bool, console: _Console,
-          device: str | None) -> Session:
+def setup(
+    spec: JobSpec, output_dir: Path, *, resume: bool, overwrite: bool, console: _Console, device: str | None
+) -> Session:
     """Model, data, adapter, optimizer and schedule, in the order that refuses bad input before any work: the
     model id and fit first, then the data, and only then the output folder."""
     p, d, t = spec.pretrainedmodel_config, spec.data_config, spec.training_config
@@ -228,8 +235,14 @@ def setup(spec: JobSpec, output_dir: Path, *, resume: bool, overwrite: bool, con
     quant = QuantSettings(p.quantization_type, p.double_quantization) if p.use_quantization else None
     base = load_base_model(resolved, runtime, quant=quant, hf_token=hf_token)
     lora = LoraSettings(p.lora_r, p.lora_alpha, p.lora_dropout, p.lora_bias, p.target_modules)
-    model, targets, how = apply_lora(base, lora, model_id=resolved.model_id, quantized=quant is not None,
-                                     gradient_checkpointing=p.use_gradient_checkpointing, seed=t.seed)
+    model, targets, how = apply_lora(
+        base,
+        lora,
+        model_id=resolved.model_id,
+        quantized=quant is not None,
+        gradient_checkpointing=p.use_gradient_checkpointing,
+        seed=t.seed,
+    )
     trainable, total_params = parameter_counts(model)
     console.log(
         f"model {resolved.model_id} on {runtime.device.type} ({runtime.precision}"
@@ -237,14 +250,34 @@ def setup(spec: JobSpec, output_dir: Path, *, resume: bool, overwrite: bool, con
         f"{trainable:,} trainable of {total_params:,} parameters ({100 * trainable / total_params:.2f}%)"
     )
     optimizer, optimizer_name = _build_optimizer(spec, model, runtime, quant is not None)
-    scheduler = build_scheduler(t.lr_scheduler_type, optimizer, warmup_steps=plan.warmup_steps,
-                                total_steps=plan.total_steps)
-    session = Session(spec=spec, output_dir=output_dir, work=work, runtime=runtime, model_id=resolved.model_id,
-                      quant=quant, tokenizer=tokenizer, train_set=data.train, val_set=data.validation, plan=plan,
-                      model=model, targets=targets, trainable=trainable, total_params=total_params,
-                      optimizer=optimizer, optimizer_name=optimizer_name, scheduler=scheduler, state=TrainerState(),
-                      metrics=MetricsLog(work / "metrics.jsonl"), console=console, card=_card(data, resolved),
-                      eval_set=eval_set, objective=preference_objective(spec))
+    scheduler = build_scheduler(
+        t.lr_scheduler_type, optimizer, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps
+    )
+    session = Session(
+        spec=spec,
+        output_dir=output_dir,
+        work=work,
+        runtime=runtime,
+        model_id=resolved.model_id,
+        quant=quant,
+        tokenizer=tokenizer,
+        train_set=data.train,
+        val_set=data.validation,
+        plan=plan,
+        model=model,
+        targets=targets,
+        trainable=trainable,
+        total_params=total_params,
+        optimizer=optimizer,
+        optimizer_name=optimizer_name,
+        scheduler=scheduler,
+        state=TrainerState(),
+        metrics=MetricsLog(work / "metrics.jsonl"),
+        console=console,
+        card=_card(data, resolved),
+        eval_set=eval_set,
+        objective=preference_objective(spec),
+    )
     _restore(session, resume=resume)
     (work / "spec.json").write_text(json.dumps(_resolved_spec(spec, targets, plan), indent=2))
     session.tracker = _wandb_tracker(spec, output_dir, console) if spec.logging_config.use_wandb else None
@@ -255,8 +288,9 @@ def _card(data: Any, resolved: Any) -> AdapterCard:
     """How the adapter is trained (format, training prompt, shared system prompt) and on which exact base."""
     renderer = data.renderer
     assert renderer is not None, "prepare_dataset always sets the renderer of trainable data"
-    return build_card(renderer.fmt, adds_bos=bool(renderer.encoder.prefix), rows=data.train_rows,
-                      base_model=base_record(resolved))
+    return build_card(
+        renderer.fmt, adds_bos=bool(renderer.encoder.prefix), rows=data.train_rows, base_model=base_record(resolved)
+    )
 
 
 def _restore(session: Session, *, resume: bool) -> None:
@@ -276,7 +310,8 @@ def _restore(session: Session, *, resume: bool) -> None:
             raise TuneforgeError(
                 f"pretrainedmodel_config.resume_checkpoint_path: {str(source)!r} is neither a checkpoint folder "
                 "(checkpoint-N with trainer_state.json) nor an adapter folder (adapter_config.json)",
-                field="pretrainedmodel_config.resume_checkpoint_path", value=str(source),
+                field="pretrainedmodel_config.resume_checkpoint_path",
+                value=str(source),
             )
     if checkpoint is not None:
         s.state = load_checkpoint(checkpoint, s.model, s.optimizer, s.scheduler)
@@ -298,8 +333,16 @@ class StepResult:
     stats: dict[str, float] | None = None  # preference: mean reward accuracy/margin and log-probs of the step's pairs
 
 
-def train_step(model, micro_batches: list[list[Example]], *, pad_id: int, runtime: Runtime, optimizer, scheduler,
-               max_grad_norm: float) -> StepResult:
+def train_step(
+    model,
+    micro_batches: list[list[Example]],
+    *,
+    pad_id: int,
+    runtime: Runtime,
+    optimizer,
+    scheduler,
+    max_grad_norm: float,
+) -> StepResult:
     """One optimizer step over `micro_batches` (gradient accumulation). Each micro-batch's summed loss is divided
     by the step's total target tokens, so the step's gradient is that of the per-token mean over all of them,
     whatever the padding or the split into micro-batches."""
@@ -321,8 +364,17 @@ def train_step(model, micro_batches: list[list[Example]], *, pad_id: int, runtim
     return StepResult(loss=step_loss / max(step_targets, 1), target_tokens=step_targets, tokens=tokens)
 
 
-def preference_step(objective: PreferenceObjective, model, micro_batches: list[list[Any]], *, pad_id: int,
-                    runtime: Runtime, optimizer, scheduler, max_grad_norm: float) -> StepResult:
+def preference_step(
+    objective: PreferenceObjective,
+    model,
+    micro_batches: list[list[Any]],
+    *,
+    pad_id: int,
+    runtime: Runtime,
+    optimizer,
+    scheduler,
+    max_grad_norm: float,
+) -> StepResult:
     """`train_step` for preference pairs: each micro-batch runs its chosen and rejected sequences in one forward
     pass, and the per-pair losses are divided by the step's number of pairs (the mean over pairs, however they are
     split into micro-batches). DPO's reference log-probs are computed first, under no_grad, with the adapter off."""
@@ -366,12 +418,14 @@ def _run_eval(s: Session) -> None:
     if s.objective is not None:
         # Pairs take two sequences each: the same batch_size * 2 sequences per forward pass as SFT's evaluation.
         pairs = cast("list[PairExample]", s.val_set)  # preference data: prepare_dataset kept pairs
-        values = s.objective.evaluate(s.model, pairs, batch_size=t.batch_size, pad_id=s.tokenizer.pad_token_id,
-                                      runtime=s.runtime)
+        values = s.objective.evaluate(
+            s.model, pairs, batch_size=t.batch_size, pad_id=s.tokenizer.pad_token_id, runtime=s.runtime
+        )
         loss = values["eval_loss"]
     else:
-        loss = evaluate(s.model, s.val_set, batch_size=t.batch_size * 2, pad_id=s.tokenizer.pad_token_id,
-                        runtime=s.runtime)
+        loss = evaluate(
+            s.model, s.val_set, batch_size=t.batch_size * 2, pad_id=s.tokenizer.pad_token_id, runtime=s.runtime
+        )
         values = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50))}
     if track_eval(state, loss, threshold=t.early_stopping_threshold, patience=t.early_stopping_patience):
         save_adapter(s.model, s.work / "best_adapter")  # small: only the LoRA weights
@@ -379,37 +433,74 @@ def _run_eval(s: Session) -> None:
     state.last_eval_metrics = values
     if isinstance(s.scheduler, WarmupPlateau):
         s.scheduler.on_eval(loss)
-    s.record({"type": "eval", "step": state.global_step, "epoch": round(state.global_step / s.plan.steps_per_epoch, 4),
-              **values, "time": time.time()})
+    s.record(
+        {
+            "type": "eval",
+            "step": state.global_step,
+            "epoch": round(state.global_step / s.plan.steps_per_epoch, 4),
+            **values,
+            "time": time.time(),
+        }
+    )
     if state.stopped_early:
-        s.console.log(f"early stopping at step {state.global_step}: validation loss has not improved for "
-                      f"{t.early_stopping_patience} evaluations (best {state.best_eval_loss:.4f} at step {state.best_step})")
+        s.console.log(
+            f"early stopping at step {state.global_step}: validation loss has not improved for "
+            f"{t.early_stopping_patience} evaluations (best {state.best_eval_loss:.4f} at step {state.best_step})"
+        )
 
 
-def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False, on_event: EventSink | None = None, device: str | None = None) -> RunResult:
+def train(
+    spec: JobSpec,
+    output_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    on_event: EventSink | None = None,
+    device: str | None = None,
+) -> RunResult:
     wall_start = time.time()
     console = _Console(on_event, quiet)
-    s = setup(spec, Path(output_dir).expanduser().resolve(), resume=resume, overwrite=overwrite, console=console,
-              device=device)
+    s = setup(
+        spec,
+        Path(output_dir).expanduser().resolve(),
+        resume=resume,
+        overwrite=overwrite,
+        console=console,
+        device=device,
+    )
     t, plan, state, train_set = spec.training_config, s.plan, s.state, s.train_set
     ga = t.gradient_accumulation_steps
     lengths = [len(e) for e in train_set]
 
-    bar = tqdm(total=plan.total_steps, initial=state.global_step, unit="step", desc="training",
-               disable=quiet, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=plan.total_steps,
+        initial=state.global_step,
+        unit="step",
+        desc="training",
+        disable=quiet,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     console.bar = bar
     if s.val_set and state.global_step == 0:
         _run_eval(s)  # the base model's validation loss: the curve's starting point and the bar to beat
     s.model.train()
     loop_start = time.perf_counter() - state.train_seconds
     while state.global_step < plan.total_steps and not state.stopped_early:
-        batches = epoch_batches(lengths, t.batch_size, seed=t.seed, epoch=state.epoch, group_by_length=t.group_by_length)
+        batches = epoch_batches(
+            lengths, t.batch_size, seed=t.seed, epoch=state.epoch, group_by_length=t.group_by_length
+        )
         groups = [batches[i : i + ga] for i in range(0, len(batches), ga)]
         for group in groups[-(-state.micro_batch // ga) :]:  # ceil: a finished last group is never redone
             micro_batches = [[train_set[i] for i in mb] for mb in group]
-            common = dict(pad_id=s.tokenizer.pad_token_id, runtime=s.runtime, optimizer=s.optimizer,
-                          scheduler=s.scheduler, max_grad_norm=t.max_grad_norm)
+            common = dict(
+                pad_id=s.tokenizer.pad_token_id,
+                runtime=s.runtime,
+                optimizer=s.optimizer,
+                scheduler=s.scheduler,
+                max_grad_norm=t.max_grad_norm,
+            )
             if s.objective is not None:
                 step = preference_step(s.objective, s.model, micro_batches, **common)
             else:
@@ -425,11 +516,20 @@ def train(spec: JobSpec, output_dir: str | Path, *, resume: bool = False, overwr
             bar.update(1)
             bar.set_postfix(loss=f"{state.last_train_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             if state.global_step % t.logging_steps == 0 or state.global_step == plan.total_steps:
-                s.record({"type": "train", "step": state.global_step,
-                          "epoch": round(state.global_step / plan.steps_per_epoch, 4), "loss": state.last_train_loss,
-                          **(step.stats or {}), "lr": lr, "tokens_seen": state.tokens_seen,
-                          "tokens_per_second": state.tokens_seen / max(state.train_seconds, 1e-9),
-                          "total_steps": plan.total_steps, "time": time.time()})
+                s.record(
+                    {
+                        "type": "train",
+                        "step": state.global_step,
+                        "epoch": round(state.global_step / plan.steps_per_epoch, 4),
+                        "loss": state.last_train_loss,
+                        **(step.stats or {}),
+                        "lr": lr,
+                        "tokens_seen": state.tokens_seen,
+                        "tokens_per_second": state.tokens_seen / max(state.train_seconds, 1e-9),
+                        "total_steps": plan.total_steps,
+                        "time": time.time(),
+                    }
+                )
             last = state.global_step >= plan.total_steps
             if s.val_set and (state.global_step % plan.eval_every == 0 or last):
                 eval_start = time.perf_counter()
@@ -499,8 +599,11 @@ def build_report(s: Session, *, wall_start: float, evaluation: dict | None = Non
     if s.objective is not None:
         best, final = state.best_eval_metrics or {}, state.last_eval_metrics or {}
         preference = {
-            "beta": s.objective.beta, **({"gamma": s.objective.gamma} if t.preference == "simpo" else {}),
-            **{k: best.get(f"eval_{k}") for k in ("reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps")},
+            "beta": s.objective.beta,
+            **({"gamma": s.objective.gamma} if t.preference == "simpo" else {}),
+            **{
+                k: best.get(f"eval_{k}") for k in ("reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps")
+            },
             "final_reward_accuracy": final.get("eval_reward_accuracy"),
             "final_reward_margin": final.get("eval_reward_margin"),
         }
@@ -514,8 +617,11 @@ def build_report(s: Session, *, wall_start: float, evaluation: dict | None = Non
         train_loss=state.last_train_loss,
         train_loss_smoothed=float(np.mean(state.loss_window)) if state.loss_window else None,
         eval_loss=state.best_eval_loss,
-        eval_perplexity=(math.exp(min(state.best_eval_loss, 50))
-                         if state.best_eval_loss is not None and s.objective is None else None),
+        eval_perplexity=(
+            math.exp(min(state.best_eval_loss, 50))
+            if state.best_eval_loss is not None and s.objective is None
+            else None
+        ),
         final_eval_loss=state.last_eval_loss,
         best_step=state.best_step,
         steps=state.global_step,
@@ -558,15 +664,26 @@ def publish(s: Session, *, wall_start: float) -> RunResult:
         from ..evaluate.runner import evaluate_after_training
 
         evaluation = evaluate_after_training(
-            s.model, s.tokenizer, s.eval_set, runtime=s.runtime, loss_fn=evaluate, run_dir=work, base_source=s.model_id,
-            batch_size=s.spec.training_config.batch_size * 2, log=s.console.log)
+            s.model,
+            s.tokenizer,
+            s.eval_set,
+            runtime=s.runtime,
+            loss_fn=evaluate,
+            run_dir=work,
+            base_source=s.model_id,
+            batch_size=s.spec.training_config.batch_size * 2,
+            log=s.console.log,
+        )
         s.console.event({"type": "evaluation", **evaluation, "time": time.time()})
     report = build_report(s, wall_start=wall_start, evaluation=evaluation).to_dict()
     (work / "report.json").write_text(json.dumps(report, indent=2))
     method = s.spec.training_config.preference
-    plot_loss(work / "metrics.jsonl", work / "loss.png",
-              title=f"{s.model_id} · LoRA r={s.spec.pretrainedmodel_config.lora_r}"
-              + (f" · {method.upper()}" if method else ""))
+    plot_loss(
+        work / "metrics.jsonl",
+        work / "loss.png",
+        title=f"{s.model_id} · LoRA r={s.spec.pretrainedmodel_config.lora_r}"
+        + (f" · {method.upper()}" if method else ""),
+    )
     for ckpt in list_checkpoints(work):
         shutil.rmtree(ckpt)
     shutil.rmtree(work / "best_adapter", ignore_errors=True)
@@ -603,7 +720,9 @@ class _WandbTracker:
 
     def log(self, entry: dict) -> None:
         prefix = "eval" if entry["type"] == "eval" else "train"
-        values = {f"{prefix}/{k}": v for k, v in entry.items() if isinstance(v, (int, float)) and k not in ("step", "time")}
+        values = {
+            f"{prefix}/{k}": v for k, v in entry.items() if isinstance(v, (int, float)) and k not in ("step", "time")
+        }
         self.run.log(values, step=entry["step"])
 
     def finish(self, report: dict) -> None:
@@ -616,11 +735,18 @@ def _wandb_tracker(spec: JobSpec, output_dir: Path, console: _Console) -> _Wandb
     try:
         import wandb
     except ImportError:
-        raise TuneforgeError("logging_config.use_wandb: the wandb package is not installed (pip install wandb)",
-                             field="logging_config.use_wandb", value=True) from None
+        raise TuneforgeError(
+            "logging_config.use_wandb: the wandb package is not installed (pip install wandb)",
+            field="logging_config.use_wandb",
+            value=True,
+        ) from None
     if cfg.wandb_login_key:
         wandb.login(key=cfg.wandb_login_key, relogin=True)
-    run = wandb.init(project=cfg.wandb_project or "tuneforge", entity=cfg.wandb_username or None,
-                     name=cfg.wandb_run_name or output_dir.name, config=spec.to_dict(redact=True))
+    run = wandb.init(
+        project=cfg.wandb_project or "tuneforge",
+        entity=cfg.wandb_username or None,
+        name=cfg.wandb_run_name or output_dir.name,
+        config=spec.to_dict(redact=True),
+    )
     console.log(f"logging to Weights & Biases: {run.url or run.name}")
     return _WandbTracker(run)

@@ -14,8 +14,16 @@ class WarmupPlateau:
     `step()` is called after every optimizer step, `on_eval(loss)` after every evaluation.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, *, factor: float = 0.5,
-                 patience: int = 1, min_scale: float = 1e-3, threshold: float = 0.0):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup_steps: int,
+        *,
+        factor: float = 0.5,
+        patience: int = 1,
+        min_scale: float = 1e-3,
+        threshold: float = 0.0,
+    ):
         self.optimizer = optimizer
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
         self.warmup_steps = warmup_steps

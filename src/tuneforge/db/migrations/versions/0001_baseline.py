@@ -142,25 +142,85 @@ def _deployments() -> None:
     )
     op.create_index("ix_deployments_owner", "deployments", ["owner"])
     op.create_index("ix_deployments_token_hash", "deployments", ["token_hash"])
-    op.create_index("uq_deployments_active_name", "deployments", ["name"], unique=True,
-                    sqlite_where=sa.text("status != 'terminated'"), postgresql_where=sa.text("status != 'terminated'"))
+    op.create_index(
+        "uq_deployments_active_name",
+        "deployments",
+        ["name"],
+        unique=True,
+        sqlite_where=sa.text("status != 'terminated'"),
+        postgresql_where=sa.text("status != 'terminated'"),
+    )
 
 
 # In creation order (foreign keys point backwards), with the columns the first release gave each table.
 TABLES: list[tuple[str, Callable[[], None], tuple[str, ...]]] = [
-    ("api_keys", _api_keys, ("id", "owner", "prefix", "key_hash", "is_admin", "created_at", "last_used_at",
-                             "revoked_at")),
-    ("jobs", _jobs, ("id", "owner", "key_id", "status", "spec", "spec_public", "dataset_ids", "run_dir",
-                     "created_at", "updated_at", "started_at", "finished_at", "worker_id", "pid", "heartbeat_at",
-                     "attempts", "lost", "cancel_requested", "error", "step", "total_steps", "epoch", "train_loss",
-                     "eval_loss", "best_eval_loss", "best_step", "steps_per_second", "last_seq", "result")),
+    (
+        "api_keys",
+        _api_keys,
+        ("id", "owner", "prefix", "key_hash", "is_admin", "created_at", "last_used_at", "revoked_at"),
+    ),
+    (
+        "jobs",
+        _jobs,
+        (
+            "id",
+            "owner",
+            "key_id",
+            "status",
+            "spec",
+            "spec_public",
+            "dataset_ids",
+            "run_dir",
+            "created_at",
+            "updated_at",
+            "started_at",
+            "finished_at",
+            "worker_id",
+            "pid",
+            "heartbeat_at",
+            "attempts",
+            "lost",
+            "cancel_requested",
+            "error",
+            "step",
+            "total_steps",
+            "epoch",
+            "train_loss",
+            "eval_loss",
+            "best_eval_loss",
+            "best_step",
+            "steps_per_second",
+            "last_seq",
+            "result",
+        ),
+    ),
     ("job_events", _job_events, ("id", "job_id", "seq", "type", "time", "data")),
-    ("datasets", _datasets, ("id", "owner", "filename", "path", "size_bytes", "sha256", "created_at", "ok",
-                             "report")),
-    ("deployments", _deployments, ("id", "name", "owner", "key_id", "status", "token_hash", "token_prefix",
-                                   "basemodel_path", "loramodel_path", "model_load", "adapter_source",
-                                   "prompt_template", "max_model_len", "params", "error", "created_at", "updated_at",
-                                   "live_at", "terminated_at")),
+    ("datasets", _datasets, ("id", "owner", "filename", "path", "size_bytes", "sha256", "created_at", "ok", "report")),
+    (
+        "deployments",
+        _deployments,
+        (
+            "id",
+            "name",
+            "owner",
+            "key_id",
+            "status",
+            "token_hash",
+            "token_prefix",
+            "basemodel_path",
+            "loramodel_path",
+            "model_load",
+            "adapter_source",
+            "prompt_template",
+            "max_model_len",
+            "params",
+            "error",
+            "created_at",
+            "updated_at",
+            "live_at",
+            "terminated_at",
+        ),
+    ),
 ]
 
 
@@ -180,7 +240,10 @@ def upgrade() -> None:
             raise TuneforgeError(
                 f"the database {url} has a table {name!r} that tuneforge did not make: it lacks the columns "
                 f"{', '.join(missing[:5])}{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}. Give tuneforge a database of its own (--db / TUNEFORGE_DB), or rename "
-                "that table", field="database", value=url)
+                "that table",
+                field="database",
+                value=url,
+            )
 
 
 def downgrade() -> None:

@@ -32,8 +32,11 @@ depends_on = None
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = sa.text("status != 'terminated'")
-SECRETS = (("logging_config", "wandb_login_key", ""), ("hf_config", "hf_token", None),
-           (None, "user_session_token", None))
+SECRETS = (
+    ("logging_config", "wandb_login_key", ""),
+    ("hf_config", "hf_token", None),
+    (None, "user_session_token", None),
+)
 
 
 def _unusable_hash() -> str:
@@ -59,20 +62,37 @@ def _without_secrets(spec_json: str) -> str | None:
 
 def upgrade() -> None:
     conn = op.get_bind()
-    deployments = sa.table("deployments", sa.column("id", sa.String), sa.column("token_hash", sa.String),
-                           sa.column("created_at", sa.Float))
-    dupes = conn.execute(sa.select(deployments.c.token_hash).group_by(deployments.c.token_hash)
-                         .having(sa.func.count() > 1)).scalars().all()
+    deployments = sa.table(
+        "deployments", sa.column("id", sa.String), sa.column("token_hash", sa.String), sa.column("created_at", sa.Float)
+    )
+    dupes = (
+        conn.execute(sa.select(deployments.c.token_hash).group_by(deployments.c.token_hash).having(sa.func.count() > 1))
+        .scalars()
+        .all()
+    )
     for token_hash in dupes:
-        rows = conn.execute(sa.select(deployments.c.id).where(deployments.c.token_hash == token_hash)
-                            .order_by(deployments.c.created_at.desc(), deployments.c.id.desc())).scalars().all()
+        rows = (
+            conn.execute(
+                sa.select(deployments.c.id)
+                .where(deployments.c.token_hash == token_hash)
+                .order_by(deployments.c.created_at.desc(), deployments.c.id.desc())
+            )
+            .scalars()
+            .all()
+        )
         for older in rows[1:]:
             conn.execute(sa.update(deployments).where(deployments.c.id == older).values(token_hash=_unusable_hash()))
     op.drop_index("ix_deployments_token_hash", table_name="deployments")
     op.create_index("ix_deployments_token_hash", "deployments", ["token_hash"], unique=True)
     op.drop_index("uq_deployments_active_name", table_name="deployments")
-    op.create_index("uq_deployments_active_name", "deployments", ["owner", "name"], unique=True,
-                    sqlite_where=ACTIVE, postgresql_where=ACTIVE)
+    op.create_index(
+        "uq_deployments_active_name",
+        "deployments",
+        ["owner", "name"],
+        unique=True,
+        sqlite_where=ACTIVE,
+        postgresql_where=ACTIVE,
+    )
 
     jobs = sa.table("jobs", sa.column("id", sa.String), sa.column("status", sa.String), sa.column("spec", sa.Text))
     for job_id, spec in conn.execute(sa.select(jobs.c.id, jobs.c.spec).where(jobs.c.status.in_(TERMINAL))).all():
@@ -85,7 +105,8 @@ def downgrade() -> None:
     # The dropped tokens cannot come back (they were the point). Going back to one name across owners fails if two
     # owners now have live deployments of the same name: terminate one first.
     op.drop_index("uq_deployments_active_name", table_name="deployments")
-    op.create_index("uq_deployments_active_name", "deployments", ["name"], unique=True, sqlite_where=ACTIVE,
-                    postgresql_where=ACTIVE)
+    op.create_index(
+        "uq_deployments_active_name", "deployments", ["name"], unique=True, sqlite_where=ACTIVE, postgresql_where=ACTIVE
+    )
     op.drop_index("ix_deployments_token_hash", table_name="deployments")
     op.create_index("ix_deployments_token_hash", "deployments", ["token_hash"])
