@@ -411,14 +411,11 @@ class InferenceEngine:
         self.default_max_tokens = default_max_tokens
         self.tokenizer = load_tokenizer(model_path, relative_is_local=relative_is_local)
         self.dtype = serving_dtype(dtype, self.device)
+        base = AutoModelForCausalLM.from_pretrained(
+            resolved.load_from, dtype=self.dtype, local_files_only=resolved.is_local
+        )
         # transformers wraps .to() in a decorator that mypy reads as taking the model
-        self.base = (
-            AutoModelForCausalLM.from_pretrained(
-                resolved.load_from, dtype=self.dtype, local_files_only=resolved.is_local
-            )
-            .to(self.device)
-            .eval()
-        )  # type: ignore[arg-type]
+        self.base = base.to(self.device).eval()  # type: ignore[arg-type]
         # transformers 5.x renamed `past_key_values` to `cache` (input and output); accept either
         self._cache_kw = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
         self.context_length = int(getattr(self.base.config, "max_position_embeddings", 0) or 2048)
