@@ -235,7 +235,10 @@ def test_dataset_upload_job_training_adapter_deploy_and_chat(ui_server, page, tm
 
     # Deploy it, then chat with it and with the base model side by side.
     page.get_by_role("button", name="Deploy…").click()
-    assert page.get_by_label("Completion prompt template").input_value() == "Question: {prompt}\nAnswer: {completion}"
+    # Empty by default: the deployment then prompts the adapter with its own training template (tuneforge_adapter.json).
+    template_field = page.get_by_label("Completion prompt template")
+    assert template_field.input_value() == ""
+    assert "training template" in template_field.get_attribute("placeholder")
     page.get_by_role("button", name="Deploy", exact=True).click()
     page.get_by_role("link", name="Open in the playground").click(timeout=120_000)
     page.get_by_role("heading", name="Playground").wait_for()
