@@ -109,7 +109,7 @@ serve_bg() {
 free_port() { python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # --- the quick start: make demo and make bench (make test is what .ci/run runs anyway)
-until_line "make demo" "" '^\[1/3\] base model: validation loss' 600
+until_line "make demo" "" '^data: [0-9]+ train, [0-9]+ validation, [0-9]+ held-out test rows' 600
 until_line "make bench" "" '^data: [0-9]+ train / [0-9]+ validation examples \(bench/bench_data.py\)' 600
 
 # --- the command-line section, with the job spec exactly as the README shows it
