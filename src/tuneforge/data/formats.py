@@ -59,6 +59,19 @@ def describe_value(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def check_texts(
+    row: dict[str, Any], noun: str, skip: frozenset[str], fields: tuple[tuple[str, str, bool], ...]
+) -> list[Problem]:
+    """`check_text` over (column, its role, empty is an error) triples, skipping the columns in `skip`."""
+    out = []
+    for name, role, empty_is_error in fields:
+        if name not in skip:
+            p = check_text(row, name, noun, role, empty_is_error=empty_is_error)
+            if p is not None:
+                out.append(p)
+    return out
+
+
 def check_text(row: dict[str, Any], name: str, noun: str, role: str, *, empty_is_error: bool) -> Problem | None:
     """Missing, null, non-text or empty `row[name]`; `role` says what the value is needed for."""
     if name not in row:
@@ -243,16 +256,12 @@ class PromptCompletionFormat(RowFormat):
     text_fields = ("prompt", "completion")
 
     def check(self, row: dict[str, Any], noun: str, skip: frozenset[str]) -> list[Problem]:
-        out = []
-        for name, role, err in (
-            ("prompt", "it is the prompt", False),
-            ("completion", "it is what the model learns to answer", True),
-        ):
-            if name not in skip:
-                p = check_text(row, name, noun, role, empty_is_error=err)
-                if p is not None:
-                    out.append(p)
-        return out
+        return check_texts(
+            row,
+            noun,
+            skip,
+            (("prompt", "it is the prompt", False), ("completion", "it is what the model learns to answer", True)),
+        )
 
     def render(self, row: dict[str, Any]) -> tuple[str, str]:
         return row["prompt"], row["completion"]
@@ -707,15 +716,15 @@ class AlpacaFormat(RowFormat):
         return [(q, a) for q, a in value], None
 
     def check(self, row: dict[str, Any], noun: str, skip: frozenset[str]) -> list[Problem]:
-        out = []
-        for name, role, err in (
-            ("instruction", "it is the task in the prompt", True),
-            ("output", "it is what the model learns to answer", True),
-        ):
-            if name not in skip:
-                p = check_text(row, name, noun, role, empty_is_error=err)
-                if p is not None:
-                    out.append(p)
+        out = check_texts(
+            row,
+            noun,
+            skip,
+            (
+                ("instruction", "it is the task in the prompt", True),
+                ("output", "it is what the model learns to answer", True),
+            ),
+        )
         for name in ("input", "system"):
             value = row.get(name)
             if value is not None and not isinstance(value, str):
