@@ -39,7 +39,6 @@ import asyncio
 import inspect
 import logging
 import queue
-import secrets
 import threading
 import time
 import uuid
@@ -57,6 +56,7 @@ from ..models.adapters import check_adapter_folder
 from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
 from ..runtime import default_device
 from .fast_decode import AdapterPlan, FastDecoder
+from .sampling import SamplingParams, TokenSampler
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -76,51 +76,11 @@ class GenerationError(Exception):
 
 
 @dataclass
-class SamplingParams:
-    """What a request may set. The defaults are OpenAI's (temperature 1, top_p 1)."""
-
-    max_tokens: int | None = None  # None: the engine's default_max_tokens, capped by the context length
-    temperature: float = 1.0  # 0: greedy
-    top_p: float = 1.0
-    stop: Sequence[str] = ()
-    seed: int | None = None
-    ignore_eos: bool = False  # keep going past end-of-sequence (benchmarks want a fixed token count)
-
-    def check(self) -> None:
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise TuneforgeError(f"max_tokens must be at least 1, got {self.max_tokens}", field="max_tokens")
-        if not 0 <= self.temperature <= 2:
-            raise TuneforgeError(f"temperature must be between 0 and 2, got {self.temperature}", field="temperature")
-        if not 0 < self.top_p <= 1:
-            raise TuneforgeError(f"top_p must be in (0, 1], got {self.top_p}", field="top_p")
-        if len(self.stop) > 4:
-            raise TuneforgeError(f"stop: at most 4 stop strings, got {len(self.stop)}", field="stop")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise TuneforgeError("stop: stop strings must be non-empty strings", field="stop")
-
-
-@dataclass
 class GenerationResult:
     text: str
     finish_reason: str  # "stop" (end of sequence or a stop string) | "length" (max_tokens or context reached)
     prompt_tokens: int
     completion_tokens: int
-
-
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    """One token id from the last position's logits (V,): greedy at temperature 0, else nucleus sampling
-    (Holtzman et al. 2019, arXiv:1904.09751) over softmax(logits / temperature)."""
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        pick = torch.multinomial(sorted_probs, 1, generator=generator)
-        return int(order[pick])
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def serving_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
@@ -257,8 +217,7 @@ class Generation:
         self._cache = None  # the plain forward's KV cache (transformers Cache)
         self._state = None  # the lean decode step's KV cache (fast_decode.DecodeState), after the prefill
         self._next_input: list[int] = prompt_ids
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
-        self._generator = torch.Generator(device=engine.device).manual_seed(seed)
+        self.sampler = TokenSampler(params, engine.device)
         self._text = _TextAssembler(engine.tokenizer, params.stop)
 
     # --- consumer side ---
@@ -803,7 +762,11 @@ class InferenceEngine:
             out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: gen._cache})
             gen._cache = getattr(out, self._cache_kw)
             logits = out.logits[0, -1]
-        token = sample_next(logits, gen.params.temperature, gen.params.top_p, gen._generator)
+        self._accept(gen, gen.sampler.choose(logits))
+
+    def _accept(self, gen: Generation, token: int) -> None:
+        """Record the token `gen`'s sampler chose: stream its text, and end the request at end-of-sequence, a stop
+        string or its token limit. Every decode path (one row or a batch) goes through here."""
         gen.completion_tokens += 1
         gen._next_input = [token]
         if token in self.eos_ids and not gen.params.ignore_eos:
