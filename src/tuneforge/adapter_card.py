@@ -206,10 +206,13 @@ def render_chat(
     mode: str = "training",
     *,
     model_name: str = "the model",
+    tools: list[dict[str, Any]] | None = None,
+    require_tools: bool = True,
 ) -> str:
     """`messages` as the prompt text to continue: with the adapter's training prompt (mode "training", an adapter
     trained on a prompt template), else with the tokenizer's chat template. The text carries its own special
-    tokens: tokenize it without adding any."""
+    tokens: tokenize it without adding any. `tools` (OpenAI's function definitions) are rendered by templates that
+    support them; with `require_tools`, a template that would silently drop them is refused."""
     if not messages:
         raise TuneforgeError("messages must not be empty", field="messages")
     check_mode(mode)
@@ -222,4 +225,37 @@ def render_chat(
             "`tuneforge generate --raw`)",
             field="messages",
         )
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+    if tools and not template_supports_tools(tokenizer, template):
+        if require_tools:
+            raise TuneforgeError(
+                f"tools: the chat template of {model_name} does not render tools, so the model would never see "
+                "them; use a model whose template supports tool calling, or force a call with tool_choice "
+                '"required" or {"type": "function", "function": {"name": ...}} (the output is then constrained to '
+                "the tool's parameters)",
+                field="tools",
+            )
+        tools = None
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tools=tools or None, tokenize=False, add_generation_prompt=True
+    )
+
+
+_PROBE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "tuneforge_probe_tool",
+        "description": "probe",
+        "parameters": {"type": "object", "properties": {}},
+    },
+}
+
+
+def template_supports_tools(tokenizer: Any, template: str | None = None) -> bool:
+    """Whether the chat template renders the tools it is given (many templates ignore the argument): a
+    conversation rendered with a probe tool and without one must differ."""
+    probe = [{"role": "user", "content": "hi"}]
+    try:
+        with_tool = tokenizer.apply_chat_template(probe, chat_template=template, tools=[_PROBE_TOOL], tokenize=False)
+    except Exception:  # a template that raises on tools does not support them either
+        return False
+    return bool(with_tool != tokenizer.apply_chat_template(probe, chat_template=template, tokenize=False))

@@ -36,6 +36,7 @@ half a word), and the text that could still turn into a stop string is held back
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import logging
 import queue
@@ -56,7 +57,8 @@ from ..models.adapters import check_adapter_folder
 from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
 from ..runtime import default_device
 from .fast_decode import AdapterPlan, FastDecoder
-from .sampling import SamplingParams, TokenSampler
+from .grammar import GrammarCompiler
+from .sampling import SamplingParams, TokenLogprob, TokenSampler
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -81,6 +83,21 @@ class GenerationResult:
     finish_reason: str  # "stop" (end of sequence or a stop string) | "length" (max_tokens or context reached)
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # one per generated token, when the request asked for them
+
+
+class TextDelta(str):
+    """A streamed piece of text (a plain `str` to every consumer) that also carries the log probabilities of the
+    tokens it completes, when the request asked for them. Text and tokens do not align one to one (a token can be
+    half a character; text that may start a stop string is held back), so each token's record travels with the
+    first piece of text emitted at or after it; a final empty piece carries any that produced no text."""
+
+    logprobs: list[TokenLogprob]
+
+    def __new__(cls, text: str, logprobs: list[TokenLogprob]) -> TextDelta:
+        piece = super().__new__(cls, text)
+        piece.logprobs = logprobs
+        return piece
 
 
 def serving_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
@@ -217,8 +234,14 @@ class Generation:
         self._cache = None  # the plain forward's KV cache (transformers Cache)
         self._state = None  # the lean decode step's KV cache (fast_decode.DecodeState), after the prefill
         self._next_input: list[int] = prompt_ids
-        self.sampler = TokenSampler(params, engine.device)
+        self.system_fingerprint = engine.system_fingerprint
+        constraint = None
+        if params.json_schema is not None:
+            grammar = engine.grammars.json_schema(params.json_schema, field=params.json_schema_field)
+            constraint = engine.grammars.constraint(grammar)
+        self.sampler = TokenSampler(params, engine.device, constraint)
         self._text = _TextAssembler(engine.tokenizer, params.stop)
+        self._logprobs: list[TokenLogprob] = []  # recorded, not yet sent with a piece of text
 
     # --- consumer side ---
     def cancel(self) -> None:
@@ -265,19 +288,23 @@ class Generation:
         finally:
             self.cancel()
 
-    def _finish_result(self, text: str) -> GenerationResult:
+    def _finish_result(self, pieces: list[str]) -> GenerationResult:
+        logprobs = None
+        if self.params.logprobs is not None:
+            logprobs = [lp for piece in pieces for lp in getattr(piece, "logprobs", ())]
         return GenerationResult(
-            text=text,
+            text="".join(pieces),
             finish_reason=self.finish_reason or "stop",
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
+            logprobs=logprobs,
         )
 
     def result(self) -> GenerationResult:
-        return self._finish_result("".join(self))
+        return self._finish_result(list(self))
 
     async def aresult(self) -> GenerationResult:
-        return self._finish_result("".join([d async for d in self.astream()]))
+        return self._finish_result([d async for d in self.astream()])
 
     # --- model-thread side ---
     def _emit(self, item) -> None:
@@ -370,6 +397,12 @@ class InferenceEngine:
         self.default_max_tokens = default_max_tokens
         self.tokenizer = load_tokenizer(model_path, relative_is_local=relative_is_local)
         self.dtype = serving_dtype(dtype, self.device)
+        from .. import __version__
+
+        # OpenAI's system_fingerprint: changes whenever what produces the outputs does (code, weights, precision)
+        self.system_fingerprint = "fp_" + hashlib.sha256(
+            f"tuneforge {__version__}|{resolved.model_id}|{self.dtype}|{self.device.type}".encode()
+        ).hexdigest()[:12]
         base = AutoModelForCausalLM.from_pretrained(
             resolved.load_from, dtype=self.dtype, local_files_only=resolved.is_local
         )
@@ -382,6 +415,9 @@ class InferenceEngine:
         gen_eos = getattr(self.base.generation_config, "eos_token_id", None)
         eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids = {int(e) for e in eos if e is not None}
+        # the logits' width: the embedding matrix may have more rows than the tokenizer has tokens
+        self.vocab_size = int(self.base.get_output_embeddings().weight.shape[0])
+        self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_ids)
 
         self._peft: PeftModel | None = None  # the PeftModel wrapping `self.base` once an adapter is loaded
         self._active: str | object | None = _UNKNOWN  # adapter the LoRA layers are set to; None: disabled
@@ -468,12 +504,27 @@ class InferenceEngine:
         with self._registry_lock:
             return self._cards.get(adapter) if adapter is not None else None
 
-    def chat_prompt(self, messages: list[dict], adapter: str | None = None) -> str:
-        """`messages` rendered for `adapter`: with its training prompt when it was trained on a prompt template
-        (and the engine's mode is "training"), else with the model's chat template."""
+    def chat_prompt(
+        self,
+        messages: list[dict],
+        adapter: str | None = None,
+        *,
+        tools: list[dict] | None = None,
+        require_tools: bool = True,
+    ) -> str:
+        """`messages` (and `tools`, see render_chat) rendered for `adapter`: with its training prompt when it was
+        trained on a prompt template (and the engine's mode is "training"), else with the model's chat template."""
         with self._registry_lock:
             mode = self._modes.get(adapter, self.chat_template_mode) if adapter else self.chat_template_mode
-        return render_chat(self.tokenizer, messages, self.card(adapter), mode, model_name=f"model {self.base_name!r}")
+        return render_chat(
+            self.tokenizer,
+            messages,
+            self.card(adapter),
+            mode,
+            model_name=f"model {self.base_name!r}",
+            tools=tools,
+            require_tools=require_tools,
+        )
 
     def encode(self, prompt: str | Sequence[int], *, chat: bool = False) -> list[int]:
         """Token ids of a prompt. A rendered chat template carries its own special tokens; a plain completion
@@ -496,20 +547,23 @@ class InferenceEngine:
         chat: bool = False,
         loop: asyncio.AbstractEventLoop | None = None,
         context_length: int | None = None,
+        tools: list[dict] | None = None,
+        require_tools: bool = True,
     ) -> Generation:
-        """Queue a request and return at once. Give either `messages` (rendered with the chat template) or
-        `prompt`: text (already chat-formatted when `chat`) or token ids. Pass `loop` to consume the result with
-        `async for` on that event loop. `context_length` caps prompt + completion below the model's own limit (a
-        deployment's max_model_len). Bad input raises TuneforgeError here, before anything is queued."""
+        """Queue a request and return at once. Give either `messages` (rendered with the chat template, with
+        `tools` when given: see render_chat) or `prompt`: text (already chat-formatted when `chat`) or token ids.
+        Pass `loop` to consume the result with `async for` on that event loop. `context_length` caps prompt +
+        completion below the model's own limit (a deployment's max_model_len). Bad input raises TuneforgeError
+        here, before anything is queued."""
         if self._closed:
             raise RuntimeError("the engine is closed")
         params = params or SamplingParams()
-        params.check()
+        params.check(vocab_size=self.vocab_size)
         adapter = self.resolve(model)
         if (messages is None) == (prompt is None):
             raise TypeError("give exactly one of prompt= and messages=")
         if messages is not None:
-            prompt, chat = self.chat_prompt(messages, adapter), True
+            prompt, chat = self.chat_prompt(messages, adapter, tools=tools, require_tools=require_tools), True
         assert prompt is not None  # given, or rendered from the messages
         ids = self.encode(prompt, chat=chat)
         if not ids:
@@ -773,9 +827,13 @@ class InferenceEngine:
             self._end(gen, reason="stop")
             return
         delta = gen._text.add(token)
+        if gen.params.logprobs is not None and gen.sampler.last_logprob is not None:
+            gen._logprobs.append(gen.sampler.last_logprob)
+            if delta:
+                delta, gen._logprobs = TextDelta(delta, gen._logprobs), []
         if delta:
             gen._emit(delta)
-        if gen._text.stopped:
+        if gen._text.stopped or gen.sampler.finished:  # a stop string, or a complete constrained output
             self._end(gen, reason="stop")
         elif gen.completion_tokens >= gen.max_tokens:
             self._end(gen, reason="length")
@@ -786,7 +844,10 @@ class InferenceEngine:
             gen._emit(error)
         else:
             tail = gen._text.flush()
-            if tail:
+            if gen._logprobs:
+                tail, gen._logprobs = TextDelta(tail, gen._logprobs), []
+                gen._emit(tail)
+            elif tail:
                 gen._emit(tail)
             gen.finish_reason = reason
             gen._emit(_DONE)
