@@ -13,6 +13,26 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# The same ChatML with tool calling as Hermes / Qwen2.5 render it: the tools' JSON in the system turn, calls as
+# <tool_call>{"name": ..., "arguments": ...}</tool_call>, tool results as <tool_response> user turns.
+CHATML_TOOLS = (
+    "{%- if tools %}{{ '<|im_start|>system\n' }}{% if messages[0]['role'] == 'system' %}"
+    "{{ messages[0]['content'] + '\n\n' }}{% endif %}{{ '# Tools\n<tools>' }}{% for tool in tools %}"
+    "{{ '\n' + (tool | tojson) }}{% endfor %}"
+    "{{ '\n</tools>\nCall a tool as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n' }}"
+    "{%- elif messages[0]['role'] == 'system' %}{{ '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}{%- if message['role'] == 'system' %}"
+    "{%- elif message['role'] == 'assistant' and message.get('tool_calls') %}{{ '<|im_start|>assistant\n' }}"
+    "{%- for call in message['tool_calls'] %}{{ '<tool_call>\n' }}"
+    "{{ {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson }}"
+    "{{ '\n</tool_call>' }}{%- endfor %}{{ '<|im_end|>\n' }}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{{ '<|im_start|>user\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}"
+    "{%- else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{%- endif %}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{%- endif %}"
+)
+
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Question: what is two plus two? Answer: four.",
@@ -124,8 +144,10 @@ def build_model(arch: str = "llama", vocab_size: int = 400, seed: int = 0):
     return AutoModelForCausalLM.from_config(config)
 
 
-def save_tiny(folder: Path, arch: str = "llama") -> Path:
+def save_tiny(folder: Path, arch: str = "llama", *, chat_template: str | None = None) -> Path:
     tok = build_tokenizer()
+    if chat_template is not None:
+        tok.chat_template = chat_template
     model = build_model(arch, vocab_size=len(tok))
     model.config.eos_token_id = tok.eos_token_id
     model.config.pad_token_id = tok.pad_token_id

@@ -136,8 +136,8 @@ def test_errors_in_openai_shape(client, server):
     assert "available: tiny, alpha, beta, gamma" in str(exc.value) and "did you mean 'alpha'" in str(exc.value)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.chat.completions.create(model="alpha", messages=MESSAGES, temperature=5)
-    with pytest.raises(openai.BadRequestError, match="n: only n=1"):
-        client.chat.completions.create(model="alpha", messages=MESSAGES, n=2)
+    with pytest.raises(openai.BadRequestError, match="n: Input should be less than or equal to 16"):
+        client.chat.completions.create(model="alpha", messages=MESSAGES, n=17)
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="alpha", messages=[])
     with pytest.raises(openai.BadRequestError, match="one prompt per request"):

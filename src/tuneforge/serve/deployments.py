@@ -503,6 +503,8 @@ class DeploymentManager:
         loop=None,
         input_variables: dict[str, Any] | None = None,
         raw: bool = False,
+        tools: builtins.list[dict] | None = None,
+        require_tools: bool = True,
     ):
         """A request to live deployment `model`. A text `prompt` is wrapped in the deployment's prompt_template
         (unless `raw`); `input_variables` fill the template's placeholders instead (MonsterAPI's /generate)."""
@@ -514,7 +516,14 @@ class DeploymentManager:
         elif isinstance(prompt, str) and not raw:
             prompt = render_completion_prompt(d["prompt_template"], prompt)
         gen = d["engine"].submit(
-            d["model"], prompt, params, messages=messages, loop=loop, context_length=d["max_model_len"]
+            d["model"],
+            prompt,
+            params,
+            messages=messages,
+            loop=loop,
+            context_length=d["max_model_len"],
+            tools=tools,
+            require_tools=require_tools,
         )
         self.log(
             d["id"],

@@ -244,6 +244,10 @@ class Generation:
         self._logprobs: list[TokenLogprob] = []  # recorded, not yet sent with a piece of text
 
     # --- consumer side ---
+    def token_bytes(self, token: int) -> bytes:
+        """The exact bytes of token id `token` in this generation's vocabulary (for reporting log probabilities)."""
+        return self._engine.grammars.token_bytes(token)
+
     def cancel(self) -> None:
         self._cancelled.set()
 

@@ -107,6 +107,11 @@ class GrammarCompiler:
             raise TuneforgeError(f"{field}: this JSON schema is not supported: {messages[0]}", field=field)
         return grammar
 
+    def token_bytes(self, token: int) -> bytes:
+        """The exact bytes of one token (a byte-level piece may be part of a UTF-8 character; a special token
+        gives its name), as OpenAI's logprobs report them."""
+        return bytes(self._lltokenizer().decode_bytes([token]))
+
     def constraint(self, grammar: str) -> TokenConstraint:
         import llguidance
 

@@ -20,10 +20,14 @@ Streaming answers are server-sent events of `chat.completion.chunk` / `text_comp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
@@ -36,6 +40,9 @@ from typing_extensions import TypeIs
 
 from ..errors import TuneforgeError
 from .engine import GenerationError, SamplingParams, UnknownModelError
+from .sampling import MAX_TOP_LOGPROBS, TokenLogprob
+
+MAX_N = 16  # choices per request: each is a full generation, decoded side by side
 
 Auth = Callable[[Request, "str | None"], "Awaitable[None] | None"]
 
@@ -96,26 +103,39 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return "; ".join(parts) or "invalid request", param
 
 
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces: safe to echo in a header
+
+
+def request_id(request: Request) -> str:
+    """The client's `x-request-id` when it sent a sane one (so its logs and ours meet), else a new one."""
+    sent = request.headers.get("x-request-id", "")
+    return sent if _REQUEST_ID.match(sent) else f"req_{uuid.uuid4().hex}"
+
+
 class OpenAIErrorRoute(APIRoute):
-    """Routes whose errors (validation, HTTPException, TuneforgeError) come back in OpenAI's error shape."""
+    """Routes whose errors (validation, HTTPException, TuneforgeError) come back in OpenAI's error shape, and whose
+    every response carries an `x-request-id` header, as OpenAI's do."""
 
     def get_route_handler(self):
         handler = super().get_route_handler()
 
         async def wrapped(request: Request):
+            rid = request_id(request)
             try:
-                return await handler(request)
+                response = await handler(request)
             except RequestValidationError as exc:
                 message, param = _validation_message(exc)
-                return error_response(400, message, param=param)
+                response = error_response(400, message, param=param)
             except HTTPException as exc:
-                return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+                response = error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
             except UnknownModelError as exc:
-                return error_response(404, str(exc), param="model", code="model_not_found")
+                response = error_response(404, str(exc), param="model", code="model_not_found")
             except TuneforgeError as exc:
-                return error_response(400, str(exc), param=exc.field)
+                response = error_response(400, str(exc), param=exc.field)
             except GenerationError as exc:
-                return error_response(500, str(exc))
+                response = error_response(500, str(exc))
+            response.headers["x-request-id"] = rid
+            return response
 
         return wrapped
 
@@ -136,10 +156,23 @@ class ContentPart(_Lenient):
     text: str | None = None
 
 
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str | dict = "{}"  # OpenAI sends a JSON string; some clients send the object
+
+
+class ToolCall(_Lenient):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools (an agent's history)
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
     def to_template(self) -> dict:
         if isinstance(self.content, list):
@@ -150,7 +183,79 @@ class ChatMessage(_Lenient):
         else:
             text = self.content or ""
         # "developer" is OpenAI's newer name for "system"; chat templates know "system".
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text}
+        if self.tool_calls:
+            # Hugging Face chat templates take the arguments as an object (they serialise it themselves)
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": _arguments_object(call.function.arguments)},
+                }
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name is not None and self.role == "tool":
+            message["name"] = self.name
+        return message
+
+
+def _arguments_object(arguments: str | dict) -> dict | str:
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return arguments  # not JSON: hand the template the text as the client wrote it
+    return parsed if isinstance(parsed, dict) else arguments
+
+
+class FunctionDefinition(_Lenient):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+    def schema(self) -> dict:
+        return self.parameters or {"type": "object", "properties": {}}
+
+
+class Tool(_Lenient):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Lenient):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: bool | None = None  # the output always matches the schema here (constrained decoding)
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def schema(self) -> dict | None:
+        if self.type == "json_object":
+            return {"type": "object"}
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise TuneforgeError(
+                    "response_format.json_schema: required when type is json_schema", field="response_format.json_schema"
+                )
+            return self.json_schema.schema_
+        return None
 
 
 class _Sampling(_Lenient):
@@ -162,43 +267,105 @@ class _Sampling(_Lenient):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # torch.Generator.manual_seed's range
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(None, ge=1, le=128)
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict | None = None
+    n: int = Field(1, ge=1, le=MAX_N)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
 
     def params(self, *, default_max_tokens: int | None = None) -> SamplingParams:
-        if (self.n or 1) != 1:
-            raise TuneforgeError("n: only n=1 is supported", field="n")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise TuneforgeError(f"{name}: not supported (send 0 or leave it out)", field=name)
-        if self.logit_bias:
-            raise TuneforgeError("logit_bias: not supported", field="logit_bias")
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        bias: dict[int, float] = {}
+        for key, value in (self.logit_bias or {}).items():
+            try:
+                bias[int(key)] = value
+            except ValueError:
+                raise TuneforgeError(
+                    f"logit_bias: keys are token ids, got {key!r}", field="logit_bias", value=key
+                ) from None
         return SamplingParams(
             max_tokens=self.max_tokens or default_max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             stop=stop,
             seed=self.seed,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias=bias,
         )
+
+
+@dataclass
+class ToolPlan:
+    tools: list[dict] | None  # rendered into the prompt
+    require: bool  # refuse a template that does not render tools (tool_choice auto: the model must see them)
+    names: list[str]
+    schema: dict | None = None  # the output's JSON schema when a call is forced
+    forced: Literal["named", "list"] | None = None  # a forced call: the arguments object, or a list of calls
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)  # the newer name of max_tokens
-    logprobs: bool | None = None
-    tools: list | None = None
-    response_format: dict | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # "required" may return several calls either way
+    response_format: ResponseFormat | None = None
 
-    def check(self) -> None:
+    def chat_params(self) -> SamplingParams:
+        params = self.params()
+        if self.max_completion_tokens and not self.max_tokens:
+            params.max_tokens = self.max_completion_tokens
+        if self.top_logprobs is not None and not self.logprobs:
+            raise TuneforgeError("top_logprobs: needs logprobs: true", field="top_logprobs")
         if self.logprobs:
-            raise TuneforgeError("logprobs: not supported", field="logprobs")
-        if self.tools:
-            raise TuneforgeError("tools: tool calling is not supported", field="tools")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise TuneforgeError("response_format: only {'type': 'text'} is supported", field="response_format")
+            params.logprobs = self.top_logprobs or 0
+        params.json_schema = self.response_format.schema() if self.response_format else None
+        return params
+
+    def tool_plan(self) -> ToolPlan:
+        """How this request uses its tools: which the template renders, the schema a forced call is held to."""
+        tools = self.tools or []
+        choice = self.tool_choice or ("auto" if tools else "none")
+        if choice != "none" and not tools:
+            raise TuneforgeError("tool_choice: needs tools", field="tool_choice")
+        rendered = [t.model_dump(exclude_none=True) for t in tools]
+        if choice in ("none", "auto"):
+            return ToolPlan(rendered or None, require=choice == "auto", names=[t.function.name for t in tools])
+        if self.response_format is not None and self.response_format.type != "text":
+            raise TuneforgeError(
+                "response_format: cannot be combined with a forced tool_choice (the call's arguments are the "
+                "constrained output)",
+                field="response_format",
+            )
+        if isinstance(choice, NamedToolChoice):
+            match = [t for t in tools if t.function.name == choice.function.name]
+            if not match:
+                raise TuneforgeError(
+                    f"tool_choice: no tool named {choice.function.name!r}; tools: "
+                    + ", ".join(t.function.name for t in tools),
+                    field="tool_choice",
+                    value=choice.function.name,
+                )
+            return ToolPlan(
+                rendered, require=False, names=[choice.function.name], schema=match[0].function.schema(), forced="named"
+            )
+        # "required": one or more calls, each to one of the tools with arguments matching its parameters (the
+        # same shape vLLM constrains "required" to)
+        calls = {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {"name": {"const": t.function.name}, "parameters": t.function.schema()},
+                    "required": ["name", "parameters"],
+                    "additionalProperties": False,
+                }
+                for t in tools
+            ]
+        }
+        schema = {"type": "array", "minItems": 1, "items": calls}
+        return ToolPlan(rendered, require=False, names=[t.function.name for t in tools], schema=schema, forced="list")
 
 
 def _is_token_ids(prompt: object) -> TypeIs[list[int]]:
@@ -208,14 +375,12 @@ def _is_token_ids(prompt: object) -> TypeIs[list[int]]:
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
 
     def single_prompt(self) -> str | list[int]:
-        if self.logprobs:
-            raise TuneforgeError("logprobs: not supported", field="logprobs")
         if self.echo:
             raise TuneforgeError("echo: not supported", field="echo")
         if self.suffix:
@@ -229,18 +394,143 @@ class CompletionRequest(_Sampling):
             raise TuneforgeError(f"prompt: one prompt per request, got a list of {len(p)}", field="prompt")
         return p[0]
 
+    def completion_params(self) -> SamplingParams:
+        params = self.params()
+        params.logprobs = self.logprobs
+        return params
+
+
+# ------------------------------------------------------------------------------------------ tool calls
+_HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+def _call(name: object, arguments: object) -> dict:
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+    }
+
+
+def parse_tool_calls(text: str, names: list[str]) -> tuple[str | None, list[dict]] | None:
+    """The tool calls in a model's free answer (tool_choice auto), or None when it made none. Two formats cover
+    the chat templates that render tools: Hermes' `<tool_call>{"name": ..., "arguments": ...}</tool_call>`
+    (Qwen2.5/3, Hermes, SmolLM3, ...; text before the first tag is the message content), and a bare JSON object
+    or list of them with "name" and "arguments"/"parameters" (Llama 3.1+, Mistral). Calls must name one of the
+    request's tools; anything that does not parse is plain content."""
+
+    def calls_from(objs: list) -> list[dict] | None:
+        out = []
+        for obj in objs:
+            if not isinstance(obj, dict) or obj.get("name") not in names:
+                return None
+            args = obj.get("arguments", obj.get("parameters", {}))
+            if isinstance(args, str):
+                try:
+                    args = json.loads(args)
+                except ValueError:
+                    return None
+            if not isinstance(args, dict):
+                return None
+            out.append(_call(obj["name"], args))
+        return out or None
+
+    if "<tool_call>" in text:
+        try:
+            objs = [json.loads(m) for m in _HERMES_CALL.findall(text)]
+        except ValueError:
+            return None
+        calls = calls_from(objs)
+        if calls is None:
+            return None
+        content = text[: text.index("<tool_call>")].strip()
+        return content or None, calls
+    stripped = text.strip()
+    if stripped[:1] in ("{", "["):
+        try:
+            parsed = json.loads(stripped)
+        except ValueError:
+            return None
+        calls = calls_from(parsed if isinstance(parsed, list) else [parsed])
+        return None if calls is None else (None, calls)
+    return None
+
+
+def forced_tool_calls(text: str, plan: ToolPlan) -> list[dict] | None:
+    """The calls of a constrained answer (tool_choice required or named); None when it was cut short."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None
+    if plan.forced == "named":
+        return [_call(plan.names[0], parsed)]
+    return [_call(item["name"], item["parameters"]) for item in parsed]
+
 
 # ------------------------------------------------------------------------------------------ the router
 def _sse(obj: dict) -> bytes:
     return format_sse_event(data_str=json.dumps(obj, ensure_ascii=False))
 
 
-def _usage(gen) -> dict:
-    return {
-        "prompt_tokens": gen.prompt_tokens,
-        "completion_tokens": gen.completion_tokens,
-        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
-    }
+def _usage(gens: list) -> dict:
+    # the prompt is counted once, the completions of all n choices together (as OpenAI counts them)
+    prompt, completion = gens[0].prompt_tokens, sum(g.completion_tokens for g in gens)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _token_text(raw: bytes) -> str:
+    # OpenAI's convention for a token that is not whole UTF-8 (part of a multi-byte character)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+def _chat_logprobs(gen, records: list[TokenLogprob]) -> dict:
+    def entry(token: int, logprob: float) -> dict:
+        raw = gen.token_bytes(token)
+        return {"token": _token_text(raw), "logprob": logprob, "bytes": list(raw)}
+
+    return {"content": [{**entry(r.token, r.logprob), "top_logprobs": [entry(t, lp) for t, lp in r.top]} for r in records]}
+
+
+def _completion_logprobs(gen, records: list[TokenLogprob], offset: int) -> dict:
+    tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
+    for r in records:
+        text = _token_text(gen.token_bytes(r.token))
+        tokens.append(text)
+        token_logprobs.append(r.logprob)
+        top_logprobs.append({_token_text(gen.token_bytes(t)): lp for t, lp in r.top})
+        text_offset.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": text_offset}
+
+
+async def _merged(gens: list) -> AsyncIterator[tuple[int, str | None]]:
+    """The streams of n concurrent generations as (choice index, text piece); a None piece: that choice ended."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, gen) -> None:
+        try:
+            async for piece in gen.astream():
+                await queue.put((index, piece))
+            await queue.put((index, None))
+        except Exception as exc:  # handed to the consumer, which raises it
+            await queue.put((index, exc))
+
+    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        running = len(gens)
+        while running:
+            index, item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                running -= 1
+            yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def _call_auth(auth: Auth, request: Request, model: str | None) -> None:
@@ -277,25 +567,73 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
             return error_response(404, f"model {model!r} is not served here", param="model", code="model_not_found")
         return card(model)
 
-    def submit(request_model: str, params: SamplingParams, **prompt) -> Any:
-        return engine.submit(request_model, params=params, loop=asyncio.get_running_loop(), **prompt)
+    def submit_n(body: _Sampling, params: SamplingParams, **prompt) -> list:
+        """`body.n` generations of one prompt; they decode concurrently. With a seed, choice i uses seed + i (so
+        the choices differ and each is reproducible)."""
+        gens: list = []
+        try:
+            for i in range(body.n):
+                seed = None if params.seed is None else (params.seed + i + 2**63) % 2**64 - 2**63
+                p = dataclasses.replace(params, seed=seed)
+                gens.append(engine.submit(body.model, params=p, loop=asyncio.get_running_loop(), **prompt))
+        except BaseException:
+            for gen in gens:
+                gen.cancel()
+            raise
+        return gens
 
-    async def stream(gen, make_chunk, first: dict | None, include_usage: bool) -> AsyncIterator[bytes]:
+    async def results(gens: list) -> list:
+        try:
+            return await asyncio.gather(*(g.aresult() for g in gens))
+        finally:
+            for gen in gens:
+                gen.cancel()
+
+    async def stream(gens: list, choice_chunks, include_usage: bool, top: dict) -> AsyncIterator[bytes]:
+        """Server-sent events: `choice_chunks(index, piece, finish_reason)` gives the choice dicts of each event."""
         try:
             try:
-                if first is not None:
-                    yield _sse(make_chunk(first, None))
-                async for delta in gen.astream():
-                    yield _sse(make_chunk(delta, None))
-                yield _sse(make_chunk(None, gen.finish_reason))
+                for index in range(len(gens)):
+                    for choice in choice_chunks(index, "", None, start=True):
+                        yield _sse({**top, "choices": [choice]})
+                async for index, piece in _merged(gens):
+                    finish = gens[index].finish_reason if piece is None else None
+                    for choice in choice_chunks(index, piece, finish):
+                        yield _sse({**top, "choices": [choice]})
                 if include_usage:
-                    yield _sse({**make_chunk(None, None), "choices": [], "usage": _usage(gen)})
+                    yield _sse({**top, "choices": [], "usage": _usage(gens)})
             except (TuneforgeError, GenerationError) as exc:
                 # the status line is sent already: report in the stream, as OpenAI does (the client raises it)
                 yield _sse(error_body(400 if isinstance(exc, TuneforgeError) else 500, str(exc)))
             yield format_sse_event(data_str="[DONE]")
         finally:
-            gen.cancel()  # done, or the client went away: either way free the model thread from this request
+            for gen in gens:  # done, or the client went away: either way free the model thread from these requests
+                gen.cancel()
+
+    def head(gen, object_name: str, prefix: str, model: str) -> dict:
+        return {
+            "id": f"{prefix}-{gen.id}",
+            "object": object_name,
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": gen.system_fingerprint,
+        }
+
+    def chat_message(gen, text: str, finish: str, plan: ToolPlan) -> tuple[dict, str]:
+        """The assistant message of a finished answer, with its tool calls parsed out, and its finish reason."""
+        calls = None
+        content: str | None = text
+        if plan.forced is not None:
+            calls = forced_tool_calls(text, plan) if finish == "stop" else None
+            if calls is not None:
+                content = None
+        elif plan.require and plan.names:
+            parsed = parse_tool_calls(text, plan.names)
+            if parsed is not None:
+                content, calls = parsed
+        if calls:
+            return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+        return {"role": "assistant", "content": content}, finish
 
     @router.post(
         "/chat/completions",
@@ -304,79 +642,110 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         await _call_auth(auth, request, body.model)
-        body.check()
-        params = body.params()
-        if body.max_completion_tokens and not body.max_tokens:
-            params.max_tokens = body.max_completion_tokens
-        gen = submit(body.model, params, messages=[m.to_template() for m in body.messages])
-        cid, created = f"chatcmpl-{gen.id}", int(time.time())
+        params = body.chat_params()
+        plan = body.tool_plan()
+        if plan.schema is not None:
+            params.json_schema, params.json_schema_field = plan.schema, "tools"
+        messages = [m.to_template() for m in body.messages]
+        gens = submit_n(body, params, messages=messages, tools=plan.tools, require_tools=plan.require)
+        top = head(gens[0], "chat.completion", "chatcmpl", body.model)
+        logprobs = body.logprobs
         if body.stream:
+            # An answer that may be a tool call is sent whole at its end, once it is known whether it is one
+            buffered = plan.forced is not None or (plan.require and bool(plan.names))
+            held: dict[int, list[str]] = {i: [] for i in range(len(gens))}
 
-            def chunk(delta, finish):
-                d = {} if delta is None else delta if isinstance(delta, dict) else {"content": delta}
-                return {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": body.model,
-                    "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}],
-                }
+            def choice_chunks(index: int, piece: str | None, finish: str | None, start: bool = False) -> list[dict]:
+                gen = gens[index]
+                if start:
+                    return [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}]  # fmt: skip
+                chunks = []
+                if buffered and piece is not None:
+                    held[index].append(piece)
+                    return []
+                if buffered:
+                    pieces = held.pop(index)
+                    message, finish = chat_message(gen, "".join(pieces), finish or "stop", plan)
+                    message.pop("role")
+                    if "tool_calls" in message:
+                        message["tool_calls"] = [{"index": k, **c} for k, c in enumerate(message["tool_calls"])]
+                    records = [lp for p in pieces for lp in getattr(p, "logprobs", ())]
+                    chunks.append(
+                        {
+                            "index": index,
+                            "delta": message,
+                            "logprobs": _chat_logprobs(gen, records) if logprobs else None,
+                            "finish_reason": None,
+                        }
+                    )
+                elif piece:
+                    lp = _chat_logprobs(gen, getattr(piece, "logprobs", [])) if logprobs else None
+                    chunks.append({"index": index, "delta": {"content": str(piece)}, "logprobs": lp,
+                                   "finish_reason": None})  # fmt: skip
+                elif piece == "" and logprobs and getattr(piece, "logprobs", None):
+                    lp = _chat_logprobs(gen, piece.logprobs)  # type: ignore[attr-defined]
+                    chunks.append({"index": index, "delta": {}, "logprobs": lp, "finish_reason": None})
+                if piece is None:
+                    chunks.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": finish})
+                return chunks
 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            top = {**top, "object": "chat.completion.chunk"}
             return EventSourceResponse(
-                stream(gen, chunk, {"role": "assistant", "content": ""}, include_usage),
-                headers={"Cache-Control": "no-cache"},
+                stream(gens, choice_chunks, include_usage, top), headers={"Cache-Control": "no-cache"}
             )
-        try:
-            res = await gen.aresult()
-        finally:
-            gen.cancel()
-        return {
-            "id": cid,
-            "object": "chat.completion",
-            "created": created,
-            "model": body.model,
-            "choices": [
+        answers = await results(gens)
+        choices = []
+        for index, (gen, res) in enumerate(zip(gens, answers, strict=True)):
+            message, finish = chat_message(gen, res.text, res.finish_reason, plan)
+            choices.append(
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": res.text},
-                    "logprobs": None,
-                    "finish_reason": res.finish_reason,
+                    "index": index,
+                    "message": message,
+                    "logprobs": _chat_logprobs(gen, res.logprobs or []) if logprobs else None,
+                    "finish_reason": finish,
                 }
-            ],
-            "usage": _usage(gen),
-        }
+            )
+        return {**top, "choices": choices, "usage": _usage(gens)}
 
     @router.post("/completions", summary="Text completion of a raw prompt (no chat template)")
     async def completions(body: CompletionRequest, request: Request):
         await _call_auth(auth, request, body.model)
         prompt = body.single_prompt()
-        gen = submit(body.model, body.params(), prompt=prompt)
-        cid, created = f"cmpl-{gen.id}", int(time.time())
+        gens = submit_n(body, body.completion_params(), prompt=prompt)
+        top = head(gens[0], "text_completion", "cmpl", body.model)
+        logprobs = body.logprobs is not None
         if body.stream:
+            offsets = [0] * len(gens)
 
-            def chunk(delta, finish):
-                return {
-                    "id": cid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": body.model,
-                    "choices": [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}],
-                }
+            def choice_chunks(index: int, piece: str | None, finish: str | None, start: bool = False) -> list[dict]:
+                if start:
+                    return []
+                gen, lp = gens[index], None
+                if piece is None:
+                    return [{"index": index, "text": "", "logprobs": None, "finish_reason": finish}]
+                if logprobs:
+                    lp = _completion_logprobs(gen, getattr(piece, "logprobs", []), offsets[index])
+                offsets[index] += len(piece)
+                if not piece and lp is None:
+                    return []
+                return [{"index": index, "text": str(piece), "logprobs": lp, "finish_reason": None}]
 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return EventSourceResponse(stream(gen, chunk, None, include_usage), headers={"Cache-Control": "no-cache"})
-        try:
-            res = await gen.aresult()
-        finally:
-            gen.cancel()
-        return {
-            "id": cid,
-            "object": "text_completion",
-            "created": created,
-            "model": body.model,
-            "choices": [{"index": 0, "text": res.text, "logprobs": None, "finish_reason": res.finish_reason}],
-            "usage": _usage(gen),
-        }
+            return EventSourceResponse(
+                stream(gens, choice_chunks, include_usage, top), headers={"Cache-Control": "no-cache"}
+            )
+        answers = await results(gens)
+        choices = [
+            {
+                "index": index,
+                "text": res.text,
+                "logprobs": _completion_logprobs(gen, res.logprobs or [], 0) if logprobs else None,
+                "finish_reason": res.finish_reason,
+            }
+            for index, (gen, res) in enumerate(zip(gens, answers, strict=True))
+        ]
+        return {**top, "choices": choices, "usage": _usage(gens)}
 
     return router
