@@ -19,7 +19,7 @@ CHATML_TOOLS = (
     "{%- if tools %}{{ '<|im_start|>system\n' }}{% if messages[0]['role'] == 'system' %}"
     "{{ messages[0]['content'] + '\n\n' }}{% endif %}{{ '# Tools\n<tools>' }}{% for tool in tools %}"
     "{{ '\n' + (tool | tojson) }}{% endfor %}"
-    "{{ '\n</tools>\nCall a tool as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n' }}"
+    '{{ \'\n</tools>\nCall a tool as <tool_call>{"name": ..., "arguments": ...}</tool_call><|im_end|>\n\' }}'
     "{%- elif messages[0]['role'] == 'system' %}{{ '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
     "{%- endif %}"
     "{%- for message in messages %}{%- if message['role'] == 'system' %}"

@@ -12,6 +12,7 @@ import openai
 import pytest
 import torch
 from serve_helpers import LiveServer
+
 from tiny import CHATML_TOOLS, save_tiny
 
 MESSAGES = [{"role": "user", "content": "what is two plus two?"}]
@@ -154,7 +155,8 @@ def test_completion_logprobs_legacy_shape(client):
     lp = choice.logprobs
     n = len(lp.tokens)
     assert n >= 1 and len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n
-    assert all(len(top) <= 2 and max(top.values()) == pytest.approx(v) for top, v in zip(lp.top_logprobs, lp.token_logprobs))
+    for top, logprob in zip(lp.top_logprobs, lp.token_logprobs, strict=True):
+        assert len(top) <= 2 and max(top.values()) == pytest.approx(logprob)  # greedy: the chosen one leads
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(n)]
     streamed = []
     for chunk in client.completions.create(
@@ -200,9 +202,9 @@ def test_json_object_mode_with_logit_bias(client, engine):
         logit_bias={str(close): 100},
     )
     assert json.loads(resp.choices[0].message.content) == {}
-    with pytest.raises(openai.BadRequestError, match="response_format.json_schema: required"):
+    with pytest.raises(openai.BadRequestError, match=r"response_format\.json_schema: required"):
         client.chat.completions.create(model="tiny", messages=MESSAGES, response_format={"type": "json_schema"})
-    with pytest.raises(openai.BadRequestError, match="not supported|not a usable") as exc:
+    with pytest.raises(openai.BadRequestError, match=r"not supported|not a usable") as exc:
         client.chat.completions.create(
             model="tiny",
             messages=MESSAGES,
@@ -284,7 +286,11 @@ def test_tools_auto_needs_a_template_that_renders_them(client, tool_client, tool
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
             ],
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
@@ -294,7 +300,10 @@ def test_tools_auto_needs_a_template_that_renders_them(client, tool_client, tool
     assert '{"name": "get_weather", "arguments": {"city": "Oslo"}}' in prompt and "sunny, 21 C" in prompt
     with pytest.raises(openai.BadRequestError, match="tool_choice: no tool named 'nope'"):
         tool_client.chat.completions.create(
-            model="tooly", messages=MESSAGES, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}
+            model="tooly",
+            messages=MESSAGES,
+            tools=[WEATHER],
+            tool_choice={"type": "function", "function": {"name": "nope"}},
         )
 
 

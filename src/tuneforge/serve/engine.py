@@ -404,9 +404,12 @@ class InferenceEngine:
         from .. import __version__
 
         # OpenAI's system_fingerprint: changes whenever what produces the outputs does (code, weights, precision)
-        self.system_fingerprint = "fp_" + hashlib.sha256(
-            f"tuneforge {__version__}|{resolved.model_id}|{self.dtype}|{self.device.type}".encode()
-        ).hexdigest()[:12]
+        self.system_fingerprint = (
+            "fp_"
+            + hashlib.sha256(
+                f"tuneforge {__version__}|{resolved.model_id}|{self.dtype}|{self.device.type}".encode()
+            ).hexdigest()[:12]
+        )
         base = AutoModelForCausalLM.from_pretrained(
             resolved.load_from, dtype=self.dtype, local_files_only=resolved.is_local
         )
@@ -422,6 +425,8 @@ class InferenceEngine:
         # the logits' width: the embedding matrix may have more rows than the tokenizer has tokens
         self.vocab_size = int(self.base.get_output_embeddings().weight.shape[0])
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_ids)
+        # about a second for a 50k vocabulary, off the request path; a failure shows on the first constrained request
+        threading.Thread(target=self._prepare_grammars, name="tuneforge-grammar", daemon=True).start()
 
         self._peft: PeftModel | None = None  # the PeftModel wrapping `self.base` once an adapter is loaded
         self._active: str | object | None = _UNKNOWN  # adapter the LoRA layers are set to; None: disabled
@@ -442,6 +447,12 @@ class InferenceEngine:
             self.add_adapter(name, path)
         self._thread = threading.Thread(target=self._run, name="tuneforge-model", daemon=True)
         self._thread.start()
+
+    def _prepare_grammars(self) -> None:
+        try:
+            self.grammars.prepare()
+        except Exception as exc:
+            log.info("constrained decoding is not prepared ahead: %s", exc)
 
     # ---------------------------------------------------------------- registry (any thread)
     def add_adapter(self, name: str, path: str | Path, *, chat_template: str | None = None) -> None:

@@ -66,6 +66,13 @@ class GrammarCompiler:
         self.eos_ids = sorted(eos_ids)
         self._ll: Any = None
         self._lock = threading.Lock()
+        self._compiled: dict[str, str] = {}  # schema text -> grammar (n choices, or clients reusing one schema)
+        self._cache_lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """Build the tokenizer's llguidance view now (a background thread calls this at engine start, so the
+        first constrained request does not wait for it)."""
+        self._lltokenizer()
 
     def _lltokenizer(self) -> Any:
         with self._lock:
@@ -89,7 +96,10 @@ class GrammarCompiler:
 
         if not isinstance(schema, dict):
             raise TuneforgeError(f"{field}: a JSON schema must be an object, got {type(schema).__name__}", field=field)
-        text = json.dumps(schema)
+        text = json.dumps(schema)  # key order kept: the output lists properties in the schema's order
+        with self._cache_lock:
+            if text in self._compiled:
+                return self._compiled[text]
         if len(text) > _MAX_SCHEMA_CHARS:
             raise TuneforgeError(
                 f"{field}: the schema is {len(text)} characters; at most {_MAX_SCHEMA_CHARS} are accepted", field=field
@@ -105,6 +115,10 @@ class GrammarCompiler:
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self._lltokenizer())
         if is_error:
             raise TuneforgeError(f"{field}: this JSON schema is not supported: {messages[0]}", field=field)
+        with self._cache_lock:
+            if len(self._compiled) >= 256:  # bounded: a client sending a new schema each time must not grow it
+                self._compiled.pop(next(iter(self._compiled)))
+            self._compiled[text] = grammar
         return grammar
 
     def token_bytes(self, token: int) -> bytes:

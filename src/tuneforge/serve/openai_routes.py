@@ -217,7 +217,7 @@ class FunctionDefinition(_Lenient):
     parameters: dict | None = None
     strict: bool | None = None
 
-    def schema(self) -> dict:
+    def parameters_schema(self) -> dict:
         return self.parameters or {"type": "object", "properties": {}}
 
 
@@ -246,13 +246,14 @@ class ResponseFormat(_Lenient):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
-    def schema(self) -> dict | None:
+    def output_schema(self) -> dict | None:
         if self.type == "json_object":
             return {"type": "object"}
         if self.type == "json_schema":
             if self.json_schema is None:
                 raise TuneforgeError(
-                    "response_format.json_schema: required when type is json_schema", field="response_format.json_schema"
+                    "response_format.json_schema: required when type is json_schema",
+                    field="response_format.json_schema",
                 )
             return self.json_schema.schema_
         return None
@@ -267,9 +268,10 @@ class _Sampling(_Lenient):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # torch.Generator.manual_seed's range
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=MAX_N)
-    presence_penalty: float = Field(0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    # OpenAI's clients may send an explicit null for a default
+    n: int | None = Field(None, ge=1, le=MAX_N)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
 
     def params(self, *, default_max_tokens: int | None = None) -> SamplingParams:
@@ -288,8 +290,8 @@ class _Sampling(_Lenient):
             top_p=1.0 if self.top_p is None else self.top_p,
             stop=stop,
             seed=self.seed,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
             logit_bias=bias,
         )
 
@@ -301,6 +303,11 @@ class ToolPlan:
     names: list[str]
     schema: dict | None = None  # the output's JSON schema when a call is forced
     forced: Literal["named", "list"] | None = None  # a forced call: the arguments object, or a list of calls
+
+    @property
+    def may_call(self) -> bool:
+        """tool_choice auto: the answer is text or calls, told apart by parsing it."""
+        return self.forced is None and self.require and bool(self.names)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -321,7 +328,7 @@ class ChatCompletionRequest(_Sampling):
             raise TuneforgeError("top_logprobs: needs logprobs: true", field="top_logprobs")
         if self.logprobs:
             params.logprobs = self.top_logprobs or 0
-        params.json_schema = self.response_format.schema() if self.response_format else None
+        params.json_schema = self.response_format.output_schema() if self.response_format else None
         return params
 
     def tool_plan(self) -> ToolPlan:
@@ -349,7 +356,11 @@ class ChatCompletionRequest(_Sampling):
                     value=choice.function.name,
                 )
             return ToolPlan(
-                rendered, require=False, names=[choice.function.name], schema=match[0].function.schema(), forced="named"
+                rendered,
+                require=False,
+                names=[choice.function.name],
+                schema=match[0].function.parameters_schema(),
+                forced="named",
             )
         # "required": one or more calls, each to one of the tools with arguments matching its parameters (the
         # same shape vLLM constrains "required" to)
@@ -357,7 +368,7 @@ class ChatCompletionRequest(_Sampling):
             "anyOf": [
                 {
                     "type": "object",
-                    "properties": {"name": {"const": t.function.name}, "parameters": t.function.schema()},
+                    "properties": {"name": {"const": t.function.name}, "parameters": t.function.parameters_schema()},
                     "required": ["name", "parameters"],
                     "additionalProperties": False,
                 }
@@ -491,7 +502,9 @@ def _chat_logprobs(gen, records: list[TokenLogprob]) -> dict:
         raw = gen.token_bytes(token)
         return {"token": _token_text(raw), "logprob": logprob, "bytes": list(raw)}
 
-    return {"content": [{**entry(r.token, r.logprob), "top_logprobs": [entry(t, lp) for t, lp in r.top]} for r in records]}
+    return {
+        "content": [{**entry(r.token, r.logprob), "top_logprobs": [entry(t, lp) for t, lp in r.top]} for r in records]
+    }
 
 
 def _completion_logprobs(gen, records: list[TokenLogprob], offset: int) -> dict:
@@ -503,7 +516,12 @@ def _completion_logprobs(gen, records: list[TokenLogprob], offset: int) -> dict:
         top_logprobs.append({_token_text(gen.token_bytes(t)): lp for t, lp in r.top})
         text_offset.append(offset)
         offset += len(text)
-    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": text_offset}
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top_logprobs,
+        "text_offset": text_offset,
+    }
 
 
 async def _merged(gens: list) -> AsyncIterator[tuple[int, str | None]]:
@@ -572,7 +590,7 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
         the choices differ and each is reproducible)."""
         gens: list = []
         try:
-            for i in range(body.n):
+            for i in range(body.n or 1):
                 seed = None if params.seed is None else (params.seed + i + 2**63) % 2**64 - 2**63
                 p = dataclasses.replace(params, seed=seed)
                 gens.append(engine.submit(body.model, params=p, loop=asyncio.get_running_loop(), **prompt))
@@ -619,7 +637,7 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
             "system_fingerprint": gen.system_fingerprint,
         }
 
-    def chat_message(gen, text: str, finish: str, plan: ToolPlan) -> tuple[dict, str]:
+    def chat_message(text: str, finish: str, plan: ToolPlan) -> tuple[dict, str]:
         """The assistant message of a finished answer, with its tool calls parsed out, and its finish reason."""
         calls = None
         content: str | None = text
@@ -627,7 +645,7 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
             calls = forced_tool_calls(text, plan) if finish == "stop" else None
             if calls is not None:
                 content = None
-        elif plan.require and plan.names:
+        elif plan.may_call:
             parsed = parse_tool_calls(text, plan.names)
             if parsed is not None:
                 content, calls = parsed
@@ -652,43 +670,34 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
         logprobs = body.logprobs
         if body.stream:
             # An answer that may be a tool call is sent whole at its end, once it is known whether it is one
-            buffered = plan.forced is not None or (plan.require and bool(plan.names))
+            buffered = plan.forced is not None or plan.may_call
             held: dict[int, list[str]] = {i: [] for i in range(len(gens))}
 
+            def choice(index: int, delta: dict, records: list | None = None, finish: str | None = None) -> dict:
+                lp = _chat_logprobs(gens[index], records) if logprobs and records is not None else None
+                return {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
+
             def choice_chunks(index: int, piece: str | None, finish: str | None, start: bool = False) -> list[dict]:
-                gen = gens[index]
                 if start:
-                    return [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                             "finish_reason": None}]  # fmt: skip
-                chunks = []
-                if buffered and piece is not None:
-                    held[index].append(piece)
-                    return []
-                if buffered:
-                    pieces = held.pop(index)
-                    message, finish = chat_message(gen, "".join(pieces), finish or "stop", plan)
-                    message.pop("role")
-                    if "tool_calls" in message:
-                        message["tool_calls"] = [{"index": k, **c} for k, c in enumerate(message["tool_calls"])]
-                    records = [lp for p in pieces for lp in getattr(p, "logprobs", ())]
-                    chunks.append(
-                        {
-                            "index": index,
-                            "delta": message,
-                            "logprobs": _chat_logprobs(gen, records) if logprobs else None,
-                            "finish_reason": None,
-                        }
+                    return [choice(index, {"role": "assistant", "content": ""})]
+                records = getattr(piece, "logprobs", None)
+                if piece is not None:
+                    if buffered:
+                        held[index].append(piece)
+                        return []
+                    # an empty piece carries the log probabilities of tokens that produced no text
+                    return (
+                        [choice(index, {"content": str(piece)} if piece else {}, records)] if piece or records else []
                     )
-                elif piece:
-                    lp = _chat_logprobs(gen, getattr(piece, "logprobs", [])) if logprobs else None
-                    chunks.append({"index": index, "delta": {"content": str(piece)}, "logprobs": lp,
-                                   "finish_reason": None})  # fmt: skip
-                elif piece == "" and logprobs and getattr(piece, "logprobs", None):
-                    lp = _chat_logprobs(gen, piece.logprobs)  # type: ignore[attr-defined]
-                    chunks.append({"index": index, "delta": {}, "logprobs": lp, "finish_reason": None})
-                if piece is None:
-                    chunks.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": finish})
-                return chunks
+                if not buffered:
+                    return [choice(index, {}, finish=finish)]
+                pieces = held.pop(index)
+                message, finish = chat_message("".join(pieces), finish or "stop", plan)
+                del message["role"]  # sent in the first chunk
+                if "tool_calls" in message:
+                    message["tool_calls"] = [{"index": k, **c} for k, c in enumerate(message["tool_calls"])]
+                records = [lp for p in pieces for lp in getattr(p, "logprobs", ())]
+                return [choice(index, message, records), choice(index, {}, finish=finish)]
 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             top = {**top, "object": "chat.completion.chunk"}
@@ -698,7 +707,7 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
         answers = await results(gens)
         choices = []
         for index, (gen, res) in enumerate(zip(gens, answers, strict=True)):
-            message, finish = chat_message(gen, res.text, res.finish_reason, plan)
+            message, finish = chat_message(res.text, res.finish_reason, plan)
             choices.append(
                 {
                     "index": index,

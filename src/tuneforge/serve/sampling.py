@@ -111,9 +111,7 @@ class TokenSampler:
     """One request's token choice: its parameters, its own seeded generator, the counts of the tokens it chose
     (for the penalties), its output grammar's state, and the log probabilities of its last choice."""
 
-    def __init__(
-        self, params: SamplingParams, device: torch.device | str, constraint: TokenConstraint | None = None
-    ):
+    def __init__(self, params: SamplingParams, device: torch.device | str, constraint: TokenConstraint | None = None):
         self.params = params
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.generator = torch.Generator(device=device).manual_seed(seed)
