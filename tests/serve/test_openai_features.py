@@ -244,10 +244,18 @@ def test_forced_tool_calls_match_the_tools_parameters(tool_client):
 
     for seed in range(3):
         required = tool_client.chat.completions.create(
-            model="alpha", messages=MESSAGES, tools=[WEATHER, TIME], tool_choice="required", seed=seed, max_tokens=96
+            model="alpha",
+            messages=MESSAGES,
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            parallel_tool_calls=seed != 0,
+            seed=seed,
+            max_tokens=96,
         )
         choice = required.choices[0]
         assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+        if seed == 0:  # parallel_tool_calls false: exactly one
+            assert len(choice.message.tool_calls) == 1
         for call in choice.message.tool_calls:
             args = json.loads(call.function.arguments)
             assert (call.function.name, sorted(args)) in [("get_weather", ["city", "unit"]), ("get_time", ["zone"])]

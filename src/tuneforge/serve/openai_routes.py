@@ -315,9 +315,9 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)  # the newer name of max_tokens
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    tools: list[Tool] | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)  # OpenAI's limit
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None  # "required" may return several calls either way
+    parallel_tool_calls: bool | None = None  # false: "required" makes exactly one call
     response_format: ResponseFormat | None = None
 
     def chat_params(self) -> SamplingParams:
@@ -375,7 +375,9 @@ class ChatCompletionRequest(_Sampling):
                 for t in tools
             ]
         }
-        schema = {"type": "array", "minItems": 1, "items": calls}
+        schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": calls}
+        if self.parallel_tool_calls is False:
+            schema["maxItems"] = 1
         return ToolPlan(rendered, require=False, names=[t.function.name for t in tools], schema=schema, forced="list")
 
 
