@@ -287,6 +287,12 @@ def test_tools_auto_needs_a_template_that_renders_them(client, tool_client, tool
     assert '"name": "get_weather"' in tool_engine.chat_prompt(MESSAGES, tools=[WEATHER])
     resp = tool_client.chat.completions.create(model="tooly", messages=MESSAGES, tools=[WEATHER], max_tokens=8)
     assert resp.choices[0].finish_reason in ("stop", "length") and resp.choices[0].message.tool_calls is None
+    # streamed, the same seeded answer arrives as the same content
+    kw = dict(model="tooly", messages=MESSAGES, tools=[WEATHER], max_tokens=12, seed=4)
+    whole = tool_client.chat.completions.create(**kw).choices[0]
+    chunks = [c for c in tool_client.chat.completions.create(**kw, stream=True) if c.choices]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.message.content.lstrip()
+    assert chunks[-1].choices[0].finish_reason == whole.finish_reason
     # an agent's next turn: the assistant's call and the tool's result go back in
     history = [
         *MESSAGES,
@@ -343,6 +349,26 @@ def test_parse_tool_calls_formats():
     assert parse_tool_calls('<tool_call>{"name": "get_time", "arguments": {}}', names)[1][0]["function"]["name"]
     for text in ('{"name": "rm_rf", "arguments": {}}', '{"answer": 4}', "<tool_call>{not json", "four"):
         assert parse_tool_calls(text, names) is None
+
+
+def test_tool_call_splitter_streams_content_until_a_call_may_begin():
+    from tuneforge.serve.openai_routes import ToolCallSplitter
+
+    def run(pieces: list[str]) -> tuple[str, str, list | None]:
+        splitter = ToolCallSplitter(["get_time"])
+        streamed = "".join(splitter.feed(p) for p in pieces)
+        tail, calls = splitter.finish()
+        return streamed, tail, calls
+
+    call = '{"name": "get_time", "arguments": {"zone": "UTC"}}'
+    streamed, tail, calls = run(["Let me", " check.\n<tool", "_call>\n", call, "\n</tool_call>"])
+    assert (streamed, tail) == ("Let me check.\n", "") and calls[0]["function"]["name"] == "get_time"
+    streamed, tail, calls = run(["\n ", call[:9], call[9:]])  # Llama style: the whole answer is the call
+    assert (streamed, tail) == ("", "") and json.loads(calls[0]["function"]["arguments"]) == {"zone": "UTC"}
+    # text that only looked like a tag's start goes out once it is not one; JSON that is no call is content
+    assert run(["a <to", "ol> b <tool_c", "all"]) == ("a <tool> b ", "<tool_call", None)
+    assert run(['{"answer"', ": 4}"]) == ("", '{"answer": 4}', None)
+    assert run(["plain text"]) == ("plain text", "", None)
 
 
 # ------------------------------------------------------------------------------------------ fingerprint, request id

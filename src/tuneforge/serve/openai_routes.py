@@ -414,6 +414,7 @@ class CompletionRequest(_Sampling):
 
 
 # ------------------------------------------------------------------------------------------ tool calls
+_CALL_TAG = "<tool_call>"
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
@@ -448,7 +449,7 @@ def parse_tool_calls(text: str, names: list[str]) -> tuple[str | None, list[dict
             out.append(_call(obj["name"], args))
         return out or None
 
-    if "<tool_call>" in text:
+    if _CALL_TAG in text:
         try:
             objs = [json.loads(m) for m in _HERMES_CALL.findall(text)]
         except ValueError:
@@ -456,7 +457,7 @@ def parse_tool_calls(text: str, names: list[str]) -> tuple[str | None, list[dict
         calls = calls_from(objs)
         if calls is None:
             return None
-        content = text[: text.index("<tool_call>")].strip()
+        content = text[: text.index(_CALL_TAG)].strip()
         return content or None, calls
     stripped = text.strip()
     if stripped[:1] in ("{", "["):
@@ -467,6 +468,49 @@ def parse_tool_calls(text: str, names: list[str]) -> tuple[str | None, list[dict
         calls = calls_from(parsed if isinstance(parsed, list) else [parsed])
         return None if calls is None else (None, calls)
     return None
+
+
+class ToolCallSplitter:
+    """Streams an answer that may call tools (tool_choice auto): text goes out as content while it cannot be a
+    call, and is held from where one may begin, a `<tool_call>` tag (text before it stays content, as Hermes-style
+    models write it) or a JSON object or list as the whole answer (Llama style). `finish()` then parses what was
+    held: tool calls, or more content."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.sent = ""  # content streamed so far
+        self.held = ""
+        self.calling = False  # a call may have begun: hold everything from here
+
+    def feed(self, piece: str) -> str:
+        """The content to stream now, given the next piece of the answer."""
+        text, self.held = self.held + piece, ""
+        if self.calling:
+            self.held = text
+            return ""
+        if not self.sent:
+            head = text.lstrip()
+            if not head or head[0] in "{[":  # only whitespace yet, or a JSON answer: wait for the end
+                self.held, self.calling = text, bool(head)
+                return ""
+            text = head  # the content does not start with the whitespace before it (as parse_tool_calls strips)
+        at = text.find(_CALL_TAG)
+        if at >= 0:
+            out, self.held, self.calling = text[:at], text[at:], True
+        else:  # hold a tail that may be the start of a tag
+            keep = next(
+                (k for k in range(min(len(_CALL_TAG) - 1, len(text)), 0, -1) if text.endswith(_CALL_TAG[:k])), 0
+            )
+            out, self.held = text[: len(text) - keep], text[len(text) - keep :]
+        self.sent += out
+        return out
+
+    def finish(self) -> tuple[str, list[dict] | None]:
+        """At the end of the answer: the content still to send, and the tool calls (None: it made none)."""
+        parsed = parse_tool_calls(self.held, self.names) if self.calling else None
+        if parsed is not None:
+            return "", parsed[1]
+        return self.held, None
 
 
 def forced_tool_calls(text: str, plan: ToolPlan) -> list[dict] | None:
@@ -671,35 +715,51 @@ def openai_router(engine, auth: Auth = no_auth, *, prefix: str = "/v1") -> APIRo
         top = head(gens[0], "chat.completion", "chatcmpl", body.model)
         logprobs = body.logprobs
         if body.stream:
-            # An answer that may be a tool call is sent whole at its end, once it is known whether it is one
-            buffered = plan.forced is not None or plan.may_call
+            # A forced call is sent whole at its end (its arguments are one JSON document); an answer that may call
+            # a tool streams as content until a call may begin (ToolCallSplitter)
             held: dict[int, list[str]] = {i: [] for i in range(len(gens))}
+            splitters = {i: ToolCallSplitter(plan.names) for i in range(len(gens))} if plan.may_call else {}
+            pending: dict[int, list] = {i: [] for i in range(len(gens))}  # log probabilities not yet sent
 
             def choice(index: int, delta: dict, records: list | None = None, finish: str | None = None) -> dict:
                 lp = _chat_logprobs(gens[index], records) if logprobs and records is not None else None
                 return {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
 
+            def indexed(calls: list[dict]) -> list[dict]:
+                return [{"index": k, **call} for k, call in enumerate(calls)]
+
             def choice_chunks(index: int, piece: str | None, finish: str | None, start: bool = False) -> list[dict]:
                 if start:
                     return [choice(index, {"role": "assistant", "content": ""})]
-                records = getattr(piece, "logprobs", None)
                 if piece is not None:
-                    if buffered:
+                    if plan.forced is not None:
                         held[index].append(piece)
                         return []
-                    # an empty piece carries the log probabilities of tokens that produced no text
-                    return (
-                        [choice(index, {"content": str(piece)} if piece else {}, records)] if piece or records else []
-                    )
-                if not buffered:
-                    return [choice(index, {}, finish=finish)]
-                pieces = held.pop(index)
-                message, finish = chat_message("".join(pieces), finish or "stop", plan)
-                del message["role"]  # sent in the first chunk
-                if "tool_calls" in message:
-                    message["tool_calls"] = [{"index": k, **c} for k, c in enumerate(message["tool_calls"])]
-                records = [lp for p in pieces for lp in getattr(p, "logprobs", ())]
-                return [choice(index, message, records), choice(index, {}, finish=finish)]
+                    pending[index] += getattr(piece, "logprobs", ())
+                    out = splitters[index].feed(piece) if splitters else piece
+                    # an empty piece may carry the log probabilities of tokens that produced no text
+                    if not out and not (pending[index] and not splitters):
+                        return []
+                    records, pending[index] = pending[index], []
+                    return [choice(index, {"content": str(out)} if out else {}, records)]
+                records = pending.pop(index)
+                if plan.forced is not None:
+                    pieces = held.pop(index)
+                    message, finish = chat_message("".join(pieces), finish or "stop", plan)
+                    del message["role"]  # sent in the first chunk
+                    if "tool_calls" in message:
+                        message["tool_calls"] = indexed(message["tool_calls"])
+                    records = [lp for p in pieces for lp in getattr(p, "logprobs", ())]
+                    return [choice(index, message, records), choice(index, {}, finish=finish)]
+                chunks = []
+                if splitters:
+                    tail, calls = splitters[index].finish()
+                    if calls:
+                        chunks.append(choice(index, {"content": None, "tool_calls": indexed(calls)}, records))
+                        finish = "tool_calls"
+                    elif tail or records:
+                        chunks.append(choice(index, {"content": tail} if tail else {}, records))
+                return [*chunks, choice(index, {}, finish=finish)]
 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             top = {**top, "object": "chat.completion.chunk"}
