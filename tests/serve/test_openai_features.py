@@ -425,3 +425,40 @@ def test_langchain_structured_output_and_bind_tools(tool_server):
     assert anyway.tool_calls and anyway.response_metadata["finish_reason"] == "tool_calls"
     auto = llm.bind_tools([get_time]).invoke("What time is it?")  # the random model answers in text
     assert auto.response_metadata["finish_reason"] in ("stop", "length")
+
+
+# ------------------------------------------------------------------------------------------ the real default model
+@pytest.mark.slow
+def test_smollm2_structured_output_and_forced_tool_call():
+    """SmolLM2-135M-Instruct (49k vocabulary, a chat template without tools): a JSON-schema answer that parses and
+    matches, a forced call with valid arguments, and a clear 400 for tools with tool_choice auto."""
+    from tuneforge.models.loader import SMOLLM2_ID
+    from tuneforge.serve.app import create_app
+    from tuneforge.serve.engine import InferenceEngine
+
+    eng = InferenceEngine(SMOLLM2_ID, model_name="smollm2")
+    try:
+        with LiveServer(create_app(eng)) as live:
+            client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+            resp = client.chat.completions.create(
+                model="smollm2",
+                messages=[{"role": "user", "content": "Describe a pet as JSON: kind, age, name."}],
+                temperature=0,
+                max_tokens=40,
+                response_format={"type": "json_schema", "json_schema": {"name": "pet", "schema": PET}},
+            )
+            check_pet(json.loads(resp.choices[0].message.content))
+            call = client.chat.completions.create(
+                model="smollm2",
+                messages=[{"role": "user", "content": "What time is it in Berlin?"}],
+                tools=[TIME],
+                tool_choice={"type": "function", "function": {"name": "get_time"}},
+                temperature=0,
+                max_tokens=16,
+            )
+            assert call.choices[0].finish_reason == "tool_calls"
+            assert json.loads(call.choices[0].message.tool_calls[0].function.arguments)["zone"] in ("UTC", "CET")
+            with pytest.raises(openai.BadRequestError, match="does not render tools"):
+                client.chat.completions.create(model="smollm2", messages=MESSAGES, tools=[TIME], max_tokens=4)
+    finally:
+        eng.close()
