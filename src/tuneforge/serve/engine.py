@@ -403,7 +403,7 @@ class InferenceEngine:
         self.dtype = serving_dtype(dtype, self.device)
         from .. import __version__
 
-        # OpenAI's system_fingerprint: changes whenever what produces the outputs does (code, weights, precision)
+        # OpenAI's system_fingerprint: changes with what produces the outputs (code version, base model, precision, device)
         self.system_fingerprint = (
             "fp_"
             + hashlib.sha256(

@@ -86,7 +86,7 @@ class GrammarCompiler:
                     )
                 except ValueError as exc:  # a slow (Python) tokenizer: llguidance reads the Rust one
                     raise TuneforgeError(
-                        f"constrained output needs a fast tokenizer; this model's cannot be used: {exc}",
+                        f"constrained output and logprobs need a fast tokenizer; this model's cannot be used: {exc}",
                         field="response_format",
                     ) from None
             return self._ll
