@@ -254,7 +254,9 @@ def test_check_weights_names_what_is_allowed():
     assert check_weights("int8", torch.float32, cpu) == "int8"
     with pytest.raises(TuneforgeError, match="--weights: 'int4' is not one of dense, int8"):
         check_weights("int4", torch.float32, cpu)
-    with pytest.raises(TuneforgeError, match="--weights int8 runs on CPU over float32 activations .*cuda, bfloat16"):
+    with pytest.raises(
+        TuneforgeError, match=r"--weights int8 runs on CPU over float32 activations \(this engine: cuda, bfloat16\)"
+    ):
         check_weights("int8", torch.bfloat16, torch.device("cuda"))
 
 

@@ -126,7 +126,9 @@ class Int8Linear:
             # torch 2.13 deprecates quantized tensor creation (pytorch#184982); the kernel itself is current. If a
             # later torch drops it, building this raises and the engine's warm-up serves fp32 with one log line.
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+            qw = torch._make_per_channel_quantized_tensor(
+                q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
+            )
             self.packed = torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
