@@ -16,7 +16,11 @@ tensors:
   the step, so switching adapters between rows costs nothing and no module state (PEFT's active adapter) is
   touched.
 
-Numerics: the same ops in the same dtype as the Hugging Face + PEFT forward (the rotary embedding and activation
+* Each projection is a weight-format object called as `wb(x)`: `DenseLinear` over the model's own tensors, or
+  `Int8Linear` (`weights="int8"`, CPU: int8 copies run by FBGEMM's dynamic int8 kernel, ~4x fewer bytes per token;
+  not bit-identical, checked by tolerance).
+
+Numerics (dense weights): the same ops in the same dtype as the Hugging Face + PEFT forward (the rotary embedding and activation
 are the model's own modules, the RMSNorm the fused kernel of the same formula), so fp32 greedy decoding is
 token-identical to it (tests/serve/test_fast_decode.py checks that, and the engine re-checks logits at warm-up).
 Anything this step does not model (other architectures, sliding windows, DoRA, adapted embeddings) is reported by
@@ -106,11 +110,11 @@ class DenseLinear(NamedTuple):
 class Int8Linear:
     """The same projection with int8 weights: per-output-channel symmetric scales (w ≈ scale[o]·q[o, i], q in
     [-127, 127]), run by FBGEMM's dynamic-quantization kernel (`quantized::linear_dynamic`: each call quantizes the
-    activations to 8 bits per tensor and accumulates in int32, as llama.cpp's q8_0 does per block of 32).
+    activations to 7 bits with one scale per tensor (per row at decode, M = 1) and accumulates in int32, as llama.cpp's q8_0 does per block of 32).
 
     Why this kernel: at decode shapes (one row, K = 576) on an AVX2 CPU it was the only int8 path faster than fp32
     `F.linear` (bench/RESULTS.md): `aten._weight_int8pack_mm` (gpt-fast/torchao's weight-only CPU path) and
-    `torch._int_mm` have no AVX2-vectorised kernel in torch 2.13 and measured 10-100x slower than fp32. A token
+    `torch._int_mm` have no AVX2-vectorised kernel in torch 2.13 and measured 2-100x slower than fp32. A token
     reads 1 byte per weight instead of 4, which is what a memory-bound decode step pays for.
 
     `reduce_range` keeps activations to 7 bits: without VNNI, AVX2's u8·s8 pair-multiply (vpmaddubsw) saturates
