@@ -10,6 +10,8 @@ Default model SmolLM2-135M-Instruct, greedy, end of sequence ignored, chat promp
   engine: merged            an engine over `merge_adapter(...)`'s output (the adapter folded into the weights);
   engine: plain forward     the base through the engine with its lean decode step off (`fast_decode=False`): the
                             Hugging Face forward per token, i.e. the engine before the lean step;
+  engine: ... int8 weights  the base and the unmerged adapter with `weights="int8"` (`tuneforge serve --weights
+                            int8`: int8 projections and output head, LoRA in fp32 on top), on a CPU in fp32;
   transformers generate     `model.generate` on the base, same dtype, no tuneforge code;
   llama.cpp <type>          `llama_cpp.Llama` on the merged model exported to GGUF (q8_0 and f16), when installed.
 Time per generated token is decode only: (t(N2 tokens) - t(N1 tokens)) / (N2 - N1), so prefill and per-request
@@ -18,8 +20,11 @@ the machine hits all of them alike: quote ratios; absolute figures only with the
 
 Checks printed (and the exit status): the engine's greedy tokens equal transformers' on the base and merged
 models and between the merged and unmerged adapter in fp32 (in bf16: the first 8 tokens, the usual tolerance).
+int8 is checked by greedy top-1 agreement instead: the int8 engine's tokens against the fp32 engine's, position by
+position over the long run, printed as a fraction (not part of the exit status: 8-bit arithmetic is not bit-exact).
 Last line: `single_stream_tokens_per_s=X vs_transformers=Y vs_llama_cpp=Z` where X is the slower of the engine's
-base and unmerged-adapter figures, Y = X / transformers generate, Z = X / llama.cpp q8_0 (omitted without it).
+base and unmerged-adapter figures (with `--weights int8`: of the int8 engine's), Y = X / transformers generate,
+Z = X / llama.cpp q8_0 (omitted without it).
 """
 
 from __future__ import annotations
@@ -74,6 +79,9 @@ def main() -> int:
     ap.add_argument("--long", type=int, default=72, help="N2 generated tokens (N2 - N1 = 64 by default)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument(
+        "--weights", default="dense", choices=("dense", "int8"), help="the engine the last line reports (see above)"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,6 +102,12 @@ def main() -> int:
     }
     lora = engines["lora"]
     dtype, device = lora.dtype, lora.device
+    with_int8 = device.type == "cpu" and dtype == torch.float32
+    if with_int8:
+        engines["int8"] = InferenceEngine(SMOLLM2_ID, adapters={"ft": str(adapter)}, device=args.device, weights="int8")
+    elif args.weights == "int8":
+        print(f"--weights int8 runs on a CPU in float32, not {device.type} {dtype}")
+        return 2
     messages = [
         {
             "role": "user",
@@ -133,11 +147,15 @@ def main() -> int:
         "engine: plain forward (lean step off)": engine_run(engines["plain"], engines["plain"].base_name),
         "transformers generate": hf_run,
     }
+    unmerged = f"engine: adapter unmerged (r={args.rank})"
+    int8_pairs = {"engine: base, int8 weights": "engine: base", f"{unmerged}, int8 weights": unmerged}
+    if with_int8:
+        variants["engine: base, int8 weights"] = engine_run(engines["int8"], lora.base_name)
+        variants[f"{unmerged}, int8 weights"] = engine_run(engines["int8"], "ft")
     variants.update(llama_cpp_variants(merged, tmp, prompt_ids))
 
     # Warm-up (adapter load, allocator, llama.cpp mmap) and the equality checks.
     outputs = {label: run(args.short) for label, run in variants.items()}
-    unmerged = f"engine: adapter unmerged (r={args.rank})"
     exact = dtype == torch.float32
     n_check = None if exact else 8
     checks = {
@@ -156,7 +174,7 @@ def main() -> int:
             run(args.short)
             t_short = time.perf_counter() - t
             t = time.perf_counter()
-            run(args.long)
+            outputs[label] = run(args.long)
             per_token[label].append((time.perf_counter() - t - t_short) / (args.long - args.short))
         loads.append(load_avg())
     for e in engines.values():
@@ -179,12 +197,29 @@ def main() -> int:
     print()
     for what, ok in checks.items():
         print(f"{what} (greedy, {'all' if exact else 'first 8'} tokens): {ok}")
-    x = 1 / max(med["engine: base"], med[unmerged])
+    if with_int8:
+        # greedy top-1 agreement of the int8 engine with the fp32 one, position by position (the re-encoded texts;
+        # after the first difference the two continue from different tokens, so this is a lower bound)
+        for label, dense in int8_pairs.items():
+            a, b = outputs[label], outputs[dense]
+            same = sum(x == y for x, y in zip(a, b, strict=False))
+            print(
+                f"{label}: {med[dense] / med[label]:.2f}x the fp32 lean step's speed; greedy tokens equal to fp32 at "
+                f"{same}/{max(len(a), len(b))} positions (first difference at {first_difference(a, b)})"
+            )
+    if args.weights == "int8":
+        x = 1 / max(med["engine: base, int8 weights"], med[f"{unmerged}, int8 weights"])
+    else:
+        x = 1 / max(med["engine: base"], med[unmerged])
     line = f"single_stream_tokens_per_s={x:.1f} vs_transformers={x * ref:.2f}"
     if "llama.cpp q8_0" in med:
         line += f" vs_llama_cpp={x * med['llama.cpp q8_0']:.2f}"
     print(line)
     return 0 if all(checks.values()) else 1
+
+
+def first_difference(a: list[int], b: list[int]) -> int | str:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), "none")
 
 
 def llama_cpp_variants(merged: Path, tmp: Path, prompt_ids: list[int]) -> dict:

@@ -83,6 +83,10 @@ def test_serve_argument_errors(tiny_model_dir, tmp_path, capsys):
     assert "--max-adapters must be at least 1" in capsys.readouterr().err
     assert main(["serve", "--model", str(tiny_model_dir), "--dtype", "int3"]) == 2
     assert "--dtype: 'int3' is not one of auto, float32, bfloat16, float16" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tiny_model_dir), "--weights", "int4"]) == 2
+    assert "tuneforge: error: --weights: 'int4' is not one of dense, int8" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tiny_model_dir), "--weights", "int8", "--dtype", "bfloat16"]) == 2
+    assert "--weights int8 runs on CPU over float32 activations" in capsys.readouterr().err
 
 
 def test_adapter_argument_forms(tmp_path):

@@ -67,6 +67,7 @@ def run_server(
     model_name: str | None = None,
     chat_template: str = "training",
     dtype: str = "auto",
+    weights: str = "dense",
 ) -> int:
     import uvicorn
 
@@ -77,6 +78,7 @@ def run_server(
         model_name=model_name,
         chat_template=chat_template,
         dtype=dtype,
+        weights=weights,
     )
     app = create_app(engine, api_key=api_key)
     shown = "localhost" if host in ("0.0.0.0", "::") else host

@@ -16,7 +16,11 @@ tensors:
   the step, so switching adapters between rows costs nothing and no module state (PEFT's active adapter) is
   touched.
 
-Numerics: the same ops in the same dtype as the Hugging Face + PEFT forward (the rotary embedding and activation
+* Each projection is a weight-format object called as `wb(x)`: `DenseLinear` over the model's own tensors, or
+  `Int8Linear` (`weights="int8"`, CPU: int8 copies run by FBGEMM's dynamic int8 kernel, ~4x fewer bytes per token;
+  not bit-identical, checked by tolerance).
+
+Numerics (dense weights): the same ops in the same dtype as the Hugging Face + PEFT forward (the rotary embedding and activation
 are the model's own modules, the RMSNorm the fused kernel of the same formula), so fp32 greedy decoding is
 token-identical to it (tests/serve/test_fast_decode.py checks that, and the engine re-checks logits at warm-up).
 Anything this step does not model (other architectures, sliding windows, DoRA, adapted embeddings) is reported by
@@ -28,7 +32,9 @@ requests, issue 15, extends the row dimension); the engine calls it with one row
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +96,53 @@ def _fuse_rows(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tens
     return fused, bias
 
 
+class DenseLinear(NamedTuple):
+    """`x·Wᵀ + b` over the model's own tensors (the fused views): the default weight format, bit-identical to the
+    model's forward."""
+
+    weight: torch.Tensor  # (out, in)
+    bias: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class Int8Linear:
+    """The same projection with int8 weights: per-output-channel symmetric scales (w ≈ scale[o]·q[o, i], q in
+    [-127, 127]), run by FBGEMM's dynamic-quantization kernel (`quantized::linear_dynamic`: each call quantizes the
+    activations to 7 bits with one scale per tensor (per row at decode, M = 1) and accumulates in int32, as llama.cpp's q8_0 does per block of 32).
+
+    Why this kernel: at decode shapes (one row, K = 576) on an AVX2 CPU it was the only int8 path faster than fp32
+    `F.linear` (bench/RESULTS.md): `aten._weight_int8pack_mm` (gpt-fast/torchao's weight-only CPU path) and
+    `torch._int_mm` have no AVX2-vectorised kernel in torch 2.13 and measured 2-100x slower than fp32. A token
+    reads 1 byte per weight instead of 4, which is what a memory-bound decode step pays for.
+
+    `reduce_range` keeps activations to 7 bits: without VNNI, AVX2's u8·s8 pair-multiply (vpmaddubsw) saturates
+    at int16 for full-range inputs (PyTorch's dynamic quantization makes the same choice on x86). The fp32 weights
+    are not touched (the prefill and the plain forward keep using them); this holds a packed int8 copy."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        w = weight.detach().float()
+        scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates quantized tensor creation (pytorch#184982); the kernel itself is current. If a
+            # later torch drops it, building this raises and the engine's warm-up serves fp32 with one log line.
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            qw = torch._make_per_channel_quantized_tensor(
+                q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
+            )
+            self.packed = torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features), self.packed, True)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+WEIGHT_FORMATS = ("dense", "int8")  # --weights
+
+
 def _norm(module):
     """The model's RMSNorm as one fused `F.rms_norm` call instead of its ~7 element-wise ops (the same formula,
     x·rsqrt(mean(x²) + eps)·w, computed in fp32; bit-identical in fp32, checked again at the engine's warm-up).
@@ -129,7 +182,7 @@ class DecodeState:
 class FastDecoder:
     """The lean decode step over a loaded Llama-family model (see the module docstring)."""
 
-    def __init__(self, model):
+    def __init__(self, model, weights: str = "dense"):
         reason = unsupported(model)
         if reason:
             raise ValueError(f"lean decode does not support {reason}")
@@ -139,7 +192,6 @@ class FastDecoder:
         self.embed = inner.embed_tokens
         self.norm = _norm(inner.norm)
         self.rotary = inner.rotary_emb
-        self.lm_head = model.lm_head
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
@@ -156,15 +208,29 @@ class FastDecoder:
                     "in_norm": _norm(layer.input_layernorm),
                     "post_norm": _norm(layer.post_attention_layernorm),
                     "act": mlp.act_fn,
-                    "qkv": (qkv_w, qkv_b),
-                    "o": (o.weight, o.bias),
-                    "gate_up": (gu_w, gu_b),
-                    "down": (down.weight, down.bias),
+                    "qkv": DenseLinear(qkv_w, qkv_b),
+                    "o": DenseLinear(o.weight, o.bias),
+                    "gate_up": DenseLinear(gu_w, gu_b),
+                    "down": DenseLinear(down.weight, down.bias),
                     "module": layer,
                 }
             )
-        self.dtype = self.layers[0]["qkv"][0].dtype
-        self.device = self.layers[0]["qkv"][0].device
+        self.dtype = self.layers[0]["qkv"].weight.dtype
+        self.device = self.layers[0]["qkv"].weight.device
+        head = _base_linear(model.lm_head)
+        self.head: DenseLinear | Int8Linear = DenseLinear(head.weight, head.bias)
+        self.weights = weights
+        if weights == "int8":
+            if self.dtype != torch.float32 or self.device.type != "cpu":
+                raise ValueError(f"int8 weights run on CPU over float32 models (this one: {self.dtype}, {self.device})")
+            # every projection and the output head (for SmolLM2 a fifth of the bytes read per token); embeddings,
+            # norms and LoRA weights stay fp32
+            for layer in self.layers:
+                for group in _GROUPS:
+                    layer[group] = Int8Linear(*layer[group])
+            self.head = Int8Linear(*self.head)
+        elif weights != "dense":
+            raise ValueError(f"weight format {weights!r} (one of {', '.join(WEIGHT_FORMATS)})")
 
     # ------------------------------------------------------------------ adapters
     def adapter_plan(self, peft_model, name: str) -> AdapterPlan:
@@ -233,8 +299,8 @@ class FastDecoder:
 
     # ------------------------------------------------------------------ the step
     @staticmethod
-    def _linear(x: torch.Tensor, wb: tuple, lora: LoraGroup | None) -> torch.Tensor:
-        y = F.linear(x, wb[0], wb[1])
+    def _linear(x: torch.Tensor, wb: DenseLinear | Int8Linear, lora: LoraGroup | None) -> torch.Tensor:
+        y = wb(x)  # the base projection in its weight format; LoRA stays fp32 on top, unmerged
         if lora is not None:
             # The same ops as PEFT's `result + lora_B(lora_A(x)) * scaling`, so fp32 stays bit-identical: the
             # stacked A gives each projection's x·Aᵀ exactly, while one block-diagonal B would not (its zero
@@ -283,4 +349,4 @@ class FastDecoder:
             gate, up = self._linear(x, layer["gate_up"], lora.get("gate_up")).chunk(2, dim=-1)
             h = h + self._linear(layer["act"](gate) * up, layer["down"], lora.get("down"))
         state.length = length
-        return self.lm_head(self.norm(h))[:, -1]
+        return self.head(self.norm(h))[:, -1]
