@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--kv-cache-mb",
-        type=int,
+        type=float,
         default=2048,
         help="memory for the running batch's KV cache; requests past it wait in the queue (default 2048)",
     )

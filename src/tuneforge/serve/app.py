@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastapi import Request, Response
+
 from ..errors import TuneforgeError
 from . import metrics
 from .engine import InferenceEngine
@@ -14,7 +16,7 @@ def create_app(engine: InferenceEngine, *, api_key: str | None = None):
     """A FastAPI app serving `engine` on /v1 (OpenAI-compatible), plus `GET /health`."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request, Response
+    from fastapi import FastAPI
 
     @asynccontextmanager
     async def lifespan(app):
@@ -77,7 +79,7 @@ def run_server(
     scheduler: str = "batched",
     max_batch_size: int = 32,
     step_tokens: int = 256,
-    kv_cache_mb: int = 2048,
+    kv_cache_mb: float = 2048,
     max_waiting: int = 1024,
 ) -> int:
     import uvicorn

@@ -377,7 +377,7 @@ class InferenceEngine:
         scheduler: str = "batched",
         max_batch_size: int = 32,
         step_tokens: int = 256,
-        kv_cache_mb: int = 2048,
+        kv_cache_mb: float = 2048,
         max_waiting: int = 1024,
     ):
         with _IMPORT_LOCK:
@@ -403,7 +403,7 @@ class InferenceEngine:
         for flag, value, low in (
             ("--max-batch-size", max_batch_size, 1),
             ("--step-tokens", step_tokens, 1),
-            ("--kv-cache-mb", kv_cache_mb, 1),
+            ("--kv-cache-mb", kv_cache_mb, 0.01),
             ("--max-waiting", max_waiting, 1),
         ):
             if value < low:
@@ -446,7 +446,7 @@ class InferenceEngine:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         # one position of one row in the batch's KV cache: keys and values of every layer
         self._kv_position_bytes = 2 * cfg.num_hidden_layers * kv_heads * head_dim * self.dtype.itemsize
-        self.kv_cache_positions = kv_cache_mb * 2**20 // self._kv_position_bytes
+        self.kv_cache_positions = int(kv_cache_mb * 2**20) // self._kv_position_bytes
 
         self._peft: PeftModel | None = None  # the PeftModel wrapping `self.base` once an adapter is loaded
         self._active: str | object | None = _UNKNOWN  # adapter the LoRA layers are set to; None: disabled
