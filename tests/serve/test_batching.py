@@ -44,12 +44,13 @@ def test_mixed_batch_gives_every_request_its_tokens_alone(batched, tiny_model_di
     assert len(set(alone)) > 4  # the adapters and prompts really change the output
     # The old scheduler (PEFT-injected adapters, Hugging Face prefill) gives the same tokens.
     rr = InferenceEngine(
-        str(tiny_model_dir), adapters={k: str(v) for k, v in adapters.items()}, scheduler="roundrobin", model_name="tiny"
+        str(tiny_model_dir),
+        adapters={k: str(v) for k, v in adapters.items()},
+        scheduler="roundrobin",
+        model_name="tiny",
     )
     try:
-        assert [rr.generate(n, p, temperature=0, max_tokens=12, ignore_eos=True).text for n, p in jobs[:4]] == alone[
-            :4
-        ]
+        assert [rr.generate(n, p, temperature=0, max_tokens=12, ignore_eos=True).text for n, p in jobs[:4]] == alone[:4]
     finally:
         rr.close()
 
@@ -215,6 +216,7 @@ def test_admission_control_waits_or_refuses(tiny_model_dir, adapters, monkeypatc
             r = httpx.post(f"{live.url}/v1/completions", json={"model": "tiny", "prompt": "hi"}, timeout=30)
             assert r.status_code == 503 and r.headers["retry-after"] == "1"
             assert "retry shortly" in r.json()["error"]["message"]
+            assert 'tuneforge_rejected_requests_total{base="tiny"} 2.0' in httpx.get(f"{live.url}/metrics").text
             gated.gate.set()
             assert held.result().completion_tokens == 3
             r = httpx.post(f"{live.url}/v1/completions", json={"model": "tiny", "prompt": "hi"}, timeout=30)

@@ -30,14 +30,16 @@ Design (why it is shaped this way):
   from its safetensors on a loader thread (no PEFT module injection), so a cold load never stalls the
   decoding of the other requests; "loaded adapter"/"evicted adapter" log lines say when. An adapter that a
   running or waiting request uses is never evicted; the count may exceed the limit until they finish.
-* **Decoding: the lean step after a Hugging Face prefill.** The prompt runs through the model's own forward (PEFT
-  adapter active); each following token runs through `fast_decode.FastDecoder.decode_step` (fused projections,
-  pre-allocated KV cache, the request's LoRA weights passed in as tensors). The model thread's warm-up compares
-  the two on a short prompt (fp32 on CPU: bit-identical logits; bf16/fp16: within 5% of the largest logit) and
-  only then switches the lean step on. A warm-up failure, an architecture or adapter it does not model, or a
-  failure mid-request (the request's cache is handed back to a transformers cache) keeps or puts that work on
-  the plain forward, with one log line; no request fails for it. Weights are bf16 on CUDA and on CPUs with
-  native bf16 (AVX512-BF16/AMX), fp32 elsewhere (`serving_dtype`).
+* **Decoding: the lean step.** `fast_decode.FastDecoder` (fused projections, pre-allocated KV cache, LoRA
+  weights passed in as tensors). The batched scheduler runs prompts and tokens through it; round-robin runs the
+  prompt through the model's own forward (PEFT adapter active) and each following token through the lean step.
+  The model thread's warm-up compares the lean step with the model's forward on a short prompt and 4 tokens
+  (fp32 on CPU: bit-identical logits; bf16/fp16: within 5% of the largest logit) and only then switches it on.
+  A warm-up failure (then the round-robin loop serves everything with the plain forward), an architecture or
+  adapter it does not model (that adapter is loaded into PEFT and its requests take the plain forward beside
+  the batch), or a failure mid-request (round-robin: the request's cache is handed back to a transformers
+  cache) keeps or puts that work on the plain forward, with one log line. Weights are bf16 on CUDA and on CPUs
+  with native bf16 (AVX512-BF16/AMX), fp32 elsewhere (`serving_dtype`).
 * **Base-model requests** run with the LoRA layers disabled (no merge), so the same process serves the base and
   every adapter. `tuneforge export --merged` folds one adapter into the weights when no added latency is wanted.
 
@@ -56,8 +58,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,7 +72,7 @@ from ..models.adapters import check_adapter_folder
 from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
 from ..runtime import default_device
 from . import metrics
-from .fast_decode import AdapterMismatchError, AdapterPlan, BatchCache, DecodeState, FastDecoder
+from .fast_decode import AdapterPlan, BatchCache, DecodeState, FastDecoder
 from .sampling import SamplingParams, TokenSampler
 
 if TYPE_CHECKING:
@@ -600,6 +602,7 @@ class InferenceEngine:
             )
         with self._queued_lock:
             if self._queued >= self.max_waiting:
+                metrics.rejected(self)
                 raise EngineOverloadedError(
                     f"the server is busy: {self._queued} requests are queued (--max-waiting {self.max_waiting}); "
                     "retry shortly",

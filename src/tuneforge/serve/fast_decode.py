@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -120,7 +120,9 @@ class LoraGroup:
 AdapterPlan = list[dict[str, LoraGroup]]  # per layer: group name -> LoraGroup (absent groups are not adapted)
 # Rows of a batch that share one adapter: (their row indices, None for all rows; their plan, None for the base)
 Segments = list[tuple[torch.Tensor | None, AdapterPlan | None]]
-_PROJ_PARENT = {proj: "self_attn" if group in ("qkv", "o") else "mlp" for group, projs in _GROUPS.items() for proj in projs}
+_PROJ_PARENT = {
+    proj: "self_attn" if group in ("qkv", "o") else "mlp" for group, projs in _GROUPS.items() for proj in projs
+}
 
 
 class AdapterMismatchError(Exception):

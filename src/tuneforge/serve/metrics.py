@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -29,6 +29,9 @@ REQUESTS = Counter(
     ["base", "model", "finish_reason"],
 )
 GENERATED_TOKENS = Counter("tuneforge_generated_tokens", "Tokens generated, by model.", ["base", "model"])
+REJECTED = Counter(
+    "tuneforge_rejected_requests", "Requests refused with 503 because the queue was full (--max-waiting).", ["base"]
+)
 PROMPT_TOKENS = Counter("tuneforge_prompt_tokens", "Prompt tokens processed, by model.", ["base", "model"])
 TTFT = Histogram(
     "tuneforge_time_to_first_token_seconds",
@@ -78,6 +81,10 @@ def finished(engine: InferenceEngine, gen: Generation) -> None:
         )
 
 
+def rejected(engine: InferenceEngine) -> None:
+    REJECTED.labels(engine.base_name).inc()
+
+
 def batch_step(engine: InferenceEngine, rows: int) -> None:
     BATCH.labels(engine.base_name).observe(rows)
 
@@ -88,9 +95,7 @@ class _EngineGauges(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         queue = GaugeMetricFamily("tuneforge_queue_depth", "Requests waiting to join the batch.", labels=["base"])
         running = GaugeMetricFamily("tuneforge_running_requests", "Requests being decoded now.", labels=["base"])
-        loaded = GaugeMetricFamily(
-            "tuneforge_loaded_adapters", "Adapters held on the device now.", labels=["base"]
-        )
+        loaded = GaugeMetricFamily("tuneforge_loaded_adapters", "Adapters held on the device now.", labels=["base"])
         registered = GaugeMetricFamily(
             "tuneforge_registered_adapters", "Adapters that can be requested by name.", labels=["base"]
         )
