@@ -72,7 +72,7 @@ from ..models.adapters import check_adapter_folder
 from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
 from ..runtime import default_device
 from . import metrics
-from .fast_decode import AdapterPlan, BatchCache, DecodeState, FastDecoder
+from .fast_decode import AdapterPlan, BatchCache, DecodeState, FastDecoder, Segments
 from .sampling import SamplingParams, TokenSampler
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ class Generation:
         self._cancelled = threading.Event()
         self._consumed = False
         # model-thread state
-        self._cache = None  # the plain forward's KV cache (transformers Cache)
+        self._cache: object | None = None  # the plain forward's KV cache (transformers Cache)
         self._state: DecodeState | None = None  # the lean step's KV cache of this request alone
         self._pinned = False  # holds a pin on its adapter (released at the end)
         self._ready = adapter is None  # batched: its adapter's weights are on the device (or it needs none)
@@ -780,17 +780,17 @@ class InferenceEngine:
         for gen in list(waiting):
             if gen._ready or gen.adapter is None:
                 continue
-            path = registry.get(gen.adapter)
+            folder = registry.get(gen.adapter)
             entry = self._loaded.get(gen.adapter)
-            if path is None:  # removed between submit and now
+            if folder is None:  # removed between submit and now
                 waiting.remove(gen)
                 self._dequeued(gen)
                 self._end(gen, error=self._unknown(gen.adapter))
-            elif entry is not None and entry.path == path and entry.plan is not None:
+            elif entry is not None and entry.path == folder and entry.plan is not None:
                 entry.pins += 1
                 gen._pinned, gen._ready, gen._plan = True, True, entry.plan
                 self._loaded.move_to_end(gen.adapter)
-            elif entry is not None and entry.path == path:  # already in PEFT (an adapter the lean step skips)
+            elif entry is not None and entry.path == folder:  # already in PEFT (an adapter the lean step skips)
                 waiting.remove(gen)
                 self._dequeued(gen)
                 if self._start(gen):
@@ -800,9 +800,9 @@ class InferenceEngine:
                     self._delete(gen.adapter)
                 if self._loader is None:
                     self._loader = ThreadPoolExecutor(1, thread_name_prefix="tuneforge-adapter-loader")
-                future = self._loader.submit(fast.load_adapter_plan, path)
+                future = self._loader.submit(fast.load_adapter_plan, folder)
                 future.add_done_callback(self._load_done)
-                self._loading[gen.adapter] = (path, future)
+                self._loading[gen.adapter] = (folder, future)
         self.stats.loaded = list(self._loaded)
 
     def _fits(self, batch: BatchCache, running: list[Generation], gen: Generation) -> bool:
@@ -834,13 +834,13 @@ class InferenceEngine:
             if prefill is None:
                 # the oldest request whose adapter is ready; it waits (and so do the ones after it, to keep the
                 # order fair) while the batch has no room for it
-                gen = next((g for g in waiting if g._ready), None)
-                if gen is None or not self._fits(batch, running, gen):
+                admit = next((g for g in waiting if g._ready), None)
+                if admit is None or not self._fits(batch, running, admit):
                     break
-                waiting.remove(gen)
-                self._dequeued(gen)
-                gen._state = fast.new_state(1, gen.prompt_tokens)
-                prefill = gen
+                waiting.remove(admit)
+                self._dequeued(admit)
+                admit._state = fast.new_state(1, admit.prompt_tokens)
+                prefill = admit
             gen = prefill
             chunk = gen.prompt_ids[gen._prefilled : gen._prefilled + budget]
             assert gen._state is not None  # made at admission
@@ -870,6 +870,7 @@ class InferenceEngine:
         groups: dict[str | None, list[int]] = {}
         for row, gen in enumerate(running):
             groups.setdefault(gen.adapter, []).append(row)
+        segments: Segments
         if len(groups) == 1:
             segments = [(None, running[0]._plan)]
         else:
