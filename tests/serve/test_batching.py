@@ -325,3 +325,29 @@ def test_adapter_config_alpha_pattern_and_rslora_scale(tiny_model_dir, adapters,
         assert res.text == batched.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
     finally:
         batched.remove_adapter("patterned")
+
+
+def test_failed_batched_step_fails_its_requests_and_serving_goes_on(tiny_model_dir, monkeypatch, caplog):
+    from tuneforge.serve.fast_decode import BatchCache
+
+    engine = InferenceEngine(str(tiny_model_dir), model_name="tiny")
+    try:
+        expected = engine.generate("tiny", prompt(1), temperature=0, max_tokens=6, ignore_eos=True).text
+        real, calls = BatchCache.step, []
+
+        def flaky(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("kernel failed")
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(BatchCache, "step", flaky)
+        with (
+            caplog.at_level("ERROR", logger="tuneforge.serve"),
+            pytest.raises(GenerationError, match="generation failed: kernel failed"),
+        ):
+            engine.generate("tiny", prompt(1), temperature=0, max_tokens=6, ignore_eos=True)
+        assert any("batched step failed" in r.getMessage() for r in caplog.records)
+        assert engine.generate("tiny", prompt(1), temperature=0, max_tokens=6, ignore_eos=True).text == expected
+    finally:
+        engine.close()
