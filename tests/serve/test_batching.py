@@ -189,6 +189,10 @@ def test_admission_control_waits_or_refuses(tiny_model_dir, adapters, monkeypatc
         assert engine.kv_cache_positions == 768
         with pytest.raises(TuneforgeError, match=r"max_tokens: .*\(768 positions, --kv-cache-mb\)"):
             engine.submit("tiny", prompt(1), SamplingParams(max_tokens=1000))
+        # 700 positions would round up to 768 in the cache: still one row's worth; 770 would not fit
+        assert engine.submit("tiny", [5] * 10, SamplingParams(max_tokens=690)).result().completion_tokens >= 1
+        with pytest.raises(TuneforgeError, match="max_tokens"):
+            engine.submit("tiny", [5] * 10, SamplingParams(max_tokens=760))
         gens = [
             engine.submit("tiny", prompt(i), SamplingParams(temperature=0, max_tokens=290, ignore_eos=True))
             for i in range(4)

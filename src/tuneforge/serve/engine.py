@@ -592,7 +592,8 @@ class InferenceEngine:
         if room < 1:
             raise TuneforgeError(f"the prompt has {len(ids)} tokens; this model's context is {limit}", field="prompt")
         max_tokens = min(params.max_tokens or self.default_max_tokens, room)
-        if self.scheduler == "batched" and len(ids) + max_tokens > self.kv_cache_positions:
+        # the batch's cache holds a row's positions rounded up to its allocation unit (BatchCache.shape_for)
+        if self.scheduler == "batched" and BatchCache.round_capacity(len(ids) + max_tokens) > self.kv_cache_positions:
             raise TuneforgeError(
                 f"max_tokens: the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) need more KV cache "
                 f"than this server holds for one request ({self.kv_cache_positions} positions, --kv-cache-mb); "

@@ -180,8 +180,13 @@ class BatchCache:
         if rows > slots:
             slots = 1 << (rows - 1).bit_length()
         if capacity > cap:
-            cap = -(-capacity // 128) * 128
+            cap = self.round_capacity(capacity)
         return slots, cap
+
+    @staticmethod
+    def round_capacity(positions: int) -> int:
+        """Capacity grows in steps of 128 positions, so a long decode re-allocates rarely."""
+        return -(-positions // 128) * 128
 
     def positions(self, rows: int, capacity: int) -> int:
         """KV positions (slots x capacity) allocated once `rows` rows needing `capacity` positions are held."""
