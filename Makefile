@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast test-ui bench bench-train bench-infer lint lint-imports typecheck migration clean
+.PHONY: demo test test-fast test-ui bench bench-train bench-infer bench-serve lint lint-imports typecheck migration clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench-train: $(STAMP)
 # Single-stream decode: the serving engine vs transformers generate (and llama.cpp with the `llama` extra)
 bench-infer: $(STAMP)
 	$(PY) bench/infer_bench.py
+
+# Serving under load: continuous batching vs round-robin over the real HTTP server and the openai client
+# (BENCH_ARGS="--quick" on a loaded machine)
+bench-serve: $(STAMP)
+	$(PY) bench/serve_bench.py $(BENCH_ARGS)
 
 # A new schema migration, after changing src/tuneforge/db/schema.py: `make migration m="add deployments.secret"`.
 # Alembic compares the schema module with a scratch database at the current head and writes the difference to

@@ -110,6 +110,11 @@ def _cmd_serve(args) -> int:
         chat_template=args.chat_template,
         dtype=args.dtype,
         weights=args.weights,
+        scheduler=args.scheduler,
+        max_batch_size=args.max_batch_size,
+        step_tokens=args.step_tokens,
+        kv_cache_mb=args.kv_cache_mb,
+        max_waiting=args.max_waiting,
     )
 
 
@@ -242,6 +247,32 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=4,
         help="adapters kept in memory at once; the least recently used is evicted past this",
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=("batched", "roundrobin"),
+        default="batched",
+        help="batched: continuous batching, one decode step for all requests and adapters (default); "
+        "roundrobin: one request's token per step (the old engine, for comparison)",
+    )
+    p.add_argument("--max-batch-size", type=int, default=32, help="most requests decoded together (default 32)")
+    p.add_argument(
+        "--step-tokens",
+        type=int,
+        default=256,
+        help="prompt tokens prefilled per step at most, so running streams wait for one bounded chunk (default 256)",
+    )
+    p.add_argument(
+        "--kv-cache-mb",
+        type=float,
+        default=2048,
+        help="memory for the running batch's KV cache; requests past it wait in the queue (default 2048)",
+    )
+    p.add_argument(
+        "--max-waiting",
+        type=int,
+        default=1024,
+        help="queued requests at most; more get 503 with Retry-After (default 1024)",
     )
     p.add_argument(
         "--api-key",

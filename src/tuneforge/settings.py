@@ -101,6 +101,18 @@ class Settings(BaseSettings):
         description="Serve the OpenAPI page (/docs, /redoc, /openapi.json) without a key. The schema holds no "
         "secrets, but it tells anyone who can reach the server what it is; false: not served at all.",
     )
+    serve_max_batch_size: int = Field(
+        32, ge=1, description="Deployments: most requests one base model's engine decodes together (one step)."
+    )
+    serve_kv_cache_mb: float = Field(
+        2048,
+        ge=0.01,
+        description="Deployments: memory for each base model's running batch KV cache, in MiB; requests beyond "
+        "it wait in the queue.",
+    )
+    serve_max_waiting: int = Field(
+        1024, ge=1, description="Deployments: queued requests per base model at most; more get 503 with Retry-After."
+    )
     heartbeat_seconds: float = Field(2.0, gt=0, description="How often a worker marks its running job as alive.")
     stale_after_seconds: float = Field(
         30.0,

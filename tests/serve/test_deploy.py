@@ -323,3 +323,14 @@ def test_a_template_trained_adapter_is_deployed_with_its_training_prompt(svc, en
     completion = oc.completions.create(model="qa", prompt="two plus two?", temperature=0, max_tokens=8)
     assert completion.choices[0].text == expected  # the one placeholder takes the prompt
     alice.terminate_deployment(ret["deployment_id"])
+
+
+def test_metrics_need_an_administrator_key(svc):
+    live, _, keys, _, _ = svc
+    assert requests.get(live.url + "/metrics", timeout=30).status_code == 401
+    r = requests.get(live.url + "/metrics", headers={"Authorization": f"Bearer {keys['alice']}"}, timeout=30)
+    assert r.status_code == 403 and "administrator key" in r.json()["detail"]
+    r = requests.get(live.url + "/metrics", headers={"Authorization": f"Bearer {keys['root']}"}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert "# TYPE tuneforge_time_to_first_token_seconds histogram" in r.text
+    assert "# TYPE tuneforge_queue_depth gauge" in r.text

@@ -6,13 +6,15 @@ over the same server (deployments, the web UI) add their routers here.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Response
 from starlette.types import Lifespan
 
 from .. import __version__
 from ..jobs.store import Store
+from ..serve import metrics
 from ..settings import Settings
 from . import datasets, deploy, finetune, ui_support
+from .auth import CurrentPrincipal
 from .errors import install_error_handlers
 from .limits import AuthThrottle, BodyLimit
 
@@ -52,6 +54,18 @@ def create_app(
     @app.get("/v1/health", tags=["service"], summary="Liveness check (no key needed)")
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
+
+    @app.get(
+        "/metrics",
+        tags=["service"],
+        summary="Prometheus metrics of the deployments' engines (an administrator key)",
+        response_class=Response,
+    )
+    def prometheus_metrics(principal: CurrentPrincipal) -> Response:
+        # model labels name every tenant's adapters: only an administrator (the scraper's key) reads them
+        if not principal.is_admin:
+            raise HTTPException(403, "GET /metrics needs an administrator key (tuneforge keys create NAME --admin)")
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
     app.include_router(finetune.router)
     app.include_router(datasets.router)

@@ -266,7 +266,15 @@ async def _stream_texts(gens: list[Generation]) -> AsyncIterator[bytes]:
 
 def install(app: FastAPI, settings: Settings, store: Store) -> DeploymentManager:
     """Mount the deploy routes and the OpenAI-compatible routes on the service app; rebuild earlier deployments."""
-    manager = DeploymentManager(store.engine, settings.logs_dir / "deployments")
+    manager = DeploymentManager(
+        store.engine,
+        settings.logs_dir / "deployments",
+        engine_options={
+            "max_batch_size": settings.serve_max_batch_size,
+            "kv_cache_mb": settings.serve_kv_cache_mb,
+            "max_waiting": settings.serve_max_waiting,
+        },
+    )
     app.state.deployments = manager
     app.include_router(router)
     auth = throttled_auth(deployment_auth(manager, store.authenticate, key_active=store.key_active))

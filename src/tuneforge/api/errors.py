@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ..errors import Conflict, LimitReached, NotFound, TuneforgeError
+from ..serve.engine import EngineOverloadedError
 from ..spec import SpecError, describe_errors
 
 # The `responses=` of a route: status code -> its OpenAPI description (FastAPI's own parameter type).
@@ -60,6 +61,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def _not_found(_request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(EngineOverloadedError)
+    async def _overloaded(_request: Request, exc: EngineOverloadedError) -> JSONResponse:
+        return JSONResponse(
+            status_code=503, content={"detail": str(exc)}, headers={"Retry-After": str(exc.retry_after)}
+        )
 
     @app.exception_handler(LimitReached)
     async def _limit(_request: Request, exc: LimitReached) -> JSONResponse:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastapi import Request, Response
+
 from ..errors import TuneforgeError
+from . import metrics
 from .engine import InferenceEngine
-from .openai_routes import bearer_key_auth, openai_router
+from .openai_routes import _call_auth, bearer_key_auth, openai_router
 
 
 def create_app(engine: InferenceEngine, *, api_key: str | None = None):
@@ -25,7 +28,13 @@ def create_app(engine: InferenceEngine, *, api_key: str | None = None):
         description="OpenAI-compatible inference for a base model and its LoRA adapters.",
         lifespan=lifespan,
     )
-    app.include_router(openai_router(engine, bearer_key_auth(api_key)))
+    auth = bearer_key_auth(api_key)
+    app.include_router(openai_router(engine, auth))
+
+    @app.get("/metrics", tags=["service"], summary="Prometheus metrics (the API key when one is set)")
+    async def prometheus_metrics(request: Request) -> Response:
+        await _call_auth(auth, request, None)
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/health", tags=["service"])
     def health():
@@ -68,6 +77,11 @@ def run_server(
     chat_template: str = "training",
     dtype: str = "auto",
     weights: str = "dense",
+    scheduler: str = "batched",
+    max_batch_size: int = 32,
+    step_tokens: int = 256,
+    kv_cache_mb: float = 2048,
+    max_waiting: int = 1024,
 ) -> int:
     import uvicorn
 
@@ -79,6 +93,11 @@ def run_server(
         chat_template=chat_template,
         dtype=dtype,
         weights=weights,
+        scheduler=scheduler,
+        max_batch_size=max_batch_size,
+        step_tokens=step_tokens,
+        kv_cache_mb=kv_cache_mb,
+        max_waiting=max_waiting,
     )
     app = create_app(engine, api_key=api_key)
     shown = "localhost" if host in ("0.0.0.0", "::") else host

@@ -155,12 +155,21 @@ class DeploymentManager:
     """Deployments of one service process. Implements the engine protocol of `serve.openai_routes`
     (`model_names`, `created`, `submit`) over the live deployments, by name."""
 
-    def __init__(self, db_engine, logs_dir: Path, *, max_loaded_adapters: int = 8, device: str | None = None):
+    def __init__(
+        self,
+        db_engine,
+        logs_dir: Path,
+        *,
+        max_loaded_adapters: int = 8,
+        device: str | None = None,
+        engine_options: dict | None = None,
+    ):
         self.db = db_engine  # the service database, already migrated (its job store opened it first)
         self.logs_dir = Path(logs_dir)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.max_loaded_adapters = max_loaded_adapters
         self.device = device
+        self.engine_options = dict(engine_options or {})  # batching settings passed to every InferenceEngine
         self.created = int(time.time())
         self._lock = threading.RLock()
         self._engines: dict[str, InferenceEngine] = {}  # by model_load
@@ -313,6 +322,7 @@ class DeploymentManager:
                     max_loaded_adapters=self.max_loaded_adapters,
                     device=self.device,
                     relative_is_local=False,
+                    **self.engine_options,
                 )
                 self.log(deployment_id, f"base model loaded in {time.monotonic() - t:.1f}s on {engine.device}")
                 with self._lock:

@@ -8,26 +8,41 @@ Design (why it is shaped this way):
   the other's adapter (cross-talk). Confining the model to one thread makes that impossible by construction,
   with no lock to forget, and it costs nothing here: on a CPU (and a single small GPU) one forward pass already
   uses all the compute, so running two at once would not be faster.
-* **Round-robin, one token per request per turn.** The model thread keeps every active request's own KV cache
-  and, in turn, activates that request's adapter and decodes one token for it. Concurrent requests for
-  different adapters therefore stream side by side (no request waits for another to finish), and each token is
-  computed with exactly its request's adapter: the adapter is switched *before* the forward pass that produces
-  the token, on the only thread that runs forward passes. Per-request `torch.Generator`s keep seeded sampling
-  reproducible no matter how requests interleave. (Batching several requests into one forward pass, grouped by
-  adapter, would raise throughput on a GPU; it is left for when it is measured to matter.)
-* **Adapters: registered by name, loaded lazily, evicted least-recently-used** past `max_loaded_adapters`.
-  An adapter that a running request uses is never evicted; the count may exceed the limit until it finishes.
-* **Decoding: the lean step after a Hugging Face prefill.** The prompt runs through the model's own forward (PEFT
-  adapter active); each following token runs through `fast_decode.FastDecoder.decode_step` (fused projections,
-  pre-allocated KV cache, the request's LoRA weights passed in as tensors). The model thread's warm-up compares
-  the two on a short prompt (fp32 on CPU: bit-identical logits; bf16/fp16: within 5% of the largest logit) and
-  only then switches the lean step on. A warm-up failure, an architecture or adapter it does not model, or a
-  failure mid-request (the request's cache is handed back to a transformers cache) keeps or puts that work on
-  the plain forward, with one log line; no request fails for it. Weights are bf16 on CUDA and on CPUs with
-  native bf16 (AVX512-BF16/AMX), fp32 elsewhere (`serving_dtype`). `weights="int8"` (`--weights int8`, opt-in,
-  CPU) runs the lean step's projections and output head on int8 copies of the weights (`fast_decode.Int8Linear`):
-  faster per token on a memory-bound CPU, not bit-identical, so its warm-up check is a tolerance (see
-  `_check_lean`); if it fails, the lean step runs on the model's own weights.
+* **Continuous batching across adapters (scheduler "batched", the default).** Each turn of the model thread
+  admits waiting requests and prefills their prompts through the lean step in chunks, at most `step_tokens`
+  prompt tokens per turn (so a long prompt delays the running streams by one bounded chunk, not by its whole
+  prefill), then runs ONE decode step for every running request together: the base weights are read once for
+  the whole batch and each adapter's low-rank product runs on its own rows (segmented LoRA, as in Punica,
+  S-LoRA and LoRAX), so requests for different adapters and for the base share the step. A decode step of 16
+  rows costs a few times one row's, not 16 times (bench/serve_bench.py). Rows have their own lengths in a
+  shared padded KV cache (`fast_decode.BatchCache`) and join or leave at every step; a cancelled request (a
+  client that went away) leaves at the next one. Admission control: at most `max_batch_size` rows, and a
+  request joins only when the cache stays within `kv_cache_mb`; the others wait in the queue, and past
+  `max_waiting` queued requests `submit` refuses with EngineOverloadedError (HTTP 503 + Retry-After).
+  Sampling and text stay per request (`gen.sampler.choose(row)`, `_accept`), so seeded sampling is
+  reproducible however requests batch. Numerics: fp32 matrix products of M rows and of one row are blocked
+  differently by the CPU's BLAS, so a row's logits in a batch may differ from serving it alone in the last
+  bits; greedy outputs are the same tokens in the tests and the benchmark (`identical_outputs=1`).
+  Scheduler "roundrobin" (the engine before batching, kept for the benchmark's comparison): each turn decodes
+  one token for each request in turn, with its own KV cache and adapter.
+* **Adapters: registered by name, loaded lazily, evicted least-recently-used** past `max_loaded_adapters`
+  (hundreds can be registered; only the hot ones are held). The batched scheduler reads an adapter's tensors
+  from its safetensors on a loader thread (no PEFT module injection), so a cold load never stalls the
+  decoding of the other requests; "loaded adapter"/"evicted adapter" log lines say when. An adapter that a
+  running or waiting request uses is never evicted; the count may exceed the limit until they finish.
+* **Decoding: the lean step.** `fast_decode.FastDecoder` (fused projections, pre-allocated KV cache, LoRA
+  weights passed in as tensors). The batched scheduler runs prompts and tokens through it; round-robin runs the
+  prompt through the model's own forward (PEFT adapter active) and each following token through the lean step.
+  The model thread's warm-up compares the lean step with the model's forward on a short prompt and 4 tokens
+  (fp32 on CPU: bit-identical logits; bf16/fp16: within 5% of the largest logit) and only then switches it on.
+  A warm-up failure (then the round-robin loop serves everything with the plain forward), an architecture or
+  adapter it does not model (that adapter is loaded into PEFT and its requests take the plain forward beside
+  the batch), or a failure mid-request (round-robin: the request's cache is handed back to a transformers
+  cache) keeps or puts that work on the plain forward, with one log line. Weights are bf16 on CUDA and on CPUs
+  with native bf16 (AVX512-BF16/AMX), fp32 elsewhere (`serving_dtype`). `weights="int8"` (`--weights int8`,
+  opt-in, CPU) runs the lean step's projections and output head on int8 copies of the weights
+  (`fast_decode.Int8Linear`): faster per token on a memory-bound CPU, not bit-identical, so its warm-up check
+  is a tolerance (see `_check_lean`); if it fails, the lean step runs on the model's own weights.
 * **Base-model requests** run with the LoRA layers disabled (no merge), so the same process serves the base and
   every adapter. `tuneforge export --merged` folds one adapter into the weights when no added latency is wanted.
 
@@ -46,8 +61,9 @@ import queue
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,7 +75,8 @@ from ..errors import TuneforgeError, close_matches
 from ..models.adapters import check_adapter_folder
 from ..models.loader import load_tokenizer, quiet_transformers, resolve_model
 from ..runtime import default_device
-from .fast_decode import WEIGHT_FORMATS, AdapterPlan, FastDecoder
+from . import metrics
+from .fast_decode import WEIGHT_FORMATS, AdapterPlan, BatchCache, DecodeState, FastDecoder, Segments
 from .grammar import GrammarCompiler
 from .sampling import SamplingParams, TokenLogprob, TokenSampler
 
@@ -78,6 +95,17 @@ class UnknownModelError(TuneforgeError):
 class GenerationError(Exception):
     """Generation failed on the model thread for a reason that is not the user's input (e.g. an adapter whose
     weights do not fit the base)."""
+
+
+class EngineOverloadedError(TuneforgeError):
+    """More requests are queued than the engine accepts (`max_waiting`): retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+SCHEDULERS = ("batched", "roundrobin")
 
 
 @dataclass
@@ -247,14 +275,20 @@ class Generation:
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
         self.created = int(time.time())
+        self.submitted = time.perf_counter()  # for the time-to-first-token and per-output-token metrics
+        self.first_token_at: float | None = None
         self._engine = engine
         self._loop = loop
         self._queue: asyncio.Queue | queue.Queue = asyncio.Queue() if loop is not None else queue.Queue()
         self._cancelled = threading.Event()
         self._consumed = False
         # model-thread state
-        self._cache = None  # the plain forward's KV cache (transformers Cache)
-        self._state = None  # the lean decode step's KV cache (fast_decode.DecodeState), after the prefill
+        self._cache: object | None = None  # the plain forward's KV cache (transformers Cache)
+        self._state: DecodeState | None = None  # the lean step's KV cache of this request alone
+        self._pinned = False  # holds a pin on its adapter (released at the end)
+        self._ready = adapter is None  # batched: its adapter's weights are on the device (or it needs none)
+        self._plan: AdapterPlan | None = None  # batched: its adapter's lean-step weights (None: the base)
+        self._prefilled = 0  # batched: prompt tokens in `_state` so far
         self._next_input: list[int] = prompt_ids
         self.system_fingerprint = engine.system_fingerprint
         constraint = None
@@ -346,7 +380,8 @@ class Generation:
 @dataclass
 class _Loaded:
     path: str
-    pins: int = 0  # running requests that use it
+    pins: int = 0  # waiting and running requests that use it
+    plan: AdapterPlan | None = None  # the lean step's tensors (batched scheduler); None: loaded into PEFT
 
 
 @dataclass
@@ -356,6 +391,10 @@ class EngineStats:
     adapter_switches: int = 0  # forward passes whose adapter (or the base) differs from the previous one's
     requests: int = 0
     completion_tokens: int = 0
+    decode_steps: int = 0  # forward passes that decoded one token for each running request
+    max_batch: int = 0  # the most requests one decode step has served
+    batch_size: int = 0  # requests in the running batch now
+    waiting: int = 0  # requests queued, not yet running
     loaded: list[str] = field(default_factory=list)  # least recently used first
 
 
@@ -391,6 +430,11 @@ class InferenceEngine:
         fast_decode: bool = True,
         weights: str = "dense",
         relative_is_local: bool = True,
+        scheduler: str = "batched",
+        max_batch_size: int = 32,
+        step_tokens: int = 256,
+        kv_cache_mb: float = 2048,
+        max_waiting: int = 1024,
     ):
         with _IMPORT_LOCK:
             # transformers resolves its classes lazily on first attribute access; two threads doing that at once
@@ -408,6 +452,22 @@ class InferenceEngine:
                 field="max_adapters",
                 value=max_loaded_adapters,
             )
+        if scheduler not in SCHEDULERS:
+            raise TuneforgeError(
+                f"--scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}", field="scheduler", value=scheduler
+            )
+        for flag, value, low in (
+            ("--max-batch-size", max_batch_size, 1),
+            ("--step-tokens", step_tokens, 1),
+            ("--kv-cache-mb", kv_cache_mb, 0.01),
+            ("--max-waiting", max_waiting, 1),
+        ):
+            if value < low:
+                raise TuneforgeError(f"{flag} must be at least {low}, got {value}", field=flag[2:], value=value)
+        self.scheduler = scheduler
+        self.max_batch_size = max_batch_size
+        self.step_tokens = step_tokens
+        self.max_waiting = max_waiting
         quiet_transformers()
         for name, path in (adapters or {}).items():  # fail on a wrong folder before spending time on the model
             check_name(name)
@@ -451,6 +511,13 @@ class InferenceEngine:
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_ids)
         # about a second for a 50k vocabulary, off the request path; a failure shows on the first constrained request
         threading.Thread(target=self._prepare_grammars, name="tuneforge-grammar", daemon=True).start()
+        cfg = self.base.config
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        # one position of one row in the batch's KV cache: keys and values of every layer
+        self._kv_position_bytes = 2 * cfg.num_hidden_layers * kv_heads * head_dim * self.dtype.itemsize
+        self.kv_cache_positions = int(kv_cache_mb * 2**20) // self._kv_position_bytes
 
         self._peft: PeftModel | None = None  # the PeftModel wrapping `self.base` once an adapter is loaded
         self._active: str | object | None = _UNKNOWN  # adapter the LoRA layers are set to; None: disabled
@@ -467,6 +534,12 @@ class InferenceEngine:
         self._fast: FastDecoder | None = None  # set by the model thread's warm-up when the lean step checks out
         self._plans: dict[str, AdapterPlan | _Plain] = {}  # adapter -> its fused LoRA weights (_PLAIN: plain path)
         self._last_adapter: str | object | None = _UNKNOWN  # adapter of the previous forward pass
+        self._batch: BatchCache | None = None  # the batched scheduler's running rows' KV cache
+        self._loading: dict[str, tuple[str, Future]] = {}  # adapter -> (its folder, its load on the loader thread)
+        self._loader: ThreadPoolExecutor | None = None
+        self._queued = 0  # submitted, not yet admitted to the batch (admission control)
+        self._queued_lock = threading.Lock()
+        metrics.track(self)
         for name, path in (adapters or {}).items():
             self.add_adapter(name, path)
         self._thread = threading.Thread(target=self._run, name="tuneforge-model", daemon=True)
@@ -612,6 +685,24 @@ class InferenceEngine:
         if room < 1:
             raise TuneforgeError(f"the prompt has {len(ids)} tokens; this model's context is {limit}", field="prompt")
         max_tokens = min(params.max_tokens or self.default_max_tokens, room)
+        # the batch's cache holds a row's positions rounded up to its allocation unit (BatchCache.shape_for)
+        if self.scheduler == "batched" and BatchCache.round_capacity(len(ids) + max_tokens) > self.kv_cache_positions:
+            raise TuneforgeError(
+                f"max_tokens: the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) need more KV cache "
+                f"than this server holds for one request ({self.kv_cache_positions} positions, --kv-cache-mb); "
+                "ask for fewer tokens",
+                field="max_tokens",
+                value=max_tokens,
+            )
+        with self._queued_lock:
+            if self._queued >= self.max_waiting:
+                metrics.rejected(self)
+                raise EngineOverloadedError(
+                    f"the server is busy: {self._queued} requests are queued (--max-waiting {self.max_waiting}); "
+                    "retry shortly",
+                    retry_after=1,
+                )
+            self._queued += 1
         gen = Generation(self, model, adapter, ids, params, max_tokens, loop)
         self._inbox.put(gen)
         return gen
@@ -632,11 +723,29 @@ class InferenceEngine:
         self._closed = True
         self._inbox.put(None)
         self._thread.join(timeout)
+        if self._loader is not None:
+            self._loader.shutdown(wait=False, cancel_futures=True)
+        metrics.untrack(self)
+
+    @property
+    def queued(self) -> int:
+        """Requests submitted and not yet running (queue depth)."""
+        return self._queued
+
+    def _dequeued(self, gen: Generation) -> None:
+        with self._queued_lock:
+            self._queued -= 1
 
     # ---------------------------------------------------------------- the model thread
     def _run(self) -> None:
         if self._want_fast:
             self._warm_up()
+        if self.scheduler == "batched" and self._fast is not None:
+            self._run_batched(self._fast)
+        else:  # round-robin (or no lean step: the plain forward has no batched path here)
+            self._run_roundrobin()
+
+    def _run_roundrobin(self) -> None:
         active: list[Generation] = []
         while True:
             try:  # block only when there is nothing to decode
@@ -644,8 +753,11 @@ class InferenceEngine:
             except queue.Empty:
                 item = _DONE
             while item is not _DONE:
-                if isinstance(item, Generation) and self._start(item):
-                    active.append(item)
+                if isinstance(item, Generation):
+                    self.stats.requests += 1
+                    self._dequeued(item)
+                    if self._start(item):
+                        active.append(item)
                 try:
                     item = self._inbox.get_nowait()
                 except queue.Empty:
@@ -665,10 +777,219 @@ class InferenceEngine:
                         self._end(gen, error=GenerationError(f"generation failed: {exc}"))
                 if gen.finish_reason is not None or gen.error is not None:
                     active.remove(gen)
+            self.stats.batch_size = len(active)
             try:
                 self._housekeep()
             except Exception:
                 log.exception("adapter housekeeping failed")
+
+    # ---------------------------------------------------------------- the batched scheduler
+    def _run_batched(self, fast: FastDecoder) -> None:
+        """Continuous batching (module docstring): each turn admits and prefills under the token budget, then
+        decodes one token for every running request in one forward pass."""
+        self._batch = batch = BatchCache(fast)
+        waiting: deque[Generation] = deque()  # FIFO; requests whose adapter is loading are passed over
+        running: list[Generation] = []  # row i of `batch` is running[i]
+        prefill: Generation | None = None  # the request whose prompt is being prefilled, chunk by chunk
+        plain: list[Generation] = []  # requests for adapters the lean step does not model: the plain forward
+        while True:
+            busy = bool(waiting or running or prefill or plain)
+            try:  # block only when there is nothing to do (a finished adapter load wakes us through the inbox)
+                item = self._inbox.get() if not busy else self._inbox.get_nowait()
+            except queue.Empty:
+                item = _DONE
+            while item is not _DONE:
+                if isinstance(item, Generation):
+                    self.stats.requests += 1
+                    waiting.append(item)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = _DONE
+            if self._closed:
+                for gen in [*waiting, *running, *plain, *([prefill] if prefill else [])]:
+                    self._end(gen, error=RuntimeError("the engine was closed"))
+                return
+            try:
+                self._resolve_adapters(fast, waiting, plain)
+                prefill = self._admit_and_prefill(fast, batch, waiting, running, prefill)
+                if running:
+                    self._decode_batch(batch, running)
+                for gen in list(plain):
+                    if gen.cancelled:
+                        self._end(gen, reason="cancelled")
+                    else:
+                        try:
+                            self._step(gen)
+                        except Exception as exc:
+                            log.exception("generation failed")
+                            self._end(gen, error=GenerationError(f"generation failed: {exc}"))
+                    if gen.finish_reason is not None or gen.error is not None:
+                        plain.remove(gen)
+            except Exception as exc:  # a bug in a batched step: fail what it touched, keep serving the rest
+                log.exception("batched step failed")
+                failed = [*running, *([prefill] if prefill else [])]
+                for gen in failed:
+                    self._end(gen, error=GenerationError(f"generation failed: {exc}"))
+                running.clear()
+                prefill = None
+                self._batch = batch = BatchCache(fast)
+            self.stats.batch_size, self.stats.waiting = len(running) + len(plain), len(waiting) + (prefill is not None)
+            try:
+                self._housekeep()
+            except Exception:
+                log.exception("adapter housekeeping failed")
+
+    def _load_done(self, future: Future) -> None:
+        self._inbox.put(None)  # wake the model thread
+
+    def _resolve_adapters(self, fast: FastDecoder, waiting: deque[Generation], plain: list[Generation]) -> None:
+        """Pin the adapters of waiting requests that are on the device; start loading the others on the loader
+        thread; take in finished loads. A load that fails ends only the requests for that adapter."""
+        for name, (path, future) in list(self._loading.items()):
+            if not future.done():
+                continue
+            del self._loading[name]
+            exc = future.exception()
+            if exc is None:
+                self._loaded[name] = _Loaded(path, plan=future.result())
+                self.stats.adapter_loads += 1
+                log.info("loaded adapter %r from %s (%d on the device)", name, path, len(self._loaded))
+            elif isinstance(exc, ValueError):  # not modelled by the lean step: PEFT and the plain forward
+                log.info("adapter %r is served with the plain forward pass: lean decode does not model %s", name, exc)
+                for gen in [g for g in waiting if g.adapter == name]:
+                    waiting.remove(gen)
+                    self._dequeued(gen)
+                    if self._start(gen):
+                        plain.append(gen)
+            else:
+                error = GenerationError(f"adapter {name!r} ({path}) could not be loaded on {self.model_id!r}: {exc}")
+                log.warning("%s", error)
+                for gen in [g for g in waiting if g.adapter == name]:
+                    waiting.remove(gen)
+                    self._dequeued(gen)
+                    self._end(gen, error=error)
+        with self._registry_lock:
+            registry = dict(self._registry)
+        for gen in list(waiting):
+            if gen._ready or gen.adapter is None:
+                continue
+            folder = registry.get(gen.adapter)
+            entry = self._loaded.get(gen.adapter)
+            if folder is None:  # removed between submit and now
+                waiting.remove(gen)
+                self._dequeued(gen)
+                self._end(gen, error=self._unknown(gen.adapter))
+            elif entry is not None and entry.path == folder and entry.plan is not None:
+                entry.pins += 1
+                gen._pinned, gen._ready, gen._plan = True, True, entry.plan
+                self._loaded.move_to_end(gen.adapter)
+            elif entry is not None and entry.path == folder:  # already in PEFT (an adapter the lean step skips)
+                waiting.remove(gen)
+                self._dequeued(gen)
+                if self._start(gen):
+                    plain.append(gen)
+            elif gen.adapter not in self._loading:
+                if entry is not None and entry.pins == 0:  # re-pointed to another folder: drop the old tensors
+                    self._delete(gen.adapter)
+                if self._loader is None:
+                    self._loader = ThreadPoolExecutor(1, thread_name_prefix="tuneforge-adapter-loader")
+                future = self._loader.submit(fast.load_adapter_plan, folder)
+                future.add_done_callback(self._load_done)
+                self._loading[gen.adapter] = (folder, future)
+        self.stats.loaded = list(self._loaded)
+
+    def _fits(self, batch: BatchCache, running: list[Generation], gen: Generation) -> bool:
+        """Admission control: one more row within max_batch_size, and the batch's KV cache within its budget."""
+        if len(running) + 1 > self.max_batch_size:
+            return False
+        need = max([g.prompt_tokens + g.max_tokens for g in running] + [gen.prompt_tokens + gen.max_tokens])
+        return batch.positions(len(running) + 1, need) <= self.kv_cache_positions
+
+    def _admit_and_prefill(
+        self,
+        fast: FastDecoder,
+        batch: BatchCache,
+        waiting: deque[Generation],
+        running: list[Generation],
+        prefill: Generation | None,
+    ) -> Generation | None:
+        """Prefill prompts, oldest admissible request first, up to `step_tokens` tokens this turn; a request whose
+        prompt is done samples its first token and joins the batch. Returns the request left half-prefilled."""
+        for gen in [g for g in waiting if g.cancelled]:
+            waiting.remove(gen)
+            self._dequeued(gen)
+            self._end(gen, reason="cancelled")
+        if prefill is not None and prefill.cancelled:
+            self._end(prefill, reason="cancelled")
+            prefill = None
+        budget = self.step_tokens
+        while budget > 0:
+            if prefill is None:
+                # the oldest request whose adapter is ready; it waits (and so do the ones after it, to keep the
+                # order fair) while the batch has no room for it
+                admit = next((g for g in waiting if g._ready), None)
+                if admit is None or not self._fits(batch, running, admit):
+                    break
+                waiting.remove(admit)
+                self._dequeued(admit)
+                admit._state = fast.new_state(1, admit.prompt_tokens)
+                prefill = admit
+            gen = prefill
+            chunk = gen.prompt_ids[gen._prefilled : gen._prefilled + budget]
+            assert gen._state is not None  # made at admission
+            tokens = torch.tensor([chunk], device=self.device)
+            logits = fast.forward(gen._state.keys, gen._state.values, tokens, [gen._prefilled], [(None, gen._plan)])
+            gen._prefilled += len(chunk)
+            gen._state.length = gen._prefilled
+            budget -= len(chunk)
+            if gen._prefilled < gen.prompt_tokens:
+                continue  # the rest of its prompt next turn: the running streams decode first
+            prefill = None
+            self._accept(gen, gen.sampler.choose(logits[0]))
+            if gen.finish_reason is None and gen.error is None:
+                batch.add(gen._state, gen.prompt_tokens + gen.max_tokens)
+                gen._state = None
+                running.append(gen)
+        return prefill
+
+    def _decode_batch(self, batch: BatchCache, running: list[Generation]) -> None:
+        """One token for every running request in one forward pass; finished and cancelled rows leave."""
+        for row in range(len(running) - 1, -1, -1):  # backwards: a removed row is refilled from the last one
+            if running[row].cancelled:
+                self._end(running[row], reason="cancelled")
+                self._leave(batch, running, row)
+        if not running:
+            return
+        groups: dict[str | None, list[int]] = {}
+        for row, gen in enumerate(running):
+            groups.setdefault(gen.adapter, []).append(row)
+        segments: Segments
+        if len(groups) == 1:
+            segments = [(None, running[0]._plan)]
+        else:
+            segments = [
+                (torch.tensor(rows, device=self.device), running[rows[0]]._plan)
+                for rows in groups.values()
+                if running[rows[0]]._plan is not None
+            ]
+        tokens = torch.tensor([gen._next_input[0] for gen in running], device=self.device)
+        logits = batch.step(tokens, segments)
+        self.stats.decode_steps += 1
+        self.stats.max_batch = max(self.stats.max_batch, len(running))
+        metrics.batch_step(self, len(running))
+        for row, gen in enumerate(running):
+            self._accept(gen, gen.sampler.choose(logits[row]))
+        for row in range(len(running) - 1, -1, -1):
+            if running[row].finish_reason is not None or running[row].error is not None:
+                self._leave(batch, running, row)
+
+    @staticmethod
+    def _leave(batch: BatchCache, running: list[Generation], row: int) -> None:
+        batch.remove(row)
+        last = running.pop()
+        if row < len(running):
+            running[row] = last
 
     @torch.no_grad()
     def _warm_up(self) -> None:
@@ -693,24 +1014,28 @@ class InferenceEngine:
             return
 
     def _check_lean(self, fast: FastDecoder) -> None:
-        """Decode a few tokens with the model's forward and the lean step; ValueError if their logits differ by
-        more than the weight format allows."""
+        """Run a short prompt and 4 tokens through the model's forward and the lean step; ValueError if their
+        logits differ by more than the weight format allows. The prompt's logits are compared first: the batched
+        scheduler prefills through the lean step too."""
         ids = torch.tensor([self.encode("Hello, world")[:8] or [0]], device=self.device)
         out = self.base(input_ids=ids, use_cache=True, logits_to_keep=1)
         cache = getattr(out, self._cache_kw)
-        state = fast.state_from_cache(cache, ids.shape[1] + 4)
-        token = out.logits[:, -1].argmax(-1)
+        state = fast.new_state(1, ids.shape[1] + 4)
+        mine = fast.forward(state.keys, state.values, ids, [0], [(None, None)])
+        state.length = ids.shape[1]
+        expected = out.logits[:, -1]
         # fp32 dense: the same ops in the same order, so the same bits; bf16/fp16: differences of a few units in the
         # last place of the logits, from kernels that block a reduction differently; int8 (8-bit weights and
         # activations): SmolLM2 measured up to 25% of the largest |logit| over 64 greedy tokens (median 10%), a
         # broken kernel 70-130%, so 35% passes quantization error and catches a kernel that computes garbage
         exact = fast.weights == "dense" and self.dtype == torch.float32 and self.device.type == "cpu"
         bound = 0.35 if fast.weights == "int8" else 0.05
-        for _ in range(4):
-            ref = self.base(input_ids=token.view(1, 1), use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
-            cache = getattr(ref, self._cache_kw)
-            mine = fast.decode_step(state, token)
-            expected = ref.logits[:, -1]
+        for step in range(5):
+            if step:
+                token = expected.argmax(-1)
+                ref = self.base(input_ids=token.view(1, 1), use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+                cache = getattr(ref, self._cache_kw)
+                mine, expected = fast.decode_step(state, token), ref.logits[:, -1]
             close = (
                 torch.equal(mine, expected)
                 if exact
@@ -720,11 +1045,10 @@ class InferenceEngine:
             )
             if not close:
                 diff = float((mine.float() - expected.float()).abs().max())
-                raise ValueError(f"its logits differ from the model's forward by up to {diff:.3g}")
-            token = expected.argmax(-1)
+                what = "prompt" if step == 0 else "decode"
+                raise ValueError(f"its {what} logits differ from the model's forward by up to {diff:.3g}")
 
     def _start(self, gen: Generation) -> bool:
-        self.stats.requests += 1
         try:
             if gen.adapter is not None:
                 with self._registry_lock:
@@ -733,6 +1057,7 @@ class InferenceEngine:
                     raise self._unknown(gen.adapter)
                 self._ensure_loaded(gen.adapter, path)
                 self._loaded[gen.adapter].pins += 1
+                gen._pinned = True
                 self._loaded.move_to_end(gen.adapter)
                 self.stats.loaded = list(self._loaded)
         except Exception as exc:
@@ -767,9 +1092,12 @@ class InferenceEngine:
         log.info("loaded adapter %r from %s", name, path)
 
     def _delete(self, name: str) -> None:
-        assert self._peft is not None  # only loaded adapters are deleted
-        self._loaded.pop(name, None)
+        entry = self._loaded.pop(name, None)
         self._plans.pop(name, None)
+        if entry is not None and entry.plan is not None:  # lean-step tensors only: nothing in the module tree
+            self.stats.loaded = list(self._loaded)
+            return
+        assert self._peft is not None  # only loaded adapters are deleted
         if len(self._peft.peft_config) == 1:
             # The last adapter: take the LoRA layers out altogether (PEFT's per-adapter bookkeeping does not
             # expect zero adapters) and continue with the plain base model.
@@ -876,6 +1204,9 @@ class InferenceEngine:
     def _accept(self, gen: Generation, token: int) -> None:
         """Record the token `gen`'s sampler chose: stream its text, and end the request at end-of-sequence, a stop
         string or its token limit. Every decode path (one row or a batch) goes through here."""
+        if gen.first_token_at is None:
+            gen.first_token_at = time.perf_counter()
+            metrics.first_token(self, gen)
         gen.completion_tokens += 1
         gen._next_input = [token]
         if token in self.eos_ids and not gen.params.ignore_eos:
@@ -908,5 +1239,7 @@ class InferenceEngine:
             gen._emit(_DONE)
         gen._cache = gen._state = None  # free the KV cache now, not when the consumer drops the handle
         self.stats.completion_tokens += gen.completion_tokens
-        if gen.adapter is not None and gen.adapter in self._loaded:
+        metrics.finished(self, gen)
+        if gen._pinned and gen.adapter is not None and gen.adapter in self._loaded:
             self._loaded[gen.adapter].pins -= 1
+            gen._pinned = False

@@ -26,14 +26,21 @@ token-identical to it (tests/serve/test_fast_decode.py checks that, and the engi
 Anything this step does not model (other architectures, sliding windows, DoRA, adapted embeddings) is reported by
 `unsupported()` or `adapter_plan()` and served by the plain forward.
 
-`decode_step` works on a batch of rows that share one length and one adapter (a scheduler that batches
-requests, issue 15, extends the row dimension); the engine calls it with one row.
+`forward` is the general step the batching scheduler runs: rows of different lengths (per-row positions, a
+per-row mask over the padded cache `BatchCache`) and different adapters (the base matmul for the whole batch, then
+each adapter's low-rank product on its rows only: the segmented LoRA of Punica/S-LoRA, so adapters of any rank and
+targets share a batch), one token per row (decode) or a chunk of one row's prompt (prefill). Adapters are read
+from their safetensors into tensors (`load_adapter_plan`), never injected into the module tree.
+`decode_step` is the one-adapter, equal-length case (the engine's warm-up check and the round-robin scheduler).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -164,6 +171,28 @@ class LoraGroup:
 
 
 AdapterPlan = list[dict[str, LoraGroup]]  # per layer: group name -> LoraGroup (absent groups are not adapted)
+# Rows of a batch that share one adapter: (their row indices, None for all rows; their plan, None for the base)
+Segments = list[tuple[torch.Tensor | None, AdapterPlan | None]]
+_PROJ_PARENT = {
+    proj: "self_attn" if group in ("qkv", "o") else "mlp" for group, projs in _GROUPS.items() for proj in projs
+}
+
+
+class AdapterMismatchError(Exception):
+    """An adapter's files are unreadable or its tensors do not fit this base model (names the file and tensor)."""
+
+
+def _adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
+    st, binary = path / "adapter_model.safetensors", path / "adapter_model.bin"
+    try:
+        if st.is_file():
+            from safetensors.torch import load_file
+
+            return load_file(str(st))
+        # older PEFT's pickle format: tensors only (weights_only), never arbitrary objects
+        return torch.load(binary, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AdapterMismatchError(f"{st if st.is_file() else binary} could not be read: {exc}") from None
 
 
 @dataclass
@@ -177,6 +206,87 @@ class DecodeState:
     @property
     def capacity(self) -> int:
         return self.keys.shape[3]
+
+
+class BatchCache:
+    """The KV cache of the running batch: (layers, slots, kv_heads, capacity, head_dim), rows 0..n-1 in use, each
+    with its own filled length (a row's padding beyond its length is masked in `FastDecoder.forward`).
+
+    Slots and capacity grow by re-allocation (slots to the next power of two, capacity to the next multiple of
+    128 positions) and never on every token; a row that leaves is replaced by the last row (one row's copy), so
+    the rows in use stay a contiguous view. Everything is dropped when the batch empties."""
+
+    def __init__(self, decoder: FastDecoder):
+        self.decoder = decoder
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.lengths: list[int] = []
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    def shape_for(self, rows: int, capacity: int) -> tuple[int, int]:
+        """(slots, capacity) the buffers would have to hold `rows` rows needing `capacity` positions."""
+        slots = self.keys.shape[1] if self.keys is not None else 0
+        cap = self.keys.shape[3] if self.keys is not None else 0
+        if rows > slots:
+            slots = 1 << (rows - 1).bit_length()
+        if capacity > cap:
+            cap = self.round_capacity(capacity)
+        return slots, cap
+
+    @staticmethod
+    def round_capacity(positions: int) -> int:
+        """Capacity grows in steps of 128 positions, so a long decode re-allocates rarely."""
+        return -(-positions // 128) * 128
+
+    def positions(self, rows: int, capacity: int) -> int:
+        """KV positions (slots x capacity) allocated once `rows` rows needing `capacity` positions are held."""
+        slots, cap = self.shape_for(rows, capacity)
+        return slots * cap
+
+    def add(self, state: DecodeState, capacity: int) -> int:
+        """Copy a prefilled one-row state in as the last row (room for `capacity` positions); its row index."""
+        slots, cap = self.shape_for(self.rows + 1, capacity)
+        if self.keys is None or self.values is None or (slots, cap) != (self.keys.shape[1], self.keys.shape[3]):
+            d = self.decoder
+            shape = (len(d.layers), slots, d.n_kv, cap, d.head_dim)
+            keys = torch.zeros(shape, dtype=d.dtype, device=d.device)
+            values = torch.zeros(shape, dtype=d.dtype, device=d.device)
+            if self.keys is not None and self.values is not None:
+                n, old_cap = self.rows, self.keys.shape[3]
+                keys[:, :n, :, :old_cap] = self.keys[:, :n]
+                values[:, :n, :, :old_cap] = self.values[:, :n]
+            self.keys, self.values = keys, values
+        row, n = self.rows, state.length
+        self.keys[:, row, :, :n] = state.keys[:, 0, :, :n]
+        self.values[:, row, :, :n] = state.values[:, 0, :, :n]
+        self.lengths.append(n)
+        return row
+
+    def remove(self, row: int) -> None:
+        """Drop `row`: the last row moves into its slot (the caller moves its bookkeeping the same way)."""
+        assert self.keys is not None and self.values is not None  # a row is held
+        last = self.rows - 1
+        if row != last:
+            n = self.lengths[last]
+            self.keys[:, row, :, :n] = self.keys[:, last, :, :n]
+            self.values[:, row, :, :n] = self.values[:, last, :, :n]
+            self.lengths[row] = n
+        self.lengths.pop()
+        if not self.lengths:
+            self.keys = self.values = None
+
+    def step(self, tokens: torch.Tensor, segments: Segments) -> torch.Tensor:
+        """One decode step for every row: `tokens` (rows,) appended at each row's own position."""
+        assert self.keys is not None and self.values is not None  # a row is held
+        n = self.rows
+        logits = self.decoder.forward(
+            self.keys[:, :n], self.values[:, :n], tokens.view(n, 1), list(self.lengths), segments
+        )
+        self.lengths = [x + 1 for x in self.lengths]
+        return logits
 
 
 class FastDecoder:
@@ -276,6 +386,86 @@ class FastDecoder:
             plan.append(groups)
         return plan
 
+    def load_adapter_plan(self, path: str | Path) -> AdapterPlan:
+        """An adapter's plan read straight from its folder (adapter_config.json + adapter_model.safetensors),
+        without touching the model: safe on a loader thread while the model thread decodes. ValueError for what
+        the lean step does not model (the engine then serves the adapter with PEFT on the plain forward);
+        AdapterMismatchError for unreadable files or tensors whose shapes do not fit this base."""
+        path = Path(path)
+        try:
+            cfg = json.loads((path / "adapter_config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise AdapterMismatchError(f"{path / 'adapter_config.json'} could not be read: {exc}") from None
+        if cfg.get("peft_type", "LORA") != "LORA":
+            raise ValueError(f"{cfg.get('peft_type')} adapters")
+        if cfg.get("use_dora"):
+            raise ValueError("DoRA adapters")
+        if cfg.get("lora_bias") or cfg.get("bias", "none") != "none":
+            raise ValueError("LoRA with bias")
+        if cfg.get("modules_to_save"):
+            raise ValueError("fully trained modules (modules_to_save)")
+        tensors = _adapter_tensors(path)
+        from peft.utils.other import get_pattern_key  # PEFT's own rule for rank_pattern/alpha_pattern keys
+
+        alpha, rslora = float(cfg.get("lora_alpha", 8)), bool(cfg.get("use_rslora"))
+        alpha_pattern = cfg.get("alpha_pattern") or {}
+        weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, float]] = {}
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in tensors.items():
+            module, dot, kind = key.removesuffix(".weight").rpartition(".")
+            if kind not in ("lora_A", "lora_B") or not dot or not key.endswith(".weight"):
+                raise ValueError(f"adapter tensor {key!r} (only lora_A/lora_B weights are modelled)")
+            pairs.setdefault(module, {})[kind] = tensor
+        n_layers = len(self.layers)
+        for module, ab in pairs.items():
+            # PEFT's saved names: base_model.model.model.layers.<i>.<self_attn|mlp>.<proj>
+            parts = module.split(".")
+            proj = parts[-1]
+            if len(parts) < 4 or parts[-4] != "layers" or not parts[-3].isdigit() or proj not in _PROJ_PARENT:
+                raise ValueError(f"LoRA on {module!r} (lean decode models the attention and MLP projections)")
+            layer = int(parts[-3])
+            if parts[-2] != _PROJ_PARENT[proj] or layer >= n_layers:
+                raise AdapterMismatchError(f"tensor {module}: this base has no such module ({n_layers} layers)")
+            if set(ab) != {"lora_A", "lora_B"}:
+                raise AdapterMismatchError(f"tensor {module}: lora_A and lora_B must both be present")
+            a, b = ab["lora_A"], ab["lora_B"]
+            base = _base_linear(getattr(getattr(self.layers[layer]["module"], parts[-2]), proj))
+            r = a.shape[0]
+            if a.dim() != 2 or b.dim() != 2 or a.shape[1] != base.in_features or b.shape != (base.out_features, r):
+                raise AdapterMismatchError(
+                    f"tensor {module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not fit the base's "
+                    f"{proj} ({base.in_features} -> {base.out_features}): was it trained on another model?"
+                )
+            name = module.removeprefix("base_model.model.")
+            a_alpha = float(alpha_pattern.get(get_pattern_key(list(alpha_pattern), name), alpha))
+            scale = a_alpha / math.sqrt(r) if rslora else a_alpha / r
+            weights[(layer, proj)] = (
+                a.to(self.device, self.dtype).contiguous(),
+                b.to(self.device, self.dtype).contiguous(),
+                scale,
+            )
+        if not weights:
+            raise AdapterMismatchError(f"{path}: the adapter holds no LoRA tensors")
+        plan: AdapterPlan = []
+        for i, layer_weights in enumerate(self.layers):
+            groups: dict[str, LoraGroup] = {}
+            for group, projs in _GROUPS.items():
+                a_parts, lora_parts, row, col = [], [], 0, 0
+                for proj in projs:
+                    parent = getattr(layer_weights["module"], _PROJ_PARENT[proj])
+                    out = _base_linear(getattr(parent, proj)).out_features
+                    if (i, proj) in weights:
+                        a, b, scale = weights[(i, proj)]
+                        a_parts.append(a)
+                        lora_parts.append((row, row + out, col, col + a.shape[0], b, scale))
+                        col += a.shape[0]
+                    row += out
+                if lora_parts:
+                    stacked = a_parts[0] if len(a_parts) == 1 else torch.cat(a_parts)
+                    groups[group] = LoraGroup(a=stacked, parts=lora_parts)
+            plan.append(groups)
+        return plan
+
     # ------------------------------------------------------------------ cache
     def new_state(self, rows: int, capacity: int) -> DecodeState:
         shape = (len(self.layers), rows, self.n_kv, capacity, self.head_dim)
@@ -312,41 +502,97 @@ class FastDecoder:
                 y[..., lo:hi] += F.linear(xa[..., r_lo:r_hi], b) * scale
         return y
 
+    def _project(
+        self, x: torch.Tensor, wb: DenseLinear | Int8Linear, layer: int, group: str, segments: Segments
+    ) -> torch.Tensor:
+        """`x`'s projection through a group's weights, each row with its own adapter: one matmul over the whole
+        batch for the base weights, then per adapter x[rows]·Aᵀ·Bᵀ on its rows (gathered, added back in place)."""
+        if len(segments) == 1 and segments[0][0] is None:  # one adapter (or the base) for every row
+            plan = segments[0][1]
+            return self._linear(x, wb, plan[layer].get(group) if plan is not None else None)
+        y = self._linear(x, wb, None)
+        for rows, plan in segments:
+            lora = plan[layer].get(group) if plan is not None else None
+            if lora is None or rows is None:
+                continue
+            xa = F.linear(x[rows], lora.a)
+            for lo, hi, r_lo, r_hi, b, scale in lora.parts:
+                y[..., lo:hi].index_add_(0, rows, F.linear(xa[..., r_lo:r_hi], b) * scale)
+        return y
+
     @torch.no_grad()
-    def decode_step(self, state: DecodeState, tokens: torch.Tensor, plan: AdapterPlan | None = None) -> torch.Tensor:
-        """Logits (rows, vocab) for the next token after `tokens` (rows,), which are appended to `state`."""
-        rows, pos = tokens.shape[0], state.length
-        if pos >= state.capacity:
-            raise ValueError(f"the KV cache is full ({state.capacity} positions)")
-        h = self.embed(tokens.view(rows, 1))  # (B, 1, H)
-        position_ids = torch.full((rows, 1), pos, dtype=torch.long, device=tokens.device)
-        cos, sin = self.rotary(h, position_ids)  # (B, 1, head_dim)
+    def forward(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        tokens: torch.Tensor,
+        start: list[int],
+        segments: Segments,
+    ) -> torch.Tensor:
+        """Next-token logits (rows, vocab) after `tokens` (rows, T): row b's tokens go at positions start[b] ..
+        start[b] + T - 1 of its cache row in `keys`/`values` ((layers, rows, kv_heads, capacity, head_dim), e.g. a
+        `BatchCache`'s first rows) and attend to everything before them in that row. `segments`: (row indices or
+        None for all rows, the rows' AdapterPlan or None for the base), each row in at most one segment.
+        Decode is T = 1 for many rows; a prefill chunk is T tokens of one row."""
+        rows, t = tokens.shape
+        end = max(start) + t
+        if end > keys.shape[3]:
+            raise ValueError(f"the KV cache is full ({keys.shape[3]} positions)")
+        device = tokens.device
+        offsets = torch.arange(t, device=device)
+        first = torch.tensor(start, dtype=torch.long, device=device)
+        positions = first.view(rows, 1) + offsets  # (B, T)
+        h = self.embed(tokens)  # (B, T, H)
+        cos, sin = self.rotary(h, positions)  # (B, T, head_dim)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         half = self.head_dim // 2
-        length = pos + 1
+        uniform = rows == 1 or all(s == start[0] for s in start)
+        # One row, or rows of one length, decoding one token: every cached position is visible (the plain
+        # forward's case; no mask keeps the warm-up's bit-identity). A prompt chunk from position 0: causal.
+        # Otherwise an explicit mask: key j is visible to query (b, i) when j <= start[b] + i, which hides the
+        # padding beyond each row's own length in the shared cache.
+        mask = None
+        causal = t > 1 and uniform and start[0] == 0
+        if not (uniform and t == 1) and not causal:
+            mask = torch.arange(end, device=device).view(1, 1, 1, end) <= positions.view(rows, 1, t, 1)
+        if uniform:
+            slot = slice(start[0], start[0] + t)
+        else:
+            row_idx = torch.arange(rows, device=device).view(rows, 1).expand(rows, t)
         for i, layer in enumerate(self.layers):
-            lora = plan[i] if plan is not None else {}
             x = layer["in_norm"](h)
-            qkv = self._linear(x, layer["qkv"], lora.get("qkv"))
+            qkv = self._project(x, layer["qkv"], i, "qkv", segments)
             qk, v = qkv.split((self.q_size + self.kv_size, self.kv_size), dim=-1)
-            qk = qk.view(rows, 1, self.n_heads + self.n_kv, self.head_dim).transpose(1, 2)  # (B, heads + kv, 1, hd)
-            v = v.view(rows, 1, self.n_kv, self.head_dim).transpose(1, 2)
-            # rotary embedding (Su et al. 2021, arXiv:2104.09864), as transformers' apply_rotary_pos_emb, on the
-            # query and key heads at once (element-wise, so the same bits as applying it to each)
+            qk = qk.view(rows, t, self.n_heads + self.n_kv, self.head_dim).transpose(1, 2)  # (B, heads + kv, T, hd)
+            v = v.view(rows, t, self.n_kv, self.head_dim).transpose(1, 2)
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
             q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
-            state.keys[i, :, :, pos:length] = k
-            state.values[i, :, :, pos:length] = v
+            if uniform:
+                keys[i, :, :, slot] = k
+                values[i, :, :, slot] = v
+            else:  # each row at its own position: (B, T) index pairs -> (B, T, kv, hd) slots
+                keys[i][row_idx, :, positions] = k.transpose(1, 2)
+                values[i][row_idx, :, positions] = v.transpose(1, 2)
             attn = F.scaled_dot_product_attention(
                 q,
-                state.keys[i, :, :, :length],
-                state.values[i, :, :, :length],
+                keys[i, :, :, :end],
+                values[i, :, :, :end],
+                attn_mask=mask,
+                is_causal=causal,
                 scale=self.scaling,
                 enable_gqa=self.n_kv != self.n_heads,
             )
-            h = h + self._linear(attn.transpose(1, 2).reshape(rows, 1, self.q_size), layer["o"], lora.get("o"))
+            o = attn.transpose(1, 2).reshape(rows, t, self.q_size)
+            h = h + self._project(o, layer["o"], i, "o", segments)
             x = layer["post_norm"](h)
-            gate, up = self._linear(x, layer["gate_up"], lora.get("gate_up")).chunk(2, dim=-1)
-            h = h + self._linear(layer["act"](gate) * up, layer["down"], lora.get("down"))
-        state.length = length
-        return self.head(self.norm(h))[:, -1]
+            gate, up = self._project(x, layer["gate_up"], i, "gate_up", segments).chunk(2, dim=-1)
+            h = h + self._project(layer["act"](gate) * up, layer["down"], i, "down", segments)
+        return self.head(self.norm(h[:, -1:]))[:, -1]
+
+    def decode_step(self, state: DecodeState, tokens: torch.Tensor, plan: AdapterPlan | None = None) -> torch.Tensor:
+        """Logits (rows, vocab) for the next token after `tokens` (rows,), which are appended to `state`: rows of
+        one length and one adapter."""
+        rows = tokens.shape[0]
+        logits = self.forward(state.keys, state.values, tokens.view(rows, 1), [state.length] * rows, [(None, plan)])
+        state.length += 1
+        return logits

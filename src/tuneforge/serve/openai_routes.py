@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypeIs
 
 from ..errors import TuneforgeError
-from .engine import GenerationError, SamplingParams, UnknownModelError
+from .engine import EngineOverloadedError, GenerationError, SamplingParams, UnknownModelError
 from .sampling import MAX_TOP_LOGPROBS, TokenLogprob
 
 MAX_N = 16  # choices per request: each is a full generation, decoded side by side
@@ -79,6 +79,7 @@ _ERROR_TYPES = {
     404: "not_found_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    503: "service_unavailable_error",
 }
 
 
@@ -130,6 +131,8 @@ class OpenAIErrorRoute(APIRoute):
                 response = error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
             except UnknownModelError as exc:
                 response = error_response(404, str(exc), param="model", code="model_not_found")
+            except EngineOverloadedError as exc:  # admission control: the openai client retries after the wait
+                response = error_response(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
             except TuneforgeError as exc:
                 response = error_response(400, str(exc), param=exc.field)
             except GenerationError as exc:
