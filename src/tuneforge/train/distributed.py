@@ -411,5 +411,8 @@ def _shard(root: _LossModule, model: torch.nn.Module, lora: set[torch.nn.Paramet
     mesh = init_device_mesh(device_type, (ctx.world_size,))
     for block in blocks:
         fully_shard(block, mesh=mesh, ignored_params=lora)
-    fully_shard(root, mesh=mesh, ignored_params=lora)
+    # reshard_after_forward=True on the root too (FSDP2 keeps a root gathered after forward by default): rank 0
+    # alone saves adapters (a state_dict call, which reshards), and every rank must then gather the same units in
+    # the next forward pass.
+    fully_shard(root, mesh=mesh, ignored_params=lora, reshard_after_forward=True)
     return root
