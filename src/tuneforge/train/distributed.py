@@ -233,11 +233,10 @@ def launch(
 def _failure(exc: Any, output_dir: Path) -> TuneforgeError:
     """A process of the run failed (an exception in it is printed above by the process itself) or was killed: one
     message that says which, and how to continue."""
-    rank, failure = exc.get_first_failure()
-    if failure.exitcode < 0:
-        how = f"was killed by {failure.signal_name()}"
-    else:
-        how = f"exited with code {failure.exitcode}"
+    # A killed process breaks its peers' next collective, so they fail too, possibly first: name the killed one.
+    killed = [(rank, f) for rank, f in exc.failures.items() if f.exitcode < 0]
+    rank, failure = min(killed, key=lambda rf: rf[1].timestamp) if killed else exc.get_first_failure()
+    how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
     checkpoint = latest_checkpoint(work_dir_for(output_dir))
     if checkpoint is not None:
         then = f"its last checkpoint is {checkpoint}: run the same command with --resume to continue from there"
@@ -279,9 +278,8 @@ def _worker(spec_json: str, output_dir: str, resume: bool, overwrite: bool, quie
     try:
         result = train_distributed(spec, output_dir, ctx, resume=resume, overwrite=overwrite, quiet=quiet)
     except TuneforgeError as exc:
-        if ctx.is_main:
-            if isinstance(exc, DataValidationError):
-                print(exc.report.to_text(), file=sys.stderr)  # as the single-process CLI prints it
+        if ctx.is_main and isinstance(exc, DataValidationError):
+            print(exc.report.to_text(), file=sys.stderr)  # as the single-process CLI prints it
         return {"error": (str(exc), exc.field, exc.value)}
     finally:
         dist.destroy_process_group()
@@ -305,7 +303,7 @@ class _LossModule(torch.nn.Module):
         return self.loss_fn(self.model, batch)
 
 
-def _sum_hook(process_group, bucket):  # type: ignore[no-untyped-def]
+def _sum_hook(process_group, bucket):
     """DDP communication hook: all-reduce a gradient bucket as a sum (DDP's default divides by the world size, but
     each rank's loss is already divided by the whole step's target tokens). Unannotated: DDP checks a hook's
     annotations against its own classes, and this module's are strings (`from __future__ import annotations`)."""
@@ -331,6 +329,12 @@ class Parallel:
         self.ctx = ctx
         self.filler = filler  # an example an idle rank runs at weight 0 (see share)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        if ctx.strategy == "fsdp":
+            # The base was loaded into host memory (recipe.setup) and fully_shard moves each rank's shard of it to
+            # the rank's device; the LoRA weights are left out of the sharding, so they are moved here.
+            device = torch.device(ctx.device())
+            for p in self.trainable:
+                p.data = p.data.to(device)
         # Every rank starts from rank 0's LoRA weights (they are seeded alike; this makes it a fact).
         for p in self.trainable:
             dist.broadcast(p.data, src=0)
@@ -397,7 +401,8 @@ def _shard(root: _LossModule, model: torch.nn.Module, lora: set[torch.nn.Paramet
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base = getattr(model, "get_base_model", None)  # PEFT's wrapper: its base has the transformers attributes
+    base = get_base() if callable(get_base) else model
     block_names = set(getattr(base, "_no_split_modules", None) or [])
     blocks = [m for m in model.modules() if type(m).__name__ in block_names]
     if not blocks:

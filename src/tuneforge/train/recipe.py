@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -268,7 +268,12 @@ def setup(
         work = _prepare_output(output_dir, resume=resume, overwrite=overwrite)
 
     quant = QuantSettings(p.quantization_type, p.double_quantization) if p.use_quantization else None
-    base = load_base_model(resolved, runtime, quant=quant, hf_token=hf_token)
+    load_runtime = runtime
+    if dist is not None and dist.strategy == "fsdp" and runtime.is_cuda:
+        # FSDP: the base goes to host memory first and each GPU receives only its shard (distributed._shard), so a
+        # base larger than one GPU can be trained.
+        load_runtime = replace(runtime, device=torch.device("cpu"))
+    base = load_base_model(resolved, load_runtime, quant=quant, hf_token=hf_token)
     lora = LoraSettings(p.lora_r, p.lora_alpha, p.lora_dropout, p.lora_bias, p.target_modules)
     model, targets, how = apply_lora(
         base,
