@@ -34,7 +34,8 @@ def _cmd_train(args) -> int:
         # Rank 0 prints a data validation report itself (train/distributed.py).
         launched = launch(spec, args.output, nproc=args.nproc, **options)
         if launched is None:
-            print(json.dumps({"output": args.output, "note": "rank 0 runs on another machine and wrote the run"}))
+            note = "rank 0 runs on another machine and wrote the run"
+            print(json.dumps({"output": os.path.abspath(args.output), "note": note}))
             return 0
         result = launched
     else:
