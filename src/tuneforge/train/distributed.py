@@ -39,7 +39,7 @@ import torch
 
 from ..errors import TuneforgeError
 from ..runtime import local_device_type
-from ..spec import JobSpec
+from ..spec import JobSpec, parse_spec
 from .checkpoint import latest_checkpoint
 from .plan import work_dir_for
 
@@ -113,6 +113,8 @@ def resolve_launch(spec: JobSpec, nproc: int | None = None) -> JobSpec:
             strategy = "ddp"
     device = local_device_type()
     per_node = nproc or d.nproc_per_node or (torch.cuda.device_count() if device == "cuda" else 1)
+    if strategy == "none":  # one process (a spec without a strategy, --nproc 1 or none): nothing to launch
+        return _with_distributed(spec, strategy="none", nproc_per_node=1)
     if not torch.distributed.is_available():
         raise TuneforgeError(
             f"{FIELD}.strategy {strategy!r}: this torch build has no torch.distributed support; install a torch "
@@ -158,12 +160,15 @@ def resolve_launch(spec: JobSpec, nproc: int | None = None) -> JobSpec:
                 field=f"{FIELD}.nproc_per_node",
                 value=per_node,
             )
-    resolved = spec.model_copy(deep=True)
-    resolved.training_config.distributed = d.model_copy(update={"strategy": strategy, "nproc_per_node": per_node})
-    # validate_assignment=True on the spec: re-run the cross-checks (e.g. QLoRA with fsdp) on the resolved copy.
-    from ..spec import parse_spec
+    return _with_distributed(spec, strategy=strategy, nproc_per_node=per_node)
 
-    return parse_spec(resolved.to_dict(redact=False))
+
+def _with_distributed(spec: JobSpec, **values: Any) -> JobSpec:
+    """A copy of `spec` with these training_config.distributed values, validated again as a whole (a strategy that
+    --nproc picked meets the spec's cross-checks, e.g. no fsdp with a 4-bit base); the caller's spec is unchanged."""
+    data = spec.to_dict(redact=False)
+    data["training_config"]["distributed"].update(values)
+    return parse_spec(data)
 
 
 # --- the launch -------------------------------------------------------------------------------------------------------
@@ -254,7 +259,6 @@ def _worker(spec_json: str, output_dir: str, resume: bool, overwrite: bool, quie
     import torch.distributed as dist
 
     from ..data import DataValidationError
-    from ..spec import parse_spec
     from .recipe import train_distributed
 
     # As the CLI does (cli.main): PEFT calls a transformers API that transformers deprecates.
