@@ -27,11 +27,23 @@ def _cmd_train(args) -> int:
     from .train.recipe import train
 
     spec = load_spec(args.spec, args.set)
-    try:
-        result = train(spec, args.output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
-    except DataValidationError as exc:
-        print(exc.report.to_text(), file=sys.stderr)  # the same report as `tuneforge data validate`
-        raise
+    options = dict(resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    if args.nproc is not None or spec.training_config.distributed.strategy != "none":
+        from .train.distributed import launch
+
+        # Rank 0 prints a data validation report itself (train/distributed.py).
+        launched = launch(spec, args.output, nproc=args.nproc, **options)
+        if launched is None:
+            note = "rank 0 runs on another machine and wrote the run"
+            print(json.dumps({"output": os.path.abspath(args.output), "note": note}))
+            return 0
+        result = launched
+    else:
+        try:
+            result = train(spec, args.output, **options)
+        except DataValidationError as exc:
+            print(exc.report.to_text(), file=sys.stderr)  # the same report as `tuneforge data validate`
+            raise
     r = result.report
     summary = {
         k: r[k]
@@ -197,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or log lines")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on N processes of this machine with torch.distributed (one per GPU, or per CPU core without "
+        "one); batch_size stays per process. Sets training_config.distributed.nproc_per_node; picks strategy "
+        "ddp when the spec's is none",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("generate", help="generate text with a base model, optionally with an adapter")

@@ -217,6 +217,62 @@ class DataConfig(_Section):
         return v
 
 
+DistributedStrategy = Literal["none", "ddp", "fsdp"]
+
+
+class DistributedConfig(_Section):
+    """(tuneforge) One job on several processes or devices, launched with torch.distributed (torchrun's launcher;
+    train/distributed.py). `batch_size` stays per process: a step sees batch_size x processes x
+    gradient_accumulation_steps examples, in the order a single process would see them."""
+
+    strategy: DistributedStrategy = Field(
+        "none",
+        description="(tuneforge) none: one process. ddp: every process holds the whole model and the gradients of "
+        "the LoRA weights are summed across processes (DistributedDataParallel). fsdp: the frozen base model is "
+        "sharded across processes (FSDP2 fully_shard), for bases that do not fit one device; the small LoRA "
+        "weights stay whole on each. `tuneforge train --nproc N` with N > 1 picks ddp when this is none.",
+    )
+    nproc_per_node: int | None = Field(
+        None,
+        gt=0,
+        le=1024,
+        description="(tuneforge) Processes per machine: at most one per GPU on CUDA, at most one per CPU core "
+        "otherwise. Default: one per visible GPU on CUDA, else 1 (`tuneforge train --nproc N` overrides it).",
+    )
+    nnodes: int = Field(
+        1,
+        gt=0,
+        le=1024,
+        description="(tuneforge) Machines taking part; each runs `tuneforge train` with the same spec and output "
+        "folder (on storage all of them share). More than 1 needs rdzv_endpoint.",
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        max_length=300,
+        description="(tuneforge) host:port where the machines of a multi-machine run meet (torchrun's "
+        "--rdzv-endpoint, c10d rendezvous): the machine that owns this address hosts it. Only with nnodes > 1.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistributedConfig:
+        if self.strategy == "none" and (self.nproc_per_node or 1) * self.nnodes > 1:
+            raise ValueError(
+                f"nproc_per_node={self.nproc_per_node} and nnodes={self.nnodes} need a strategy: set strategy to "
+                "'ddp' (whole model on each process) or 'fsdp' (base sharded across processes)"
+            )
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(
+                f"nnodes={self.nnodes} needs rdzv_endpoint (host:port of one of the machines, reachable by all)"
+            )
+        if self.rdzv_endpoint is not None:
+            host, sep, port = self.rdzv_endpoint.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"rdzv_endpoint {self.rdzv_endpoint!r} is not host:port (e.g. 10.0.0.1:29400)")
+            if self.nnodes == 1:
+                raise ValueError("rdzv_endpoint is for runs on several machines (nnodes > 1); remove it")
+        return self
+
+
 class TrainingConfig(_Section):
     early_stopping_patience: int = Field(
         5, gt=0, le=MAX_INT32, description="Stop when the validation loss has not improved for this many evaluations."
@@ -320,6 +376,12 @@ class TrainingConfig(_Section):
         description="(tuneforge) SimPO: target reward margin gamma between chosen and rejected (default 0.5).",
     )
 
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="(tuneforge) Train on several processes or devices (DDP or FSDP2 through torch.distributed); "
+        "default: one process.",
+    )
+
     @model_validator(mode="after")
     def _preference(self) -> TrainingConfig:
         method = self.preference_method
@@ -397,6 +459,27 @@ class JobSpec(_Section):
                 "'validation' fraction or set validation_data_path"
             )
         d = self.data_config
+        if t.distributed.strategy == "fsdp":
+            if self.pretrainedmodel_config.use_quantization:
+                # FSDP2 turns each sharded weight into a plain tensor, dropping bitsandbytes' Params4bit and its
+                # quantization state: the 4-bit layers then compute garbage without an error (bitsandbytes issue
+                # #1945, accelerate #3983). DDP keeps the 4-bit base whole on each device and works.
+                raise ValueError(
+                    "training_config.distributed.strategy 'fsdp' cannot shard a 4-bit (QLoRA) base: "
+                    "FSDP2 loses bitsandbytes' quantization state; use strategy 'ddp' (the 4-bit base whole on "
+                    "each device) or use_quantization false"
+                )
+            if d.test_data_path or d.data_split_config.get("test", 0) > 0:
+                raise ValueError(
+                    "training_config.distributed.strategy 'fsdp' with test rows: the evaluation after training "
+                    "generates answers in one process, which a base sharded across processes cannot do; use "
+                    "strategy 'ddp', or drop the test split and run `tuneforge eval` on the adapter afterwards"
+                )
+        if t.preference is not None and t.distributed.strategy != "none":
+            raise ValueError(
+                f"preference tuning ({t.preference}) runs in one process: set training_config.distributed.strategy "
+                "to 'none' (and drop --nproc)"
+            )
         if t.preference is not None:
             if d.data_format not in ("auto", "preference"):
                 raise ValueError(

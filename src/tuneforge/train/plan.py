@@ -27,9 +27,11 @@ class Plan:
     save_every: int
 
 
-def make_plan(spec: JobSpec, n_train: int) -> Plan:
+def make_plan(spec: JobSpec, n_train: int, *, world_size: int = 1) -> Plan:
+    """`world_size`: processes of a distributed run; each takes batch_size examples of every micro-batch, so one
+    micro-batch holds batch_size * world_size examples and an epoch has that many fewer steps."""
     t = spec.training_config
-    batches = math.ceil(n_train / t.batch_size)
+    batches = math.ceil(n_train / (t.batch_size * world_size))
     per_epoch = math.ceil(batches / t.gradient_accumulation_steps)
     total = t.max_steps or max(1, math.ceil(t.num_train_epochs * per_epoch))
     warmup = t.warmup_steps if t.warmup_steps is not None else max(1, round(0.05 * total))

@@ -18,6 +18,7 @@ folder named DIR is always a finished run:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,9 +28,9 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -60,6 +61,9 @@ from .metrics import MetricsLog, plot_loss
 from .plan import Plan, is_finished_run, make_plan, prepare_spec_data, work_dir_for
 from .preference import PreferenceObjective
 from .schedule import WarmupPlateau, build_scheduler
+
+if TYPE_CHECKING:
+    from .distributed import Dist, Parallel
 
 EventSink = Callable[[dict], None]
 
@@ -107,8 +111,18 @@ def _build_optimizer(spec: JobSpec, model, runtime: Runtime, quantized: bool):
 
 
 @torch.no_grad()
-def evaluate(model, examples: list[Example], *, batch_size: int, pad_id: int, runtime: Runtime) -> float:
-    """Mean cross-entropy per target token over `examples` (deterministic order, length-sorted for speed)."""
+def evaluate(
+    model,
+    examples: list[Example],
+    *,
+    batch_size: int,
+    pad_id: int,
+    runtime: Runtime,
+    parallel: Parallel | None = None,
+) -> float:
+    """Mean cross-entropy per target token over `examples` (deterministic order, length-sorted for speed).
+    `parallel`: every rank of a distributed run evaluates all of `examples` through the wrapped model (FSDP needs
+    every rank in each forward pass), so all ranks agree on the loss and on early stopping."""
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
     total, count = 0.0, 0
@@ -116,7 +130,7 @@ def evaluate(model, examples: list[Example], *, batch_size: int, pad_id: int, ru
         batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
         batch = {k: v.to(runtime.device) for k, v in batch.items()}
         with runtime.autocast():
-            s, n = loss_sum(model, batch)
+            s, n = parallel.loss(batch) if parallel is not None else loss_sum(model, batch)
         total += float(s)
         count += n
     model.train()
@@ -198,9 +212,17 @@ class Session:
     tracker: _WandbTracker | None = None
     eval_set: Any = None  # evaluate.EvalSet of the held-out test rows, or None without any
     objective: PreferenceObjective | None = None  # None: SFT
+    parallel: Parallel | None = None  # a distributed run (train/distributed.py); None: one process
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes the run folder: the only one, or rank 0 of a distributed run."""
+        return self.parallel is None or self.parallel.ctx.is_main
 
     def record(self, entry: dict) -> None:
-        """One metrics line: to metrics.jsonl, the event sink and the tracker."""
+        """One metrics line: to metrics.jsonl, the event sink and the tracker (rank 0 only)."""
+        if not self.is_main:
+            return
         self.metrics.write(entry)
         self.console.event(entry)
         if self.tracker:
@@ -208,12 +230,22 @@ class Session:
 
 
 def setup(
-    spec: JobSpec, output_dir: Path, *, resume: bool, overwrite: bool, console: _Console, device: str | None
+    spec: JobSpec,
+    output_dir: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    console: _Console,
+    device: str | None,
+    dist: Dist | None = None,
 ) -> Session:
     """Model, data, adapter, optimizer and schedule, in the order that refuses bad input before any work: the
-    model id and fit first, then the data, and only then the output folder."""
+    model id and fit first, then the data, and only then the output folder. `dist`: this process's rank in a
+    distributed run (every rank sets up alike; rank 0 alone prepares the output folder)."""
     p, d, t = spec.pretrainedmodel_config, spec.data_config, spec.training_config
     hf_token = spec.hf_config.hf_token
+    if dist is not None:
+        device = dist.device()
     runtime = pick_runtime(t.precision, device)
     # A bad model id, or one too large for this device by the estimate, is refused before any download or work.
     resolved = resolve_model(p.model_path, setup=TrainingSetup.from_spec(spec, device=device))
@@ -229,11 +261,19 @@ def setup(
     from ..evaluate.runner import job_eval_set
 
     eval_set = job_eval_set(data, tokenizer)  # checked now: rows without a reference answer fail before training
-    plan = make_plan(spec, len(data.train))
-    work = _prepare_output(output_dir, resume=resume, overwrite=overwrite)
+    plan = make_plan(spec, len(data.train), world_size=dist.world_size if dist is not None else 1)
+    if dist is not None:
+        work = dist.rank0_first(lambda: _prepare_output(output_dir, resume=resume, overwrite=overwrite))
+    else:
+        work = _prepare_output(output_dir, resume=resume, overwrite=overwrite)
 
     quant = QuantSettings(p.quantization_type, p.double_quantization) if p.use_quantization else None
-    base = load_base_model(resolved, runtime, quant=quant, hf_token=hf_token)
+    load_runtime = runtime
+    if dist is not None and dist.strategy == "fsdp" and runtime.is_cuda:
+        # FSDP: the base goes to host memory first and each GPU receives only its shard (distributed._shard), so a
+        # base larger than one GPU can be trained.
+        load_runtime = replace(runtime, device=torch.device("cpu"))
+    base = load_base_model(resolved, load_runtime, quant=quant, hf_token=hf_token)
     lora = LoraSettings(p.lora_r, p.lora_alpha, p.lora_dropout, p.lora_bias, p.target_modules)
     model, targets, how = apply_lora(
         base,
@@ -244,6 +284,11 @@ def setup(
         seed=t.seed,
     )
     trainable, total_params = parameter_counts(model)
+    parallel = None
+    if dist is not None:
+        from .distributed import Parallel
+
+        parallel = Parallel(dist, model, loss_sum, filler=data.train[0])
     console.log(
         f"model {resolved.model_id} on {runtime.device.type} ({runtime.precision}"
         f"{', 4-bit ' + quant.quant_type if quant else ''}); LoRA r={p.lora_r} on {', '.join(targets)} ({how}); "
@@ -277,10 +322,12 @@ def setup(
         card=_card(data, resolved),
         eval_set=eval_set,
         objective=preference_objective(spec),
+        parallel=parallel,
     )
     _restore(session, resume=resume)
-    (work / "spec.json").write_text(json.dumps(_resolved_spec(spec, targets, plan), indent=2))
-    session.tracker = _wandb_tracker(spec, output_dir, console) if spec.logging_config.use_wandb else None
+    if session.is_main:
+        (work / "spec.json").write_text(json.dumps(_resolved_spec(spec, targets, plan), indent=2))
+        session.tracker = _wandb_tracker(spec, output_dir, console) if spec.logging_config.use_wandb else None
     return session
 
 
@@ -315,7 +362,7 @@ def _restore(session: Session, *, resume: bool) -> None:
             )
     if checkpoint is not None:
         s.state = load_checkpoint(checkpoint, s.model, s.optimizer, s.scheduler)
-        if checkpoint.parent == s.work:
+        if checkpoint.parent == s.work and s.is_main:
             s.metrics.truncate_after(s.state.global_step)
         s.console.log(f"resumed from {checkpoint} at step {s.state.global_step}/{s.plan.total_steps}")
 
@@ -342,20 +389,37 @@ def train_step(
     optimizer,
     scheduler,
     max_grad_norm: float,
+    parallel: Parallel | None = None,
 ) -> StepResult:
     """One optimizer step over `micro_batches` (gradient accumulation). Each micro-batch's summed loss is divided
     by the step's total target tokens, so the step's gradient is that of the per-token mean over all of them,
-    whatever the padding or the split into micro-batches."""
+    whatever the padding or the split into micro-batches.
+
+    `parallel` (a distributed run): `micro_batches` are this rank's shares; the target-token count is summed over
+    the ranks before dividing and the gradients are summed across ranks (train/distributed.py), which gives the
+    single-process gradient of the whole step. A rank whose share is empty runs a zero-weighted filler example, so
+    every rank takes part in each forward and backward pass (DDP's reduction and FSDP's gathers need all of them)."""
     step_targets = sum(e.n_targets for mb in micro_batches for e in mb)
+    if parallel is not None:
+        step_targets = int(parallel.sum(step_targets)[0])
     step_loss, tokens = 0.0, 0
-    for mb in micro_batches:
+    for i, mb in enumerate(micro_batches):
+        weight = 1.0
+        if not mb:
+            assert parallel is not None, "only a rank of a distributed run gets an empty share of a micro-batch"
+            mb, weight = [parallel.filler], 0.0
         batch = collate(mb, pad_id)
-        tokens += int(batch["attention_mask"].sum())
+        tokens += int(batch["attention_mask"].sum()) if weight else 0
         batch = {k: v.to(runtime.device, non_blocking=True) for k, v in batch.items()}
-        with runtime.autocast():
-            s, _ = loss_sum(model, batch)
-        (s / max(step_targets, 1)).backward()
-        step_loss += float(s.detach())
+        with parallel.accumulating(last=i == len(micro_batches) - 1) if parallel else contextlib.nullcontext():
+            with runtime.autocast():
+                s, _ = parallel.loss(batch) if parallel is not None else loss_sum(model, batch)
+            (s * weight / max(step_targets, 1)).backward()
+        step_loss += float(s.detach()) * weight
+    if parallel is not None:
+        parallel.finish_backward()
+        step_loss, total_tokens = parallel.sum(step_loss, tokens)
+        tokens = int(total_tokens)
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_([q for q in model.parameters() if q.requires_grad], max_grad_norm)
     optimizer.step()
@@ -424,11 +488,17 @@ def _run_eval(s: Session) -> None:
         loss = values["eval_loss"]
     else:
         loss = evaluate(
-            s.model, s.val_set, batch_size=t.batch_size * 2, pad_id=s.tokenizer.pad_token_id, runtime=s.runtime
+            s.model,
+            s.val_set,
+            batch_size=t.batch_size * 2,
+            pad_id=s.tokenizer.pad_token_id,
+            runtime=s.runtime,
+            parallel=s.parallel,
         )
         values = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50))}
     if track_eval(state, loss, threshold=t.early_stopping_threshold, patience=t.early_stopping_patience):
-        save_adapter(s.model, s.work / "best_adapter")  # small: only the LoRA weights
+        if s.is_main:
+            save_adapter(s.model, s.work / "best_adapter")  # small: only the LoRA weights
         state.best_eval_metrics = values
     state.last_eval_metrics = values
     if isinstance(s.scheduler, WarmupPlateau):
@@ -459,6 +529,46 @@ def train(
     on_event: EventSink | None = None,
     device: str | None = None,
 ) -> RunResult:
+    """Train `spec` in this process. A spec with a distributed strategy runs through `distributed.launch`
+    (`tuneforge train --nproc`), which starts the processes and calls `train_distributed` in each."""
+    strategy = spec.training_config.distributed.strategy
+    if strategy != "none":
+        raise TuneforgeError(
+            f"training_config.distributed.strategy {strategy!r} runs on several processes: start it with "
+            "`tuneforge train SPEC --nproc N` (or tuneforge.train.distributed.launch), not in this process",
+            field="training_config.distributed.strategy",
+            value=strategy,
+        )
+    result = _run(spec, output_dir, resume=resume, overwrite=overwrite, quiet=quiet, on_event=on_event, device=device)
+    assert result is not None, "a single process is rank 0"
+    return result
+
+
+def train_distributed(
+    spec: JobSpec,
+    output_dir: str | Path,
+    dist: Dist,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> RunResult | None:
+    """One rank of a distributed run, in a process group that `distributed.launch` set up. Rank 0 logs and writes
+    the run folder and returns its RunResult; the other ranks train alongside and return None after the last step."""
+    return _run(spec, output_dir, resume=resume, overwrite=overwrite, quiet=quiet or not dist.is_main, dist=dist)
+
+
+def _run(
+    spec: JobSpec,
+    output_dir: str | Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+    on_event: EventSink | None = None,
+    device: str | None = None,
+    dist: Dist | None = None,
+) -> RunResult | None:
     wall_start = time.time()
     console = _Console(on_event, quiet)
     s = setup(
@@ -468,10 +578,13 @@ def train(
         overwrite=overwrite,
         console=console,
         device=device,
+        dist=dist,
     )
     t, plan, state, train_set = spec.training_config, s.plan, s.state, s.train_set
     ga = t.gradient_accumulation_steps
     lengths = [len(e) for e in train_set]
+    # A micro-batch of the run: batch_size examples per process, cut from the one order all processes compute.
+    global_batch = t.batch_size * (dist.world_size if dist is not None else 1)
 
     bar = tqdm(
         total=plan.total_steps,
@@ -489,11 +602,13 @@ def train(
     loop_start = time.perf_counter() - state.train_seconds
     while state.global_step < plan.total_steps and not state.stopped_early:
         batches = epoch_batches(
-            lengths, t.batch_size, seed=t.seed, epoch=state.epoch, group_by_length=t.group_by_length
+            lengths, global_batch, seed=t.seed, epoch=state.epoch, group_by_length=t.group_by_length
         )
         groups = [batches[i : i + ga] for i in range(0, len(batches), ga)]
         for group in groups[-(-state.micro_batch // ga) :]:  # ceil: a finished last group is never redone
             micro_batches = [[train_set[i] for i in mb] for mb in group]
+            if s.parallel is not None:
+                micro_batches = [s.parallel.share(mb) for mb in micro_batches]
             common = dict(
                 pad_id=s.tokenizer.pad_token_id,
                 runtime=s.runtime,
@@ -504,7 +619,7 @@ def train(
             if s.objective is not None:
                 step = preference_step(s.objective, s.model, micro_batches, **common)
             else:
-                step = train_step(s.model, micro_batches, **common)
+                step = train_step(s.model, micro_batches, parallel=s.parallel, **common)
             state.global_step += 1
             state.micro_batch += len(group)
             state.tokens_seen += step.tokens
@@ -535,7 +650,7 @@ def train(
                 eval_start = time.perf_counter()
                 _run_eval(s)
                 loop_start += time.perf_counter() - eval_start  # throughput counts training time only
-            if not last and not state.stopped_early and state.global_step % plan.save_every == 0:
+            if not last and not state.stopped_early and state.global_step % plan.save_every == 0 and s.is_main:
                 save_start = time.perf_counter()
                 save_checkpoint(s.work, state, s.model, s.optimizer, s.scheduler, keep=t.save_total_limit)
                 loop_start += time.perf_counter() - save_start
@@ -546,6 +661,8 @@ def train(
             state.micro_batch = 0
     bar.close()
     console.bar = None
+    if not s.is_main:
+        return None  # rank 0 publishes; its work needs no other rank (FSDP runs have no test rows: spec.py)
     return publish(s, wall_start=wall_start)
 
 

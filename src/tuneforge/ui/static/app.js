@@ -468,7 +468,9 @@
   const SKIP = new Set(["pretrainedmodel_config.model_path", "pretrainedmodel_config.use_lora",
     "pretrainedmodel_config.use_quantization", "pretrainedmodel_config.parallelization", "data_config.data_path",
     "data_config.prompt_template", "data_config.data_split_config", "data_config.data_source_type",
-    "data_config.prevalidated", "training_config.preference_optimization", "hf_config.hf_model_path"]);
+    "data_config.prevalidated", "training_config.preference_optimization", "hf_config.hf_model_path",
+    // A nested section (processes, devices), not a form field: the service decides how a job is placed.
+    "training_config.distributed"]);
   const SECTIONS = [["pretrainedmodel_config", "PretrainedModelConfig", "LoRA"], ["data_config", "DataConfig", "Data"],
     ["training_config", "TrainingConfig", "Training"], ["logging_config", "LoggingConfig", "Logging"],
     ["hf_config", "HuggingfaceConfig", "Hugging Face"]];
