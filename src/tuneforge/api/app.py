@@ -12,6 +12,7 @@ from starlette.types import Lifespan
 from .. import __version__
 from ..jobs.store import Store
 from ..settings import Settings
+from ..storage import open_storage
 from . import datasets, deploy, finetune, ui_support
 from .errors import install_error_handlers
 from .limits import AuthThrottle, BodyLimit
@@ -45,6 +46,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = store or Store(settings.database_url)
+    # Opened once: a storage URL without its filesystem package stops the server here, not at the first upload.
+    app.state.storage = open_storage(settings.storage)
     app.state.auth_throttle = AuthThrottle(settings.auth_failures_per_minute)
     app.add_middleware(BodyLimit, max_bytes=int(settings.max_request_bytes))
     install_error_handlers(app)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from ..errors import TuneforgeError
 from ..settings import load_settings
+from ..storage import open_storage
 
 if TYPE_CHECKING:
     from ..jobs.store import Store
@@ -28,12 +29,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _storage_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="shared storage for datasets, checkpoints and runs: a folder or an fsspec URL such as "
+        "s3://bucket/prefix (default: $TUNEFORGE_STORAGE, else none: one machine)",
+    )
+
+
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     try:
-        return load_settings(home=args.home, db=args.db, **extra)
+        settings = load_settings(home=args.home, db=args.db, storage=getattr(args, "storage", None), **extra)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise TuneforgeError(f"invalid service setting: {problems}") from None
+    open_storage(settings.storage)  # a storage URL nothing can open stops the command before it touches anything
+    return settings
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
@@ -109,6 +121,7 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         default=None,
         help="workers to start beside the API, one job each at a time (default 1; 0: use `tuneforge worker` processes)",
     )
+    _storage_flag(p)
     p.set_defaults(func=_cmd_server)
 
     p = sub.add_parser("worker", help="run queued fine-tuning jobs (add workers to a running server)")
@@ -119,6 +132,7 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         help="CUDA device index this worker's jobs use (sets CUDA_VISIBLE_DEVICES); default: all visible",
     )
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    _storage_flag(p)
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by `tuneforge server`
     p.set_defaults(func=_cmd_worker)
 

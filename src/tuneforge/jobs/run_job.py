@@ -20,10 +20,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .store import Store
+from typing import Any
 
 from ..data import DataOptions, DataValidationError, validate_source
 from ..data.sources import set_url_guard
@@ -31,10 +28,12 @@ from ..errors import TuneforgeError
 from ..models.loader import load_tokenizer
 from ..settings import Settings
 from ..spec import parse_spec
+from ..storage import Storage, open_storage
 from ..train.plan import is_finished_run, work_dir_for
 from .limits import size_problems
 from .paths import PathPolicy
-from .store import ACTIVE, Store
+from .store import ACTIVE, Row, Store
+from .sync import RunSync, dataset_key, local_run_dir
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -61,8 +60,8 @@ class LostClaim(Exception):
 class Recorder:
     """`train(on_event=...)`: store each record as an event and keep the job's progress columns current."""
 
-    def __init__(self, store: Store, job_id: str, worker_id: str) -> None:
-        self.store, self.job_id, self.worker_id = store, job_id, worker_id
+    def __init__(self, store: Store, job_id: str, worker_id: str, sync: RunSync | None = None) -> None:
+        self.store, self.job_id, self.worker_id, self.sync = store, job_id, worker_id, sync
         self.first: tuple[float, int] | None = None  # (time, step) of this attempt's first train record
         self.best: float | None = None
 
@@ -92,6 +91,11 @@ class Recorder:
             print(record.get("message", ""), flush=True)  # the job's log file, for operators
         if self.store.add_event(self.job_id, record, progress=progress, worker_id=self.worker_id) is None:
             raise LostClaim(self.job_id)
+        if self.sync is not None and kind in ("train", "eval"):
+            # Called between two steps: a checkpoint saved by the last step is complete and nothing prunes it while
+            # it uploads. Committed before training goes on, so a machine that dies loses at most save_steps.
+            for name in self.sync.push_checkpoints():
+                print(f"{name} committed to the shared storage", flush=True)
 
     def log(self, message: str) -> None:
         self({"type": "log", "message": message, "time": time.time()})
@@ -108,6 +112,27 @@ def _is_oom(exc: BaseException) -> bool:
         return False
 
 
+def pull_datasets(store: Store, storage: Storage, settings: Settings, job: Row, spec: dict[str, Any]) -> str | None:
+    """Download the job's uploaded datasets into this machine's home (unless there already) and point the spec's
+    data paths, which name the API server's copies, at them. A message when one is in neither place."""
+    d = spec["data_config"]
+    for dataset_id in filter(None, job["dataset_ids"].split(",")):
+        ds = store.get_dataset(dataset_id)
+        if ds is None:
+            return f"data_config.data_path: the uploaded dataset {dataset_id!r} has been deleted"
+        server_copy = Path(ds["path"])
+        local = settings.uploads_dir / dataset_id / server_copy.name
+        if not local.is_file() and not storage.get_file(dataset_key(dataset_id, server_copy), local):
+            return (
+                f"data_config.data_path: the uploaded dataset {dataset_id!r} is neither on this machine nor in "
+                f"the shared storage {storage.url} (was it uploaded to a server without TUNEFORGE_STORAGE?)"
+            )
+        for name in ("data_path", "validation_data_path", "test_data_path"):
+            if d.get(name) == ds["path"]:
+                d[name] = str(local)
+    return None
+
+
 def run(job_id: str, worker_id: str) -> int:
     settings = Settings()
     store = Store(settings.database_url, create=False)
@@ -116,6 +141,7 @@ def run(job_id: str, worker_id: str) -> int:
         print(f"job {job_id} is not claimed by worker {worker_id}; nothing to do", file=sys.stderr)
         return 3
     rec = Recorder(store, job_id, worker_id)
+    run_dir = local_run_dir(settings, job)
     # Best losses survive a resume: continue the minimum the earlier attempt recorded.
     rec.best = job["best_eval_loss"]
 
@@ -127,9 +153,22 @@ def run(job_id: str, worker_id: str) -> int:
         # torch comes with the training code; the worker imports this module (die_with_parent) and stays without.
         from ..train.checkpoint import latest_checkpoint
 
-        spec = parse_spec(json.loads(job["spec"]))
-        run_dir = Path(job["run_dir"])
+        spec_data = json.loads(job["spec"])
+        storage = open_storage(settings.storage)
+        if storage is not None:
+            # This machine may never have seen the job: its uploaded datasets and its last attempt's checkpoint
+            # (from another machine) come from the shared storage.
+            missing = pull_datasets(store, storage, settings, job, spec_data)
+            if missing:
+                return fail(missing)
+            rec.sync = RunSync(storage, job_id, run_dir)
+            pulled = rec.sync.pull()
+            if pulled:
+                rec.log(f"pulled {pulled} from the shared storage")
+        spec = parse_spec(spec_data)
         if is_finished_run(run_dir):  # an earlier attempt finished but died before recording it
+            if rec.sync is not None and not rec.sync.committed():
+                rec.sync.push_run()
             report = json.loads((run_dir / "report.json").read_text())
             store.finish(job_id, "succeeded", worker_id=worker_id, result=report, message="succeeded")
             return 0
@@ -166,6 +205,8 @@ def run(job_id: str, worker_id: str) -> int:
         from ..train.recipe import train
 
         result = train(spec, run_dir, resume=resume, quiet=True, on_event=rec)
+        if rec.sync is not None:  # committed before the job says succeeded: then any machine can serve it
+            rec.sync.push_run()
         store.finish(job_id, "succeeded", worker_id=worker_id, result=result.report, message="succeeded")
         return 0
     except LostClaim:

@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 
 from ..settings import Settings
+from ..storage import open_storage
 from ..train.plan import work_dir_for
 from .run_job import die_with_parent
 from .store import ACTIVE, TERMINAL, Row, Store
+from .sync import delete_job_copies, local_run_dir
 
 
 def pid_alive(pid: int) -> bool:
@@ -127,6 +129,7 @@ class Worker:
         self.settings = settings
         self.device = device
         self.store = store or Store(settings.database_url)
+        self.storage = open_storage(settings.storage)  # checked here: a bad URL stops the worker before any claim
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stopping = threading.Event()
 
@@ -221,7 +224,8 @@ class Worker:
             if job["cancel_requested"]:
                 self._terminate(proc)
 
-                shutil.rmtree(work_dir_for(Path(job["run_dir"])), ignore_errors=True)  # checkpoints of a dead run
+                shutil.rmtree(work_dir_for(local_run_dir(s, job)), ignore_errors=True)  # checkpoints of a dead run
+                delete_job_copies(self.storage, job_id)
                 self.store.finish(job_id, "cancelled", worker_id=wid, message="cancelled")
                 return "cancelled"
         job = self.store.get_job(job_id)
