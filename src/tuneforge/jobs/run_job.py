@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -112,6 +113,17 @@ def _is_oom(exc: BaseException) -> bool:
         return False
 
 
+def describe_devices() -> str:
+    """`cpu`, or the CUDA devices this process trains on as the machine numbers them (CUDA_VISIBLE_DEVICES)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else []
+    return "cuda:" + ",".join(ids or [str(i) for i in range(torch.cuda.device_count())])
+
+
 def pull_datasets(store: Store, storage: Storage, settings: Settings, job: Row, spec: dict[str, Any]) -> str | None:
     """Download the job's uploaded datasets into this machine's home (unless there already) and point the spec's
     data paths, which name the API server's copies, at them. A message when one is in neither place."""
@@ -153,6 +165,7 @@ def run(job_id: str, worker_id: str) -> int:
         # torch comes with the training code; the worker imports this module (die_with_parent) and stays without.
         from ..train.checkpoint import latest_checkpoint
 
+        store.set_placement(job_id, worker_id, node=socket.gethostname(), devices=describe_devices())
         spec_data = json.loads(job["spec"])
         storage = open_storage(settings.storage)
         if storage is not None:

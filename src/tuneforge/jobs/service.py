@@ -325,6 +325,8 @@ def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
         "error": job["error"],
         "cancel_requested": bool(job["cancel_requested"]),
         "attempts": job["attempts"],
+        "node": job["node"],
+        "devices": job["devices"],
         "events_url": f"/v1/finetune/llm/{job['id']}/events",
         "adapter_url": f"/v1/finetune/llm/{job['id']}/adapter" if job["status"] == "succeeded" else None,
     }
