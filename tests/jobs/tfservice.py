@@ -330,8 +330,8 @@ def s3_server():
         if proc.poll() is not None:
             raise AssertionError(f"moto server exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            return requests.get(env["AWS_ENDPOINT_URL"], timeout=1).status_code < 500
-        except requests.ConnectionError:
+            return requests.get(env["AWS_ENDPOINT_URL"], timeout=5).status_code < 500
+        except requests.RequestException:  # not listening yet, or still starting on a busy machine
             return False
 
     try:
@@ -353,3 +353,28 @@ def s3_url(s3_server, monkeypatch):
     bucket = "t-" + uuid.uuid4().hex[:12]
     boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
     return f"s3://{bucket}/tuneforge"
+
+
+def start_worker(home: Path, db: str, env: dict, *extra: str, log: Path | None = None) -> subprocess.Popen:
+    """`tuneforge worker` on its own, as on another machine sharing the database (its own home: its own disk)."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(log or home / "worker.log", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tuneforge.cli", "worker", "--home", str(home), "--db", db, *extra],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM (a worker requeues its job and exits), then SIGKILL of its whole group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -57,6 +57,23 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    if args.ray:
+        if args.device is not None:
+            raise TuneforgeError(
+                "worker: --device pins a local worker's jobs to a GPU; with --ray, Ray assigns each job its GPUs "
+                "(--ray-gpus-per-job)",
+                field="device",
+                value=args.device,
+            )
+        from ..jobs.ray_backend import run_ray_worker
+
+        return run_ray_worker(
+            _settings(args),
+            args.ray,
+            cpus_per_job=args.ray_cpus_per_job,
+            gpus_per_job=args.ray_gpus_per_job,
+            max_jobs=args.max_jobs,
+        )
     from ..jobs.worker import run_worker
 
     return run_worker(_settings(args), device=args.device, parent_pid=args.parent_pid, max_jobs=args.max_jobs)
@@ -133,6 +150,20 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     _storage_flag(p)
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run the jobs on the Ray cluster at ADDRESS (host:6379, ray://host:10001, or auto), several at once, "
+        "each where its resources are free (pip install 'tuneforge[ray]')",
+    )
+    p.add_argument("--ray-cpus-per-job", type=float, default=1.0, help="CPUs each job asks Ray for (default 1)")
+    p.add_argument(
+        "--ray-gpus-per-job",
+        type=float,
+        default=None,
+        help="GPUs each job asks Ray for (default: 1 on a cluster with GPUs, else 0: CPU training)",
+    )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by `tuneforge server`
     p.set_defaults(func=_cmd_worker)
 
