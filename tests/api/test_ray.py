@@ -3,6 +3,8 @@ once through the REST API; cancel; the errors for a missing cluster."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -85,6 +87,52 @@ def test_two_jobs_run_at_once_on_two_ray_nodes_and_a_cancel_stops_one_within_sec
         stop_process(worker)
         server.stop()
     assert "stopped" in (tmp_path / "ray-worker.log").read_text()
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.slow
+def test_a_dead_ray_worker_puts_its_job_back_and_the_next_attempt_resumes_from_the_checkpoint(
+    tmp_path, tiny_model_dir, two_node_cluster
+):
+    home = make_home(tmp_path, tiny_model_dir)
+    db = f"sqlite:///{home / 'tuneforge.db'}"
+    key = create_key(home, "alice")
+    server = Server(home, workers=0).start()
+    worker = start_worker(home, db, server.env, "--ray", two_node_cluster.address, log=tmp_path / "ray-worker.log")
+    try:
+        alice = Client(server.url, key)
+        job_id = alice.post(
+            "/v1/finetune/llm", json=payload(home, max_steps=30, save_steps=4, eval_steps=15, batch_size=4)
+        ).json()["job_id"]
+
+        def past_a_checkpoint():
+            job = alice.job(job_id)
+            assert job["status"] not in ("failed", "cancelled", "succeeded"), job
+            return job["status"] == "running" and job["progress"]["step"] >= 6
+
+        wait_for(past_a_checkpoint, 300, interval=0.2, what="the job past its first checkpoint")
+        pid = _pid(db, job_id)
+        ray_process = _parent(pid)  # the Ray worker process running the job's task, on its node
+        os.kill(ray_process, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(pid), 15, what="the training process to die with its Ray worker")
+        done = alice.wait_status(job_id, ("succeeded", "failed"), 300, server)
+        assert done["status"] == "succeeded", done
+        assert done["attempts"] == 2 and done["progress"]["step"] == 30
+        events = alice.events(job_id)
+    finally:
+        stop_process(worker)
+        server.stop()
+    requeued = [e for e in events if e["type"] == "status" and e["status"] == "queued"][1:]
+    assert len(requeued) == 1 and "its Ray task ended without a result" in requeued[0]["message"]
+    resumed = next(e["message"] for e in events if e["type"] == "log" and "resumed from" in e["message"])
+    step = int(resumed.split(" at step ")[1].split("/")[0])
+    assert step >= 4 and step % 4 == 0
+    later = [e["step"] for e in events[events.index(requeued[0]) :] if e["type"] == "train"]
+    assert later[0] == step + 1 and later[-1] == 30
 
 
 def test_worker_ray_without_a_cluster_there_is_one_clear_error(tmp_path):

@@ -121,3 +121,49 @@ def test_the_worker_and_the_server_refuse_to_start_with_such_a_storage(tmp_path)
         assert out.returncode == 2, out.stderr
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("tuneforge: error: storage: no filesystem for gs://")
+
+
+def test_a_job_on_another_machine_gets_its_uploads_and_starting_adapter_from_the_storage(tmp_path):
+    import uuid
+
+    from tuneforge.jobs.run_job import pull_inputs
+    from tuneforge.jobs.store import Store
+    from tuneforge.jobs.sync import dataset_key
+
+    storage = Storage(str(tmp_path / "shared"))
+    server, node = Settings(home=tmp_path / "server"), Settings(home=tmp_path / "node", storage=storage.url)
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upload = _folder(server.uploads_dir / "ds_1", {"train.jsonl": '{"text": "hi"}\n'}) / "train.jsonl"
+    store.insert_dataset(
+        dataset_id="ds_1",
+        owner="a",
+        filename="train.jsonl",
+        path=str(upload),
+        size_bytes=1,
+        sha256="0" * 64,
+        report={"ok": True},
+    )
+    storage.put_file(upload, dataset_key("ds_1", upload))
+    earlier = str(uuid.uuid4())
+    _folder(tmp_path / "run", {"report.json": "{}", "adapter/adapter_config.json": "{}"})
+    storage.put_dir(tmp_path / "run", run_key(earlier))
+    spec = {
+        "pretrainedmodel_config": {"resume_checkpoint_path": str(server.runs_dir / earlier / "adapter")},
+        "data_config": {"data_path": str(upload), "validation_data_path": None},
+    }
+    job = {"dataset_ids": "ds_1"}
+    assert pull_inputs(store, storage, node, job, spec) is None
+    assert spec["data_config"]["data_path"] == str(node.uploads_dir / "ds_1" / "train.jsonl")
+    assert (node.uploads_dir / "ds_1" / "train.jsonl").read_text() == '{"text": "hi"}\n'
+    assert spec["pretrainedmodel_config"]["resume_checkpoint_path"] == str(node.runs_dir / earlier / "adapter")
+    assert (node.runs_dir / earlier / "adapter" / "adapter_config.json").is_file()
+
+    storage.delete(dataset_key("ds_1", upload))
+    other = Settings(home=tmp_path / "third", storage=storage.url)
+    spec["data_config"]["data_path"] = str(upload)
+    problem = pull_inputs(store, storage, other, job, spec)
+    assert problem.startswith("data_config.data_path: the uploaded dataset 'ds_1' is neither on this machine nor in")
+    spec["pretrainedmodel_config"]["resume_checkpoint_path"] = str(server.runs_dir / str(uuid.uuid4()) / "adapter")
+    problem = pull_inputs(store, storage, other, job, spec)
+    assert problem.startswith("pretrainedmodel_config.resume_checkpoint_path: the run of job")
+    store.close()

@@ -32,9 +32,9 @@ from ..spec import parse_spec
 from ..storage import Storage, open_storage
 from ..train.plan import is_finished_run, work_dir_for
 from .limits import size_problems
-from .paths import PathPolicy
+from .paths import PathPolicy, is_job_id
 from .store import ACTIVE, Row, Store
-from .sync import RunSync, dataset_key, local_run_dir
+from .sync import RunSync, dataset_key, local_run_dir, pull_run
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -124,9 +124,21 @@ def describe_devices() -> str:
     return "cuda:" + ",".join(ids or [str(i) for i in range(torch.cuda.device_count())])
 
 
-def pull_datasets(store: Store, storage: Storage, settings: Settings, job: Row, spec: dict[str, Any]) -> str | None:
-    """Download the job's uploaded datasets into this machine's home (unless there already) and point the spec's
-    data paths, which name the API server's copies, at them. A message when one is in neither place."""
+def pull_inputs(store: Store, storage: Storage, settings: Settings, job: Row, spec: dict[str, Any]) -> str | None:
+    """Download what the job reads from the service's own files into this machine's home (unless there already):
+    its uploaded datasets and the adapter of a finished job it starts from; point the spec's paths, which name the
+    API server's copies, at them. A message when one is in neither place."""
+    p = spec["pretrainedmodel_config"]
+    start = Path(p.get("resume_checkpoint_path") or "")
+    # resolve_spec turned a job id into <server home>/runs/<id>/adapter; any other folder is the operator's to provide
+    if start.name == "adapter" and is_job_id(start.parent.name) and not start.is_dir():
+        local = settings.runs_dir / start.parent.name
+        if not pull_run(storage, start.parent.name, local):
+            return (
+                f"pretrainedmodel_config.resume_checkpoint_path: the run of job {start.parent.name!r} is neither on "
+                f"this machine nor in the shared storage {storage.url}"
+            )
+        p["resume_checkpoint_path"] = str(local / "adapter")
     d = spec["data_config"]
     for dataset_id in filter(None, job["dataset_ids"].split(",")):
         ds = store.get_dataset(dataset_id)
@@ -171,7 +183,7 @@ def run(job_id: str, worker_id: str) -> int:
         if storage is not None:
             # This machine may never have seen the job: its uploaded datasets and its last attempt's checkpoint
             # (from another machine) come from the shared storage.
-            missing = pull_datasets(store, storage, settings, job, spec_data)
+            missing = pull_inputs(store, storage, settings, job, spec_data)
             if missing:
                 return fail(missing)
             rec.sync = RunSync(storage, job_id, run_dir)
