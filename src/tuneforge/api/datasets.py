@@ -73,7 +73,7 @@ def _option_problems(exc: ValidationError) -> list[str]:
     responses={**_ERRORS, 413: {"description": "Larger than the upload limit"}},
 )
 async def upload(
-    request: Request, store: StoreDep, settings: SettingsDep, principal: CurrentPrincipal
+    request: Request, store: StoreDep, settings: SettingsDep, storage: StorageDep, principal: CurrentPrincipal
 ) -> JSONResponse | Dataset:
     """Multipart form: the file in `file`, optionally how to read it (`prompt_template`, `data_format`, ...) for the
     report. The answer has the dataset's `id` (use it as `data_config.data_path`) and its validation `report`;
@@ -91,7 +91,7 @@ async def upload(
         assert up.path is not None and up.filename is not None
         report = await run_in_threadpool(service.validate_file, up.path, options, PathPolicy.from_settings(settings))
         # In the shared storage before it is listed: a job that names it may run on any machine.
-        await run_in_threadpool(service.share_dataset, settings, dataset_id, up.path)
+        await run_in_threadpool(service.share_dataset, storage, dataset_id, up.path)
         ds = store.insert_dataset(
             dataset_id=dataset_id,
             owner=principal.owner,

@@ -40,7 +40,7 @@ from ..errors import TuneforgeError
 from ..settings import Settings
 from ..spec import JobSpec, parse_spec
 from .store import Row, Store
-from .worker import Worker, log_tail, start_job_process
+from .worker import Worker, log_tail, recover_stale, start_job_process
 
 RAY_INSTALL = "pip install 'tuneforge[ray]' (the same Ray version on every node of the cluster)"
 
@@ -207,12 +207,12 @@ class RayWorker(Worker):
             if beat:
                 last_beat = time.monotonic()
             self._watch_tasks(beat=beat)
-            if max_jobs is not None and started >= max_jobs:
-                if not self.tasks:
-                    break
-            elif self._room():
-                for job_id in self._recover():
-                    self.say(f"job {job_id} lost its worker; requeued or failed")
+            for job_id in recover_stale(self.store, self.settings, me=self.worker_id):
+                self.say(f"job {job_id} lost its worker; requeued or failed")
+            more = max_jobs is None or started < max_jobs
+            if not more and not self.tasks:
+                break
+            if more and self._room():
                 job = self.store.claim_next(self.worker_id)
                 if job is not None:
                     self._submit(job)
@@ -222,11 +222,6 @@ class RayWorker(Worker):
         self._shutdown()
         self.say("stopped")
         return 0
-
-    def _recover(self) -> list[str]:
-        from .worker import recover_stale
-
-        return recover_stale(self.store, self.settings, me=self.worker_id)
 
     def _room(self) -> bool:
         """Claim another job only when none of ours waits for its resources and a default job would fit now."""

@@ -256,9 +256,8 @@ def run_folder(job: Row, storage: Storage | None) -> Path:
     return run_dir
 
 
-def share_dataset(settings: Settings, dataset_id: str, path: Path) -> None:
+def share_dataset(storage: Storage | None, dataset_id: str, path: Path) -> None:
     """Copy an upload to the shared storage, where workers on other machines find it."""
-    storage = open_storage(settings.storage)
     if storage is not None:
         storage.put_file(path, dataset_key(dataset_id, path))
 
