@@ -32,7 +32,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,9 +162,7 @@ def run_on_node(settings: Settings, job_id: str, worker_id: str) -> tuple[int, s
 class _Task:
     ref: Any  # the task's ObjectRef
     group: Any  # its placement group
-    need: JobResources
-    submitted: float = field(default_factory=time.monotonic)
-    started: bool = False
+    started: bool = False  # its training process runs (the task recorded its pid): no longer waiting for resources
     cancelling: str | None = None  # why it is being stopped: "cancel", "lost", "shutdown"
 
 
@@ -263,7 +261,7 @@ class RayWorker(Worker):
                 placement_group=group, placement_group_capture_child_tasks=True
             ),
         ).remote(self.settings, job_id, self.worker_id)
-        self.tasks[job_id] = _Task(ref=ref, group=group, need=need)
+        self.tasks[job_id] = _Task(ref=ref, group=group)
         self.store.add_event(
             job_id,
             {"type": "log", "message": f"placed on the Ray cluster at {self.address}: {need.describe()}"},
@@ -300,15 +298,8 @@ class RayWorker(Worker):
             )
             self.say(f"job {job_id}: Ray task failed ({type(exc).__name__}); {'requeued' if requeued else 'gone'}")
             return
-        outcome = self.failed_exit(job_id, rc, tail) if rc != 0 else self._status(job_id)
-        self.say(f"job {job_id}: {outcome} (on {node})")
-
-    def _status(self, job_id: str) -> str:
-        job = self.store.get_job(job_id)
-        if job is not None and job["status"] not in ("succeeded", "failed", "cancelled"):
-            # exit 0 without a result: not something run_job does, but never leave the job claimed forever
-            return self.failed_exit(job_id, 0, "")
-        return str(job["status"]) if job else "gone"
+        # The job's status as its process recorded it; failed with the exit and log lines when it recorded none.
+        self.say(f"job {job_id}: {self.failed_exit(job_id, rc, tail)} (on {node})")
 
     def _watch_tasks(self, *, beat: bool) -> None:
         for job_id, task in list(self.tasks.items()):

@@ -236,7 +236,9 @@ class Worker:
         """What a job this worker runs needs now: `finished` (its process recorded the result), `lost` (another
         worker owns it now), `cancel` (requested) or `running`. `beat`: mark it alive too."""
         wid = self.worker_id
-        job = self.store.heartbeat(job_id, wid) if beat else self.store.get_job(job_id)
+        job = self.store.heartbeat(job_id, wid) if beat else None
+        if job is None:  # not beating, or the beat found it no longer active and ours: see what it is now
+            job = self.store.get_job(job_id)
         if job is not None and job["worker_id"] == wid and job["status"] in TERMINAL:
             return "finished", job
         if job is None or job["worker_id"] != wid or job["status"] not in ACTIVE:
