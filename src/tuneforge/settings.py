@@ -35,6 +35,13 @@ class Settings(BaseSettings):
         description="SQLAlchemy database URL, e.g. postgresql://user:pass@host/dbname. Default: SQLite in "
         "<home>/tuneforge.db.",
     )
+    storage: str | None = Field(
+        None,
+        description="Shared storage every machine of the service reads and writes: a local folder (e.g. a network "
+        "mount) or an fsspec URL such as s3://bucket/prefix (credentials and endpoint from the AWS_* variables). "
+        "Uploaded datasets, checkpoints and finished runs are copied there, so a job can run, resume or be served "
+        "on any machine. Default: none, the home folder is the only copy (one machine).",
+    )
     host: str = Field("127.0.0.1", description="Address the API server listens on.")
     port: int = Field(8000, ge=0, lt=65536, description="Port the API server listens on.")
     workers: int = Field(
@@ -133,9 +140,9 @@ class Settings(BaseSettings):
     def _absolute_home(cls, v: Path) -> Path:
         return Path(os.path.abspath(v.expanduser()))
 
-    @field_validator("db", mode="after")
+    @field_validator("db", "storage", mode="after")
     @classmethod
-    def _empty_db_is_default(cls, v: str | None) -> str | None:
+    def _empty_is_default(cls, v: str | None) -> str | None:
         if v is None or not v.strip():
             return None
         return v.strip()

@@ -3,4 +3,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "jobs"))
 
-from tfservice import pg_database, postgres_url  # noqa: F401  (fixtures)
+from tfservice import pg_database, postgres_url, s3_server, s3_url  # noqa: F401  (fixtures)

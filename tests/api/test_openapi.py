@@ -89,6 +89,8 @@ def test_a_view_with_an_undeclared_key_is_refused():
         "error": None,
         "cancel_requested": False,
         "attempts": 0,
+        "node": None,
+        "devices": None,
         "events_url": "/e",
         "adapter_url": None,
         "spec": {},

@@ -299,3 +299,82 @@ def pg_database(postgres_url):
     yield url
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- S3 ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible HTTP server (moto's server mode) in its own process; the environment that points boto3,
+    s3fs and the service's processes at it (AWS_ENDPOINT_URL, dummy credentials)."""
+    pytest.importorskip("moto.server", reason="pip install 'moto[server]' (in the dev extra)")
+    pytest.importorskip("s3fs", reason="pip install s3fs (in the dev extra)")
+    port = free_port()
+    log = Path(tempfile.mkdtemp(prefix="tuneforge-moto-")) / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def up():
+        if proc.poll() is not None:
+            raise AssertionError(f"moto server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            return requests.get(env["AWS_ENDPOINT_URL"], timeout=5).status_code < 500
+        except requests.RequestException:  # not listening yet, or still starting on a busy machine
+            return False
+
+    try:
+        wait_for(up, 60, what="the S3 server to answer")
+        yield env
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(log.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_url(s3_server, monkeypatch):
+    """A fresh bucket on the S3 server; its URL (with a prefix), with this process's environment pointed at it."""
+    import boto3
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    bucket = "t-" + uuid.uuid4().hex[:12]
+    boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/tuneforge"
+
+
+def start_worker(home: Path, db: str, env: dict, *extra: str, log: Path | None = None) -> subprocess.Popen:
+    """`tuneforge worker` on its own, as on another machine sharing the database (its own home: its own disk)."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(log or home / "worker.log", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tuneforge.cli", "worker", "--home", str(home), "--db", db, *extra],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM (a worker requeues its job and exits), then SIGKILL of its whole group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -13,6 +13,7 @@ from .. import __version__
 from ..jobs.store import Store
 from ..serve import metrics
 from ..settings import Settings
+from ..storage import open_storage
 from . import datasets, deploy, finetune, ui_support
 from .auth import CurrentPrincipal
 from .errors import install_error_handlers
@@ -47,6 +48,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = store or Store(settings.database_url)
+    # Opened once: a storage URL without its filesystem package stops the server here, not at the first upload.
+    app.state.storage = open_storage(settings.storage)
     app.state.auth_throttle = AuthThrottle(settings.auth_failures_per_minute)
     app.add_middleware(BodyLimit, max_bytes=int(settings.max_request_bytes))
     install_error_handlers(app)

@@ -1,7 +1,7 @@
 """`Authorization: Bearer <key>` -> the caller (`Principal`). Keys come from `tuneforge keys create NAME`.
 
 Routes take what they need as annotated parameters: `principal: CurrentPrincipal`, `store: StoreDep`,
-`settings: SettingsDep` (FastAPI's `Annotated` dependencies: the type says what it is, the dependency where it
+`settings: SettingsDep`, `storage: StorageDep` (FastAPI's `Annotated` dependencies: the type says what it is, the dependency where it
 comes from).
 """
 
@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..jobs.store import Store
 from ..keys import Principal
 from ..settings import Settings
+from ..storage import Storage
 from .limits import client_address, throttled
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `tuneforge keys create NAME`.")
@@ -32,8 +33,15 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_storage(request: Request) -> Storage | None:
+    """The shared storage (TUNEFORGE_STORAGE), or None on a one-machine service."""
+    storage: Storage | None = request.app.state.storage
+    return storage
+
+
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+StorageDep = Annotated[Storage | None, Depends(get_storage)]
 
 
 def get_principal(

@@ -14,7 +14,7 @@ from ..errors import TuneforgeError
 from ..jobs import service
 from ..jobs.paths import PathPolicy
 from ..jobs.service import DatasetOptions
-from .auth import CurrentPrincipal, SettingsDep, StoreDep
+from .auth import CurrentPrincipal, SettingsDep, StorageDep, StoreDep
 from .errors import Responses, problems_response
 from .responses import Dataset, DatasetDeleted, DatasetPage, DatasetSummary
 from .uploads import receive_upload
@@ -73,7 +73,7 @@ def _option_problems(exc: ValidationError) -> list[str]:
     responses={**_ERRORS, 413: {"description": "Larger than the upload limit"}},
 )
 async def upload(
-    request: Request, store: StoreDep, settings: SettingsDep, principal: CurrentPrincipal
+    request: Request, store: StoreDep, settings: SettingsDep, storage: StorageDep, principal: CurrentPrincipal
 ) -> JSONResponse | Dataset:
     """Multipart form: the file in `file`, optionally how to read it (`prompt_template`, `data_format`, ...) for the
     report. The answer has the dataset's `id` (use it as `data_config.data_path`) and its validation `report`;
@@ -90,6 +90,8 @@ async def upload(
         # receive_upload refuses a body without the file; the file part sets both
         assert up.path is not None and up.filename is not None
         report = await run_in_threadpool(service.validate_file, up.path, options, PathPolicy.from_settings(settings))
+        # In the shared storage before it is listed: a job that names it may run on any machine.
+        await run_in_threadpool(service.share_dataset, storage, dataset_id, up.path)
         ds = store.insert_dataset(
             dataset_id=dataset_id,
             owner=principal.owner,
@@ -140,6 +142,8 @@ def revalidate(
 
 
 @router.delete("/{dataset_id}", summary="Delete a dataset", responses={**_ERRORS, 409: {"description": "In use"}})
-def delete_dataset(dataset_id: str, store: StoreDep, principal: CurrentPrincipal) -> DatasetDeleted:
-    service.delete_dataset(store, principal, dataset_id)
+def delete_dataset(
+    dataset_id: str, store: StoreDep, storage: StorageDep, principal: CurrentPrincipal
+) -> DatasetDeleted:
+    service.delete_dataset(store, principal, dataset_id, storage)
     return DatasetDeleted(id=dataset_id, deleted=True)

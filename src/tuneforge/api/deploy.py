@@ -91,7 +91,12 @@ def deploy(
     if problems:
         raise SpecError(problems)
     model_load, adapter = service.resolve_deployment(
-        req.basemodel_path, req.loramodel_path, store, principal, PathPolicy.from_settings(settings)
+        req.basemodel_path,
+        req.loramodel_path,
+        store,
+        principal,
+        PathPolicy.from_settings(settings),
+        request.app.state.storage,
     )
     row, token = manager.create(
         req, owner=principal.owner, key_id=principal.key_id, model_load=model_load, adapter_source=adapter

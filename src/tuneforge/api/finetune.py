@@ -19,7 +19,7 @@ from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 from ..jobs import service
 from ..jobs.store import STATUSES, TERMINAL, Store
 from ..spec import JobSpec
-from .auth import CurrentPrincipal, SettingsDep, StoreDep
+from .auth import CurrentPrincipal, SettingsDep, StorageDep, StoreDep
 from .errors import Responses
 from .responses import Job, JobEvaluation, JobEvent, JobEvents, JobLaunched, JobPage, JobSummary
 
@@ -72,10 +72,10 @@ def get_job(job_id: str, store: StoreDep, principal: CurrentPrincipal) -> Job:
     summary="Cancel a queued or running job",
     responses={**_ERRORS, 409: {"description": "The job has already finished"}},
 )
-def cancel(job_id: str, store: StoreDep, principal: CurrentPrincipal) -> Job:
+def cancel(job_id: str, store: StoreDep, storage: StorageDep, principal: CurrentPrincipal) -> Job:
     """A queued job is cancelled at once; a running one is stopped by its worker at its next poll
     (`TUNEFORGE_POLL_SECONDS`, 0.5 s by default: under a second in all), `cancel_requested` being true until then."""
-    return Job(**service.job_view(store, service.cancel_job(store, principal, job_id)))
+    return Job(**service.job_view(store, service.cancel_job(store, principal, job_id, storage)))
 
 
 @router.get(
@@ -102,6 +102,7 @@ def adapter(job_id: str, store: StoreDep, settings: SettingsDep, principal: Curr
 def evaluation(
     job_id: str,
     store: StoreDep,
+    storage: StorageDep,
     principal: CurrentPrincipal,
     limit: Annotated[int, Query(ge=1, le=1000, description="Rows per page.")] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Rows to skip.")] = 0,
@@ -110,7 +111,7 @@ def evaluation(
     """The summary (metrics per model, as in the job's `evaluation` field) and a page of the per-row file: each
     row's prompt, reference, and every model's answer and scores. 404 when the job had no test rows."""
     job = service.get_job(store, principal, job_id)
-    return JobEvaluation(**service.eval_rows(job, limit=limit, offset=offset, differing=differing))
+    return JobEvaluation(**service.eval_rows(job, limit=limit, offset=offset, differing=differing, storage=storage))
 
 
 @router.get(

@@ -59,6 +59,10 @@ class JobSummary(_Response):
     error: str | None
     cancel_requested: bool
     attempts: int
+    node: str | None = Field(
+        description="The machine the current or last attempt trains on: its host name, or the Ray node's address."
+    )
+    devices: str | None = Field(description="What that attempt trains on there: `cpu`, or CUDA devices (`cuda:0,1`).")
     events_url: str
     adapter_url: str | None = Field(description="Where to download the adapter once the job has succeeded.")
 

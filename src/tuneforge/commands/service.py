@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from ..errors import TuneforgeError
 from ..settings import load_settings
+from ..storage import open_storage
 
 if TYPE_CHECKING:
     from ..jobs.store import Store
@@ -28,12 +29,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _storage_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="shared storage for datasets, checkpoints and runs: a folder or an fsspec URL such as "
+        "s3://bucket/prefix (default: $TUNEFORGE_STORAGE, else none: one machine)",
+    )
+
+
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     try:
-        return load_settings(home=args.home, db=args.db, **extra)
+        settings = load_settings(home=args.home, db=args.db, storage=getattr(args, "storage", None), **extra)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise TuneforgeError(f"invalid service setting: {problems}") from None
+    open_storage(settings.storage)  # a storage URL nothing can open stops the command before it touches anything
+    return settings
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
@@ -45,6 +57,23 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    if args.ray:
+        if args.device is not None:
+            raise TuneforgeError(
+                "worker: --device pins a local worker's jobs to a GPU; with --ray, Ray assigns each job its GPUs "
+                "(--ray-gpus-per-job)",
+                field="device",
+                value=args.device,
+            )
+        from ..jobs.ray_backend import run_ray_worker
+
+        return run_ray_worker(
+            _settings(args),
+            args.ray,
+            cpus_per_job=args.ray_cpus_per_job,
+            gpus_per_job=args.ray_gpus_per_job,
+            max_jobs=args.max_jobs,
+        )
     from ..jobs.worker import run_worker
 
     return run_worker(_settings(args), device=args.device, parent_pid=args.parent_pid, max_jobs=args.max_jobs)
@@ -109,6 +138,7 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         default=None,
         help="workers to start beside the API, one job each at a time (default 1; 0: use `tuneforge worker` processes)",
     )
+    _storage_flag(p)
     p.set_defaults(func=_cmd_server)
 
     p = sub.add_parser("worker", help="run queued fine-tuning jobs (add workers to a running server)")
@@ -119,6 +149,21 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         help="CUDA device index this worker's jobs use (sets CUDA_VISIBLE_DEVICES); default: all visible",
     )
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    _storage_flag(p)
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run the jobs on the Ray cluster at ADDRESS (host:6379, ray://host:10001, or auto), several at once, "
+        "each where its resources are free (pip install 'tuneforge[ray]')",
+    )
+    p.add_argument("--ray-cpus-per-job", type=float, default=1.0, help="CPUs each job asks Ray for (default 1)")
+    p.add_argument(
+        "--ray-gpus-per-job",
+        type=float,
+        default=None,
+        help="GPUs each job asks Ray for (default: 1 on a cluster with GPUs, else 0: CPU training)",
+    )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by `tuneforge server`
     p.set_defaults(func=_cmd_worker)
 

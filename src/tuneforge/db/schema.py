@@ -60,6 +60,8 @@ jobs = Table(
     Column("finished_at", Float),
     Column("worker_id", String(200)),
     Column("pid", Integer),
+    Column("node", String(200)),  # the machine (host name or Ray node address) the attempt trains on (0003_cluster)
+    Column("devices", String(200)),  # `cpu` or `cuda:0,1`: what it trains on there (0003_cluster)
     Column("heartbeat_at", Float),
     Column("attempts", Integer, nullable=False, default=0),  # claims by a worker
     Column("lost", Integer, nullable=False, default=0),  # times its worker died under it

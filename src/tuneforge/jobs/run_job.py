@@ -16,14 +16,12 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .store import Store
+from typing import Any
 
 from ..data import DataOptions, DataValidationError, validate_source
 from ..data.sources import set_url_guard
@@ -31,10 +29,12 @@ from ..errors import TuneforgeError
 from ..models.loader import load_tokenizer
 from ..settings import Settings
 from ..spec import parse_spec
+from ..storage import Storage, open_storage
 from ..train.plan import is_finished_run, work_dir_for
 from .limits import size_problems
-from .paths import PathPolicy
-from .store import ACTIVE, Store
+from .paths import PathPolicy, is_job_id
+from .store import ACTIVE, Row, Store
+from .sync import RunSync, dataset_key, local_run_dir, pull_run
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -61,8 +61,8 @@ class LostClaim(Exception):
 class Recorder:
     """`train(on_event=...)`: store each record as an event and keep the job's progress columns current."""
 
-    def __init__(self, store: Store, job_id: str, worker_id: str) -> None:
-        self.store, self.job_id, self.worker_id = store, job_id, worker_id
+    def __init__(self, store: Store, job_id: str, worker_id: str, sync: RunSync | None = None) -> None:
+        self.store, self.job_id, self.worker_id, self.sync = store, job_id, worker_id, sync
         self.first: tuple[float, int] | None = None  # (time, step) of this attempt's first train record
         self.best: float | None = None
 
@@ -92,6 +92,11 @@ class Recorder:
             print(record.get("message", ""), flush=True)  # the job's log file, for operators
         if self.store.add_event(self.job_id, record, progress=progress, worker_id=self.worker_id) is None:
             raise LostClaim(self.job_id)
+        if self.sync is not None and kind in ("train", "eval"):
+            # Called between two steps: a checkpoint saved by the last step is complete and nothing prunes it while
+            # it uploads. Committed before training goes on, so a machine that dies loses at most save_steps.
+            for name in self.sync.push_checkpoints():
+                print(f"{name} committed to the shared storage", flush=True)
 
     def log(self, message: str) -> None:
         self({"type": "log", "message": message, "time": time.time()})
@@ -108,6 +113,50 @@ def _is_oom(exc: BaseException) -> bool:
         return False
 
 
+def describe_devices() -> str:
+    """`cpu`, or the CUDA devices this process trains on as the machine numbers them (CUDA_VISIBLE_DEVICES)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else []
+    return "cuda:" + ",".join(ids or [str(i) for i in range(torch.cuda.device_count())])
+
+
+def pull_inputs(store: Store, storage: Storage, settings: Settings, job: Row, spec: dict[str, Any]) -> str | None:
+    """Download what the job reads from the service's own files into this machine's home (unless there already):
+    its uploaded datasets and the adapter of a finished job it starts from; point the spec's paths, which name the
+    API server's copies, at them. A message when one is in neither place."""
+    p = spec["pretrainedmodel_config"]
+    start = Path(p.get("resume_checkpoint_path") or "")
+    # resolve_spec turned a job id into <server home>/runs/<id>/adapter; any other folder is the operator's to provide
+    if start.name == "adapter" and is_job_id(start.parent.name) and not start.is_dir():
+        local = settings.runs_dir / start.parent.name
+        if not pull_run(storage, start.parent.name, local):
+            return (
+                f"pretrainedmodel_config.resume_checkpoint_path: the run of job {start.parent.name!r} is neither on "
+                f"this machine nor in the shared storage {storage.url}"
+            )
+        p["resume_checkpoint_path"] = str(local / "adapter")
+    d = spec["data_config"]
+    for dataset_id in filter(None, job["dataset_ids"].split(",")):
+        ds = store.get_dataset(dataset_id)
+        if ds is None:
+            return f"data_config.data_path: the uploaded dataset {dataset_id!r} has been deleted"
+        server_copy = Path(ds["path"])
+        local = settings.uploads_dir / dataset_id / server_copy.name
+        if not local.is_file() and not storage.get_file(dataset_key(dataset_id, server_copy), local):
+            return (
+                f"data_config.data_path: the uploaded dataset {dataset_id!r} is neither on this machine nor in "
+                f"the shared storage {storage.url} (was it uploaded to a server without TUNEFORGE_STORAGE?)"
+            )
+        for name in ("data_path", "validation_data_path", "test_data_path"):
+            if d.get(name) == ds["path"]:
+                d[name] = str(local)
+    return None
+
+
 def run(job_id: str, worker_id: str) -> int:
     settings = Settings()
     store = Store(settings.database_url, create=False)
@@ -116,6 +165,7 @@ def run(job_id: str, worker_id: str) -> int:
         print(f"job {job_id} is not claimed by worker {worker_id}; nothing to do", file=sys.stderr)
         return 3
     rec = Recorder(store, job_id, worker_id)
+    run_dir = local_run_dir(settings, job)
     # Best losses survive a resume: continue the minimum the earlier attempt recorded.
     rec.best = job["best_eval_loss"]
 
@@ -127,9 +177,23 @@ def run(job_id: str, worker_id: str) -> int:
         # torch comes with the training code; the worker imports this module (die_with_parent) and stays without.
         from ..train.checkpoint import latest_checkpoint
 
-        spec = parse_spec(json.loads(job["spec"]))
-        run_dir = Path(job["run_dir"])
+        store.set_placement(job_id, worker_id, node=socket.gethostname(), devices=describe_devices())
+        spec_data = json.loads(job["spec"])
+        storage = open_storage(settings.storage)
+        if storage is not None:
+            # This machine may never have seen the job: its uploaded datasets and its last attempt's checkpoint
+            # (from another machine) come from the shared storage.
+            missing = pull_inputs(store, storage, settings, job, spec_data)
+            if missing:
+                return fail(missing)
+            rec.sync = RunSync(storage, job_id, run_dir)
+            pulled = rec.sync.pull()
+            if pulled:
+                rec.log(f"pulled {pulled} from the shared storage")
+        spec = parse_spec(spec_data)
         if is_finished_run(run_dir):  # an earlier attempt finished but died before recording it
+            if rec.sync is not None and not rec.sync.committed():
+                rec.sync.push_run()
             report = json.loads((run_dir / "report.json").read_text())
             store.finish(job_id, "succeeded", worker_id=worker_id, result=report, message="succeeded")
             return 0
@@ -166,6 +230,8 @@ def run(job_id: str, worker_id: str) -> int:
         from ..train.recipe import train
 
         result = train(spec, run_dir, resume=resume, quiet=True, on_event=rec)
+        if rec.sync is not None:  # committed before the job says succeeded: then any machine can serve it
+            rec.sync.push_run()
         store.finish(job_id, "succeeded", worker_id=worker_id, result=result.report, message="succeeded")
         return 0
     except LostClaim:

@@ -30,6 +30,7 @@ from ..models.loader import ALIASES, SMOLLM2_ID, _hf_cached_snapshot, hub_reacha
 from ..models.memory import TrainingSetup
 from ..settings import Settings
 from ..spec import DataConfig, DataFormat, JobSpec, SpecError, parse_spec
+from ..storage import Storage, open_storage
 from ..train.plan import work_dir_for
 from .limits import size_problems, string_problems
 from .paths import (
@@ -42,6 +43,7 @@ from .paths import (
     looks_like_url,
 )
 from .store import ACTIVE, TERMINAL, Row, Store, TooManyJobs
+from .sync import dataset_key, delete_job_copies, pull_run
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
@@ -94,7 +96,9 @@ def _resolve_data(
     return policy.local(value, field)
 
 
-def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: PathPolicy) -> tuple[JobSpec, list[str]]:
+def resolve_spec(
+    spec: JobSpec, store: Store, principal: Principal, policy: PathPolicy, storage: Storage | None = None
+) -> tuple[JobSpec, list[str]]:
     """The spec the worker runs: dataset ids and job ids replaced by server paths, every local path checked
     against the policy. Raises SpecError listing every rejected field."""
     data = spec.to_dict(redact=False)
@@ -125,7 +129,7 @@ def resolve_spec(spec: JobSpec, store: Store, principal: Principal, policy: Path
                     "adapter is the starting point) or a checkpoint folder in an allowed folder"
                 )
             else:
-                p["resume_checkpoint_path"] = str(Path(job["run_dir"]) / "adapter")
+                p["resume_checkpoint_path"] = str(run_folder(job, storage) / "adapter")
         else:
             try:
                 p["resume_checkpoint_path"] = policy.local(resume, field)
@@ -143,7 +147,9 @@ def submit_job(store: Store, settings: Settings, principal: Principal, spec: Job
     problems = string_problems(spec.to_dict(redact=False), settings.max_field_chars)
     if problems:
         raise SpecError(problems)
-    resolved, dataset_ids = resolve_spec(spec, store, principal, PathPolicy.from_settings(settings))
+    resolved, dataset_ids = resolve_spec(
+        spec, store, principal, PathPolicy.from_settings(settings), open_storage(settings.storage)
+    )
     n_rows = None
     for ds_id in dataset_ids[:1]:  # data_path (validation_data_path, when given, is the second)
         ds = store.get_dataset(ds_id)
@@ -241,6 +247,21 @@ def _refuse_if_too_large(spec: JobSpec) -> None:
     ensure_fits(model_id, config_dir=folder, setup=TrainingSetup.from_spec(spec))
 
 
+def run_folder(job: Row, storage: Storage | None) -> Path:
+    """A job's run folder on this machine; a succeeded job's is pulled from the shared storage when another machine
+    trained it (or this machine's copy is gone)."""
+    run_dir = Path(job["run_dir"])
+    if storage is not None and job["status"] == "succeeded":
+        pull_run(storage, job["id"], run_dir)
+    return run_dir
+
+
+def share_dataset(storage: Storage | None, dataset_id: str, path: Path) -> None:
+    """Copy an upload to the shared storage, where workers on other machines find it."""
+    if storage is not None:
+        storage.put_file(path, dataset_key(dataset_id, path))
+
+
 def get_job(store: Store, principal: Principal, job_id: str) -> Row:
     job = store.get_job(job_id, scope(principal))
     if job is None:
@@ -248,7 +269,7 @@ def get_job(store: Store, principal: Principal, job_id: str) -> Row:
     return job
 
 
-def cancel_job(store: Store, principal: Principal, job_id: str) -> Row:
+def cancel_job(store: Store, principal: Principal, job_id: str, storage: Storage | None = None) -> Row:
     job = get_job(store, principal, job_id)
     if job["status"] in TERMINAL:
         raise Conflict(
@@ -259,6 +280,7 @@ def cancel_job(store: Store, principal: Principal, job_id: str) -> Row:
     after = store.request_cancel(job_id) or job
     if after["status"] == "cancelled":  # a requeued job may hold checkpoints of an earlier attempt
         shutil.rmtree(work_dir_for(Path(after["run_dir"])), ignore_errors=True)
+        delete_job_copies(storage, job_id)
     return after
 
 
@@ -302,6 +324,8 @@ def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
         "error": job["error"],
         "cancel_requested": bool(job["cancel_requested"]),
         "attempts": job["attempts"],
+        "node": job["node"],
+        "devices": job["devices"],
         "events_url": f"/v1/finetune/llm/{job['id']}/events",
         "adapter_url": f"/v1/finetune/llm/{job['id']}/adapter" if job["status"] == "succeeded" else None,
     }
@@ -315,7 +339,12 @@ def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
 
 
 def resolve_deployment(
-    basemodel_path: str, loramodel_path: str | None, store: Store, principal: Principal, policy: PathPolicy
+    basemodel_path: str,
+    loramodel_path: str | None,
+    store: Store,
+    principal: Principal,
+    policy: PathPolicy,
+    storage: Storage | None = None,
 ) -> tuple[str, str | None]:
     """(what the engine loads, the adapter folder or hub id) for a deploy request, checked before anything is
     built; raises SpecError with one line per bad field (both are checked)."""
@@ -325,7 +354,7 @@ def resolve_deployment(
     except TuneforgeError as exc:
         problems.append(str(exc))
     try:
-        adapter = _resolve_adapter(loramodel_path, store, principal, policy)
+        adapter = _resolve_adapter(loramodel_path, store, principal, policy, storage)
     except TuneforgeError as exc:
         problems.append(str(exc))
     if problems:
@@ -359,7 +388,9 @@ def _resolve_base(value: str, policy: PathPolicy) -> str:
     return repo_id
 
 
-def _resolve_adapter(value: str | None, store: Store, principal: Principal, policy: PathPolicy) -> str | None:
+def _resolve_adapter(
+    value: str | None, store: Store, principal: Principal, policy: PathPolicy, storage: Storage | None = None
+) -> str | None:
     """A succeeded job of the caller's (its adapter folder), an adapter folder the path policy allows, or a hub id
     the server can fetch."""
     v = (value or "").strip()
@@ -376,7 +407,7 @@ def _resolve_adapter(value: str | None, store: Store, principal: Principal, poli
             raise TuneforgeError(
                 f"{field}: job {v!r} is {job['status']}; deploy it once it has succeeded", field=field, value=v
             )
-        folder = Path(job["run_dir"]) / "adapter"
+        folder = run_folder(job, storage) / "adapter"
         check_adapter_folder(folder, field=field)
         return str(folder)
     if looks_like_url(v) or "://" in v:
@@ -407,7 +438,7 @@ def adapter_zip(settings: Settings, job: Row) -> Path:
             field="job_id",
             value=job["id"],
         )
-    adapter = Path(job["run_dir"]) / "adapter"
+    adapter = run_folder(job, open_storage(settings.storage)) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise NotFound(f"the adapter of job {job['id']!r} is no longer on the server", field="job_id", value=job["id"])
     target = settings.cache_dir / "adapters" / f"{job['id']}.zip"
@@ -423,7 +454,7 @@ def adapter_zip(settings: Settings, job: Row) -> Path:
     return target
 
 
-def eval_rows(job: Row, *, limit: int, offset: int, differing: bool) -> dict[str, Any]:
+def eval_rows(job: Row, *, limit: int, offset: int, differing: bool, storage: Storage | None = None) -> dict[str, Any]:
     """A page of the job's per-row evaluation file (prompt, reference, each model's answer and scores)."""
     from ..evaluate.runner import EVAL_ROWS_FILE
 
@@ -441,7 +472,7 @@ def eval_rows(job: Row, *, limit: int, offset: int, differing: bool) -> dict[str
             field="job_id",
             value=job["id"],
         )
-    path = Path(job["run_dir"]) / EVAL_ROWS_FILE
+    path = run_folder(job, storage) / EVAL_ROWS_FILE
     if not path.is_file():
         raise NotFound(
             f"the evaluation rows of job {job['id']!r} are no longer on the server", field="job_id", value=job["id"]
@@ -544,7 +575,7 @@ def get_dataset(store: Store, principal: Principal, dataset_id: str) -> Row:
     return ds
 
 
-def delete_dataset(store: Store, principal: Principal, dataset_id: str) -> None:
+def delete_dataset(store: Store, principal: Principal, dataset_id: str, storage: Storage | None = None) -> None:
     ds = get_dataset(store, principal, dataset_id)
     users = store.jobs_using_dataset(dataset_id)
     if users:
@@ -556,3 +587,5 @@ def delete_dataset(store: Store, principal: Principal, dataset_id: str) -> None:
         )
     store.delete_dataset(dataset_id)
     shutil.rmtree(Path(ds["path"]).parent, ignore_errors=True)
+    if storage is not None:
+        storage.delete(dataset_key(dataset_id, Path(ds["path"])))

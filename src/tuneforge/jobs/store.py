@@ -269,6 +269,16 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.worker_id == worker_id).values(pid=pid))
 
+    def set_placement(self, job_id: str, worker_id: str, *, node: str, devices: str) -> bool:
+        """Record where the job's attempt runs (set by its training process, on the machine that trains it)."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id, jobs.c.status.in_(ACTIVE))
+                .values(node=node, devices=devices)
+            )
+            return res.rowcount == 1
+
     def heartbeat(self, job_id: str, worker_id: str) -> Row | None:
         """Mark the job alive; returns its row, or None when this worker no longer owns it."""
         with self.engine.begin() as conn:

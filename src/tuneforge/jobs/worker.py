@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 
 from ..settings import Settings
+from ..storage import open_storage
 from ..train.plan import work_dir_for
 from .run_job import die_with_parent
 from .store import ACTIVE, TERMINAL, Row, Store
+from .sync import delete_job_copies, local_run_dir
 
 
 def pid_alive(pid: int) -> bool:
@@ -99,7 +101,7 @@ def describe_exit(returncode: int) -> str:
     return f"the training process exited with code {returncode} without recording a result"
 
 
-def _tail(path: Path, n: int = 5) -> str:
+def log_tail(path: Path, n: int = 5) -> str:
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -121,12 +123,39 @@ def _child_env(settings: Settings, device: str | None) -> dict[str, str]:
     return env
 
 
+def start_job_process(
+    settings: Settings, job_id: str, worker_id: str, *, cwd: str, log_path: Path, device: str | None = None
+) -> subprocess.Popen[bytes]:
+    """The job's training process (`run_job`), in its own session, dying with the calling process (its parent)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "tuneforge.jobs.run_job",
+        job_id,
+        "--worker-id",
+        worker_id,
+        "--parent-pid",
+        str(os.getpid()),
+    ]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=_child_env(settings, device),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
 class Worker:
     def __init__(self, settings: Settings, *, device: str | None = None, store: Store | None = None):
         settings.ensure_dirs()
         self.settings = settings
         self.device = device
         self.store = store or Store(settings.database_url)
+        self.storage = open_storage(settings.storage)  # checked here: a bad URL stops the worker before any claim
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stopping = threading.Event()
 
@@ -157,28 +186,9 @@ class Worker:
         s, job_id, wid = self.settings, job["id"], self.worker_id
         log_path = s.logs_dir / f"{job_id}.log"
         cwd = tempfile.mkdtemp(prefix=f"{job_id}-", dir=s.tmp_dir)
-        cmd = [
-            sys.executable,
-            "-m",
-            "tuneforge.jobs.run_job",
-            job_id,
-            "--worker-id",
-            wid,
-            "--parent-pid",
-            str(os.getpid()),
-        ]
         self.say(f"job {job_id}: starting (attempt {job['attempts']})")
         try:
-            with open(log_path, "ab") as log:
-                proc = subprocess.Popen(
-                    cmd,
-                    cwd=cwd,
-                    env=_child_env(s, self.device),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+            proc = start_job_process(s, job_id, wid, cwd=cwd, log_path=log_path, device=self.device)
             self.store.set_pid(job_id, wid, proc.pid)
             outcome = self._watch(job_id, proc, log_path)
         finally:
@@ -204,38 +214,61 @@ class Worker:
                     message="the worker was shut down; queued again, it resumes from its last checkpoint",
                 )
                 return "requeued (worker shutting down)"
-            if time.monotonic() - last_beat >= s.heartbeat_seconds:
-                job = self.store.heartbeat(job_id, wid)
+            beat = time.monotonic() - last_beat >= s.heartbeat_seconds
+            if beat:
                 last_beat = time.monotonic()
-            else:
-                job = self.store.get_job(job_id)
-            if job is not None and job["worker_id"] == wid and job["status"] in TERMINAL:
+            state, job = self.poll_job(job_id, beat=beat)
+            if state == "finished":
                 try:  # the process recorded its result and is exiting: let it
                     proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     self._terminate(proc)
-                return str(job["status"])
-            if job is None or job["worker_id"] != wid or job["status"] not in ACTIVE:
+                return str(job["status"]) if job else "gone"
+            if state == "lost":
                 self._terminate(proc)  # declared dead and taken over by another worker
                 return "no longer ours; stopped"
-            if job["cancel_requested"]:
+            if state == "cancel":
                 self._terminate(proc)
+                return self.cancelled(job_id)
+        return self.failed_exit(job_id, rc, log_tail(log_path))
 
-                shutil.rmtree(work_dir_for(Path(job["run_dir"])), ignore_errors=True)  # checkpoints of a dead run
-                self.store.finish(job_id, "cancelled", worker_id=wid, message="cancelled")
-                return "cancelled"
+    def poll_job(self, job_id: str, *, beat: bool) -> tuple[str, Row | None]:
+        """What a job this worker runs needs now: `finished` (its process recorded the result), `lost` (another
+        worker owns it now), `cancel` (requested) or `running`. `beat`: mark it alive too."""
+        wid = self.worker_id
+        job = self.store.heartbeat(job_id, wid) if beat else None
+        if job is None:  # not beating, or the beat found it no longer active and ours: see what it is now
+            job = self.store.get_job(job_id)
+        if job is not None and job["worker_id"] == wid and job["status"] in TERMINAL:
+            return "finished", job
+        if job is None or job["worker_id"] != wid or job["status"] not in ACTIVE:
+            return "lost", job
+        if job["cancel_requested"]:
+            return "cancel", job
+        return "running", job
+
+    def cancelled(self, job_id: str) -> str:
+        """Record the cancel of a job whose process has been stopped, and drop its checkpoints everywhere."""
         job = self.store.get_job(job_id)
-        if job is not None and job["status"] in ACTIVE and job["worker_id"] == wid:
-            tail = _tail(log_path)
+        if job is not None:
+            shutil.rmtree(work_dir_for(local_run_dir(self.settings, job)), ignore_errors=True)
+        delete_job_copies(self.storage, job_id)
+        self.store.finish(job_id, "cancelled", worker_id=self.worker_id, message="cancelled")
+        return "cancelled"
+
+    def failed_exit(self, job_id: str, returncode: int, tail: str) -> str:
+        """Record a job whose process ended without recording a result (crash, kill); what happened, in words."""
+        job = self.store.get_job(job_id)
+        if job is not None and job["status"] in ACTIVE and job["worker_id"] == self.worker_id:
             self.store.finish(
                 job_id,
                 "failed",
-                worker_id=wid,
+                worker_id=self.worker_id,
                 message="failed",
-                error=describe_exit(rc) + (f"; last log lines: {tail}" if tail else ""),
+                error=describe_exit(returncode) + (f"; last log lines: {tail}" if tail else ""),
             )
-            return f"failed (exit {rc})"
-        return job["status"] if job else "gone"
+            return f"failed (exit {returncode})"
+        return str(job["status"]) if job else "gone"
 
     def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
         for sig, wait in ((signal.SIGTERM, self.settings.cancel_grace_seconds), (signal.SIGKILL, 10.0)):
