@@ -46,6 +46,7 @@ class JobSummary(_Response):
     job_id: str
     deployment_id: str = Field(description="The job id again, under the name MonsterAPI's launch response uses.")
     owner: str
+    suffix: str | None = Field(description="The job's name (the spec's `suffix`), if it was given one.")
     status: Literal[STATUSES]  # type: ignore[valid-type]
     model: str
     data_path: str

@@ -5,6 +5,8 @@
 - `GET /v1/catalog/models`: the model catalog with LoRA/QLoRA memory estimates (`tuneforge models --json`).
 - `GET /v1/catalog/local`: model folders and data files in the server's allowed folders (what a job may name).
 - `GET /v1/catalog/estimate`: the LoRA and QLoRA memory estimate of one model for the form's settings.
+- `GET /v1/catalog/check`: whether a model name can be loaded here (on this server, or downloadable), with close
+  catalog matches for a misspelt one: the form checks the model when it is chosen, not the queue minutes later.
 - `POST /v1/data/inspect`: a dataset's validation report for given reading options plus a token-length histogram;
   nothing is stored (`POST /v1/datasets/{id}/validate` replaces the stored report instead).
 
@@ -32,11 +34,13 @@ from ..data.validate import scan_path
 from ..errors import TuneforgeError
 from ..jobs import service
 from ..jobs.paths import PathPolicy, check_path_text, classify_data_path, classify_model_path
-from ..jobs.service import DatasetOptions, tokenizer_for
+from ..jobs.service import DatasetOptions, locate_model, tokenizer_for
 from ..jobs.store import Store
 from ..keys import Principal
+from ..models.catalog import get_entry, suggest
 from ..models.fit import model_shape
 from ..models.listing import REFERENCE, catalog_rows
+from ..models.loader import SMOLLM2_ID, _hf_cached_snapshot
 from ..models.memory import TrainingSetup, device_memory, estimate_training_memory
 from ..runtime import DeviceType, Precision, auto_precision, local_device_type, resolve_optimizer
 from ..spec import MAX_INT32, DataConfig, JobSpec
@@ -103,8 +107,73 @@ async def catalog(principal: CurrentPrincipal) -> dict[str, Any]:
     """As `tuneforge models --json`: each model's size, context, licence, LoRA targets, and the estimated peak
     memory of LoRA and QLoRA training in the reference setup (`reference_setup`)."""
 
-    # The first call builds every entry on the meta device (seconds); later ones are cached.
-    return await anyio.to_thread.run_sync(_serialized(_catalog))
+    def work() -> dict[str, Any]:
+        # The first call builds every entry on the meta device (seconds); later ones are cached. Where each model
+        # is (`on_server`: bundled or in the Hugging Face cache; else it needs a download) changes as jobs download
+        # models, so it is looked up on every call (a local lookup per entry).
+        cat = _catalog()
+        models = [{**m, "on_server": _on_server(m["id"])} for m in cat["models"]]
+        return {**cat, "models": models}
+
+    return await anyio.to_thread.run_sync(_serialized(work))
+
+
+def _on_server(repo_id: str) -> bool:
+    return repo_id == SMOLLM2_ID or _hf_cached_snapshot(repo_id) is not None
+
+
+@router.get(
+    "/v1/catalog/check",
+    summary="Whether a base model can be loaded here, with close catalog matches for a misspelt name",
+    responses=_ERRORS,
+)
+async def check_model(
+    request: Request,
+    principal: CurrentPrincipal,
+    model_path: str = Query(..., description="A catalog id or alias, a hub id, or a model folder on the server."),
+) -> dict[str, Any]:
+    """`ok`: a job naming this model can load it. `source`: `local` (a model folder in an allowed folder),
+    `bundled` (shipped with tuneforge), `cached` (in the server's Hugging Face cache), `hub` (downloaded when the
+    job starts). `message` says what is wrong (or, with `ok`, what to expect); `suggestions` are catalog names
+    close to a misspelt one."""
+    policy = _policy(request)
+
+    def work() -> dict[str, Any]:
+        out: dict[str, Any] = {"model_path": model_path, "ok": False, "source": None, "message": None}
+        try:
+            load, out["source"] = locate_model(model_path, policy, "model_path")
+        except TuneforgeError as exc:
+            out["message"] = str(exc)
+        else:
+            out["ok"] = True
+            if out["source"] == "hub" and get_entry(load) is None:
+                out["ok"], out["message"] = _hub_model_exists(load)
+        out["in_catalog"] = get_entry(model_path) is not None
+        out["suggestions"] = [] if out["ok"] and out["source"] != "hub" else suggest(model_path)
+        return out
+
+    return await anyio.to_thread.run_sync(_serialized(work))
+
+
+def _hub_model_exists(repo_id: str) -> tuple[bool, str]:
+    """A name that is neither in the catalog nor cached, with the hub reachable: ask the hub whether it exists, so
+    that a typo is caught now. A gated or private repository may still load with the job's hf_token."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        return True, f"model_path: {repo_id!r} is gated on the hub: the job needs an hf_token with access"
+    except RepositoryNotFoundError:
+        return False, f"model_path: no model {repo_id!r} on the Hugging Face hub (or it is private)"
+    except Exception as exc:  # a network error: the job's own download will say more
+        return (
+            True,
+            f"model_path: {repo_id!r} could not be checked on the hub ({type(exc).__name__}); it is "
+            "downloaded when the job starts",
+        )
+    return True, f"model_path: {repo_id!r} is downloaded from the hub when the job starts"
 
 
 def _policy(request: Request) -> PathPolicy:

@@ -275,6 +275,7 @@ def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
         # MonsterAPI's launch response names the id `deployment_id`; scripts written for it read that key.
         "deployment_id": job["id"],
         "owner": job["owner"],
+        "suffix": spec.get("suffix"),  # the spec's own copy: jobs submitted before the field existed have none
         "status": job["status"],
         "model": spec["pretrainedmodel_config"]["model_path"],
         "data_path": spec["data_config"]["data_path"],
@@ -334,29 +335,38 @@ def resolve_deployment(
 
 
 def _resolve_base(value: str, policy: PathPolicy) -> str:
+    return locate_model(value, policy, "basemodel_path")[0]
+
+
+def locate_model(value: str, policy: PathPolicy, field: str) -> tuple[str, str]:
+    """(what a loader loads, where it comes from) for a base model, or TuneforgeError naming `field`. Where: `local`
+    (a model folder in an allowed folder), `bundled` (the default model shipped with tuneforge), `cached` (in the
+    server's Hugging Face cache), `hub` (downloaded when first loaded; the hub is reachable now)."""
     v = value.strip()
     if classify_model_path(v) == "local":
-        path = policy.local(v, "basemodel_path")
+        path = policy.local(v, field)
         if not (Path(path) / "config.json").is_file():
             raise TuneforgeError(
-                f"basemodel_path: {value!r} is not a Hugging Face model folder (no config.json)",
-                field="basemodel_path",
-                value=value,
+                f"{field}: {value!r} is not a Hugging Face model folder (no config.json)", field=field, value=value
             )
-        return path
-    check_path_text(v, "basemodel_path")
+        return path, "local"
+    check_path_text(v, field)
     repo_id = ALIASES.get(v.lower(), v)
-    if repo_id != SMOLLM2_ID and _hf_cached_snapshot(repo_id) is None and not hub_reachable():
+    if repo_id == SMOLLM2_ID:
+        return repo_id, "bundled"
+    if _hf_cached_snapshot(repo_id) is not None:
+        return repo_id, "cached"
+    if not hub_reachable():
         # Checked now rather than failing the build; and a name like `models/SomeModel` is a hub id here, never a
         # folder under the server's working directory.
         raise TuneforgeError(
-            f"basemodel_path: {value!r} is not in the server's Hugging Face cache and the hub "
+            f"{field}: {value!r} is not in the server's Hugging Face cache and the hub "
             "cannot be reached; give a catalog alias, a cached hub id, or a model folder in the "
             "server's allowed folders",
-            field="basemodel_path",
+            field=field,
             value=value,
         )
-    return repo_id
+    return repo_id, "hub"
 
 
 def _resolve_adapter(value: str | None, store: Store, principal: Principal, policy: PathPolicy) -> str | None:
