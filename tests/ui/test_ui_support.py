@@ -121,7 +121,22 @@ def test_inspect_gives_the_report_and_a_token_length_histogram(svc):
         assert r.status_code == 422 and "data_path" in r.json()["detail"], (bad, r.text)
 
 
-def test_model_check_says_where_a_model_comes_from_and_catches_a_misspelt_one(svc, monkeypatch):
+def test_inspect_gives_the_split_and_warns_of_a_small_validation_set_before_launch(svc):
+    server, alice, _ = svc
+    data = str(server.home / "datasets" / "qa.jsonl")  # 80 rows
+    body = {"data_path": data, "prompt_template": TEMPLATE}
+    rep = alice.post("/v1/data/inspect", json={**body, "data_split_config": {"train": 0.9, "validation": 0.1}}).json()
+    assert rep["report"]["splits"] == {"train": 72, "validation": 8, "test": 0}
+    (warning,) = [w for w in rep["report"]["warnings"] if w["kind"] == "small_validation"]
+    assert warning["message"].startswith("the 'validation' fraction 0.1 of 80 rows gives 8 validation rows")
+    rep = alice.post("/v1/data/inspect", json={**body, "data_split_config": {"train": 0.7, "validation": 0.3}}).json()
+    assert rep["report"]["splits"]["validation"] == 24
+    assert "small_validation" not in [w["kind"] for w in rep["report"]["warnings"]]
+    r = alice.post("/v1/data/inspect", json={**body, "data_split_config": {"train": -0.5, "validation": 1.5}})
+    assert r.status_code == 422 and "between 0 and 1" in r.json()["detail"], r.text
+
+
+def test_model_check_says_where_a_model_comes_from_and_catches_a_misspelt_one(svc):
     server, alice, _ = svc
     local = alice.get("/v1/catalog/local").json()["models"][0]["path"]
     assert alice.get("/v1/catalog/check", params={"model_path": local}).json() | {"suggestions": []} == {

@@ -30,6 +30,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
 
+from ..data.report import DataIssue
+from ..data.split import check_fractions, small_validation_warning, split_counts
 from ..data.validate import scan_path
 from ..errors import TuneforgeError
 from ..jobs import service
@@ -297,6 +299,11 @@ class InspectRequest(DatasetOptions):
         description="An uploaded dataset id (`ds_...`) of yours, or a data file in the server's allowed folders.",
     )
     bins: int = Field(20, ge=1, le=200, description="Bars of the token-length histogram.")
+    data_split_config: dict[str, float] | None = Field(
+        None,
+        description="The job's split fractions (as in data_config): the report then gives the rows per split "
+        "(`splits`) and warns, as training would, when the validation rows are too few to be useful.",
+    )
 
 
 @router.post(
@@ -317,6 +324,8 @@ async def inspect(body: InspectRequest, request: Request, principal: CurrentPrin
         result = scan_path(str(path), body.data_options(), tokenizer=tokenizer, keep=tokenizer is not None)
         report = result.report.to_dict()
         report["source"] = shown  # not the upload's path on the server
+        if body.data_split_config and report["n_trainable"]:
+            _add_split(report, check_fractions(body.data_split_config))
         lengths = [len(k.example) for k in result.kept if k.example is not None]
         return {
             "data_path": body.data_path,
@@ -325,6 +334,17 @@ async def inspect(body: InspectRequest, request: Request, principal: CurrentPrin
         }
 
     return await anyio.to_thread.run_sync(_serialized(work))
+
+
+def _add_split(report: dict[str, Any], fractions: dict[str, float]) -> None:
+    """Rows per split and the small-validation warning training would give, before the job is launched."""
+    n = report["n_trainable"]
+    report["splits"] = split_counts(n, fractions)
+    if fractions["validation"] > 0:
+        source = f"the 'validation' fraction {fractions['validation']:g} of {n:,} rows gives"
+        message = small_validation_warning(report["splits"]["validation"], source)
+        if message:
+            report["warnings"].append(dataclasses.asdict(DataIssue("small_validation", message)))
 
 
 def _data_file(value: str, store: Store, principal: Principal, policy: PathPolicy) -> tuple[str, str]:
