@@ -6,38 +6,17 @@ and cancel. Screenshots of every page land in test-artifacts/ui/."""
 from __future__ import annotations
 
 import io
-import json
 import re
 import zipfile
 
 import pytest
 from tfservice import Client, payload, wait_for
+from uikit import TEMPLATE, good_rows, no_js_errors
 
 from tuneforge.models.catalog import CATALOG
 from tuneforge.spec import PretrainedModelConfig, TrainingConfig
 
 pytestmark = [pytest.mark.browser]
-
-TEMPLATE = "Question: {question}\nAnswer: {answer}"
-# Browsers log every 4xx answer as a console error; the tests provoke some on purpose.
-_EXPECTED_CONSOLE = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d")
-
-
-def no_js_errors(page) -> None:
-    errors = [e for e in page.js_errors if not _EXPECTED_CONSOLE.search(e)]
-    assert not errors, errors
-
-
-def good_rows(n: int = 80) -> str:
-    import random
-
-    rng = random.Random(1)
-    lines = []
-    for _ in range(n):
-        a, b = rng.randint(0, 9), rng.randint(0, 9)
-        lines.append(json.dumps({"question": f"what is {a} plus {b}?", "answer": str(a + b)}))
-    return "\n".join(lines) + "\n"
-
 
 BAD_ROWS = (
     '{"question": "what is 1 plus 1?", "answer": "2"}\n'

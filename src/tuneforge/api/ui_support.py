@@ -154,7 +154,9 @@ async def check_model(
         out["suggestions"] = [] if out["ok"] and out["source"] != "hub" else suggest(model_path)
         return out
 
-    return await anyio.to_thread.run_sync(_serialized(work))
+    # Not behind the UI's work lock: nothing here imports transformers, and the answer should not wait for the
+    # catalog's first build.
+    return await anyio.to_thread.run_sync(work)
 
 
 def _hub_model_exists(repo_id: str) -> tuple[bool, str]:

@@ -1115,7 +1115,16 @@
       if (refreshProblems().length) { problemsBox.focus(); return; }
       submit.disabled = true;
       try {
-        const job = await api("/v1/finetune/llm", { method: "POST", json: collectSpec() });
+        const spec = collectSpec();
+        if (/^ds_/.test(st.dataPath)) {
+          // An upload's stored report is the one the server checks at submission; it was made with the options of
+          // the moment of upload (often before a template was written): store the report of the form's options.
+          const d = spec.data_config;
+          await api(`/v1/datasets/${encodeURIComponent(st.dataPath)}/validate`, { method: "POST", json: {
+            prompt_template: d.prompt_template, data_format: d.data_format || "auto",
+            completion_column: d.completion_column || null, cutoff_len: d.cutoff_len, train_on_inputs: !!d.train_on_inputs } });
+        }
+        const job = await api("/v1/finetune/llm", { method: "POST", json: spec });
         saveDraft.cancel();
         sessionStorage.removeItem(DRAFT);
         location.hash = `#/jobs/${job.job_id}`;
