@@ -22,8 +22,9 @@ PHONE = {"width": 390, "height": 844}
 
 @pytest.fixture(scope="module")
 def stopped_job(ui_server):
-    """An 18-step job with the default evaluation interval that stops early: threshold 100 makes no evaluation after
-    the first one an improvement, so with patience 4 it evaluates at steps 2 (kept), 4, 6, 8, 10 and stops at 10."""
+    """An 18-step job with the default evaluation interval (every 2nd step) that stops early: with a threshold of 100
+    no evaluation improves on the one before training (step 0), so with patience 4 it evaluates at steps 0 (kept), 2,
+    4, 6 and 8, and stops at 8."""
     server, key = ui_server
     client = Client(server.url, key)
     body = payload(server.home, max_steps=18, early_stopping_patience=4, early_stopping_threshold=100.0)
@@ -32,6 +33,7 @@ def stopped_job(ui_server):
     job_id = client.post("/v1/finetune/llm", json=body).json()["job_id"]
     job = client.wait_status(job_id, ("succeeded", "failed"), 240, server)
     assert job["status"] == "succeeded", job
+    assert job["result"]["stopped_early"] and job["result"]["steps"] == 8 and job["result"]["best_step"] == 0, job
     return job
 
 
@@ -148,33 +150,35 @@ def test_form_problems_are_said_once_cleared_when_fixed_and_warned_before_launch
 def test_a_finished_job_says_what_it_came_to_and_marks_the_kept_step(ui_server, stopped_job, page, shot, sign_in):
     server, key = ui_server
     job_id = stopped_job["job_id"]
-    assert stopped_job["result"]["stopped_early"] and stopped_job["losses"]["best_step"] == 2
+    # The kept step is the run's (the threshold counts), not merely the lowest loss the job recorded.
+    assert stopped_job["losses"]["best_step"] == 0
+    assert stopped_job["losses"]["best_eval_loss"] == stopped_job["result"]["eval_loss"]
     sign_in(page, server, key)
     page.goto(f"{server.url}/#/jobs/{job_id}")
     summary = page.locator("#job-summary")
     summary.wait_for()
     text = summary.inner_text()
-    assert text.startswith("Stopped early at step 10 of 18"), text
-    assert f"kept step 2, validation loss {stopped_job['losses']['best_eval_loss']:.4g}"[:30] in text
+    assert text.startswith("Stopped early at step 8 of 18 (validation loss did not improve for 4 evaluations)"), text
+    assert "kept step 0 (no evaluation improved on the starting point), validation loss" in text
     assert page.locator("#stat-eta").count() == 0 and "Speed" not in page.locator("#job-progress").inner_text()
-    assert page.locator("#job-percent").count() == 0  # no "55.6 %" for a job that is done
-    assert page.locator("#stat-kept-step .v").inner_text() == "2"
-    page.locator("#loss-chart[data-marker='2']").wait_for()
-    assert page.locator("#loss-chart text.marker-label").inner_text() == "kept step 2"
-    # About 10 evaluations per run by default: every 2nd step of 18, not every step (5 before it stopped).
+    assert page.locator("#job-percent").count() == 0  # no "44.4%" for a job that is done
+    assert page.locator("#stat-kept-step .v").inner_text() == "0"
+    page.locator("#loss-chart[data-marker='0']").wait_for()
+    assert page.locator("#loss-chart text.marker-label").text_content() == "kept step 0"
+    # About 10 evaluations per run by default: every 2nd step of 18, not every step.
     evals = page.locator('#loss-chart polyline[data-series="validation"]')
     wait_for(lambda: evals.get_attribute("data-n") == "5", 15, what="5 validation points")
     # The log shows every training line the run recorded, not every 10th.
     log = page.locator("#job-log")
-    wait_for(lambda: len(re.findall(r"step \d+/18 loss", log.inner_text())) == 10, 15, what="10 training lines")
-    assert [int(n) for n in re.findall(r"eval at step (\d+)", log.inner_text())] == [2, 4, 6, 8, 10]
+    wait_for(lambda: len(re.findall(r"step \d+/18 loss", log.inner_text())) == 8, 15, what="8 training lines")
+    assert [int(n) for n in re.findall(r"eval at step (\d+)", log.inner_text())] == [0, 2, 4, 6, 8]
     # Its name, not its hash, heads the page and the jobs list; the list says it stopped early.
     assert page.locator("#job-name").inner_text() == "early-bird"
     shot(page, "job-stopped-early")
     page.get_by_role("link", name="Jobs", exact=True).click()
     row = page.locator(f'tr[data-job="{job_id}"]')
     row.get_by_role("link", name="early-bird").wait_for()
-    assert "stopped early at 10/18" in row.inner_text()
+    assert "stopped early at 8/18" in row.inner_text()
     no_js_errors(page)
 
 

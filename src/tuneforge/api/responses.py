@@ -36,8 +36,11 @@ class JobProgress(_Response):
 class JobLosses(_Response):
     train_loss: float | None
     eval_loss: float | None
-    best_eval_loss: float | None = Field(description="The lowest validation loss; its adapter is the one kept.")
-    best_step: int | None
+    best_eval_loss: float | None = Field(
+        description="The lowest validation loss so far; once the job is done, the loss of the step whose adapter was "
+        "kept (an improvement counts when larger than early_stopping_threshold)."
+    )
+    best_step: int | None = Field(description="The step of best_eval_loss.")
 
 
 class JobSummary(_Response):

@@ -264,6 +264,12 @@ def cancel_job(store: Store, principal: Principal, job_id: str) -> Row:
 
 def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
     spec = json.loads(job["spec_public"])
+    result = json.loads(job["result"]) if job["result"] else None
+    # While it runs, the best validation loss so far; once done, the run's report says which step it kept (the
+    # lowest loss by more than early_stopping_threshold, which a plain minimum does not know).
+    best_loss, best_step = job["best_eval_loss"], job["best_step"]
+    if result and result.get("best_step") is not None:
+        best_loss, best_step = result.get("eval_loss"), result["best_step"]
     step, total, rate = job["step"], job["total_steps"], job["steps_per_second"]
     eta = None
     if job["status"] in ACTIVE and rate and total is not None and step is not None:
@@ -297,8 +303,8 @@ def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
         "losses": {
             "train_loss": job["train_loss"],
             "eval_loss": job["eval_loss"],
-            "best_eval_loss": job["best_eval_loss"],
-            "best_step": job["best_step"],
+            "best_eval_loss": best_loss,
+            "best_step": best_step,
         },
         "error": job["error"],
         "cancel_requested": bool(job["cancel_requested"]),
@@ -308,7 +314,7 @@ def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
     }
     if full:
         view["spec"] = spec
-        view["result"] = json.loads(job["result"]) if job["result"] else None
+        view["result"] = result
         # Base vs adapter on the held-out test rows (None without test rows); rows: GET .../{id}/eval.
         view["evaluation"] = (view["result"] or {}).get("evaluation")
         view["eval_url"] = f"/v1/finetune/llm/{job['id']}/eval" if view["evaluation"] else None

@@ -1332,8 +1332,9 @@
         const head = early ? `Stopped early at step ${p.step}${of}` +
           (patience ? ` (validation loss did not improve for ${patience} evaluations)` : "") :
           `Finished all ${p.step} steps`;
-        const kept = l.best_step !== null ? `kept step ${l.best_step}, validation loss ${fmtNum(l.best_eval_loss)}` :
-          "kept the last step (no validation rows)";
+        const kept = l.best_step === null ? "kept the last step (no validation rows)" :
+          `kept step ${l.best_step}` + (l.best_step === 0 ? " (no evaluation improved on the starting point)" : "") +
+          `, validation loss ${fmtNum(l.best_eval_loss)}`;
         const took = r.wall_time_seconds ? ` Took ${fmtDuration(r.wall_time_seconds)}.` : "";
         return `${head}; ${kept}.${took}`;
       }
