@@ -217,10 +217,12 @@ def test_navigation_deep_links_back_drafts_clone_names_and_sign_out_everywhere(
 
     # A cancelled job is retried through the form, with its settings and the file name of its upload.
     with open(server.home / "datasets" / "qa.jsonl", "rb") as fh:
-        ds = client.post("/v1/datasets", files={"file": ("numbers.jsonl", fh)}).json()
+        ds = client.post("/v1/datasets", files={"file": ("numbers.jsonl", fh)}, data={"prompt_template": TEMPLATE}).json()
     body = payload(server.home, data_path=ds["id"], max_steps=5000, eval_steps=2500)
     body["suffix"] = "long-run"
-    job_id = client.post("/v1/finetune/llm", json=body).json()["job_id"]
+    r = client.post("/v1/finetune/llm", json=body)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
     client.post(f"/v1/finetune/llm/{job_id}/cancel")
     client.wait_status(job_id, ("cancelled",), 60, server)
     page.goto(server.url + "/#/jobs")

@@ -72,9 +72,15 @@
   const ACTIVE = new Set(["queued", "validating", "running"]);
 
   function debounce(fn, ms) {
-    let t = null;
-    const wrapped = (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };
-    wrapped.cancel = () => clearTimeout(t);
+    let t = null, pending = null;
+    const wrapped = (...args) => {
+      clearTimeout(t);
+      pending = args;
+      t = setTimeout(() => { pending = null; fn(...args); }, ms);
+    };
+    wrapped.cancel = () => { clearTimeout(t); pending = null; };
+    // Run a call still waiting now (a draft saved as the page is left).
+    wrapped.flush = () => { if (pending) { const args = pending; wrapped.cancel(); fn(...args); } };
     return wrapped;
   }
 
@@ -1104,7 +1110,7 @@
       if (st.restoring) return;
       try { sessionStorage.setItem(DRAFT, JSON.stringify(collectSpec())); } catch (_) { /* storage full or off */ }
     }, 300);
-    onLeave(() => saveDraft.cancel());
+    onLeave(() => saveDraft.flush());
     form.addEventListener("input", saveDraft);
     form.addEventListener("change", saveDraft);
 
