@@ -51,7 +51,7 @@ def test_a_misspelt_model_is_caught_when_chosen_and_blocks_create(ui_server, pag
     server, key = ui_server
     sign_in(page, server, key)
     page.goto(server.url + "/#/new")
-    page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=180_000)
     # Catalog rows say whether a job can start at once or must download the model first.
     tiny_row = page.locator("#model-table tr[data-group=local]").first
     assert tiny_row.locator(".tag").inner_text() == "on this server"
@@ -90,7 +90,7 @@ def test_form_problems_are_said_once_cleared_when_fixed_and_warned_before_launch
     good.write_text(good_rows())
     sign_in(page, server, key)
     page.goto(server.url + "/#/new")
-    page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=60_000)  # its first build is slow
+    page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=180_000)  # its first build is slow
 
     # Help texts lead with what a setting does; the spec's field name comes last.
     lr_help = page.locator("#" + page.get_by_label("Learning rate", exact=True).get_attribute("aria-describedby"))
@@ -217,7 +217,9 @@ def test_navigation_deep_links_back_drafts_clone_names_and_sign_out_everywhere(
 
     # A cancelled job is retried through the form, with its settings and the file name of its upload.
     with open(server.home / "datasets" / "qa.jsonl", "rb") as fh:
-        ds = client.post("/v1/datasets", files={"file": ("numbers.jsonl", fh)}, data={"prompt_template": TEMPLATE}).json()
+        ds = client.post(
+            "/v1/datasets", files={"file": ("numbers.jsonl", fh)}, data={"prompt_template": TEMPLATE}
+        ).json()
     body = payload(server.home, data_path=ds["id"], max_steps=5000, eval_steps=2500)
     body["suffix"] = "long-run"
     r = client.post("/v1/finetune/llm", json=body)
@@ -294,7 +296,7 @@ def test_every_page_at_390_px_and_axe_finds_no_serious_violations(ui_server, sto
         axe_check(page, "job")
 
         page.goto(server.url + "/#/new")
-        page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=60_000)
+        page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=180_000)
         _fits(page, "new")
         shot(page, "mobile-new-job")
         axe_check(page, "new")
@@ -319,7 +321,7 @@ def test_axe_finds_no_serious_violations_on_the_laptop_pages(ui_server, stopped_
     page.locator("#job-summary").wait_for()
     axe_check(page, "job")
     page.goto(server.url + "/#/new")
-    page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=180_000)
     page.get_by_text("Advanced settings").click()
     axe_check(page, "new")
     page.goto(server.url + "/#/playground")
