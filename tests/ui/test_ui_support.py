@@ -168,3 +168,22 @@ def test_catalog_marks_the_models_on_this_server(svc):
     on_server = {m["id"] for m in models if m["on_server"]}
     assert SMOLLM2_ID in on_server  # bundled; the test machine's hub cache holds no other catalog model
     assert len(on_server) < len(models)
+
+
+def test_a_job_is_named_by_its_suffix_in_views_and_lists(svc):
+    from tfservice import payload
+
+    server, alice, _ = svc
+    body = payload(server.home)
+    r = alice.post("/v1/finetune/llm", json={**body, "suffix": "math-v2"})
+    assert r.status_code == 201, r.text
+    assert r.json()["suffix"] == "math-v2" and r.json()["spec"]["suffix"] == "math-v2"
+    listed = {j["job_id"]: j for j in alice.get("/v1/finetune/llm").json()["jobs"]}
+    assert listed[r.json()["job_id"]]["suffix"] == "math-v2"
+    bad = alice.post("/v1/finetune/llm", json={**body, "suffix": "my model!"})
+    assert bad.status_code == 422 and bad.json()["problems"][0]["field"] == "suffix", bad.text
+    assert "letters, digits" in bad.json()["detail"]
+    unnamed = alice.post("/v1/finetune/llm", json=body).json()
+    assert unnamed["suffix"] is None
+    for job in (r.json(), unnamed):
+        alice.post(f"/v1/finetune/llm/{job['job_id']}/cancel")
