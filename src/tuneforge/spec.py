@@ -12,6 +12,7 @@ and the UI's help texts are all generated from them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -436,6 +437,9 @@ class HuggingfaceConfig(_Section):
         return v
 
 
+_SUFFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a job name usable in deployment and file names
+
+
 class JobSpec(_Section):
     """A fine-tuning job: MonsterAPI's `LLMServiceParams` payload plus tuneforge's optional extensions."""
 
@@ -445,6 +449,20 @@ class JobSpec(_Section):
     logging_config: LoggingConfig = Field(default_factory=LoggingConfig)
     hf_config: HuggingfaceConfig = Field(default_factory=HuggingfaceConfig)
     user_session_token: str | None = Field(None, description="MonsterAPI session token; accepted and not used.")
+    suffix: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="(tuneforge) A name for the job, as OpenAI's fine-tuning `suffix`: up to 64 letters, digits, "
+        "'.', '_' or '-'. Shown in job lists and used as the default name of the adapter's deployment.",
+    )
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix_chars(cls, v: str | None) -> str | None:
+        if v is not None and not _SUFFIX.fullmatch(v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only, starting with a letter or digit")
+        return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> JobSpec:

@@ -69,6 +69,7 @@ def test_a_view_with_an_undeclared_key_is_refused():
         "job_id": "j",
         "deployment_id": "j",
         "owner": "o",
+        "suffix": None,
         "status": "queued",
         "model": "m",
         "data_path": "d",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tuneforge.data.example import IGNORE_INDEX, Example
-from tuneforge.spec import SCHEDULERS
+from tuneforge.spec import SCHEDULERS, parse_spec
 from tuneforge.train.batching import collate, epoch_batches
 from tuneforge.train.loss import loss_sum
 from tuneforge.train.schedule import WarmupPlateau, build_scheduler
@@ -237,3 +237,14 @@ def test_track_eval_keeps_the_best_and_stops_after_patience():
     assert seen == [True, True, False, False, False]
     assert (state.best_eval_loss, state.best_step, state.last_eval_loss) == (1.5, 10, 1.7)
     assert state.stopped_early and state.evals_without_improvement == 3
+
+
+@pytest.mark.parametrize("steps,evals", [(18, 9), (10, 10), (11, 6), (19, 10), (100, 10), (5, 5), (1000, 10)])
+def test_the_default_evaluation_interval_gives_about_10_per_run(steps, evals):
+    """eval_steps' help says "about 10 times per run": an 18-step run evaluated at every step before (18 // 10 = 1)."""
+    from tuneforge.train.plan import make_plan
+
+    spec = parse_spec({"data_config": {"data_path": "x.jsonl"}, "training_config": {"max_steps": steps}})
+    plan = make_plan(spec, n_train=100)
+    at = [s for s in range(1, plan.total_steps + 1) if s % plan.eval_every == 0 or s == plan.total_steps]
+    assert len(at) == evals

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "jobs"))
+sys.path.insert(0, str(Path(__file__).parent))  # uikit
 
 from tfservice import Server, create_key, make_home
 

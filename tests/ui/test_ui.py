@@ -12,32 +12,12 @@ import zipfile
 
 import pytest
 from tfservice import Client, payload, wait_for
+from uikit import TEMPLATE, good_rows, no_js_errors
 
 from tuneforge.models.catalog import CATALOG
 from tuneforge.spec import PretrainedModelConfig, TrainingConfig
 
 pytestmark = [pytest.mark.browser]
-
-TEMPLATE = "Question: {question}\nAnswer: {answer}"
-# Browsers log every 4xx answer as a console error; the tests provoke some on purpose.
-_EXPECTED_CONSOLE = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d")
-
-
-def no_js_errors(page) -> None:
-    errors = [e for e in page.js_errors if not _EXPECTED_CONSOLE.search(e)]
-    assert not errors, errors
-
-
-def good_rows(n: int = 80) -> str:
-    import random
-
-    rng = random.Random(1)
-    lines = []
-    for _ in range(n):
-        a, b = rng.randint(0, 9), rng.randint(0, 9)
-        lines.append(json.dumps({"question": f"what is {a} plus {b}?", "answer": str(a + b)}))
-    return "\n".join(lines) + "\n"
-
 
 BAD_ROWS = (
     '{"question": "what is 1 plus 1?", "answer": "2"}\n'
@@ -138,6 +118,8 @@ def test_dataset_upload_job_training_adapter_deploy_and_chat(ui_server, page, tm
     shot(page, "jobs-empty")
     page.get_by_role("link", name="Create new fine-tuning job").click()
     page.get_by_role("heading", name="Create a fine-tuning job").wait_for()
+    # The catalog's first build (seconds on a loaded machine) runs before the dataset checks, which wait for it.
+    page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=180_000)
     page.get_by_role("radio", name="tiny", exact=True).check()
     page.get_by_label("Prompt template").fill(TEMPLATE)
 
@@ -213,7 +195,9 @@ def test_dataset_upload_job_training_adapter_deploy_and_chat(ui_server, page, tm
     assert page.locator('#loss-chart polyline[data-series="validation"]').get_attribute("data-n") == "4"
     assert int(page.locator('#lr-chart polyline[data-series="lr"]').get_attribute("data-n")) == 12
     assert page.locator("#stat-step").inner_text().endswith("12 / 12")
-    assert "0 s" in page.locator("#stat-eta").inner_text()
+    # Done: what it came to instead of an ETA (issue 19).
+    assert page.locator("#job-summary").inner_text().startswith("Finished all 12 steps; kept step ")
+    assert page.locator("#stat-eta").count() == 0
     page.locator("#job-log").get_by_text("status: succeeded").wait_for()
     assert "eval at step 12" in page.locator("#job-log").inner_text()
     shot(page, "job")
@@ -251,13 +235,36 @@ def test_dataset_upload_job_training_adapter_deploy_and_chat(ui_server, page, tm
         120,
         what="the base deployment to be live",
     )
+    # The adapter was trained on a prompt template: the playground prompts it that way by default and says so, and
+    # the base model deployed from here gets the same prompt (issue 19).
+    assert page.get_by_label("Prompt format").input_value() == "completion"
+    assert page.locator("#mode-template").text_content() == "Question: {question}\nAnswer: "
+    page.locator("#mode-note").get_by_text("The base model gets the same prompt.").wait_for()
+    streamed = []
+    page.on(
+        "request", lambda r: streamed.append(json.loads(r.post_data)) if r.url.endswith("/v1/completions") else None
+    )
     page.get_by_label("Message", exact=True).fill("what is 2 plus 3?")
     page.get_by_role("button", name="Send to both").click()
     for pane in ("#chat-adapter", "#chat-base"):
         page.locator(f"{pane} .msg.assistant:not([aria-busy])").wait_for(timeout=60_000)
         assert page.locator(f"{pane} .msg.error").count() == 0, page.locator(pane).inner_text()
         assert page.locator(f"{pane} .msg.user").inner_text().endswith("what is 2 plus 3?")
+    assert len(streamed) == 2 and all(b["stream"] is True for b in streamed)  # tokens are shown as they come
     shot(page, "playground")
+
+    # Stop ends a long reply where it is; what came so far stays, and the form is ready again.
+    page.get_by_label("Max new tokens").fill("2048")
+    page.get_by_label("Temperature").fill("1")
+    page.get_by_label("Message", exact=True).fill("count to a thousand")
+    page.get_by_role("button", name="Send to both").click()
+    base_reply = page.locator("#chat-base .msg.assistant").last.locator(".reply")
+    wait_for(lambda: base_reply.inner_text() not in ("", "…"), 60, what="the first streamed tokens")
+    page.get_by_role("button", name="Stop").click()
+    page.locator("#chat-base .msg.assistant .stopped").wait_for(timeout=10_000)
+    page.locator("#chat-base .msg.assistant:not([aria-busy])").last.wait_for()
+    assert page.get_by_role("button", name="Send to both").is_enabled()
+    assert page.get_by_role("button", name="Stop").is_disabled()
     no_js_errors(page)
 
 

@@ -119,3 +119,71 @@ def test_inspect_gives_the_report_and_a_token_length_histogram(svc):
     for bad in ("/etc/passwd", "https://example.com/x.jsonl", "someone/some-dataset"):
         r = alice.post("/v1/data/inspect", json={"data_path": bad})
         assert r.status_code == 422 and "data_path" in r.json()["detail"], (bad, r.text)
+
+
+def test_inspect_gives_the_split_and_warns_of_a_small_validation_set_before_launch(svc):
+    server, alice, _ = svc
+    data = str(server.home / "datasets" / "qa.jsonl")  # 80 rows
+    body = {"data_path": data, "prompt_template": TEMPLATE}
+    rep = alice.post("/v1/data/inspect", json={**body, "data_split_config": {"train": 0.9, "validation": 0.1}}).json()
+    assert rep["report"]["splits"] == {"train": 72, "validation": 8, "test": 0}
+    (warning,) = [w for w in rep["report"]["warnings"] if w["kind"] == "small_validation"]
+    assert warning["message"].startswith("the 'validation' fraction 0.1 of 80 rows gives 8 validation rows")
+    rep = alice.post("/v1/data/inspect", json={**body, "data_split_config": {"train": 0.7, "validation": 0.3}}).json()
+    assert rep["report"]["splits"]["validation"] == 24
+    assert "small_validation" not in [w["kind"] for w in rep["report"]["warnings"]]
+    r = alice.post("/v1/data/inspect", json={**body, "data_split_config": {"train": -0.5, "validation": 1.5}})
+    assert r.status_code == 422 and "between 0 and 1" in r.json()["detail"], r.text
+
+
+def test_model_check_says_where_a_model_comes_from_and_catches_a_misspelt_one(svc):
+    server, alice, _ = svc
+    local = alice.get("/v1/catalog/local").json()["models"][0]["path"]
+    assert alice.get("/v1/catalog/check", params={"model_path": local}).json() | {"suggestions": []} == {
+        "model_path": local,
+        "ok": True,
+        "source": "local",
+        "message": None,
+        "in_catalog": False,
+        "suggestions": [],
+    }
+    bundled = alice.get("/v1/catalog/check", params={"model_path": "smollm2-135m-instruct"}).json()
+    assert bundled["ok"] and bundled["source"] == "bundled" and bundled["in_catalog"]
+    # A misspelt catalog id on a server without the hub: refused now, with the names it was probably meant to be.
+    typo = alice.get("/v1/catalog/check", params={"model_path": "Qwen/Qwen2.5-0.5B-Instruc"}).json()
+    assert not typo["ok"] and typo["source"] is None
+    assert "model_path" in typo["message"] and "cannot be reached" in typo["message"]
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in typo["suggestions"]
+    # A folder outside the allowed folders, and one without config.json, name the field.
+    outside = alice.get("/v1/catalog/check", params={"model_path": "/etc"}).json()
+    assert not outside["ok"] and outside["message"].startswith("model_path")
+    assert requests.get(server.url + "/v1/catalog/check?model_path=x", timeout=10).status_code == 401
+
+
+def test_catalog_marks_the_models_on_this_server(svc):
+    from tuneforge.models.loader import SMOLLM2_ID
+
+    _, alice, _ = svc
+    models = alice.get("/v1/catalog/models", timeout=120).json()["models"]
+    on_server = {m["id"] for m in models if m["on_server"]}
+    assert SMOLLM2_ID in on_server  # bundled; the test machine's hub cache holds no other catalog model
+    assert len(on_server) < len(models)
+
+
+def test_a_job_is_named_by_its_suffix_in_views_and_lists(svc):
+    from tfservice import payload
+
+    server, alice, _ = svc
+    body = payload(server.home)
+    r = alice.post("/v1/finetune/llm", json={**body, "suffix": "math-v2"})
+    assert r.status_code == 201, r.text
+    assert r.json()["suffix"] == "math-v2" and r.json()["spec"]["suffix"] == "math-v2"
+    listed = {j["job_id"]: j for j in alice.get("/v1/finetune/llm").json()["jobs"]}
+    assert listed[r.json()["job_id"]]["suffix"] == "math-v2"
+    bad = alice.post("/v1/finetune/llm", json={**body, "suffix": "my model!"})
+    assert bad.status_code == 422 and bad.json()["problems"][0]["field"] == "suffix", bad.text
+    assert "letters, digits" in bad.json()["detail"]
+    unnamed = alice.post("/v1/finetune/llm", json=body).json()
+    assert unnamed["suffix"] is None
+    for job in (r.json(), unnamed):
+        alice.post(f"/v1/finetune/llm/{job['job_id']}/cancel")

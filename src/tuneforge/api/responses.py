@@ -36,8 +36,11 @@ class JobProgress(_Response):
 class JobLosses(_Response):
     train_loss: float | None
     eval_loss: float | None
-    best_eval_loss: float | None = Field(description="The lowest validation loss; its adapter is the one kept.")
-    best_step: int | None
+    best_eval_loss: float | None = Field(
+        description="The lowest validation loss so far; once the job is done, the loss of the step whose adapter was "
+        "kept (an improvement counts when larger than early_stopping_threshold)."
+    )
+    best_step: int | None = Field(description="The step of best_eval_loss.")
 
 
 class JobSummary(_Response):
@@ -46,6 +49,7 @@ class JobSummary(_Response):
     job_id: str
     deployment_id: str = Field(description="The job id again, under the name MonsterAPI's launch response uses.")
     owner: str
+    suffix: str | None = Field(description="The job's name (the spec's `suffix`), if it was given one.")
     status: Literal[STATUSES]  # type: ignore[valid-type]
     model: str
     data_path: str

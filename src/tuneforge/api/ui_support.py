@@ -5,6 +5,8 @@
 - `GET /v1/catalog/models`: the model catalog with LoRA/QLoRA memory estimates (`tuneforge models --json`).
 - `GET /v1/catalog/local`: model folders and data files in the server's allowed folders (what a job may name).
 - `GET /v1/catalog/estimate`: the LoRA and QLoRA memory estimate of one model for the form's settings.
+- `GET /v1/catalog/check`: whether a model name can be loaded here (on this server, or downloadable), with close
+  catalog matches for a misspelt one: the form checks the model when it is chosen, not the queue minutes later.
 - `POST /v1/data/inspect`: a dataset's validation report for given reading options plus a token-length histogram;
   nothing is stored (`POST /v1/datasets/{id}/validate` replaces the stored report instead).
 
@@ -28,15 +30,19 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
 
+from ..data.report import DataIssue
+from ..data.split import check_fractions, small_validation_warning, split_counts
 from ..data.validate import scan_path
 from ..errors import TuneforgeError
 from ..jobs import service
 from ..jobs.paths import PathPolicy, check_path_text, classify_data_path, classify_model_path
-from ..jobs.service import DatasetOptions, tokenizer_for
+from ..jobs.service import DatasetOptions, locate_model, tokenizer_for
 from ..jobs.store import Store
 from ..keys import Principal
+from ..models.catalog import get_entry, suggest
 from ..models.fit import model_shape
 from ..models.listing import REFERENCE, catalog_rows
+from ..models.loader import SMOLLM2_ID, _hf_cached_snapshot
 from ..models.memory import TrainingSetup, device_memory, estimate_training_memory
 from ..runtime import DeviceType, Precision, auto_precision, local_device_type, resolve_optimizer
 from ..spec import MAX_INT32, DataConfig, JobSpec
@@ -103,8 +109,75 @@ async def catalog(principal: CurrentPrincipal) -> dict[str, Any]:
     """As `tuneforge models --json`: each model's size, context, licence, LoRA targets, and the estimated peak
     memory of LoRA and QLoRA training in the reference setup (`reference_setup`)."""
 
-    # The first call builds every entry on the meta device (seconds); later ones are cached.
-    return await anyio.to_thread.run_sync(_serialized(_catalog))
+    def work() -> dict[str, Any]:
+        # The first call builds every entry on the meta device (seconds); later ones are cached. Where each model
+        # is (`on_server`: bundled or in the Hugging Face cache; else it needs a download) changes as jobs download
+        # models, so it is looked up on every call (a local lookup per entry).
+        cat = _catalog()
+        models = [{**m, "on_server": _on_server(m["id"])} for m in cat["models"]]
+        return {**cat, "models": models}
+
+    return await anyio.to_thread.run_sync(_serialized(work))
+
+
+def _on_server(repo_id: str) -> bool:
+    return repo_id == SMOLLM2_ID or _hf_cached_snapshot(repo_id) is not None
+
+
+@router.get(
+    "/v1/catalog/check",
+    summary="Whether a base model can be loaded here, with close catalog matches for a misspelt name",
+    responses=_ERRORS,
+)
+async def check_model(
+    request: Request,
+    principal: CurrentPrincipal,
+    model_path: str = Query(..., description="A catalog id or alias, a hub id, or a model folder on the server."),
+) -> dict[str, Any]:
+    """`ok`: a job naming this model can load it. `source`: `local` (a model folder in an allowed folder),
+    `bundled` (shipped with tuneforge), `cached` (in the server's Hugging Face cache), `hub` (downloaded when the
+    job starts). `message` says what is wrong (or, with `ok`, what to expect); `suggestions` are catalog names
+    close to a misspelt one."""
+    policy = _policy(request)
+
+    def work() -> dict[str, Any]:
+        out: dict[str, Any] = {"model_path": model_path, "ok": False, "source": None, "message": None}
+        try:
+            load, out["source"] = locate_model(model_path, policy, "model_path")
+        except TuneforgeError as exc:
+            out["message"] = str(exc)
+        else:
+            out["ok"] = True
+            if out["source"] == "hub" and get_entry(load) is None:
+                out["ok"], out["message"] = _hub_model_exists(load)
+        out["in_catalog"] = get_entry(model_path) is not None
+        out["suggestions"] = [] if out["ok"] and out["source"] != "hub" else suggest(model_path)
+        return out
+
+    # Not behind the UI's work lock: nothing here imports transformers, and the answer should not wait for the
+    # catalog's first build.
+    return await anyio.to_thread.run_sync(work)
+
+
+def _hub_model_exists(repo_id: str) -> tuple[bool, str]:
+    """A name that is neither in the catalog nor cached, with the hub reachable: ask the hub whether it exists, so
+    that a typo is caught now. A gated or private repository may still load with the job's hf_token."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        return True, f"model_path: {repo_id!r} is gated on the hub: the job needs an hf_token with access"
+    except RepositoryNotFoundError:
+        return False, f"model_path: no model {repo_id!r} on the Hugging Face hub (or it is private)"
+    except Exception as exc:  # a network error: the job's own download will say more
+        return (
+            True,
+            f"model_path: {repo_id!r} could not be checked on the hub ({type(exc).__name__}); it is "
+            "downloaded when the job starts",
+        )
+    return True, f"model_path: {repo_id!r} is downloaded from the hub when the job starts"
 
 
 def _policy(request: Request) -> PathPolicy:
@@ -228,6 +301,11 @@ class InspectRequest(DatasetOptions):
         description="An uploaded dataset id (`ds_...`) of yours, or a data file in the server's allowed folders.",
     )
     bins: int = Field(20, ge=1, le=200, description="Bars of the token-length histogram.")
+    data_split_config: dict[str, float] | None = Field(
+        None,
+        description="The job's split fractions (as in data_config): the report then gives the rows per split "
+        "(`splits`) and warns, as training would, when the validation rows are too few to be useful.",
+    )
 
 
 @router.post(
@@ -248,6 +326,8 @@ async def inspect(body: InspectRequest, request: Request, principal: CurrentPrin
         result = scan_path(str(path), body.data_options(), tokenizer=tokenizer, keep=tokenizer is not None)
         report = result.report.to_dict()
         report["source"] = shown  # not the upload's path on the server
+        if body.data_split_config and report["n_trainable"]:
+            _add_split(report, check_fractions(body.data_split_config))
         lengths = [len(k.example) for k in result.kept if k.example is not None]
         return {
             "data_path": body.data_path,
@@ -256,6 +336,17 @@ async def inspect(body: InspectRequest, request: Request, principal: CurrentPrin
         }
 
     return await anyio.to_thread.run_sync(_serialized(work))
+
+
+def _add_split(report: dict[str, Any], fractions: dict[str, float]) -> None:
+    """Rows per split and the small-validation warning training would give, before the job is launched."""
+    n = report["n_trainable"]
+    report["splits"] = split_counts(n, fractions)
+    if fractions["validation"] > 0:
+        source = f"the 'validation' fraction {fractions['validation']:g} of {n:,} rows gives"
+        message = small_validation_warning(report["splits"]["validation"], source)
+        if message:
+            report["warnings"].append(dataclasses.asdict(DataIssue("small_validation", message)))
 
 
 def _data_file(value: str, store: Store, principal: Principal, policy: PathPolicy) -> tuple[str, str]:

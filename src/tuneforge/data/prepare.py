@@ -15,7 +15,7 @@ from .formats import MessagesFormat, RowFormat
 from .options import DataOptions
 from .pairs import PreferenceFormat, pair_prompt
 from .report import DataIssue, DataValidationError, ValidationReport
-from .split import DEFAULT_FRACTIONS, MIN_USEFUL_VALIDATION, check_fractions, held_out_counts, split_indices
+from .split import DEFAULT_FRACTIONS, check_fractions, held_out_counts, small_validation_warning, split_indices
 from .tokenize import Encoder
 from .validate import Kept, scan_path
 
@@ -174,19 +174,14 @@ def prepare_dataset(
 
     report.splits = {"train": len(train_kept), "validation": len(val_kept), "test": len(test_kept)}
     wanted_val = validation_data_path or fractions.get("validation", 0) > 0
-    if wanted_val and len(val_kept) < MIN_USEFUL_VALIDATION:
+    if wanted_val:
         if validation_data_path:
             source = f"{val_report.source if val_report else validation_data_path} has"
         else:
             source = f"the 'validation' fraction {fractions['validation']:g} of {len(kept):,} rows gives"
-        report.add_warning(
-            DataIssue(
-                "small_validation",
-                f"{source} {len(val_kept)} validation row{'s' * (len(val_kept) != 1)}; fewer than "
-                f"{MIN_USEFUL_VALIDATION} make the validation loss too noisy for early stopping and choosing the "
-                "best checkpoint (add rows or raise the fraction)",
-            )
-        )
+        message = small_validation_warning(len(val_kept), source)
+        if message:
+            report.add_warning(DataIssue("small_validation", message))
 
     def examples(rows: list[Kept]) -> list[Example]:
         # Preference data holds PairExamples here: the recipe hands those to its PreferenceObjective only.

@@ -29,6 +29,17 @@ def check_fractions(fractions: dict[str, float]) -> dict[str, float]:
     return {k: float(fractions.get(k, 0.0)) for k in SPLITS}
 
 
+def small_validation_warning(n_val: int, source: str) -> str | None:
+    """The warning for a validation set too small to be useful (None when it is not); `source` says where the rows
+    come from ("the 'validation' fraction 0.1 of 50 rows gives"). Shared by training and the UI's data check."""
+    if n_val >= MIN_USEFUL_VALIDATION:
+        return None
+    return (
+        f"{source} {n_val} validation row{'s' * (n_val != 1)}; fewer than {MIN_USEFUL_VALIDATION} make the "
+        "validation loss too noisy for early stopping and choosing the best checkpoint (add rows or raise the fraction)"
+    )
+
+
 def held_out_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
     """Validation and test rows as asked for, before any are given back to training: a non-zero fraction gets at
     least one row when there are two rows or more."""

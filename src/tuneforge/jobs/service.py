@@ -286,6 +286,12 @@ def cancel_job(store: Store, principal: Principal, job_id: str, storage: Storage
 
 def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
     spec = json.loads(job["spec_public"])
+    result = json.loads(job["result"]) if job["result"] else None
+    # While it runs, the best validation loss so far; once done, the run's report says which step it kept (the
+    # lowest loss by more than early_stopping_threshold, which a plain minimum does not know).
+    best_loss, best_step = job["best_eval_loss"], job["best_step"]
+    if result and result.get("best_step") is not None:
+        best_loss, best_step = result.get("eval_loss"), result["best_step"]
     step, total, rate = job["step"], job["total_steps"], job["steps_per_second"]
     eta = None
     if job["status"] in ACTIVE and rate and total is not None and step is not None:
@@ -297,6 +303,7 @@ def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
         # MonsterAPI's launch response names the id `deployment_id`; scripts written for it read that key.
         "deployment_id": job["id"],
         "owner": job["owner"],
+        "suffix": spec.get("suffix"),  # the spec's own copy: jobs submitted before the field existed have none
         "status": job["status"],
         "model": spec["pretrainedmodel_config"]["model_path"],
         "data_path": spec["data_config"]["data_path"],
@@ -318,8 +325,8 @@ def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
         "losses": {
             "train_loss": job["train_loss"],
             "eval_loss": job["eval_loss"],
-            "best_eval_loss": job["best_eval_loss"],
-            "best_step": job["best_step"],
+            "best_eval_loss": best_loss,
+            "best_step": best_step,
         },
         "error": job["error"],
         "cancel_requested": bool(job["cancel_requested"]),
@@ -331,7 +338,7 @@ def job_view(store: Store, job: Row, *, full: bool = True) -> dict[str, Any]:
     }
     if full:
         view["spec"] = spec
-        view["result"] = json.loads(job["result"]) if job["result"] else None
+        view["result"] = result
         # Base vs adapter on the held-out test rows (None without test rows); rows: GET .../{id}/eval.
         view["evaluation"] = (view["result"] or {}).get("evaluation")
         view["eval_url"] = f"/v1/finetune/llm/{job['id']}/eval" if view["evaluation"] else None
@@ -363,29 +370,38 @@ def resolve_deployment(
 
 
 def _resolve_base(value: str, policy: PathPolicy) -> str:
+    return locate_model(value, policy, "basemodel_path")[0]
+
+
+def locate_model(value: str, policy: PathPolicy, field: str) -> tuple[str, str]:
+    """(what a loader loads, where it comes from) for a base model, or TuneforgeError naming `field`. Where: `local`
+    (a model folder in an allowed folder), `bundled` (the default model shipped with tuneforge), `cached` (in the
+    server's Hugging Face cache), `hub` (downloaded when first loaded; the hub is reachable now)."""
     v = value.strip()
     if classify_model_path(v) == "local":
-        path = policy.local(v, "basemodel_path")
+        path = policy.local(v, field)
         if not (Path(path) / "config.json").is_file():
             raise TuneforgeError(
-                f"basemodel_path: {value!r} is not a Hugging Face model folder (no config.json)",
-                field="basemodel_path",
-                value=value,
+                f"{field}: {value!r} is not a Hugging Face model folder (no config.json)", field=field, value=value
             )
-        return path
-    check_path_text(v, "basemodel_path")
+        return path, "local"
+    check_path_text(v, field)
     repo_id = ALIASES.get(v.lower(), v)
-    if repo_id != SMOLLM2_ID and _hf_cached_snapshot(repo_id) is None and not hub_reachable():
+    if repo_id == SMOLLM2_ID:
+        return repo_id, "bundled"
+    if _hf_cached_snapshot(repo_id) is not None:
+        return repo_id, "cached"
+    if not hub_reachable():
         # Checked now rather than failing the build; and a name like `models/SomeModel` is a hub id here, never a
         # folder under the server's working directory.
         raise TuneforgeError(
-            f"basemodel_path: {value!r} is not in the server's Hugging Face cache and the hub "
+            f"{field}: {value!r} is not in the server's Hugging Face cache and the hub "
             "cannot be reached; give a catalog alias, a cached hub id, or a model folder in the "
             "server's allowed folders",
-            field="basemodel_path",
+            field=field,
             value=value,
         )
-    return repo_id
+    return repo_id, "hub"
 
 
 def _resolve_adapter(

@@ -35,7 +35,8 @@ def make_plan(spec: JobSpec, n_train: int, *, world_size: int = 1) -> Plan:
     per_epoch = math.ceil(batches / t.gradient_accumulation_steps)
     total = t.max_steps or max(1, math.ceil(t.num_train_epochs * per_epoch))
     warmup = t.warmup_steps if t.warmup_steps is not None else max(1, round(0.05 * total))
-    eval_every = t.eval_steps or max(1, total // 10)
+    # ceil, not floor: "about 10 evaluations per run" must hold for short runs too (18 steps // 10 = every step).
+    eval_every = t.eval_steps or max(1, math.ceil(total / 10))
     return Plan(batches, per_epoch, total, min(warmup, total), eval_every, t.save_steps or eval_every)
 
 

@@ -4,6 +4,9 @@
 "use strict";
 (() => {
   const KEY = "tuneforge.key";
+  // Written on sign-out: other tabs see the change (a "storage" event) and sign out too.
+  const SIGNOUT = "tuneforge.signed-out";
+  const DRAFT = "tuneforge.new-job-draft";
   const SVG = "http://www.w3.org/2000/svg";
 
   // ------------------------------------------------------------------------------------------ small helpers
@@ -69,9 +72,15 @@
   const ACTIVE = new Set(["queued", "validating", "running"]);
 
   function debounce(fn, ms) {
-    let t = null;
-    const wrapped = (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };
-    wrapped.cancel = () => clearTimeout(t);
+    let t = null, pending = null;
+    const wrapped = (...args) => {
+      clearTimeout(t);
+      pending = args;
+      t = setTimeout(() => { pending = null; fn(...args); }, ms);
+    };
+    wrapped.cancel = () => { clearTimeout(t); pending = null; };
+    // Run a call still waiting now (a draft saved as the page is left).
+    wrapped.flush = () => { if (pending) { const args = pending; wrapped.cancel(); fn(...args); } };
     return wrapped;
   }
 
@@ -83,6 +92,11 @@
       if (remember) localStorage.setItem(KEY, key); else localStorage.removeItem(KEY);
     },
     clear() { sessionStorage.removeItem(KEY); localStorage.removeItem(KEY); me = null; },
+    signOut() {
+      auth.clear();
+      sessionStorage.removeItem(DRAFT);
+      localStorage.setItem(SIGNOUT, String(Date.now()));
+    },
   };
   let me = null;
 
@@ -102,7 +116,7 @@
     if (!r.ok) {
       let b = null;
       try { b = await r.json(); } catch (_) { b = { detail: r.statusText }; }
-      if (r.status === 401 && !key) { auth.clear(); location.hash = "#/signin"; }
+      if (r.status === 401 && !key) { auth.clear(); location.hash = signinHash(); }
       throw new ApiError(r.status, b);
     }
     return raw ? r : r.json();
@@ -142,13 +156,25 @@
     playground: pagePlayground,
   };
 
+  // The sign-in page remembers where the user was going (a deep link to a job), and goes there after sign-in.
+  function signinHash() {
+    const here = location.hash;
+    return here && here !== "#/" && !here.startsWith("#/signin") ? `#/signin?next=${encodeURIComponent(here)}` : "#/signin";
+  }
+  function nextHash(params) {
+    const next = params.get("next") || "";
+    return /^#\/(jobs|new|playground)\b/.test(next) ? next : "#/jobs";
+  }
+
   async function route() {
     for (const fn of cleanups.splice(0)) { try { fn(); } catch (_) { /* page already gone */ } }
     const [path, query] = location.hash.replace(/^#/, "").split("?");
     const parts = path.split("/").filter(Boolean);
     const params = new URLSearchParams(query || "");
     let name = parts[0] || "jobs";
-    if (!auth.key && name !== "signin") { location.replace("#/signin"); return; }
+    if (!auth.key && name !== "signin") { location.replace(signinHash()); return; }
+    // Back to the sign-in page while signed in: the key still works, so the page would only look signed out.
+    if (auth.key && name === "signin") { location.replace(nextHash(params)); return; }
     if (!PAGES[name]) name = "jobs";
     await chrome(name);
     const main = $("#main");
@@ -165,6 +191,9 @@
     const signedIn = !!auth.key && name !== "signin";
     $("#nav").hidden = !signedIn;
     $("#who").hidden = !signedIn;
+    $("#menu").hidden = !signedIn;  // shown on narrow screens only (app.css), where the navigation folds away
+    $("#menu").setAttribute("aria-expanded", "false");
+    document.body.classList.remove("menu-open");
     for (const a of document.querySelectorAll("#nav a")) {
       if (a.dataset.route === name) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
     }
@@ -175,7 +204,7 @@
   }
 
   // ------------------------------------------------------------------------------------------ sign in
-  async function pageSignin(root) {
+  async function pageSignin(root, parts, params) {
     document.title = "Sign in · tuneforge";
     const err = h("div", { "aria-live": "assertive" });
     const input = h("input", { type: "password", id: "api-key", name: "api-key", autocomplete: "off", required: true,
@@ -200,7 +229,7 @@
       try {
         me = await api("/v1/me", { key });
         auth.set(key, remember.checked);
-        location.hash = "#/jobs";
+        location.hash = nextHash(params);
       } catch (e2) {
         err.append(alertBox(e2.status === 401 ? "That API key is not valid (or has been revoked)." : e2));
         input.setAttribute("aria-invalid", "true");
@@ -221,6 +250,7 @@
       h("a", { class: "button primary", href: "#/new" }, "Create new fine-tuning job")), box);
     every(2000, async () => {
       const data = await api("/v1/finetune/llm?limit=100");
+      await datasetNames(data.jobs.map((j) => j.data_path));
       put(box, jobsTable(data));
       return data.jobs.some((j) => ACTIVE.has(j.status)) ? 2000 : 6000;
     });
@@ -230,21 +260,40 @@
     if (!data.jobs.length) {
       return h("p", {}, "No jobs yet. ", h("a", { href: "#/new" }, "Create your first fine-tuning job"), ".");
     }
-    return h("table", { id: "jobs-table" },
+    return h("div", { class: "scroll wide" }, h("table", { id: "jobs-table" },
       h("caption", { class: "muted small", style: "text-align:left;caption-side:bottom;padding-top:6px" },
         `${data.total} job${data.total === 1 ? "" : "s"}; updates live.`),
       h("thead", {}, h("tr", {}, ["Job", "Status", "Base model", "Data", "Progress", "Train loss", "Best val. loss",
         "Created"].map((t) => h("th", { scope: "col", class: /loss/.test(t) ? "num" : null }, t)))),
       h("tbody", {}, data.jobs.map((j) => h("tr", { "data-job": j.job_id },
-        h("td", {}, h("a", { href: `#/jobs/${j.job_id}`, class: "mono" }, j.job_id.slice(0, 8))),
+        h("td", {}, h("a", { href: `#/jobs/${j.job_id}`, class: j.suffix ? "job-name" : "mono" }, jobName(j)),
+          j.suffix ? h("div", { class: "mono small muted" }, j.job_id.slice(0, 8)) : null),
         h("td", {}, badge(j.status), j.cancel_requested && j.status !== "cancelled" ? " (cancelling)" : "",
           j.status === "queued" && j.queue_position ? h("span", { class: "muted small" }, ` #${j.queue_position}`) : ""),
         h("td", {}, shortPath(j.model)),
-        h("td", {}, shortPath(j.data_path)),
+        h("td", {}, dataLabel(j.data_path)),
         h("td", {}, progressCell(j)),
         h("td", { class: "num" }, fmtNum(j.losses.train_loss)),
         h("td", { class: "num" }, fmtNum(j.losses.best_eval_loss)),
-        h("td", {}, fmtTime(j.created_at))))));
+        h("td", {}, fmtTime(j.created_at)))))));
+  }
+
+  // A job is shown by its name (the spec's `suffix`) when it has one, else by the start of its id.
+  const jobName = (j) => j.suffix || j.job_id.slice(0, 8);
+
+  // Uploaded datasets are named by their file names, not their ids; looked up once per id.
+  const dsNames = new Map();
+  async function datasetNames(paths) {
+    if (!paths.some((p) => /^ds_/.test(p || "") && !dsNames.has(p))) return;
+    try {
+      const page = await api("/v1/datasets?limit=200");
+      for (const d of page.datasets) dsNames.set(d.id, d.filename);
+    } catch (_) { return; }
+    for (const p of paths) if (/^ds_/.test(p || "") && !dsNames.has(p)) dsNames.set(p, null);  // deleted since
+  }
+  function dataLabel(p) {
+    const name = dsNames.get(p);
+    return name ? h("span", { title: p }, name, h("span", { class: "muted small" }, ` · ${p}`)) : shortPath(p);
   }
 
   function shortPath(p) {
@@ -259,10 +308,14 @@
       "aria-valuenow": String(pct), "aria-label": label || "Progress" }, h("span", { style: `width:${pct}%` }));
   }
 
+  // A succeeded job is done whatever step it reached (early stopping ends a run before its planned steps).
+  const stoppedEarly = (j) => j.status === "succeeded" && !!j.progress.total_steps && j.progress.step < j.progress.total_steps;
   function progressCell(j) {
-    const p = j.progress;
-    const text = p.total_steps ? `${p.step}/${p.total_steps}` : (j.status === "succeeded" ? "done" : "—");
-    return h("div", { class: "row", style: "gap:8px;flex-wrap:nowrap" }, progressBar(p.percent, `Progress of job ${j.job_id}`),
+    const p = j.progress, done = j.status === "succeeded";
+    const text = done ? (stoppedEarly(j) ? `stopped early at ${p.step}/${p.total_steps}` : `done, ${p.step} steps`) :
+      p.total_steps ? `${p.step}/${p.total_steps}` : "—";
+    return h("div", { class: "row", style: "gap:8px;flex-wrap:nowrap" },
+      progressBar(done ? 100 : p.percent, `Progress of job ${jobName(j)}`),
       h("span", { class: "small mono" }, text),
       ACTIVE.has(j.status) && p.eta_seconds !== null ? h("span", { class: "small muted" }, `ETA ${fmtDuration(p.eta_seconds)}`) : "");
   }
@@ -289,8 +342,12 @@
     return (t) => t.toFixed(d);
   }
 
-  /* series: [{name, color, points: [[x, y], ...], dots}]; returns an <svg> with role=img and a text summary. */
-  function lineChart({ series, width = 720, height = 260, xLabel = "step", yLabel = "", id, summary }) {
+  // A chart's drawing width is its box's width on screen, so that its 11 px labels stay 11 px on a phone.
+  const boxWidth = (el, dflt) => Math.round(el.clientWidth) || dflt;
+
+  /* series: [{name, color, points: [[x, y], ...], dots}]; marker: {x, label} draws a dashed vertical line (the kept
+     step); returns an <svg> with role=img and a text summary. */
+  function lineChart({ series, width = 720, height = 260, xLabel = "step", yLabel = "", id, summary, marker }) {
     const m = { l: 56, r: 14, t: 12, b: 38 };
     const all = series.flatMap((se) => se.points);
     const svg = s("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", id,
@@ -301,7 +358,7 @@
       return svg;
     }
     const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
-    const xt = niceTicks(Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1), 5, xs.every(Number.isInteger));
+    const xt = niceTicks(Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1), width < 480 ? 4 : 5, xs.every(Number.isInteger));
     const yt = niceTicks(Math.min(...ys), Math.max(...ys));
     const [x0, x1, y0, y1] = [xt[0], xt[xt.length - 1], yt[0], yt[yt.length - 1]];
     const xFmt = tickFormatter(xt), yFmt = tickFormatter(yt);
@@ -327,6 +384,13 @@
       if (se.dots || se.points.length === 1) {
         for (const [x, y] of se.points) svg.append(s("circle", { cx: X(x), cy: Y(y), r: 3.5, fill: se.color }));
       }
+    }
+    if (marker && marker.x >= x0 && marker.x <= x1) {
+      const mx = X(marker.x);
+      svg.setAttribute("data-marker", String(marker.x));
+      svg.append(s("line", { class: "marker", x1: mx, x2: mx, y1: m.t, y2: height - m.b, "data-step": marker.x }),
+        s("text", { class: "marker-label", x: mx + (mx > width * 0.7 ? -4 : 4), y: m.t + 10,
+          "text-anchor": mx > width * 0.7 ? "end" : "start" }, marker.label));
     }
     return svg;
   }
@@ -375,14 +439,20 @@
   }
 
   // ------------------------------------------------------------------------------------------ dataset report panel
-  function reportPanel(report, hist, tokenNote) {
+  /* needsTemplate: the rows were read but nothing says how to turn them into text yet (no template written, format
+     not recognised): that is the next step to take, not a verdict on the data. */
+  function reportPanel(report, hist, tokenNote, needsTemplate) {
     const out = h("div", { class: "report", id: "data-report" });
     const ok = report.ok;
-    out.append(h("p", { class: `verdict ${ok ? "ok" : "bad"}` },
-      ok ? `✓ Trainable: ${report.n_trainable.toLocaleString()} rows` :
-        `✗ Not trainable: ${report.n_errors.toLocaleString()} error${report.n_errors === 1 ? "" : "s"}` +
-        (report.n_rows ? ` in ${report.n_rows.toLocaleString()} rows` : "")));
-    const cols = Object.entries(report.columns || {});
+    const cols = Object.keys(report.columns || {});
+    out.append(needsTemplate ? h("p", { class: "verdict pending" }, `Next: write a prompt template (section 3) ` +
+      `that uses the columns ${cols.join(", ")}, or choose a data format under Advanced settings.`) :
+      h("p", { class: `verdict ${ok ? "ok" : "bad"}` },
+        ok ? `✓ Trainable: ${report.n_trainable.toLocaleString()} rows` :
+          `✗ Not trainable: ${report.n_errors.toLocaleString()} error${report.n_errors === 1 ? "" : "s"}` +
+          (report.n_rows ? ` in ${report.n_rows.toLocaleString()} rows` : "")));
+    const colTypes = Object.entries(report.columns || {});
+    const sp = report.splits;
     out.append(h("dl", { class: "kv small" },
       h("dt", {}, "Source"), h("dd", { class: "mono" }, report.source),
       h("dt", {}, "Read as"), h("dd", {}, (report.source_format || "could not be read") +
@@ -391,13 +461,15 @@
         (report.format_detail ? ` (${report.format_detail})` : "")),
       h("dt", {}, "Rows"), h("dd", {}, `${(report.n_rows || 0).toLocaleString()} (${(report.n_trainable || 0)
         .toLocaleString()} without errors)`),
-      cols.length ? [h("dt", {}, "Columns"), h("dd", {}, cols.map(([n, t]) => `${n}: ${t}`).join(", "))] : null,
+      colTypes.length ? [h("dt", {}, "Columns"), h("dd", {}, colTypes.map(([n, t]) => `${n}: ${t}`).join(", "))] : null,
+      sp ? [h("dt", {}, "Split"), h("dd", { id: "data-split" }, `${sp.train.toLocaleString()} training · ` +
+        `${sp.validation.toLocaleString()} validation` + (sp.test ? ` · ${sp.test.toLocaleString()} test` : "") + " rows")] : null,
       report.format ? [h("dt", {}, "Used"), h("dd", { id: "columns-used" }, (report.columns_used || []).join(", ") || "none")] : null,
       (report.columns_ignored || []).length ? [h("dt", {}, "Ignored"),
         h("dd", { id: "columns-ignored" }, report.columns_ignored.join(", "))] : null));
     for (const note of report.notes || []) out.append(h("p", { class: "note small" }, note));
 
-    if (report.errors && report.errors.length) {
+    if (report.errors && report.errors.length && !needsTemplate) {
       const shown = report.errors.length;
       out.append(h("h3", {}, `Errors (${report.n_errors.toLocaleString()}` +
         (shown < report.n_errors ? `; the first ${shown} shown` : "") + ")"));
@@ -409,7 +481,7 @@
     }
     if (report.warnings && report.warnings.length) {
       out.append(h("h3", {}, `Warnings (${report.warnings.length})`),
-        h("ul", { class: "small" }, report.warnings.map((w) => h("li", {}, w.message))));
+        h("ul", { class: "small", id: "data-warnings" }, report.warnings.map((w) => h("li", { "data-kind": w.kind }, w.message))));
     }
 
     out.append(h("h3", {}, "Token lengths"));
@@ -457,6 +529,23 @@
   const humanize = (name) => LABELS[name] || (name.charAt(0).toUpperCase() + name.slice(1)).replace(/_/g, " ")
     .replace(/\blr\b/gi, "LR");
   const helpText = (d) => (d || "").replace(/^\(tuneforge\)\s*/, "");
+  // A field's help: what it does, in the spec's own words; its name in the job spec (for API users) last.
+  const fieldHelp = (id, description, name) => h("span", { class: "help", id }, helpText(description), " ",
+    h("code", { class: "spec-name" }, name));
+
+  /* A number against the schema's bounds, checked as it is typed (the server says the same at submission, but
+     then only after a round trip): the message names the allowed range. Null when fine. */
+  function boundsProblem(v, prop, integer) {
+    if (v === null || v === "") return null;
+    if (typeof v !== "number" || Number.isNaN(v)) return "Enter a number.";
+    if (integer && !Number.isInteger(v)) return "Enter a whole number.";
+    const lo = prop.minimum, xlo = prop.exclusiveMinimum, hi = prop.maximum, xhi = prop.exclusiveMaximum;
+    const range = [lo !== undefined ? `at least ${lo}` : xlo !== undefined ? `more than ${xlo}` : null,
+      hi !== undefined ? `at most ${hi}` : xhi !== undefined ? `less than ${xhi}` : null].filter(Boolean).join(" and ");
+    const bad = (lo !== undefined && v < lo) || (xlo !== undefined && v <= xlo) || (hi !== undefined && v > hi) ||
+      (xhi !== undefined && v >= xhi);
+    return bad ? `${v} is not allowed: must be ${range}.` : null;
+  }
 
   const PRIMARY = {
     pretrainedmodel_config: ["lora_r", "lora_alpha", "lora_dropout", "use_gradient_checkpointing"],
@@ -488,14 +577,14 @@
       inner = nn[0] || {};
       type = inner.type; en = inner.enum;
     }
-    const help = h("span", { class: "help", id: helpId }, h("code", {}, name), " · ", helpText(prop.description));
+    const help = fieldHelp(helpId, prop.description, name);
     const problem = h("span", { class: "problem", id: `${id}-problem`, "aria-live": "polite" });
-    let input, get, set;
+    let input, get, set, check = () => null;
     if (type === "boolean") {
       input = h("input", { type: "checkbox", id, name: key, "aria-describedby": helpId, checked: !!dflt });
       get = () => input.checked; set = (v) => { input.checked = !!v; };
       const el = h("div", { class: "field check" }, input, h("label", { for: id }, humanize(name)), help, problem);
-      return { el, key, get, set, input, problem };
+      return { el, key, get, set, input, problem, check, label: humanize(name) };
     }
     if (en) {
       input = h("select", { id, name: key, "aria-describedby": helpId },
@@ -514,6 +603,7 @@
         return Number.isNaN(n) ? v : n;
       };
       set = (v) => { input.value = v ?? ""; };
+      check = () => boundsProblem(input.value.trim() === "" ? null : Number(input.value.trim()), inner, type === "integer");
     } else if (type === "array") {
       input = h("input", { type: "text", id, name: key, "aria-describedby": helpId, value: (dflt || []).join(", "),
         placeholder: optional ? "automatic" : null });
@@ -526,10 +616,10 @@
       get = () => (input.value === "" && optional ? null : input.value); set = (v) => { input.value = v ?? ""; };
     }
     const el = h("div", { class: "field" }, h("label", { for: id }, humanize(name)), input, help, problem);
-    return { el, key, get, set, input, problem };
+    return { el, key, get, set, input, problem, check, label: humanize(name) };
   }
 
-  async function pageNew(root) {
+  async function pageNew(root, parts, params) {
     document.title = "New fine-tuning job · tuneforge";
     root.append(h("h1", {}, "Create a fine-tuning job"));
     const loading = h("p", { class: "muted" }, "Loading the job spec…");
@@ -539,7 +629,10 @@
     loading.remove();
     const defs = schema.$defs;
     const fields = {};
-    const st = { model: null, dataPath: null, report: null, inspectSeq: 0 };
+    // modelCheck: the server's answer for st.model (can it be loaded here?); wantedModel: a catalog model to select
+    // once the catalog has loaded (a draft or a cloned job).
+    const st = { model: null, dataPath: null, report: null, inspectSeq: 0, modelCheck: null, wantedModel: null,
+      catalogLoaded: false };
 
     const problemsBox = h("div", { id: "form-problems", tabindex: "-1" });
 
@@ -558,13 +651,14 @@
     const otherInput = h("input", { type: "text", id: "model-other-path", placeholder: "owner/name or /path/on/server",
       "aria-label": "Other model: hub id or model folder on the server" });
     const estimateBox = h("div", { class: "note", id: "memory-estimate", "aria-live": "polite" }, "Pick a model.");
+    const modelCheckBox = h("div", { id: "model-check", "aria-live": "polite" });
     modelFs.append(
       h("div", { class: "field", style: "max-width:360px;margin-bottom:8px" },
         h("label", { for: "model-filter" }, "Filter models"), filter),
       h("div", { class: "scroll", style: "max-height:300px" }, table),
       h("div", { class: "row", style: "margin-top:10px" }, otherRadio,
         h("label", { for: "model-other" }, "Another model:"), h("div", { class: "grow" }, otherInput)),
-      estimateBox);
+      modelCheckBox, estimateBox);
     root.append(modelFs);
 
     const modelRows = [];
@@ -573,7 +667,10 @@
       const radio = h("input", { type: "radio", name: "model", id: rid, value });
       const tr = h("tr", { "data-model": value, "data-group": group },
         h("td", {}, h("div", { class: "row", style: "gap:6px;flex-wrap:nowrap" }, radio,
-          h("label", { for: rid, style: "font-weight:500" }, cells.name))),
+          h("label", { for: rid, style: "font-weight:500" }, cells.name)),
+        // Whether a job can start at once or first downloads the weights (the server's hub cache, or bundled).
+        h("span", { class: `tag ${cells.onServer ? "on-server" : "download"}` },
+          cells.onServer ? "on this server" : "needs download")),
         h("td", {}, cells.arch || "—"), h("td", { class: "num" }, cells.params || "—"),
         h("td", { class: "num" }, cells.context ? cells.context.toLocaleString() : "—"),
         h("td", { class: "num lora" }, cells.lora || "—"), h("td", { class: "num qlora" }, cells.qlora || "—"),
@@ -586,7 +683,7 @@
       tbody.append(h("tr", {}, h("th", { colspan: 7, scope: "colgroup" }, "On this server")));
       for (const m of local.models) {
         const tr = addModelRow(m.path, { name: m.name, arch: m.architecture, context: m.context_length,
-          licence: h("span", { class: "mono", title: m.path }, m.path) }, "local");
+          onServer: true, licence: h("span", { class: "mono", title: m.path }, m.path) }, "local");
         // Same reference setup as the catalog's columns.
         api(`/v1/catalog/estimate?${new URLSearchParams({ model_path: m.path, batch_size: 1, cutoff_len: 1024,
           lora_r: 8, gradient_checkpointing: true, precision: "bf16", device: "cuda" })}`).then((e) => {
@@ -605,10 +702,12 @@
           params: fmtParams(m.params_b) + (m.active_params_b ? ` (${m.active_params_b}B act.)` : ""),
           context: m.context_length, lora: `${m.memory.lora.total_gib.toFixed(1)} GiB`,
           qlora: `${m.memory.qlora.total_gib.toFixed(1)} GiB${m.qlora_4bit ? "" : "*"}`,
-          licence: (m.licence.split(" (")[0]) + (m.gated ? " · gated" : "") }, "catalog");
+          licence: (m.licence.split(" (")[0]) + (m.gated ? " · gated" : ""), onServer: m.on_server }, "catalog");
       }
+      st.catalogLoaded = true;
       applyFilter();
-      if (!st.model) selectModel(defaults.pretrainedmodel_config.model_path);
+      if (st.wantedModel) selectModel(st.wantedModel);
+      else if (!st.model) selectModel(defaults.pretrainedmodel_config.model_path);
     }).catch((e) => { catalogHead.firstChild.textContent = `Catalog could not be loaded: ${e.message}`; });
     onLeave(() => catalogLoaded.catch(() => {}));
 
@@ -620,7 +719,8 @@
 
     function selectModel(value) {
       const row = modelRows.find((r) => r.radio.value === value);
-      if (row) { row.radio.checked = true; } else { otherRadio.checked = true; otherInput.value = value; }
+      st.wantedModel = !row && !st.catalogLoaded ? value : null;
+      if (row) { row.radio.checked = true; otherInput.value = ""; } else { otherRadio.checked = true; otherInput.value = value; }
       onModelChange();
     }
     function currentModel() {
@@ -631,8 +731,41 @@
     function onModelChange() {
       st.model = currentModel();
       for (const r of modelRows) r.tr.classList.toggle("selected", r.radio.checked);
+      checkModel();
       updateEstimate();
       reinspect();
+      saveDraft();
+    }
+
+    // The model is checked when it is chosen: a misspelt or unloadable one blocks Create here, with the names the
+    // server finds close to it, instead of failing in the queue.
+    async function checkModel() {
+      const model = st.model;
+      st.modelCheck = null;
+      if (!model) { put(modelCheckBox); return; }
+      put(modelCheckBox, h("p", { class: "muted small" }, "Checking the model…"));
+      let res;
+      try {
+        res = await api(`/v1/catalog/check?${new URLSearchParams({ model_path: model })}`);
+      } catch (e) {
+        res = { ok: false, message: e.message, suggestions: [] };
+      }
+      if (model !== st.model) return;  // another model was chosen meanwhile
+      st.modelCheck = res;
+      const WHERE = { local: "a model folder on this server", bundled: "bundled with tuneforge",
+        cached: "in this server's model cache", hub: "downloaded from the Hugging Face hub when the job starts" };
+      const use = (name) => h("button", { type: "button", class: "link", onclick: () => selectModel(name) }, name);
+      if (res.ok) {
+        put(modelCheckBox, h("p", { class: "small check-ok" }, "✓ ", h("code", {}, model), ` can be used: ${WHERE[res.source]}.`,
+          res.source === "hub" && res.message ? h("span", { class: "muted" }, ` ${res.message.replace(/^model_path: /, "")}`) : null));
+      } else {
+        put(modelCheckBox, h("div", { class: "alert", role: "alert", id: "model-problem" },
+          h("strong", {}, "This model cannot be used: "), res.message.replace(/^model_path: /, ""),
+          res.suggestions && res.suggestions.length ? h("p", {}, "Did you mean ",
+            res.suggestions.map((n, i) => [i ? " or " : "", use(n)]), "?") : null));
+      }
+      otherInput.setAttribute("aria-invalid", String(!res.ok && otherRadio.checked));
+      refreshProblems();
     }
     modelFs.addEventListener("change", (e) => { if (e.target.name === "model") onModelChange(); });
     otherInput.addEventListener("input", debounce(() => { if (otherInput.value.trim()) { otherRadio.checked = true; onModelChange(); } }, 500));
@@ -698,19 +831,34 @@
     pathInput.addEventListener("change", () => { if (pathInput.value.trim()) useData(pathInput.value.trim()); });
     uploadedSelect.addEventListener("change", () => { if (uploadedSelect.value) useData(uploadedSelect.value); });
 
+    // A data path from a draft or a cloned job: an upload of the user's under "Uploaded before", else a server file.
+    function chooseData(path) {
+      const upload = /^ds_/.test(path);
+      if (upload && ![...uploadedSelect.options].some((o) => o.value === path)) {
+        uploadedSelect.append(h("option", { value: path }, path));
+      }
+      if (upload) uploadedSelect.value = path; else { pathInput.value = path; serverSelect.value = path; }
+      dataFs.querySelector(`input[name=data-mode][value=${upload ? "previous" : "server"}]`).checked = true;
+      showPane();
+      useData(path);
+    }
+
     function useData(path, firstReport) {
       st.dataPath = path;
       st.inspectSeq++;  // a check of the previous dataset still in flight is not shown
       if (firstReport) showReport(firstReport, null, "Counting tokens…", "uploaded");
       reinspect(true);
+      saveDraft();
     }
 
+    const needsTemplate = (report) => !report.ok && !report.format && !templateArea.value.trim() &&
+      (report.errors || []).length > 0 && report.errors.every((e) => e.kind === "format");
     function showReport(report, hist, note, state) {
       st.report = report;
       reportBox.dataset.state = state;  // "uploaded": the upload's own report; "inspected": with token counts
-      put(reportBox, reportPanel(report, hist, note));
-      if (report.ok) put(problemsBox);
+      put(reportBox, reportPanel(report, hist, note, needsTemplate(report)));
       offerColumns(Object.keys(report.columns || {}));
+      refreshProblems();
     }
 
     const reinspect = debounce(async () => {
@@ -720,6 +868,8 @@
         prompt_template: templateArea.value.trim() || null, train_on_inputs: !!(fields["data_config.train_on_inputs"] || { get: () => false }).get() };
       const fmt = fields["data_config.data_format"]; if (fmt) body.data_format = fmt.get() || "auto";
       const cc = fields["data_config.completion_column"]; if (cc && cc.get()) body.completion_column = cc.get();
+      // The split as the job would use it: the report then gives rows per split and warns of a small validation set.
+      if (!splitProblem()) body.data_split_config = splitConfig();
       let note = null;
       if (st.model) body.model_path = st.model;
       dataStatus.setAttribute("aria-busy", "true");
@@ -751,8 +901,7 @@
     const chips = h("div", { class: "row", id: "column-chips", style: "gap:6px;margin-top:6px" });
     const tplFs = h("fieldset", { class: "panel", id: "template-section" }, h("legend", {}, "3. Prompt template"),
       h("div", { class: "field" }, h("label", { for: "prompt-template" }, "Prompt template"), templateArea,
-        h("span", { class: "help", id: "prompt-template-help" }, h("code", {}, "prompt_template"), " · ",
-          helpText(tplProp.description))),
+        fieldHelp("prompt-template-help", tplProp.description, "prompt_template")),
       h("div", { class: "small", style: "margin-top:8px" }, h("span", { id: "chips-label" }, "Insert a column of the dataset:"), chips));
     root.append(tplFs);
     function offerColumns(cols) {
@@ -777,14 +926,50 @@
       "aria-describedby": "qlora-help", checked: !!defaults.pretrainedmodel_config.use_quantization });
     hpFs.append(h("div", { class: "switch" }, qlora, h("div", {},
       h("label", { for: "qlora-switch" }, "QLoRA: 4-bit base model"),
-      h("div", { class: "help small muted", id: "qlora-help" }, h("code", {}, "use_quantization"), " · ", helpText(qProp.description)))));
+      h("div", { class: "help small muted", id: "qlora-help" }, helpText(qProp.description), " ",
+        h("code", { class: "spec-name" }, "use_quantization")))));
     const primaryGrid = h("div", { class: "grid", style: "margin-top:14px" });
-    const splitDefault = (defaults.data_config.data_split_config || {}).validation ?? 0;
-    const splitInput = h("input", { type: "number", id: "f-validation-share", min: "0", max: "0.9", step: "0.05",
-      value: splitDefault, "aria-describedby": "f-validation-share-help" });
-    primaryGrid.append(h("div", { class: "field" }, h("label", { for: "f-validation-share" }, "Validation share"),
-      splitInput, h("span", { class: "help", id: "f-validation-share-help" }, h("code", {}, "data_split_config"), " · ",
-        helpText(defs.DataConfig.properties.data_split_config.description))));
+    // The split as two shares of the rows (training gets the rest): validation (the loss curve, early stopping,
+    // the kept step) and test (the held-out evaluation after training).
+    const splitDefaults = defaults.data_config.data_split_config || {};
+    const shareInput = (which, dflt) => h("input", { type: "number", id: `f-${which}-share`, min: "0", max: "0.9",
+      step: "0.05", value: dflt ?? 0, inputmode: "decimal", "aria-describedby": `f-${which}-share-help f-${which}-share-problem` });
+    const splitInput = shareInput("validation", splitDefaults.validation), testInput = shareInput("test", splitDefaults.test);
+    const splitProblemEl = h("span", { class: "problem", id: "f-validation-share-problem" });
+    const testProblemEl = h("span", { class: "problem", id: "f-test-share-problem" });
+    primaryGrid.append(
+      h("div", { class: "field" }, h("label", { for: "f-validation-share" }, "Validation share"), splitInput,
+        fieldHelp("f-validation-share-help", "Share of the rows held out to compute the validation loss (0.1 = 10%; " +
+          "0 = none). It drives early stopping and which step's adapter is kept.", "data_split_config.validation"),
+        splitProblemEl),
+      h("div", { class: "field" }, h("label", { for: "f-test-share" }, "Test share"), testInput,
+        fieldHelp("f-test-share-help", "Share of the rows never trained on, used after training to compare the base " +
+          "and the fine-tuned model's answers (0 = no held-out evaluation).", "data_split_config.test"),
+        testProblemEl));
+    const shareValue = (el) => (el.value.trim() === "" ? 0 : Number(el.value));
+    function splitProblem() {
+      const v = shareValue(splitInput), t = shareValue(testInput);
+      const bad = (x) => Number.isNaN(x) ? "Enter a number." : x < 0 || x > 0.9 ?
+        `${x} is not allowed: a share of the rows between 0 and 0.9 (0.1 = 10%).` : null;
+      const pv = bad(v), pt = bad(t);
+      const sum = !pv && !pt && v + t > 0.9 ? `Validation and test shares add up to ${+(v + t).toFixed(4)}: ` +
+        "keep their sum at 0.9 or less so that training keeps rows." : null;
+      splitProblemEl.textContent = pv || sum || "";
+      testProblemEl.textContent = pt || "";
+      splitInput.setAttribute("aria-invalid", String(!!(pv || sum)));
+      testInput.setAttribute("aria-invalid", String(!!pt));
+      return pv || pt || sum;
+    }
+    function splitConfig() {
+      const v = shareValue(splitInput), t = shareValue(testInput);
+      const out = { train: +(1 - v - t).toFixed(4) };
+      if (v > 0) out.validation = v;
+      if (t > 0) out.test = t;
+      return out;
+    }
+    for (const el of [splitInput, testInput]) {
+      el.addEventListener("input", () => { splitProblem(); reinspect(); refreshProblems(); });
+    }
     const advanced = h("details", { id: "advanced" }, h("summary", {}, "Advanced settings"));
     hpFs.append(primaryGrid, advanced);
     for (const [section, def, title] of SECTIONS) {
@@ -831,55 +1016,168 @@
     qlora.addEventListener("change", updateEstimate);
     fields["data_config.cutoff_len"].input.addEventListener("change", () => reinspect());
 
-    // ---- submit ---------------------------------------------------------------------------------------------
+    // ---- name and submit ------------------------------------------------------------------------------------
+    const suffixProp = schema.properties.suffix;
+    const nameInput = h("input", { type: "text", id: "job-suffix", name: "suffix", maxlength: "64", autocomplete: "off",
+      placeholder: "e.g. math-answers-v2", "aria-describedby": "job-suffix-help job-suffix-problem", spellcheck: "false" });
+    const nameProblem = h("span", { class: "problem", id: "job-suffix-problem" });
+    const nameField = { el: h("div", { class: "field", style: "max-width:420px;margin-bottom:12px" },
+      h("label", { for: "job-suffix" }, "Job name (optional)"), nameInput,
+      fieldHelp("job-suffix-help", suffixProp.description, "suffix"), nameProblem),
+    input: nameInput, problem: nameProblem, label: "Job name",
+    check: () => (nameInput.value.trim() && !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(nameInput.value.trim()) ?
+      "Use letters, digits, '.', '_' and '-' only, starting with a letter or digit." : null) };
     const submit = h("button", { type: "submit", class: "primary", id: "create-job" }, "Create fine-tuning job");
     const form = h("form", { id: "new-job", novalidate: true, "aria-labelledby": "new-job-title" });
     // The fieldsets were appended to root for progressive rendering; move them into the form.
-    form.append(modelFs, dataFs, tplFs, hpFs, h("div", { class: "panel" }, problemsBox,
+    form.append(modelFs, dataFs, tplFs, hpFs, h("div", { class: "panel" }, nameField.el, problemsBox,
       h("div", { class: "row" }, submit, h("span", { class: "muted small" },
         "The job is queued at once; its page shows the loss curves as it trains."))));
     root.querySelector("h1").id = "new-job-title";
     root.append(form);
 
-    form.addEventListener("submit", async (e) => {
-      e.preventDefault();
+    // ---- problems: checked as the user types; the summary above Create appears once Create was pressed ----------
+    // Each problem is said once: a setting's own problem next to it (the summary links to it), the others in the
+    // summary. Fixing one removes it at once; the server's answers for a field go away when that field is edited.
+    const checked = [...Object.values(fields), nameField];
+    const serverProblems = new Map();  // field key ("" for none) -> message, from the last submission
+    function fieldProblem(f) {
+      const msg = f.check() || serverProblems.get(f.key ?? "suffix") || null;
+      f.problem.textContent = msg || "";
+      if (msg) f.input.setAttribute("aria-invalid", "true"); else f.input.removeAttribute("aria-invalid");
+      return msg;
+    }
+    function clientProblems() {
+      const out = [];
+      if (!st.model) out.push({ text: "Pick a base model (section 1).", el: modelFs });
+      else if (st.modelCheck && !st.modelCheck.ok) out.push({ text: "The base model cannot be used (section 1).", el: modelCheckBox });
+      if (!st.dataPath) out.push({ text: "Choose a dataset (section 2).", el: dataFs });
+      else if (st.report && needsTemplate(st.report)) out.push({ text: "Write a prompt template (section 3).", el: templateArea });
+      else if (st.report && !st.report.ok) out.push({ text: "The dataset check found errors: fix the data or the template first.", el: reportBox });
+      const sp = splitProblem();
+      if (sp) out.push({ text: "Validation or test share", el: splitInput, link: true });
+      for (const f of checked) if (fieldProblem(f)) out.push({ text: f.label, el: f.input, link: true });
+      for (const [key, msg] of serverProblems) if (key === "" ) out.push({ text: msg });
+      return out;
+    }
+    function refreshProblems() {
+      const all = clientProblems();
+      if (!st.submitted) return all;
       put(problemsBox);
-      for (const f of Object.values(fields)) { f.input.removeAttribute("aria-invalid"); f.problem.textContent = ""; }
-      const missing = [];
-      if (!st.model) missing.push("Pick a base model (section 1).");
-      if (!st.dataPath) missing.push("Choose a dataset (section 2).");
-      if (st.report && !st.report.ok) missing.push("The dataset check found errors: fix the data or the template first.");
-      if (missing.length) {
-        problemsBox.append(h("div", { class: "alert", role: "alert" }, h("ul", {}, missing.map((m) => h("li", {}, m)))));
-        problemsBox.focus();
-        return;
-      }
+      if (!all.length) return all;
+      const jump = (el) => (e) => { e.preventDefault(); el.scrollIntoView({ block: "center" }); if (el.focus) el.focus(); };
+      const settings = all.filter((p) => p.link), other = all.filter((p) => !p.link);
+      problemsBox.append(h("div", { class: "alert", role: "alert" },
+        h("strong", {}, "The job was not created yet:"),
+        h("ul", {}, other.map((p) => h("li", {}, p.el ? h("a", { href: "#", onclick: jump(p.el) }, p.text) : p.text)),
+          settings.length ? h("li", {}, "Fix the settings marked below: ", settings.map((p, i) =>
+            [i ? ", " : "", h("a", { href: "#", onclick: jump(p.el) }, p.text)])) : null)));
+      return all;
+    }
+    for (const f of checked) {
+      f.input.addEventListener("input", () => { serverProblems.delete(f.key ?? "suffix"); fieldProblem(f); refreshProblems(); });
+    }
+
+    // ---- the spec the form describes; drafts survive Back and reloads (this tab only) -----------------------
+    function collectSpec() {
       const spec = { pretrainedmodel_config: { model_path: st.model, use_quantization: qlora.checked },
-        data_config: { data_path: st.dataPath, prompt_template: templateArea.value.trim() || null },
+        data_config: { data_path: st.dataPath, prompt_template: templateArea.value.trim() || null,
+          data_split_config: splitConfig() },
         training_config: {}, logging_config: {}, hf_config: {} };
-      const share = Number(splitInput.value || 0);
-      spec.data_config.data_split_config = share > 0 ? { train: +(1 - share).toFixed(4), validation: share } : { train: 1 };
       for (const [key, f] of Object.entries(fields)) {
         const [section, name] = key.split(".");
         spec[section][name] = f.get();
       }
+      const suffix = nameInput.value.trim();
+      if (suffix) spec.suffix = suffix;
+      return spec;
+    }
+    function fillFromSpec(spec) {
+      const p = spec.pretrainedmodel_config || {}, d = spec.data_config || {};
+      for (const [key, f] of Object.entries(fields)) {
+        const [section, name] = key.split(".");
+        const v = (spec[section] || {})[name];
+        if (v !== undefined && v !== "***") f.set(v);  // redacted secrets are typed again
+      }
+      qlora.checked = !!p.use_quantization;
+      templateArea.value = d.prompt_template || "";
+      const split = d.data_split_config || {};
+      splitInput.value = split.validation ?? 0;
+      testInput.value = split.test ?? 0;
+      nameInput.value = spec.suffix || "";
+      if (p.model_path) selectModel(p.model_path);
+      if (d.data_path) chooseData(d.data_path);
+    }
+    const saveDraft = debounce(() => {
+      if (st.restoring) return;
+      try { sessionStorage.setItem(DRAFT, JSON.stringify(collectSpec())); } catch (_) { /* storage full or off */ }
+    }, 300);
+    onLeave(() => saveDraft.flush());
+    form.addEventListener("input", saveDraft);
+    form.addEventListener("change", saveDraft);
+
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      st.submitted = true;
+      serverProblems.clear();
+      if (refreshProblems().length) { problemsBox.focus(); return; }
       submit.disabled = true;
       try {
+        const spec = collectSpec();
+        if (/^ds_/.test(st.dataPath)) {
+          // An upload's stored report is the one the server checks at submission; it was made with the options of
+          // the moment of upload (often before a template was written): store the report of the form's options.
+          const d = spec.data_config;
+          await api(`/v1/datasets/${encodeURIComponent(st.dataPath)}/validate`, { method: "POST", json: {
+            prompt_template: d.prompt_template, data_format: d.data_format || "auto",
+            completion_column: d.completion_column || null, cutoff_len: d.cutoff_len, train_on_inputs: !!d.train_on_inputs } });
+        }
         const job = await api("/v1/finetune/llm", { method: "POST", json: spec });
+        saveDraft.cancel();
+        sessionStorage.removeItem(DRAFT);
         location.hash = `#/jobs/${job.job_id}`;
       } catch (err) {
-        problemsBox.append(alertBox(err, "The job was not created:"));
-        for (const p of err.problems || []) {
-          const f = fields[p.field];
-          if (f) { f.input.setAttribute("aria-invalid", "true"); f.problem.textContent = p.message; }
+        const listed = err.problems && err.problems.length ? err.problems : [{ field: null, message: err.message }];
+        for (const p of listed) {
+          const key = p.field === "data_config.data_split_config" ? "" : p.field;
+          const known = key && (fields[key] || key === "suffix");
+          serverProblems.set(known ? key : "", known ? p.message : (p.field ? `${p.field}: ${p.message}` : p.message));
         }
+        refreshProblems();
         problemsBox.focus();
       } finally {
         submit.disabled = false;
       }
     });
 
-    if (local.models.length) selectModel(local.models[0].path);
+    // ---- start: a cloned job's settings, else the draft of this tab, else the defaults -----------------------
+    const from = params.get("from");
+    let startNote = null;
+    let start = null;
+    if (from) {
+      try {
+        const src = await api(`/v1/finetune/llm/${encodeURIComponent(from)}`);
+        start = src.spec;
+        startNote = h("p", { class: "note", id: "form-origin" }, "Settings copied from job ",
+          h("a", { href: `#/jobs/${src.job_id}` }, jobName(src)), ". Change what you need, then create the new job.");
+      } catch (e) {
+        startNote = alertBox(e, `The settings of job ${from} could not be loaded:`);
+      }
+    } else {
+      try { start = JSON.parse(sessionStorage.getItem(DRAFT) || "null"); } catch (_) { start = null; }
+      if (start) {
+        startNote = h("p", { class: "note", id: "form-origin" }, "Your unsent settings are back. ",
+          h("button", { type: "button", class: "link", onclick: () => {
+            sessionStorage.removeItem(DRAFT); location.replace("#/new?fresh=" + Date.now());
+          } }, "Start over"));
+      }
+    }
+    if (startNote) root.querySelector("h1").after(startNote);
+    if (start) {
+      st.restoring = true;
+      try { fillFromSpec(start); } finally { st.restoring = false; }
+      if (from) saveDraft();
+    } else if (local.models.length) selectModel(local.models[0].path);
   }
 
   // ------------------------------------------------------------------------------------------ job page
@@ -927,7 +1225,8 @@
 
   async function pageJob(root, jobId) {
     document.title = `Job ${jobId.slice(0, 8)} · tuneforge`;
-    const title = h("h1", {}, "Job ", h("span", { class: "mono" }, jobId.slice(0, 8)), " ");
+    const nameSlot = h("span", { class: "mono", id: "job-name" }, jobId.slice(0, 8));
+    const title = h("h1", {}, "Job ", nameSlot, " ");
     const statusSlot = h("span", { id: "job-status", "aria-live": "polite" });
     title.append(statusSlot);
     root.append(h("p", { class: "small" }, h("a", { href: "#/jobs" }, "← All jobs")), title);
@@ -957,30 +1256,37 @@
       requestAnimationFrame(() => {
         drawPending = false;
         const last = (a) => (a.length ? a[a.length - 1][1] : null);
+        // Once the run is over, the step whose adapter was kept (the lowest validation loss) is marked.
+        const kept = job && !ACTIVE.has(job.status) && job.losses.best_step !== null ? job.losses.best_step : null;
         const summary = `Loss by step: training loss ${train.length ? `from ${fmtNum(train[0][1])} to ${fmtNum(last(train))}` +
           ` over ${train.length} steps` : "not recorded yet"}; validation loss ${evals.length ? `from ${fmtNum(evals[0][1])} ` +
           `to ${fmtNum(last(evals))} at ${evals.length} evaluations` : "not recorded yet"}.`;
-        put(lossFig, h("figcaption", {}, "Loss"), lineChart({ id: "loss-chart", yLabel: "loss", summary,
+        put(lossFig, h("figcaption", {}, "Loss"), lineChart({ id: "loss-chart", yLabel: "loss",
+          summary: summary + (kept !== null ? ` The adapter of step ${kept} was kept.` : ""),
+          width: boxWidth(lossFig, 720), marker: kept !== null ? { x: kept, label: `kept step ${kept}` } : null,
           series: [{ name: "train", color: "var(--train)", points: train },
             { name: "validation", color: "var(--eval)", points: evals, dots: true }] }),
         legend([["training loss", "var(--train)"], ["validation loss", "var(--eval)"]]));
         put(lrFig, h("figcaption", {}, "Learning rate"), lineChart({ id: "lr-chart", yLabel: "learning rate",
-          width: 420, summary: lrs.length ? `Learning rate by step, last ${fmtNum(last(lrs))}` : "No learning rate yet",
+          width: boxWidth(lrFig, 420), summary: lrs.length ? `Learning rate by step, last ${fmtNum(last(lrs))}` : "No learning rate yet",
           series: [{ name: "lr", color: "var(--lr)", points: lrs }] }), legend([["learning rate", "var(--lr)"]]));
         if (rewardAcc.length) {
           rewardFig.hidden = false;
           const rsum = `Validation reward accuracy from ${fmtNum(rewardAcc[0][1])} to ${fmtNum(last(rewardAcc))}, ` +
             `reward margin from ${fmtNum(rewardMargin[0][1])} to ${fmtNum(last(rewardMargin))}, at ${rewardAcc.length} evaluations.`;
           put(rewardFig, h("figcaption", {}, "Reward accuracy and margin (validation pairs)"),
-            lineChart({ id: "reward-accuracy-chart", yLabel: "reward accuracy", width: 420, summary: rsum,
+            lineChart({ id: "reward-accuracy-chart", yLabel: "reward accuracy", width: boxWidth(rewardFig, 420), summary: rsum,
               series: [{ name: "accuracy", color: "#2ca02c", points: rewardAcc, dots: true }] }),
-            lineChart({ id: "reward-margin-chart", yLabel: "reward margin", width: 420, summary: rsum,
+            lineChart({ id: "reward-margin-chart", yLabel: "reward margin", width: boxWidth(rewardFig, 420), summary: rsum,
               series: [{ name: "margin", color: "#9467bd", points: rewardMargin, dots: true }] }),
             legend([["chosen beats rejected (share)", "#2ca02c"], ["chosen minus rejected reward", "#9467bd"]]));
         }
       });
     };
     drawCharts();
+    const onResize = debounce(drawCharts, 150);
+    window.addEventListener("resize", onResize);
+    onLeave(() => { onResize.cancel(); window.removeEventListener("resize", onResize); });
     const logLine = (text) => {
       const atEnd = logPre.scrollTop + logPre.clientHeight >= logPre.scrollHeight - 4;
       logPre.append(text + "\n");
@@ -997,9 +1303,8 @@
         if (ev.loss !== undefined && ev.loss !== null) upsert(train, ev.step, ev.loss);
         if (ev.lr !== undefined && ev.lr !== null) { upsert(lrs, ev.step, ev.lr); lastLr = ev.lr; }
         drawCharts();
-        if (ev.step === 1 || ev.step % 10 === 0 || ev.step === ev.total_steps) {
-          logLine(`${at} step ${ev.step}/${ev.total_steps} loss ${fmtNum(ev.loss)} lr ${fmtNum(ev.lr)}`);
-        }
+        // Every training line the run recorded (logging_steps), as the CLI prints them.
+        logLine(`${at} step ${ev.step}/${ev.total_steps} loss ${fmtNum(ev.loss)} lr ${fmtNum(ev.lr)}`);
         renderProgress();
       } else if (ev.type === "eval") {
         upsert(evals, ev.step, ev.eval_loss);
@@ -1025,26 +1330,51 @@
     };
 
     function stat(k, v, id) { return h("div", { class: "stat", id }, h("div", { class: "k" }, k), h("div", { class: "v" }, v)); }
+    // What a finished run came to, in one sentence: its steps, the step whose adapter was kept, that step's loss.
+    function resultSummary() {
+      const p = job.progress, l = job.losses, r = job.result || {};
+      const of = p.total_steps ? ` of ${p.total_steps}` : "";
+      if (job.status === "succeeded") {
+        const early = r.stopped_early ?? stoppedEarly(job);
+        const patience = ((job.spec || {}).training_config || {}).early_stopping_patience;
+        const head = early ? `Stopped early at step ${p.step}${of}` +
+          (patience ? ` (validation loss did not improve for ${patience} evaluations)` : "") :
+          `Finished all ${p.step} steps`;
+        const kept = l.best_step === null ? "kept the last step (no validation rows)" :
+          `kept step ${l.best_step}` + (l.best_step === 0 ? " (no evaluation improved on the starting point)" : "") +
+          `, validation loss ${fmtNum(l.best_eval_loss)}`;
+        const took = r.wall_time_seconds ? ` Took ${fmtDuration(r.wall_time_seconds)}.` : "";
+        return `${head}; ${kept}.${took}`;
+      }
+      return `${job.status === "failed" ? "Failed" : "Cancelled"} at step ${p.step}${of}.`;
+    }
+
     function renderProgress() {
       if (!job) return;
-      const p = job.progress, l = job.losses;
+      const p = job.progress, l = job.losses, done = !ACTIVE.has(job.status);
       put(statusSlot, badge(job.status));
-      put(progressBox, 
-        h("div", { class: "row" }, h("div", { class: "grow" }, progressBar(p.percent, "Training progress")),
-          h("span", { class: "mono", id: "job-percent" }, `${p.percent}%`)),
+      if (job.suffix) { nameSlot.textContent = job.suffix; nameSlot.className = ""; document.title = `Job ${job.suffix} · tuneforge`; }
+      put(progressBox,
+        done ? h("p", { id: "job-summary", class: `summary ${job.status}` }, resultSummary()) :
+          h("div", { class: "row" }, h("div", { class: "grow" }, progressBar(p.percent, "Training progress")),
+            h("span", { class: "mono", id: "job-percent" }, `${p.percent}%`)),
         h("div", { class: "stats" },
           stat("Step", p.total_steps ? `${p.step} / ${p.total_steps}` : `${p.step}`, "stat-step"),
           stat("Epoch", p.epoch !== null && p.epoch !== undefined ? fmtNum(p.epoch, 3) : "—"),
-          stat("ETA", job.status === "queued" ? (job.queue_position ? `queued (#${job.queue_position})` : "queued") :
+          // Time left and speed mean nothing once the run is over.
+          done ? null : stat("ETA", job.status === "queued" ? (job.queue_position ? `queued (#${job.queue_position})` : "queued") :
             fmtDuration(p.eta_seconds), "stat-eta"),
-          stat("Speed", p.steps_per_second ? `${fmtNum(p.steps_per_second, 3)} steps/s` : "—"),
+          done ? null : stat("Speed", p.steps_per_second ? `${fmtNum(p.steps_per_second, 3)} steps/s` : "—"),
           stat("Training loss", fmtNum(train.length ? train[train.length - 1][1] : l.train_loss), "stat-train-loss"),
-          stat("Validation loss", fmtNum(l.eval_loss ?? (evals.length ? evals[evals.length - 1][1] : null)), "stat-eval-loss"),
-          stat("Best validation loss", l.best_eval_loss !== null ? `${fmtNum(l.best_eval_loss)} (step ${l.best_step})` : "—"),
-          stat("Learning rate", fmtNum(lastLr), "stat-lr")),
+          done ? stat("Kept step", l.best_step ?? p.step, "stat-kept-step") :
+            stat("Validation loss", fmtNum(l.eval_loss ?? (evals.length ? evals[evals.length - 1][1] : null)), "stat-eval-loss"),
+          stat(done ? "Validation loss (kept step)" : "Best validation loss", l.best_eval_loss !== null ?
+            `${fmtNum(l.best_eval_loss)}${done ? "" : ` (step ${l.best_step})`}` : "—", "stat-best-loss"),
+          done ? null : stat("Learning rate", fmtNum(lastLr), "stat-lr")),
         h("dl", { class: "kv small", style: "margin-top:10px" },
+          h("dt", {}, "Job id"), h("dd", { class: "mono" }, job.job_id),
           h("dt", {}, "Base model"), h("dd", { class: "mono" }, job.model),
-          h("dt", {}, "Data"), h("dd", { class: "mono" }, job.data_path),
+          h("dt", {}, "Data"), h("dd", { class: "mono" }, dataLabel(job.data_path)),
           h("dt", {}, "Created"), h("dd", {}, fmtTime(job.created_at)),
           h("dt", {}, "Finished"), h("dd", {}, fmtTime(job.finished_at))),
         job.error ? h("div", { class: "alert", role: "alert", id: "job-error" }, h("strong", {}, "Failed: "), job.error) : null);
@@ -1065,7 +1395,7 @@
         return h("span", { class: d === 0 ? "muted" : better ? "good" : "bad" }, text);
       };
       const base = ev.results.base || {}, tuned = ev.results.adapter || {};
-      const rowsTable = (rows, id) => h("table", { id, class: "eval-rows" },
+      const rowsTable = (rows, id) => h("div", { class: "scroll wide" }, h("table", { id, class: "eval-rows" },
         h("thead", {}, h("tr", {}, ["Row", "Prompt", "Reference", "Base model", "Fine-tuned"].map((t) =>
           h("th", { scope: "col" }, t)))),
         h("tbody", {}, rows.map((r) => h("tr", {},
@@ -1074,18 +1404,18 @@
           h("td", {}, h("pre", { class: "example" }, r.reference)),
           ...["base", "adapter"].map((k) => h("td", {}, h("pre", {
             class: `example ${r.scores[k]?.exact_match === 1 ? "good" : ""}` }, r.answers[k]))),
-        ))));
+        )))));
       const more = h("div", { id: "eval-more" });
       put(evalBox, h("h2", {}, "Did the fine-tune help? Held-out evaluation"),
         h("p", { class: "muted small" }, `${ev.rows} test rows never seen in training (${ev.task} task); greedy ` +
           `answers of at most ${ev.max_new_tokens} tokens.`),
-        h("table", { id: "eval-table" },
+        h("div", { class: "scroll wide" }, h("table", { id: "eval-table" },
           h("thead", {}, h("tr", {}, ["Metric", "Base model", "Fine-tuned", "Change"].map((t, i) =>
             h("th", { scope: "col", class: i ? "num" : null }, t)))),
           h("tbody", {}, ev.metrics.map((m) => h("tr", { "data-metric": m },
             h("th", { scope: "row" }, m.replace(/_/g, " ")),
             h("td", { class: "num" }, cell(m, base[m])), h("td", { class: "num" }, cell(m, tuned[m])),
-            h("td", { class: "num" }, delta(m, base[m], tuned[m])))))),
+            h("td", { class: "num" }, delta(m, base[m], tuned[m]))))))),
         h("h3", {}, `Rows where the answers differ (${ev.differing_rows} of ${ev.rows})`),
         ev.samples.length ? rowsTable(ev.samples, "eval-samples") : h("p", { class: "muted" }, "None: both models " +
           "answered every row the same way."),
@@ -1095,7 +1425,7 @@
             const page = await api(`/v1/finetune/llm/${jobId}/eval?differing=true&limit=200`);
             put(more, rowsTable(page.rows, "eval-all-rows"),
               page.total > page.rows.length ? h("p", { class: "muted small" }, `First ${page.rows.length} of ` +
-                `${page.total}; every row: GET ${job.eval_url}`) : null);
+                `${page.total}; the API lists every row (${job.eval_url}).`) : null);
             e.target.remove();
           } catch (err) { put(more, alertBox(err)); e.target.disabled = false; }
         } }, `Show all ${ev.differing_rows} differing rows`) : null, more);
@@ -1120,9 +1450,13 @@
         actions.append(
           h("button", { type: "button", class: "primary", id: "download-adapter", onclick: downloadAdapter }, "Download adapter (.zip)"),
           h("button", { type: "button", id: "deploy-open", onclick: openDeploy }, "Deploy…"));
-      }
-      if (!actions.children.length) {
+      } else if (!ACTIVE.has(job.status)) {
         actions.append(h("span", { class: "muted" }, job.status === "failed" ? "This job failed." : `This job was ${job.status}.`));
+      }
+      if (!ACTIVE.has(job.status)) {
+        // A new job with this one's settings, in the form (to fix what failed, or to change one setting).
+        actions.append(h("a", { class: "button", id: "clone-job", href: `#/new?from=${encodeURIComponent(jobId)}` },
+          job.status === "succeeded" ? "Clone…" : "Retry…"));
       }
     }
 
@@ -1141,7 +1475,8 @@
 
     function openDeploy() {
       const spec = job.spec || {};
-      const name = h("input", { type: "text", id: "deploy-name", value: `job-${jobId.slice(0, 8)}`, "aria-describedby": "deploy-name-help" });
+      const name = h("input", { type: "text", id: "deploy-name", value: job.suffix || `job-${jobId.slice(0, 8)}`,
+        "aria-describedby": "deploy-name-help" });
       const tpl = h("textarea", { id: "deploy-template", rows: 2, "aria-describedby": "deploy-template-help" });
       tpl.placeholder = "empty: the adapter's training template";
       const out = h("div", { "aria-live": "polite", id: "deploy-result" });
@@ -1150,11 +1485,12 @@
         h("h2", {}, "Deploy this adapter"),
         h("div", { class: "grid" },
           h("div", { class: "field" }, h("label", { for: "deploy-name" }, "Deployment name"), name,
-            h("span", { class: "help", id: "deploy-name-help" }, "Clients pass it as ", h("code", {}, "model"),
-              " on /v1/chat/completions.")),
+            h("span", { class: "help", id: "deploy-name-help" }, "Apps that use the OpenAI API name it as their ",
+              h("code", {}, "model"), ".")),
           h("div", { class: "field" }, h("label", { for: "deploy-template" }, "Completion prompt template"), tpl,
             h("span", { class: "help", id: "deploy-template-help" },
-              "Wraps the prompt on /v1/completions and /generate. Empty: the adapter's training template; chat is rendered as the adapter was trained."))),
+              "How a plain prompt is wrapped before the model continues it. Leave it empty to use the adapter's " +
+              "training template (recommended); chat messages are always rendered as the adapter was trained."))),
         h("div", { class: "row", style: "margin-top:10px" }, go), out);
       form.addEventListener("submit", async (e) => {
         e.preventDefault();
@@ -1191,7 +1527,9 @@
 
     async function refresh() {
       job = await api(`/v1/finetune/llm/${jobId}`);
+      await datasetNames([job.data_path]);
       renderProgress();
+      drawCharts();
       renderActions();
       renderEvaluation();
       put(details, h("summary", {}, "Job spec and result"),
@@ -1207,24 +1545,27 @@
   async function pagePlayground(root, parts, params) {
     document.title = "Playground · tuneforge";
     root.append(h("h1", {}, "Playground"),
-      h("p", { class: "muted" }, "Chat with a deployed adapter and its base model side by side. Both answer through " +
-        "the OpenAI-compatible endpoint /v1/chat/completions with your API key."));
+      h("p", { class: "muted" }, "Talk to a deployed fine-tune and its base model side by side. Replies appear as " +
+        "they are generated; Stop ends them."));
     const adapterSel = h("select", { id: "adapter-deployment" });
     const baseSel = h("select", { id: "base-deployment" });
     const baseHelp = h("div", { class: "small", id: "base-help", "aria-live": "polite" });
     const maxTokens = h("input", { type: "number", id: "max-tokens", min: "1", max: "2048", value: "64" });
     const temperature = h("input", { type: "number", id: "temperature", min: "0", max: "2", step: "0.1", value: "0" });
-    const modeSel = h("select", { id: "chat-mode" }, h("option", { value: "chat" }, "Chat (as the adapter was trained)"),
-      h("option", { value: "completion" }, "Completion (the deployment's prompt template)"));
-    const deployTable = h("div", { id: "deployments" });
+    const modeSel = h("select", { id: "chat-mode", "aria-describedby": "mode-note" },
+      h("option", { value: "completion" }, "Training prompt template"),
+      h("option", { value: "chat" }, "Chat"));
+    const modeNote = h("div", { class: "note small", id: "mode-note", "aria-live": "polite" });
+    const deployTable = h("div", { id: "deployments", class: "scroll wide" });
     root.append(h("div", { class: "panel" }, h("h2", {}, "Models"),
       h("div", { class: "grid" },
         h("div", { class: "field" }, h("label", { for: "adapter-deployment" }, "Fine-tuned deployment"), adapterSel),
         h("div", { class: "field" }, h("label", { for: "base-deployment" }, "Base model deployment"), baseSel, baseHelp),
-        h("div", { class: "field" }, h("label", { for: "chat-mode" }, "Mode"), modeSel),
+        h("div", { class: "field" }, h("label", { for: "chat-mode" }, "Prompt format"), modeSel),
         h("div", { class: "field" }, h("label", { for: "max-tokens" }, "Max new tokens"), maxTokens),
         h("div", { class: "field" }, h("label", { for: "temperature" }, "Temperature"), temperature,
           h("span", { class: "help" }, "0 answers greedily (the same answer every time)."))),
+      modeNote,
       h("details", { style: "margin-top:8px" }, h("summary", {}, "All deployments"), deployTable)));
 
     const panes = ["adapter", "base"].map((which) => {
@@ -1236,14 +1577,16 @@
     const message = h("textarea", { id: "chat-input", rows: 3, placeholder: "Type a message; Ctrl+Enter sends",
       "aria-describedby": "chat-input-help" });
     const send = h("button", { type: "submit", class: "primary", id: "chat-send" }, "Send to both");
+    const stop = h("button", { type: "button", id: "chat-stop", disabled: true }, "Stop");
     const clear = h("button", { type: "button", id: "chat-clear" }, "Clear");
     const chatForm = h("form", { class: "panel", "aria-label": "Send a message" },
       h("div", { class: "field" }, h("label", { for: "chat-input" }, "Message"), message,
         h("span", { class: "help", id: "chat-input-help" }, "Sent to both models; each keeps its own conversation.")),
-      h("div", { class: "row", style: "margin-top:8px" }, send, clear));
+      h("div", { class: "row", style: "margin-top:8px" }, send, stop, clear));
     root.append(h("div", { class: "two", style: "margin-bottom:16px" }, panes.map((p) => p.el)), chatForm);
 
     let deployments = [];
+    let modeChosen = false;  // the user picked the prompt format: it is no longer set from the adapter
     const wanted = params.get("adapter");
     function fill(sel, list, empty, keep) {
       const prev = keep || sel.value;
@@ -1253,24 +1596,58 @@
       else if (list.length && !prev) sel.value = list[0].deployment_id;
     }
     const usable = (d) => d.status === "live" || d.status === "building";
+    const selected = (sel) => deployments.find((x) => x.deployment_id === sel.value);
+    // An adapter trained with a prompt template is deployed with that template (its card, tuneforge_adapter.json);
+    // one trained on chat data keeps the bare "{prompt}{completion}" and answers chat as it was trained.
+    const BARE = "{prompt}{completion}";
+    const trainedTemplate = (d) => (d && d.loramodel_path && d.prompt_template && d.prompt_template !== BARE ?
+      d.prompt_template : null);
+    const promptPart = (t) => t.split("{completion}")[0];
+
+    function updateMode() {
+      const a = selected(adapterSel), b = selected(baseSel), tpl = trainedTemplate(a);
+      if (!modeChosen && a && (a.status === "live" || tpl)) modeSel.value = tpl ? "completion" : "chat";
+      modeSel.options[0].textContent = tpl ? "Training prompt template (as the adapter was trained)" :
+        "Completion (each deployment's prompt template)";
+      modeSel.options[1].textContent = tpl ? "Chat (each model's chat template)" : "Chat (as the adapter was trained)";
+      if (!a) { put(modeNote, "Choose a fine-tuned deployment."); return; }
+      if (a.status !== "live" && !tpl) { put(modeNote, "The deployment is starting; its prompt format is known once it is live."); return; }
+      const baseTpl = b && b.prompt_template;
+      if (modeSel.value === "completion") {
+        put(modeNote, h("strong", {}, "Prompt format: "), tpl ? "the adapter's training template " : "the deployment's prompt template ",
+          h("code", { id: "mode-template" }, promptPart(a.prompt_template || BARE)), ". Your message fills its placeholder" +
+          " and the model continues from there. ",
+          b ? (baseTpl === a.prompt_template ? "The base model gets the same prompt." :
+            ["The base model deployment wraps it with its own template ", h("code", {}, promptPart(baseTpl || BARE)), "."]) : "");
+      } else {
+        put(modeNote, h("strong", {}, "Prompt format: "), tpl ? "chat. The adapter was trained on the template " : "chat, as the adapter was trained" +
+          " (the model's chat template).",
+          tpl ? [h("code", {}, promptPart(tpl)), ": your last message fills it; earlier turns are not part of its prompt. "] : " ",
+          b ? "The base model uses its own chat template." : "");
+      }
+    }
+    modeSel.addEventListener("change", () => { modeChosen = true; updateMode(); });
+
     function updateHeads() {
       for (const p of panes) {
-        const d = deployments.find((x) => x.deployment_id === (p.which === "adapter" ? adapterSel : baseSel).value);
+        const d = selected(p.which === "adapter" ? adapterSel : baseSel);
         put(p.head, p.which === "adapter" ? "Fine-tuned" : "Base model", d ? [": ", h("code", {}, d.deployment_name), " ", badge(d.status)] : "");
       }
-      const a = deployments.find((x) => x.deployment_id === adapterSel.value);
+      const a = selected(adapterSel);
       put(baseHelp);
       if (a && !deployments.some((x) => !x.loramodel_path && x.basemodel_path === a.basemodel_path && usable(x))) {
         const btn = h("button", { type: "button", id: "deploy-base", onclick: async () => {
           btn.disabled = true;
           try {
+            // The same prompt template as the adapter's deployment: both models then see the same prompt.
             const d = await api("/v1/deploy/llm", { method: "POST", json: { basemodel_path: a.basemodel_path,
-              deployment_name: `${a.deployment_name}-base`.slice(0, 128) } });
+              deployment_name: `${a.deployment_name}-base`.slice(0, 128), prompt_template: trainedTemplate(a) } });
             await load(d.deployment_id);
           } catch (e) { put(baseHelp, alertBox(e)); }
         } }, "Deploy the base model for comparison");
         baseHelp.append(h("span", { class: "muted" }, "No deployment of this adapter's base model alone. "), btn);
       }
+      updateMode();
     }
     async function load(selectBase) {
       const data = await api("/v1/deploy/list");
@@ -1278,11 +1655,11 @@
       const adapters = deployments.filter((d) => d.loramodel_path && usable(d));
       const bases = deployments.filter((d) => !d.loramodel_path && usable(d));
       fill(adapterSel, adapters, adapters.length ? "(choose)" : "(no adapter deployed: deploy one from a job page)", wanted);
-      const a = adapters.find((d) => d.deployment_id === adapterSel.value);
+      const a = selected(adapterSel);
       const match = a && bases.find((d) => d.basemodel_path === a.basemodel_path);
       fill(baseSel, bases, bases.length ? "(none)" : "(no base model deployed)", selectBase || (baseSel.value ? null : match && match.deployment_id));
       put(deployTable, deployments.length ? h("table", {},
-        h("thead", {}, h("tr", {}, ["Name", "Status", "Base model", "Adapter", "Created", ""].map((t) => h("th", { scope: "col" }, t)))),
+        h("thead", {}, h("tr", {}, ["Name", "Status", "Base model", "Adapter", "Created", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, deployments.map((d) => h("tr", {}, h("td", { class: "mono" }, d.deployment_name), h("td", {}, badge(d.status)),
           h("td", {}, shortPath(d.basemodel_path)), h("td", { class: "mono" }, d.loramodel_path || "—"), h("td", {}, fmtTime(d.created_at)),
           h("td", {}, d.status === "live" || d.status === "building" ? h("button", { type: "button", class: "danger",
@@ -1294,39 +1671,83 @@
       return deployments.some((d) => d.status === "building") ? 1500 : 10000;
     }
     every(1500, () => load());
-    adapterSel.addEventListener("change", updateHeads);
+    adapterSel.addEventListener("change", () => { modeChosen = false; updateHeads(); });
     baseSel.addEventListener("change", updateHeads);
 
     function bubble(role, text, extra) {
       return h("div", { class: `msg ${role}` }, h("span", { class: "who" }, role === "user" ? "You" : role === "error" ? "Error" : "Model"),
         text, extra || null);
     }
+
+    /* One streamed reply: the OpenAI-compatible endpoint's server-sent events (`data: {chunk}` ... `data: [DONE]`),
+       each chunk's text appended to the bubble as it arrives. Returns the text; throws on an error event. */
+    async function streamReply(path, body, onText, signal) {
+      const r = await api(path, { method: "POST", json: { ...body, stream: true }, raw: true, signal,
+        headers: { Accept: "text/event-stream" } });
+      const reader = r.body.getReader();
+      const dec = new TextDecoder();
+      let buf = "", text = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return text;
+        buf += dec.decode(value, { stream: true });
+        let i;
+        while ((i = buf.search(/\r?\n\r?\n/)) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i).replace(/^\r?\n\r?\n/, "");
+          const data = block.split(/\r?\n/).filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
+          if (!data) continue;
+          if (data === "[DONE]") return text;
+          const obj = JSON.parse(data);
+          if (obj.error) throw new Error(obj.error.message || String(obj.error));
+          const c = (obj.choices || [])[0];
+          const piece = c ? (c.delta ? c.delta.content : c.text) : null;
+          if (piece) { text += piece; onText(text); }
+        }
+      }
+    }
+
+    let running = [];  // AbortControllers of the replies being generated
     async function ask(p, text) {
-      const d = deployments.find((x) => x.deployment_id === (p.which === "adapter" ? adapterSel : baseSel).value);
+      const d = selected(p.which === "adapter" ? adapterSel : baseSel);
       if (!d) return;
       p.msgs.append(bubble("user", text));
-      const pending = bubble("assistant", "…");
+      const out = h("span", { class: "reply" }, "…");
+      const pending = bubble("assistant", out);
       pending.setAttribute("aria-busy", "true");
       p.msgs.append(pending);
       p.msgs.scrollTop = p.msgs.scrollHeight;
       const common = { model: d.deployment_name, max_tokens: Number(maxTokens.value) || 64,
         temperature: Number(temperature.value) || 0 };
+      const ctrl = new AbortController();
+      running.push(ctrl);
+      const chat = modeSel.value === "chat";
+      const show = (t) => {
+        const atEnd = p.msgs.scrollTop + p.msgs.clientHeight >= p.msgs.scrollHeight - 8;
+        out.textContent = t;
+        if (atEnd) p.msgs.scrollTop = p.msgs.scrollHeight;
+      };
+      let reply = "";
       try {
-        let reply;
-        if (modeSel.value === "chat") {
-          p.history.push({ role: "user", content: text });
-          const r = await api("/v1/chat/completions", { method: "POST", json: { ...common, messages: p.history } });
-          reply = r.choices[0].message.content;
-          p.history.push({ role: "assistant", content: reply });
-        } else {
-          const r = await api("/v1/completions", { method: "POST", json: { ...common, prompt: text } });
-          reply = r.choices[0].text;
-        }
-        pending.replaceWith(bubble("assistant", reply === "" ? "(empty reply)" : reply));
+        if (chat) p.history.push({ role: "user", content: text });
+        reply = chat ?
+          await streamReply("/v1/chat/completions", { ...common, messages: p.history }, (t) => { reply = t; show(t); }, ctrl.signal) :
+          await streamReply("/v1/completions", { ...common, prompt: text }, (t) => { reply = t; show(t); }, ctrl.signal);
+        if (reply === "") out.textContent = "(empty reply)";
       } catch (e) {
-        if (modeSel.value === "chat") p.history.pop();
-        pending.replaceWith(bubble("error", e.message));
+        if (e.name === "AbortError") {
+          if (reply === "") out.textContent = "";
+          pending.append(h("span", { class: "stopped muted small" }, " (stopped)"));
+        } else {
+          if (chat) p.history.pop();
+          pending.replaceWith(bubble("error", e.message));
+          reply = null;
+        }
+      } finally {
+        running = running.filter((c) => c !== ctrl);
+        pending.removeAttribute("aria-busy");
       }
+      if (chat && reply !== null) p.history.push({ role: "assistant", content: reply });
       p.msgs.scrollTop = p.msgs.scrollHeight;
     }
     chatForm.addEventListener("submit", async (e) => {
@@ -1335,9 +1756,14 @@
       if (!text) { message.focus(); return; }
       if (!adapterSel.value && !baseSel.value) { chatForm.append(alertBox("Choose a deployment first.")); return; }
       send.disabled = true;
+      stop.disabled = false;
       message.value = "";
-      try { await Promise.all(panes.map((p) => ask(p, text))); } finally { send.disabled = false; message.focus(); }
+      try { await Promise.all(panes.map((p) => ask(p, text))); } finally {
+        send.disabled = false; stop.disabled = true; message.focus();
+      }
     });
+    stop.addEventListener("click", () => { for (const c of running) c.abort(); });
+    onLeave(() => { for (const c of running) c.abort(); });
     message.addEventListener("keydown", (e) => {
       if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); chatForm.requestSubmit(); }
     });
@@ -1345,7 +1771,15 @@
   }
 
   // ------------------------------------------------------------------------------------------ start
-  $("#signout").addEventListener("click", () => { auth.clear(); location.hash = "#/signin"; });
+  $("#menu").addEventListener("click", () => {
+    const open = document.body.classList.toggle("menu-open");
+    $("#menu").setAttribute("aria-expanded", String(open));
+  });
+  $("#signout").addEventListener("click", () => { auth.signOut(); location.hash = "#/signin"; });
+  window.addEventListener("storage", (e) => {
+    // Signed out in another tab: this one stops working with the key too.
+    if (e.key === SIGNOUT && e.newValue) { auth.clear(); location.hash = "#/signin"; }
+  });
   window.addEventListener("hashchange", route);
   route();
 })();
