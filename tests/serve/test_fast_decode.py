@@ -286,7 +286,9 @@ def test_int8_warm_up_failure_falls_back_to_the_model_weights(tiny_model_dir, mo
         finally:
             engine.close()
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and lines[0].startswith("int8 weights off, serving the model's own weights: its prompt logits")
+    assert len(lines) == 1 and lines[0].startswith(
+        "int8 weights off, serving the model's own weights: its prompt logits"
+    )
 
 
 @pytest.mark.slow
