@@ -169,15 +169,28 @@ def make_tiny_spec(model_dir, data, **training):
 
 # Sequence classification (data_config.task: classification): encoders, and decoders with a score head. Keys are
 # transformers model_types; decoders reuse TINY_CONFIGS.
-_ENCODER = dict(_ATTN, intermediate_size=128, max_position_embeddings=128)
+# Dropout off: the tests compare losses before and after a few steps on one batch.
+_ENCODER = dict(
+    _ATTN, intermediate_size=128, max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+)
 TINY_CLASSIFIER_CONFIGS: dict[str, dict] = {
     "bert": _ENCODER,
     "roberta": dict(_ENCODER, max_position_embeddings=130),  # RoBERTa's positions start after the padding id
     "deberta-v2": dict(
         _ENCODER, relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=64, position_buckets=32
     ),
-    "distilbert": dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=128, initializer_range=0.2),
-    "modernbert": dict(_ENCODER, global_attn_every_n_layers=2, local_attention=16),
+    "distilbert": dict(
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=128,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        dropout=0.0,
+        attention_dropout=0.0,
+        seq_classif_dropout=0.0,
+    ),
+    "modernbert": dict(_ATTN, intermediate_size=128, max_position_embeddings=128, global_attn_every_n_layers=2, local_attention=16),
     "llama": TINY_CONFIGS["llama"],
     "qwen2": TINY_CONFIGS["qwen2"],
     "mistral": TINY_CONFIGS["mistral"],
