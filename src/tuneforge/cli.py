@@ -54,6 +54,9 @@ def _cmd_train(args) -> int:
             "eval_reward_accuracy": r["preference"]["reward_accuracy"],
             "eval_reward_margin": r["preference"]["reward_margin"],
         }
+    if r.get("classification"):  # classifiers: the held-out scores of the published adapter
+        c = r["classification"]
+        summary = {**summary, "split": c["split"], "accuracy": c["accuracy"], "macro_f1": c["macro_f1"]}
     print(json.dumps({"output": str(result.output_dir), **summary}, indent=2))
     return 0
 
