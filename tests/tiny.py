@@ -190,7 +190,9 @@ TINY_CLASSIFIER_CONFIGS: dict[str, dict] = {
         attention_dropout=0.0,
         seq_classif_dropout=0.0,
     ),
-    "modernbert": dict(_ATTN, intermediate_size=128, max_position_embeddings=128, global_attn_every_n_layers=2, local_attention=16),
+    "modernbert": dict(
+        _ATTN, intermediate_size=128, max_position_embeddings=128, global_attn_every_n_layers=2, local_attention=16
+    ),
     "llama": TINY_CONFIGS["llama"],
     "qwen2": TINY_CONFIGS["qwen2"],
     "mistral": TINY_CONFIGS["mistral"],
@@ -232,6 +234,8 @@ def write_class_data(path: Path, n: int = 96, labels: tuple = ("negative", "posi
         for i in range(n):
             label = labels[i % len(labels)]
             word = words.get(str(label), f"k{label}")
-            filler = " ".join(rng.choice(["the", "fox", "dog", "over", "lazy", "quick"]) for _ in range(rng.randint(2, 6)))
+            filler = " ".join(
+                rng.choice(["the", "fox", "dog", "over", "lazy", "quick"]) for _ in range(rng.randint(2, 6))
+            )
             fh.write(json.dumps({"text": f"{filler} {word} {filler}", "label": label}) + "\n")
     return path

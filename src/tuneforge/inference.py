@@ -59,7 +59,7 @@ def load_for_inference(
             id2label=id2label,
             label2id=label2id,
             pad_token_id=tokenizer.pad_token_id,
-        ).to(dev)  # type: ignore[arg-type]
+        ).to(dev)
     else:
         model = AutoModelForCausalLM.from_pretrained(
             resolved.load_from, dtype=dtype, local_files_only=resolved.is_local

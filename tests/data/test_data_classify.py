@@ -86,7 +86,9 @@ def test_missing_label_column_single_class_and_mixed_labels(tmp_path):
     path.write_text("review,stars\nok,1\n")
     opts = DataOptions(task="classification", text_column="review", label_column="rating")
     r = validate_source(str(path), opts)
-    assert "d.csv: no column 'rating'" in r.errors[0].message and "the columns are: review, stars" in r.errors[0].message
+    assert (
+        "d.csv: no column 'rating'" in r.errors[0].message and "the columns are: review, stars" in r.errors[0].message
+    )
 
 
 def test_warnings_small_class_imbalance_and_mojibake(tmp_path):
@@ -105,7 +107,7 @@ def test_warnings_small_class_imbalance_and_mojibake(tmp_path):
 def test_mojibake_detector():
     for damaged in ("cafÃ©", "donâ€™t", "x\ufffdy", "Ã¼ber"):
         assert looks_mojibake(damaged), damaged
-    for clean in ("café", "don’t", "Ångström", "naïve résumé", "ÂB", "I love it!"):
+    for clean in ("café", "don\u2019t", "Ångström", "naïve résumé", "ÂB", "I love it!"):
         assert not looks_mojibake(clean), clean
 
 

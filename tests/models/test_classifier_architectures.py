@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from tiny import TINY_CLASSIFIER_CONFIGS, save_tiny_classifier_base
-from tuneforge.inference import load_for_inference
 from tuneforge.adapter_card import classification_card
+from tuneforge.errors import TuneforgeError
+from tuneforge.inference import load_for_inference
 from tuneforge.models.classifier import ENCODER_TARGET_MODULES, check_task, head_modules
 from tuneforge.models.loader import resolve_model
 from tuneforge.models.lora import LoraSettings, apply_lora, load_base_model
 from tuneforge.models.targets import TARGET_MODULES
 from tuneforge.runtime import pick_runtime
-from tuneforge.errors import TuneforgeError
 
 LABELS = ["negative", "neutral", "positive"]
 LORA = LoraSettings(r=4, alpha=8)
@@ -65,7 +65,13 @@ def test_classifier_lora_trains_round_trips_and_merges(arch, tmp_path):
     base = load_base_model(resolved, pick_runtime("fp32"), labels=LABELS, pad_token_id=0)
     assert base.config.id2label == dict(enumerate(LABELS)) and head_modules(base) == HEADS[arch]
     model, targets, how = apply_lora(
-        base, LORA, model_id=resolved.model_id, quantized=False, gradient_checkpointing=False, seed=0, classification=True
+        base,
+        LORA,
+        model_id=resolved.model_id,
+        quantized=False,
+        gradient_checkpointing=False,
+        seed=0,
+        classification=True,
     )
     assert targets == (ENCODER_TARGET_MODULES.get(arch) or TARGET_MODULES[arch]), how
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

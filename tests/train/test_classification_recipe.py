@@ -81,7 +81,9 @@ def test_resumed_classifier_run_matches_an_uninterrupted_one(bert_dir, class_dat
     assert (work_dir_for(tmp_path / "b") / "checkpoint-4").is_dir()
     resumed = train(spec, tmp_path / "b", resume=True, quiet=True)
     assert resumed.report["train_loss"] == pytest.approx(reference.report["train_loss"], rel=1e-5)
-    assert resumed.report["classification"]["confusion_matrix"] == reference.report["classification"]["confusion_matrix"]
+    assert (
+        resumed.report["classification"]["confusion_matrix"] == reference.report["classification"]["confusion_matrix"]
+    )
 
 
 def test_spec_refuses_generation_fields_with_classification():

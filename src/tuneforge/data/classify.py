@@ -27,9 +27,9 @@ MIN_ROWS_PER_CLASS = 5  # fewer: too few to learn the class, and a held-out spli
 IMBALANCE_RATIO = 10  # largest class / smallest class at or above this is "heavy imbalance"
 
 # Mojibake: a UTF-8 lead byte (0xC2-0xF4) read as a Latin-1/Windows-1252 character, followed by a continuation byte
-# (0x80-0xBF) read the same way (e.g. "Ã©" for "é", "â€™" for "’"); and U+FFFD, what a decoder writes for bytes that
-# were not UTF-8 at all.
-_CP1252_HIGH = "€‚ƒ„…†‡ˆ‰Š‹ŒŽ‘’“”•–—˜™š›œžŸ"
+# (0x80-0xBF) read the same way (e.g. "\u00c3\u00a9" for "\u00e9", "\u00e2\u20ac\u2122" for a right quote); and U+FFFD,
+# what a decoder writes for bytes that were not UTF-8 at all. Windows-1252 maps 0x80-0x9F to punctuation and letters:
+_CP1252_HIGH = bytes(range(0x80, 0xA0)).decode("cp1252", errors="ignore")
 _MOJIBAKE = re.compile(f"[\u00c2-\u00f4][\u0080-\u00bf{_CP1252_HIGH}]|\ufffd")
 
 
@@ -69,7 +69,7 @@ def label_key(value: Any) -> int | str | None:
 
 def ordered_labels(keys: set[int | str] | Counter) -> list[int | str]:
     """Integers in numeric order, else strings in alphabetical order (mixed sets are refused before this)."""
-    return sorted(keys, key=lambda k: (isinstance(k, str), k))  # type: ignore[arg-type, return-value]
+    return sorted(keys, key=lambda k: (isinstance(k, str), k))
 
 
 class ClassificationScan(_Scan):
@@ -189,7 +189,11 @@ class ClassificationScan(_Scan):
                     "tokenized": row_ids is not None,
                     "rendered": text,
                     "label": str(key),
-                    **({"n_tokens": len(row_ids), "n_trained": 1, "truncated": full > len(row_ids)} if row_ids else {}),
+                    **(
+                        {"n_tokens": len(row_ids), "n_trained": 1, "truncated": bool(full and full > len(row_ids))}
+                        if row_ids
+                        else {}
+                    ),
                 }
             if self.keep:
                 self.held.append((rec, tuple(row_ids) if row_ids is not None else None, key))

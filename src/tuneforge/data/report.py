@@ -68,7 +68,6 @@ class ValidationReport:
     max_errors: int = 20
     labels: dict[str, int] | None = None  # classification: rows per class, in label-id order
 
-
     # --- building ---------------------------------------------------------------------------------------------
     def add_error(self, issue: DataIssue) -> None:
         self.error_counts[issue.kind] = self.error_counts.get(issue.kind, 0) + 1
@@ -155,7 +154,9 @@ class ValidationReport:
             if self.columns_ignored:
                 out.append(f"  ignored      {', '.join(self.columns_ignored)}")
         if self.labels:
-            out.append(f"  labels       {len(self.labels)} classes: " + ", ".join(f"{k} {n:,}" for k, n in self.labels.items()))
+            out.append(
+                f"  labels       {len(self.labels)} classes: " + ", ".join(f"{k} {n:,}" for k, n in self.labels.items())
+            )
         for note in self.notes:
             out.append(f"  note         {note}")
 

@@ -112,10 +112,9 @@ def load_base_model(
         # later step would lose the gradients through the frozen layers. Keep the trainable format.
         for module in model.modules():
             if hasattr(module, "support_avx512bf16_for_cpu"):
-                # nn.Module types attribute assignment as tensors or submodules only
-                module.support_avx512bf16_for_cpu = False  # type: ignore[assignment]
+                module.support_avx512bf16_for_cpu = False
     if quant is None:
-        model.to(runtime.device)  # type: ignore[arg-type]  # transformers wraps .to() in a decorator that mypy reads as taking the model
+        model.to(runtime.device)
         if not runtime.is_cuda and runtime.compute_dtype != torch.float32:
             _linear_weights_to(model, runtime.compute_dtype)
     model.config.use_cache = not for_training

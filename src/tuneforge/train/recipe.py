@@ -40,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapter_card import AdapterCard, build_card, classification_card
+from ..data.classify import ClassExample
 from ..data.example import Example
 from ..data.pairs import PairExample
 from ..errors import TuneforgeError
@@ -450,8 +451,9 @@ def _run_eval(s: Session) -> None:
         )
         loss = values["eval_loss"]
     elif s.task is not None:
+        rows = cast("list[ClassExample]", s.val_set)  # classification data: prepare_dataset kept ClassExamples
         values = s.task.evaluate(
-            s.model, s.val_set, batch_size=t.batch_size * 2, pad_id=s.tokenizer.pad_token_id, runtime=s.runtime
+            s.model, rows, batch_size=t.batch_size * 2, pad_id=s.tokenizer.pad_token_id, runtime=s.runtime
         )
         loss = values["eval_loss"]
     else:
@@ -536,7 +538,8 @@ def train(
             if s.objective is not None:
                 step = preference_step(s.objective, s.model, micro_batches, **common)
             elif s.task is not None:
-                loss, rows, tokens = s.task.step(s.model, micro_batches, **common)
+                rows_mb = cast("list[list[ClassExample]]", micro_batches)
+                loss, rows, tokens = s.task.step(s.model, rows_mb, **common)
                 step = StepResult(loss=loss, target_tokens=rows, tokens=tokens)
             else:
                 step = train_step(s.model, micro_batches, **common)
@@ -753,7 +756,7 @@ def _score_classifier(s: Session) -> dict | None:
         return None
     scores = s.task.scores(
         s.model,
-        rows,
+        cast("list[ClassExample]", rows),
         batch_size=s.spec.training_config.batch_size * 2,
         pad_id=s.tokenizer.pad_token_id,
         runtime=s.runtime,
@@ -764,9 +767,7 @@ def _score_classifier(s: Session) -> dict | None:
         s.work / "confusion_matrix.png",
         title=f"{len(rows):,} {split} rows: accuracy {scores['accuracy']:.1%}, macro-F1 {scores['macro_f1']:.3f}",
     )
-    s.console.log(
-        f"{split} rows ({len(rows):,}): accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}"
-    )
+    s.console.log(f"{split} rows ({len(rows):,}): accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}")
     result = {"split": split, **scores}
     s.console.event({"type": "classification", **result, "time": time.time()})
     return result

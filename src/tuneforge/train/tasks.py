@@ -128,7 +128,9 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], out_png: Path, ti
     peak = max((max(row) for row in matrix), default=0)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", color="white" if matrix[i][j] > peak / 2 else "black")
+            ax.text(
+                j, i, str(matrix[i][j]), ha="center", va="center", color="white" if matrix[i][j] > peak / 2 else "black"
+            )
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
     fig.savefig(out_png)
