@@ -7,6 +7,8 @@ the same logits. Loaded and wrapped by tuneforge's own components, as the recipe
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,9 +17,11 @@ from tiny import TINY_CLASSIFIER_CONFIGS, save_tiny_classifier_base
 from tuneforge.adapter_card import classification_card
 from tuneforge.errors import TuneforgeError
 from tuneforge.inference import load_for_inference
+from tuneforge.models.catalog import CLASSIFIER_ARCHITECTURES, ENCODER_CATALOG, get_entry
 from tuneforge.models.classifier import ENCODER_TARGET_MODULES, check_task, head_modules
 from tuneforge.models.loader import resolve_model
 from tuneforge.models.lora import LoraSettings, apply_lora, load_base_model
+from tuneforge.models.memory import ModelShape
 from tuneforge.models.targets import TARGET_MODULES
 from tuneforge.runtime import pick_runtime
 
@@ -124,3 +128,29 @@ def test_a_model_without_a_classification_head_is_refused():
     config = AutoConfig.for_model("whisper")
     with pytest.raises(TuneforgeError, match=r"'tiny' \(whisper\) has no sequence-classification head.*BERT"):
         check_task(config, "classification", "tiny")
+
+
+def test_classifier_architectures_are_the_tested_ones():
+    assert set(TINY_CLASSIFIER_CONFIGS) == CLASSIFIER_ARCHITECTURES
+    assert {e.architecture for e in ENCODER_CATALOG} <= CLASSIFIER_ARCHITECTURES
+
+
+@pytest.mark.parametrize("entry", ENCODER_CATALOG, ids=lambda e: e.alias)
+def test_encoder_catalog_sizes_match_the_published_counts(entry):
+    shape = ModelShape.from_config(entry.transformers_config(), extrapolate=True)
+    assert shape.params == pytest.approx(entry.params_b * 1e9, rel=0.02)
+    assert entry.tasks == ("classification",) and get_entry(entry.alias) is entry
+    assert list(shape.default_targets) == entry.target_modules
+
+
+def test_models_lists_by_task(capsys):
+    from tuneforge.cli import main
+
+    assert main(["models", "--task", "classification", "--family", "bert"]) == 0
+    out = capsys.readouterr().out
+    assert "all-minilm-l6-v2" in out and "modernbert-base" in out and "distilbert-base-uncased" in out
+    assert main(["models", "--json", "--task", "classification", "--family", "qwen2"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(r["tasks"] == ["causal_lm", "classification"] for r in rows)
+    assert main(["models", "--json", "--family", "bert"]) == 0  # default: models that generate text
+    assert json.loads(capsys.readouterr().out) == []

@@ -150,7 +150,10 @@ def submit_job(store: Store, settings: Settings, principal: Principal, spec: Job
         if ds is not None:  # resolve_spec found it; it may have been deleted since
             n_rows = json.loads(ds["report"]).get("n_rows")
     problems = (
-        _template_problems(resolved) + size_problems(resolved, settings, n_rows) + _target_module_problems(resolved)
+        _template_problems(resolved)
+        + size_problems(resolved, settings, n_rows)
+        + _target_module_problems(resolved)
+        + _task_problems(resolved)
     )
     if problems:
         raise SpecError(problems)
@@ -226,6 +229,23 @@ def _target_module_problems(spec: JobSpec) -> list[str]:
         f"pretrainedmodel_config.target_modules: {missing} not found in {p.model_path!r}; its linear layers "
         f"are {inspect_linear_modules(model)}"
     ]
+
+
+def _task_problems(spec: JobSpec) -> list[str]:
+    """A data_config.task the model cannot be trained for (e.g. classification on a model without a
+    sequence-classification head), known from its config alone."""
+    if spec.data_config.task == "causal_lm":
+        return []
+    from ..models.classifier import task_problem
+
+    try:
+        config = _model_config(spec.pretrainedmodel_config.model_path)
+    except Exception:  # an unreadable config: the job reports it when it loads the model
+        return []
+    if config is None:
+        return []
+    problem = task_problem(config, spec.data_config.task, spec.pretrainedmodel_config.model_path)
+    return [problem] if problem else []
 
 
 def _refuse_if_too_large(spec: JobSpec) -> None:

@@ -15,20 +15,7 @@ import re
 from typing import Any
 
 from ..errors import TuneforgeError
-from .targets import TARGET_MODULES
-
-_BERT_LIKE = ["query", "key", "value", "dense"]  # attention q/k/v, attention output, intermediate and output dense
-
-# Encoders' attention and MLP projections by transformers model_type (decoders: targets.TARGET_MODULES).
-ENCODER_TARGET_MODULES: dict[str, list[str]] = {
-    "bert": _BERT_LIKE,  # also MiniLM (all-MiniLM-L6-v2 is a BertModel)
-    "roberta": _BERT_LIKE,
-    "xlm-roberta": _BERT_LIKE,
-    "electra": _BERT_LIKE,
-    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],  # DeBERTa v2 and v3
-    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
-    "modernbert": ["Wqkv", "Wo", "Wi"],  # fused q/k/v and gated MLP input
-}
+from .targets import ENCODER_TARGET_MODULES, TARGET_MODULES
 
 
 def sequence_classification_types() -> set[str]:
