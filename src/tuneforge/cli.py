@@ -115,6 +115,12 @@ def _cmd_serve(args) -> int:
     )
 
 
+def _cmd_predict(args) -> int:
+    from .commands.predict import run_predict
+
+    return run_predict(args)
+
+
 def _cmd_export(args) -> int:
     from .export import run_export
 
@@ -215,14 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("serve", help="serve a base model and LoRA adapters on an OpenAI-compatible API")
-    p.add_argument("--model", "-m", default="smollm2", help="base model (default: SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="base model (default: SmolLM2-135M-Instruct; classifier adapters: the base their adapter names)",
+    )
     p.add_argument(
         "--adapter",
         "-a",
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="serve the adapter in DIR as model NAME (repeatable; loaded on first use)",
+        help="serve the adapter in DIR as model NAME (repeatable; loaded on first use); a classifier adapter answers "
+        "POST /v1/classify",
     )
     p.add_argument("--model-name", default=None, help="the base model's name in the API (default: its id)")
     p.add_argument(
@@ -246,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _chat_template_arg(p, "chat requests to an adapter")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("predict", help="label every row of a file with a classifier adapter (JSONL or CSV out)")
+    from .commands.predict import add_predict_arguments
+
+    add_predict_arguments(p)
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("export", help="export an adapter merged into its base: Hugging Face folder and/or GGUF")
     p.add_argument("adapter", help="adapter folder (a run's adapter/)")

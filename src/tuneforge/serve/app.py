@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TuneforgeError
+from .classify import ClassifierPool, classify_router, is_classifier
 from .engine import InferenceEngine
 from .openai_routes import bearer_key_auth, openai_router
 
 
-def create_app(engine: InferenceEngine, *, api_key: str | None = None):
-    """A FastAPI app serving `engine` on /v1 (OpenAI-compatible), plus `GET /health`."""
+def create_app(
+    engine: InferenceEngine | None, *, api_key: str | None = None, classifiers: ClassifierPool | None = None
+):
+    """A FastAPI app serving `engine` on /v1 (OpenAI-compatible) and the `classifiers` on `POST /v1/classify`
+    (serve/classify.py), plus `GET /health`. Either may be absent (a server of classifiers only loads no LM)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -18,23 +22,31 @@ def create_app(engine: InferenceEngine, *, api_key: str | None = None):
     @asynccontextmanager
     async def lifespan(app):
         yield
-        engine.close()
+        if engine is not None:
+            engine.close()
 
     app = FastAPI(
         title="tuneforge serve",
         description="OpenAI-compatible inference for a base model and its LoRA adapters.",
         lifespan=lifespan,
     )
-    app.include_router(openai_router(engine, bearer_key_auth(api_key)))
+    if engine is not None:
+        app.include_router(openai_router(engine, bearer_key_auth(api_key)))
+    if classifiers is not None:
+        app.include_router(classify_router(classifiers, bearer_key_auth(api_key)))
 
     @app.get("/health", tags=["service"])
     def health():
-        return {
-            "status": "ok",
-            "models": engine.model_names(),
-            "loaded_adapters": engine.loaded_adapters(),
-            "max_loaded_adapters": engine.max_loaded_adapters,
-        }
+        status: dict = {"status": "ok"}
+        if engine is not None:
+            status |= {
+                "models": engine.model_names(),
+                "loaded_adapters": engine.loaded_adapters(),
+                "max_loaded_adapters": engine.max_loaded_adapters,
+            }
+        if classifiers is not None:
+            status["classifiers"] = classifiers.names()
+        return status
 
     return app
 
@@ -58,7 +70,7 @@ def parse_adapter_args(values: list[str]) -> dict[str, str]:
 
 def run_server(
     *,
-    model: str,
+    model: str | None,
     adapters: list[str],
     host: str,
     port: int,
@@ -70,17 +82,26 @@ def run_server(
 ) -> int:
     import uvicorn
 
-    engine = InferenceEngine(
-        model,
-        adapters=parse_adapter_args(adapters),
-        max_loaded_adapters=max_adapters,
-        model_name=model_name,
-        chat_template=chat_template,
-        dtype=dtype,
-    )
-    app = create_app(engine, api_key=api_key)
+    named = parse_adapter_args(adapters)
+    # Classifier adapters (task classification in their tuneforge_adapter.json) answer /v1/classify; the rest
+    # generate. Without --model a classifier loads the base its adapter names.
+    classifier_adapters = {name: path for name, path in named.items() if is_classifier(path)}
+    generators = {name: path for name, path in named.items() if name not in classifier_adapters}
+    engine = None
+    if generators or not classifier_adapters:
+        engine = InferenceEngine(
+            model or "smollm2",
+            adapters=generators,
+            max_loaded_adapters=max_adapters,
+            model_name=model_name,
+            chat_template=chat_template,
+            dtype=dtype,
+        )
+    pool = ClassifierPool(classifier_adapters, model_path=model) if classifier_adapters else None
+    app = create_app(engine, api_key=api_key, classifiers=pool)
     shown = "localhost" if host in ("0.0.0.0", "::") else host
-    print(f"tuneforge serve: {', '.join(engine.model_names())}")
+    names = (engine.model_names() if engine else []) + [f"{n} (classifier)" for n in classifier_adapters]
+    print(f"tuneforge serve: {', '.join(names)}")
     print(f"  OpenAI base URL: http://{shown}:{port}/v1" + ("  (API key required)" if api_key else ""))
     uvicorn.run(app, host=host, port=port, log_level="info")
     return 0
