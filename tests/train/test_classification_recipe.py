@@ -157,3 +157,11 @@ def test_minilm_on_real_tweets(tmp_path):
     ]
     assert min(e["eval_loss"] for e in evals[1:]) < evals[0]["eval_loss"]
     assert read_card(result.adapter_dir).labels == ["negative", "neutral", "positive"]
+
+
+def test_estimate_reads_a_classification_job(bert_dir, class_data, tmp_path, capsys):
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps(_spec(bert_dir, class_data).to_dict()))
+    assert main(["estimate", str(spec), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "84 training examples" in out and "peak memory" in out
