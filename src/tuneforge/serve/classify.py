@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from fastapi import APIRouter, Request
@@ -155,8 +155,13 @@ class ClassificationResponse(BaseModel):
     usage: ClassificationUsage
 
 
-def classify_router(pool: ClassifierPool, auth: Auth) -> APIRouter:
-    """`POST /v1/classify` over `pool`, with the same auth and OpenAI-shaped errors as the other /v1 routes."""
+class Classifiers(Protocol):
+    def get(self, name: str) -> LoadedClassifier: ...
+
+
+def classify_router(pool: Classifiers, auth: Auth) -> APIRouter:
+    """`POST /v1/classify` over `pool` (a ClassifierPool, or the service's deployments), with the same auth and
+    OpenAI-shaped errors as the other /v1 routes."""
     import inspect
 
     from fastapi.concurrency import run_in_threadpool
