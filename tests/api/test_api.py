@@ -355,3 +355,19 @@ def test_a_task_the_model_cannot_do_is_refused_at_submission(svc):
     assert problem["field"] == "pretrainedmodel_config.model_path"
     assert "(vit) has no sequence-classification head" in problem["message"]
     assert _jobs_in_db(server) == before
+
+
+def test_an_uploaded_classification_dataset_reports_its_labels(svc):
+    _server, c, _ = svc
+    rows = "".join(json.dumps({"review": f"text {i}", "stars": i % 2}) + "\n" for i in range(12))
+    r = c["alice"].post(
+        "/v1/datasets",
+        files={"file": ("reviews.jsonl", rows.encode())},
+        data={"task": "classification", "text_column": "review", "label_column": "stars"},
+    )
+    assert r.status_code in (200, 201), r.text
+    report = r.json()["report"]
+    assert report["ok"] and report["format"] == "classification" and report["labels"] == {"0": 6, "1": 6}
+    r = c["alice"].post(f"/v1/datasets/{r.json()['id']}/validate", json={"task": "classification"})
+    assert r.status_code == 200 and not r.json()["report"]["ok"]
+    assert "no column 'text'" in r.json()["report"]["errors"][0]["message"]

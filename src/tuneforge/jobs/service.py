@@ -29,7 +29,7 @@ from ..models.fit import ensure_fits
 from ..models.loader import ALIASES, SMOLLM2_ID, _hf_cached_snapshot, hub_reachable, load_tokenizer
 from ..models.memory import TrainingSetup
 from ..settings import Settings
-from ..spec import DataConfig, DataFormat, JobSpec, SpecError, parse_spec
+from ..spec import DataConfig, DataFormat, JobSpec, SpecError, Task, parse_spec
 from ..train.plan import work_dir_for
 from .limits import size_problems, string_problems
 from .paths import (
@@ -493,6 +493,9 @@ class DatasetOptions(BaseModel):
     completion_column: str | None = Field(None, description=_DC["completion_column"].description)
     cutoff_len: int = Field(512, gt=0, description=_DC["cutoff_len"].description)
     train_on_inputs: bool = Field(False, description=_DC["train_on_inputs"].description)
+    task: Task = Field("causal_lm", description=_DC["task"].description)
+    text_column: str = Field("text", min_length=1, description=_DC["text_column"].description)
+    label_column: str = Field("label", min_length=1, description=_DC["label_column"].description)
     model_path: str | None = Field(
         None,
         description="Tokenizer to count tokens with (a model id or a model folder in an allowed folder). "
@@ -506,6 +509,9 @@ class DatasetOptions(BaseModel):
             data_format=self.data_format,
             completion_column=self.completion_column,
             train_on_inputs=self.train_on_inputs,
+            task=self.task,
+            text_column=self.text_column,
+            label_column=self.label_column,
         )
 
 

@@ -36,7 +36,7 @@ def create_app(
         app.include_router(classify_router(classifiers, bearer_key_auth(api_key)))
 
     @app.get("/health", tags=["service"])
-    def health():
+    def health() -> dict:
         status: dict = {"status": "ok"}
         if engine is not None:
             status |= {
