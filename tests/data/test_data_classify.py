@@ -102,6 +102,10 @@ def test_warnings_small_class_imbalance_and_mojibake(tmp_path):
     assert "heavy class imbalance: 'common' has 20x the rows of 'rare' (60 vs 3)" in kinds["imbalance"]
     assert kinds["mojibake"].startswith("d.jsonl: 2 rows (2.9%) have encoding damage in 'text'")
     assert "line 2: 'cafÃ© au lait'" in kinds["mojibake"]
+    long = _rows({"a": 5, "b": 5})
+    long[0]["text"] = "x" * 200 + " donâ€™t"
+    (w,) = [w for w in validate_source(_jsonl(tmp_path / "e.jsonl", long), CLS).warnings if w.kind == "mojibake"]
+    assert "e.jsonl line 1: ...'xxx" in w.message and "x donâ€™t'" in w.message  # the damage, not the start
 
 
 def test_mojibake_detector():

@@ -127,3 +127,12 @@ def test_predict_labels_a_file_as_jsonl_and_csv(classifier, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2 rows cannot be labelled: bad.jsonl line 2: 'text' is empty; bad.jsonl line 3: 'text' is missing" in err
     assert not (tmp_path / "b.jsonl").exists()
+
+
+def test_serve_routes_classifier_adapters_to_classify_and_loads_no_lm_for_them(classifier):
+    from tuneforge.serve.app import build_serving
+
+    base_dir, adapter = classifier
+    engine, pool = build_serving(str(base_dir), {"sentiment": str(adapter)})
+    assert engine is None and pool is not None and pool.names() == ["sentiment"]
+    assert pool.get("sentiment").labels == LABELS

@@ -137,10 +137,11 @@ class ClassificationScan(_Scan):
         elif not text.strip():
             self._row_error(rec, "empty_text", f"'{self.text_col}' is empty; every row needs text", self.text_col)
             failed = True
-        elif looks_mojibake(text):
+        elif (damage := _MOJIBAKE.search(text)) is not None:
             self.mojibake[0] += 1
-            if len(self.mojibake[1]) < 3:
-                self.mojibake[1].append(f"{place}: {text[:60]!r}")
+            if len(self.mojibake[1]) < 3:  # show the damage itself, not the start of a long text
+                start = max(0, damage.start() - 30)
+                self.mojibake[1].append(f"{place}: {'...' * (start > 0)}{text[start : damage.end() + 30]!r}")
         value = data.get(self.label_col)
         key = label_key(value)
         if self.label_col not in data:
@@ -264,7 +265,8 @@ class ClassificationScan(_Scan):
             rep.add_warning(
                 DataIssue(
                     "mojibake",
-                    f"{src.name}: {plural(n, 'row')} ({n / max(rep.n_trainable, 1):.1%}) have encoding damage in "
+                    f"{src.name}: {plural(n, 'row')} ({n / max(rep.n_trainable, 1):.1%}) {'has' if n == 1 else 'have'} "
+                    "encoding damage in "
                     f"'{self.text_col}' (mojibake such as 'Ã©' for 'é', or U+FFFD replacement characters), e.g. "
                     f"{'; '.join(self.mojibake[1])}; the model learns the damaged text as it is (repair it, e.g. "
                     "with ftfy, or remove those rows)",

@@ -68,6 +68,34 @@ def parse_adapter_args(values: list[str]) -> dict[str, str]:
     return adapters
 
 
+def build_serving(
+    model: str | None,
+    adapters: dict[str, str],
+    *,
+    max_adapters: int = 4,
+    model_name: str | None = None,
+    chat_template: str = "training",
+    dtype: str = "auto",
+) -> tuple[InferenceEngine | None, ClassifierPool | None]:
+    """The engine for generation adapters (and the base) and the pool of classifier adapters (task classification
+    in their tuneforge_adapter.json: they answer /v1/classify). Only classifiers: no language model is loaded, and
+    without --model each classifier loads the base its adapter names."""
+    classifiers = {name: path for name, path in adapters.items() if is_classifier(path)}
+    generators = {name: path for name, path in adapters.items() if name not in classifiers}
+    engine = None
+    if generators or not classifiers:
+        engine = InferenceEngine(
+            model or "smollm2",
+            adapters=generators,
+            max_loaded_adapters=max_adapters,
+            model_name=model_name,
+            chat_template=chat_template,
+            dtype=dtype,
+        )
+    pool = ClassifierPool(classifiers, model_path=model) if classifiers else None
+    return engine, pool
+
+
 def run_server(
     *,
     model: str | None,
@@ -82,25 +110,17 @@ def run_server(
 ) -> int:
     import uvicorn
 
-    named = parse_adapter_args(adapters)
-    # Classifier adapters (task classification in their tuneforge_adapter.json) answer /v1/classify; the rest
-    # generate. Without --model a classifier loads the base its adapter names.
-    classifier_adapters = {name: path for name, path in named.items() if is_classifier(path)}
-    generators = {name: path for name, path in named.items() if name not in classifier_adapters}
-    engine = None
-    if generators or not classifier_adapters:
-        engine = InferenceEngine(
-            model or "smollm2",
-            adapters=generators,
-            max_loaded_adapters=max_adapters,
-            model_name=model_name,
-            chat_template=chat_template,
-            dtype=dtype,
-        )
-    pool = ClassifierPool(classifier_adapters, model_path=model) if classifier_adapters else None
+    engine, pool = build_serving(
+        model,
+        parse_adapter_args(adapters),
+        max_adapters=max_adapters,
+        model_name=model_name,
+        chat_template=chat_template,
+        dtype=dtype,
+    )
     app = create_app(engine, api_key=api_key, classifiers=pool)
     shown = "localhost" if host in ("0.0.0.0", "::") else host
-    names = (engine.model_names() if engine else []) + [f"{n} (classifier)" for n in classifier_adapters]
+    names = (engine.model_names() if engine else []) + [f"{n} (classifier)" for n in (pool.names() if pool else [])]
     print(f"tuneforge serve: {', '.join(names)}")
     print(f"  OpenAI base URL: http://{shown}:{port}/v1" + ("  (API key required)" if api_key else ""))
     uvicorn.run(app, host=host, port=port, log_level="info")
