@@ -765,7 +765,7 @@ def _score_classifier(s: Session) -> dict | None:
         scores["confusion_matrix"],
         s.task.labels,
         s.work / "confusion_matrix.png",
-        title=f"{len(rows):,} {split} rows: accuracy {scores['accuracy']:.1%}, macro-F1 {scores['macro_f1']:.3f}",
+        title=f"{len(rows):,} {split} rows\naccuracy {scores['accuracy']:.1%}, macro-F1 {scores['macro_f1']:.3f}",
     )
     s.console.log(f"{split} rows ({len(rows):,}): accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}")
     result = {"split": split, **scores}

@@ -118,7 +118,7 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], out_png: Path, ti
     import matplotlib.pyplot as plt
 
     k = len(labels)
-    size = min(3 + 0.5 * k, 12)
+    size = min(4.5 + 0.5 * k, 12)
     fig, ax = plt.subplots(figsize=(size, size), dpi=110)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(k), labels, rotation=45, ha="right")
@@ -131,7 +131,7 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], out_png: Path, ti
             ax.text(
                 j, i, str(matrix[i][j]), ha="center", va="center", color="white" if matrix[i][j] > peak / 2 else "black"
             )
-    ax.set_title(title or "confusion matrix")
+    ax.set_title(title or "confusion matrix", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)
