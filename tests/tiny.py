@@ -187,3 +187,77 @@ def make_tiny_spec(model_dir, data, **training):
             "training_config": t,
         }
     )
+
+
+# Sequence classification (data_config.task: classification): encoders, and decoders with a score head. Keys are
+# transformers model_types; decoders reuse TINY_CONFIGS.
+# Dropout off: the tests compare losses before and after a few steps on one batch.
+_ENCODER = dict(
+    _ATTN, intermediate_size=128, max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+)
+TINY_CLASSIFIER_CONFIGS: dict[str, dict] = {
+    "bert": _ENCODER,
+    "roberta": dict(_ENCODER, max_position_embeddings=130),  # RoBERTa's positions start after the padding id
+    "deberta-v2": dict(
+        _ENCODER, relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=64, position_buckets=32
+    ),
+    "distilbert": dict(
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=128,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        dropout=0.0,
+        attention_dropout=0.0,
+        seq_classif_dropout=0.0,
+    ),
+    "modernbert": dict(
+        _ATTN, intermediate_size=128, max_position_embeddings=128, global_attn_every_n_layers=2, local_attention=16
+    ),
+    "llama": TINY_CONFIGS["llama"],
+    "qwen2": TINY_CONFIGS["qwen2"],
+    "mistral": TINY_CONFIGS["mistral"],
+}
+
+
+def save_tiny_classifier_base(folder: Path, arch: str = "bert") -> Path:
+    """A tiny pretrained-looking checkpoint without a classification head, as hub models ship: the encoder's bare
+    backbone (AutoModel) or the decoder's causal LM; the head is created when tuneforge loads it for a task."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    tok = build_tokenizer()
+    model_type = arch
+    special = dict(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    if arch in TINY_CONFIGS:
+        config = AutoConfig.for_model(model_type, vocab_size=len(tok), **special, **TINY_CLASSIFIER_CONFIGS[arch])
+        auto = AutoModelForCausalLM
+    else:
+        extra = {"cls_token_id": 1, "sep_token_id": 2} if arch == "modernbert" else {}
+        config = AutoConfig.for_model(
+            model_type, vocab_size=len(tok), **special, **extra, **TINY_CLASSIFIER_CONFIGS[arch]
+        )
+        auto = AutoModel
+    torch.manual_seed(0)
+    auto.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def write_class_data(path: Path, n: int = 96, labels: tuple = ("negative", "positive", "neutral")) -> Path:
+    """A learnable classification set: the label is named by a keyword in the text (JSON Lines, text/label)."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    words = {"negative": "bad", "positive": "good", "neutral": "date"}
+    with open(path, "w") as fh:
+        for i in range(n):
+            label = labels[i % len(labels)]
+            word = words.get(str(label), f"k{label}")
+            filler = " ".join(
+                rng.choice(["the", "fox", "dog", "over", "lazy", "quick"]) for _ in range(rng.randint(2, 6))
+            )
+            fh.write(json.dumps({"text": f"{filler} {word} {filler}", "label": label}) + "\n")
+    return path

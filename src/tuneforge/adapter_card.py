@@ -47,6 +47,18 @@ class AdapterCard:
     system_prompt: str | None = None  # the system prompt every training row had, added when a request has none
     base_model: dict[str, Any] = field(default_factory=dict)
     version: int = 1
+    task: str = "causal_lm"  # data_config.task; "classification": a sequence classifier over id2label
+    # Classifiers: the label names by id (JSON object keys are strings: "0", "1", ...) and back, as transformers'
+    # configs hold them; the base is loaded with AutoModelForSequenceClassification(num_labels=len(id2label)).
+    id2label: dict[str, str] | None = None
+    label2id: dict[str, int] | None = None
+    max_length: int | None = None  # classifiers: texts are cut to this many tokens, as in training (cutoff_len)
+    text_column: str | None = None  # classifiers: the column `tuneforge predict` reads by default
+
+    @property
+    def labels(self) -> list[str]:
+        """A classifier's label names in id order ([] for causal LMs)."""
+        return [self.id2label[str(i)] for i in range(len(self.id2label))] if self.id2label else []
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -196,6 +208,21 @@ def build_card(
         completion_column=template.completion if template else None,
         system_prompt=common_system_prompt(fmt, rows),
         base_model=dict(base_model or {}),
+    )
+
+
+def classification_card(
+    labels: list[str], *, text_column: str, max_length: int, base_model: dict[str, Any] | None = None
+) -> AdapterCard:
+    """The card of a sequence classifier: no prompt (the text goes in as it is), the label set."""
+    return AdapterCard(
+        data_format="classification",
+        base_model=dict(base_model or {}),
+        task="classification",
+        id2label={str(i): name for i, name in enumerate(labels)},
+        label2id={name: i for i, name in enumerate(labels)},
+        max_length=max_length,
+        text_column=text_column,
     )
 
 

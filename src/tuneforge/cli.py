@@ -66,6 +66,9 @@ def _cmd_train(args) -> int:
             "eval_reward_accuracy": r["preference"]["reward_accuracy"],
             "eval_reward_margin": r["preference"]["reward_margin"],
         }
+    if r.get("classification"):  # classifiers: the held-out scores of the published adapter
+        c = r["classification"]
+        summary = {**summary, "split": c["split"], "accuracy": c["accuracy"], "macro_f1": c["macro_f1"]}
     print(json.dumps({"output": str(result.output_dir), **summary}, indent=2))
     return 0
 
@@ -128,6 +131,12 @@ def _cmd_serve(args) -> int:
         kv_cache_mb=args.kv_cache_mb,
         max_waiting=args.max_waiting,
     )
+
+
+def _cmd_predict(args) -> int:
+    from .commands.predict import run_predict
+
+    return run_predict(args)
 
 
 def _cmd_export(args) -> int:
@@ -239,14 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("serve", help="serve a base model and LoRA adapters on an OpenAI-compatible API")
-    p.add_argument("--model", "-m", default="smollm2", help="base model (default: SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="base model (default: SmolLM2-135M-Instruct; classifier adapters: the base their adapter names)",
+    )
     p.add_argument(
         "--adapter",
         "-a",
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="serve the adapter in DIR as model NAME (repeatable; loaded on first use)",
+        help="serve the adapter in DIR as model NAME (repeatable; loaded on first use); a classifier adapter answers "
+        "POST /v1/classify",
     )
     p.add_argument("--model-name", default=None, help="the base model's name in the API (default: its id)")
     p.add_argument(
@@ -302,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _chat_template_arg(p, "chat requests to an adapter")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("predict", help="label every row of a file with a classifier adapter (JSONL or CSV out)")
+    from .commands.predict import add_predict_arguments
+
+    add_predict_arguments(p)
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("export", help="export an adapter merged into its base: Hugging Face folder and/or GGUF")
     p.add_argument("adapter", help="adapter folder (a run's adapter/)")

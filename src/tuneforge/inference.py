@@ -19,12 +19,16 @@ def load_for_inference(
     dtype: torch.dtype = torch.float32,
     device: str | None = None,
 ):
-    """(model, tokenizer): the base model, with the adapter applied unmerged when given.
+    """(model, tokenizer): the base model, with the adapter applied unmerged when given. A classifier's adapter
+    (its tuneforge_adapter.json says task classification) gets its base as a sequence classifier over the
+    adapter's labels.
 
     Without `model_path`, the base recorded in the adapter's config is used (tuneforge records the model id the
     user trained on, so this works across machines).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from .adapter_card import read_card
 
     quiet_transformers()
     config = read_adapter_config(adapter_dir) if adapter_dir else None
@@ -37,14 +41,29 @@ def load_for_inference(
     dev = torch.device(default_device(device))
     # Local folders are read with local_files_only: no hub call (and no minute of retries offline) for them.
     # transformers wraps .to() in a decorator that mypy reads as taking the model
-    model = AutoModelForCausalLM.from_pretrained(
-        resolved.load_from, dtype=dtype, local_files_only=resolved.is_local
-    ).to(dev)  # type: ignore[arg-type]
     tokenizer = (
         AutoTokenizer.from_pretrained(str(adapter_dir), local_files_only=True)
         if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").is_file()
         else load_tokenizer(resolved.load_from if resolved.is_local else model_path)
     )
+    card = read_card(adapter_dir) if adapter_dir else None
+    if card is not None and card.task == "classification":
+        from .models.classifier import label_maps
+
+        id2label, label2id = label_maps(card.labels)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolved.load_from,
+            dtype=dtype,
+            local_files_only=resolved.is_local,
+            num_labels=len(id2label),
+            id2label=id2label,
+            label2id=label2id,
+            pad_token_id=tokenizer.pad_token_id,
+        ).to(dev)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.load_from, dtype=dtype, local_files_only=resolved.is_local
+        ).to(dev)  # type: ignore[arg-type]
     if adapter_dir:
         from peft import PeftModel
 

@@ -65,6 +65,11 @@ SCHEDULERS = (
     "reduce_lr_on_plateau",
 )
 
+# data_config.task: what the model learns. causal_lm (MonsterAPI's only task) is the default, so MonsterAPI payloads
+# are unchanged; classification trains a sequence-classification head (train/tasks.py).
+Task = Literal["causal_lm", "classification"]
+TASKS: tuple[str, ...] = get_args(Task)
+
 PreferenceMethod = Literal["orpo", "dpo", "simpo"]
 PREFERENCE_METHODS: tuple[str, ...] = get_args(PreferenceMethod)
 DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0}  # TRL's DPO default; SimPO paper's recommended range starts at 2.0
@@ -194,6 +199,21 @@ class DataConfig(_Section):
     train_on_inputs: bool = Field(
         False, description="(tuneforge) Compute the loss on the prompt too, not only on the completion."
     )
+    task: Task = Field(
+        "causal_lm",
+        description="(tuneforge) What the model learns: causal_lm (generate text: every field above applies) or "
+        "classification (one label per text with a sequence-classification head on an encoder such as BERT or a "
+        "decoder such as Llama; the labels are read from label_column, strings or integers).",
+    )
+    text_column: str = Field("text", description="(tuneforge) classification: the column holding the text.")
+    label_column: str = Field("label", description="(tuneforge) classification: the column holding the label.")
+
+    @field_validator("text_column", "label_column")
+    @classmethod
+    def _column_name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a column")
+        return v
 
     @field_validator("data_path")
     @classmethod
@@ -498,6 +518,11 @@ class JobSpec(_Section):
                 f"preference tuning ({t.preference}) runs in one process: set training_config.distributed.strategy "
                 "to 'none' (and drop --nproc)"
             )
+        if d.task == "classification" and t.distributed.strategy != "none":
+            raise ValueError(
+                "data_config.task 'classification' trains in one process: set training_config.distributed.strategy "
+                "to 'none' (and drop --nproc)"
+            )
         if t.preference is not None:
             if d.data_format not in ("auto", "preference"):
                 raise ValueError(
@@ -515,6 +540,27 @@ class JobSpec(_Section):
                 "data_config.data_format 'preference' needs a preference method: set training_config."
                 "preference_method to one of orpo, dpo, simpo (or preference_optimization to 'ORPO')"
             )
+        if d.task == "classification":
+            # These fields shape generated text; a classifier reads text_column and label_column only.
+            causal_only = {
+                "data_config.prompt_template": d.prompt_template,
+                "data_config.completion_column": d.completion_column,
+                "data_config.train_on_inputs": d.train_on_inputs,
+                "data_config.data_format": d.data_format != "auto",
+                "training_config.preference_method": t.preference,
+                # QLoRA would quantize the new head too (bitsandbytes leaves only the LM head in full precision)
+                "pretrainedmodel_config.use_quantization": self.pretrainedmodel_config.use_quantization,
+            }
+            given = [name for name, value in causal_only.items() if value]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} cannot be used with data_config.task 'classification' (a classifier reads "
+                    "data_config.text_column and data_config.label_column): remove it or set task to 'causal_lm'"
+                )
+            if d.text_column == d.label_column:
+                raise ValueError(
+                    f"data_config.text_column and label_column are both {d.text_column!r}: name two columns"
+                )
         return self
 
     # --- serialisation ------------------------------------------------------------------------------------------

@@ -336,3 +336,38 @@ def test_openapi_page_documents_the_spec_fields(svc):
     assert "multipart/form-data" in spec["paths"]["/v1/datasets"]["post"]["requestBody"]["content"]
     assert requests.get(server.url + "/docs").status_code == 200
     assert os.environ.get("TUNEFORGE_HOME") != str(server.home)  # the server got its home from --home
+
+
+def test_a_task_the_model_cannot_do_is_refused_at_submission(svc):
+    from transformers import AutoConfig
+
+    server, c, _ = svc
+    before = _jobs_in_db(server)
+    folder = server.home / "models" / "tiny-vit"  # an image model: no sequence-classification head
+    AutoConfig.for_model("vit", hidden_size=64, num_hidden_layers=2, num_attention_heads=4).save_pretrained(folder)
+    body = payload(server.home)
+    body["pretrainedmodel_config"]["model_path"] = str(folder)
+    body["data_config"].pop("prompt_template")
+    body["data_config"].update(task="classification", text_column="question", label_column="answer")
+    r = c["alice"].post("/v1/finetune/llm", json=body)
+    assert r.status_code == 422, r.text
+    (problem,) = r.json()["problems"]
+    assert problem["field"] == "pretrainedmodel_config.model_path"
+    assert "(vit) has no sequence-classification head" in problem["message"]
+    assert _jobs_in_db(server) == before
+
+
+def test_an_uploaded_classification_dataset_reports_its_labels(svc):
+    _server, c, _ = svc
+    rows = "".join(json.dumps({"review": f"text {i}", "stars": i % 2}) + "\n" for i in range(12))
+    r = c["alice"].post(
+        "/v1/datasets",
+        files={"file": ("reviews.jsonl", rows.encode())},
+        data={"task": "classification", "text_column": "review", "label_column": "stars"},
+    )
+    assert r.status_code in (200, 201), r.text
+    report = r.json()["report"]
+    assert report["ok"] and report["format"] == "classification" and report["labels"] == {"0": 6, "1": 6}
+    r = c["alice"].post(f"/v1/datasets/{r.json()['id']}/validate", json={"task": "classification"})
+    assert r.status_code == 200 and not r.json()["report"]["ok"]
+    assert "no column 'text'" in r.json()["report"]["errors"][0]["message"]

@@ -134,6 +134,8 @@ def _base_body(server, path: str) -> dict:
         return {"model": "none", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     if path in ("/v1/completions",):
         return {"model": "none", "prompt": "hi", "max_tokens": 1}
+    if path == "/v1/classify":
+        return {"model": "none", "input": ["hi"]}
     return {}
 
 

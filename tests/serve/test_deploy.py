@@ -334,3 +334,43 @@ def test_metrics_need_an_administrator_key(svc):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     assert "# TYPE tuneforge_time_to_first_token_seconds histogram" in r.text
     assert "# TYPE tuneforge_queue_depth gauge" in r.text
+
+
+def test_a_classifier_adapter_deploys_and_answers_classify(svc):
+    """A classifier adapter (a Llama classification head on the tiny base) deployed like any other: it answers
+    POST /v1/classify with its labels, to its token only, and refuses generation requests."""
+    from tuneforge.adapter_card import classification_card
+    from tuneforge.models.loader import resolve_model
+    from tuneforge.models.lora import LoraSettings, apply_lora, load_base_model
+    from tuneforge.runtime import pick_runtime
+
+    live, home, keys, _, _ = svc
+    labels = ["ham", "spam"]
+    resolved = resolve_model(str(home / "models" / "tiny"))
+    base = load_base_model(resolved, pick_runtime("fp32"), labels=labels, pad_token_id=0)
+    model, _, _ = apply_lora(
+        base, LoraSettings(r=4, alpha=8), model_id=resolved.model_id, quantized=False,
+        gradient_checkpointing=False, seed=0, classification=True,
+    )  # fmt: skip
+    folder = home / "models" / "adapters" / "clf"
+    model.save_pretrained(folder)
+    classification_card(labels, text_column="text", max_length=64, base_model={}).write(folder)
+
+    alice = mclient(live, keys["alice"])
+    ret = alice.deploy("llm", payload(home, "clf", deployment_name="alice-clf"))
+    st = wait_live(alice, ret["deployment_id"])
+    assert st["status"] == "live", st
+    headers = {"Authorization": f"Bearer {ret['api_auth_token']}"}
+    r = requests.post(live.url + "/v1/classify", json={"model": "alice-clf", "input": ["a", "b c"]}, headers=headers)
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [d["index"] for d in data] == [0, 1] and all(d["label"] in labels and d["num_classes"] == 2 for d in data)
+    assert all(abs(sum(d["probs"]) - 1) < 1e-5 for d in data)
+    assert data[0]["probs"] != data[1]["probs"]
+    other = {"Authorization": f"Bearer {keys['bob']}"}
+    r = requests.post(live.url + "/v1/classify", json={"model": "alice-clf", "input": "a"}, headers=other)
+    assert r.status_code == 404
+    r = requests.post(
+        live.url + "/v1/completions", json={"model": "alice-clf", "prompt": "a", "max_tokens": 2}, headers=headers
+    )
+    assert r.status_code == 400 and "POST /v1/classify" in r.json()["error"]["message"]

@@ -23,6 +23,7 @@ from ..jobs import service
 from ..jobs.limits import string_problems
 from ..jobs.paths import PathPolicy
 from ..jobs.store import Store
+from ..serve.classify import LoadedClassifier, classify_router
 from ..serve.deployments import DeploymentManager, DeployRequest, deployment_auth
 from ..serve.engine import Generation, SamplingParams
 from ..serve.openai_routes import Auth, openai_router
@@ -285,8 +286,19 @@ def install(app: FastAPI, settings: Settings, store: Store) -> DeploymentManager
     auth = throttled_auth(deployment_auth(manager, store.authenticate, key_active=store.key_active))
     app.state.deployment_auth = auth  # MonsterAPI's /generate checks callers the same way
     app.include_router(openai_router(manager, auth))
+    app.include_router(classify_router(_DeployedClassifiers(manager), auth))  # classifier deployments
     manager.restore()
     return manager
+
+
+class _DeployedClassifiers:
+    """The live classifier deployments as `POST /v1/classify`'s pool."""
+
+    def __init__(self, manager: DeploymentManager):
+        self.manager = manager
+
+    def get(self, name: str) -> LoadedClassifier:
+        return self.manager.classifier(name)
 
 
 def throttled_auth(auth: Auth) -> Auth:

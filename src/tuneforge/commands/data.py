@@ -13,6 +13,7 @@ import sys
 
 from ..data import FORMATS, DataOptions, validate_source
 from ..models.loader import load_tokenizer
+from ..spec import TASKS
 
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +45,15 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--completion-column", default=None, help="the template column that is the completion (default: the last)"
     )
+    parser.add_argument(
+        "--task",
+        default="causal_lm",
+        choices=TASKS,
+        help="what the data trains: causal_lm (text generation, the default) or classification (a text column and "
+        "a label column; the report counts rows per class)",
+    )
+    parser.add_argument("--text-column", default="text", help="classification: the text column (default text)")
+    parser.add_argument("--label-column", default="label", help="classification: the label column (default label)")
     parser.add_argument("--data-subset", default=None, help="configuration (subset) of a hub dataset")
     parser.add_argument("--data-split", default=None, help="split of a hub dataset or datasets folder (default train)")
     parser.add_argument("--hf-token", default=None, help="Hugging Face token for private datasets and models")
@@ -70,6 +80,9 @@ def run_validate(args: argparse.Namespace) -> int:
         data_subset=args.data_subset,
         data_split=args.data_split,
         hf_token=args.hf_token,
+        task=args.task,
+        text_column=args.text_column,
+        label_column=args.label_column,
     )
     report = validate_source(args.source, options, tokenizer=tokenizer, max_errors=args.max_errors)
     if args.json:

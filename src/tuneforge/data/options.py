@@ -24,6 +24,9 @@ class DataOptions:
     data_subset: str | None = None  # hub dataset configuration
     data_split: str | None = None  # hub dataset split
     hf_token: str | None = None  # for private or gated hub datasets
+    task: str = "causal_lm"  # data_config.task: classification rows are read by data/classify.py
+    text_column: str = "text"  # classification: the text
+    label_column: str = "label"  # classification: the label
 
     @classmethod
     def from_config(cls, d: DataConfig, *, hf_token: str | None = None) -> DataOptions:
@@ -37,4 +40,7 @@ class DataOptions:
             data_subset=d.data_subset,
             data_split=d.data_split,
             hf_token=hf_token,
+            task=d.task,
+            text_column=d.text_column,
+            label_column=d.label_column,
         )

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import TuneforgeError
+from .classify import ClassExample
 from .example import Example
 from .formats import MessagesFormat, RowFormat
 from .options import DataOptions
@@ -72,7 +73,8 @@ class PreparedData:
     validation_rows: list[dict[str, Any]] = field(default_factory=list)
     test_rows: list[dict[str, Any]] = field(default_factory=list)
     validation_report: ValidationReport | None = None  # the report of validation_data_path, when given
-    renderer: PromptRenderer | None = field(default=None, repr=False)
+    renderer: PromptRenderer | None = field(default=None, repr=False)  # None for classification data
+    labels: list[str] = field(default_factory=list)  # classification: the label names, index = label id
 
     def render_prompt(self, row: dict[str, Any]) -> str:
         """The prompt text of `row` exactly as tokenized for training (for chat: the conversation up to its last
@@ -134,8 +136,10 @@ def prepare_dataset(
     report = result.report
     if not report.ok:
         raise DataValidationError(report)
-    assert result.fmt is not None and result.encoder is not None
-    fmt_name = result.fmt.name
+    classification = options.task == "classification"
+    assert classification or (result.fmt is not None and result.encoder is not None)
+    fmt_name = result.fmt.name if result.fmt is not None else options.data_format
+    labels = list(report.labels or {})
     kept = result.kept
 
     def side_source(path: str, split: str):
@@ -149,6 +153,8 @@ def prepare_dataset(
         )
         if not res.report.ok:
             raise DataValidationError(res.report)
+        if classification:
+            relabel(res.kept, list(res.report.labels or {}), labels, res.report.source, options.label_column)
         return res
 
     test_kept_file = None
@@ -196,5 +202,25 @@ def prepare_dataset(
         validation_rows=[k.data for k in val_kept],
         test_rows=[k.data for k in test_kept],
         validation_report=val_report,
-        renderer=PromptRenderer(result.fmt, result.encoder),
+        renderer=PromptRenderer(result.fmt, result.encoder) if result.fmt and result.encoder else None,
+        labels=labels,
     )
+
+
+def relabel(kept: list[Kept], own: list[str], labels: list[str], source: str, column: str) -> None:
+    """Give the examples of a separate validation or test file the training data's label ids (each file orders
+    only the labels it has); a label the training data lacks cannot be learned or scored: refused by name."""
+    unknown = [name for name in own if name not in labels]
+    if unknown:
+        raise TuneforgeError(
+            f"{source}: label{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} in '{column}' "
+            f"{'do' if len(unknown) > 1 else 'does'} not occur in the training data; its labels are: "
+            f"{', '.join(labels)}",
+            field="data_config.label_column",
+            value=unknown,
+        )
+    index = {name: labels.index(name) for name in own}
+    for i, k in enumerate(kept):
+        ex = k.example
+        if isinstance(ex, ClassExample):
+            kept[i] = Kept(k.data, ClassExample(ex.input_ids, index[own[ex.label]]), k.line, k.row)

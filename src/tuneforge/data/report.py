@@ -66,6 +66,7 @@ class ValidationReport:
     tokenizer_used: str | None = None  # the tokenizer's name when one was given; None: token checks were skipped
     cutoff_len: int | None = None
     max_errors: int = 20
+    labels: dict[str, int] | None = None  # classification: rows per class, in label-id order
 
     # --- building ---------------------------------------------------------------------------------------------
     def add_error(self, issue: DataIssue) -> None:
@@ -121,6 +122,7 @@ class ValidationReport:
             "notes": list(self.notes),
             "splits": dict(self.splits) if self.splits is not None else None,
             "cutoff_len": self.cutoff_len,
+            "labels": dict(self.labels) if self.labels is not None else None,
         }
 
     def summary(self) -> str:
@@ -151,6 +153,10 @@ class ValidationReport:
             out.append(f"  used         {', '.join(self.columns_used) or 'none'}")
             if self.columns_ignored:
                 out.append(f"  ignored      {', '.join(self.columns_ignored)}")
+        if self.labels:
+            out.append(
+                f"  labels       {len(self.labels)} classes: " + ", ".join(f"{k} {n:,}" for k, n in self.labels.items())
+            )
         for note in self.notes:
             out.append(f"  note         {note}")
 
@@ -183,7 +189,10 @@ class ValidationReport:
             fe = self.first_example
             where = f"line {fe['line']}" if fe.get("line") else f"row {fe.get('row')}"
             out.append("")
-            if fe.get("pair"):
+            if "label" in fe:
+                size = f", {fe['n_tokens']} tokens" if fe.get("tokenized") else ", as text: no tokenizer"
+                out.append(f"First example ({where}{size}), label {fe['label']!r}:")
+            elif fe.get("pair"):
                 sizes = (
                     f", chosen {fe['chosen_tokens']} tokens, rejected {fe['rejected_tokens']} tokens"
                     if fe.get("tokenized")

@@ -13,7 +13,7 @@ import json
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TuneforgeError, did_you_mean
 from .example import IGNORE_INDEX, Example
@@ -23,6 +23,9 @@ from .pairs import PairExample, PreferenceFormat, encode_preference
 from .report import MASK_CLOSE, MASK_OPEN, DataIssue, ValidationReport, plural
 from .sources import Record, Source, SourceError, open_source, redact_url, where
 from .tokenize import ChatTemplateError, Encoder, chat_example, pair_example
+
+if TYPE_CHECKING:
+    from .classify import ClassExample
 
 HEAD_ROWS = 100  # good records read before choosing the format (JSON has no header to learn the columns from)
 BATCH = 256  # rows tokenized per call
@@ -43,7 +46,7 @@ class Kept:
     """A row that passed validation, with its example (None when validating without a tokenizer)."""
 
     data: dict[str, Any]
-    example: Example | PairExample | None
+    example: Example | PairExample | ClassExample | None
     line: int | None
     row: int
 
@@ -77,6 +80,10 @@ def scan_path(
         with open_source(
             data_path, data_subset=options.data_subset, data_split=options.data_split, hf_token=options.hf_token
         ) as source:
+            if options.task == "classification":
+                from .classify import ClassificationScan
+
+                return ClassificationScan(source, report, options, tokenizer=tokenizer, keep=keep).run()
             return _Scan(source, report, options, tokenizer=tokenizer, keep=keep).run()
     except SourceError as err:
         report.add_error(err.issue)

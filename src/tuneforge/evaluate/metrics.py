@@ -311,3 +311,35 @@ def score_answers(predictions: Sequence[str], references: Sequence[str], metrics
     if "macro_f1" in metrics:
         summary["macro_f1"] = macro_f1(predictions, references)
     return Scored(rows, {m: summary[m] for m in metrics if m in summary})
+
+
+# --- classifiers (data_config.task: classification) -------------------------------------------------------------------
+
+
+def classification_scores(predicted: Sequence[int], true: Sequence[int], labels: Sequence[str]) -> dict:
+    """Accuracy, macro-F1 (over every label of the label set, as scikit-learn's `f1_score(average="macro",
+    labels=range(k))`: a class with no rows and no predictions scores 0), per-class precision/recall/F1/support
+    and the confusion matrix (`confusion_matrix[i][j]`: rows of true label i predicted as j) for label ids."""
+    k = len(labels)
+    matrix = [[0] * k for _ in range(k)]
+    for p, t in zip(predicted, true, strict=True):
+        matrix[t][p] += 1
+    n = len(true)
+    per_class, f1s = {}, []
+    for i, name in enumerate(labels):
+        tp = matrix[i][i]
+        predicted_i = sum(matrix[r][i] for r in range(k))
+        support = sum(matrix[i])
+        precision = tp / predicted_i if predicted_i else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        f1s.append(f1)
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    return {
+        "accuracy": sum(matrix[i][i] for i in range(k)) / n if n else 0.0,
+        "macro_f1": sum(f1s) / k if k else 0.0,
+        "per_class": per_class,
+        "labels": list(labels),
+        "confusion_matrix": matrix,
+        "examples": n,
+    }

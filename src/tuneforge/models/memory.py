@@ -267,7 +267,14 @@ def _shape_from_config_json(config_json: str) -> ModelShape:
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_config(config)
+            try:
+                model = AutoModelForCausalLM.from_config(config)
+            except ValueError:
+                # Encoders without a causal LM class (DistilBERT, DeBERTa-v2, ModernBERT) train only as classifiers:
+                # their backbone is what LoRA adapts; the small head's parameters do not change the estimate.
+                from transformers import AutoModel
+
+                model = AutoModel.from_config(config)
     finally:
         hf_logging.set_verbosity(verbosity)
     return ModelShape.from_model(model)

@@ -43,6 +43,20 @@ TARGET_MODULES: dict[str, list[str]] = {
     "falcon": _NEOX_LIKE,
 }
 
+_BERT_LIKE = ["query", "key", "value", "dense"]  # attention q/k/v, attention output, intermediate and output dense
+
+# Encoders' attention and MLP projections by transformers model_type (decoders: targets.TARGET_MODULES).
+ENCODER_TARGET_MODULES: dict[str, list[str]] = {
+    "bert": _BERT_LIKE,  # also MiniLM (all-MiniLM-L6-v2 is a BertModel)
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],  # DeBERTa v2 and v3
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+    "modernbert": ["Wqkv", "Wo", "Wi"],  # fused q/k/v and gated MLP input
+}
+
+
 # Fused 3-D expert weights, as PEFT `target_parameters` names (suffixes of the parameter names).
 TARGET_PARAMETERS: dict[str, list[str]] = {
     "mixtral": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
@@ -98,6 +112,8 @@ def skeleton_model(config: PretrainedConfig) -> PreTrainedModel:
 def default_target_modules(model) -> tuple[list[str], str]:
     """(module names, how they were chosen) for a loaded model."""
     model_type = getattr(model.config, "model_type", "")
+    if model_type in ENCODER_TARGET_MODULES:
+        return list(ENCODER_TARGET_MODULES[model_type]), f"the {model_type} attention and MLP projections"
     if model_type in TARGET_MODULES:
         if model_type in TARGET_PARAMETERS:
             return list(TARGET_MODULES[model_type]), (

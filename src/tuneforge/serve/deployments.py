@@ -39,6 +39,7 @@ from ..errors import Conflict, NotFound, TuneforgeError
 from ..keys import Principal, hash_key
 from ..models.adapters import check_adapter_folder
 from ..models.loader import _hf_cached_snapshot, hub_reachable
+from .classify import LoadedClassifier, is_classifier
 from .engine import InferenceEngine, SamplingParams, UnknownModelError, check_name
 from .openai_routes import Auth
 
@@ -336,12 +337,17 @@ class DeploymentManager:
         if row is None or row["status"] == "terminated":
             return
         try:
+            source = row["adapter_source"]
+            folder = self._adapter_folder(source, deployment_id) if source else None
+            if folder is not None and is_classifier(folder):
+                classifier = self._load_classifier(row, folder, deployment_id)
+                self._go_live(deployment_id, row, engine=None, model=deployment_id, classifier=classifier)
+                return
             engine = self._engine_for(row["model_load"], deployment_id)
             model = engine.base_name
             mode = json.loads(row["params"] or "{}").get("chat_template", "training")
-            source = row["adapter_source"]
             if source:
-                folder = self._adapter_folder(source, deployment_id)
+                assert folder is not None
                 config = check_adapter_folder(folder, field="loramodel_path")
                 recorded = config.get("base_model_name_or_path")
                 if recorded and recorded not in engine._aliases:
@@ -370,14 +376,48 @@ class DeploymentManager:
             self._set(deployment_id, status="failed", error=message, only_if="building")  # not over a terminate
             self._release(deployment_id, row["model_load"])
             return
+        self._go_live(deployment_id, row, engine=engine, model=model)
+
+    def _go_live(self, deployment_id: str, row: dict, *, engine, model: str, classifier: Any = None) -> None:
         with self._lock:
             current = self.get(deployment_id)
             if current is None or current["status"] != "building":  # terminated while building
                 self._release(deployment_id, row["model_load"])
                 return
             self._set(deployment_id, status="live", live_at=_now(), error=None)
-            self._live[deployment_id] = {**current, "status": "live", "engine": engine, "model": model}
-        self.log(deployment_id, f"live: answering as model {row['name']!r} on /v1/chat/completions and /v1/completions")
+            self._live[deployment_id] = {
+                **current,
+                "status": "live",
+                "engine": engine,
+                "model": model,
+                "classifier": classifier,
+            }
+        routes = "POST /v1/classify" if classifier is not None else "/v1/chat/completions and /v1/completions"
+        self.log(deployment_id, f"live: answering as model {row['name']!r} on {routes}")
+
+    def _load_classifier(self, row: dict, folder: str, deployment_id: str) -> LoadedClassifier:
+        """A classifier adapter (serve/classify.py): its own merged copy of the base, checked on one text."""
+        check_adapter_folder(folder, field="loramodel_path")
+        self.log(deployment_id, f"loading classifier: base {row['model_load']!r} with its adapter merged in")
+        t = time.monotonic()
+        classifier = LoadedClassifier(folder, model_path=row["model_load"], device=self.device)
+        classifier.predict(["Hello"])  # the probe: the head and the adapter fit this base
+        self.log(
+            deployment_id,
+            f"classifier loaded and checked in {time.monotonic() - t:.1f}s: {len(classifier.labels)} labels "
+            f"({', '.join(classifier.labels)})",
+        )
+        return classifier
+
+    def classifier(self, name: str) -> LoadedClassifier:
+        """The live classifier deployment `name` this request may use (see `live`); `POST /v1/classify`'s pool."""
+        d = self.live(name)
+        if d is None or d.get("classifier") is None:
+            raise UnknownModelError(
+                f"model {name!r} is not a live classifier deployment here", field="model", value=name
+            )
+        classifier: LoadedClassifier = d["classifier"]
+        return classifier
 
     def _adapter_folder(self, source: str, deployment_id: str) -> str:
         if Path(source).is_absolute():
@@ -521,6 +561,10 @@ class DeploymentManager:
         d = self.live(model)
         if d is None:
             raise UnknownModelError(f"model {model!r} is not a live deployment here", field="model", value=model)
+        if d.get("classifier") is not None:
+            raise TuneforgeError(
+                f"model {model!r} is a classifier: send its texts to POST /v1/classify", field="model", value=model
+            )
         if input_variables is not None:
             prompt = render_completion_prompt(d["prompt_template"], variables=input_variables)
         elif isinstance(prompt, str) and not raw:

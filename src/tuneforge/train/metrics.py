@@ -40,7 +40,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
     """Train and validation loss; for preference runs a second panel with the validation reward accuracy and
-    margin (what tells whether the model has learned to prefer the chosen answers)."""
+    margin (what tells whether the model has learned to prefer the chosen answers), for classifiers one with the
+    validation accuracy and macro-F1."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +55,13 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
         for r in records
         if r.get("type") == "eval" and "eval_reward_accuracy" in r
     ]
-    if rewards:
+    # Classifiers (train/tasks.py): validation accuracy and macro-F1 beside the loss.
+    scores = [
+        (r["step"], r["eval_accuracy"], r["eval_macro_f1"])
+        for r in records
+        if r.get("type") == "eval" and "eval_accuracy" in r
+    ]
+    if rewards or scores:
         fig, (ax, rax) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     else:
         fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
@@ -63,7 +70,13 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
     if evals:
         ax.plot(*zip(*evals, strict=True), label="validation loss", color="#d62728", marker="o", linewidth=1.5)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("preference loss (per pair)" if rewards else "cross-entropy (nats/token)")
+    ax.set_ylabel(
+        "preference loss (per pair)"
+        if rewards
+        else "cross-entropy (nats/row)"
+        if scores
+        else "cross-entropy (nats/token)"
+    )
     ax.set_title(title or "tuneforge training")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -80,6 +93,16 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
         lines = rax.get_lines() + max_.get_lines()
         rax.legend(lines, [line.get_label() for line in lines], loc="lower right")
         rax.set_title("chosen vs rejected (validation pairs)")
+    if scores:
+        steps, acc, f1 = zip(*scores, strict=True)
+        rax.plot(steps, acc, label="accuracy", color="#2ca02c", marker="o")
+        rax.plot(steps, f1, label="macro-F1", color="#9467bd", marker="s", linestyle="--")
+        rax.set_ylim(-0.02, 1.02)
+        rax.set_xlabel("optimizer step")
+        rax.set_ylabel("validation score")
+        rax.grid(alpha=0.3)
+        rax.legend(loc="lower right")
+        rax.set_title("validation accuracy and macro-F1")
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)

@@ -14,6 +14,9 @@ folder named DIR is always a finished run:
                   accuracy and margin and the chosen/rejected log-probs to both
   report.json     final losses, perplexity, steps, tokens, throughput, memory, time, parameter counts
   loss.png        train and validation loss curves
+A classification job (data_config.task, train/tasks.py) adds confusion_matrix.png (held-out rows) and report.json's
+`classification` (accuracy, macro-F1, per-class precision/recall, the confusion matrix); its adapter keeps the
+trained head (PEFT modules_to_save) and tuneforge_adapter.json its id2label/label2id.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from dataclasses import field as dataclasses_field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -36,7 +40,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..adapter_card import AdapterCard, build_card
+from ..adapter_card import AdapterCard, build_card, classification_card
+from ..data.classify import ClassExample
 from ..data.example import Example
 from ..data.pairs import PairExample
 from ..errors import TuneforgeError
@@ -61,6 +66,7 @@ from .metrics import MetricsLog, plot_loss
 from .plan import Plan, is_finished_run, make_plan, prepare_spec_data, work_dir_for
 from .preference import PreferenceObjective
 from .schedule import WarmupPlateau, build_scheduler
+from .tasks import ClassificationTask, plot_confusion
 
 if TYPE_CHECKING:
     from .distributed import Dist, Parallel
@@ -212,6 +218,8 @@ class Session:
     tracker: _WandbTracker | None = None
     eval_set: Any = None  # evaluate.EvalSet of the held-out test rows, or None without any
     objective: PreferenceObjective | None = None  # None: SFT
+    task: ClassificationTask | None = None  # data_config.task classification; None: causal LM
+    test_set: list = dataclasses_field(default_factory=list)  # classification: the held-out test examples
     parallel: Parallel | None = None  # a distributed run (train/distributed.py); None: one process
 
     @property
@@ -249,6 +257,13 @@ def setup(
     runtime = pick_runtime(t.precision, device)
     # A bad model id, or one too large for this device by the estimate, is refused before any download or work.
     resolved = resolve_model(p.model_path, setup=TrainingSetup.from_spec(spec, device=device))
+    classifier = d.task == "classification"
+    if classifier:  # a model without a classification head is refused before the data is read
+        from transformers import AutoConfig
+
+        from ..models.classifier import check_task
+
+        check_task(AutoConfig.from_pretrained(resolved.load_from, token=hf_token), d.task, resolved.model_id)
     _seed_everything(t.seed)
 
     # Validate the data before anything is written: a bad dataset leaves no output folder behind.
@@ -260,7 +275,8 @@ def setup(
         raise TuneforgeError(f"data_config.data_path: no training examples in {d.data_path!r}")
     from ..evaluate.runner import job_eval_set
 
-    eval_set = job_eval_set(data, tokenizer)  # checked now: rows without a reference answer fail before training
+    # Checked now: rows without a reference answer fail before training. A classifier scores its test rows itself.
+    eval_set = None if classifier else job_eval_set(data, tokenizer)
     plan = make_plan(spec, len(data.train), world_size=dist.world_size if dist is not None else 1)
     if dist is not None:
         work = dist.rank0_first(lambda: _prepare_output(output_dir, resume=resume, overwrite=overwrite))
@@ -273,7 +289,10 @@ def setup(
         # FSDP: the base goes to host memory first and each GPU receives only its shard (distributed._shard), so a
         # base larger than one GPU can be trained.
         load_runtime = replace(runtime, device=torch.device("cpu"))
-    base = load_base_model(resolved, load_runtime, quant=quant, hf_token=hf_token)
+    labels = data.labels if classifier else None
+    base = load_base_model(
+        resolved, load_runtime, quant=quant, hf_token=hf_token, labels=labels, pad_token_id=tokenizer.pad_token_id
+    )
     lora = LoraSettings(p.lora_r, p.lora_alpha, p.lora_dropout, p.lora_bias, p.target_modules)
     model, targets, how = apply_lora(
         base,
@@ -282,6 +301,7 @@ def setup(
         quantized=quant is not None,
         gradient_checkpointing=p.use_gradient_checkpointing,
         seed=t.seed,
+        classification=classifier,
     )
     trainable, total_params = parameter_counts(model)
     parallel = None
@@ -319,10 +339,12 @@ def setup(
         state=TrainerState(),
         metrics=MetricsLog(work / "metrics.jsonl"),
         console=console,
-        card=_card(data, resolved),
+        card=_card(spec, data, resolved),
         eval_set=eval_set,
         objective=preference_objective(spec),
         parallel=parallel,
+        task=ClassificationTask(data.labels) if classifier else None,
+        test_set=list(data.test) if classifier else [],
     )
     _restore(session, resume=resume)
     if session.is_main:
@@ -331,8 +353,14 @@ def setup(
     return session
 
 
-def _card(data: Any, resolved: Any) -> AdapterCard:
-    """How the adapter is trained (format, training prompt, shared system prompt) and on which exact base."""
+def _card(spec: JobSpec, data: Any, resolved: Any) -> AdapterCard:
+    """How the adapter is trained (format, training prompt, shared system prompt; a classifier's labels) and on
+    which exact base."""
+    d = spec.data_config
+    if d.task == "classification":
+        return classification_card(
+            data.labels, text_column=d.text_column, max_length=d.cutoff_len, base_model=base_record(resolved)
+        )
     renderer = data.renderer
     assert renderer is not None, "prepare_dataset always sets the renderer of trainable data"
     return build_card(
@@ -486,6 +514,12 @@ def _run_eval(s: Session) -> None:
             s.model, pairs, batch_size=t.batch_size, pad_id=s.tokenizer.pad_token_id, runtime=s.runtime
         )
         loss = values["eval_loss"]
+    elif s.task is not None:
+        rows = cast("list[ClassExample]", s.val_set)  # classification data: prepare_dataset kept ClassExamples
+        values = s.task.evaluate(
+            s.model, rows, batch_size=t.batch_size * 2, pad_id=s.tokenizer.pad_token_id, runtime=s.runtime
+        )
+        loss = values["eval_loss"]
     else:
         loss = evaluate(
             s.model,
@@ -618,6 +652,10 @@ def _run(
             )
             if s.objective is not None:
                 step = preference_step(s.objective, s.model, micro_batches, **common)
+            elif s.task is not None:
+                rows_mb = cast("list[list[ClassExample]]", micro_batches)
+                loss, rows, tokens = s.task.step(s.model, rows_mb, **common)
+                step = StepResult(loss=loss, target_tokens=rows, tokens=tokens)
             else:
                 step = train_step(s.model, micro_batches, parallel=s.parallel, **common)
             state.global_step += 1
@@ -704,12 +742,18 @@ class TrainReport:
     method: str = "sft"  # or the preference method: orpo, dpo, simpo
     # Preference runs: the validation metrics at the best step (the published adapter's) and at the last evaluation.
     preference: dict | None = None
+    task: str = "causal_lm"  # data_config.task
+    # Classification: the published adapter on the held-out rows (test split, else validation): accuracy,
+    # macro_f1, per_class precision/recall/f1/support, labels, confusion_matrix, examples, split, loss.
+    classification: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def build_report(s: Session, *, wall_start: float, evaluation: dict | None = None) -> TrainReport:
+def build_report(
+    s: Session, *, wall_start: float, evaluation: dict | None = None, classification: dict | None = None
+) -> TrainReport:
     state, quant, runtime = s.state, s.quant, s.runtime
     t = s.spec.training_config
     preference = None
@@ -736,7 +780,7 @@ def build_report(s: Session, *, wall_start: float, evaluation: dict | None = Non
         eval_loss=state.best_eval_loss,
         eval_perplexity=(
             math.exp(min(state.best_eval_loss, 50))
-            if state.best_eval_loss is not None and s.objective is None
+            if state.best_eval_loss is not None and s.objective is None and s.task is None
             else None
         ),
         final_eval_loss=state.last_eval_loss,
@@ -762,6 +806,8 @@ def build_report(s: Session, *, wall_start: float, evaluation: dict | None = Non
         evaluation=evaluation,
         method=t.preference or "sft",
         preference=preference,
+        task=s.spec.data_config.task,
+        classification=classification,
     )
 
 
@@ -792,7 +838,8 @@ def publish(s: Session, *, wall_start: float) -> RunResult:
             log=s.console.log,
         )
         s.console.event({"type": "evaluation", **evaluation, "time": time.time()})
-    report = build_report(s, wall_start=wall_start, evaluation=evaluation).to_dict()
+    classification = _score_classifier(s) if s.task is not None else None
+    report = build_report(s, wall_start=wall_start, evaluation=evaluation, classification=classification).to_dict()
     (work / "report.json").write_text(json.dumps(report, indent=2))
     method = s.spec.training_config.preference
     plot_loss(
@@ -815,6 +862,32 @@ def publish(s: Session, *, wall_start: float) -> RunResult:
         + f", {report['tokens_per_second']:.0f} tokens/s; adapter in {output_dir / 'adapter'}"
     )
     return RunResult(output_dir=output_dir, adapter_dir=output_dir / "adapter", report=report)
+
+
+def _score_classifier(s: Session) -> dict | None:
+    """The published classifier on the test rows (the validation rows when there are none): report.json's
+    `classification`, and confusion_matrix.png in the run folder."""
+    assert s.task is not None
+    split, rows = ("test", s.test_set) if s.test_set else ("validation", s.val_set)
+    if not rows:
+        return None
+    scores = s.task.scores(
+        s.model,
+        cast("list[ClassExample]", rows),
+        batch_size=s.spec.training_config.batch_size * 2,
+        pad_id=s.tokenizer.pad_token_id,
+        runtime=s.runtime,
+    )
+    plot_confusion(
+        scores["confusion_matrix"],
+        s.task.labels,
+        s.work / "confusion_matrix.png",
+        title=f"{len(rows):,} {split} rows\naccuracy {scores['accuracy']:.1%}, macro-F1 {scores['macro_f1']:.3f}",
+    )
+    s.console.log(f"{split} rows ({len(rows):,}): accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}")
+    result = {"split": split, **scores}
+    s.console.event({"type": "classification", **result, "time": time.time()})
+    return result
 
 
 def _resolved_spec(spec: JobSpec, targets: list[str], plan: Plan) -> dict:

@@ -1,0 +1,80 @@
+"""Sequence classification: which models can do it, where LoRA goes, and which modules train fully.
+
+A classifier is the model's backbone (an encoder such as BERT, or a decoder such as Llama) plus a new head
+(transformers' `AutoModelForSequenceClassification`: BERT's `classifier` on the pooled [CLS] state, Llama's `score`
+on the last non-padding token). The backbone gets LoRA adapters, as for causal LMs; the head is new, so it trains
+fully: PEFT's `modules_to_save` keeps a trainable copy of it and saves it with the adapter (task_type SEQ_CLS).
+"Head" means every top-level module outside the backbone (`base_model_prefix`): DistilBERT's `pre_classifier`,
+DeBERTa's `pooler` and ModernBERT's `head` are part of it, and LoRA never lands there (the targets are matched inside
+the backbone only, so RoBERTa's `classifier.dense` is not mistaken for an attention `dense`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..errors import TuneforgeError
+from .targets import ENCODER_TARGET_MODULES, TARGET_MODULES
+
+
+def sequence_classification_types() -> set[str]:
+    """The model_types that transformers can give a sequence-classification head."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    return set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+
+
+def task_problem(config: Any, task: str, model_id: str) -> str | None:
+    """Why `model_id` (its transformers config) cannot be trained for `task`, or None when it can."""
+    model_type = getattr(config, "model_type", None)
+    if task == "classification" and model_type not in sequence_classification_types():
+        return (
+            f"pretrainedmodel_config.model_path: {model_id!r} ({model_type or 'unknown architecture'}) has no "
+            "sequence-classification head in transformers, so data_config.task 'classification' cannot train it; use "
+            "an encoder (BERT, RoBERTa, DeBERTa-v2/v3, DistilBERT, ModernBERT, MiniLM) or a decoder such as Llama, "
+            "Qwen or Mistral (`tuneforge models --task classification` lists them)"
+        )
+    return None
+
+
+def check_task(config: Any, task: str, model_id: str) -> None:
+    problem = task_problem(config, task, model_id)
+    if problem:
+        raise TuneforgeError(problem, field="pretrainedmodel_config.model_path", value=model_id)
+
+
+def head_modules(model) -> list[str]:
+    """Names of the top-level modules outside the backbone that hold parameters: the classification head."""
+    backbone = model.base_model_prefix
+    return [
+        name for name, module in model.named_children() if name != backbone and any(True for _ in module.parameters())
+    ]
+
+
+def backbone_targets(model, given: list[str] | None) -> tuple[list[str], str]:
+    """(leaf module names for LoRA, how they were chosen) for a sequence-classification model."""
+    import torch
+
+    if given:
+        return list(given), "given in the spec"
+    model_type = getattr(model.config, "model_type", "")
+    known = ENCODER_TARGET_MODULES.get(model_type) or TARGET_MODULES.get(model_type)
+    if known:
+        return list(known), f"the {model_type} attention and MLP projections"
+    backbone = getattr(model, model.base_model_prefix)
+    names = sorted(
+        {name.rsplit(".", 1)[-1] for name, m in backbone.named_modules() if isinstance(m, torch.nn.Linear) and name}
+    )
+    return names, f"every linear layer of the backbone (architecture {model_type!r} found by inspection)"
+
+
+def backbone_target_regex(model, targets: list[str]) -> str:
+    """A PEFT target_modules regex (matched against full module names) for `targets` inside the backbone only."""
+    names = "|".join(re.escape(t) for t in targets)
+    return rf"^{re.escape(model.base_model_prefix)}\.(.*\.)?({names})$"
+
+
+def label_maps(labels: list[str]) -> tuple[dict[int, str], dict[str, int]]:
+    """id2label and label2id, as transformers' configs and tuneforge's adapter card store them."""
+    return dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
