@@ -8,16 +8,12 @@ test-artifacts/ui/."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from tfservice import Client, payload, wait_for
-from uikit import TEMPLATE, good_rows, no_js_errors
+from uikit import PHONE, TEMPLATE, axe_check, fits, good_rows, no_js_errors
 
 pytestmark = [pytest.mark.browser]
-
-AXE = Path(__file__).parent / "fixtures" / "axe.min.js"  # axe-core 4.14.1 from npm (MPL-2.0, see axe-core-LICENSE.txt)
-PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +31,6 @@ def stopped_job(ui_server):
     assert job["status"] == "succeeded", job
     assert job["result"]["stopped_early"] and job["result"]["steps"] == 8 and job["result"]["best_step"] == 0, job
     return job
-
-
-def axe_check(page, name: str) -> None:
-    """axe-core in the page: no serious or critical accessibility violations."""
-    if not page.evaluate("typeof axe !== 'undefined'"):
-        page.add_script_tag(path=str(AXE))
-    found = page.evaluate("""async () => (await axe.run(document, { resultTypes: ['violations'] })).violations
-        .filter(v => v.impact === 'serious' || v.impact === 'critical')
-        .map(v => `${v.id} (${v.impact}): ${v.help}; ` + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(' | '))""")
-    assert not found, f"{name}: " + "\n".join(found)
 
 
 def test_a_misspelt_model_is_caught_when_chosen_and_blocks_create(ui_server, page, shot, sign_in):
@@ -261,7 +247,7 @@ def test_every_page_at_390_px_and_axe_finds_no_serious_violations(ui_server, sto
     try:
         page.goto(server.url + "/")
         page.get_by_role("heading", name="Sign in to tuneforge").wait_for()
-        _fits(page, "signin")
+        fits(page, "signin")
         axe_check(page, "signin")
         page.get_by_label("API key").fill(key)
         page.get_by_role("button", name="Sign in").click()
@@ -280,7 +266,7 @@ def test_every_page_at_390_px_and_axe_finds_no_serious_violations(ui_server, sto
         # The jobs table scrolls inside its card; the page does not.
         table_box = page.locator("#jobs-table").locator("xpath=..")
         assert page.evaluate("(el) => getComputedStyle(el).overflowX", table_box.element_handle()) == "auto"
-        _fits(page, "jobs")
+        fits(page, "jobs")
         shot(page, "mobile-jobs")
         axe_check(page, "jobs")
 
@@ -291,20 +277,20 @@ def test_every_page_at_390_px_and_axe_finds_no_serious_violations(ui_server, sto
         sizes = page.evaluate("""() => [...document.querySelectorAll('#loss-chart text')]
             .map(t => t.getBoundingClientRect().height)""")
         assert sizes and min(sizes) >= 9, sizes
-        _fits(page, "job")
+        fits(page, "job")
         shot(page, "mobile-job")
         axe_check(page, "job")
 
         page.goto(server.url + "/#/new")
         page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=180_000)
-        _fits(page, "new")
+        fits(page, "new")
         shot(page, "mobile-new-job")
         axe_check(page, "new")
 
         page.goto(server.url + "/#/playground")
         page.get_by_role("heading", name="Playground").wait_for()
         page.locator("#deployments").wait_for(state="attached")
-        _fits(page, "playground")
+        fits(page, "playground")
         shot(page, "mobile-playground")
         axe_check(page, "playground")
     finally:
@@ -328,22 +314,3 @@ def test_axe_finds_no_serious_violations_on_the_laptop_pages(ui_server, stopped_
     page.locator("#deployments").wait_for(state="attached")
     axe_check(page, "playground")
     no_js_errors(page)
-
-
-def _fits(page, name: str) -> None:
-    """Nothing makes the page itself wider than the screen (wide tables scroll inside their cards)."""
-    over = page.evaluate("""() => {
-        const w = document.documentElement.clientWidth;
-        const wide = [...document.querySelectorAll('body *')].filter(el => {
-            const r = el.getBoundingClientRect();
-            if (r.width === 0 || r.right <= w + 1) return false;
-            for (let p = el.parentElement; p; p = p.parentElement) {
-                const o = getComputedStyle(p).overflowX;
-                if (o === 'auto' || o === 'scroll' || o === 'hidden') return false;
-            }
-            return true;
-        });
-        return { scroll: document.documentElement.scrollWidth, width: w,
-                 wide: wide.slice(0, 5).map(el => el.tagName + (el.id ? '#' + el.id : '') + '.' + el.className) };
-    }""")
-    assert over["scroll"] <= over["width"] and not over["wide"], (name, over)

@@ -1244,11 +1244,16 @@
       tabindex: "0" });
     const details = h("details", {}, h("summary", {}, "Job spec and result"));
     const evalBox = h("div", { class: "panel", id: "job-evaluation", hidden: true });
-    root.append(progressBox, h("div", { class: "panel" }, actions, actionStatus, deployBox), evalBox,
-      h("div", { class: "panel" }, h("h2", {}, "Training curves"), h("div", { class: "charts" }, lossFig, lrFig, rewardFig)),
+    // Classification jobs: validation accuracy and macro-F1 by step, and the kept classifier on the held-out rows.
+    const classFig = h("figure", { class: "chart", id: "class-figure", hidden: true },
+      h("figcaption", {}, "Validation accuracy and macro-F1"));
+    const classBox = h("div", { class: "panel", id: "job-classification", hidden: true });
+    root.append(progressBox, h("div", { class: "panel" }, actions, actionStatus, deployBox), classBox, evalBox,
+      h("div", { class: "panel" }, h("h2", {}, "Training curves"),
+        h("div", { class: "charts" }, lossFig, lrFig, rewardFig, classFig)),
       h("div", { class: "panel" }, h("h2", {}, "Log"), logPre), h("div", { class: "panel" }, details));
 
-    const train = [], evals = [], lrs = [], rewardAcc = [], rewardMargin = [];
+    const train = [], evals = [], lrs = [], rewardAcc = [], rewardMargin = [], classAcc = [], classF1 = [];
     let job = null, drawPending = false, lastLr = null;
     const drawCharts = () => {
       if (drawPending) return;
@@ -1281,6 +1286,16 @@
               series: [{ name: "margin", color: "#9467bd", points: rewardMargin, dots: true }] }),
             legend([["chosen beats rejected (share)", "#2ca02c"], ["chosen minus rejected reward", "#9467bd"]]));
         }
+        if (classAcc.length) {
+          classFig.hidden = false;
+          const csum = `Validation accuracy from ${fmtPct(classAcc[0][1])} to ${fmtPct(last(classAcc))}, macro-F1 from ` +
+            `${fmtNum(classF1[0][1])} to ${fmtNum(last(classF1))}, at ${classAcc.length} evaluations.`;
+          put(classFig, h("figcaption", {}, "Validation accuracy and macro-F1"),
+            lineChart({ id: "class-chart", yLabel: "score (0-1)", width: boxWidth(classFig, 420), summary: csum,
+              series: [{ name: "accuracy", color: "#2ca02c", points: classAcc, dots: true },
+                { name: "macro-F1", color: "#9467bd", points: classF1, dots: true }] }),
+            legend([["accuracy", "#2ca02c"], ["macro-F1", "#9467bd"]]));
+        }
       });
     };
     drawCharts();
@@ -1310,9 +1325,12 @@
         upsert(evals, ev.step, ev.eval_loss);
         const pref = ev.eval_reward_accuracy !== undefined && ev.eval_reward_accuracy !== null;
         if (pref) { upsert(rewardAcc, ev.step, ev.eval_reward_accuracy); upsert(rewardMargin, ev.step, ev.eval_reward_margin); }
+        const cls = ev.eval_accuracy !== undefined && ev.eval_accuracy !== null;
+        if (cls) { upsert(classAcc, ev.step, ev.eval_accuracy); upsert(classF1, ev.step, ev.eval_macro_f1); }
         drawCharts();
         logLine(`${at} eval at step ${ev.step}: validation loss ${fmtNum(ev.eval_loss)}` +
-          (pref ? `, reward accuracy ${fmtNum(ev.eval_reward_accuracy)}, margin ${fmtNum(ev.eval_reward_margin)}` : ""));
+          (pref ? `, reward accuracy ${fmtNum(ev.eval_reward_accuracy)}, margin ${fmtNum(ev.eval_reward_margin)}` : "") +
+          (cls ? `, accuracy ${fmtPct(ev.eval_accuracy)}, macro-F1 ${fmtNum(ev.eval_macro_f1)}` : ""));
       } else if (ev.type === "log") {
         logLine(`${at} ${ev.message}`);
       } else if (ev.type === "status") {
@@ -1322,6 +1340,9 @@
         const r = ev.results || {};
         logLine(`${at} held-out evaluation on ${ev.rows} rows: exact match ${fmtPct(r.base?.exact_match)} (base) → ` +
           `${fmtPct(r.adapter?.exact_match)} (fine-tuned)`);
+      } else if (ev.type === "classification") {
+        logLine(`${at} classifier on ${ev.examples} ${ev.split} rows: accuracy ${fmtPct(ev.accuracy)}, ` +
+          `macro-F1 ${fmtNum(ev.macro_f1)}`);
       } else if (ev.type === "validation") {
         const r = ev.report || {};
         logLine(`${at} data check: ${r.ok ? "trainable" : "NOT trainable"}, ${r.n_rows ?? "?"} rows` +
@@ -1347,6 +1368,18 @@
         return `${head}; ${kept}.${took}`;
       }
       return `${job.status === "failed" ? "Failed" : "Cancelled"} at step ${p.step}${of}.`;
+    }
+
+    // A multi-process job (training_config.distributed): its strategy and how many processes, on how many machines.
+    function processesText() {
+      const d = ((job.spec || {}).training_config || {}).distributed;
+      if (!d || !d.strategy || d.strategy === "none") return null;
+      const nodes = d.nnodes || 1;
+      const machines = nodes === 1 ? "1 machine" : `${nodes} machines`;
+      const count = d.nproc_per_node ? `${d.nproc_per_node * nodes} processes` +
+        (nodes > 1 ? ` (${d.nproc_per_node} on each of ${machines})` : "") :
+        `one process per GPU on ${machines}`;  // the default: as many as the machine has visible GPUs
+      return `${d.strategy.toUpperCase()} · ${count}`;
     }
 
     function renderProgress() {
@@ -1375,6 +1408,9 @@
           h("dt", {}, "Job id"), h("dd", { class: "mono" }, job.job_id),
           h("dt", {}, "Base model"), h("dd", { class: "mono" }, job.model),
           h("dt", {}, "Data"), h("dd", { class: "mono" }, dataLabel(job.data_path)),
+          job.node || job.devices ? [h("dt", {}, done ? "Ran on" : "Runs on"),
+            h("dd", { class: "mono", id: "job-placement" }, [job.node, job.devices].filter(Boolean).join(" · "))] : null,
+          processesText() ? [h("dt", {}, "Processes"), h("dd", { id: "job-processes" }, processesText())] : null,
           h("dt", {}, "Created"), h("dd", {}, fmtTime(job.created_at)),
           h("dt", {}, "Finished"), h("dd", {}, fmtTime(job.finished_at))),
         job.error ? h("div", { class: "alert", role: "alert", id: "job-error" }, h("strong", {}, "Failed: "), job.error) : null);
@@ -1430,6 +1466,59 @@
           } catch (err) { put(more, alertBox(err)); e.target.disabled = false; }
         } }, `Show all ${ev.differing_rows} differing rows`) : null, more);
       evalBox.hidden = false;
+    }
+
+    // A classifier's held-out scores (report.json's `classification`): accuracy, macro-F1, each class's precision,
+    // recall, F1 and support, and the confusion matrix as a table shaded by the share of each true label's rows.
+    let shownClass = false;
+    function renderClassification() {
+      const c = (job.result || {}).classification;
+      if (!c || shownClass) return;
+      shownClass = true;
+      const labels = c.labels, m = c.confusion_matrix;
+      const perClass = h("div", { class: "scroll" }, h("table", { id: "class-table" },
+        h("caption", { class: "sr-only" }, "Scores per class"),
+        h("thead", {}, h("tr", {}, ["Class", "Precision", "Recall", "F1", "Support"].map((t, i) =>
+          h("th", { scope: "col", class: i ? "num" : null }, t)))),
+        h("tbody", {}, labels.map((name) => {
+          const pc = c.per_class[name] || {};
+          return h("tr", { "data-label": name }, h("th", { scope: "row" }, name),
+            h("td", { class: "num" }, fmtPct(pc.precision)), h("td", { class: "num" }, fmtPct(pc.recall)),
+            h("td", { class: "num" }, fmtNum(pc.f1, 3)), h("td", { class: "num" }, (pc.support ?? 0).toLocaleString()));
+        }))));
+      const matrix = h("div", { class: "scroll" }, h("table", { id: "confusion-matrix", class: "confusion" },
+        h("caption", { class: "sr-only" }, "Confusion matrix: rows are the true labels, columns the predicted ones"),
+        h("thead", {}, h("tr", {}, h("td", { class: "corner" }, h("span", { class: "small muted" }, "true ↓ predicted →")),
+          labels.map((name) => h("th", { scope: "col", class: "num" }, name)))),
+        h("tbody", {}, labels.map((name, i) => {
+          const total = m[i].reduce((a, b) => a + b, 0);
+          return h("tr", {}, h("th", { scope: "row" }, name), m[i].map((n, j) => {
+            const share = total ? n / total : 0;
+            return h("td", { class: `num${i === j ? " diag" : ""}`, style: shade(share, i === j),
+              title: `${n} of ${total} rows labelled ${name} predicted as ${labels[j]}` }, n.toLocaleString());
+          }));
+        }))));
+      put(classBox, h("h2", {}, "Classifier on the held-out rows"),
+        h("p", { class: "muted small" }, `The kept adapter on ${c.examples.toLocaleString()} ${c.split} rows ` +
+          `never seen in training${c.loss !== undefined && c.loss !== null ? `; loss ${fmtNum(c.loss)}` : ""}.`),
+        h("div", { class: "stats" }, stat("Accuracy", fmtPct(c.accuracy), "stat-accuracy"),
+          stat("Macro-F1", fmtNum(c.macro_f1, 3), "stat-macro-f1"), stat("Classes", labels.length)),
+        h("div", { class: "class-grid" },
+          h("div", {}, h("h3", {}, "Per class"), perClass),
+          h("div", {}, h("h3", {}, "Confusion matrix"),
+            h("p", { class: "muted small" }, "Rows: the true label; columns: the predicted one. Shading: the share of " +
+              "the row's examples."), matrix)));
+      classBox.hidden = false;
+    }
+    // A cell's background from white to a full colour by `share` (green on the diagonal, red off it), and the text
+    // colour, black or white, with the higher contrast against it (WCAG relative luminance).
+    function shade(share, diagonal) {
+      const full = diagonal ? [26, 127, 55] : [198, 40, 40];
+      const rgb = full.map((c) => Math.round(255 + (c - 255) * share));
+      const lin = rgb.map((c) => { const v = c / 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+      const lum = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2];
+      const ink = (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) ? "#000" : "#fff";
+      return `background:rgb(${rgb.join(",")});color:${ink}`;
     }
 
     let shownActions = "";
@@ -1532,6 +1621,7 @@
       drawCharts();
       renderActions();
       renderEvaluation();
+      renderClassification();
       put(details, h("summary", {}, "Job spec and result"),
         h("pre", { class: "example" }, JSON.stringify({ spec: job.spec, result: job.result }, null, 2)));
       return ACTIVE.has(job.status) ? 2000 : 0;

@@ -1,0 +1,133 @@
+"""The job page for features that landed after the web UI's second pass (issue 19, "Also"), in headless Chromium
+against a real server: a finished classification job shows accuracy, macro-F1, a per-class table and the confusion
+matrix as a shaded table (readable at 390 px); every job says where it ran (node, devices) and a multi-process job its
+strategy and process count. Screenshots in test-artifacts/ui/; axe-core in the page as in the other UI tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tfservice import Client, payload
+from tiny import write_class_data
+from uikit import PHONE, axe_check, fits, no_js_errors
+
+pytestmark = [pytest.mark.browser]
+
+
+@pytest.fixture(scope="module")
+def class_job(ui_server):
+    """A classification job on the tiny model (a sequence-classification head on the tiny Llama), three labels,
+    scored on 18 held-out test rows."""
+    server, key = ui_server
+    data = write_class_data(server.home / "datasets" / "sentiment.jsonl", n=120)
+    body = payload(server.home, data_path=str(data), max_steps=12, eval_steps=4, learning_rate=1e-2)
+    body["data_config"].pop("prompt_template")
+    body["data_config"].update(
+        task="classification", data_split_config={"train": 0.7, "validation": 0.15, "test": 0.15}
+    )
+    client = Client(server.url, key)
+    r = client.post("/v1/finetune/llm", json=body)
+    assert r.status_code == 201, r.text
+    job = client.wait_status(r.json()["job_id"], ("succeeded", "failed"), 240, server)
+    assert job["status"] == "succeeded", job
+    assert job["result"]["task"] == "classification" and job["result"]["classification"]["examples"] == 18, job
+    return job
+
+
+def test_a_classification_job_shows_its_scores_and_confusion_matrix(ui_server, class_job, page, shot, sign_in):
+    server, key = ui_server
+    c = class_job["result"]["classification"]
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/#/jobs/{class_job['job_id']}")
+    box = page.locator("#job-classification")
+    box.wait_for()
+    assert page.locator("#stat-accuracy .v").inner_text() == f"{100 * c['accuracy']:.1f}%"
+    assert page.locator("#stat-macro-f1 .v").inner_text() == str(round(c["macro_f1"], 3)).rstrip("0").rstrip(".")
+    assert "18 test rows" in box.inner_text()
+
+    # One row per class with its precision, recall, F1 and support.
+    rows = page.locator("#class-table tbody tr")
+    assert rows.count() == len(c["labels"]) == 3
+    for label in c["labels"]:
+        cells = page.locator(f'#class-table tr[data-label="{label}"] td').all_inner_texts()
+        assert cells[0] == f"{100 * c['per_class'][label]['precision']:.1f}%"
+        assert cells[3] == str(c["per_class"][label]["support"])
+
+    # The confusion matrix: the report's counts, true labels down and predictions across, shaded by row share.
+    matrix = page.locator("#confusion-matrix")
+    assert matrix.locator("thead th").all_inner_texts() == c["labels"]
+    assert matrix.locator("tbody th").all_inner_texts() == c["labels"]
+    counts = [[int(t) for t in r.locator("td").all_inner_texts()] for r in matrix.locator("tbody tr").all()]
+    assert counts == c["confusion_matrix"]
+    backgrounds = matrix.locator("tbody td").evaluate_all("tds => tds.map(td => getComputedStyle(td).backgroundColor)")
+    assert len(set(backgrounds)) > 1, backgrounds  # shaded by value, not one colour
+
+    # The validation accuracy and macro-F1 of every evaluation are charted.
+    page.locator("#class-chart polyline").first.wait_for()
+    assert "macro-F1" in page.locator("#class-figure").inner_text()
+    box.scroll_into_view_if_needed()
+    shot(page, "job-classification")
+    axe_check(page, "classification job")
+    no_js_errors(page)
+
+
+def test_the_confusion_matrix_is_readable_at_390_px(ui_server, class_job, browser, shot):
+    server, key = ui_server
+    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    try:
+        page.goto(server.url + "/")
+        page.get_by_label("API key").fill(key)
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("heading", name="Fine-tuning jobs").wait_for()
+        page.goto(f"{server.url}/#/jobs/{class_job['job_id']}")
+        matrix = page.locator("#confusion-matrix")
+        matrix.wait_for()
+        fits(page, "classification job")
+        # Three classes fit the phone's width whole: no sideways scrolling to read a row, text at a legible size.
+        box = matrix.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+        sizes = matrix.locator("td, th").evaluate_all("els => els.map(e => parseFloat(getComputedStyle(e).fontSize))")
+        assert min(sizes) >= 11, sizes
+        matrix.scroll_into_view_if_needed()
+        shot(page, "mobile-job-classification")
+        axe_check(page, "classification job at 390 px")
+    finally:
+        context.close()
+
+
+def test_the_job_page_says_where_a_job_ran(ui_server, class_job, page, shot, sign_in):
+    server, key = ui_server
+    sign_in(page, server, key)
+    job_id = class_job["job_id"]
+    page.goto(f"{server.url}/#/jobs/{job_id}")
+    placement = page.locator("#job-placement")
+    placement.wait_for()
+    assert class_job["node"] and class_job["devices"] == "cpu", class_job
+    assert placement.inner_text() == f"{class_job['node']} · cpu"
+    assert page.locator("dt", has_text="Ran on").is_visible()
+    assert page.locator("#job-processes").count() == 0  # one process: nothing to say
+
+    # A multi-process job (two machines of two GPUs each) as the Ray/multi-host queue reports it: the page is fed
+    # that view, since this machine has no GPUs to run one.
+    def multi_host(route):
+        view = route.fetch().json()
+        view.update(node="host-a", devices="cuda:0,1")
+        view["spec"]["training_config"]["distributed"] = {
+            "strategy": "ddp",
+            "nproc_per_node": 2,
+            "nnodes": 2,
+            "rdzv_endpoint": "host-a:29400",
+        }
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(view))
+
+    page.route(f"**/v1/finetune/llm/{job_id}", multi_host)
+    page.reload()
+    page.locator("#job-processes").wait_for()
+    assert page.locator("#job-placement").inner_text() == "host-a · cuda:0,1"
+    assert page.locator("#job-processes").inner_text() == "DDP · 4 processes (2 on each of 2 machines)"
+    page.locator("#job-progress").scroll_into_view_if_needed()
+    shot(page, "job-placement-multi-host")
+    no_js_errors(page)
