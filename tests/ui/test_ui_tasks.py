@@ -9,8 +9,9 @@ import json
 
 import pytest
 from tfservice import Client, payload
-from tiny import write_class_data
 from uikit import PHONE, axe_check, fits, no_js_errors
+
+from tiny import write_class_data
 
 pytestmark = [pytest.mark.browser]
 
