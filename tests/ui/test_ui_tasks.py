@@ -132,3 +132,58 @@ def test_the_job_page_says_where_a_job_ran(ui_server, class_job, page, shot, sig
     page.locator("#job-progress").scroll_into_view_if_needed()
     shot(page, "job-placement-multi-host")
     no_js_errors(page)
+
+
+def test_the_form_creates_a_classification_job_with_columns_picked_from_the_dataset(
+    ui_server, page, tmp_path, shot, sign_in
+):
+    server, key = ui_server
+    reviews = tmp_path / "reviews.jsonl"
+    words = {"good": "pos", "bad": "neg"}
+    reviews.write_text(
+        "".join(
+            json.dumps({"id": i, "review": f"a {w} film, number {i}", "stars": words[w]}) + "\n"
+            for i in range(40)
+            for w in words
+        )
+    )
+    sign_in(page, server, key)
+    page.goto(server.url + "/#/new")
+    page.get_by_label("Dataset file").set_input_files(str(reviews))
+    page.get_by_role("button", name="Upload and check").click()
+    page.locator("#dataset-id").wait_for()
+
+    # Text generation is the default; a classifier swaps the prompt template for two column pickers.
+    task = page.get_by_label("Task", exact=True)
+    assert task.input_value() == "causal_lm" and page.get_by_label("Prompt template").is_visible()
+    task.select_option("classification")
+    assert not page.get_by_label("Prompt template").is_visible()
+    text, label = page.get_by_label("Text column"), page.get_by_label("Label column")
+    assert text.locator("option").all_inner_texts() == ["id", "review", "stars"]
+    # Picking the same column twice is said next to the pickers.
+    text.select_option("review")
+    label.select_option("review")
+    assert "both review" in page.locator("#class-columns-problem").inner_text()
+    label.select_option("stars")
+    assert page.locator("#class-columns-problem").inner_text() == ""
+    # The dataset check reads the file as a classifier would: its classes and their rows.
+    classes = page.locator("#class-labels")
+    classes.wait_for()
+    assert classes.inner_text() == "neg (40 rows), pos (40 rows)"  # in label-id order
+    assert "Trainable" in page.locator("#data-report .verdict").inner_text()
+    page.locator("#template-section").scroll_into_view_if_needed()
+    shot(page, "new-job-classification")
+    axe_check(page, "new job, classification")
+
+    page.get_by_label("Job name (optional)").fill("reviews-classifier")
+    page.get_by_role("button", name="Create fine-tuning job").click()
+    page.wait_for_url("**/#/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    d = Client(server.url, key).get(f"/v1/finetune/llm/{job_id}").json()["spec"]["data_config"]
+    assert (d["task"], d["text_column"], d["label_column"], d["prompt_template"]) == (
+        "classification",
+        "review",
+        "stars",
+        None,
+    )
+    no_js_errors(page)

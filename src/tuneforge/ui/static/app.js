@@ -464,6 +464,8 @@
       colTypes.length ? [h("dt", {}, "Columns"), h("dd", {}, colTypes.map(([n, t]) => `${n}: ${t}`).join(", "))] : null,
       sp ? [h("dt", {}, "Split"), h("dd", { id: "data-split" }, `${sp.train.toLocaleString()} training · ` +
         `${sp.validation.toLocaleString()} validation` + (sp.test ? ` · ${sp.test.toLocaleString()} test` : "") + " rows")] : null,
+      report.labels ? [h("dt", {}, "Classes"), h("dd", { id: "class-labels" }, Object.entries(report.labels)
+        .map(([name, n]) => `${name} (${n.toLocaleString()} rows)`).join(", "))] : null,
       report.format ? [h("dt", {}, "Used"), h("dd", { id: "columns-used" }, (report.columns_used || []).join(", ") || "none")] : null,
       (report.columns_ignored || []).length ? [h("dt", {}, "Ignored"),
         h("dd", { id: "columns-ignored" }, report.columns_ignored.join(", "))] : null));
@@ -558,6 +560,7 @@
     "pretrainedmodel_config.use_quantization", "pretrainedmodel_config.parallelization", "data_config.data_path",
     "data_config.prompt_template", "data_config.data_split_config", "data_config.data_source_type",
     "data_config.prevalidated", "training_config.preference_optimization", "hf_config.hf_model_path",
+    "data_config.task", "data_config.text_column", "data_config.label_column",  // section 3's task and column pickers
     // A nested section (processes, devices), not a form field: the service decides how a job is placed.
     "training_config.distributed"]);
   const SECTIONS = [["pretrainedmodel_config", "PretrainedModelConfig", "LoRA"], ["data_config", "DataConfig", "Data"],
@@ -811,8 +814,8 @@
       if (!f) { put(dataStatus, alertBox("Choose a file first.")); fileInput.focus(); return; }
       const form = new FormData();
       form.append("file", f, f.name);
-      const tpl = templateArea.value.trim();
-      if (tpl) form.append("prompt_template", tpl);
+      // The upload's own report reads the file as the form says (the task's fields; a template once written).
+      for (const [k, v] of Object.entries(dataOptions())) if (v !== null && v !== undefined) form.append(k, String(v));
       uploadBtn.disabled = true;
       put(dataStatus, h("p", { class: "muted" }, `Uploading ${f.name}…`));
       try {
@@ -851,7 +854,7 @@
       saveDraft();
     }
 
-    const needsTemplate = (report) => !report.ok && !report.format && !templateArea.value.trim() &&
+    const needsTemplate = (report) => !isClassifier() && !report.ok && !report.format && !templateArea.value.trim() &&
       (report.errors || []).length > 0 && report.errors.every((e) => e.kind === "format");
     function showReport(report, hist, note, state) {
       st.report = report;
@@ -864,10 +867,7 @@
     const reinspect = debounce(async () => {
       if (!st.dataPath) return;
       const seq = ++st.inspectSeq;
-      const body = { data_path: st.dataPath, cutoff_len: fields["data_config.cutoff_len"].get(),
-        prompt_template: templateArea.value.trim() || null, train_on_inputs: !!(fields["data_config.train_on_inputs"] || { get: () => false }).get() };
-      const fmt = fields["data_config.data_format"]; if (fmt) body.data_format = fmt.get() || "auto";
-      const cc = fields["data_config.completion_column"]; if (cc && cc.get()) body.completion_column = cc.get();
+      const body = { data_path: st.dataPath, cutoff_len: fields["data_config.cutoff_len"].get(), ...dataOptions() };
       // The split as the job would use it: the report then gives rows per split and warns of a small validation set.
       if (!splitProblem()) body.data_split_config = splitConfig();
       let note = null;
@@ -899,15 +899,79 @@
     const templateArea = h("textarea", { id: "prompt-template", name: "data_config.prompt_template", rows: 4,
       "aria-describedby": "prompt-template-help", placeholder: "Question: {question}\nAnswer: {answer}" });
     const chips = h("div", { class: "row", id: "column-chips", style: "gap:6px;margin-top:6px" });
-    const tplFs = h("fieldset", { class: "panel", id: "template-section" }, h("legend", {}, "3. Prompt template"),
+    // The task (data_config.task): text generation from a prompt template, or a classifier that reads a text
+    // column and a label column (picked from the dataset's columns) and learns a classification head.
+    const dcProps = defs.DataConfig.properties;
+    const taskSelect = h("select", { id: "f-task", name: "data_config.task", "aria-describedby": "f-task-help" },
+      h("option", { value: "causal_lm" }, "Generate text (causal LM)"),
+      h("option", { value: "classification" }, "Classify text (one label per row)"));
+    taskSelect.value = defaults.data_config.task || "causal_lm";
+    const columnSelect = (which) => h("select", { id: `f-${which}-column`, name: `data_config.${which}_column`,
+      "aria-describedby": `f-${which}-column-help` });
+    const textColumn = columnSelect("text"), labelColumn = columnSelect("label");
+    const columnsProblem = h("span", { class: "problem", id: "class-columns-problem", "aria-live": "polite" });
+    const templateBox = h("div", { id: "template-box" },
       h("div", { class: "field" }, h("label", { for: "prompt-template" }, "Prompt template"), templateArea,
         fieldHelp("prompt-template-help", tplProp.description, "prompt_template")),
       h("div", { class: "small", style: "margin-top:8px" }, h("span", { id: "chips-label" }, "Insert a column of the dataset:"), chips));
+    const classBox = h("div", { id: "class-columns" },
+      h("div", { class: "grid" },
+        h("div", { class: "field" }, h("label", { for: "f-text-column" }, "Text column"), textColumn,
+          fieldHelp("f-text-column-help", "The column holding the text to classify.", "text_column")),
+        h("div", { class: "field" }, h("label", { for: "f-label-column" }, "Label column"), labelColumn,
+          fieldHelp("f-label-column-help", "The column holding each row's label (strings or integers); the " +
+            "dataset check lists the classes and their rows.", "label_column"))),
+      columnsProblem);
+    const tplFs = h("fieldset", { class: "panel", id: "template-section" }, h("legend", {}, "3. What the model learns"),
+      h("div", { class: "field", style: "max-width:420px;margin-bottom:12px" }, h("label", { for: "f-task" }, "Task"),
+        taskSelect, fieldHelp("f-task-help", dcProps.task.description, "task")),
+      templateBox, classBox);
     root.append(tplFs);
+    const isClassifier = () => taskSelect.value === "classification";
+    // A column select offers the dataset's columns; before they are known, the wanted name alone (a draft's).
+    function fillColumns(sel, cols, wanted) {
+      const names = cols.length ? cols : [wanted];
+      put(sel, names.map((c) => h("option", { value: c }, c)));
+      sel.value = names.includes(wanted) ? wanted : names[0];
+    }
     function offerColumns(cols) {
       put(chips, ...(cols.length ? cols.map((c) => h("button", { type: "button", class: "chip",
         "aria-label": `Insert column ${c}`, onclick: () => insertAtCursor(templateArea, `{${c}}`) }, `{${c}}`)) :
         [h("span", { class: "muted" }, "(choose a dataset to see its columns)")]));
+      // Keep the user's picks; else the spec's defaults (text, label) where the dataset has them, else two columns.
+      const text = textColumn.value || defaults.data_config.text_column || "text";
+      const label = labelColumn.value || defaults.data_config.label_column || "label";
+      fillColumns(textColumn, cols, text);
+      fillColumns(labelColumn, cols, cols.includes(label) ? label : cols.find((c) => c !== textColumn.value) ?? label);
+      columnsCheck();
+    }
+    function columnsCheck() {
+      const same = isClassifier() && textColumn.value === labelColumn.value;
+      columnsProblem.textContent = same ? `The text and label columns are both ${textColumn.value}: pick two columns.` : "";
+      labelColumn.setAttribute("aria-invalid", String(same));
+      return same;
+    }
+    function showTask() {
+      templateBox.hidden = isClassifier();
+      classBox.hidden = !isClassifier();
+      columnsCheck();
+    }
+    showTask();
+    taskSelect.addEventListener("change", () => { showTask(); reinspect(); refreshProblems(); });
+    for (const sel of [textColumn, labelColumn]) {
+      sel.addEventListener("change", () => { columnsCheck(); reinspect(); refreshProblems(); });
+    }
+    // How to read the data, as the job's data_config says it: the fields of the chosen task only (the spec refuses
+    // template and format settings for a classifier).
+    function dataOptions() {
+      if (isClassifier()) {
+        return { task: "classification", text_column: textColumn.value, label_column: labelColumn.value };
+      }
+      const out = { task: "causal_lm", prompt_template: templateArea.value.trim() || null,
+        train_on_inputs: !!(fields["data_config.train_on_inputs"] || { get: () => false }).get() };
+      const fmt = fields["data_config.data_format"]; if (fmt) out.data_format = fmt.get() || "auto";
+      const cc = fields["data_config.completion_column"]; if (cc && cc.get()) out.completion_column = cc.get();
+      return out;
     }
     offerColumns([]);
     function insertAtCursor(area, text) {
@@ -1053,7 +1117,11 @@
       else if (st.modelCheck && !st.modelCheck.ok) out.push({ text: "The base model cannot be used (section 1).", el: modelCheckBox });
       if (!st.dataPath) out.push({ text: "Choose a dataset (section 2).", el: dataFs });
       else if (st.report && needsTemplate(st.report)) out.push({ text: "Write a prompt template (section 3).", el: templateArea });
+      else if (columnsCheck()) out.push({ text: "Pick two different columns for the text and the label (section 3).", el: labelColumn });
       else if (st.report && !st.report.ok) out.push({ text: "The dataset check found errors: fix the data or the template first.", el: reportBox });
+      if (isClassifier() && qlora.checked) {
+        out.push({ text: "A classifier trains without QLoRA: turn off the 4-bit base model (section 4).", el: qlora });
+      }
       const sp = splitProblem();
       if (sp) out.push({ text: "Validation or test share", el: splitInput, link: true });
       for (const f of checked) if (fieldProblem(f)) out.push({ text: f.label, el: f.input, link: true });
@@ -1081,13 +1149,14 @@
     // ---- the spec the form describes; drafts survive Back and reloads (this tab only) -----------------------
     function collectSpec() {
       const spec = { pretrainedmodel_config: { model_path: st.model, use_quantization: qlora.checked },
-        data_config: { data_path: st.dataPath, prompt_template: templateArea.value.trim() || null,
-          data_split_config: splitConfig() },
+        data_config: { data_path: st.dataPath, data_split_config: splitConfig() },
         training_config: {}, logging_config: {}, hf_config: {} };
       for (const [key, f] of Object.entries(fields)) {
         const [section, name] = key.split(".");
         spec[section][name] = f.get();
       }
+      Object.assign(spec.data_config, dataOptions());  // after the fields: a classifier's spec has no causal-only ones
+      if (isClassifier()) for (const k of ["data_format", "completion_column", "train_on_inputs"]) delete spec.data_config[k];
       const suffix = nameInput.value.trim();
       if (suffix) spec.suffix = suffix;
       return spec;
@@ -1101,6 +1170,10 @@
       }
       qlora.checked = !!p.use_quantization;
       templateArea.value = d.prompt_template || "";
+      taskSelect.value = d.task || "causal_lm";
+      if (d.text_column) fillColumns(textColumn, [], d.text_column);
+      if (d.label_column) fillColumns(labelColumn, [], d.label_column);
+      showTask();
       const split = d.data_split_config || {};
       splitInput.value = split.validation ?? 0;
       testInput.value = split.test ?? 0;
@@ -1129,8 +1202,7 @@
           // the moment of upload (often before a template was written): store the report of the form's options.
           const d = spec.data_config;
           await api(`/v1/datasets/${encodeURIComponent(st.dataPath)}/validate`, { method: "POST", json: {
-            prompt_template: d.prompt_template, data_format: d.data_format || "auto",
-            completion_column: d.completion_column || null, cutoff_len: d.cutoff_len, train_on_inputs: !!d.train_on_inputs } });
+            cutoff_len: d.cutoff_len, ...dataOptions() } });
         }
         const job = await api("/v1/finetune/llm", { method: "POST", json: spec });
         saveDraft.cancel();
