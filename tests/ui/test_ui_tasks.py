@@ -6,6 +6,7 @@ strategy and process count. Screenshots in test-artifacts/ui/; axe-core in the p
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from tfservice import Client, payload
@@ -149,6 +150,7 @@ def test_the_form_creates_a_classification_job_with_columns_picked_from_the_data
     )
     sign_in(page, server, key)
     page.goto(server.url + "/#/new")
+    page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=180_000)  # its first build is slow
     page.get_by_label("Dataset file").set_input_files(str(reviews))
     page.get_by_role("button", name="Upload and check").click()
     page.locator("#dataset-id").wait_for()
@@ -168,9 +170,11 @@ def test_the_form_creates_a_classification_job_with_columns_picked_from_the_data
     assert page.locator("#class-columns-problem").inner_text() == ""
     # The dataset check reads the file as a classifier would: its classes and their rows.
     classes = page.locator("#class-labels")
-    classes.wait_for()
+    classes.wait_for(timeout=60_000)
     assert classes.inner_text() == "neg (40 rows), pos (40 rows)"  # in label-id order
     assert "Trainable" in page.locator("#data-report .verdict").inner_text()
+    first = page.locator("#first-example").inner_text()
+    assert "a good film, number 0" in first and "pos" in first
     page.locator("#template-section").scroll_into_view_if_needed()
     shot(page, "new-job-classification")
     axe_check(page, "new job, classification")

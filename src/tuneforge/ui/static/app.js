@@ -501,6 +501,12 @@
     const fe = report.first_example;
     if (fe) {
       const where = fe.line ? `line ${fe.line}` : `row ${fe.row}`;
+      if (fe.label !== undefined) {  // a classifier's row: the text it reads and the class it learns
+        out.append(h("h3", {}, `First example (${where}` + (fe.tokenized ? `, ${fe.n_tokens} tokens` : "") + ")"),
+          h("dl", { class: "kv small", id: "first-example" }, h("dt", {}, "Text"),
+            h("dd", {}, h("pre", { class: "example" }, fe.rendered)), h("dt", {}, "Label"), h("dd", { class: "mono" }, fe.label)));
+        return out;
+      }
       out.append(h("h3", {}, `First example (${where}` + (fe.tokenized ? `, ${fe.n_tokens} tokens, ${fe.n_trained} trained` :
         ", as text") + ")"));
       out.append(h("p", { class: "small" }, "Exactly as the model sees it: ",
