@@ -179,6 +179,17 @@ def test_the_form_creates_a_classification_job_with_columns_picked_from_the_data
     shot(page, "new-job-classification")
     axe_check(page, "new job, classification")
 
+    # The draft keeps the task and the columns across a reload.
+    page.reload()
+    page.locator("#class-labels").wait_for(timeout=60_000)
+    assert page.get_by_label("Task", exact=True).input_value() == "classification"
+    assert (text.input_value(), label.input_value()) == ("review", "stars")
+
+    # QLoRA would quantize the new head: refused before anything is queued.
+    page.get_by_label("QLoRA: 4-bit base model").check()
+    page.get_by_role("button", name="Create fine-tuning job").click()
+    page.locator("#form-problems").get_by_text("A classifier trains without QLoRA").wait_for()
+    page.get_by_label("QLoRA: 4-bit base model").uncheck()
     page.get_by_label("Job name (optional)").fill("reviews-classifier")
     page.get_by_role("button", name="Create fine-tuning job").click()
     page.wait_for_url("**/#/jobs/*")
