@@ -98,11 +98,13 @@ class MetricsTail:
 
     def __init__(self, path: Path, rec: Recorder, *, after_step: int) -> None:
         self.path, self.rec, self.after_step = path, rec, after_step
+        self.inode: int | None = None
+        self.offset = 0
         try:
             st = path.stat()
             self.inode, self.offset = st.st_ino, st.st_size  # an earlier attempt's lines: recorded by it
         except FileNotFoundError:
-            self.inode, self.offset = None, 0
+            pass
 
     def poll(self) -> None:
         """Record the lines completed since the last call. Raises LostClaim (from the Recorder)."""
