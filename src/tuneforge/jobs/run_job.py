@@ -124,8 +124,21 @@ class MetricsTail:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash of an earlier attempt
-            if int(record.get("step", 0)) > self.after_step:
+            if int(record.get("step", 0)) <= self.after_step:
+                continue
+            try:
                 self.rec(record)
+            except OSError as exc:
+                # Its event is stored; the checkpoint upload after it failed (e.g. pruned by a newer save while it
+                # uploaded, as this runs beside the training): the next record pushes what is new, and the storage
+                # keeps the last committed checkpoint meanwhile.
+                print(f"shared storage: {exc}", flush=True)
+
+
+def _die_of(sig: int) -> None:
+    """End this process by `sig`, as it would have ended without the launcher's handler."""
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
 
 
 def train_processes(spec: JobSpec, run_dir: Path, rec: Recorder, *, resume: bool) -> RunResult:
@@ -159,10 +172,6 @@ def train_processes(spec: JobSpec, run_dir: Path, rec: Recorder, *, resume: bool
             except LostClaim as exc:
                 lost.append(exc)  # the worker stops this process group; the launch ends with it
                 return
-            except OSError as exc:
-                # A checkpoint upload that failed (e.g. pruned by a newer save while it uploaded): the next one is
-                # pushed at the next record, and the storage keeps the last committed one meanwhile.
-                print(f"shared storage: {exc}", flush=True)
             if finished:
                 return
 
@@ -171,8 +180,14 @@ def train_processes(spec: JobSpec, run_dir: Path, rec: Recorder, *, resume: bool
     try:
         result = launch(spec, run_dir, resume=resume, quiet=True)
     except SignalException as exc:
-        signal.signal(exc.sigval, signal.SIG_DFL)
-        os.kill(os.getpid(), exc.sigval)
+        _die_of(exc.sigval)
+        raise
+    except TuneforgeError:
+        # The cancel's SIGTERM also reaches the ranks, and the launcher may see them die before its own signal
+        # handler runs: then it reports a killed rank. The worker records the cancel, not this failure.
+        job = rec.store.get_job(rec.job_id)
+        if job is not None and job["cancel_requested"]:
+            _die_of(signal.SIGTERM)
         raise
     finally:
         done.set()
