@@ -10,6 +10,9 @@ service import this module and stay torch-free until they ask about a device.
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -109,3 +112,23 @@ def pick_runtime(precision: str = "auto", device: str | None = None) -> Runtime:
             value=precision,
         )
     return Runtime(device=dev, compute_dtype=dtype_of(precision))
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(expected_parent: int | None) -> None:
+    """Ask the kernel to SIGKILL us when our parent dies (Linux only; elsewhere heartbeats still requeue). A job's
+    training process and each process of a multi-process run call it, so a killed worker or launcher never leaves
+    training behind that would race the job's next attempt for the same run folder."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    # The parent may have died before the prctl took effect: then we were re-parented already.
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(70)

@@ -135,6 +135,26 @@ def test_a_model_too_large_for_the_server_is_refused_at_submission_with_the_numb
     assert _jobs_in_db(server) == before
 
 
+def test_a_multi_process_job_this_server_cannot_launch_is_refused_at_submission(svc):
+    import torch
+
+    from tuneforge.train.distributed import available_cpus
+
+    server, c, _ = svc
+    before = _jobs_in_db(server)
+    body = payload(server.home)
+    # One process per GPU, or per CPU core without one (the server runs on this machine).
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    too_many, unit = (gpus + 1, "GPU") if gpus else (available_cpus() + 1, "CPU core")
+    body["training_config"]["distributed"] = {"strategy": "ddp", "nproc_per_node": too_many}
+    r = c["alice"].post("/v1/finetune/llm", json=body)
+    assert r.status_code == 422, r.text
+    problem = r.json()["problems"][0]
+    assert problem["field"] == "training_config.distributed.nproc_per_node"
+    assert f"{too_many} processes asked for" in problem["message"] and unit in problem["message"]
+    assert _jobs_in_db(server) == before
+
+
 def test_malformed_json_and_wrong_shapes_get_422(svc):
     _server, c, _ = svc
     r = c["alice"].post(

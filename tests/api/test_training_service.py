@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import requests
@@ -255,3 +256,57 @@ def test_monsterapi_orpo_job_trains_on_pairs_and_streams_reward_metrics(svc):
     bad = alice.wait_status(alice.post("/v1/finetune/llm", json=sft).json()["job_id"], ("failed",), 120, server)
     assert "'chosen' and 'rejected'" in bad["error"] and "found: question, answer" in bad["error"]
     assert bad["progress"]["step"] == 0
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (the job's training process: its launcher's ranks)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_two_process_ddp_job_trains_through_the_api_and_its_cancel_stops_every_rank(svc):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    server, keys = svc
+    alice = Client(server.url, keys["alice"])
+    ddp = {"strategy": "ddp", "nproc_per_node": 2}
+    body = payload(server.home, max_steps=4, eval_steps=2, batch_size=4, distributed=ddp)
+    job_id = alice.post("/v1/finetune/llm", json=body).json()["job_id"]
+    job = alice.wait_status(job_id, ("succeeded", "failed"), 300, server)
+    assert job["status"] == "succeeded", (job, server.log_tail())
+    assert job["progress"]["step"] == 4 and job["result"]["steps"] == 4
+    # rank 0's metrics reach the job's events and progress as a one-process job's do
+    events = alice.events(job_id)
+    assert [e["step"] for e in events if e["type"] == "train"] == [1, 2, 3, 4]
+    assert [e["step"] for e in events if e["type"] == "eval"] == [0, 2, 4]
+    assert job["losses"]["best_eval_loss"] is not None
+
+    r = alice.get(f"/v1/finetune/llm/{job_id}/adapter", timeout=60)
+    assert r.status_code == 200
+    adapter = server.home / "downloaded-adapter"
+    zipfile.ZipFile(io.BytesIO(r.content)).extractall(adapter)
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(server.home / "models" / "tiny"), adapter)
+
+    # A cancel reaches the launcher and both of its ranks.
+    long = payload(server.home, max_steps=2000, eval_steps=1000, batch_size=4, distributed=ddp)
+    job_id = alice.post("/v1/finetune/llm", json=long).json()["job_id"]
+    _wait_step(alice, job_id, 2, timeout=300)
+    pid = _job_row(server, job_id)["pid"]
+    ranks = [p for p in _descendants(pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(ranks) == 2, ranks
+    assert alice.post(f"/v1/finetune/llm/{job_id}/cancel").status_code == 200
+    alice.wait_status(job_id, ("cancelled",), 30, server)
+    wait_for(lambda: not any(pid_alive(p) for p in [pid, *ranks]), 15, what="the launcher and its ranks to exit")

@@ -32,6 +32,27 @@ def test_a_job_fits_when_one_node_holds_all_of_its_bundles():
     assert need.describe() == "2 x (1 CPU, 1 GPU, 1.00 GiB memory)"
 
 
+def test_a_multi_process_job_asks_for_one_bundle_per_process_held_by_its_one_task(tmp_path, tiny_model_dir):
+    data = write_qa_data(tmp_path / "qa.jsonl")
+    one = job_resources(make_tiny_spec(tiny_model_dir, data), cpus=1, gpus=0)
+    ddp = job_resources(
+        make_tiny_spec(tiny_model_dir, data, distributed={"strategy": "ddp", "nproc_per_node": 3}), cpus=1, gpus=0
+    )
+    assert one.processes == 1 and ddp.processes == 3
+    assert ddp.memory == one.memory  # per process: each DDP process holds the whole model
+    # The task holds the whole job (Ray makes every GPU of it visible to the launcher's processes).
+    assert ddp.total() == {"CPU": 3.0, "memory": 3.0 * ddp.memory}
+    gpu = job_resources(
+        make_tiny_spec(tiny_model_dir, data, distributed={"strategy": "fsdp", "nproc_per_node": 2}), cpus=4, gpus=1
+    )
+    assert gpu.total() == {"CPU": 8.0, "GPU": 2.0} and gpu.describe() == "2 x (4 CPU, 1 GPU)"
+    assert not fits_somewhere(gpu, [{"CPU": 16, "GPU": 1}, {"CPU": 16, "GPU": 1}])
+    assert fits_somewhere(gpu, [{"CPU": 8, "GPU": 2}])
+    # strategy ddp without nproc_per_node (one process per visible GPU, decided on the node): one bundle
+    default = job_resources(make_tiny_spec(tiny_model_dir, data, distributed={"strategy": "ddp"}), cpus=1, gpus=1)
+    assert default.processes == 1
+
+
 def test_ray_not_installed_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees without the package
     with pytest.raises(TuneforgeError, match=r"worker --ray: Ray is not installed.*pip install 'tuneforge\[ray\]'"):

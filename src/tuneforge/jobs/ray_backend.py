@@ -7,11 +7,11 @@ whichever node has the job's resources free. The task starts exactly what a loca
 the same way wherever it runs; the node reads its inputs from and writes its checkpoints to the shared storage
 (TUNEFORGE_STORAGE) and reports through the shared database (TUNEFORGE_DB).
 
-Resources: each job gets a placement group of `processes` bundles packed on one node (STRICT_PACK), each bundle
-`cpus_per_job` CPUs, `gpus_per_job` GPUs and, for CPU training, the memory the estimator says the job peaks at
-(`models.memory`), so Ray never puts two jobs on a node that cannot hold both. Today a job is one process; a
-multi-process job (torchrun, `tuneforge train --nproc`) is `JobResources.processes = N` and the launch flag passed
-on to `run_job`.
+Resources: each job gets a placement group on one node (STRICT_PACK) holding, per process of the job,
+`cpus_per_job` CPUs, `gpus_per_job` GPUs and, for CPU training, the memory the estimator says a process peaks at
+(`models.memory`), so Ray never puts two jobs on a node that cannot hold both. A multi-process job
+(`training_config.distributed`, nproc_per_node N) is `JobResources.processes = N`: its task holds N times that,
+and `run_job` launches its N processes there as `tuneforge train --nproc N` does.
 
 Failures: Ray does not retry a task (max_retries=0): the queue does. A task whose node or Ray worker died puts its
 job back in the queue (counted as lost, like a SIGKILLed worker), and the next attempt, on any node, resumes from
@@ -110,6 +110,11 @@ class JobResources:
             b["memory"] = float(self.memory)
         return b
 
+    def total(self) -> dict[str, float]:
+        """The whole job as one bundle: its Ray task holds it all, so Ray makes all of its GPUs visible to the task
+        (CUDA_VISIBLE_DEVICES), where the launcher's processes take one each; a task can use only one bundle."""
+        return {k: v * self.processes for k, v in self.bundle().items()}
+
     def describe(self) -> str:
         parts = [f"{self.cpus:g} CPU"] + ([f"{self.gpus:g} GPU"] if self.gpus else [])
         if self.memory:
@@ -132,7 +137,11 @@ def job_resources(spec: JobSpec, *, cpus: float, gpus: float) -> JobResources:
         shape = model_shape(model, local if local.is_dir() else _hf_cached_snapshot(model))
         if shape is not None:
             memory = estimate_training_memory(shape, TrainingSetup.from_spec(spec, device="cpu")).total
-    return JobResources(cpus=cpus, gpus=gpus, memory=memory)
+    d = spec.training_config.distributed
+    # A multi-process job (ddp/fsdp) asks for one bundle per process. nproc_per_node left to the default (one per
+    # visible GPU) counts as one: the cluster's nodes may differ, and the worker's --ray-gpus-per-job sizes a job.
+    processes = (d.nproc_per_node or 1) if d.strategy != "none" else 1
+    return JobResources(cpus=cpus, gpus=gpus, memory=memory, processes=processes)
 
 
 def fits_somewhere(need: JobResources, nodes: list[dict[str, float]]) -> bool:
@@ -251,11 +260,12 @@ class RayWorker(Worker):
                 "has that much (try use_quantization, a smaller batch_size or cutoff_len, or add a larger node)",
             )
             return
-        group = placement_group([need.bundle()] * need.processes, strategy="STRICT_PACK")
+        total = need.total()
+        group = placement_group([total], strategy="STRICT_PACK")
         ref = self.remote.options(
-            num_cpus=need.cpus,
-            num_gpus=need.gpus,
-            memory=need.memory,
+            num_cpus=total["CPU"],
+            num_gpus=total.get("GPU", 0.0),
+            memory=total.get("memory"),
             max_retries=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=group, placement_group_capture_child_tasks=True

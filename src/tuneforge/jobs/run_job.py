@@ -21,14 +21,15 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data import DataOptions, DataValidationError, validate_source
 from ..data.sources import set_url_guard
 from ..errors import TuneforgeError
 from ..models.loader import load_tokenizer
+from ..runtime import die_with_parent
 from ..settings import Settings
-from ..spec import parse_spec
+from ..spec import JobSpec, parse_spec
 from ..storage import Storage, open_storage
 from ..train.plan import is_finished_run, work_dir_for
 from .limits import size_problems
@@ -36,22 +37,8 @@ from .paths import PathPolicy, is_job_id
 from .store import ACTIVE, Row, Store
 from .sync import RunSync, dataset_key, local_run_dir, pull_run
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def die_with_parent(expected_parent: int | None) -> None:
-    """Ask the kernel to SIGKILL us when our parent dies (Linux only; elsewhere heartbeats still requeue)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    # The parent may have died before the prctl took effect: then we were re-parented already.
-    if expected_parent is not None and os.getppid() != expected_parent:
-        os._exit(70)
+if TYPE_CHECKING:
+    from ..train.recipe import RunResult
 
 
 class LostClaim(Exception):
@@ -100,6 +87,115 @@ class Recorder:
 
     def log(self, message: str) -> None:
         self({"type": "log", "message": message, "time": time.time()})
+
+
+class MetricsTail:
+    """The progress of a multi-process run: the metrics lines rank 0 appends to the run's metrics.jsonl, passed to
+    the Recorder as a single-process run passes them through `on_event` (a callback cannot cross into the spawned
+    processes). Read from the last byte seen; a resume rewrites the file (truncated to the checkpoint's step, a new
+    inode), so it is then read again from the start, and lines of steps before `after_step` are left out: the
+    attempt that wrote them recorded them."""
+
+    def __init__(self, path: Path, rec: Recorder, *, after_step: int) -> None:
+        self.path, self.rec, self.after_step = path, rec, after_step
+        self.inode: int | None = None
+        self.offset = 0
+        try:
+            st = path.stat()
+            self.inode, self.offset = st.st_ino, st.st_size  # an earlier attempt's lines: recorded by it
+        except FileNotFoundError:
+            pass
+
+    def poll(self) -> None:
+        """Record the lines completed since the last call. Raises LostClaim (from the Recorder)."""
+        try:
+            with open(self.path, "rb") as fh:
+                inode = os.fstat(fh.fileno()).st_ino
+                if inode != self.inode:
+                    self.inode, self.offset = inode, 0
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next call
+        self.offset += end
+        for line in chunk[:end].splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash of an earlier attempt
+            if int(record.get("step", 0)) <= self.after_step:
+                continue
+            try:
+                self.rec(record)
+            except OSError as exc:
+                # Its event is stored; the checkpoint upload after it failed (e.g. pruned by a newer save while it
+                # uploaded, as this runs beside the training): the next record pushes what is new, and the storage
+                # keeps the last committed checkpoint meanwhile.
+                print(f"shared storage: {exc}", flush=True)
+
+
+def _die_of(sig: int) -> None:
+    """End this process by `sig`, as it would have ended without the launcher's handler."""
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
+
+
+def train_processes(spec: JobSpec, run_dir: Path, rec: Recorder, *, resume: bool) -> RunResult:
+    """Train a spec with a distributed strategy on this machine's processes (`train.distributed.launch`, as
+    `tuneforge train --nproc` does), recording rank 0's metrics as events while it runs.
+
+    Stopping: a cancel (the worker's SIGTERM to this process group) reaches every rank directly, and the launcher
+    turns it into SignalException after stopping them; this process then dies of the same signal, as a one-process
+    job does, so the worker records the cancel. A SIGKILL of this process kills the ranks too (parent-death signal)."""
+    import threading
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from ..train.checkpoint import latest_checkpoint
+    from ..train.distributed import launch
+
+    checkpoint = latest_checkpoint(work_dir_for(run_dir)) if resume else None
+    tail = MetricsTail(
+        work_dir_for(run_dir) / "metrics.jsonl",
+        rec,
+        after_step=int(checkpoint.name.split("-")[1]) if checkpoint is not None else -1,
+    )
+    done = threading.Event()
+    lost: list[LostClaim] = []
+
+    def follow() -> None:
+        while True:
+            finished = done.wait(1.0)
+            try:
+                tail.poll()  # once more after the processes ended: the last lines they wrote
+            except LostClaim as exc:
+                lost.append(exc)  # the worker stops this process group; the launch ends with it
+                return
+            if finished:
+                return
+
+    follower = threading.Thread(target=follow, name="metrics-tail", daemon=True)
+    follower.start()
+    try:
+        result = launch(spec, run_dir, resume=resume, quiet=True)
+    except SignalException as exc:
+        _die_of(exc.sigval)
+        raise
+    except TuneforgeError:
+        # The cancel's SIGTERM also reaches the ranks, and the launcher may see them die before its own signal
+        # handler runs: then it reports a killed rank. The worker records the cancel, not this failure.
+        job = rec.store.get_job(rec.job_id)
+        if job is not None and job["cancel_requested"]:
+            _die_of(signal.SIGTERM)
+        raise
+    finally:
+        done.set()
+        follower.join()
+    if lost:
+        raise lost[0]
+    assert result is not None, "one machine runs rank 0"
+    return result
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -227,9 +323,12 @@ def run(job_id: str, worker_id: str) -> int:
         if not store.set_running(job_id, worker_id):
             raise LostClaim(job_id)
 
-        from ..train.recipe import train
+        if spec.training_config.distributed.strategy == "none":
+            from ..train.recipe import train
 
-        result = train(spec, run_dir, resume=resume, quiet=True, on_event=rec)
+            result = train(spec, run_dir, resume=resume, quiet=True, on_event=rec)
+        else:
+            result = train_processes(spec, run_dir, rec, resume=resume)
         if rec.sync is not None:  # committed before the job says succeeded: then any machine can serve it
             rec.sync.push_run()
         store.finish(job_id, "succeeded", worker_id=worker_id, result=result.report, message="succeeded")

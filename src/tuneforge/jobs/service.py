@@ -164,6 +164,7 @@ def submit_job(store: Store, settings: Settings, principal: Principal, spec: Job
     if problems:
         raise SpecError(problems)
     _refuse_if_too_large(resolved)
+    _refuse_if_cannot_launch(resolved)
     try:
         return store.insert_job(
             owner=principal.owner,
@@ -265,6 +266,17 @@ def _refuse_if_too_large(spec: JobSpec) -> None:
         model_id = ALIASES.get(model_path.lower(), model_path)
         folder = _hf_cached_snapshot(model_id)
     ensure_fits(model_id, config_dir=folder, setup=TrainingSetup.from_spec(spec))
+
+
+def _refuse_if_cannot_launch(spec: JobSpec) -> None:
+    """A multi-process job (training_config.distributed) is launched by a worker as `tuneforge train --nproc` is:
+    what that launch would refuse on this machine (more processes than GPUs, or than CPU cores without a GPU; FSDP
+    without FSDP2) is refused here, naming the field, instead of failing in the queue."""
+    if spec.training_config.distributed.strategy == "none":
+        return
+    from ..train.distributed import resolve_launch  # torch: only for a distributed spec
+
+    resolve_launch(spec)
 
 
 def run_folder(job: Row, storage: Storage | None) -> Path:

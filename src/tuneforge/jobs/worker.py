@@ -22,10 +22,10 @@ import threading
 import time
 from pathlib import Path
 
+from ..runtime import die_with_parent
 from ..settings import Settings
 from ..storage import open_storage
 from ..train.plan import work_dir_for
-from .run_job import die_with_parent
 from .store import ACTIVE, TERMINAL, Row, Store
 from .sync import delete_job_copies, local_run_dir
 

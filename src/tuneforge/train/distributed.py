@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from ..errors import TuneforgeError
-from ..runtime import local_device_type
+from ..runtime import die_with_parent, local_device_type
 from ..spec import JobSpec, parse_spec
 from .checkpoint import latest_checkpoint
 from .plan import work_dir_for
@@ -215,7 +215,7 @@ def launch(
         start_method="spawn",
         logs_specs=DefaultLogsSpecs(),
     )
-    args = (spec.to_json(redact=False), str(output_dir), resume, overwrite, quiet)
+    args = (spec.to_json(redact=False), str(output_dir), resume, overwrite, quiet, os.getpid())
     try:
         results = elastic_launch(config, _worker)(*args)
     except ChildFailedError as exc:
@@ -254,9 +254,13 @@ def _failure(exc: Any, output_dir: Path) -> TuneforgeError:
     )
 
 
-def _worker(spec_json: str, output_dir: str, resume: bool, overwrite: bool, quiet: bool) -> Any:
+def _worker(spec_json: str, output_dir: str, resume: bool, overwrite: bool, quiet: bool, launcher: int) -> Any:
     """One process of the run (module level: the launcher pickles it into spawned processes)."""
     import torch.distributed as dist
+
+    # The launcher stops its processes when it is stopped (SIGTERM, Ctrl-C), but a SIGKILLed launcher (a job's
+    # training process killed with its worker or its Ray task) cannot: without this its processes would train on.
+    die_with_parent(launcher)
 
     from ..data import DataValidationError
     from .recipe import train_distributed
