@@ -766,22 +766,27 @@ class InferenceEngine:
                 for gen in active:
                     self._end(gen, error=RuntimeError("the engine was closed"))
                 return
-            for gen in list(active):
-                if gen.cancelled:
-                    self._end(gen, reason="cancelled")
-                else:
-                    try:
-                        self._step(gen)
-                    except Exception as exc:
-                        log.exception("generation failed")
-                        self._end(gen, error=GenerationError(f"generation failed: {exc}"))
-                if gen.finish_reason is not None or gen.error is not None:
-                    active.remove(gen)
+            self._step_each(active)
             self.stats.batch_size = len(active)
             try:
                 self._housekeep()
             except Exception:
                 log.exception("adapter housekeeping failed")
+
+    def _step_each(self, gens: list[Generation]) -> None:
+        """One token for each of `gens` in turn on the plain path (round-robin); the cancelled, failed and finished
+        leave the list. A failure ends only its own request."""
+        for gen in list(gens):
+            if gen.cancelled:
+                self._end(gen, reason="cancelled")
+            else:
+                try:
+                    self._step(gen)
+                except Exception as exc:
+                    log.exception("generation failed")
+                    self._end(gen, error=GenerationError(f"generation failed: {exc}"))
+            if gen.finish_reason is not None or gen.error is not None:
+                gens.remove(gen)
 
     # ---------------------------------------------------------------- the batched scheduler
     def _run_batched(self, fast: FastDecoder) -> None:
@@ -815,17 +820,7 @@ class InferenceEngine:
                 prefill = self._admit_and_prefill(fast, batch, waiting, running, prefill)
                 if running:
                     self._decode_batch(batch, running)
-                for gen in list(plain):
-                    if gen.cancelled:
-                        self._end(gen, reason="cancelled")
-                    else:
-                        try:
-                            self._step(gen)
-                        except Exception as exc:
-                            log.exception("generation failed")
-                            self._end(gen, error=GenerationError(f"generation failed: {exc}"))
-                    if gen.finish_reason is not None or gen.error is not None:
-                        plain.remove(gen)
+                self._step_each(plain)
             except Exception as exc:  # a bug in a batched step: fail what it touched, keep serving the rest
                 log.exception("batched step failed")
                 failed = [*running, *([prefill] if prefill else [])]
