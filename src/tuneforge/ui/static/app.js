@@ -641,7 +641,7 @@
     // modelCheck: the server's answer for st.model (can it be loaded here?); wantedModel: a catalog model to select
     // once the catalog has loaded (a draft or a cloned job).
     const st = { model: null, dataPath: null, report: null, inspectSeq: 0, modelCheck: null, wantedModel: null,
-      catalogLoaded: false };
+      catalogLoaded: false, discarded: false };
 
     const problemsBox = h("div", { id: "form-problems", tabindex: "-1" });
 
@@ -1188,7 +1188,7 @@
       if (d.data_path) chooseData(d.data_path);
     }
     const saveDraft = debounce(() => {
-      if (st.restoring) return;
+      if (st.restoring || st.discarded) return;
       try { sessionStorage.setItem(DRAFT, JSON.stringify(collectSpec())); } catch (_) { /* storage full or off */ }
     }, 300);
     onLeave(() => saveDraft.flush());
@@ -1246,6 +1246,10 @@
       if (start) {
         startNote = h("p", { class: "note", id: "form-origin" }, "Your unsent settings are back. ",
           h("button", { type: "button", class: "link", onclick: () => {
+            // A save still pending (or one that a late change event queues) must not write the draft back as
+            // the page is left.
+            st.discarded = true;
+            saveDraft.cancel();
             sessionStorage.removeItem(DRAFT); location.replace("#/new?fresh=" + Date.now());
           } }, "Start over"));
       }
