@@ -90,3 +90,16 @@ def craft_smollm2_adapter(out: Path, seed: int = 0, *, std: float = 0.02) -> Pat
     peft_model.peft_config["default"].base_model_name_or_path = SMOLLM2_ID
     peft_model.save_pretrained(out)
     return out
+
+
+# A JSON schema small enough for constrained decoding on a tiny model (tests of response_format and the sampler)
+PET = {
+    "type": "object",
+    "properties": {
+        "kind": {"enum": ["cat", "dog"]},
+        "age": {"type": "integer", "minimum": 0, "maximum": 30},
+        "name": {"type": "string", "maxLength": 6},
+    },
+    "required": ["kind", "age", "name"],
+    "additionalProperties": False,
+}

@@ -11,22 +11,11 @@ import httpx
 import openai
 import pytest
 import torch
-from serve_helpers import LiveServer
+from serve_helpers import PET, LiveServer
 
 from tiny import CHATML_TOOLS, save_tiny
 
 MESSAGES = [{"role": "user", "content": "what is two plus two?"}]
-
-PET = {
-    "type": "object",
-    "properties": {
-        "kind": {"enum": ["cat", "dog"]},
-        "age": {"type": "integer", "minimum": 0, "maximum": 30},
-        "name": {"type": "string", "maxLength": 6},
-    },
-    "required": ["kind", "age", "name"],
-    "additionalProperties": False,
-}
 
 WEATHER = {
     "type": "function",

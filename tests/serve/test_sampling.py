@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from serve_helpers import PET
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.serve.sampling import SamplingParams, TokenSampler
@@ -63,18 +64,6 @@ def test_params_are_checked_with_the_field_named():
         SamplingParams(logprobs=21).check()
 
 
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "kind": {"enum": ["cat", "dog"]},
-        "age": {"type": "integer", "minimum": 0, "maximum": 30},
-        "name": {"type": "string", "maxLength": 6},
-    },
-    "required": ["kind", "age", "name"],
-    "additionalProperties": False,
-}
-
-
 @pytest.fixture(scope="module")
 def grammars(tiny_tokenizer):
     from tuneforge.serve.grammar import GrammarCompiler
@@ -84,7 +73,7 @@ def grammars(tiny_tokenizer):
 
 def test_constrained_sampling_from_noise_gives_valid_json(grammars, tiny_tokenizer):
     """Random logits (what an untrained model gives) still produce documents that parse and match the schema."""
-    grammar = grammars.json_schema(SCHEMA, field="response_format")
+    grammar = grammars.json_schema(PET, field="response_format")
     eos = tiny_tokenizer.eos_token_id
     for seed in range(5):
         sampler = TokenSampler(SamplingParams(seed=seed), "cpu", grammars.constraint(grammar))
