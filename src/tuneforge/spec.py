@@ -68,6 +68,7 @@ SCHEDULERS = (
 # data_config.task: what the model learns. causal_lm (MonsterAPI's only task) is the default, so MonsterAPI payloads
 # are unchanged; classification trains a sequence-classification head (train/tasks.py).
 Task = Literal["causal_lm", "classification"]
+GGUFType = Literal["f16", "q8_0"]  # the GGUF weight types `tuneforge export` and the export route offer
 TASKS: tuple[str, ...] = get_args(Task)
 
 PreferenceMethod = Literal["orpo", "dpo", "simpo"]

@@ -478,17 +478,23 @@ def _resolve_adapter(
     return v
 
 
-def adapter_zip(settings: Settings, job: Row) -> Path:
-    """A zip of the job's PEFT adapter folder (files at the zip's root), built once and cached."""
+def adapter_folder(settings: Settings, job: Row, *, action: str = "downloaded") -> Path:
+    """A succeeded job's PEFT adapter folder on this machine (409 before it has succeeded, 404 once removed)."""
     if job["status"] != "succeeded":
         raise Conflict(
-            f"job {job['id']!r} is {job['status']}; its adapter can be downloaded once it has succeeded",
+            f"job {job['id']!r} is {job['status']}; its adapter can be {action} once it has succeeded",
             field="job_id",
             value=job["id"],
         )
     adapter = run_folder(job, open_storage(settings.storage)) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise NotFound(f"the adapter of job {job['id']!r} is no longer on the server", field="job_id", value=job["id"])
+    return adapter
+
+
+def adapter_zip(settings: Settings, job: Row) -> Path:
+    """A zip of the job's PEFT adapter folder (files at the zip's root), built once and cached."""
+    adapter = adapter_folder(settings, job)
     target = settings.cache_dir / "adapters" / f"{job['id']}.zip"
     if target.is_file():
         return target

@@ -533,6 +533,22 @@ class DeploymentManager:
         with self._lock:
             return sorted({d["name"] for d in self._live.values()})
 
+    def serving(self, deployment_id: str) -> tuple[InferenceEngine, str] | None:
+        """The engine a live text-generation deployment runs on and the model name its requests are counted under
+        (its metrics' `model` label); None for a classifier or a deployment that is not live."""
+        with self._lock:
+            d = self._live.get(deployment_id)
+        if d is None or d.get("engine") is None:
+            return None
+        return d["engine"], d["model"]
+
+    def classifier_labels(self, deployment_id: str) -> tuple[str, ...] | None:
+        """A live classifier deployment's labels, in the order of `POST /v1/classify`'s `probs`; else None."""
+        with self._lock:
+            d = self._live.get(deployment_id)
+        classifier = d.get("classifier") if d is not None else None
+        return tuple(classifier.labels) if classifier is not None else None
+
     def live(self, name: str) -> dict | None:
         """The live deployment called `name` that this request's `deployment_auth` chose (names are per owner, so
         two tenants may both serve an `orders`); without that choice, the only live one of that name."""
