@@ -1,7 +1,8 @@
 """The web UI items of issue 19 that came last, in headless Chromium against a real server with the tiny model:
 export from a finished job's page (the merged model as a zip, GGUF with its weight type, a failed conversion's
 reason, exports listed again after a reload); job comparison (ticked in the jobs list, a deep-linkable page with
-both runs' loss curves on one chart, their results, and their settings with those that differ marked). Screenshots in test-artifacts/ui/; a 390 px pass and axe-core in the
+both runs' loss curves on one chart, their results, and their settings with those that differ marked); a deployment's page with its live serving
+figures; a classifier deployment's playground (a text in, its label and a bar per class out). Screenshots in test-artifacts/ui/; a 390 px pass and axe-core in the
 page as in the other UI tests."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import zipfile
 
 import pytest
-from tfservice import Client, payload
+from tfservice import Client, payload, wait_for
 from uikit import PHONE, axe_check, fits, no_js_errors
 
 pytestmark = [pytest.mark.browser]
@@ -149,9 +150,12 @@ def test_two_jobs_compared_side_by_side(ui_server, jobs, page, shot, sign_in):
     axe_check(page, "job comparison")
     no_js_errors(page)
 
-    # The URL is the comparison: opened in a fresh tab it shows the same jobs.
+    # The URL is the comparison: opened in a fresh tab (signed out: the key is kept per tab), it shows the same jobs
+    # once signed in.
     other = page.context.new_page()
     other.goto(url)
+    other.get_by_label("API key").fill(key)
+    other.get_by_role("button", name="Sign in").click()
     other.locator("#compare-chart polyline").first.wait_for()
     assert other.locator("#compare-legend").inner_text().split() == ["slow-lr", "fast-lr"]
     other.close()
@@ -181,3 +185,106 @@ def test_the_comparison_at_390_px(ui_server, jobs, browser, shot):
 def _num(x: float) -> str:
     """The page's number format (fmtNum: 4 significant digits)."""
     return f"{float(f'{x:.4g}'):g}" if abs(x) >= 1e-3 else f"{x:.2e}"
+
+
+def deploy(client: Client, body: dict) -> dict:
+    r = client.post("/v1/deploy/llm", json=body)
+    assert r.status_code == 200, r.text
+    dep_id = r.json()["deployment_id"]
+
+    def live():
+        d = client.get(f"/v1/deploy/status/{dep_id}").json()
+        return d if d["status"] in ("live", "failed") else None
+
+    d = wait_for(live, 180, interval=0.5, what="the deployment to go live")
+    assert d["status"] == "live", d
+    return d
+
+
+def test_a_deployment_page_shows_its_serving_figures_live(ui_server, jobs, page, shot, sign_in):
+    server, key = ui_server
+    client = Client(server.url, key)
+    d = deploy(client, {"basemodel_path": jobs[0]["model"], "loramodel_path": jobs[0]["job_id"],
+                        "deployment_name": "slow-lr-live"})  # fmt: skip
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/#/playground")
+    page.get_by_text("All deployments").click()
+    page.get_by_role("link", name="slow-lr-live").click()  # the playground's list links each deployment's page
+    page.get_by_role("heading", name="Deployment slow-lr-live").wait_for()
+    requests_now = page.locator("#metric-requests .v")
+    requests_now.wait_for()
+    before = int(requests_now.inner_text())
+
+    for _ in range(2):
+        r = client.post(
+            "/v1/completions", json={"model": "slow-lr-live", "prompt": "what is 1 plus 2?", "max_tokens": 4}
+        )
+        assert r.status_code == 200, r.text
+    # The page refreshes itself: the two requests and their tokens appear without a reload.
+    page.wait_for_function(f"document.querySelector('#metric-requests .v').textContent === '{before + 2}'")
+    m = client.get(f"/v1/deploy/metrics/{d['deployment_id']}").json()
+    assert page.locator("#metric-tokens .v").inner_text() == str(m["generated_tokens"])
+    assert page.locator("#metric-queue .v").inner_text() == "0"
+    assert page.locator("#metric-adapters .v").inner_text() == f"{m['loaded_adapters']} of {m['registered_adapters']}"
+    ttft = page.locator("#metric-ttft .v").inner_text()
+    assert ttft.count(" / ") == 2 and "—" not in ttft, ttft  # p50 / p90 / p99
+    page.wait_for_function("document.querySelector('#metric-rate .v').textContent !== '—'")  # two readings in
+    shot(page, "deployment-metrics")
+    axe_check(page, "deployment page")
+    no_js_errors(page)
+
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(300)
+    fits(page, "deployment page")
+    shot(page, "mobile-deployment-metrics")
+    axe_check(page, "deployment page at 390 px")
+
+
+def test_a_classifier_deployment_gets_a_classifier_playground(ui_server, page, shot, sign_in):
+    from tuneforge.adapter_card import classification_card
+    from tuneforge.models.loader import resolve_model
+    from tuneforge.models.lora import LoraSettings, apply_lora, load_base_model
+    from tuneforge.runtime import pick_runtime
+
+    server, key = ui_server
+    labels = ["negative", "neutral", "positive"]
+    tiny = server.home / "models" / "tiny"
+    resolved = resolve_model(str(tiny))
+    base = load_base_model(resolved, pick_runtime("fp32"), labels=labels, pad_token_id=0)
+    model, _, _ = apply_lora(
+        base, LoraSettings(r=4, alpha=8), model_id=resolved.model_id, quantized=False,
+        gradient_checkpointing=False, seed=0, classification=True,
+    )  # fmt: skip
+    folder = server.home / "models" / "adapters" / "sentiment"
+    model.save_pretrained(folder)
+    classification_card(labels, text_column="text", max_length=64, base_model={}).write(folder)
+    client = Client(server.url, key)
+    d = deploy(client, {"basemodel_path": str(tiny), "loramodel_path": str(folder), "deployment_name": "sentiment"})
+    assert d["task"] == "classification" and d["labels"] == labels
+
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/#/playground?adapter={d['deployment_id']}")
+    box = page.locator("#classify-box")
+    box.wait_for()
+    assert page.locator("#chat-area").is_hidden() and page.get_by_label("Prompt format").is_hidden()
+    text = "the parcel came late and broken"
+    page.get_by_label("Text", exact=True).fill(text)
+    page.get_by_role("button", name="Classify").click()
+    page.locator("#classify-probs li").first.wait_for()
+
+    want = client.post("/v1/classify", json={"model": "sentiment", "input": text}).json()["data"][0]
+    assert page.locator("#classify-label strong").inner_text() == want["label"]
+    shown = {li.get_attribute("data-label"): li.locator(".prob-value").inner_text()
+             for li in page.locator("#classify-probs li").all()}  # fmt: skip
+    assert shown == {label: f"{100 * p:.1f}%" for label, p in zip(labels, want["probs"], strict=True)}
+    widths = page.locator("#classify-probs .prob-bar span").evaluate_all("s => s.map(e => parseFloat(e.style.width))")
+    assert widths == sorted(widths, reverse=True) and abs(sum(widths) - 100) < 0.5, widths  # most likely first
+    shot(page, "playground-classifier")
+    axe_check(page, "classifier playground")
+    no_js_errors(page)
+
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(300)
+    fits(page, "classifier playground")
+    shot(page, "mobile-playground-classifier")
+    axe_check(page, "classifier playground at 390 px")
