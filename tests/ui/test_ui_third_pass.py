@@ -51,6 +51,7 @@ def test_a_finished_job_exports_its_merged_model_and_says_why_gguf_failed(ui_ser
     names = zipfile.ZipFile(download.path()).namelist()
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(names), names
     box.locator(".export-downloaded").wait_for()
+    shot(page, "job-exported")  # docs/ui-job.png, the README's screenshot
 
     # GGUF with the chosen weight type: llama.cpp's converter refuses the tiny test model's tokenizer, and the page
     # says so (the reason, not just "failed").

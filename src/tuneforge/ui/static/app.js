@@ -2078,7 +2078,7 @@
         put(classifyOut, h("p", { id: "classify-label" }, "Label: ", h("strong", {}, res.label),
             ` (${fmtPct(Math.max(...res.probs))})`),
           h("ul", { class: "probs", id: "classify-probs", "aria-label": "Probability of each label" },
-            order.map(([label, p]) => h("li", { "data-label": label, class: label === res.label ? "top" : null },
+            order.map(([label, p]) => h("li", { "data-label": label, class: label === res.label ? "best" : null },
               h("span", { class: "prob-label" }, label),
               h("span", { class: "prob-bar", "aria-hidden": "true" }, h("span", { style: `width:${(100 * p).toFixed(1)}%` })),
               h("span", { class: "prob-value mono" }, fmtPct(p))))),
