@@ -1777,8 +1777,10 @@
             const ds = $("#deploy-status", out); if (ds) put(ds, badge(cur.status));
             if (cur.status !== "building") {
               if (cur.status === "live") {
-                put(info, h("a", { class: "button primary", id: "open-playground",
-                  href: `#/playground?adapter=${encodeURIComponent(d.deployment_id)}` }, "Open in the playground"));
+                put(info, h("div", { class: "row" }, h("a", { class: "button primary", id: "open-playground",
+                  href: `#/playground?adapter=${encodeURIComponent(d.deployment_id)}` }, "Open in the playground"),
+                  h("a", { class: "button", id: "open-deployment", href: `#/deployments/${encodeURIComponent(d.deployment_id)}` },
+                    "Deployment page (serving figures)")));
               } else put(info, alertBox(cur.error || `deployment ${cur.status}`));
               break;
             }
