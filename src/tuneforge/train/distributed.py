@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from ..errors import TuneforgeError
-from ..runtime import die_with_parent, local_device_type
+from ..runtime import default_nproc_per_node, die_with_parent, local_device_type
 from ..spec import JobSpec, parse_spec
 from .checkpoint import latest_checkpoint
 from .plan import work_dir_for
@@ -114,7 +114,7 @@ def resolve_launch(spec: JobSpec, nproc: int | None = None) -> JobSpec:
         if strategy == "none" and nproc > 1:
             strategy = "ddp"
     device = local_device_type()
-    per_node = nproc or d.nproc_per_node or (torch.cuda.device_count() if device == "cuda" else 1)
+    per_node = nproc or d.nproc_per_node or default_nproc_per_node(device)
     if strategy == "none":  # one process (a spec without a strategy, --nproc 1 or none): nothing to launch
         return _with_distributed(spec, strategy="none", nproc_per_node=1)
     if not torch.distributed.is_available():
