@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .models.memory import MemoryEstimate
 
-from .models.fit import model_shape
+from .models.fit import distribution, model_shape
 from .models.loader import load_tokenizer, resolve_model
 from .models.memory import GiB, ModelShape, TrainingSetup, device_memory, estimate_training_memory, format_bytes
 from .runtime import auto_precision, default_device, dtype_of, resolve_optimizer
@@ -167,6 +167,10 @@ def format_estimate(est: JobEstimate) -> str:
         f"peak memory       {format_bytes(m.total)}"
         + ("" if est.fits is None else ("  (fits)" if est.fits else "  (DOES NOT FIT)")),
     ]
+    if m.setup.world_size > 1:
+        lines.append(f"processes         {distribution(m.setup).removeprefix(', on ')}")
+        if m.processes_per_device > 1:
+            lines.append(f"per process       {format_bytes(m.per_process)}")
     for name, value in m.to_dict()["breakdown_bytes"].items():
         lines.append(f"  {name:<15} {format_bytes(value)}")
     if est.seconds_per_epoch is not None and est.peak_flops is not None:

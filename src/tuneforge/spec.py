@@ -251,8 +251,8 @@ class DistributedConfig(_Section):
         "none",
         description="(tuneforge) none: one process. ddp: every process holds the whole model and the gradients of "
         "the LoRA weights are summed across processes (DistributedDataParallel). fsdp: the frozen base model is "
-        "sharded across processes (FSDP2 fully_shard), for bases that do not fit one device; the small LoRA "
-        "weights stay whole on each. `tuneforge train --nproc N` with N > 1 picks ddp when this is none.",
+        "sharded across processes (FSDP2 fully_shard), for bases that do not fit one device, 4-bit (QLoRA) ones "
+        "included; the small LoRA weights stay whole on each. `tuneforge train --nproc N` with N > 1 picks ddp when this is none.",
     )
     nproc_per_node: int | None = Field(
         None,
@@ -498,22 +498,12 @@ class JobSpec(_Section):
                 "'validation' fraction or set validation_data_path"
             )
         d = self.data_config
-        if t.distributed.strategy == "fsdp":
-            if self.pretrainedmodel_config.use_quantization:
-                # FSDP2 turns each sharded weight into a plain tensor, dropping bitsandbytes' Params4bit and its
-                # quantization state: the 4-bit layers then compute garbage without an error (bitsandbytes issue
-                # #1945, accelerate #3983). DDP keeps the 4-bit base whole on each device and works.
-                raise ValueError(
-                    "training_config.distributed.strategy 'fsdp' cannot shard a 4-bit (QLoRA) base: "
-                    "FSDP2 loses bitsandbytes' quantization state; use strategy 'ddp' (the 4-bit base whole on "
-                    "each device) or use_quantization false"
-                )
-            if d.test_data_path or d.data_split_config.get("test", 0) > 0:
-                raise ValueError(
-                    "training_config.distributed.strategy 'fsdp' with test rows: the evaluation after training "
-                    "generates answers in one process, which a base sharded across processes cannot do; use "
-                    "strategy 'ddp', or drop the test split and run `tuneforge eval` on the adapter afterwards"
-                )
+        if t.distributed.strategy == "fsdp" and (d.test_data_path or d.data_split_config.get("test", 0) > 0):
+            raise ValueError(
+                "training_config.distributed.strategy 'fsdp' with test rows: the evaluation after training "
+                "generates answers in one process, which a base sharded across processes cannot do; use "
+                "strategy 'ddp', or drop the test split and run `tuneforge eval` on the adapter afterwards"
+            )
         if t.preference is not None and t.distributed.strategy != "none":
             raise ValueError(
                 f"preference tuning ({t.preference}) runs in one process: set training_config.distributed.strategy "

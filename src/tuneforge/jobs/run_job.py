@@ -153,9 +153,14 @@ def train_processes(spec: JobSpec, run_dir: Path, rec: Recorder, *, resume: bool
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
     from ..train.checkpoint import latest_checkpoint
-    from ..train.distributed import launch
+    from ..train.distributed import launch, resolve_launch
 
     checkpoint = latest_checkpoint(work_dir_for(run_dir)) if resume else None
+    if checkpoint is not None:
+        # The ranks' own "resumed from" line goes to their console, not to the job's events (only rank 0's metrics
+        # do): say it here, where a one-process job's recipe says it.
+        processes = resolve_launch(spec).training_config.distributed.nproc_per_node  # the default filled in
+        rec.log(f"resuming from {checkpoint} at step {checkpoint.name.split('-')[1]} ({processes} processes)")
     tail = MetricsTail(
         work_dir_for(run_dir) / "metrics.jsonl",
         rec,

@@ -49,8 +49,21 @@ def _describe(setup: TrainingSetup) -> str:
     checkpointing = ", gradient checkpointing" if setup.gradient_checkpointing else ""
     return (
         f"{'QLoRA (4-bit)' if setup.method == 'qlora' else 'LoRA'} on {setup.device}, {setup.precision}, "
-        f"batch {setup.batch_size} x {setup.seq_len} tokens, r={setup.lora_r}{checkpointing}"
+        f"batch {setup.batch_size} x {setup.seq_len} tokens, r={setup.lora_r}{checkpointing}{distribution(setup)}"
     )
+
+
+def distribution(setup: TrainingSetup) -> str:
+    """', on N processes (strategy)' and what that divides, for a multi-process setup; '' for one process."""
+    if setup.world_size == 1:
+        return ""
+    held = (
+        f"base weights sharded {setup.world_size} ways"
+        if setup.strategy == "fsdp"
+        else "the whole base on each process"
+    )
+    shared = f", {setup.nproc_per_node} sharing this machine's memory" if setup.device == "cpu" else ", one per GPU"
+    return f", on {setup.world_size} processes ({setup.strategy}: {held}; LoRA weights, gradients and optimizer state whole on each{shared})"
 
 
 def smallest_estimate(shape: ModelShape, device: DeviceType) -> MemoryEstimate:

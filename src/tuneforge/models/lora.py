@@ -32,6 +32,10 @@ class LoraSettings:
 class QuantSettings:
     quant_type: str = "nf4"
     double_quant: bool = True
+    # The dtype the packed 4-bit weights are stored as (two 4-bit values per byte, viewed as this dtype): uint8 by
+    # default; FSDP sets it to the compute dtype so the packed weights can be sharded like the base's other
+    # weights (bitsandbytes' FSDP-QLoRA guide).
+    storage_dtype: torch.dtype = torch.uint8
 
 
 def _bnb_config(quant: QuantSettings, compute_dtype: torch.dtype):
@@ -50,6 +54,7 @@ def _bnb_config(quant: QuantSettings, compute_dtype: torch.dtype):
         bnb_4bit_quant_type=quant.quant_type,
         bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=quant.storage_dtype,
     )
 
 
@@ -213,7 +218,7 @@ def parameter_counts(model) -> tuple[int, int]:
     for p in model.parameters():
         n = p.numel()
         if p.__class__.__name__ == "Params4bit":
-            n *= 2  # two 4-bit values per stored byte
+            n *= 2 * p.element_size()  # two 4-bit values per byte of the storage dtype (uint8, or FSDP's float)
         total += n
         if p.requires_grad:
             trainable += n

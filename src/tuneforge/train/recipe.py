@@ -284,6 +284,10 @@ def setup(
         work = _prepare_output(output_dir, resume=resume, overwrite=overwrite)
 
     quant = QuantSettings(p.quantization_type, p.double_quantization) if p.use_quantization else None
+    if quant is not None and dist is not None and dist.strategy == "fsdp":
+        # FSDP shards the packed 4-bit weights with the others: stored in the compute dtype (bitsandbytes'
+        # FSDP-QLoRA guide). The bits are the same as with uint8 storage, only viewed as another dtype.
+        quant = replace(quant, storage_dtype=runtime.compute_dtype)
     load_runtime = runtime
     if dist is not None and dist.strategy == "fsdp" and runtime.is_cuda:
         # FSDP: the base goes to host memory first and each GPU receives only its shard (distributed._shard), so a
