@@ -38,7 +38,8 @@ def save_tiny_vision_base(folder: Path, arch: str = "vit") -> Path:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
     config = AutoConfig.for_model(arch, num_labels=HUB_HEAD, **TINY_VISION_CONFIGS[arch])
-    cls = getattr(transformers, MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[arch])
+    names = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[arch]  # DeiT also has a distillation ("WithTeacher") head
+    cls = getattr(transformers, names[0] if isinstance(names, tuple) else names)
     config.architectures = [cls.__name__]
     torch.manual_seed(0)
     cls(config).save_pretrained(folder)

@@ -221,6 +221,12 @@ class DataConfig(_Section):
         "file, or absolute), image bytes, or a Hugging Face datasets Image value {bytes, path}.",
     )
 
+    image_augmentation: bool = Field(
+        False,
+        description="(tuneforge) image_classification: flip and crop training images at random (a horizontal flip, "
+        "80-100% crops) before the model's image processor; validation and test images are never augmented.",
+    )
+
     @field_validator("text_column", "label_column", "image_column")
     @classmethod
     def _column_name(cls, v: str) -> str:
@@ -552,6 +558,10 @@ class JobSpec(_Section):
             raise ValueError(
                 "data_config.data_format 'preference' needs a preference method: set training_config."
                 "preference_method to one of orpo, dpo, simpo (or preference_optimization to 'ORPO')"
+            )
+        if d.image_augmentation and d.task != "image_classification":
+            raise ValueError(
+                f"data_config.image_augmentation is for data_config.task 'image_classification', not {d.task!r}"
             )
         if d.task in CLASSIFIER_TASKS:
             # These fields shape generated text; a classifier reads its input column and label_column only.

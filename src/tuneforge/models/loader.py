@@ -255,6 +255,27 @@ def load_tokenizer(model_path: str, *, hf_token: str | None = None, relative_is_
     return tokenizer
 
 
+def load_image_processor(model_path: str, *, hf_token: str | None = None, relative_is_local: bool = True):
+    """The vision model's own image processor (preprocessor_config.json): its resize, crop and normalisation, so
+    training and inference see images exactly as the model was pretrained on them."""
+    from transformers import AutoImageProcessor
+
+    quiet_transformers()
+    resolved = resolve_model(model_path, relative_is_local=relative_is_local)
+    try:
+        return AutoImageProcessor.from_pretrained(
+            resolved.load_from, token=hf_token, local_files_only=resolved.is_local
+        )
+    except (OSError, ValueError) as exc:
+        raise TuneforgeError(
+            f"pretrainedmodel_config.model_path: {resolved.model_id!r} has no image processor "
+            f"(preprocessor_config.json), which data_config.task 'image_classification' resizes and normalises "
+            f"images with: {str(exc).splitlines()[0]}",
+            field="pretrainedmodel_config.model_path",
+            value=model_path,
+        ) from None
+
+
 # --- the exact base ------------------------------------------------------------------------------------------------
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
