@@ -112,6 +112,18 @@ def backbone_target_regex(model, targets: list[str]) -> str:
     return rf"^{re.escape(model.base_model_prefix)}\.(.*\.)?({names})$"
 
 
+def freeze_batch_norm(model) -> None:
+    """Put the BatchNorm layers (ResNet's) in eval mode: they normalise with the checkpoint's running statistics and
+    never update them. Those statistics are buffers of the frozen base that the adapter does not save, so updating
+    them in training would give a published adapter that no longer matches what was trained (and the small batches of
+    fine-tuning would make them noisy); this is the usual "frozen BatchNorm" of fine-tuning (detectron2, timm)."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def label_maps(labels: list[str]) -> tuple[dict[int, str], dict[str, int]]:
     """id2label and label2id, as transformers' configs and tuneforge's adapter card store them."""
     return dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}

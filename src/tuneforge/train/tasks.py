@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..data.classify import ClassExample
 from ..data.images import ImageExample, open_image
 from ..evaluate.metrics import classification_scores
+from ..models.classifier import freeze_batch_norm
 from ..runtime import Runtime
 
 
@@ -166,6 +167,8 @@ class ImageClassificationTask(ClassificationTask):
         return {"pixel_values": pixel_batch(self.processor, images), "labels": labels}
 
     def logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if model.training:
+            freeze_batch_norm(model)  # the recipe's model.train() turns them back on: see freeze_batch_norm
         return model(pixel_values=batch["pixel_values"]).logits.float()
 
     @staticmethod
