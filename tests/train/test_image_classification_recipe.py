@@ -93,7 +93,7 @@ def test_resumed_resnet_run_matches_an_uninterrupted_one(images, tmp_path):
 def test_spec_fields_of_the_image_task():
     d = parse_spec({"data_config": {"data_path": "pets", "task": "image_classification"}}).data_config
     assert (d.image_column, d.label_column, d.image_augmentation) == ("image", "label", False)
-    with pytest.raises(SpecError, match="data_config.image_column and label_column are both 'x'"):
+    with pytest.raises(SpecError, match=r"data_config.image_column and label_column are both 'x'"):
         parse_spec(
             {
                 "data_config": {
@@ -105,11 +105,11 @@ def test_spec_fields_of_the_image_task():
             }
         )
     with pytest.raises(
-        SpecError, match="data_config.prompt_template cannot be used with data_config.task 'image_classification'"
+        SpecError, match=r"data_config.prompt_template cannot be used with data_config.task 'image_classification'"
     ):
         parse_spec({"data_config": {"data_path": "p", "task": "image_classification", "prompt_template": "{a}{b}"}})
     with pytest.raises(
-        SpecError, match="data_config.image_augmentation is for data_config.task 'image_classification'"
+        SpecError, match=r"data_config.image_augmentation is for data_config.task 'image_classification'"
     ):
         parse_spec({"data_config": {"data_path": "p", "image_augmentation": True}})
 
