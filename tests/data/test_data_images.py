@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.tiny_images import png_bytes, write_image_csv, write_image_folder
+from tiny_images import png_bytes, write_image_csv, write_image_folder
 
 from tuneforge.data import DataOptions, DataValidationError, prepare_dataset, validate_source
 from tuneforge.data.images import ImageExample, open_image
