@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tiny_images import png_bytes, write_image_csv, write_image_folder
 
+from tiny_images import png_bytes, write_image_csv, write_image_folder
 from tuneforge.data import DataOptions, DataValidationError, prepare_dataset, validate_source
 from tuneforge.data.images import ImageExample, open_image
 from tuneforge.errors import TuneforgeError
@@ -122,3 +122,16 @@ def test_validation_file_labels_must_occur_in_training(tmp_path):
     val2 = write_image_folder(tmp_path / "val2", per_class=3, labels=("blue", "red"))
     data = prepare_dataset(str(train), IMG, tokenizer=None, validation_data_path=str(val2))
     assert sorted({e.label for e in data.validation}) == [0, 2]  # 'red' is id 1 in its file, 2 in training
+
+
+def test_cli_validates_an_image_folder(tmp_path, capsys):
+    from tuneforge.cli import main
+
+    folder = write_image_folder(tmp_path / "photos", per_class=5)
+    assert main(["data", "validate", str(folder), "--task", "image_classification"]) == 0
+    out = capsys.readouterr().out
+    assert "format       image_classification (image: image, label: label)" in out and "blue 5, red 5" in out
+    (folder / "red" / "bad.png").write_bytes(b"nope")
+    assert main(["data", "validate", str(folder), "--task", "image_classification"]) == 1
+    out = capsys.readouterr().out
+    assert "photos row 11: file" in out and "red/bad.png' cannot be decoded" in out

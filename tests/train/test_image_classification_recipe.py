@@ -134,3 +134,11 @@ def test_cli_bad_image_input_exits_2(vit_dir, images, tmp_path, capsys):
     spec.write_text(json.dumps(text_job))
     assert main(["train", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 2
     assert "(vit) is a vision model: it reads images, not text" in capsys.readouterr().err
+
+
+def test_estimate_says_it_does_not_cover_images(vit_dir, images, tmp_path, capsys):
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps(_spec(vit_dir, images).to_dict()))
+    assert main(["estimate", str(spec), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tuneforge: error: estimate: data_config.task 'image_classification' has no memory")
