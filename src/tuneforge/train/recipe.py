@@ -548,10 +548,12 @@ def _run_eval(s: Session) -> None:
     if s.objective is not None:
         # Pairs take two sequences each: the same batch_size * 2 sequences per forward pass as SFT's evaluation.
         pairs = cast("list[PairExample]", s.val_set)  # preference data: prepare_dataset kept pairs
-        values = s.objective.evaluate(s.model, pairs, batch_size=t.batch_size, pad_id=s.pad_id, runtime=s.runtime)
+        values = s.objective.evaluate(
+            s.model, pairs, batch_size=t.batch_size, pad_id=s.tokenizer.pad_token_id, runtime=s.runtime
+        )
         loss = values["eval_loss"]
     elif s.task is not None:
-        rows = cast("list[ClassExample]", s.val_set)  # classification data: prepare_dataset kept ClassExamples
+        rows = cast("list[ClassExample]", s.val_set)  # classification data: ClassExamples (or ImageExamples)
         values = s.task.evaluate(s.model, rows, batch_size=t.batch_size * 2, pad_id=s.pad_id, runtime=s.runtime)
         loss = values["eval_loss"]
     else:
@@ -559,7 +561,7 @@ def _run_eval(s: Session) -> None:
             s.model,
             s.val_set,
             batch_size=t.batch_size * 2,
-            pad_id=s.pad_id,
+            pad_id=s.tokenizer.pad_token_id,
             runtime=s.runtime,
             parallel=s.parallel,
         )
