@@ -381,9 +381,7 @@ def _task(spec: JobSpec, labels: list[str], tokenizer: Any) -> ClassificationTas
     """The classification task of the job: over texts, or over images with the model's image processor."""
     d = spec.data_config
     if d.task == "image_classification":
-        return ImageClassificationTask(
-            labels, tokenizer, augment_train=d.image_augmentation, seed=spec.training_config.seed
-        )
+        return ImageClassificationTask(labels, tokenizer, augment_train=d.image_augmentation)
     return ClassificationTask(labels)
 
 

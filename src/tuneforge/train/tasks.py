@@ -134,16 +134,19 @@ def pixel_batch(processor, images: Sequence) -> torch.Tensor:
     return processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 
-def augment(image, rng):
+def augment(image):
     """A light training-time augmentation: a random horizontal flip and a random crop of 80-100% of each side
-    (before the processor's resize), the usual "light" setting of timm / torchvision recipes for fine-tuning."""
+    (before the processor's resize), the usual "light" setting of timm / torchvision recipes for fine-tuning. Drawn
+    from torch's global generator, which checkpoints save and restore, so a resumed run augments as an uninterrupted
+    one would."""
     from PIL import Image
 
-    if rng.random() < 0.5:
+    flip, fw, fh, fx, fy = torch.rand(5).tolist()
+    if flip < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     w, h = image.size
-    cw, ch = max(1, round(w * rng.uniform(0.8, 1.0))), max(1, round(h * rng.uniform(0.8, 1.0)))
-    left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    cw, ch = max(1, round(w * (0.8 + 0.2 * fw))), max(1, round(h * (0.8 + 0.2 * fh)))
+    left, top = int(fx * (w - cw + 1)), int(fy * (h - ch + 1))
     return image.crop((left, top, left + cw, top + ch))
 
 
@@ -151,18 +154,15 @@ class ImageClassificationTask(ClassificationTask):
     """`ClassificationTask` over images (data/images.py ImageExample): decoded batch by batch and prepared by the
     model's image processor; `augment_train`: flip and crop the training batches (never the evaluated ones)."""
 
-    def __init__(self, labels: list[str], processor, *, augment_train: bool = False, seed: int = 0):
+    def __init__(self, labels: list[str], processor, *, augment_train: bool = False):
         super().__init__(labels)
-        import random
-
         self.processor = processor
         self.augment_train = augment_train
-        self.rng = random.Random(seed)
 
     def collate(self, examples: Sequence, pad_id: int | None, *, train: bool = False) -> dict[str, torch.Tensor]:
         images = [open_image(cast("ImageExample", e).image) for e in examples]
         if train and self.augment_train:
-            images = [augment(im, self.rng) for im in images]
+            images = [augment(im) for im in images]
         labels = torch.tensor([e.label for e in examples], dtype=torch.long)
         return {"pixel_values": pixel_batch(self.processor, images), "labels": labels}
 
