@@ -14,11 +14,11 @@ from tiny_images import HUB_HEAD, TINY_VISION_CONFIGS, coloured_image, save_tiny
 from tuneforge.adapter_card import classification_card
 from tuneforge.errors import TuneforgeError
 from tuneforge.inference import load_for_inference
-from tuneforge.models.catalog import IMAGE_CLASSIFIER_ARCHITECTURES
+from tuneforge.models.catalog import IMAGE_CLASSIFIER_ARCHITECTURES, VISION_CATALOG, get_entry
 from tuneforge.models.classifier import check_task, freeze_batch_norm, head_modules
 from tuneforge.models.loader import load_image_processor, resolve_model
 from tuneforge.models.lora import LoraSettings, apply_lora, load_base_model
-from tuneforge.models.targets import IMAGE_TARGET_MODULES
+from tuneforge.models.targets import IMAGE_TARGET_MODULES, missing_target_modules
 from tuneforge.runtime import pick_runtime
 from tuneforge.train.tasks import pixel_batch
 
@@ -131,4 +131,30 @@ def test_the_task_the_model_cannot_do_is_refused_by_name():
 
 def test_image_architectures_are_the_tested_ones():
     assert set(TINY_VISION_CONFIGS) == IMAGE_CLASSIFIER_ARCHITECTURES == set(IMAGE_TARGET_MODULES)
+    assert {e.architecture for e in VISION_CATALOG} <= IMAGE_CLASSIFIER_ARCHITECTURES
     assert len(LABELS) != HUB_HEAD  # the hub head is always replaced
+
+
+@pytest.mark.parametrize("entry", VISION_CATALOG, ids=lambda e: e.alias)
+def test_vision_catalog_sizes_match_the_published_counts(entry):
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    config = entry.transformers_config()
+    names = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[config.model_type]
+    with torch.device("meta"):
+        model = getattr(transformers, names[0] if isinstance(names, tuple) else names)(config)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(entry.params_b * 1e9, rel=0.02)
+    assert entry.tasks == ("image_classification",) and get_entry(entry.alias) is entry
+    assert entry.target_modules == IMAGE_TARGET_MODULES[entry.architecture]
+    assert not missing_target_modules(model, entry.target_modules)
+
+
+def test_models_lists_vision_models_by_task(capsys):
+    from tuneforge.cli import main
+
+    assert main(["models", "--task", "image_classification"]) == 0
+    out = capsys.readouterr().out
+    assert all(e.id in out for e in VISION_CATALOG) and "4 models" in out and "224px" in out
+    assert main(["models", "--task", "classification"]) == 0
+    assert "vit-base" not in capsys.readouterr().out
