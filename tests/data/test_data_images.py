@@ -135,3 +135,27 @@ def test_cli_validates_an_image_folder(tmp_path, capsys):
     assert main(["data", "validate", str(folder), "--task", "image_classification"]) == 1
     out = capsys.readouterr().out
     assert "photos row 11: file" in out and "red/bad.png' cannot be decoded" in out
+
+
+def test_a_saved_datasets_folder_with_an_image_feature(tmp_path):
+    import datasets
+
+    from tiny_images import coloured_image
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": [coloured_image(c, i) for c in ("red", "blue") for i in range(5)],
+            "label": ["red"] * 5 + ["blue"] * 5,
+        },
+        features=features,
+    )
+    ds.save_to_disk(str(tmp_path / "saved"))
+    data = prepare_dataset(str(tmp_path / "saved"), IMG, tokenizer=None, split_fractions={"train": 1.0})
+    assert data.labels == ["blue", "red"] and all(isinstance(e.image, bytes) for e in data.train)
+    assert open_image(data.train[0].image).size == (24, 20)
+
+    from tuneforge.data.images import image_ref
+
+    ref, named = image_ref(coloured_image("red", 0), None)  # a streamed hub dataset yields decoded images
+    assert isinstance(ref, bytes) and named.endswith("24x20)") and open_image(ref).getpixel((0, 0))[0] > 150

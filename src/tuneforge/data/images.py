@@ -5,7 +5,8 @@ Three layouts give the rows:
   Hugging Face `imagefolder` layout); the subfolder names are the labels, files without an image extension are
   left out (and counted in a note);
 - a CSV/JSON/JSONL file with an image-path column (`image_column`, paths relative to the data file or absolute);
-- a Parquet file whose image column holds bytes, or the Hugging Face `datasets` Image feature's `{"bytes", "path"}`.
+- a Parquet file whose image column holds bytes, or the Hugging Face `datasets` Image feature's `{"bytes", "path"}`
+  (also in a `save_to_disk` folder; a hub dataset streams decoded images, which are kept as PNG bytes).
 
 The scan is classify.py's (label checks, the label set, per-class counts, small-class and imbalance warnings) with
 the text checks replaced by image checks: every image is decoded once here, so a truncated or mislabelled file is
@@ -64,6 +65,10 @@ def open_image(ref: ImageRef):
 def image_ref(value: Any, folder: Path | None) -> tuple[ImageRef | None, str]:
     """(the image reference of a cell, how to name it in messages), or (None, why not) for a cell that holds no
     image. A relative path is read from `folder` (the data file's folder)."""
+    if hasattr(value, "getexif") and hasattr(value, "save"):  # a decoded PIL image: a streamed datasets Image value
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")  # lossless, whatever the image was read from
+        return buf.getvalue(), f"image ({value.format or 'decoded'}, {value.size[0]}x{value.size[1]})"
     if isinstance(value, dict) and ("bytes" in value or "path" in value):  # datasets' Image feature
         if value.get("bytes"):
             return bytes(value["bytes"]), f"image bytes ({value.get('path') or 'no path'})"
