@@ -893,7 +893,8 @@ def publish(s: Session, *, wall_start: float) -> RunResult:
     s.console.log(
         f"done: {state.global_step} steps, train loss {state.last_train_loss:.4f}"
         + (f", validation loss {state.best_eval_loss:.4f}" if state.best_eval_loss is not None else "")
-        + f", {report['tokens_per_second']:.0f} tokens/s; adapter in {output_dir / 'adapter'}"
+        + f", {report['tokens_per_second']:.0f} {'images' if isinstance(s.task, ImageClassificationTask) else 'tokens'}"
+        + f"/s; adapter in {output_dir / 'adapter'}"
     )
     return RunResult(output_dir=output_dir, adapter_dir=output_dir / "adapter", report=report)
 
