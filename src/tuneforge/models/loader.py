@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +242,19 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+@contextmanager
+def transformers_warnings_off() -> Iterator[None]:
+    """transformers' warnings off for a call whose warnings tuneforge expects and says better itself."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
 def load_tokenizer(model_path: str, *, hf_token: str | None = None, relative_is_local: bool = True):
     from transformers import AutoTokenizer
 
@@ -263,9 +277,11 @@ def load_image_processor(model_path: str, *, hf_token: str | None = None, relati
     quiet_transformers()
     resolved = resolve_model(model_path, relative_is_local=relative_is_local)
     try:
-        return AutoImageProcessor.from_pretrained(
-            resolved.load_from, token=hf_token, local_files_only=resolved.is_local
-        )
+        # Without torchvision, transformers warns that it falls back to the processor's PIL backend: the one wanted.
+        with transformers_warnings_off():
+            return AutoImageProcessor.from_pretrained(
+                resolved.load_from, token=hf_token, local_files_only=resolved.is_local
+            )
     except (OSError, ValueError) as exc:
         raise TuneforgeError(
             f"pretrainedmodel_config.model_path: {resolved.model_id!r} has no image processor "

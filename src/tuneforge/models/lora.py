@@ -8,6 +8,7 @@ quantized again (double quantization), and dequantized to the compute dtype for 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ import torch
 
 from ..errors import TuneforgeError
 from ..runtime import Runtime
-from .loader import ResolvedModel, quiet_transformers
+from .loader import ResolvedModel, quiet_transformers, transformers_warnings_off
 from .targets import default_target_modules, default_target_parameters, inspect_linear_modules, missing_target_modules
 
 
@@ -97,7 +98,10 @@ def load_base_model(
     else:
         kwargs["dtype"] = runtime.compute_dtype if runtime.is_cuda else torch.float32
     try:
-        model = auto.from_pretrained(resolved.load_from, **kwargs)
+        # Replacing an image checkpoint's ImageNet head is the point (the recipe's log line names the new head): not
+        # worth transformers' size-mismatch table.
+        with transformers_warnings_off() if vision else nullcontext():
+            model = auto.from_pretrained(resolved.load_from, **kwargs)
     except OSError as exc:
         raise TuneforgeError(
             f"pretrainedmodel_config.model_path: could not load {resolved.model_id!r}: {exc}"
