@@ -66,8 +66,11 @@ SCHEDULERS = (
 )
 
 # data_config.task: what the model learns. causal_lm (MonsterAPI's only task) is the default, so MonsterAPI payloads
-# are unchanged; classification trains a sequence-classification head (train/tasks.py).
-Task = Literal["causal_lm", "classification"]
+# are unchanged; classification trains a sequence-classification head (train/tasks.py); image_classification an
+# image-classification head on a vision model (data/images.py, models/classifier.py).
+Task = Literal["causal_lm", "classification", "image_classification"]
+# The tasks that train a new classification head over labels read from data_config.label_column.
+CLASSIFIER_TASKS = ("classification", "image_classification")
 GGUFType = Literal["f16", "q8_0"]  # the GGUF weight types `tuneforge export` and the export route offer
 TASKS: tuple[str, ...] = get_args(Task)
 
@@ -204,12 +207,28 @@ class DataConfig(_Section):
         "causal_lm",
         description="(tuneforge) What the model learns: causal_lm (generate text: every field above applies) or "
         "classification (one label per text with a sequence-classification head on an encoder such as BERT or a "
-        "decoder such as Llama; the labels are read from label_column, strings or integers).",
+        "decoder such as Llama; the labels are read from label_column, strings or integers) or "
+        "image_classification (one label per image with an image-classification head on a vision model such as "
+        "ViT, DeiT, ConvNeXt or ResNet; data_path is a folder with one subfolder per class, or a file with "
+        "image_column and label_column).",
     )
     text_column: str = Field("text", description="(tuneforge) classification: the column holding the text.")
-    label_column: str = Field("label", description="(tuneforge) classification: the column holding the label.")
+    label_column: str = Field(
+        "label", description="(tuneforge) classification, image_classification: the column holding the label."
+    )
+    image_column: str = Field(
+        "image",
+        description="(tuneforge) image_classification: the column holding the image: a path (relative to the data "
+        "file, or absolute), image bytes, or a Hugging Face datasets Image value {bytes, path}.",
+    )
 
-    @field_validator("text_column", "label_column")
+    image_augmentation: bool = Field(
+        False,
+        description="(tuneforge) image_classification: flip and crop training images at random (a horizontal flip, "
+        "80-100% crops) before the model's image processor; validation and test images are never augmented.",
+    )
+
+    @field_validator("text_column", "label_column", "image_column")
     @classmethod
     def _column_name(cls, v: str) -> str:
         if not v.strip():
@@ -509,9 +528,9 @@ class JobSpec(_Section):
                 f"preference tuning ({t.preference}) runs in one process: set training_config.distributed.strategy "
                 "to 'none' (and drop --nproc)"
             )
-        if d.task == "classification" and t.distributed.strategy != "none":
+        if d.task in CLASSIFIER_TASKS and t.distributed.strategy != "none":
             raise ValueError(
-                "data_config.task 'classification' trains in one process: set training_config.distributed.strategy "
+                f"data_config.task {d.task!r} trains in one process: set training_config.distributed.strategy "
                 "to 'none' (and drop --nproc)"
             )
         if t.preference is not None:
@@ -531,8 +550,13 @@ class JobSpec(_Section):
                 "data_config.data_format 'preference' needs a preference method: set training_config."
                 "preference_method to one of orpo, dpo, simpo (or preference_optimization to 'ORPO')"
             )
-        if d.task == "classification":
-            # These fields shape generated text; a classifier reads text_column and label_column only.
+        if d.image_augmentation and d.task != "image_classification":
+            raise ValueError(
+                f"data_config.image_augmentation is for data_config.task 'image_classification', not {d.task!r}"
+            )
+        if d.task in CLASSIFIER_TASKS:
+            # These fields shape generated text; a classifier reads its input column and label_column only.
+            reads = "data_config.image_column" if d.task == "image_classification" else "data_config.text_column"
             causal_only = {
                 "data_config.prompt_template": d.prompt_template,
                 "data_config.completion_column": d.completion_column,
@@ -545,13 +569,12 @@ class JobSpec(_Section):
             given = [name for name, value in causal_only.items() if value]
             if given:
                 raise ValueError(
-                    f"{', '.join(given)} cannot be used with data_config.task 'classification' (a classifier reads "
-                    "data_config.text_column and data_config.label_column): remove it or set task to 'causal_lm'"
+                    f"{', '.join(given)} cannot be used with data_config.task {d.task!r} (a classifier reads "
+                    f"{reads} and data_config.label_column): remove it or set task to 'causal_lm'"
                 )
-            if d.text_column == d.label_column:
-                raise ValueError(
-                    f"data_config.text_column and label_column are both {d.text_column!r}: name two columns"
-                )
+            column = d.image_column if d.task == "image_classification" else d.text_column
+            if column == d.label_column:
+                raise ValueError(f"{reads} and label_column are both {column!r}: name two columns")
         return self
 
     # --- serialisation ------------------------------------------------------------------------------------------

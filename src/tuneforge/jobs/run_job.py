@@ -313,7 +313,12 @@ def run(job_id: str, worker_id: str) -> int:
 
         set_url_guard(guard)
         d = spec.data_config
-        tokenizer = load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)
+        # Images are checked by decoding them; they have no tokens to count.
+        tokenizer = (
+            None
+            if d.task == "image_classification"
+            else load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)
+        )
         report = validate_source(
             d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token), tokenizer=tokenizer
         )

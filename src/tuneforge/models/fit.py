@@ -33,6 +33,8 @@ def model_shape(model_id: str, config_dir: str | Path | None = None) -> ModelSha
     """The shape of a catalog model (by id or alias), else of the config.json in `config_dir`; None when neither is
     known or the config cannot be built (the loader then reports its own error)."""
     entry = get_entry(model_id)
+    if entry is not None and entry.vision:
+        return None  # the estimate models token sequences; the catalog's vision models are under 0.1B parameters
     if entry is not None:
         return ModelShape.from_config(entry.transformers_config(), extrapolate=True)
     if config_dir is None or not (Path(config_dir) / "config.json").is_file():

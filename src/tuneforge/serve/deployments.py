@@ -396,12 +396,12 @@ class DeploymentManager:
         self.log(deployment_id, f"live: answering as model {row['name']!r} on {routes}")
 
     def _load_classifier(self, row: dict, folder: str, deployment_id: str) -> LoadedClassifier:
-        """A classifier adapter (serve/classify.py): its own merged copy of the base, checked on one text."""
+        """A classifier adapter (serve/classify.py): its own merged copy of the base, checked on one text (or image)."""
         check_adapter_folder(folder, field="loramodel_path")
         self.log(deployment_id, f"loading classifier: base {row['model_load']!r} with its adapter merged in")
         t = time.monotonic()
         classifier = LoadedClassifier(folder, model_path=row["model_load"], device=self.device)
-        classifier.predict(["Hello"])  # the probe: the head and the adapter fit this base
+        classifier.probe()  # the head and the adapter fit this base
         self.log(
             deployment_id,
             f"classifier loaded and checked in {time.monotonic() - t:.1f}s: {len(classifier.labels)} labels "

@@ -45,11 +45,11 @@ from ..data.classify import ClassExample
 from ..data.example import Example
 from ..data.pairs import PairExample
 from ..errors import TuneforgeError
-from ..models.loader import base_record, load_tokenizer, resolve_model
+from ..models.loader import base_record, load_image_processor, load_tokenizer, resolve_model
 from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts, weight_bytes
 from ..models.memory import TrainingSetup
 from ..runtime import Runtime, pick_runtime, resolve_optimizer
-from ..spec import JobSpec
+from ..spec import CLASSIFIER_TASKS, JobSpec
 from .batching import collate, epoch_batches
 from .checkpoint import (
     TrainerState,
@@ -66,7 +66,7 @@ from .metrics import MetricsLog, plot_loss
 from .plan import Plan, is_finished_run, make_plan, prepare_spec_data, work_dir_for
 from .preference import PreferenceObjective
 from .schedule import WarmupPlateau, build_scheduler
-from .tasks import ClassificationTask, plot_confusion
+from .tasks import ClassificationTask, ImageClassificationTask, plot_confusion
 
 if TYPE_CHECKING:
     from .distributed import Dist, Parallel
@@ -200,7 +200,7 @@ class Session:
     runtime: Runtime
     model_id: str
     quant: QuantSettings | None
-    tokenizer: Any
+    tokenizer: Any  # image_classification: the model's image processor (saved with the adapter the same way)
     train_set: list[Example]
     val_set: list[Example]
     plan: Plan
@@ -221,6 +221,11 @@ class Session:
     task: ClassificationTask | None = None  # data_config.task classification; None: causal LM
     test_set: list = dataclasses_field(default_factory=list)  # classification: the held-out test examples
     parallel: Parallel | None = None  # a distributed run (train/distributed.py); None: one process
+
+    @property
+    def pad_id(self) -> int | None:
+        """The tokenizer's padding id (None for an image processor: images are not padded)."""
+        return getattr(self.tokenizer, "pad_token_id", None)
 
     @property
     def is_main(self) -> bool:
@@ -257,8 +262,11 @@ def setup(
     runtime = pick_runtime(t.precision, device)
     # A bad model id, or one too large for this device by the estimate, is refused before any download or work.
     resolved = resolve_model(p.model_path, setup=TrainingSetup.from_spec(spec, device=device))
-    classifier = d.task == "classification"
-    if classifier:  # a model without a classification head is refused before the data is read
+    classifier = d.task in CLASSIFIER_TASKS
+    vision = d.task == "image_classification"
+    if classifier or _is_vision_folder(resolved.load_from):
+        # A model that cannot do the task (no classification head; a vision model for a text task) is refused by
+        # name before the data is read.
         from transformers import AutoConfig
 
         from ..models.classifier import check_task
@@ -267,7 +275,10 @@ def setup(
     _seed_everything(t.seed)
 
     # Validate the data before anything is written: a bad dataset leaves no output folder behind.
-    tokenizer = load_tokenizer(p.model_path, hf_token=hf_token)
+    if vision:
+        tokenizer = load_image_processor(p.model_path, hf_token=hf_token)
+    else:
+        tokenizer = load_tokenizer(p.model_path, hf_token=hf_token)
     data = prepare_spec_data(spec, tokenizer)
     for warning in data.report.warnings:
         console.log(f"data warning: {warning}")
@@ -295,7 +306,13 @@ def setup(
         load_runtime = replace(runtime, device=torch.device("cpu"))
     labels = data.labels if classifier else None
     base = load_base_model(
-        resolved, load_runtime, quant=quant, hf_token=hf_token, labels=labels, pad_token_id=tokenizer.pad_token_id
+        resolved,
+        load_runtime,
+        quant=quant,
+        hf_token=hf_token,
+        labels=labels,
+        pad_token_id=getattr(tokenizer, "pad_token_id", None),
+        vision=vision,
     )
     lora = LoraSettings(p.lora_r, p.lora_alpha, p.lora_dropout, p.lora_bias, p.target_modules)
     model, targets, how = apply_lora(
@@ -306,6 +323,7 @@ def setup(
         gradient_checkpointing=p.use_gradient_checkpointing,
         seed=t.seed,
         classification=classifier,
+        vision=vision,
     )
     trainable, total_params = parameter_counts(model)
     parallel = None
@@ -347,7 +365,7 @@ def setup(
         eval_set=eval_set,
         objective=preference_objective(spec),
         parallel=parallel,
-        task=ClassificationTask(data.labels) if classifier else None,
+        task=_task(spec, data.labels, tokenizer) if classifier else None,
         test_set=list(data.test) if classifier else [],
     )
     _restore(session, resume=resume)
@@ -357,10 +375,28 @@ def setup(
     return session
 
 
+def _is_vision_folder(folder: str | Path) -> bool:
+    """A local model folder that ships an image processor and no tokenizer: a vision model."""
+    f = Path(folder)
+    return (f / "preprocessor_config.json").is_file() and not (f / "tokenizer_config.json").is_file()
+
+
+def _task(spec: JobSpec, labels: list[str], tokenizer: Any) -> ClassificationTask:
+    """The classification task of the job: over texts, or over images with the model's image processor."""
+    d = spec.data_config
+    if d.task == "image_classification":
+        return ImageClassificationTask(labels, tokenizer, augment_train=d.image_augmentation)
+    return ClassificationTask(labels)
+
+
 def _card(spec: JobSpec, data: Any, resolved: Any) -> AdapterCard:
     """How the adapter is trained (format, training prompt, shared system prompt; a classifier's labels) and on
     which exact base."""
     d = spec.data_config
+    if d.task == "image_classification":
+        return classification_card(
+            data.labels, image_column=d.image_column, task=d.task, base_model=base_record(resolved)
+        )
     if d.task == "classification":
         return classification_card(
             data.labels, text_column=d.text_column, max_length=d.cutoff_len, base_model=base_record(resolved)
@@ -519,10 +555,8 @@ def _run_eval(s: Session) -> None:
         )
         loss = values["eval_loss"]
     elif s.task is not None:
-        rows = cast("list[ClassExample]", s.val_set)  # classification data: prepare_dataset kept ClassExamples
-        values = s.task.evaluate(
-            s.model, rows, batch_size=t.batch_size * 2, pad_id=s.tokenizer.pad_token_id, runtime=s.runtime
-        )
+        rows = cast("list[ClassExample]", s.val_set)  # classification data: ClassExamples (or ImageExamples)
+        values = s.task.evaluate(s.model, rows, batch_size=t.batch_size * 2, pad_id=s.pad_id, runtime=s.runtime)
         loss = values["eval_loss"]
     else:
         loss = evaluate(
@@ -648,7 +682,7 @@ def _run(
             if s.parallel is not None:
                 micro_batches = [s.parallel.share(mb) for mb in micro_batches]
             common = dict(
-                pad_id=s.tokenizer.pad_token_id,
+                pad_id=s.pad_id,
                 runtime=s.runtime,
                 optimizer=s.optimizer,
                 scheduler=s.scheduler,
@@ -863,7 +897,8 @@ def publish(s: Session, *, wall_start: float) -> RunResult:
     s.console.log(
         f"done: {state.global_step} steps, train loss {state.last_train_loss:.4f}"
         + (f", validation loss {state.best_eval_loss:.4f}" if state.best_eval_loss is not None else "")
-        + f", {report['tokens_per_second']:.0f} tokens/s; adapter in {output_dir / 'adapter'}"
+        + f", {report['tokens_per_second']:.0f} {'images' if isinstance(s.task, ImageClassificationTask) else 'tokens'}"
+        + f"/s; adapter in {output_dir / 'adapter'}"
     )
     return RunResult(output_dir=output_dir, adapter_dir=output_dir / "adapter", report=report)
 
@@ -879,7 +914,7 @@ def _score_classifier(s: Session) -> dict | None:
         s.model,
         cast("list[ClassExample]", rows),
         batch_size=s.spec.training_config.batch_size * 2,
-        pad_id=s.tokenizer.pad_token_id,
+        pad_id=s.pad_id,
         runtime=s.runtime,
     )
     plot_confusion(

@@ -586,7 +586,7 @@
     "pretrainedmodel_config.use_quantization", "pretrainedmodel_config.parallelization", "data_config.data_path",
     "data_config.prompt_template", "data_config.data_split_config", "data_config.data_source_type",
     "data_config.prevalidated", "training_config.preference_optimization", "hf_config.hf_model_path",
-    "data_config.task", "data_config.text_column", "data_config.label_column",  // section 3's task and column pickers
+    "data_config.task", "data_config.text_column", "data_config.label_column", "data_config.image_column",  // section 3
     // A nested section (processes, devices), not a form field: the service decides how a job is placed.
     "training_config.distributed"]);
   const SECTIONS = [["pretrainedmodel_config", "PretrainedModelConfig", "LoRA"], ["data_config", "DataConfig", "Data"],
@@ -930,20 +930,26 @@
     const dcProps = defs.DataConfig.properties;
     const taskSelect = h("select", { id: "f-task", name: "data_config.task", "aria-describedby": "f-task-help" },
       h("option", { value: "causal_lm" }, "Generate text (causal LM)"),
-      h("option", { value: "classification" }, "Classify text (one label per row)"));
+      h("option", { value: "classification" }, "Classify text (one label per row)"),
+      h("option", { value: "image_classification" }, "Classify images (one label per image)"));
     taskSelect.value = defaults.data_config.task || "causal_lm";
     const columnSelect = (which) => h("select", { id: `f-${which}-column`, name: `data_config.${which}_column`,
       "aria-describedby": `f-${which}-column-help` });
-    const textColumn = columnSelect("text"), labelColumn = columnSelect("label");
+    const textColumn = columnSelect("text"), labelColumn = columnSelect("label"), imageColumn = columnSelect("image");
     const columnsProblem = h("span", { class: "problem", id: "class-columns-problem", "aria-live": "polite" });
     const templateBox = h("div", { id: "template-box" },
       h("div", { class: "field" }, h("label", { for: "prompt-template" }, "Prompt template"), templateArea,
         fieldHelp("prompt-template-help", tplProp.description, "prompt_template")),
       h("div", { class: "small", style: "margin-top:8px" }, h("span", { id: "chips-label" }, "Insert a column of the dataset:"), chips));
+    const textField = h("div", { class: "field", id: "text-column-field" },
+      h("label", { for: "f-text-column" }, "Text column"), textColumn,
+      fieldHelp("f-text-column-help", "The column holding the text to classify.", "text_column"));
+    const imageField = h("div", { class: "field", id: "image-column-field" },
+      h("label", { for: "f-image-column" }, "Image column"), imageColumn,
+      fieldHelp("f-image-column-help", dcProps.image_column.description, "image_column"));
     const classBox = h("div", { id: "class-columns" },
       h("div", { class: "grid" },
-        h("div", { class: "field" }, h("label", { for: "f-text-column" }, "Text column"), textColumn,
-          fieldHelp("f-text-column-help", "The column holding the text to classify.", "text_column")),
+        textField, imageField,
         h("div", { class: "field" }, h("label", { for: "f-label-column" }, "Label column"), labelColumn,
           fieldHelp("f-label-column-help", "The column holding each row's label (strings or integers); the " +
             "dataset check lists the classes and their rows.", "label_column"))),
@@ -953,7 +959,9 @@
         taskSelect, fieldHelp("f-task-help", dcProps.task.description, "task")),
       templateBox, classBox);
     root.append(tplFs);
-    const isClassifier = () => taskSelect.value === "classification";
+    const isImages = () => taskSelect.value === "image_classification";
+    const isClassifier = () => taskSelect.value === "classification" || isImages();
+    const inputColumn = () => (isImages() ? imageColumn : textColumn);  // what the classifier reads
     // A column select offers the dataset's columns; before they are known, the wanted name alone (a draft's).
     function fillColumns(sel, cols, wanted) {
       const names = cols.length ? cols : [wanted];
@@ -967,29 +975,37 @@
       // Keep the user's picks; else the spec's defaults (text, label) where the dataset has them, else two columns.
       const text = textColumn.value || defaults.data_config.text_column || "text";
       const label = labelColumn.value || defaults.data_config.label_column || "label";
+      const image = imageColumn.value || defaults.data_config.image_column || "image";
       fillColumns(textColumn, cols, text);
-      fillColumns(labelColumn, cols, cols.includes(label) ? label : cols.find((c) => c !== textColumn.value) ?? label);
+      fillColumns(imageColumn, cols, image);
+      fillColumns(labelColumn, cols, cols.includes(label) ? label : cols.find((c) => c !== inputColumn().value) ?? label);
       columnsCheck();
     }
     function columnsCheck() {
-      const same = isClassifier() && textColumn.value === labelColumn.value;
-      columnsProblem.textContent = same ? `The text and label columns are both ${textColumn.value}: pick two columns.` : "";
+      const input = inputColumn(), what = isImages() ? "image" : "text";
+      const same = isClassifier() && input.value === labelColumn.value;
+      columnsProblem.textContent = same ? `The ${what} and label columns are both ${input.value}: pick two columns.` : "";
       labelColumn.setAttribute("aria-invalid", String(same));
       return same;
     }
     function showTask() {
       templateBox.hidden = isClassifier();
       classBox.hidden = !isClassifier();
+      textField.hidden = isImages();
+      imageField.hidden = !isImages();
       columnsCheck();
     }
     showTask();
     taskSelect.addEventListener("change", () => { showTask(); reinspect(); refreshProblems(); });
-    for (const sel of [textColumn, labelColumn]) {
+    for (const sel of [textColumn, imageColumn, labelColumn]) {
       sel.addEventListener("change", () => { columnsCheck(); reinspect(); refreshProblems(); });
     }
     // How to read the data, as the job's data_config says it: the fields of the chosen task only (the spec refuses
     // template and format settings for a classifier).
     function dataOptions() {
+      if (isImages()) {
+        return { task: "image_classification", image_column: imageColumn.value, label_column: labelColumn.value };
+      }
       if (isClassifier()) {
         return { task: "classification", text_column: textColumn.value, label_column: labelColumn.value };
       }
@@ -1143,7 +1159,7 @@
       else if (st.modelCheck && !st.modelCheck.ok) out.push({ text: "The base model cannot be used (section 1).", el: modelCheckBox });
       if (!st.dataPath) out.push({ text: "Choose a dataset (section 2).", el: dataFs });
       else if (st.report && needsTemplate(st.report)) out.push({ text: "Write a prompt template (section 3).", el: templateArea });
-      else if (columnsCheck()) out.push({ text: "Pick two different columns for the text and the label (section 3).", el: labelColumn });
+      else if (columnsCheck()) out.push({ text: `Pick two different columns for the ${isImages() ? "image" : "text"} and the label (section 3).`, el: labelColumn });
       else if (st.report && !st.report.ok) out.push({ text: "The dataset check found errors: fix the data or the template first.", el: reportBox });
       if (isClassifier() && qlora.checked) {
         out.push({ text: "A classifier trains without QLoRA: turn off the 4-bit base model (section 4).", el: qlora });
@@ -1199,6 +1215,7 @@
       taskSelect.value = d.task || "causal_lm";
       if (d.text_column) fillColumns(textColumn, [], d.text_column);
       if (d.label_column) fillColumns(labelColumn, [], d.label_column);
+      if (d.image_column) fillColumns(imageColumn, [], d.image_column);
       showTask();
       const split = d.data_split_config || {};
       splitInput.value = split.validation ?? 0;
