@@ -117,7 +117,8 @@ class DenseLinear(NamedTuple):
 class Int8Linear:
     """The same projection with int8 weights: per-output-channel symmetric scales (w ≈ scale[o]·q[o, i], q in
     [-127, 127]), run by FBGEMM's dynamic-quantization kernel (`quantized::linear_dynamic`: each call quantizes the
-    activations to 7 bits with one scale per tensor (per row at decode, M = 1) and accumulates in int32, as llama.cpp's q8_0 does per block of 32).
+    activations to 7 bits with one scale per tensor, made per row here (see `__call__`), and accumulates in int32,
+    as llama.cpp's q8_0 does per block of 32).
 
     Why this kernel: at decode shapes (one row, K = 576) on an AVX2 CPU it was the only int8 path faster than fp32
     `F.linear` (bench/RESULTS.md): `aten._weight_int8pack_mm` (gpt-fast/torchao's weight-only CPU path) and
@@ -140,14 +141,37 @@ class Int8Linear:
             qw = torch._make_per_channel_quantized_tensor(
                 q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
             )
-            self.packed = torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
+            self.packed = torch.ops.quantized.linear_prepack(qw, None)
+        self.bias = None if bias is None else bias.detach().float()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features), self.packed, True)
+        x2 = x.reshape(-1, self.in_features)
+        if x2.shape[0] == 1:  # one row (single-stream decode): the kernel's per-tensor scale is per row already
+            y = torch.ops.quantized.linear_dynamic(x2, self.packed, True)
+        else:
+            # The kernel quantizes all rows with ONE scale. Rows differ in magnitude by orders: a Llama's first
+            # prompt position carries the "attention sink" activations (SmolLM2: |h| ~25000 there, ~500 elsewhere),
+            # which would leave every other row of a prefill with ~0 of its 7 bits. Each row is divided by its own
+            # max |x| first, then scaled back: per-row (per-token) activation scales, as LLM.int8() and SmoothQuant
+            # use, from the per-tensor kernel (x·Wᵀ is linear in each row, so this is exact up to rounding).
+            s = x2.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(x2.dtype).tiny)
+            y = torch.ops.quantized.linear_dynamic(x2 / s, self.packed, True).mul_(s)
+        if self.bias is not None:
+            y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)
 
 
 WEIGHT_FORMATS = ("dense", "int8")  # --weights
+# The int8 step's warm-up bound: mean KL(model ‖ int8) of the next-token distribution, in nats (measurements: the
+# engine's `_check_lean`)
+INT8_MAX_KL = 0.35
+
+
+def next_token_kl(ref: torch.Tensor, mine: torch.Tensor) -> float:
+    """KL(softmax(ref) ‖ softmax(mine)) in nats, averaged over rows: how far `mine`'s next-token distribution is
+    from the reference's (0 for the same logits up to a constant)."""
+    ref_lp, mine_lp = ref.float().log_softmax(-1), mine.float().log_softmax(-1)
+    return float(F.kl_div(mine_lp, ref_lp, log_target=True, reduction="batchmean"))
 
 
 def _norm(module):
