@@ -13,6 +13,8 @@ Default model SmolLM2-135M-Instruct, greedy, end of sequence ignored, chat promp
   engine: ... int8 weights  the base and the unmerged adapter with `weights="int8"` (`tuneforge serve --weights
                             int8`: int8 projections and output head, LoRA in fp32 on top), on a CPU in fp32;
   transformers generate     `model.generate` on the base, same dtype, no tuneforge code;
+  ..., static cache + CUDA graphs   (CUDA only) the same with `cache_implementation="static"`, with which
+                            transformers compiles the decode step with torch.compile(mode="reduce-overhead");
   llama.cpp <type>          `llama_cpp.Llama` on the merged model exported to GGUF (q8_0 and f16), when installed.
 Time per generated token is decode only: (t(N2 tokens) - t(N1 tokens)) / (N2 - N1), so prefill and per-request
 costs cancel. Variants run interleaved, rep after rep, and the median is kept, so load from other processes on
@@ -152,6 +154,12 @@ def main() -> int:
     if with_int8:
         variants["engine: base, int8 weights"] = engine_run(engines["int8"], lora.base_name)
         variants[f"{unmerged}, int8 weights"] = engine_run(engines["int8"], "ft")
+    if device.type == "cuda":
+        variants.update(
+            cuda_graph_variant(
+                hf, hf_ids, args, lambda out: lora.encode(lora.tokenizer.decode(out, skip_special_tokens=True))
+            )
+        )
     variants.update(llama_cpp_variants(merged, tmp, prompt_ids))
 
     # Warm-up (adapter load, allocator, llama.cpp mmap) and the equality checks.
@@ -220,6 +228,35 @@ def main() -> int:
 
 def first_difference(a: list[int], b: list[int]) -> int | str:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), "none")
+
+
+def cuda_graph_variant(hf, hf_ids: torch.Tensor, args, decode) -> dict:
+    """transformers `generate` with a static KV cache, which on CUDA makes it compile the decode forward with
+    `torch.compile(mode="reduce-overhead")` (CUDA graphs: one graph replay per token instead of hundreds of kernel
+    launches; transformers' `CompileConfig` default). Compiled for both lengths here (a static cache's size is part
+    of the graph), outside the timed reps; a compile failure drops the row with one line saying why."""
+    prompt = hf_ids.shape[1]
+
+    def run(n):
+        with torch.no_grad():
+            out = hf.generate(
+                input_ids=hf_ids,
+                attention_mask=torch.ones_like(hf_ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                cache_implementation="static",
+            )
+        return decode(out[0, prompt:])
+
+    try:
+        for n in (args.short, args.long):
+            run(n)
+    except Exception as exc:  # inductor/CUDA-graph failures vary by torch version and GPU: report, do not abort
+        print(f"transformers generate with CUDA graphs off: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        return {}
+    return {"transformers generate, static cache + CUDA graphs": run}
 
 
 def llama_cpp_variants(merged: Path, tmp: Path, prompt_ids: list[int]) -> dict:
