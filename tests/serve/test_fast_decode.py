@@ -269,6 +269,30 @@ def test_int8_lean_step_stays_within_its_tolerance_with_and_without_lora(tiny_mo
     assert relative_error(ref[0], base_mine[0]) > relative_error(ref[0], mine[0])  # the adapter is applied
 
 
+def test_int8_plan_fuses_each_groups_b_into_one_matmul(tiny_model_dir, tmp_path):
+    """With int8 weights (not bit-exact anyway) a group's B's run as one block-diagonal matmul with the scales
+    folded in: the same sums as one B per projection up to fp32 rounding; dense plans keep one B per projection."""
+    from dataclasses import replace
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, craft_adapter(tiny_model_dir, tmp_path / "a", 5), adapter_name="a").eval()
+    inner = model.base_model.model
+    assert all(g.b is None for layer in FastDecoder(inner).adapter_plan(model, "a") for g in layer.values())
+    fast = FastDecoder(inner, weights="int8")
+    plan = fast.adapter_plan(model, "a")
+    for group in ("qkv", "down"):  # q and v adapted, k not (its rows of B stay zero); one projection
+        lora = plan[0][group]
+        x = torch.randn(3, 1, lora.a.shape[1])
+        assert lora.b is not None and lora.b.shape[1] == lora.a.shape[0]
+        fused = FastDecoder._linear(x, fast.layers[0][group], lora)
+        per_part = FastDecoder._linear(x, fast.layers[0][group], replace(lora, b=None))
+        assert torch.allclose(fused, per_part, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(fused, fast.layers[0][group](x), atol=1e-3)  # the adapter does contribute
+
+
 def test_int8_keeps_the_model_weights_and_needs_fp32_on_cpu():
     model = build_model("llama").eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
