@@ -1,7 +1,7 @@
 """The lean decode step: bit-identical to the model's own forward in fp32 (base and LoRA), within bf16 tolerance
-in bf16 and within the int8 tolerance with int8 weights, its failures fall back to the plain forward (int8: to the
-model's own weights) without failing a request, and incremental detokenisation gives exactly the whole-text
-decode."""
+in bf16 and within the int8 bound (next-token KL) with int8 weights, its failures fall back to the plain forward
+(int8: to the model's own weights) without failing a request, and incremental detokenisation gives exactly the
+whole-text decode."""
 
 from __future__ import annotations
 
@@ -211,6 +211,10 @@ def relative_error(ref: torch.Tensor, mine: torch.Tensor) -> float:
     return float((ref - mine).abs().max() / ref.abs().max())
 
 
+def mean_kl(ref: list[torch.Tensor], mine: list[torch.Tensor]) -> float:
+    return sum(fast_decode.next_token_kl(a, b) for a, b in zip(ref, mine, strict=True)) / len(ref)
+
+
 def test_int8_linear_matches_the_float_projection():
     torch.manual_seed(0)
     w, b = torch.randn(96, 64) * 0.05, torch.randn(96)
@@ -222,9 +226,33 @@ def test_int8_linear_matches_the_float_projection():
     assert relative_error(torch.nn.functional.linear(x, w), Int8Linear(w, None)(x)) < 0.03
 
 
+def test_int8_linear_scales_each_row_on_its_own():
+    """A prefill's rows differ in magnitude by orders (a Llama's first position carries the "attention sink":
+    SmolLM2 ~25000 against ~500): one activation scale for all rows left the small rows with no bits at all
+    (SmolLM2's prompt logits off by 15.8, the int8 warm-up refused). Each row must come out about as accurate as
+    alone."""
+    torch.manual_seed(0)
+    w, b = torch.randn(96, 64) * 0.05, torch.randn(96)
+    x = torch.randn(4, 64)
+    x[0] *= 50.0  # the sink row
+    lin = Int8Linear(w, b)
+    y = lin(x.view(1, 4, 64))[0]  # (B=1, T=4, K): a prefill chunk
+    ref = torch.nn.functional.linear(x, w, b)
+    for row in range(4):
+        assert relative_error(ref[row], y[row]) < 0.03, row  # as a row alone: about 1% (one scale: 20-30%)
+
+
+def test_next_token_kl():
+    ref = torch.tensor([[2.0, 1.0, 0.0]])
+    assert fast_decode.next_token_kl(ref, ref + 5) == pytest.approx(0, abs=1e-6)  # a constant shift: same softmax
+    assert fast_decode.next_token_kl(ref, ref.flip(-1)) == pytest.approx(
+        float((ref.softmax(-1) * (ref.log_softmax(-1) - ref.flip(-1).log_softmax(-1))).sum()), rel=1e-5
+    )
+
+
 def test_int8_lean_step_stays_within_its_tolerance_with_and_without_lora(tiny_model_dir, tmp_path):
-    """The engine's warm-up bound for int8 (35% of the largest |logit|); the LoRA adapter still changes the output
-    (it runs in fp32 on top of the int8 projections)."""
+    """The engine's warm-up bound for int8 (mean next-token KL); the LoRA adapter still changes the output (it runs
+    in fp32 on top of the int8 projections)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -232,11 +260,37 @@ def test_int8_lean_step_stays_within_its_tolerance_with_and_without_lora(tiny_mo
     model = PeftModel.from_pretrained(base, craft_adapter(tiny_model_dir, tmp_path / "a", 5), adapter_name="a")
     model.eval()
     ref, mine = both_ways(model, 12, "adapter", weights="int8")
+    assert mean_kl(ref, mine) < fast_decode.INT8_MAX_KL
     assert max(relative_error(a, b) for a, b in zip(ref, mine, strict=True)) < 0.35
     with model.disable_adapter():
         base_ref, base_mine = both_ways(model, 12, weights="int8")
+    assert mean_kl(base_ref, base_mine) < fast_decode.INT8_MAX_KL
     assert max(relative_error(a, b) for a, b in zip(base_ref, base_mine, strict=True)) < 0.35
     assert relative_error(ref[0], base_mine[0]) > relative_error(ref[0], mine[0])  # the adapter is applied
+
+
+def test_int8_plan_fuses_each_groups_b_into_one_matmul(tiny_model_dir, tmp_path):
+    """With int8 weights (not bit-exact anyway) a group's B's run as one block-diagonal matmul with the scales
+    folded in: the same sums as one B per projection up to fp32 rounding; dense plans keep one B per projection."""
+    from dataclasses import replace
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, craft_adapter(tiny_model_dir, tmp_path / "a", 5), adapter_name="a").eval()
+    inner = model.base_model.model
+    assert all(g.b is None for layer in FastDecoder(inner).adapter_plan(model, "a") for g in layer.values())
+    fast = FastDecoder(inner, weights="int8")
+    plan = fast.adapter_plan(model, "a")
+    for group in ("qkv", "down"):  # q and v adapted, k not (its rows of B stay zero); one projection
+        lora = plan[0][group]
+        x = torch.randn(3, 1, lora.a.shape[1])
+        assert lora.b is not None and lora.b.shape[1] == lora.a.shape[0]
+        fused = FastDecoder._linear(x, fast.layers[0][group], lora)
+        per_part = FastDecoder._linear(x, fast.layers[0][group], replace(lora, b=None))
+        assert torch.allclose(fused, per_part, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(fused, fast.layers[0][group](x), atol=1e-3)  # the adapter does contribute
 
 
 def test_int8_keeps_the_model_weights_and_needs_fp32_on_cpu():
@@ -287,15 +341,33 @@ def test_int8_warm_up_failure_falls_back_to_the_model_weights(tiny_model_dir, mo
             engine.close()
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and lines[0].startswith(
-        "int8 weights off, serving the model's own weights: its prompt logits"
-    )
+        "int8 weights off, serving the model's own weights: its next-token distributions diverge from the model's "
+        "forward by a mean KL of"
+    ), lines
+    assert "(int8 allows 0.35; same greedy token at" in lines[0]
+
+
+@pytest.mark.slow
+def test_int8_warm_up_accepts_the_default_model(caplog):
+    """SmolLM2-135M-Instruct's int8 step passes the engine's own warm-up check (it fell back to fp32 while the
+    prefill quantized all prompt rows with one scale), and a chat answer comes from the int8 step."""
+    from tuneforge.models.loader import SMOLLM2_ID
+
+    with caplog.at_level(logging.INFO, logger="tuneforge.serve"):
+        engine = InferenceEngine(SMOLLM2_ID, weights="int8")
+        try:
+            assert engine.generate(engine.base_name, messages=MESSAGES, **GREEDY).completion_tokens == 12
+            assert engine._fast is not None and engine._fast.weights == "int8" and engine.weights == "int8"
+        finally:
+            engine.close()
+    assert "lean decode on (cpu, float32, int8 weights)" in [r.getMessage() for r in caplog.records]
 
 
 @pytest.mark.slow
 def test_int8_greedy_agreement_on_the_default_model():
     """The int8 tolerance on the real model (SmolLM2-135M-Instruct): fed the fp32 greedy tokens of a 64-token chat
-    answer, the int8 lean step picks the same next token at >= 56 of 64 positions (measured 59) and its logits stay
-    within 35% of the largest |logit| (the warm-up bound; measured up to 25%, median 10%)."""
+    answer, the int8 lean step picks the same next token at >= 56 of 64 positions (measured 56-60) and its mean
+    next-token KL stays under the warm-up bound (measured ~0.1 nats against 0.35)."""
     from transformers import AutoModelForCausalLM
 
     from tuneforge.models.loader import SMOLLM2_ID, load_tokenizer, resolve_model
@@ -316,6 +388,6 @@ def test_int8_greedy_agreement_on_the_default_model():
         for _ in range(64):
             ref, mine = dense.decode_step(states[0], token), int8.decode_step(states[1], token)
             agree += int(ref.argmax() == mine.argmax())
-            errors.append(relative_error(ref, mine))
+            errors.append(fast_decode.next_token_kl(ref, mine))
             token = ref.argmax(-1)
-    assert agree >= 56 and max(errors) < 0.35, (agree, max(errors))
+    assert agree >= 56 and sum(errors) / 64 < fast_decode.INT8_MAX_KL, (agree, sum(errors) / 64)

@@ -117,7 +117,8 @@ class DenseLinear(NamedTuple):
 class Int8Linear:
     """The same projection with int8 weights: per-output-channel symmetric scales (w ≈ scale[o]·q[o, i], q in
     [-127, 127]), run by FBGEMM's dynamic-quantization kernel (`quantized::linear_dynamic`: each call quantizes the
-    activations to 7 bits with one scale per tensor (per row at decode, M = 1) and accumulates in int32, as llama.cpp's q8_0 does per block of 32).
+    activations to 7 bits with one scale per tensor, made per row here (see `__call__`), and accumulates in int32,
+    as llama.cpp's q8_0 does per block of 32).
 
     Why this kernel: at decode shapes (one row, K = 576) on an AVX2 CPU it was the only int8 path faster than fp32
     `F.linear` (bench/RESULTS.md): `aten._weight_int8pack_mm` (gpt-fast/torchao's weight-only CPU path) and
@@ -140,19 +141,43 @@ class Int8Linear:
             qw = torch._make_per_channel_quantized_tensor(
                 q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
             )
-            self.packed = torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
+            self.packed = torch.ops.quantized.linear_prepack(qw, None)
+        self.bias = None if bias is None else bias.detach().float()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features), self.packed, True)
+        x2 = x.reshape(-1, self.in_features)
+        if x2.shape[0] == 1:  # one row (single-stream decode): the kernel's per-tensor scale is per row already
+            y = torch.ops.quantized.linear_dynamic(x2, self.packed, True)
+        else:
+            # The kernel quantizes all rows with ONE scale. Rows differ in magnitude by orders: a Llama's first
+            # prompt position carries the "attention sink" activations (SmolLM2: |h| ~25000 there, ~500 elsewhere),
+            # which would leave every other row of a prefill with ~0 of its 7 bits. Each row is divided by its own
+            # max |x| first, then scaled back: per-row (per-token) activation scales, as LLM.int8() and SmoothQuant
+            # use, from the per-tensor kernel (x·Wᵀ is linear in each row, so this is exact up to rounding).
+            s = x2.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(x2.dtype).tiny)
+            y = torch.ops.quantized.linear_dynamic(x2 / s, self.packed, True).mul_(s)
+        if self.bias is not None:
+            y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)
 
 
 WEIGHT_FORMATS = ("dense", "int8")  # --weights
+# The int8 step's warm-up bound: mean KL(model ‖ int8) of the next-token distribution, in nats (measurements: the
+# engine's `_check_lean`)
+INT8_MAX_KL = 0.35
+
+
+def next_token_kl(ref: torch.Tensor, mine: torch.Tensor) -> float:
+    """KL(softmax(ref) ‖ softmax(mine)) in nats, averaged over rows: how far `mine`'s next-token distribution is
+    from the reference's (0 for the same logits up to a constant)."""
+    ref_lp, mine_lp = ref.float().log_softmax(-1), mine.float().log_softmax(-1)
+    return float(F.kl_div(mine_lp, ref_lp, log_target=True, reduction="batchmean"))
 
 
 def _norm(module):
-    """The model's RMSNorm as one fused `F.rms_norm` call instead of its ~7 element-wise ops (the same formula,
+    """The model's RMSNorm as one `F.rms_norm` call instead of its ~7 element-wise ops (the same formula,
     x·rsqrt(mean(x²) + eps)·w, computed in fp32; bit-identical in fp32, checked again at the engine's warm-up).
+    Measured at the decode shape (1 x 576, 1 thread): 48 us per call against 73 us for the 6 ops written out.
     Norms of another form keep their module."""
     eps, weight = getattr(module, "variance_epsilon", None), getattr(module, "weight", None)
     if type(module).__name__.endswith("RMSNorm") and eps is not None and weight is not None:
@@ -168,6 +193,22 @@ class LoraGroup:
 
     a: torch.Tensor  # (sum of ranks, in)
     parts: list[tuple[int, int, int, int, torch.Tensor, float]]  # (out lo, out hi, rank lo, rank hi, B, scale)
+    # The B's as one block-diagonal (group out, sum of ranks) matrix with the scales folded in: the whole group's
+    # LoRA is then 2 matmuls and 1 add instead of up to 10 ops. Only where the base is not bit-exact anyway (int8
+    # weights): its zero blocks change how the fp32 kernel groups the sums (see `FastDecoder._linear`).
+    b: torch.Tensor | None = None
+
+
+def _lora_group(a_parts: list[torch.Tensor], parts: list, out: int, fuse_b: bool) -> LoraGroup:
+    """A group's LoraGroup from its adapted projections' A's and (out lo, out hi, rank lo, rank hi, B, scale)
+    parts; `out` is the group's whole output width; `fuse_b` also builds the block-diagonal B."""
+    a = a_parts[0] if len(a_parts) == 1 else torch.cat(a_parts)
+    b = None
+    if fuse_b:
+        b = a.new_zeros(out, a.shape[0])
+        for lo, hi, r_lo, r_hi, part, scale in parts:
+            b[lo:hi, r_lo:r_hi] = part * scale
+    return LoraGroup(a=a, parts=parts, b=b)
 
 
 AdapterPlan = list[dict[str, LoraGroup]]  # per layer: group name -> LoraGroup (absent groups are not adapted)
@@ -382,7 +423,7 @@ class FastDecoder:
                         col += a.shape[0]
                     row += out
                 if parts:
-                    groups[group] = LoraGroup(a=a_parts[0] if len(a_parts) == 1 else torch.cat(a_parts), parts=parts)
+                    groups[group] = _lora_group(a_parts, parts, row, self.weights != "dense")
             plan.append(groups)
         return plan
 
@@ -461,8 +502,7 @@ class FastDecoder:
                         col += a.shape[0]
                     row += out
                 if lora_parts:
-                    stacked = a_parts[0] if len(a_parts) == 1 else torch.cat(a_parts)
-                    groups[group] = LoraGroup(a=stacked, parts=lora_parts)
+                    groups[group] = _lora_group(a_parts, lora_parts, row, self.weights != "dense")
             plan.append(groups)
         return plan
 
@@ -496,6 +536,8 @@ class FastDecoder:
             # stacked A gives each projection's x·Aᵀ exactly, while one block-diagonal B would not (its zero
             # blocks change how the matmul kernel groups the sum), so each B runs on its own slice.
             xa = F.linear(x, lora.a)
+            if lora.b is not None:
+                return y.add_(F.linear(xa, lora.b))
             if len(lora.parts) == 1 and lora.parts[0][1] - lora.parts[0][0] == y.shape[-1]:
                 return y + F.linear(xa, lora.parts[0][4]) * lora.parts[0][5]
             for lo, hi, r_lo, r_hi, b, scale in lora.parts:
@@ -516,6 +558,9 @@ class FastDecoder:
             if lora is None or rows is None:
                 continue
             xa = F.linear(x[rows], lora.a)
+            if lora.b is not None:
+                y.index_add_(0, rows, F.linear(xa, lora.b))
+                continue
             for lo, hi, r_lo, r_hi, b, scale in lora.parts:
                 y[..., lo:hi].index_add_(0, rows, F.linear(xa[..., r_lo:r_hi], b) * scale)
         return y
@@ -544,8 +589,11 @@ class FastDecoder:
         positions = first.view(rows, 1) + offsets  # (B, T)
         h = self.embed(tokens)  # (B, T, H)
         cos, sin = self.rotary(h, positions)  # (B, T, head_dim)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         half = self.head_dim // 2
+        # RoPE's rotate_half(x)·sin = cat(-x[half:], x[:half])·sin = roll(x, half)·[-sin[:half], sin[half:]]: the
+        # sign moves onto sin once per step (negation is exact, so the same bits), leaving 4 ops per layer, not 7
+        # (q and k of one SmolLM2 layer at decode, 1 thread: 29 us against 53 us)
+        cos, sin = cos.unsqueeze(1), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(1)
         uniform = rows == 1 or all(s == start[0] for s in start)
         # One row, or rows of one length, decoding one token: every cached position is visible (the plain
         # forward's case; no mask keeps the warm-up's bit-identity). A prompt chunk from position 0: causal.
@@ -565,7 +613,7 @@ class FastDecoder:
             qk, v = qkv.split((self.q_size + self.kv_size, self.kv_size), dim=-1)
             qk = qk.view(rows, t, self.n_heads + self.n_kv, self.head_dim).transpose(1, 2)  # (B, heads + kv, T, hd)
             v = v.view(rows, t, self.n_kv, self.head_dim).transpose(1, 2)
-            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
+            qk = qk * cos + qk.roll(half, dims=-1) * sin
             q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
             if uniform:
                 keys[i, :, :, slot] = k
