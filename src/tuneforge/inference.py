@@ -60,6 +60,12 @@ def load_for_inference(
             label2id=label2id,
             pad_token_id=tokenizer.pad_token_id,
         ).to(dev)
+    elif card is not None and card.task == "seq2seq":
+        from transformers import AutoModelForSeq2SeqLM
+
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            resolved.load_from, dtype=dtype, local_files_only=resolved.is_local
+        ).to(dev)
     else:
         model = AutoModelForCausalLM.from_pretrained(
             resolved.load_from, dtype=dtype, local_files_only=resolved.is_local

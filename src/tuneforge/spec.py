@@ -66,8 +66,9 @@ SCHEDULERS = (
 )
 
 # data_config.task: what the model learns. causal_lm (MonsterAPI's only task) is the default, so MonsterAPI payloads
-# are unchanged; classification trains a sequence-classification head (train/tasks.py).
-Task = Literal["causal_lm", "classification"]
+# are unchanged; classification trains a sequence-classification head (train/tasks.py); seq2seq trains an
+# encoder-decoder (T5, BART) to write label_column's text from text_column's (train/seq2seq.py).
+Task = Literal["causal_lm", "classification", "seq2seq"]
 TASKS: tuple[str, ...] = get_args(Task)
 
 PreferenceMethod = Literal["orpo", "dpo", "simpo"]
@@ -201,12 +202,18 @@ class DataConfig(_Section):
     )
     task: Task = Field(
         "causal_lm",
-        description="(tuneforge) What the model learns: causal_lm (generate text: every field above applies) or "
+        description="(tuneforge) What the model learns: causal_lm (generate text: every field above applies), "
         "classification (one label per text with a sequence-classification head on an encoder such as BERT or a "
-        "decoder such as Llama; the labels are read from label_column, strings or integers).",
+        "decoder such as Llama; the labels are read from label_column, strings or integers) or seq2seq (an "
+        "encoder-decoder such as T5, Flan-T5 or BART reads text_column and learns to write label_column; the loss is "
+        "on the target only; a task prefix such as 'translate English to German: ' belongs in text_column's text).",
     )
-    text_column: str = Field("text", description="(tuneforge) classification: the column holding the text.")
-    label_column: str = Field("label", description="(tuneforge) classification: the column holding the label.")
+    text_column: str = Field(
+        "text", description="(tuneforge) classification: the column holding the text; seq2seq: the source text."
+    )
+    label_column: str = Field(
+        "label", description="(tuneforge) classification: the column holding the label; seq2seq: the target text."
+    )
 
     @field_validator("text_column", "label_column")
     @classmethod
@@ -518,9 +525,9 @@ class JobSpec(_Section):
                 f"preference tuning ({t.preference}) runs in one process: set training_config.distributed.strategy "
                 "to 'none' (and drop --nproc)"
             )
-        if d.task == "classification" and t.distributed.strategy != "none":
+        if d.task != "causal_lm" and t.distributed.strategy != "none":
             raise ValueError(
-                "data_config.task 'classification' trains in one process: set training_config.distributed.strategy "
+                f"data_config.task {d.task!r} trains in one process: set training_config.distributed.strategy "
                 "to 'none' (and drop --nproc)"
             )
         if t.preference is not None:
@@ -540,21 +547,23 @@ class JobSpec(_Section):
                 "data_config.data_format 'preference' needs a preference method: set training_config."
                 "preference_method to one of orpo, dpo, simpo (or preference_optimization to 'ORPO')"
             )
-        if d.task == "classification":
-            # These fields shape generated text; a classifier reads text_column and label_column only.
+        if d.task != "causal_lm":
+            # These fields shape a causal LM's prompt; classifiers and seq2seq models read text_column and
+            # label_column only.
             causal_only = {
                 "data_config.prompt_template": d.prompt_template,
                 "data_config.completion_column": d.completion_column,
                 "data_config.train_on_inputs": d.train_on_inputs,
                 "data_config.data_format": d.data_format != "auto",
                 "training_config.preference_method": t.preference,
-                # QLoRA would quantize the new head too (bitsandbytes leaves only the LM head in full precision)
+                # Classifiers: QLoRA would quantize the new head too (bitsandbytes leaves only the LM head in full
+                # precision). Seq2seq: QLoRA on T5/BART is not proven by the test suite, so it is not offered.
                 "pretrainedmodel_config.use_quantization": self.pretrainedmodel_config.use_quantization,
             }
             given = [name for name, value in causal_only.items() if value]
             if given:
                 raise ValueError(
-                    f"{', '.join(given)} cannot be used with data_config.task 'classification' (a classifier reads "
+                    f"{', '.join(given)} cannot be used with data_config.task {d.task!r} (it reads "
                     "data_config.text_column and data_config.label_column): remove it or set task to 'causal_lm'"
                 )
             if d.text_column == d.label_column:

@@ -27,6 +27,10 @@ def sequence_classification_types() -> set[str]:
 
 def task_problem(config: Any, task: str, model_id: str) -> str | None:
     """Why `model_id` (its transformers config) cannot be trained for `task`, or None when it can."""
+    if task in ("seq2seq", "causal_lm"):  # whether the model is an encoder-decoder: models/seq2seq.py
+        from .seq2seq import seq2seq_task_problem
+
+        return seq2seq_task_problem(config, task, model_id)
     model_type = getattr(config, "model_type", None)
     if task == "classification" and model_type not in sequence_classification_types():
         return (

@@ -62,16 +62,18 @@ def load_base_model(
     for_training: bool = True,
     labels: list[str] | None = None,
     pad_token_id: int | None = None,
+    seq2seq: bool = False,
 ):
     """The frozen base model on the runtime's device: a causal LM, or with `labels` a sequence classifier with a new
-    head of len(labels) outputs (models/classifier.py; `pad_token_id` lets a decoder find each row's last token).
+    head of len(labels) outputs (models/classifier.py; `pad_token_id` lets a decoder find each row's last token),
+    or with `seq2seq` an encoder-decoder with its LM head (models/seq2seq.py).
 
     Without quantization on the CPU, embeddings and norms stay fp32 (so the residual stream keeps fp32 precision)
     while the frozen linear weights are stored in the compute dtype: under autocast they would be cast to it for
     every matmul anyway, so storing them that way halves their memory and removes the per-step cast. On CUDA the
     whole base is loaded in the compute dtype, as is usual.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
     quiet_transformers()
     kwargs: dict = {"token": hf_token}
@@ -84,6 +86,8 @@ def load_base_model(
         kwargs.update(num_labels=len(labels), id2label=id2label, label2id=label2id)
         if pad_token_id is not None:
             kwargs["pad_token_id"] = pad_token_id
+    elif seq2seq:
+        auto = AutoModelForSeq2SeqLM
     if quant is not None:
         kwargs["quantization_config"] = _bnb_config(quant, runtime.compute_dtype)
         kwargs["device_map"] = {"": runtime.device}
@@ -100,7 +104,13 @@ def load_base_model(
         ) from None
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "model type" in str(exc):
-            kind = "a sequence classifier" if labels is not None else "a causal language model"
+            kind = (
+                "a sequence classifier"
+                if labels is not None
+                else "an encoder-decoder (seq2seq) model"
+                if seq2seq
+                else "a causal language model"
+            )
             raise TuneforgeError(
                 f"pretrainedmodel_config.model_path: {resolved.model_id!r} is not {kind} that transformers knows: "
                 f"{str(exc).splitlines()[0]}"
@@ -145,9 +155,11 @@ def apply_lora(
     gradient_checkpointing: bool,
     seed: int,
     classification: bool = False,
+    seq2seq: bool = False,
 ):
     """Wrap `model` with a fresh LoRA adapter; returns (peft_model, target_modules, how they were chosen).
-    `classification`: a sequence classifier (models/classifier.py): LoRA inside the backbone, the head trained fully."""
+    `classification`: a sequence classifier (models/classifier.py): LoRA inside the backbone, the head trained fully.
+    `seq2seq`: an encoder-decoder (models/seq2seq.py): LoRA in both stacks, saved as a SEQ_2_SEQ_LM adapter."""
     from peft import LoraConfig, get_peft_model
 
     if lora.target_modules:
@@ -181,7 +193,7 @@ def apply_lora(
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    task_kwargs: dict[str, Any] = {"target_modules": targets, "task_type": "CAUSAL_LM"}
+    task_kwargs: dict[str, Any] = {"target_modules": targets, "task_type": "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM"}
     if classification:
         from .classifier import backbone_target_regex, head_modules
 
