@@ -25,8 +25,9 @@ from ..jobs.paths import PathPolicy
 from ..jobs.store import Store
 from ..serve.classify import LoadedClassifier, classify_router
 from ..serve.deployments import DeploymentManager, DeployRequest, deployment_auth
-from ..serve.engine import Generation, SamplingParams
+from ..serve.engine import Generation, SamplingParams, UnknownModelError
 from ..serve.openai_routes import Auth, openai_router
+from ..serve.seq2seq import LoadedSeq2Seq, seq2seq_router
 from ..settings import Settings
 from ..spec import SpecError
 from .auth import CurrentPrincipal, SettingsDep, StoreDep
@@ -285,7 +286,10 @@ def install(app: FastAPI, settings: Settings, store: Store) -> DeploymentManager
     app.include_router(router)
     auth = throttled_auth(deployment_auth(manager, store.authenticate, key_active=store.key_active))
     app.state.deployment_auth = auth  # MonsterAPI's /generate checks callers the same way
-    app.include_router(openai_router(manager, auth))
+    engine_routes = openai_router(manager, auth)
+    # First: seq2seq deployments answer /v1/completions themselves; every other model goes on to the engine routes.
+    app.include_router(seq2seq_router(_DeployedSeq2Seq(manager), auth, fallback=engine_routes))
+    app.include_router(engine_routes)
     app.include_router(classify_router(_DeployedClassifiers(manager), auth))  # classifier deployments
     manager.restore()
     return manager
@@ -299,6 +303,26 @@ class _DeployedClassifiers:
 
     def get(self, name: str) -> LoadedClassifier:
         return self.manager.classifier(name)
+
+
+class _DeployedSeq2Seq:
+    """The live seq2seq deployments as the seq2seq router's models (serve/seq2seq.py)."""
+
+    def __init__(self, manager: DeploymentManager):
+        self.manager = manager
+        self.created = manager.created
+
+    def names(self) -> list[str]:
+        return []  # every live deployment is listed by the engine routes' GET /v1/models already
+
+    def has(self, name: str) -> bool:
+        return self.manager.seq2seq(name) is not None
+
+    def get(self, name: str) -> LoadedSeq2Seq:
+        model = self.manager.seq2seq(name)
+        if model is None:
+            raise UnknownModelError(f"model {name!r} is not a live seq2seq deployment here", field="model", value=name)
+        return model
 
 
 def throttled_auth(auth: Auth) -> Auth:

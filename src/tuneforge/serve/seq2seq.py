@@ -234,7 +234,9 @@ def seq2seq_router(models: Seq2SeqModels, auth: Auth, *, fallback: APIRouter | N
         listed = {"object": "list", "data": []}
         if ("/v1/models", "GET") in behind:
             listed = await behind[("/v1/models", "GET")](request=request)
-        return {**listed, "data": [*listed["data"], *(card(n) for n in await visible(request))]}
+        shown = {m["id"] for m in listed["data"]}
+        extra = [card(n) for n in await visible(request) if n not in shown]
+        return {**listed, "data": [*listed["data"], *extra]}
 
     @router.get("/models/{model:path}", include_in_schema=False)
     async def get_model(model: str, request: Request):
@@ -244,9 +246,9 @@ def seq2seq_router(models: Seq2SeqModels, auth: Auth, *, fallback: APIRouter | N
 
     @router.post("/chat/completions", include_in_schema=False)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
+        await _call_auth(auth, request, body.model)  # first: it may choose which deployment the name means
         if not models.has(body.model):
             return await passed_on("/chat/completions", "POST", body.model)(body=body, request=request)
-        await _call_auth(auth, request, body.model)
         raise TuneforgeError(
             f"model {body.model!r} is a seq2seq (encoder-decoder) model without a chat template: send its source "
             "text as `prompt` to POST /v1/completions",
@@ -256,9 +258,9 @@ def seq2seq_router(models: Seq2SeqModels, auth: Auth, *, fallback: APIRouter | N
 
     @router.post("/completions", include_in_schema=False)
     async def completions(body: CompletionRequest, request: Request):
+        await _call_auth(auth, request, body.model)  # first: it may choose which deployment the name means
         if not models.has(body.model):
             return await passed_on("/completions", "POST", body.model)(body=body, request=request)
-        await _call_auth(auth, request, body.model)
         prompts = _prompts(body)
         n = body.n or 1
         if n > MAX_N:

@@ -102,11 +102,11 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
         rax.set_title("chosen vs rejected (validation pairs)")
     if scores:
         assert panel is not None
-        steps = [r["step"] for r in scored]
+        at = [r["step"] for r in scored]
         for (key, label), color, marker, style in zip(
             panel[0], ("#2ca02c", "#9467bd", "#ff7f0e"), "os^", ("-", "--", ":"), strict=False
         ):
-            rax.plot(steps, [r[key] for r in scored], label=label, color=color, marker=marker, linestyle=style)
+            rax.plot(at, [r[key] for r in scored], label=label, color=color, marker=marker, linestyle=style)
         rax.set_ylim(-0.02, 1.02)
         rax.set_xlabel("optimizer step")
         rax.set_ylabel("validation score")
