@@ -40,9 +40,9 @@ from ..keys import Principal, hash_key
 from ..models.adapters import check_adapter_folder
 from ..models.loader import _hf_cached_snapshot, hub_reachable
 from .classify import LoadedClassifier, is_classifier
-from .seq2seq import LoadedSeq2Seq, is_seq2seq
 from .engine import InferenceEngine, SamplingParams, UnknownModelError, check_name
 from .openai_routes import Auth
+from .seq2seq import LoadedSeq2Seq, is_seq2seq
 
 STATUSES = ("building", "live", "failed", "terminated")
 # The deployment chosen for the current request by `deployment_auth` (set in the request's own context, read by
