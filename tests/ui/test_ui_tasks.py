@@ -202,3 +202,36 @@ def test_the_form_creates_a_classification_job_with_columns_picked_from_the_data
         None,
     )
     no_js_errors(page)
+
+
+def test_the_form_offers_seq2seq_with_source_and_target_pickers(ui_server, page, tmp_path, shot, sign_in):
+    server, key = ui_server
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"en": f"good film {i}", "de": f"guter Film {i}"}) + "\n" for i in range(30)))
+    sign_in(page, server, key)
+    page.goto(server.url + "/#/new")
+    page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=180_000)
+    page.get_by_label("Dataset file").set_input_files(str(pairs))
+    page.get_by_role("button", name="Upload and check").click()
+    page.locator("#dataset-id").wait_for()
+
+    page.get_by_label("Task", exact=True).select_option("seq2seq")
+    assert not page.get_by_label("Prompt template").is_visible()
+    source, target = page.get_by_label("Source column"), page.get_by_label("Target column")
+    assert source.locator("option").all_inner_texts() == ["en", "de"]
+    source.select_option("en")
+    target.select_option("en")
+    assert "source and target columns are both en" in page.locator("#class-columns-problem").inner_text()
+    target.select_option("de")
+    # The dataset check reads the file as seq2seq rows: the first example's source and target.
+    page.locator("#data-report .verdict").get_by_text("Trainable").wait_for(timeout=60_000)
+    first = page.locator("#first-example").inner_text()
+    assert "good film 0" in first and "guter Film 0" in first
+    page.locator("#template-section").scroll_into_view_if_needed()
+    shot(page, "new-job-seq2seq")
+    axe_check(page, "new job, seq2seq")
+
+    # The tiny base is decoder-only: the server refuses the task, naming the model and what is allowed.
+    page.get_by_role("button", name="Create fine-tuning job").click()
+    page.get_by_text(re.compile("is not an encoder-decoder model")).first.wait_for()
+    no_js_errors(page)

@@ -905,12 +905,14 @@
     const templateArea = h("textarea", { id: "prompt-template", name: "data_config.prompt_template", rows: 4,
       "aria-describedby": "prompt-template-help", placeholder: "Question: {question}\nAnswer: {answer}" });
     const chips = h("div", { class: "row", id: "column-chips", style: "gap:6px;margin-top:6px" });
-    // The task (data_config.task): text generation from a prompt template, or a classifier that reads a text
-    // column and a label column (picked from the dataset's columns) and learns a classification head.
+    // The task (data_config.task): text generation from a prompt template, or a task that reads two of the dataset's
+    // columns: a classifier (text and label: it learns a classification head) or seq2seq (source and target text for
+    // an encoder-decoder such as T5 or BART).
     const dcProps = defs.DataConfig.properties;
     const taskSelect = h("select", { id: "f-task", name: "data_config.task", "aria-describedby": "f-task-help" },
       h("option", { value: "causal_lm" }, "Generate text (causal LM)"),
-      h("option", { value: "classification" }, "Classify text (one label per row)"));
+      h("option", { value: "classification" }, "Classify text (one label per row)"),
+      h("option", { value: "seq2seq" }, "Rewrite text (seq2seq: T5, BART)"));
     taskSelect.value = defaults.data_config.task || "causal_lm";
     const columnSelect = (which) => h("select", { id: `f-${which}-column`, name: `data_config.${which}_column`,
       "aria-describedby": `f-${which}-column-help` });
@@ -920,20 +922,29 @@
       h("div", { class: "field" }, h("label", { for: "prompt-template" }, "Prompt template"), templateArea,
         fieldHelp("prompt-template-help", tplProp.description, "prompt_template")),
       h("div", { class: "small", style: "margin-top:8px" }, h("span", { id: "chips-label" }, "Insert a column of the dataset:"), chips));
+    // The two column pickers' words per task (the spec fields are text_column and label_column for both).
+    const columnWords = {
+      classification: ["Text column", "The column holding the text to classify.", "Label column",
+        "The column holding each row's label (strings or integers); the dataset check lists the classes and their rows."],
+      seq2seq: ["Source column", "The column holding the source text the encoder reads (with any task prefix, e.g. " +
+        "\"translate English to German: \").", "Target column", "The column holding the text the model learns to write."],
+    };
+    const textLabel = h("label", { for: "f-text-column" }), labelLabel = h("label", { for: "f-label-column" });
+    const textHelp = h("span", {}), labelHelp = h("span", {});  // the words before each help's spec name
+    const withWords = (help, words) => { help.prepend(words); return help; };
     const classBox = h("div", { id: "class-columns" },
       h("div", { class: "grid" },
-        h("div", { class: "field" }, h("label", { for: "f-text-column" }, "Text column"), textColumn,
-          fieldHelp("f-text-column-help", "The column holding the text to classify.", "text_column")),
-        h("div", { class: "field" }, h("label", { for: "f-label-column" }, "Label column"), labelColumn,
-          fieldHelp("f-label-column-help", "The column holding each row's label (strings or integers); the " +
-            "dataset check lists the classes and their rows.", "label_column"))),
+        h("div", { class: "field" }, textLabel, textColumn,
+          withWords(fieldHelp("f-text-column-help", "", "text_column"), textHelp)),
+        h("div", { class: "field" }, labelLabel, labelColumn,
+          withWords(fieldHelp("f-label-column-help", "", "label_column"), labelHelp))),
       columnsProblem);
     const tplFs = h("fieldset", { class: "panel", id: "template-section" }, h("legend", {}, "3. What the model learns"),
       h("div", { class: "field", style: "max-width:420px;margin-bottom:12px" }, h("label", { for: "f-task" }, "Task"),
         taskSelect, fieldHelp("f-task-help", dcProps.task.description, "task")),
       templateBox, classBox);
     root.append(tplFs);
-    const isClassifier = () => taskSelect.value === "classification";
+    const isClassifier = () => taskSelect.value !== "causal_lm";  // a task that reads two columns (no template)
     // A column select offers the dataset's columns; before they are known, the wanted name alone (a draft's).
     function fillColumns(sel, cols, wanted) {
       const names = cols.length ? cols : [wanted];
@@ -953,13 +964,20 @@
     }
     function columnsCheck() {
       const same = isClassifier() && textColumn.value === labelColumn.value;
-      columnsProblem.textContent = same ? `The text and label columns are both ${textColumn.value}: pick two columns.` : "";
+      const [text, , label] = columnWords[taskSelect.value] || columnWords.classification;
+      columnsProblem.textContent = same ?
+        `The ${text.toLowerCase().replace(" column", "")} and ${label.toLowerCase()}s are both ${textColumn.value}: pick two columns.` : "";
       labelColumn.setAttribute("aria-invalid", String(same));
       return same;
     }
     function showTask() {
       templateBox.hidden = isClassifier();
       classBox.hidden = !isClassifier();
+      const [text, textWhat, label, labelWhat] = columnWords[taskSelect.value] || columnWords.classification;
+      textLabel.textContent = text;
+      labelLabel.textContent = label;
+      textHelp.textContent = textWhat;
+      labelHelp.textContent = labelWhat;
       columnsCheck();
     }
     showTask();
@@ -971,7 +989,7 @@
     // template and format settings for a classifier).
     function dataOptions() {
       if (isClassifier()) {
-        return { task: "classification", text_column: textColumn.value, label_column: labelColumn.value };
+        return { task: taskSelect.value, text_column: textColumn.value, label_column: labelColumn.value };
       }
       const out = { task: "causal_lm", prompt_template: templateArea.value.trim() || null,
         train_on_inputs: !!(fields["data_config.train_on_inputs"] || { get: () => false }).get() };
@@ -1126,7 +1144,8 @@
       else if (columnsCheck()) out.push({ text: "Pick two different columns for the text and the label (section 3).", el: labelColumn });
       else if (st.report && !st.report.ok) out.push({ text: "The dataset check found errors: fix the data or the template first.", el: reportBox });
       if (isClassifier() && qlora.checked) {
-        out.push({ text: "A classifier trains without QLoRA: turn off the 4-bit base model (section 4).", el: qlora });
+        const who = taskSelect.value === "seq2seq" ? "A seq2seq model" : "A classifier";
+        out.push({ text: `${who} trains without QLoRA: turn off the 4-bit base model (section 4).`, el: qlora });
       }
       const sp = splitProblem();
       if (sp) out.push({ text: "Validation or test share", el: splitInput, link: true });
