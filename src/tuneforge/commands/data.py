@@ -49,11 +49,15 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
         "--task",
         default="causal_lm",
         choices=TASKS,
-        help="what the data trains: causal_lm (text generation, the default) or classification (a text column and "
-        "a label column; the report counts rows per class)",
+        help="what the data trains: causal_lm (text generation, the default), classification (a text column and "
+        "a label column; the report counts rows per class) or seq2seq (a source and a target text column)",
     )
-    parser.add_argument("--text-column", default="text", help="classification: the text column (default text)")
-    parser.add_argument("--label-column", default="label", help="classification: the label column (default label)")
+    parser.add_argument(
+        "--text-column", default="text", help="classification: the text column; seq2seq: the source (default text)"
+    )
+    parser.add_argument(
+        "--label-column", default="label", help="classification: the label column; seq2seq: the target (default label)"
+    )
     parser.add_argument("--data-subset", default=None, help="configuration (subset) of a hub dataset")
     parser.add_argument("--data-split", default=None, help="split of a hub dataset or datasets folder (default train)")
     parser.add_argument("--hf-token", default=None, help="Hugging Face token for private datasets and models")
