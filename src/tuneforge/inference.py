@@ -124,6 +124,8 @@ def format_prompt(
     if chat is False:
         return prompt
     card = read_card(adapter_dir) if adapter_dir else None
+    if card is not None and card.task == "seq2seq":
+        return prompt  # the encoder reads the source text as it was trained: no template
     if card is not None and card.template_for(chat_template) is not None:
         return render_chat(tokenizer, [{"role": "user", "content": prompt}], card, chat_template)
     if chat or tokenizer.chat_template:
@@ -158,7 +160,9 @@ def generate(
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    # A decoder-only model's output repeats the prompt; an encoder-decoder's (seq2seq) is only the decoder's text.
+    new = out[0] if getattr(model.config, "is_encoder_decoder", False) else out[0, enc["input_ids"].shape[1] :]
+    return tokenizer.decode(new, skip_special_tokens=True)
 
 
 def merge_adapter(

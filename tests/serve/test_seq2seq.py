@@ -172,3 +172,19 @@ def test_serve_routes_seq2seq_adapters_to_their_pool_and_loads_no_lm_for_them(t5
     base_dir, adapter = t5_adapter
     engine, classifiers, seq2seq = build_serving(str(base_dir), {"reverser": str(adapter)})
     assert engine is None and classifiers is None and seq2seq is not None and seq2seq.names() == ["reverser"]
+
+
+def test_generate_and_merge_treat_a_seq2seq_adapter_as_one(t5_adapter, tmp_path, capsys):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    base_dir, adapter = t5_adapter
+    expected = _reference(base_dir, adapter, SOURCES[:1])[0]
+    # no chat template around the source, and only the decoder's text comes back
+    assert main(["generate", "--model", str(base_dir), "--adapter", str(adapter), "--max-new-tokens", "12",
+                 SOURCES[0]]) == 0  # fmt: skip
+    assert capsys.readouterr().out.strip() == expected
+    assert main(["merge", str(adapter), "-o", str(tmp_path / "merged"), "--model", str(base_dir)]) == 0
+    merged = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    ids = merged.generate(**tok(SOURCES[0], return_tensors="pt"), max_new_tokens=12, do_sample=False)
+    assert tok.decode(ids[0], skip_special_tokens=True).strip() == expected
