@@ -131,6 +131,7 @@ class Seq2SeqTask:
                     max_new_tokens=bound,
                     do_sample=False,
                     num_beams=1,
+                    use_cache=True,  # the training config turns the cache off; generating is quadratic without it
                 )
             for i, text in zip(idx, self.tokenizer.batch_decode(ids, skip_special_tokens=True), strict=True):
                 out[i] = text.strip()
