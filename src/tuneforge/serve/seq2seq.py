@@ -231,7 +231,7 @@ def seq2seq_router(models: Seq2SeqModels, auth: Auth, *, fallback: APIRouter | N
     @router.get("/models", include_in_schema=False)
     async def list_models(request: Request):
         await _call_auth(auth, request, None)
-        listed = {"object": "list", "data": []}
+        listed: dict[str, Any] = {"object": "list", "data": []}
         if ("/v1/models", "GET") in behind:
             listed = await behind[("/v1/models", "GET")](request=request)
         shown = {m["id"] for m in listed["data"]}
