@@ -1,5 +1,5 @@
 """Serving seq2seq adapters: OpenAI's `POST /v1/completions` over real HTTP next to a causal engine, the refusals
-(chat route, streaming, token-id prompts), and `tuneforge predict` writing each row's generated target."""
+(chat route, token-id prompts), streaming, and `tuneforge predict` writing each row's generated target."""
 
 from __future__ import annotations
 
@@ -128,13 +128,41 @@ def test_the_causal_engine_still_answers_and_models_lists_both(server):
     assert requests.get(server.url + "/health").json()["seq2seq"] == ["reverser"]
 
 
+def _events(server, body) -> list:
+    with requests.post(server.url + "/v1/completions", json={**body, "stream": True}, stream=True) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+        lines = [line[len("data: ") :] for line in r.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def test_streaming_sends_the_same_completion_in_pieces(server):
+    # Sampled with a seed: the same text either way, and the random adapter's text then has spaces (transformers'
+    # streamer sends text up to the last space, and holds byte-level junk back until it decodes).
+    body = {"model": "reverser", "prompt": "x", "max_tokens": 16, "temperature": 1.0, "seed": 3}
+    whole = _post(server, "/v1/completions", body).json()
+    events = _events(server, {**body, "stream_options": {"include_usage": True}})
+    pieces = [e["choices"][0]["text"] for e in events if e["choices"]]
+    assert "".join(pieces).strip() == whole["choices"][0]["text"] and len([p for p in pieces if p]) > 1
+    assert events[-2]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+    assert events[-1]["choices"] == [] and events[-1]["usage"] == whole["usage"]
+    assert all(e["object"] == "text_completion" and e["model"] == "reverser" for e in events)
+
+    # A stop string ends the stream before it, with finish_reason "stop".
+    text = whole["choices"][0]["text"]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    cut = [e for e in _events(server, {**body, "stop": [stop]}) if e["choices"]]
+    assert "".join(e["choices"][0]["text"] for e in cut).strip() == text[: text.find(stop)].strip()
+    assert cut[-1]["choices"][0]["finish_reason"] == "stop"
+
+
 def test_refusals_name_the_field_or_the_route(server):
     chat = _post(server, "/v1/chat/completions", {"model": "reverser", "messages": [{"role": "user", "content": "x"}]})
     assert chat.status_code == 400
     assert "'reverser' is a seq2seq (encoder-decoder) model" in chat.json()["error"]["message"]
     assert "POST /v1/completions" in chat.json()["error"]["message"]
     for extra, param in (
-        ({"stream": True}, "stream"),
+        ({"stream": True, "prompt": ["a", "b"]}, "stream"),
         ({"prompt": [1, 2, 3]}, "prompt"),
         ({"logprobs": 2}, "logprobs"),
     ):

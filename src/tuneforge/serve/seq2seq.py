@@ -6,8 +6,9 @@ A seq2seq adapter (its tuneforge_adapter.json says task seq2seq) is its base loa
 the target. The request is OpenAI's completion request (serve/openai_routes.CompletionRequest): `prompt` a string
 or a list of strings (one choice per prompt and per `n`), `max_tokens` (OpenAI's default 16, as for every model
 here), `temperature` (0: greedy; OpenAI's default 1), `top_p`, `n`, `stop`, `seed`; the answer has OpenAI's shape
-with `usage`. Streaming,
-logprobs, echo and suffix are refused by name (400).
+with `usage`. `stream` sends OpenAI's completion chunks for one prompt with n 1 (transformers' TextIteratorStreamer:
+text up to each word boundary, generation stopped when the client goes away); logprobs, echo and suffix are refused
+by name (400).
 
 The seq2seq router is mounted before the engine's OpenAI routes and answers only for seq2seq models: any other
 model's completion request goes on to the engine's own handler, `GET /v1/models` lists both, and a chat request
@@ -74,6 +75,22 @@ class LoadedSeq2Seq:
         self.lock = threading.Lock()  # one generate at a time per model: torch's CPU threads are shared anyway
 
     @torch.no_grad()
+    def stream(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> Seq2SeqStream:
+        """`prompt`'s completion generated on a thread and read as it is written (Seq2SeqStream)."""
+        options: dict[str, Any] = {"do_sample": temperature > 0, "num_beams": 1}
+        if temperature > 0:
+            options.update(temperature=temperature, top_p=top_p)
+        return Seq2SeqStream(self, prompt, max_tokens=max_tokens, options=options, stop=stop, seed=seed)
+
     def generate(
         self,
         prompts: Sequence[str],
@@ -124,6 +141,108 @@ class LoadedSeq2Seq:
         return out, sum(len(e) for e in enc)
 
 
+class _Cancel:
+    """A transformers StoppingCriteria that ends a streamed generation once `event` is set (the client went away)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class Seq2SeqStream:
+    """One prompt's completion generated on a thread, its text read piece by piece (`pieces`); `finish_reason`,
+    `tokens` and `prompt_tokens` are known once the pieces are exhausted. `close` ends the generation early."""
+
+    def __init__(
+        self,
+        model: LoadedSeq2Seq,
+        prompt: str,
+        *,
+        max_tokens: int | None,
+        options: dict[str, Any],
+        stop: Sequence[str],
+        seed: int | None,
+    ):
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        tok = model.tokenizer
+        enc = tok([prompt], truncation=True, max_length=model.max_length, return_tensors="pt")
+        self.prompt_tokens = int(enc["input_ids"].shape[1])
+        self.stop = [s for s in stop if s]
+        # skip_prompt: an encoder-decoder's first streamed ids are the decoder's start token
+        self.streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        self.cancel = _Cancel()
+        self.result: list[int] = []
+        self.error: BaseException | None = None
+        self.eos, self.limit = tok.eos_token_id, max_tokens or model.max_length
+        device = model.model.device
+        kwargs = dict(
+            input_ids=enc["input_ids"].to(device),
+            attention_mask=enc["attention_mask"].to(device),
+            max_new_tokens=self.limit,
+            streamer=self.streamer,
+            stopping_criteria=StoppingCriteriaList([self.cancel]),
+            **options,
+        )
+
+        def run() -> None:
+            try:
+                with model.lock, torch.no_grad():
+                    if seed is not None:  # under the lock: transformers samples from torch's global generator
+                        torch.manual_seed(seed)
+                    self.result = model.model.generate(**kwargs)[0].tolist()[1:]
+            except BaseException as exc:  # reported in the stream; the streamer must still end
+                self.error = exc
+                self.streamer.end()
+
+        self.thread = threading.Thread(target=run, daemon=True, name="seq2seq-stream")
+        self.finish_reason = "length"
+        self.done = False  # the streamer has been read to its end (reading it again would wait forever)
+        self.thread.start()
+
+    def pieces(self):
+        """The completion's text in pieces, cut at the first stop string (held back until it cannot be one)."""
+        text, sent = "", 0
+        hold = max((len(s) for s in self.stop), default=1) - 1
+        for piece in self.streamer:
+            text += piece
+            cut, stopped = cut_at_stop(text, self.stop)
+            if stopped:
+                self.cancel.event.set()
+                self.finish_reason = "stop"
+                if cut[sent:]:
+                    yield cut[sent:]
+                self.close()
+                return
+            safe = len(text) - hold if self.stop else len(text)
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        self.done = True
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        if text[sent:]:
+            yield text[sent:]
+        if self.eos in self.result:
+            self.finish_reason = "stop"
+
+    @property
+    def tokens(self) -> int:
+        return self.result.index(self.eos) + 1 if self.eos in self.result else len(self.result)
+
+    def close(self) -> None:
+        """Stop generating (at the next token) and wait for the thread; safe to call more than once."""
+        self.cancel.event.set()
+        if not self.done:
+            for _ in self.streamer:  # the streamer ends when generate returns
+                pass
+            self.done = True
+        self.thread.join()
+
+
 class Seq2SeqModels(Protocol):
     """What the router needs of the served seq2seq models (a Seq2SeqPool, or the service's deployments)."""
 
@@ -170,10 +289,6 @@ class Seq2SeqPool:
 
 
 def _prompts(body: CompletionRequest) -> list[str]:
-    if body.stream:
-        raise TuneforgeError(
-            f"stream: not supported for the seq2seq model {body.model!r}; send stream false", field="stream"
-        )
     for name, given in (("logprobs", body.logprobs is not None), ("echo", body.echo), ("suffix", bool(body.suffix))):
         if given:
             raise TuneforgeError(f"{name}: not supported for the seq2seq model {body.model!r}", field=name)
@@ -190,6 +305,63 @@ def _prompts(body: CompletionRequest) -> list[str]:
     if len(p) > MAX_PROMPTS:
         raise TuneforgeError(f"prompt: give 1 to {MAX_PROMPTS} prompts, not {len(p)}", field="prompt", value=len(p))
     return [str(x) for x in p]
+
+
+def _stream_response(model: LoadedSeq2Seq, body: CompletionRequest, prompt: str, stop: list[str]):
+    """Server-sent events in OpenAI's completion-chunk shape, then `data: [DONE]` (usage last with
+    stream_options.include_usage); the generation stops when the client goes away."""
+    import json
+
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.sse import EventSourceResponse, format_sse_event
+
+    from .openai_routes import error_body
+
+    top = {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body.model,
+    }
+
+    def sse(obj: dict) -> bytes:
+        return format_sse_event(data_str=json.dumps(obj, ensure_ascii=False))
+
+    async def events():
+        stream = await run_in_threadpool(
+            lambda: model.stream(
+                prompt,
+                max_tokens=body.max_tokens,
+                temperature=1.0 if body.temperature is None else body.temperature,
+                top_p=1.0 if body.top_p is None else body.top_p,
+                stop=stop,
+                seed=body.seed,
+            )
+        )
+        pieces = stream.pieces()
+        done = object()
+        try:
+            try:
+                while (piece := await run_in_threadpool(next, pieces, done)) is not done:
+                    yield sse(
+                        {**top, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}
+                    )
+                yield sse(
+                    {
+                        **top,
+                        "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": stream.finish_reason}],
+                    }
+                )
+                if body.stream_options and body.stream_options.include_usage:
+                    usage = {"prompt_tokens": stream.prompt_tokens, "completion_tokens": stream.tokens}
+                    yield sse({**top, "choices": [], "usage": {**usage, "total_tokens": sum(usage.values())}})
+            except Exception as exc:  # the status line is sent: report in the stream, as OpenAI does
+                yield sse(error_body(500, f"{type(exc).__name__}: {exc}"))
+            yield format_sse_event(data_str="[DONE]")
+        finally:
+            await run_in_threadpool(stream.close)
+
+    return EventSourceResponse(events(), headers={"Cache-Control": "no-cache"})
 
 
 def seq2seq_router(models: Seq2SeqModels, auth: Auth, *, fallback: APIRouter | None = None) -> APIRouter:
@@ -265,8 +437,16 @@ def seq2seq_router(models: Seq2SeqModels, auth: Auth, *, fallback: APIRouter | N
         n = body.n or 1
         if n > MAX_N:
             raise TuneforgeError(f"n: at most {MAX_N}", field="n", value=n)
+        if body.stream and (len(prompts) > 1 or n > 1):
+            raise TuneforgeError(
+                f"stream: the seq2seq model {body.model!r} streams one prompt with n 1; send one prompt, or stream "
+                "false",
+                field="stream",
+            )
         model = await run_in_threadpool(models.get, body.model)
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if body.stream:
+            return _stream_response(model, body, prompts[0], stop)
         answers, prompt_tokens = await run_in_threadpool(
             lambda: model.generate(
                 prompts,
