@@ -47,8 +47,9 @@ class AdapterCard:
     system_prompt: str | None = None  # the system prompt every training row had, added when a request has none
     base_model: dict[str, Any] = field(default_factory=dict)
     version: int = 1
-    # data_config.task; "classification": a sequence classifier over id2label; "seq2seq": an encoder-decoder whose
-    # source is text_column and target completion_column
+    # data_config.task; "classification": a sequence classifier over id2label; "image_classification": an image
+    # classifier over id2label (AutoModelForImageClassification; its image processor is saved with the adapter);
+    # "seq2seq": an encoder-decoder whose source is text_column and target completion_column
     task: str = "causal_lm"
     # Classifiers: the label names by id (JSON object keys are strings: "0", "1", ...) and back, as transformers'
     # configs hold them; the base is loaded with AutoModelForSequenceClassification(num_labels=len(id2label)).
@@ -58,6 +59,7 @@ class AdapterCard:
         None  # classifiers, seq2seq: texts are cut to this many tokens, as in training (cutoff_len)
     )
     text_column: str | None = None  # classifiers, seq2seq: the column `tuneforge predict` reads by default
+    image_column: str | None = None  # image classifiers: the image column `tuneforge predict` reads by default
 
     @property
     def labels(self) -> list[str]:
@@ -216,17 +218,25 @@ def build_card(
 
 
 def classification_card(
-    labels: list[str], *, text_column: str, max_length: int, base_model: dict[str, Any] | None = None
+    labels: list[str],
+    *,
+    text_column: str | None = None,
+    max_length: int | None = None,
+    base_model: dict[str, Any] | None = None,
+    task: str = "classification",
+    image_column: str | None = None,
 ) -> AdapterCard:
-    """The card of a sequence classifier: no prompt (the text goes in as it is), the label set."""
+    """The card of a sequence classifier (no prompt: the text goes in as it is) or, with task
+    "image_classification", of an image classifier: the label set and the column `tuneforge predict` reads."""
     return AdapterCard(
-        data_format="classification",
+        data_format=task,
         base_model=dict(base_model or {}),
-        task="classification",
+        task=task,
         id2label={str(i): name for i, name in enumerate(labels)},
         label2id={name: i for i, name in enumerate(labels)},
         max_length=max_length,
         text_column=text_column,
+        image_column=image_column,
     )
 
 

@@ -13,12 +13,14 @@ import json
 import os
 import sys
 import warnings
+from typing import get_args
 
 from . import __version__
 from .commands.data import add_validate_arguments, run_validate
 from .commands.service import add_service_commands
 from .errors import TuneforgeError
 from .models.listing import add_models_arguments
+from .spec import GGUFType
 
 
 def _cmd_train(args) -> int:
@@ -334,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter", help="adapter folder (a run's adapter/)")
     p.add_argument("--merged", default=None, metavar="DIR", help="write the merged Hugging Face model here")
     p.add_argument("--gguf", default=None, metavar="FILE.gguf", help="write the merged model as GGUF here")
-    p.add_argument("--gguf-type", choices=["f16", "q8_0"], default="q8_0", help="GGUF weight type (default q8_0)")
+    p.add_argument("--gguf-type", choices=get_args(GGUFType), default="q8_0", help="GGUF weight type (default q8_0)")
     p.add_argument("--model", "-m", default=None, help="base model (default: the one recorded in the adapter)")
     _chat_template_arg(p, "the exported model's chat template (tokenizer_config.json, GGUF tokenizer.chat_template)")
     p.set_defaults(func=_cmd_export)

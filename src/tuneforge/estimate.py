@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .models.memory import MemoryEstimate
 
-from .models.fit import model_shape
+from .errors import TuneforgeError
+from .models.fit import distribution, model_shape
 from .models.loader import load_tokenizer, resolve_model
 from .models.memory import GiB, ModelShape, TrainingSetup, device_memory, estimate_training_memory, format_bytes
 from .runtime import auto_precision, default_device, dtype_of, resolve_optimizer
@@ -107,6 +108,16 @@ def estimate_job(
 
     device = default_device(device)
     p, d = spec.pretrainedmodel_config, spec.data_config
+    if d.task == "image_classification":
+        # The estimate models batches of token sequences through a transformer's layers (models/memory.py); a
+        # vision model's activations follow the image size and, for CNNs, the feature maps of each stage.
+        raise TuneforgeError(
+            "estimate: data_config.task 'image_classification' has no memory or time estimate (it models token "
+            "sequences); the catalog's vision models are under 0.1B parameters: run a few steps with max_steps "
+            "to measure",
+            field="data_config.task",
+            value=d.task,
+        )
     resolved = resolve_model(p.model_path, setup=None)
     tokenizer = load_tokenizer(p.model_path, hf_token=spec.hf_config.hf_token)
     data = prepare_spec_data(spec, tokenizer)
@@ -167,6 +178,10 @@ def format_estimate(est: JobEstimate) -> str:
         f"peak memory       {format_bytes(m.total)}"
         + ("" if est.fits is None else ("  (fits)" if est.fits else "  (DOES NOT FIT)")),
     ]
+    if m.setup.world_size > 1:
+        lines.append(f"processes         {distribution(m.setup).removeprefix(', on ')}")
+        if m.processes_per_device > 1:
+            lines.append(f"per process       {format_bytes(m.per_process)}")
     for name, value in m.to_dict()["breakdown_bytes"].items():
         lines.append(f"  {name:<15} {format_bytes(value)}")
     if est.seconds_per_epoch is not None and est.peak_flops is not None:

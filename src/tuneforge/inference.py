@@ -21,7 +21,8 @@ def load_for_inference(
 ):
     """(model, tokenizer): the base model, with the adapter applied unmerged when given. A classifier's adapter
     (its tuneforge_adapter.json says task classification) gets its base as a sequence classifier over the
-    adapter's labels.
+    adapter's labels; an image classifier's (task image_classification) its base as an image classifier, and its
+    image processor in place of the tokenizer; a seq2seq adapter's (task seq2seq) its base as an encoder-decoder.
 
     Without `model_path`, the base recorded in the adapter's config is used (tuneforge records the model id the
     user trained on, so this works across machines).
@@ -39,37 +40,59 @@ def load_for_inference(
     else:
         resolved = resolve_model(model_path, field="--model")
     dev = torch.device(default_device(device))
-    # Local folders are read with local_files_only: no hub call (and no minute of retries offline) for them.
-    # transformers wraps .to() in a decorator that mypy reads as taking the model
-    tokenizer = (
-        AutoTokenizer.from_pretrained(str(adapter_dir), local_files_only=True)
-        if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").is_file()
-        else load_tokenizer(resolved.load_from if resolved.is_local else model_path)
-    )
     card = read_card(adapter_dir) if adapter_dir else None
-    if card is not None and card.task == "classification":
+    if card is not None and card.task == "image_classification":
+        # An image classifier: its image processor (saved with the adapter) instead of a tokenizer, its base with a
+        # head over the adapter's labels (the saved head replaces it when the adapter loads).
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
         from .models.classifier import label_maps
 
+        source = str(adapter_dir) if (Path(str(adapter_dir)) / "preprocessor_config.json").is_file() else None
+        tokenizer = AutoImageProcessor.from_pretrained(
+            source or resolved.load_from, local_files_only=bool(source) or resolved.is_local
+        )
         id2label, label2id = label_maps(card.labels)
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = AutoModelForImageClassification.from_pretrained(
             resolved.load_from,
             dtype=dtype,
             local_files_only=resolved.is_local,
             num_labels=len(id2label),
             id2label=id2label,
             label2id=label2id,
-            pad_token_id=tokenizer.pad_token_id,
-        ).to(dev)
-    elif card is not None and card.task == "seq2seq":
-        from transformers import AutoModelForSeq2SeqLM
-
-        model = AutoModelForSeq2SeqLM.from_pretrained(
-            resolved.load_from, dtype=dtype, local_files_only=resolved.is_local
+            ignore_mismatched_sizes=True,
         ).to(dev)
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved.load_from, dtype=dtype, local_files_only=resolved.is_local
-        ).to(dev)  # type: ignore[arg-type]
+        # Local folders are read with local_files_only: no hub call (and no minute of retries offline) for them.
+        tokenizer = (
+            AutoTokenizer.from_pretrained(str(adapter_dir), local_files_only=True)
+            if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").is_file()
+            else load_tokenizer(resolved.load_from if resolved.is_local else model_path)
+        )
+        if card is not None and card.task == "classification":
+            from .models.classifier import label_maps
+
+            id2label, label2id = label_maps(card.labels)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolved.load_from,
+                dtype=dtype,
+                local_files_only=resolved.is_local,
+                num_labels=len(id2label),
+                id2label=id2label,
+                label2id=label2id,
+                pad_token_id=tokenizer.pad_token_id,
+            ).to(dev)
+        elif card is not None and card.task == "seq2seq":
+            from transformers import AutoModelForSeq2SeqLM
+
+            model = AutoModelForSeq2SeqLM.from_pretrained(
+                resolved.load_from, dtype=dtype, local_files_only=resolved.is_local
+            ).to(dev)
+        else:
+            # transformers wraps .to() in a decorator that mypy reads as taking the model
+            model = AutoModelForCausalLM.from_pretrained(
+                resolved.load_from, dtype=dtype, local_files_only=resolved.is_local
+            ).to(dev)  # type: ignore[arg-type]
     if adapter_dir:
         from peft import PeftModel
 

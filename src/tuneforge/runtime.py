@@ -71,6 +71,14 @@ def local_device_type() -> DeviceType:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def default_nproc_per_node(device_type: str) -> int:
+    """How many processes a multi-process run starts per machine when the spec does not say: one per visible GPU on
+    CUDA, one on the CPU."""
+    import torch
+
+    return torch.cuda.device_count() if device_type == "cuda" else 1
+
+
 def default_device(device: str | None = None) -> str:
     """`device` as given, else CUDA when present, else the CPU."""
     return device or local_device_type()

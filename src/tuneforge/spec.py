@@ -66,9 +66,13 @@ SCHEDULERS = (
 )
 
 # data_config.task: what the model learns. causal_lm (MonsterAPI's only task) is the default, so MonsterAPI payloads
-# are unchanged; classification trains a sequence-classification head (train/tasks.py); seq2seq trains an
+# are unchanged; classification trains a sequence-classification head (train/tasks.py); image_classification an
+# image-classification head on a vision model (data/images.py, models/classifier.py); seq2seq trains an
 # encoder-decoder (T5, BART) to write label_column's text from text_column's (train/seq2seq.py).
-Task = Literal["causal_lm", "classification", "seq2seq"]
+Task = Literal["causal_lm", "classification", "image_classification", "seq2seq"]
+# The tasks that train a new classification head over labels read from data_config.label_column.
+CLASSIFIER_TASKS = ("classification", "image_classification")
+GGUFType = Literal["f16", "q8_0"]  # the GGUF weight types `tuneforge export` and the export route offer
 TASKS: tuple[str, ...] = get_args(Task)
 
 PreferenceMethod = Literal["orpo", "dpo", "simpo"]
@@ -204,18 +208,34 @@ class DataConfig(_Section):
         "causal_lm",
         description="(tuneforge) What the model learns: causal_lm (generate text: every field above applies), "
         "classification (one label per text with a sequence-classification head on an encoder such as BERT or a "
-        "decoder such as Llama; the labels are read from label_column, strings or integers) or seq2seq (an "
-        "encoder-decoder such as T5, Flan-T5 or BART reads text_column and learns to write label_column; the loss is "
-        "on the target only; a task prefix such as 'translate English to German: ' belongs in text_column's text).",
+        "decoder such as Llama; the labels are read from label_column, strings or integers), "
+        "image_classification (one label per image with an image-classification head on a vision model such as "
+        "ViT, DeiT, ConvNeXt or ResNet; data_path is a folder with one subfolder per class, or a file with "
+        "image_column and label_column) or seq2seq (an encoder-decoder such as T5, Flan-T5 or BART reads "
+        "text_column and learns to write label_column; the loss is on the target only; a task prefix such as "
+        "'translate English to German: ' belongs in text_column's text).",
     )
     text_column: str = Field(
         "text", description="(tuneforge) classification: the column holding the text; seq2seq: the source text."
     )
     label_column: str = Field(
-        "label", description="(tuneforge) classification: the column holding the label; seq2seq: the target text."
+        "label",
+        description="(tuneforge) classification, image_classification: the column holding the label; seq2seq: the "
+        "target text.",
+    )
+    image_column: str = Field(
+        "image",
+        description="(tuneforge) image_classification: the column holding the image: a path (relative to the data "
+        "file, or absolute), image bytes, or a Hugging Face datasets Image value {bytes, path}.",
     )
 
-    @field_validator("text_column", "label_column")
+    image_augmentation: bool = Field(
+        False,
+        description="(tuneforge) image_classification: flip and crop training images at random (a horizontal flip, "
+        "80-100% crops) before the model's image processor; validation and test images are never augmented.",
+    )
+
+    @field_validator("text_column", "label_column", "image_column")
     @classmethod
     def _column_name(cls, v: str) -> str:
         if not v.strip():
@@ -257,8 +277,8 @@ class DistributedConfig(_Section):
         "none",
         description="(tuneforge) none: one process. ddp: every process holds the whole model and the gradients of "
         "the LoRA weights are summed across processes (DistributedDataParallel). fsdp: the frozen base model is "
-        "sharded across processes (FSDP2 fully_shard), for bases that do not fit one device; the small LoRA "
-        "weights stay whole on each. `tuneforge train --nproc N` with N > 1 picks ddp when this is none.",
+        "sharded across processes (FSDP2 fully_shard), for bases that do not fit one device, 4-bit (QLoRA) ones "
+        "included; the small LoRA weights stay whole on each. `tuneforge train --nproc N` with N > 1 picks ddp when this is none.",
     )
     nproc_per_node: int | None = Field(
         None,
@@ -504,22 +524,12 @@ class JobSpec(_Section):
                 "'validation' fraction or set validation_data_path"
             )
         d = self.data_config
-        if t.distributed.strategy == "fsdp":
-            if self.pretrainedmodel_config.use_quantization:
-                # FSDP2 turns each sharded weight into a plain tensor, dropping bitsandbytes' Params4bit and its
-                # quantization state: the 4-bit layers then compute garbage without an error (bitsandbytes issue
-                # #1945, accelerate #3983). DDP keeps the 4-bit base whole on each device and works.
-                raise ValueError(
-                    "training_config.distributed.strategy 'fsdp' cannot shard a 4-bit (QLoRA) base: "
-                    "FSDP2 loses bitsandbytes' quantization state; use strategy 'ddp' (the 4-bit base whole on "
-                    "each device) or use_quantization false"
-                )
-            if d.test_data_path or d.data_split_config.get("test", 0) > 0:
-                raise ValueError(
-                    "training_config.distributed.strategy 'fsdp' with test rows: the evaluation after training "
-                    "generates answers in one process, which a base sharded across processes cannot do; use "
-                    "strategy 'ddp', or drop the test split and run `tuneforge eval` on the adapter afterwards"
-                )
+        if t.distributed.strategy == "fsdp" and (d.test_data_path or d.data_split_config.get("test", 0) > 0):
+            raise ValueError(
+                "training_config.distributed.strategy 'fsdp' with test rows: the evaluation after training "
+                "generates answers in one process, which a base sharded across processes cannot do; use "
+                "strategy 'ddp', or drop the test split and run `tuneforge eval` on the adapter afterwards"
+            )
         if t.preference is not None and t.distributed.strategy != "none":
             raise ValueError(
                 f"preference tuning ({t.preference}) runs in one process: set training_config.distributed.strategy "
@@ -547,9 +557,14 @@ class JobSpec(_Section):
                 "data_config.data_format 'preference' needs a preference method: set training_config."
                 "preference_method to one of orpo, dpo, simpo (or preference_optimization to 'ORPO')"
             )
+        if d.image_augmentation and d.task != "image_classification":
+            raise ValueError(
+                f"data_config.image_augmentation is for data_config.task 'image_classification', not {d.task!r}"
+            )
         if d.task != "causal_lm":
-            # These fields shape a causal LM's prompt; classifiers and seq2seq models read text_column and
+            # These fields shape a causal LM's prompt; classifiers and seq2seq models read their input column and
             # label_column only.
+            reads = "data_config.image_column" if d.task == "image_classification" else "data_config.text_column"
             causal_only = {
                 "data_config.prompt_template": d.prompt_template,
                 "data_config.completion_column": d.completion_column,
@@ -564,12 +579,11 @@ class JobSpec(_Section):
             if given:
                 raise ValueError(
                     f"{', '.join(given)} cannot be used with data_config.task {d.task!r} (it reads "
-                    "data_config.text_column and data_config.label_column): remove it or set task to 'causal_lm'"
+                    f"{reads} and data_config.label_column): remove it or set task to 'causal_lm'"
                 )
-            if d.text_column == d.label_column:
-                raise ValueError(
-                    f"data_config.text_column and label_column are both {d.text_column!r}: name two columns"
-                )
+            column = d.image_column if d.task == "image_classification" else d.text_column
+            if column == d.label_column:
+                raise ValueError(f"{reads} and label_column are both {column!r}: name two columns")
         return self
 
     # --- serialisation ------------------------------------------------------------------------------------------

@@ -374,8 +374,44 @@ def test_a_task_the_model_cannot_do_is_refused_at_submission(svc):
     assert r.status_code == 422, r.text
     (problem,) = r.json()["problems"]
     assert problem["field"] == "pretrainedmodel_config.model_path"
-    assert "(vit) has no sequence-classification head" in problem["message"]
+    assert "(vit) is a vision model: it reads images, not text" in problem["message"]
+    body["data_config"].update(task="causal_lm", prompt_template="{question} {answer}")
+    r = c["alice"].post("/v1/finetune/llm", json=body)
+    assert r.status_code == 422 and "data_config.task 'causal_lm' cannot train it" in r.text
+    body["pretrainedmodel_config"]["model_path"] = payload(server.home)["pretrainedmodel_config"]["model_path"]
+    body["data_config"] = {"data_path": body["data_config"]["data_path"], "task": "image_classification"}
+    r = c["alice"].post("/v1/finetune/llm", json=body)
+    assert r.status_code == 422, r.text
+    (problem,) = r.json()["problems"]
+    assert problem["field"] == "pretrainedmodel_config.model_path" and "is not a vision model" in problem["message"]
+    body["data_config"].update(image_column="label")
+    r = c["alice"].post("/v1/finetune/llm", json=body)
+    assert r.status_code == 422 and "data_config.image_column and label_column are both 'label'" in r.text
     assert _jobs_in_db(server) == before
+
+
+def test_an_uploaded_parquet_of_images_reports_its_labels(svc):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tiny_images import png_bytes
+
+    _server, c, _ = svc
+    rows = [{"img": {"bytes": png_bytes(k, i), "path": None}, "label": k} for k in ("red", "blue") for i in range(6)]
+    rows.append({"img": {"bytes": b"not an image", "path": "x.png"}, "label": "red"})
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    r = c["alice"].post(
+        "/v1/datasets",
+        files={"file": ("colours.parquet", buf.getvalue())},
+        data={"task": "image_classification", "image_column": "img"},
+    )
+    assert r.status_code in (200, 201), r.text
+    report = r.json()["report"]
+    assert report["format"] == "image_classification" and report["labels"] == {"blue": 6, "red": 6}
+    assert [e["kind"] for e in report["errors"]] == ["bad_image"] and "row 13" in report["errors"][0]["message"]
 
 
 def test_an_uploaded_classification_dataset_reports_its_labels(svc):

@@ -34,7 +34,7 @@ def test_every_json_answer_of_jobs_datasets_and_deployments_has_a_schema(openapi
             ok = op["responses"].get("200") or op["responses"]["201"]
             content = ok["content"]
             if "application/zip" in content:
-                continue  # the adapter download
+                continue  # the adapter and export downloads
             schema = content["application/json"]["schema"]
             # MonsterAPI's deployment /generate answers a JSON-encoded string, by that API's own design.
             documented[f"{method.upper()} {path}"] = schema["$ref"].rsplit("/", 1)[1] if "$ref" in schema else schema
@@ -45,6 +45,9 @@ def test_every_json_answer_of_jobs_datasets_and_deployments_has_a_schema(openapi
         "POST /v1/finetune/llm/{job_id}/cancel": "Job",
         "GET /v1/finetune/llm/{job_id}/eval": "JobEvaluation",
         "GET /v1/finetune/llm/{job_id}/events": "JobEvents",
+        "POST /v1/finetune/llm/{job_id}/exports": "JobExport",
+        "GET /v1/finetune/llm/{job_id}/exports": "JobExports",
+        "GET /v1/finetune/llm/{job_id}/exports/{export_id}": "JobExport",
         "POST /v1/datasets": "Dataset",
         "GET /v1/datasets": "DatasetPage",
         "GET /v1/datasets/{dataset_id}": "Dataset",
@@ -53,6 +56,7 @@ def test_every_json_answer_of_jobs_datasets_and_deployments_has_a_schema(openapi
         "POST /v1/deploy/llm": "DeploymentCreated",
         "GET /v1/deploy/status/{deployment_id}": "Deployment",
         "GET /v1/deploy/logs/{deployment_id}": "DeploymentLogs",
+        "GET /v1/deploy/metrics/{deployment_id}": "DeploymentMetrics",
         "GET /v1/deploy/list": "DeploymentPage",
         "POST /v1/deploy/terminate": "DeploymentTerminated",
         "POST /v1/deploy/{deployment}/generate": {"type": "string"},

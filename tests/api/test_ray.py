@@ -3,11 +3,13 @@ once through the REST API; cancel; the errors for a missing cluster."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import pytest
 from tfservice import FAST_ENV, Client, Server, create_key, make_home, payload, start_worker, stop_process, wait_for
@@ -18,8 +20,8 @@ from tuneforge.jobs.worker import pid_alive
 ray_cluster_utils = pytest.importorskip("ray.cluster_utils", reason="pip install 'tuneforge[ray]' (in the dev extra)")
 
 
-@pytest.fixture
-def two_node_cluster(monkeypatch):
+def _start_cluster(monkeypatch, *node_cpus: int):
+    """A local Ray cluster: a head node with node_cpus[0] CPUs, then one node per further entry."""
     # The nodes' processes inherit this environment (the training processes run offline, quickly polled).
     for k, v in FAST_ENV.items():
         monkeypatch.setenv(k, v)
@@ -29,14 +31,30 @@ def two_node_cluster(monkeypatch):
     for attempt in range(3):
         cluster = ray_cluster_utils.Cluster()
         try:
-            cluster.add_node(num_cpus=1, include_dashboard=False)  # the first node is the head
-            cluster.add_node(num_cpus=1)
+            cluster.add_node(num_cpus=node_cpus[0], include_dashboard=False)  # the first node is the head
+            for cpus in node_cpus[1:]:
+                cluster.add_node(num_cpus=cpus)
             cluster.wait_for_nodes()
-            break
+            return cluster
         except Exception:
             cluster.shutdown()
             if attempt == 2:
                 raise
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def two_node_cluster(monkeypatch):
+    cluster = _start_cluster(monkeypatch, 1, 1)
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture
+def head_and_two_2cpu_nodes(monkeypatch):
+    """A head that runs no jobs (0 CPUs: removing a node never takes the cluster's head) and two 2-CPU nodes, each
+    able to hold a 2-process job."""
+    cluster = _start_cluster(monkeypatch, 0, 2, 2)
     yield cluster
     cluster.shutdown()
 
@@ -141,6 +159,77 @@ def test_a_dead_ray_worker_puts_its_job_back_and_the_next_attempt_resumes_from_t
     assert step >= 4 and step % 4 == 0
     later = [e["step"] for e in events[events.index(requeued[0]) :] if e["type"] == "train"]
     assert later[0] == step + 1 and later[-1] == 30
+
+
+def _ray_node_of(cluster, pid: int):
+    """The cluster node whose raylet started the Ray worker process that is `pid`'s parent (a job's run_job)."""
+    from ray._private import ray_constants
+
+    raylet = _parent(_parent(pid))
+    for node in cluster.worker_nodes:
+        if any(p.process.pid == raylet for p in node.all_processes[ray_constants.PROCESS_TYPE_RAYLET]):
+            return node
+    raise AssertionError(f"no worker node of the cluster runs raylet {raylet} (the job's pid {pid})")
+
+
+@pytest.mark.slow
+def test_a_two_process_ddp_job_runs_on_ray_and_a_removed_node_hands_it_to_another_that_resumes_it(
+    tmp_path, tiny_model_dir, head_and_two_2cpu_nodes
+):
+    """A multi-process job (DDP, 2 processes, gloo) through the service on `worker --ray`: its task holds 2 CPUs on
+    one node; that node is removed from the cluster mid-run (its raylet and Ray workers killed, as a machine lost),
+    the job goes back to the queue, and the other node resumes it from its last checkpoint to an adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cluster = head_and_two_2cpu_nodes
+    home = make_home(tmp_path, tiny_model_dir)
+    db = f"sqlite:///{home / 'tuneforge.db'}"
+    key = create_key(home, "alice")
+    server = Server(home, workers=0).start()
+    worker = start_worker(home, db, server.env, "--ray", cluster.address, log=tmp_path / "ray-worker.log")
+    try:
+        alice = Client(server.url, key)
+        ddp = {"strategy": "ddp", "nproc_per_node": 2}
+        body = payload(home, max_steps=20, save_steps=4, eval_steps=10, batch_size=2, distributed=ddp)
+        job_id = alice.post("/v1/finetune/llm", json=body).json()["job_id"]
+
+        def past_a_checkpoint():
+            job = alice.job(job_id)
+            assert job["status"] not in ("failed", "cancelled", "succeeded"), job
+            return job["status"] == "running" and job["progress"]["step"] >= 5
+
+        try:
+            wait_for(past_a_checkpoint, 400, interval=0.2, what="the 2-process job past its first checkpoint")
+        except AssertionError:
+            raise AssertionError((tmp_path / "ray-worker.log").read_text()[-3000:]) from None
+        placed = [e["message"] for e in alice.events(job_id) if "placed on the Ray cluster" in e.get("message", "")]
+        assert len(placed) == 1 and ": 2 x (1 CPU" in placed[0], placed  # one bundle per process
+        pid = _pid(db, job_id)
+        assert pid and pid_alive(pid)
+        cluster.remove_node(_ray_node_of(cluster, pid))
+        wait_for(lambda: not pid_alive(pid), 30, what="the job's processes to die with their node")
+
+        done = alice.wait_status(job_id, ("succeeded", "failed"), 400, server)
+        assert done["status"] == "succeeded", (done, (tmp_path / "ray-worker.log").read_text()[-3000:])
+        assert done["attempts"] == 2 and done["progress"]["step"] == 20
+        events = alice.events(job_id)
+        r = alice.get(f"/v1/finetune/llm/{job_id}/adapter", timeout=60)
+    finally:
+        stop_process(worker)
+        server.stop()
+    requeued = [e for e in events if e["type"] == "status" and e["status"] == "queued"][1:]
+    assert len(requeued) == 1 and "its Ray task ended without a result" in requeued[0]["message"]
+    resumed = next(e["message"] for e in events if e["type"] == "log" and "resuming from" in e["message"])
+    step = int(resumed.split(" at step ")[1].split(" ")[0])
+    assert step >= 4 and step % 4 == 0 and resumed.endswith("(2 processes)")
+    later = [e["step"] for e in events[events.index(requeued[0]) :] if e["type"] == "train"]
+    assert later[0] == step + 1 and later[-1] == 20
+
+    assert r.status_code == 200
+    adapter = tmp_path / "downloaded-adapter"
+    zipfile.ZipFile(io.BytesIO(r.content)).extractall(adapter)
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
 
 
 def test_worker_ray_without_a_cluster_there_is_one_clear_error(tmp_path):

@@ -123,8 +123,8 @@ def test_classifier_lora_trains_round_trips_and_merges(arch, tmp_path):
 def test_a_model_without_a_classification_head_is_refused():
     from transformers import AutoConfig
 
-    config = AutoConfig.for_model("vit", hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
-    check_task(config, "causal_lm", "tiny-vit")  # the causal path has its own checks
+    config = AutoConfig.for_model("llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+    check_task(config, "causal_lm", "tiny-llama")  # (a vision model is refused: test_image_classifier_architectures)
     config = AutoConfig.for_model("whisper")
     with pytest.raises(TuneforgeError, match=r"'tiny' \(whisper\) has no sequence-classification head.*BERT"):
         check_task(config, "classification", "tiny")

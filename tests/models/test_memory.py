@@ -159,6 +159,49 @@ def test_terms_follow_the_setup():
     json.dumps(e.to_dict())  # serialisable for `tuneforge models --json` and the API
 
 
+def test_multi_process_setups_divide_only_what_fsdp_shards():
+    """Per process: DDP holds the whole base on each process; FSDP a 1/world_size shard of it plus the units it has
+    gathered (root, two decoder blocks) and the 4-bit constants, which are not sharded. LoRA weights and their
+    optimizer state are whole on each process under both; the gradient sum adds one buffer of the gradients."""
+    shape = ModelShape.from_config(get_entry("llama-3-70b-instruct").transformers_config(), extrapolate=True)
+    one = TrainingSetup(batch_size=1, seq_len=1024)
+    single = estimate_training_memory(shape, one)
+    ddp = estimate_training_memory(shape, one, strategy="ddp", nproc_per_node=8, world_size=8)
+    fsdp = estimate_training_memory(shape, one, strategy="fsdp", nproc_per_node=8, world_size=8)
+    assert ddp.weights == single.weights and ddp.activations == single.activations
+    for e in (ddp, fsdp):
+        assert (e.lora, e.optimizer, e.gradients) == (single.lora, single.optimizer, 2 * single.gradients)
+    root = shape.vocab_size * shape.hidden_size * 2 + shape.untied_head_params * 2  # bf16
+    block = (single.weights - root) / shape.num_layers
+    assert fsdp.weights == int(single.weights / 8 + root + 2 * block)
+    # 141 GB of bf16 weights: a 17.6 GB shard, 4.2 GB of embeddings and head, 3.4 GB for two blocks per GPU.
+    assert single.weights / 8 < fsdp.weights < single.weights / 5
+    assert fsdp.loading == fsdp.weights  # each GPU receives only its shard
+    assert fsdp.processes_per_device == 1 and fsdp.total == fsdp.per_process
+
+    # QLoRA: the packed 4-bit weights are sharded, their quantization constants are whole on every process.
+    q_single = estimate_training_memory(shape, one, method="qlora")
+    q = estimate_training_memory(shape, one, method="qlora", strategy="fsdp", nproc_per_node=8, world_size=8)
+    constants = shape.quantizable_params * NF4_CONSTANT_BITS[True] / 8
+    packed = q_single.weights - constants  # and the embeddings, head and norms, in bf16
+    assert q.weights == int(packed / 8 + root + 2 * (packed - root) / shape.num_layers + constants)
+    assert q.weights < q_single.weights / 3  # 39.5 GB in one process, 10.9 GB on each of 8
+
+    # On the CPU the processes of a machine share its memory: the device total is per process x processes.
+    cpu = estimate_training_memory(shape, one, device="cpu", strategy="fsdp", nproc_per_node=2, world_size=4)
+    assert cpu.processes_per_device == 2 and cpu.total == 2 * cpu.per_process
+    assert cpu.to_dict()["per_process_bytes"] == cpu.per_process
+
+
+def test_multi_process_setup_from_a_job_spec(tmp_path):
+    spec = make_tiny_spec(tmp_path, tmp_path / "data.jsonl", distributed={"strategy": "fsdp", "nproc_per_node": 2})
+    setup = TrainingSetup.from_spec(spec, device="cpu")
+    assert (setup.strategy, setup.nproc_per_node, setup.world_size) == ("fsdp", 2, 2)
+    assert TrainingSetup.from_spec(make_tiny_spec(tmp_path, tmp_path / "d.jsonl"), device="cpu").world_size == 1
+    with pytest.raises(ValueError, match="world_size 1 without a strategy"):
+        TrainingSetup(nproc_per_node=2, world_size=2)
+
+
 def test_known_model_sizes():
     """Orders of magnitude everyone quotes: Llama-2-7B weights are ~12.6 GiB in bf16, ~3.7 GiB in NF4."""
     shape = ModelShape.from_config(get_entry("llama-2-7b").transformers_config(), extrapolate=True)

@@ -77,6 +77,7 @@ def test_monsterapi_client_deploys_and_openai_client_calls_it(svc, engine):
     assert st["status"] == "live", st
     assert st["URL"] == live.url + "/v1" and st["model"] == "alice-alpha"
     assert st["api_auth_token"].endswith("…") and token not in str(st)  # the token is shown once
+    assert st["task"] == "causal_lm" and st["labels"] is None
 
     # The deployment answers with its own token, exactly as the adapter does in a plain engine.
     expected = engine.generate("alpha", messages=MESSAGES, temperature=0, max_tokens=10).text
@@ -336,6 +337,49 @@ def test_metrics_need_an_administrator_key(svc):
     assert "# TYPE tuneforge_queue_depth gauge" in r.text
 
 
+def test_a_deployment_s_serving_metrics_for_its_owner(svc, engine):
+    """GET /v1/deploy/metrics/{id}: the Prometheus figures of one deployment, readable by its owner (not only by an
+    administrator's scraper), counting its own requests and tokens."""
+    live, home, keys, _, _ = svc
+    alice = mclient(live, keys["alice"])
+    ret = alice.deploy("llm", payload(home, "alpha", deployment_name="alice-metrics"))
+    deployment_id = ret["deployment_id"]
+    url = f"{live.url}/v1/deploy/metrics/{deployment_id}"
+    owner = {"Authorization": f"Bearer {keys['alice']}"}
+    assert wait_live(alice, deployment_id)["status"] == "live"
+    before = requests.get(url, headers=owner, timeout=30).json()
+    assert before["deployment_name"] == "alice-metrics" and before["queue_depth"] == 0, before
+    assert before["loaded_adapters"] >= 1 and before["registered_adapters"] >= 1, before
+
+    client = openai.OpenAI(api_key=ret["api_auth_token"], base_url=live.url + "/v1")
+    for _ in range(2):
+        client.completions.create(model="alice-metrics", prompt="what is 2 plus 2?", max_tokens=5, temperature=0)
+    after = requests.get(url, headers=owner, timeout=30).json()
+    assert after["requests"] == before["requests"] + 2, (before, after)
+    assert after["generated_tokens"] - before["generated_tokens"] == 10  # max_tokens 5, no stop on a random model
+    assert after["requests_by_finish_reason"]["length"] >= 2 and after["time"] > before["time"]
+    ttft = after["ttft_seconds"]
+    assert ttft["count"] == after["requests"] and 0 < ttft["p50"] <= ttft["p90"] <= ttft["p99"], ttft
+    assert after["tpot_seconds"]["count"] >= 2 and after["tpot_seconds"]["mean"] > 0
+
+    assert requests.get(url, headers={"Authorization": f"Bearer {keys['bob']}"}, timeout=30).status_code == 404
+    alice.terminate_deployment(deployment_id)
+    gone = requests.get(url, headers=owner, timeout=30)
+    assert gone.status_code == 409 and "is terminated" in gone.json()["detail"], gone.text
+
+
+def test_histogram_quantiles_interpolate_as_prometheus_does():
+    from tuneforge.serve.metrics import quantile
+
+    inf = float("inf")
+    buckets = [(0.1, 2.0), (0.5, 6.0), (1.0, 10.0), (inf, 10.0)]
+    assert quantile(0.5, buckets) == pytest.approx(0.1 + 0.4 * (5 - 2) / 4)  # the 5th of 10 is in (0.1, 0.5]
+    assert quantile(0.1, buckets) == pytest.approx(0.1 * 1 / 2)
+    assert quantile(0.99, buckets) == pytest.approx(0.5 + 0.5 * (9.9 - 6) / 4)
+    assert quantile(0.5, [(0.1, 0.0), (inf, 0.0)]) is None  # nothing observed yet
+    assert quantile(0.9, [(0.1, 1.0), (inf, 10.0)]) == 0.1  # beyond the last finite bound: that bound
+
+
 def test_a_classifier_adapter_deploys_and_answers_classify(svc):
     """A classifier adapter (a Llama classification head on the tiny base) deployed like any other: it answers
     POST /v1/classify with its labels, to its token only, and refuses generation requests."""
@@ -360,6 +404,10 @@ def test_a_classifier_adapter_deploys_and_answers_classify(svc):
     ret = alice.deploy("llm", payload(home, "clf", deployment_name="alice-clf"))
     st = wait_live(alice, ret["deployment_id"])
     assert st["status"] == "live", st
+    assert st["task"] == "classification" and st["labels"] == labels, st  # the order of /v1/classify's probs
+    owner = {"Authorization": f"Bearer {keys['alice']}"}
+    r = requests.get(f"{live.url}/v1/deploy/metrics/{ret['deployment_id']}", headers=owner, timeout=30)
+    assert r.status_code == 409 and "a classifier" in r.json()["detail"], r.text
     headers = {"Authorization": f"Bearer {ret['api_auth_token']}"}
     r = requests.post(live.url + "/v1/classify", json={"model": "alice-clf", "input": ["a", "b c"]}, headers=headers)
     assert r.status_code == 200, r.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -18,22 +19,30 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import TuneforgeError
+from ..errors import Conflict, TuneforgeError
 from ..jobs import service
 from ..jobs.limits import string_problems
 from ..jobs.paths import PathPolicy
 from ..jobs.store import Store
+from ..serve import metrics
 from ..serve.classify import LoadedClassifier, classify_router
 from ..serve.deployments import DeploymentManager, DeployRequest, deployment_auth
 from ..serve.engine import Generation, SamplingParams, UnknownModelError
 from ..serve.openai_routes import Auth, openai_router
 from ..serve.seq2seq import LoadedSeq2Seq, seq2seq_router
 from ..settings import Settings
-from ..spec import SpecError
+from ..spec import CLASSIFIER_TASKS, SpecError
 from .auth import CurrentPrincipal, SettingsDep, StoreDep
 from .errors import Responses
 from .limits import client_address, throttled
-from .responses import Deployment, DeploymentCreated, DeploymentLogs, DeploymentPage, DeploymentTerminated
+from .responses import (
+    Deployment,
+    DeploymentCreated,
+    DeploymentLogs,
+    DeploymentMetrics,
+    DeploymentPage,
+    DeploymentTerminated,
+)
 
 router = APIRouter(prefix="/v1/deploy", tags=["deployments"])
 
@@ -74,7 +83,18 @@ def _view(request: Request, row: dict[str, Any]) -> dict[str, Any]:
         "updated_at": service.iso(row["updated_at"]),
         "live_at": service.iso(row["live_at"]),
         "terminated_at": service.iso(row["terminated_at"]),
+        **_task(request, row),
     }
+
+
+def _task(request: Request, row: dict[str, Any]) -> dict[str, Any]:
+    """What a live deployment answers: text generation (causal_lm or seq2seq), or text or image classification with
+    its labels (known once live)."""
+    if row["status"] != "live":
+        return {"task": None, "labels": None}
+    manager = _manager(request)
+    labels = manager.classifier_labels(row["id"])
+    return {"task": manager.task(row["id"]), "labels": list(labels) if labels is not None else None}
 
 
 @router.post("/llm", summary="Deploy a base model with a LoRA adapter as an API endpoint", responses=_ERRORS)
@@ -125,6 +145,38 @@ def logs(
     row = manager.visible(deployment_id, principal)
     lines = manager.tail(row["id"], n_lines)
     return DeploymentLogs(deployment_id=row["id"], status=row["status"], n_lines=len(lines), logs=lines)
+
+
+@router.get(
+    "/metrics/{deployment_id}",
+    summary="A live deployment's serving figures: requests, tokens, latency percentiles, queue",
+    responses={**_ERRORS, 409: {"description": "The deployment is not live, or is a classifier"}},
+)
+def deployment_metrics(deployment_id: str, manager: Manager, principal: CurrentPrincipal) -> DeploymentMetrics:
+    """The figures `GET /metrics` exports for Prometheus (an administrator's), for one deployment and readable by
+    its owner: counters since the server started (the UI turns two readings into tokens/s) and its engine's gauges
+    now. The engine is shared by the deployments of one base model: its queue and batch are theirs together."""
+    row = manager.visible(deployment_id, principal)
+    serving = manager.serving(row["id"])
+    if serving is None:
+        task = manager.task(row["id"])
+        why = (
+            "a classifier (no generation metrics)"
+            if task in CLASSIFIER_TASKS
+            else "a seq2seq model (it generates outside the engine: no engine metrics)"
+            if task == "seq2seq"
+            else row["status"]
+        )
+        raise Conflict(
+            f"deployment {row['name']!r} is {why}; serving metrics are kept for live causal text-generation "
+            "deployments",
+            field="deployment_id",
+            value=deployment_id,
+        )
+    engine, model = serving
+    return DeploymentMetrics(
+        deployment_id=row["id"], deployment_name=row["name"], time=time.time(), **metrics.snapshot(engine, model)
+    )
 
 
 @router.get("/list", summary="Your deployments, newest first (an admin key: everyone's)", responses=_ERRORS)

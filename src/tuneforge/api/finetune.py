@@ -12,16 +12,27 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 import anyio
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..jobs import service
+from ..jobs import exports, service
 from ..jobs.store import STATUSES, TERMINAL, Store
-from ..spec import JobSpec
+from ..spec import GGUFType, JobSpec
 from .auth import CurrentPrincipal, SettingsDep, StorageDep, StoreDep
 from .errors import Responses
-from .responses import Job, JobEvaluation, JobEvent, JobEvents, JobLaunched, JobPage, JobSummary
+from .responses import (
+    Job,
+    JobEvaluation,
+    JobEvent,
+    JobEvents,
+    JobExport,
+    JobExports,
+    JobLaunched,
+    JobPage,
+    JobSummary,
+)
 
 router = APIRouter(prefix="/v1/finetune/llm", tags=["fine-tuning"])
 
@@ -92,6 +103,80 @@ def adapter(job_id: str, store: StoreDep, settings: SettingsDep, principal: Curr
     job = service.get_job(store, principal, job_id)
     path = service.adapter_zip(settings, job)
     return FileResponse(path, media_type="application/zip", filename=f"adapter-{job_id}.zip")
+
+
+class ExportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["merged", "gguf"] = Field(
+        description="`merged`: the adapter merged into its base, a Hugging Face folder (zip); `gguf`: that model as "
+        "one GGUF file for llama.cpp, Ollama or LM Studio (text-generation jobs)."
+    )
+    gguf_type: GGUFType = Field("q8_0", description="GGUF weights: `q8_0` (8-bit, about half of f16) or `f16`.")
+
+
+@router.post(
+    "/{job_id}/exports",
+    status_code=202,
+    summary="Export the merged model (Hugging Face folder or GGUF), in the background",
+    responses={
+        **_ERRORS,
+        200: {"description": "That export runs or has succeeded already", "model": JobExport},
+        409: {"description": "The job has not succeeded (yet)"},
+    },
+)
+def start_export(
+    job_id: str,
+    body: ExportRequest,
+    response: Response,
+    store: StoreDep,
+    settings: SettingsDep,
+    principal: CurrentPrincipal,
+) -> JobExport:
+    """What `tuneforge export` makes, on the server: the merge (and GGUF conversion) runs in a child process while
+    this answers at once; poll the export's `url` for its stage, then download `download_url`. Each kind is made once
+    and kept in the job's run folder; one that failed (or that a restart cut short) is started again."""
+    job = service.get_job(store, principal, job_id)
+    adapter = service.adapter_folder(settings, job, action="exported")
+    gguf_type = body.gguf_type if body.format == "gguf" else None
+    view, started = exports.start_export(job, adapter.parent, body.format, gguf_type)
+    if not started:
+        response.status_code = 200
+    return JobExport(**view)
+
+
+@router.get("/{job_id}/exports", summary="A job's exports and their state", responses=_ERRORS)
+def list_exports(job_id: str, store: StoreDep, storage: StorageDep, principal: CurrentPrincipal) -> JobExports:
+    job = service.get_job(store, principal, job_id)
+    run_dir = service.run_folder(job, storage)
+    return JobExports(job_id=job["id"], exports=[JobExport(**v) for v in exports.list_exports(job, run_dir)])
+
+
+@router.get("/{job_id}/exports/{export_id}", summary="One export's state", responses=_ERRORS)
+def get_export(
+    job_id: str, export_id: str, store: StoreDep, storage: StorageDep, principal: CurrentPrincipal
+) -> JobExport:
+    job = service.get_job(store, principal, job_id)
+    return JobExport(**exports.get_export(job, service.run_folder(job, storage), export_id))
+
+
+@router.get(
+    "/{job_id}/exports/{export_id}/file",
+    summary="Download a finished export (zip or GGUF)",
+    responses={
+        **_ERRORS,
+        409: {"description": "The export has not succeeded"},
+        200: {"content": {"application/zip": {}, "application/octet-stream": {}}},
+    },
+    response_class=FileResponse,
+)
+def export_file(
+    job_id: str, export_id: str, store: StoreDep, storage: StorageDep, principal: CurrentPrincipal
+) -> FileResponse:
+    job = service.get_job(store, principal, job_id)
+    path = exports.export_file(job, service.run_folder(job, storage), export_id)
+    media = "application/zip" if path.suffix == ".zip" else "application/octet-stream"
+    return FileResponse(path, media_type=media, filename=path.name)
 
 
 @router.get(

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..jobs.store import STATUSES
 from ..serve.deployments import STATUSES as DEPLOYMENT_STATUSES
+from ..spec import GGUFType
 
 
 class _Response(BaseModel):
@@ -104,6 +105,32 @@ class JobEvaluation(_Response):
     offset: int
 
 
+class JobExport(_Response):
+    """An export of a succeeded job's adapter merged into its base, made by the server in the background."""
+
+    id: str = Field(description="`merged`, `gguf-q8_0` or `gguf-f16`: one export of each kind per job.")
+    format: Literal["merged", "gguf"]
+    gguf_type: GGUFType | None = Field(description="The GGUF weight type (GGUF exports only).")
+    status: Literal["running", "succeeded", "failed"]
+    stage: Literal["merging", "packing"] | None = Field(
+        description="While running: `merging` (loading the base, merging; for GGUF also converting) or `packing` "
+        "(zipping the merged folder)."
+    )
+    percent: float | None = Field(description="How much of `packing` is done (null in other stages).")
+    error: str | None = Field(description="Why the export failed, in words.")
+    file_name: str = Field(description="The download's file name: a zip of the Hugging Face folder, or a .gguf.")
+    size_bytes: int | None
+    started_at: float = Field(description="Unix time.")
+    finished_at: float | None
+    url: str = Field(description="This export's state.")
+    download_url: str | None = Field(description="The file, once the export has succeeded.")
+
+
+class JobExports(_Response):
+    job_id: str
+    exports: list[JobExport]
+
+
 class JobEvent(BaseModel):
     """One event: `seq`, `type` and the type's own fields (`train`: step, total_steps, epoch, loss, lr, ...;
     `eval`: step, eval_loss, ...; `log`: message; `status`: status; `validation`: report)."""
@@ -172,6 +199,14 @@ class Deployment(_Response):
     updated_at: str | None
     live_at: str | None
     terminated_at: str | None
+    task: Literal["causal_lm", "classification", "image_classification", "seq2seq"] | None = Field(
+        description="What the live deployment answers: text generation (causal_lm: /v1/completions, "
+        "/v1/chat/completions; seq2seq, an encoder-decoder: /v1/completions), or text or image classification "
+        "(/v1/classify; an image classifier takes image data URLs); null until it is live."
+    )
+    labels: list[str] | None = Field(
+        description="A classifier's labels, in the order of /v1/classify's `probs` (null for text generation)."
+    )
 
 
 class DeploymentCreated(Deployment, _Message):
@@ -187,6 +222,33 @@ class DeploymentLogs(_Response):
     status: Literal[DEPLOYMENT_STATUSES]  # type: ignore[valid-type]
     n_lines: int
     logs: list[str]
+
+
+class LatencySummary(_Response):
+    count: int = Field(description="Requests measured.")
+    mean: float | None
+    p50: float | None = Field(description="Median, interpolated in the histogram's buckets (as histogram_quantile).")
+    p90: float | None
+    p99: float | None
+
+
+class DeploymentMetrics(_Response):
+    """One deployment's serving figures (what `GET /metrics` exports for Prometheus, for this deployment alone)."""
+
+    deployment_id: str
+    deployment_name: str
+    time: float = Field(description="Unix time of this reading: two readings give tokens per second.")
+    requests: int = Field(description="Requests answered since the server started.")
+    requests_by_finish_reason: dict[str, int] = Field(description="stop, length, cancelled, error.")
+    prompt_tokens: int
+    generated_tokens: int
+    ttft_seconds: LatencySummary = Field(description="Time to first token (queueing included).")
+    tpot_seconds: LatencySummary = Field(description="Time per output token after the first.")
+    queue_depth: int = Field(description="Requests waiting on the engine (shared by its base model's deployments).")
+    running_requests: int = Field(description="Requests being decoded by the engine now.")
+    loaded_adapters: int = Field(description="Adapters held on the engine's device now.")
+    registered_adapters: int = Field(description="Adapters the engine can serve by name.")
+    rejected_requests: int = Field(description="Requests the engine refused with 503 (queue full).")
 
 
 class DeploymentPage(_Response):

@@ -321,7 +321,7 @@ async def inspect(body: InspectRequest, request: Request, principal: CurrentPrin
 
     def work() -> dict[str, Any]:
         path, shown = _data_file(body.data_path, store, principal, policy)
-        tokenizer = tokenizer_for(body.model_path, policy) if body.model_path else None
+        tokenizer = tokenizer_for(body.model_path, policy) if body.model_path and body.counts_tokens else None
 
         result = scan_path(str(path), body.data_options(), tokenizer=tokenizer, keep=tokenizer is not None)
         report = result.report.to_dict()

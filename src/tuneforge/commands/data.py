@@ -50,13 +50,18 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
         default="causal_lm",
         choices=TASKS,
         help="what the data trains: causal_lm (text generation, the default), classification (a text column and "
-        "a label column; the report counts rows per class) or seq2seq (a source and a target text column)",
+        "a label column; the report counts rows per class), image_classification (a folder with one subfolder per "
+        "class, or an image column and a label column; every image is decoded) or seq2seq (a source and a target "
+        "text column)",
     )
     parser.add_argument(
         "--text-column", default="text", help="classification: the text column; seq2seq: the source (default text)"
     )
     parser.add_argument(
         "--label-column", default="label", help="classification: the label column; seq2seq: the target (default label)"
+    )
+    parser.add_argument(
+        "--image-column", default="image", help="image_classification: the image column (default image)"
     )
     parser.add_argument("--data-subset", default=None, help="configuration (subset) of a hub dataset")
     parser.add_argument("--data-split", default=None, help="split of a hub dataset or datasets folder (default train)")
@@ -74,7 +79,7 @@ def unescape_template(text: str | None) -> str | None:
 
 def run_validate(args: argparse.Namespace) -> int:
     tokenizer = None
-    if args.model:
+    if args.model and args.task != "image_classification":  # images have no tokens to count
         tokenizer = load_tokenizer(args.model, hf_token=args.hf_token)
     options = DataOptions(
         cutoff_len=args.cutoff_len,
@@ -87,6 +92,7 @@ def run_validate(args: argparse.Namespace) -> int:
         task=args.task,
         text_column=args.text_column,
         label_column=args.label_column,
+        image_column=args.image_column,
     )
     report = validate_source(args.source, options, tokenizer=tokenizer, max_errors=args.max_errors)
     if args.json:

@@ -77,16 +77,28 @@ class ClassificationScan(_Scan):
 
     def __init__(self, source: Source, report: Any, options: DataOptions, *, tokenizer: Any, keep: bool):
         super().__init__(source, report, options, tokenizer=tokenizer, keep=keep)
-        self.text_col, self.label_col = options.text_column, options.label_column
+        self.input_col, self.label_col = options.text_column, options.label_column
         self.counts: Counter[int | str] = Counter()
         self.mojibake: list[Any] = [0, []]  # count, first places
-        self.held: list[tuple[Record, tuple[int, ...] | None, int | str]] = []  # kept rows until the label ids exist
+        self.held: list[tuple[Record, Any, int | str]] = []  # kept rows (token ids or image) until the label ids exist
 
     # --- setup ---------------------------------------------------------------------------------------------------
+    input_option = "text_column"  # the data_config field naming the input column (images.py: image_column)
+    format_name = "classification"
+    input_kind = "not_text"  # the error kind of an input column of the wrong type
+
+    def _column_problem(self, typ: str) -> str | None:
+        """Why a declared column type cannot be the input column, or None."""
+        if typ in _TEXT_TYPES:
+            return None
+        return (
+            f"column '{self.input_col}' holds {typ} values, not text (data_config.text_column must name a text column)"
+        )
+
     def _choose_format(self, head: list[Record]) -> None:
         src, rep = self.source, self.report
-        rep.format = "classification"
-        rep.format_detail = f"text: {self.text_col}, label: {self.label_col}"
+        rep.format = self.format_name
+        rep.format_detail = f"{self.input_option.removesuffix('_column')}: {self.input_col}, label: {self.label_col}"
         if src.schema is not None:
             columns = list(src.schema)
         else:
@@ -94,7 +106,7 @@ class ClassificationScan(_Scan):
         if not any(r.data is not None for r in head):
             return
         ok = True
-        for col, option in ((self.text_col, "text_column"), (self.label_col, "label_column")):
+        for col, option in ((self.input_col, self.input_option), (self.label_col, "label_column")):
             if col not in columns and (src.schema is not None or len(head) >= 2):
                 rep.add_error(
                     DataIssue(
@@ -105,16 +117,10 @@ class ClassificationScan(_Scan):
                     )
                 )
                 ok = False
-        typ = (src.schema or {}).get(self.text_col)
-        if typ is not None and typ not in _TEXT_TYPES:
-            rep.add_error(
-                DataIssue(
-                    "not_text",
-                    f"{src.name}: column '{self.text_col}' holds {typ} values, not text (data_config.text_column "
-                    "must name a text column)",
-                    field=self.text_col,
-                )
-            )
+        typ = (src.schema or {}).get(self.input_col)
+        problem = self._column_problem(typ) if typ is not None else None
+        if problem:
+            rep.add_error(DataIssue(self.input_kind, f"{src.name}: {problem}", field=self.input_col))
             ok = False
         self.renderable = ok
 
@@ -123,25 +129,8 @@ class ClassificationScan(_Scan):
         super()._record(rec)  # counts, reading errors, column types, duplicate fingerprints (self.fmt is None)
         if rec.row == 0 or rec.data is None or not self.renderable:
             return
-        data, failed = rec.data, False
-        text = data.get(self.text_col)
-        place = where(self.source.name, rec.line, rec.row)
-        if self.text_col not in data:
-            self.missing[self.text_col] = self.missing.get(self.text_col, 0) + 1
-            self._row_error(rec, "missing_field", f"no '{self.text_col}' {self.noun}", self.text_col)
-            failed = True
-        elif not isinstance(text, str):
-            kind = type(text).__name__
-            self._row_error(rec, "not_text", f"'{self.text_col}' is {kind}, not text", self.text_col)
-            failed = True
-        elif not text.strip():
-            self._row_error(rec, "empty_text", f"'{self.text_col}' is empty; every row needs text", self.text_col)
-            failed = True
-        elif (damage := _MOJIBAKE.search(text)) is not None:
-            self.mojibake[0] += 1
-            if len(self.mojibake[1]) < 3:  # show the damage itself, not the start of a long text
-                start = max(0, damage.start() - 30)
-                self.mojibake[1].append(f"{place}: {'...' * (start > 0)}{text[start : damage.end() + 30]!r}")
+        failed = not self._check_input(rec)
+        data = rec.data
         value = data.get(self.label_col)
         key = label_key(value)
         if self.label_col not in data:
@@ -158,17 +147,41 @@ class ClassificationScan(_Scan):
             failed = True
         if failed:
             return
-        assert key is not None and isinstance(text, str)
+        assert key is not None
         self.counts[key] += 1
         self.pending.append(rec)
         if len(self.pending) >= 256:
             self._flush()
 
+    def _check_input(self, rec: Record) -> bool:
+        """Check the row's text (errors and the mojibake count go to the report); False when the row is refused."""
+        data = rec.data
+        assert data is not None
+        text = data.get(self.input_col)
+        place = where(self.source.name, rec.line, rec.row)
+        if self.input_col not in data:
+            self.missing[self.input_col] = self.missing.get(self.input_col, 0) + 1
+            self._row_error(rec, "missing_field", f"no '{self.input_col}' {self.noun}", self.input_col)
+            return False
+        if not isinstance(text, str):
+            kind = type(text).__name__
+            self._row_error(rec, "not_text", f"'{self.input_col}' is {kind}, not text", self.input_col)
+            return False
+        if not text.strip():
+            self._row_error(rec, "empty_text", f"'{self.input_col}' is empty; every row needs text", self.input_col)
+            return False
+        if (damage := _MOJIBAKE.search(text)) is not None:
+            self.mojibake[0] += 1
+            if len(self.mojibake[1]) < 3:  # show the damage itself, not the start of a long text
+                start = max(0, damage.start() - 30)
+                self.mojibake[1].append(f"{place}: {'...' * (start > 0)}{text[start : damage.end() + 30]!r}")
+        return True
+
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
         if not batch:
             return
-        texts = [r.data[self.text_col] for r in batch]  # type: ignore[index]
+        texts = [r.data[self.input_col] for r in batch]  # type: ignore[index]
         ids: list[list[int] | None] = [None] * len(batch)
         if self.tokenizer is not None:
             ids = list(self.tokenizer(texts, add_special_tokens=True)["input_ids"])
@@ -199,11 +212,14 @@ class ClassificationScan(_Scan):
             if self.keep:
                 self.held.append((rec, tuple(row_ids) if row_ids is not None else None, key))
 
+    def _example(self, ids: Any, label: int) -> Any:
+        return ClassExample(ids, label)
+
     # --- the summary ----------------------------------------------------------------------------------------------
     def _finish(self) -> None:
         super()._finish()
         rep, src = self.report, self.source
-        rep.columns_used = [c for c in (self.text_col, self.label_col) if c in rep.columns]
+        rep.columns_used = [c for c in (self.input_col, self.label_col) if c in rep.columns]
         rep.columns_ignored = [c for c in rep.columns if c not in rep.columns_used]
         for w in rep.warnings:
             if w.kind == "truncated":  # the generic message speaks of completions; say what it means here
@@ -267,15 +283,15 @@ class ClassificationScan(_Scan):
                     "mojibake",
                     f"{src.name}: {plural(n, 'row')} ({n / max(rep.n_trainable, 1):.1%}) {'has' if n == 1 else 'have'} "
                     "encoding damage in "
-                    f"'{self.text_col}' (mojibake such as 'Ã©' for 'é', or U+FFFD replacement characters), e.g. "
+                    f"'{self.input_col}' (mojibake such as 'Ã©' for 'é', or U+FFFD replacement characters), e.g. "
                     f"{'; '.join(self.mojibake[1])}; the model learns the damaged text as it is (repair it, e.g. "
                     "with ftfy, or remove those rows)",
-                    field=self.text_col,
+                    field=self.input_col,
                 )
             )
         if self.keep and rep.n_errors == 0:
             label_id = {k: i for i, k in enumerate(labels)}
             for rec, ids, key in self.held:
-                ex = ClassExample(ids, label_id[key]) if ids is not None else None
+                ex = self._example(ids, label_id[key]) if ids is not None else None
                 self.kept.append(Kept(rec.data, ex, rec.line, rec.row))  # type: ignore[arg-type]
         self.held = []

@@ -26,7 +26,8 @@ class DataOptions:
     hf_token: str | None = None  # for private or gated hub datasets
     task: str = "causal_lm"  # data_config.task: classification rows are read by data/classify.py
     text_column: str = "text"  # classification: the text
-    label_column: str = "label"  # classification: the label
+    label_column: str = "label"  # classification, image_classification: the label
+    image_column: str = "image"  # image_classification: the image (path, bytes or datasets Image value)
 
     @classmethod
     def from_config(cls, d: DataConfig, *, hf_token: str | None = None) -> DataOptions:
@@ -43,4 +44,5 @@ class DataOptions:
             task=d.task,
             text_column=d.text_column,
             label_column=d.label_column,
+            image_column=d.image_column,
         )

@@ -13,6 +13,7 @@ from ..errors import TuneforgeError
 from .classify import ClassExample
 from .example import Example
 from .formats import MessagesFormat, RowFormat
+from .images import ImageExample
 from .options import DataOptions
 from .pairs import PreferenceFormat, pair_prompt
 from .report import DataIssue, DataValidationError, ValidationReport
@@ -129,14 +130,14 @@ def prepare_dataset(
 
     Raises TuneforgeError when the held-out fractions would leave no training rows.
     """
-    if tokenizer is None:
+    if tokenizer is None and options.task != "image_classification":  # images are read without one
         raise TuneforgeError("prepare_dataset needs the model's tokenizer to build training examples")
     fractions = check_fractions(dict(split_fractions if split_fractions is not None else DEFAULT_FRACTIONS))
     result = scan_path(data_path, options, tokenizer=tokenizer, keep=True)
     report = result.report
     if not report.ok:
         raise DataValidationError(report)
-    classification = options.task == "classification"
+    classification = options.task in ("classification", "image_classification")
     assert options.task != "causal_lm" or (result.fmt is not None and result.encoder is not None)
     fmt_name = result.fmt.name if result.fmt is not None else options.data_format
     labels = list(report.labels or {})
@@ -222,5 +223,5 @@ def relabel(kept: list[Kept], own: list[str], labels: list[str], source: str, co
     index = {name: labels.index(name) for name in own}
     for i, k in enumerate(kept):
         ex = k.example
-        if isinstance(ex, ClassExample):
-            kept[i] = Kept(k.data, ClassExample(ex.input_ids, index[own[ex.label]]), k.line, k.row)
+        if isinstance(ex, (ClassExample, ImageExample)):
+            kept[i] = Kept(k.data, replace(ex, label=index[own[ex.label]]), k.line, k.row)

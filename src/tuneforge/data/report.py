@@ -188,7 +188,7 @@ class ValidationReport:
                     f"Target lengths: min {t['min']}, median {t['median']}, p95 {t['p95']}, max {t['max']}; "
                     f"truncated {t['truncated']:,}"
                 )
-        elif self.tokenizer_used is None:
+        elif self.tokenizer_used is None and self.format != "image_classification":  # images have no tokens
             out.append(f"Token lengths: skipped ({TOKENS_SKIPPED})")
 
         if self.first_example:
@@ -196,7 +196,13 @@ class ValidationReport:
             where = f"line {fe['line']}" if fe.get("line") else f"row {fe.get('row')}"
             out.append("")
             if "label" in fe:
-                size = f", {fe['n_tokens']} tokens" if fe.get("tokenized") else ", as text: no tokenizer"
+                size = (
+                    f", {fe['n_tokens']} tokens"
+                    if fe.get("tokenized")
+                    else ""
+                    if self.format == "image_classification"
+                    else ", as text: no tokenizer"
+                )
                 out.append(f"First example ({where}{size}), label {fe['label']!r}:")
             elif fe.get("pair"):
                 sizes = (

@@ -64,7 +64,7 @@ class Seq2SeqScan(ClassificationScan):
         super()._choose_format(head)  # both columns exist; text_column holds text
         rep, src = self.report, self.source
         rep.format = "seq2seq"
-        rep.format_detail = f"source: {self.text_col}, target: {self.label_col}"
+        rep.format_detail = f"source: {self.input_col}, target: {self.label_col}"
         typ = (src.schema or {}).get(self.label_col)
         if typ is not None and typ not in _TEXT_TYPES:
             rep.add_error(
@@ -82,7 +82,7 @@ class Seq2SeqScan(ClassificationScan):
         if rec.row == 0 or rec.data is None or not self.renderable:
             return
         failed = False
-        for col, what in ((self.text_col, "source"), (self.label_col, "target")):
+        for col, what in ((self.input_col, "source"), (self.label_col, "target")):
             value = rec.data.get(col)
             if col not in rec.data:
                 self.missing[col] = self.missing.get(col, 0) + 1
@@ -103,7 +103,7 @@ class Seq2SeqScan(ClassificationScan):
         batch, self.pending = self.pending, []
         if not batch:
             return
-        sources = [r.data[self.text_col] for r in batch]  # type: ignore[index]
+        sources = [r.data[self.input_col] for r in batch]  # type: ignore[index]
         targets = [r.data[self.label_col] for r in batch]  # type: ignore[index]
         src_ids: list[list[int] | None] = [None] * len(batch)
         tgt_ids: list[list[int] | None] = [None] * len(batch)
@@ -140,17 +140,17 @@ class Seq2SeqScan(ClassificationScan):
     def _finish(self) -> None:
         _Scan._finish(self)  # columns, missing columns, duplicates, token statistics of the sources
         rep = self.report
-        rep.columns_used = [c for c in (self.text_col, self.label_col) if c in rep.columns]
+        rep.columns_used = [c for c in (self.input_col, self.label_col) if c in rep.columns]
         rep.columns_ignored = [c for c in rep.columns if c not in rep.columns_used]
         n = len(self.lengths)
         for w in rep.warnings:
             if w.kind == "truncated":  # the generic message speaks of completions; here it is the source
                 rep.warnings[rep.warnings.index(w)] = DataIssue(
                     "truncated",
-                    f"{self.truncated:,} of {n:,} sources ({self.truncated / n:.1%}) in '{self.text_col}' are longer "
+                    f"{self.truncated:,} of {n:,} sources ({self.truncated / n:.1%}) in '{self.input_col}' are longer "
                     f"than cutoff_len {self.cutoff} tokens (longest: {max(self.lengths)}) and are cut to it: the model "
                     "reads only their start (raise cutoff_len to read more of them)",
-                    field=self.text_col,
+                    field=self.input_col,
                 )
         if self.target_truncated:
             rep.add_warning(

@@ -78,6 +78,7 @@ class Source:
     schema: dict[str, str] | None = None
     notes: list[str] = field(default_factory=list)
     no_rows_message: str = ""
+    folder: Path | None = None  # a local file's folder: where relative paths in the data (image files) are read from
 
     def records(self) -> Iterator[Record]:
         return self.read()
@@ -124,6 +125,7 @@ def open_source(
     p = Path(path).expanduser()
     if p.is_file():
         source = _open_file(p, p.name)
+        source.folder = p.resolve().parent
         _note_ignored(source, data_subset, data_split)
         yield source
     elif p.is_dir():

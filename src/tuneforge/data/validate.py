@@ -13,6 +13,7 @@ import json
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TuneforgeError, did_you_mean
@@ -26,6 +27,7 @@ from .tokenize import ChatTemplateError, Encoder, chat_example, pair_example
 
 if TYPE_CHECKING:
     from .classify import ClassExample
+    from .images import ImageExample
     from .seq2seq import Seq2SeqExample
 
 HEAD_ROWS = 100  # good records read before choosing the format (JSON has no header to learn the columns from)
@@ -47,7 +49,7 @@ class Kept:
     """A row that passed validation, with its example (None when validating without a tokenizer)."""
 
     data: dict[str, Any]
-    example: Example | PairExample | ClassExample | Seq2SeqExample | None
+    example: Example | PairExample | ClassExample | ImageExample | Seq2SeqExample | None
     line: int | None
     row: int
 
@@ -78,9 +80,20 @@ def scan_path(
         report.add_error(DataIssue("config", f"cutoff_len must be a positive number of tokens, got {cutoff_len!r}"))
         return ScanResult(report)
     try:
+        if options.task == "image_classification":
+            from .images import ImageClassificationScan, class_folder_source, is_class_folder
+
+            folder = Path(data_path.strip()).expanduser()
+            if is_class_folder(folder):  # a folder of class subfolders; otherwise a file with an image column
+                source = class_folder_source(
+                    folder, image_column=options.image_column, label_column=options.label_column
+                )
+                return ImageClassificationScan(source, report, options, tokenizer=None, keep=keep).run()
         with open_source(
             data_path, data_subset=options.data_subset, data_split=options.data_split, hf_token=options.hf_token
         ) as source:
+            if options.task == "image_classification":
+                return ImageClassificationScan(source, report, options, tokenizer=None, keep=keep).run()
             if options.task == "classification":
                 from .classify import ClassificationScan
 

@@ -136,7 +136,8 @@ def job_resources(spec: JobSpec, *, cpus: float, gpus: float) -> JobResources:
         local = Path(model).expanduser()
         shape = model_shape(model, local if local.is_dir() else _hf_cached_snapshot(model))
         if shape is not None:
-            memory = estimate_training_memory(shape, TrainingSetup.from_spec(spec, device="cpu")).total
+            # Per process: each of the job's bundles holds one process of a multi-process job.
+            memory = estimate_training_memory(shape, TrainingSetup.from_spec(spec, device="cpu")).per_process
     d = spec.training_config.distributed
     # A multi-process job (ddp/fsdp) asks for one bundle per process. nproc_per_node left to the default (one per
     # visible GPU) counts as one: the cluster's nodes may differ, and the worker's --ray-gpus-per-job sizes a job.

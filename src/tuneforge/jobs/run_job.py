@@ -153,9 +153,14 @@ def train_processes(spec: JobSpec, run_dir: Path, rec: Recorder, *, resume: bool
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
     from ..train.checkpoint import latest_checkpoint
-    from ..train.distributed import launch
+    from ..train.distributed import launch, resolve_launch
 
     checkpoint = latest_checkpoint(work_dir_for(run_dir)) if resume else None
+    if checkpoint is not None:
+        # The ranks' own "resumed from" line goes to their console, not to the job's events (only rank 0's metrics
+        # do): say it here, where a one-process job's recipe says it.
+        processes = resolve_launch(spec).training_config.distributed.nproc_per_node  # the default filled in
+        rec.log(f"resuming from {checkpoint} at step {checkpoint.name.split('-')[1]} ({processes} processes)")
     tail = MetricsTail(
         work_dir_for(run_dir) / "metrics.jsonl",
         rec,
@@ -308,7 +313,12 @@ def run(job_id: str, worker_id: str) -> int:
 
         set_url_guard(guard)
         d = spec.data_config
-        tokenizer = load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)
+        # Images are checked by decoding them; they have no tokens to count.
+        tokenizer = (
+            None
+            if d.task == "image_classification"
+            else load_tokenizer(spec.pretrainedmodel_config.model_path, hf_token=spec.hf_config.hf_token)
+        )
         report = validate_source(
             d.data_path, DataOptions.from_config(d, hf_token=spec.hf_config.hf_token), tokenizer=tokenizer
         )

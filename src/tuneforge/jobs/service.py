@@ -240,7 +240,8 @@ def _target_module_problems(spec: JobSpec) -> list[str]:
 
 def _task_problems(spec: JobSpec) -> list[str]:
     """A data_config.task the model cannot be trained for (e.g. classification on a model without a
-    sequence-classification head, seq2seq on a decoder-only model, causal_lm on T5), known from its config alone."""
+    sequence-classification head, image classification on a text model, a text task on a vision model, seq2seq on a
+    decoder-only model, causal_lm on T5), known from its config alone."""
     from ..models.classifier import task_problem
 
     try:
@@ -476,17 +477,23 @@ def _resolve_adapter(
     return v
 
 
-def adapter_zip(settings: Settings, job: Row) -> Path:
-    """A zip of the job's PEFT adapter folder (files at the zip's root), built once and cached."""
+def adapter_folder(settings: Settings, job: Row, *, action: str = "downloaded") -> Path:
+    """A succeeded job's PEFT adapter folder on this machine (409 before it has succeeded, 404 once removed)."""
     if job["status"] != "succeeded":
         raise Conflict(
-            f"job {job['id']!r} is {job['status']}; its adapter can be downloaded once it has succeeded",
+            f"job {job['id']!r} is {job['status']}; its adapter can be {action} once it has succeeded",
             field="job_id",
             value=job["id"],
         )
     adapter = run_folder(job, open_storage(settings.storage)) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise NotFound(f"the adapter of job {job['id']!r} is no longer on the server", field="job_id", value=job["id"])
+    return adapter
+
+
+def adapter_zip(settings: Settings, job: Row) -> Path:
+    """A zip of the job's PEFT adapter folder (files at the zip's root), built once and cached."""
+    adapter = adapter_folder(settings, job)
     target = settings.cache_dir / "adapters" / f"{job['id']}.zip"
     if target.is_file():
         return target
@@ -553,6 +560,7 @@ class DatasetOptions(BaseModel):
     task: Task = Field("causal_lm", description=_DC["task"].description)
     text_column: str = Field("text", min_length=1, description=_DC["text_column"].description)
     label_column: str = Field("label", min_length=1, description=_DC["label_column"].description)
+    image_column: str = Field("image", min_length=1, description=_DC["image_column"].description)
     model_path: str | None = Field(
         None,
         description="Tokenizer to count tokens with (a model id or a model folder in an allowed folder). "
@@ -569,7 +577,13 @@ class DatasetOptions(BaseModel):
             task=self.task,
             text_column=self.text_column,
             label_column=self.label_column,
+            image_column=self.image_column,
         )
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether model_path's tokenizer is read: images have no tokens (and a vision model no tokenizer)."""
+        return bool(self.model_path) and self.task != "image_classification"
 
 
 def new_dataset_id() -> str:
@@ -596,7 +610,7 @@ def _load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
 
 def validate_file(path: Path, options: DatasetOptions, policy: PathPolicy) -> dict[str, Any]:
     """The data layer's validation report for a stored file, as JSON."""
-    tokenizer = tokenizer_for(options.model_path, policy) if options.model_path else None
+    tokenizer = tokenizer_for(options.model_path, policy) if options.model_path and options.counts_tokens else None
     report = validate_source(str(path), options.data_options(), tokenizer=tokenizer)
     report.source = policy.shown(str(path))  # <home>/uploads/...: not where the server keeps its files
     return report.to_dict()

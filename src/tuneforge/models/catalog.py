@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from .targets import (
     ENCODER_TARGET_MODULES,
+    IMAGE_TARGET_MODULES,
     SEQ2SEQ_TARGET_MODULES,
     TARGET_MODULES,
     TARGET_PARAMETERS,
@@ -65,6 +66,10 @@ CLASSIFIER_ARCHITECTURES = frozenset(
 # transformers `model_type`s whose *ForConditionalGeneration trains with LoRA in both stacks, round-trips through PEFT
 # and merges (tests/models/test_seq2seq_architectures.py): data_config.task "seq2seq".
 SEQ2SEQ_ARCHITECTURES = frozenset({"t5", "bart"})
+# transformers `model_type`s whose *ForImageClassification trains with LoRA + a new fully trained head, round-trips
+# through PEFT and merges (tests/models/test_image_classifier_architectures.py): data_config.task
+# "image_classification".
+IMAGE_CLASSIFIER_ARCHITECTURES = frozenset({"vit", "deit", "convnext", "resnet"})
 
 # Architectures whose QLoRA trains but stays 16-bit. transformers 5's bitsandbytes integration converts only layers
 # whose type is exactly nn.Linear (or GPT-2's Conv1D); these architectures use a subclass. tests/models checks both
@@ -94,6 +99,7 @@ PROMPT_STYLES: Mapping[str, str] = MappingProxyType(
         "encoder": "encoder (no generation): classifies the text as it is; data_config.task 'classification'",
         "seq2seq": "encoder-decoder: the source text goes to the encoder as it is (T5: with a task prefix such as "
         "'summarize: '); data_config.task 'seq2seq'",
+        "vision": "vision model (images, no text): data_config.task 'image_classification'",
     }
 )
 
@@ -105,7 +111,7 @@ class CatalogEntry:
     family: str
     architecture: str  # transformers model_type
     params_b: float  # total parameters, billions, as published
-    context_length: int  # tokens, as published (native; extensions such as YaRN are in `notes`)
+    context_length: int  # tokens, as published (native; extensions such as YaRN are in `notes`); vision: image side
     prompt_style: str  # key of PROMPT_STYLES
     licence: str
     config: Mapping[str, object] = field(hash=False)  # size fields of the transformers config (model_type's names)
@@ -115,6 +121,8 @@ class CatalogEntry:
 
     @property
     def target_modules(self) -> list[str]:
+        if self.vision:
+            return list(IMAGE_TARGET_MODULES[self.architecture])
         if self.architecture in SEQ2SEQ_TARGET_MODULES:
             gated = str(self.config.get("feed_forward_proj", "")).startswith("gated")
             return seq2seq_target_modules(self.architecture, gated=gated)
@@ -123,6 +131,8 @@ class CatalogEntry:
     @property
     def tasks(self) -> tuple[str, ...]:
         """The data_config.task values this entry trains for (proven architectures only)."""
+        if self.vision:
+            return ("image_classification",) if self.architecture in IMAGE_CLASSIFIER_ARCHITECTURES else ()
         return tuple(
             task
             for task, proven in (
@@ -143,8 +153,13 @@ class CatalogEntry:
         return self.architecture not in QLORA_NOT_QUANTIZED
 
     @property
+    def vision(self) -> bool:
+        """An image model: the memory estimate (memory.py, built for token sequences) does not cover it."""
+        return self.prompt_style == "vision"
+
+    @property
     def chat(self) -> bool:
-        return self.prompt_style not in {"base", "instruct-plain", "phi2-qa", "encoder", "seq2seq"}
+        return self.prompt_style not in {"base", "instruct-plain", "phi2-qa", "encoder", "seq2seq", "vision"}
 
     def transformers_config(self) -> PretrainedConfig:
         """The transformers config with this entry's sizes (other fields at the class defaults)."""
@@ -1806,7 +1821,74 @@ SEQ2SEQ_CATALOG: tuple[CatalogEntry, ...] = (
     ),
 )
 
-_ALL = (*CATALOG, *ENCODER_CATALOG, *SEQ2SEQ_CATALOG)
+# Vision models for image classification: hub checkpoints with an ImageNet head, which tuneforge replaces by a head
+# over the data's labels. context_length is the side of the images they were trained on (224 x 224). Sizes from each
+# model's config.json on the hub; parameters as the model cards state them (ImageNet-1k head included).
+_VIT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+VISION_CATALOG: tuple[CatalogEntry, ...] = (
+    CatalogEntry(
+        "google/vit-base-patch16-224",
+        "vit-base-patch16-224",
+        "ViT",
+        "vit",
+        0.0866,
+        224,
+        "vision",
+        "Apache-2.0",
+        _cfg(**_VIT_BASE, image_size=224, patch_size=16, num_labels=1000),
+        notes="ImageNet-21k pretrained, ImageNet-1k fine-tuned; 16x16 patches",
+    ),
+    CatalogEntry(
+        "facebook/deit-small-patch16-224",
+        "deit-small-patch16-224",
+        "DeiT",
+        "vit",  # the hub checkpoint is a ViTForImageClassification (DeiT's training recipe, ViT's architecture)
+        0.022,
+        224,
+        "vision",
+        "Apache-2.0",
+        _cfg(
+            hidden_size=384,
+            num_hidden_layers=12,
+            num_attention_heads=6,
+            intermediate_size=1536,
+            image_size=224,
+            patch_size=16,
+            num_labels=1000,
+        ),
+        notes="data-efficient ViT (Touvron et al. 2021); stored as a ViT checkpoint",
+    ),
+    CatalogEntry(
+        "facebook/convnext-tiny-224",
+        "convnext-tiny-224",
+        "ConvNeXt",
+        "convnext",
+        0.0286,
+        224,
+        "vision",
+        "Apache-2.0",
+        _cfg(hidden_sizes=[96, 192, 384, 768], depths=[3, 3, 9, 3], num_labels=1000),
+    ),
+    CatalogEntry(
+        "microsoft/resnet-50",
+        "resnet-50",
+        "ResNet",
+        "resnet",
+        0.0256,
+        224,
+        "vision",
+        "Apache-2.0",
+        _cfg(
+            embedding_size=64,
+            hidden_sizes=[256, 512, 1024, 2048],
+            depths=[3, 4, 6, 3],
+            layer_type="bottleneck",
+            num_labels=1000,
+        ),
+    ),
+)
+
+_ALL = (*CATALOG, *ENCODER_CATALOG, *SEQ2SEQ_CATALOG, *VISION_CATALOG)
 _BY_ID = {entry.id: entry for entry in _ALL}
 _BY_ALIAS = {entry.alias: entry for entry in _ALL}
 # The name after the owner also works, in any case ("Llama-3.2-1B-Instruct", "gpt2-xl").

@@ -33,6 +33,8 @@ def model_shape(model_id: str, config_dir: str | Path | None = None) -> ModelSha
     """The shape of a catalog model (by id or alias), else of the config.json in `config_dir`; None when neither is
     known or the config cannot be built (the loader then reports its own error)."""
     entry = get_entry(model_id)
+    if entry is not None and entry.vision:
+        return None  # the estimate models token sequences; the catalog's vision models are under 0.1B parameters
     if entry is not None:
         return ModelShape.from_config(entry.transformers_config(), extrapolate=True)
     if config_dir is None or not (Path(config_dir) / "config.json").is_file():
@@ -49,8 +51,21 @@ def _describe(setup: TrainingSetup) -> str:
     checkpointing = ", gradient checkpointing" if setup.gradient_checkpointing else ""
     return (
         f"{'QLoRA (4-bit)' if setup.method == 'qlora' else 'LoRA'} on {setup.device}, {setup.precision}, "
-        f"batch {setup.batch_size} x {setup.seq_len} tokens, r={setup.lora_r}{checkpointing}"
+        f"batch {setup.batch_size} x {setup.seq_len} tokens, r={setup.lora_r}{checkpointing}{distribution(setup)}"
     )
+
+
+def distribution(setup: TrainingSetup) -> str:
+    """', on N processes (strategy)' and what that divides, for a multi-process setup; '' for one process."""
+    if setup.world_size == 1:
+        return ""
+    held = (
+        f"base weights sharded {setup.world_size} ways"
+        if setup.strategy == "fsdp"
+        else "the whole base on each process"
+    )
+    shared = f", {setup.nproc_per_node} sharing this machine's memory" if setup.device == "cpu" else ", one per GPU"
+    return f", on {setup.world_size} processes ({setup.strategy}: {held}; LoRA weights, gradients and optimizer state whole on each{shared})"
 
 
 def smallest_estimate(shape: ModelShape, device: DeviceType) -> MemoryEstimate:

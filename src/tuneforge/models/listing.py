@@ -13,7 +13,15 @@ import sys
 from ..errors import TuneforgeError
 from ..runtime import resolve_optimizer
 from ..spec import TASKS
-from .catalog import CATALOG, ENCODER_CATALOG, PROMPT_STYLES, QLORA_NOT_QUANTIZED, SEQ2SEQ_CATALOG, CatalogEntry
+from .catalog import (
+    CATALOG,
+    ENCODER_CATALOG,
+    PROMPT_STYLES,
+    QLORA_NOT_QUANTIZED,
+    SEQ2SEQ_CATALOG,
+    VISION_CATALOG,
+    CatalogEntry,
+)
 from .memory import ModelShape, TrainingSetup, estimate_training_memory
 
 # The reference job the table's memory columns assume (a typical single-GPU fine-tune); all adjustable by options.
@@ -30,7 +38,8 @@ def add_models_arguments(parser: argparse.ArgumentParser) -> None:
         choices=(*TASKS, "all"),
         default="causal_lm",
         help="models for this data_config.task: causal_lm (text generation, the default), classification (encoders "
-        "such as BERT and decoders with a classification head), seq2seq (encoder-decoders such as T5 and BART), or all",
+        "such as BERT and decoders with a classification head), image_classification (ViT, DeiT, ConvNeXt, ResNet), "
+        "seq2seq (encoder-decoders such as T5 and BART), or all",
     )
     parser.add_argument(
         "--batch-size",
@@ -63,10 +72,13 @@ def catalog_rows(setup: TrainingSetup = REFERENCE, family: str | None = None, ta
     """One dict per catalog entry that trains for `task` ("all": every entry): its facts, tasks, LoRA targets, and
     the LoRA and QLoRA memory estimates for `setup`."""
     rows = []
-    for entry in (*CATALOG, *ENCODER_CATALOG, *SEQ2SEQ_CATALOG):
+    for entry in (*CATALOG, *ENCODER_CATALOG, *SEQ2SEQ_CATALOG, *VISION_CATALOG):
         if family and family.lower() not in f"{entry.family} {entry.architecture}".lower():
             continue
         if task != "all" and task not in entry.tasks:
+            continue
+        if entry.vision:  # no estimate for images (memory.py models token sequences); QLoRA is refused for them
+            rows.append(_vision_row(entry))
             continue
         shape = ModelShape.from_config(entry.transformers_config(), extrapolate=True)
         memory = {
@@ -84,7 +96,7 @@ def _optimizer(setup: TrainingSetup, method: str) -> str:
     return setup.optimizer
 
 
-def _row(entry: CatalogEntry, shape: ModelShape, memory: dict) -> dict:
+def _row(entry: CatalogEntry, shape: ModelShape | None, memory: dict) -> dict:
     return {
         "id": entry.id,
         "alias": entry.alias,
@@ -92,7 +104,9 @@ def _row(entry: CatalogEntry, shape: ModelShape, memory: dict) -> dict:
         "architecture": entry.architecture,
         "tasks": list(entry.tasks),
         "params_b": entry.params_b,
-        "params_exact": shape.params,  # as transformers builds the model from the entry's config sizes
+        "params_exact": shape.params
+        if shape is not None
+        else None,  # as transformers builds the model from the entry's config sizes
         "active_params_b": entry.active_params_b,
         "context_length": entry.context_length,
         "prompt_style": entry.prompt_style,
@@ -106,6 +120,12 @@ def _row(entry: CatalogEntry, shape: ModelShape, memory: dict) -> dict:
         "notes": "; ".join(filter(None, [entry.notes, QLORA_NOT_QUANTIZED.get(entry.architecture, "")])),
         "memory": {method: estimate.to_dict() for method, estimate in memory.items()},
     }
+
+
+def _vision_row(entry: CatalogEntry) -> dict:
+    row = _row(entry, None, {})
+    row.update(params_exact=None, memory=None, qlora_4bit=False)
+    return row
 
 
 def _short_licence(licence: str) -> str:
@@ -128,9 +148,11 @@ def format_table(rows: list[dict], setup: TrainingSetup) -> str:
                 r["id"],
                 r["architecture"],
                 _params(r),
-                f"{r['context_length']:,}",
-                f"{r['memory']['lora']['total_gib']:.1f} GiB",
-                f"{r['memory']['qlora']['total_gib']:.1f} GiB" + ("" if r["qlora_4bit"] else "*"),
+                f"{r['context_length']:,}" + ("px" if r["prompt_style"] == "vision" else ""),
+                f"{r['memory']['lora']['total_gib']:.1f} GiB" if r["memory"] else "-",
+                f"{r['memory']['qlora']['total_gib']:.1f} GiB" + ("" if r["qlora_4bit"] else "*")
+                if r["memory"]
+                else "-",
                 r["prompt_style"],
                 _short_licence(r["licence"]) + (" [gated]" if r["gated"] else ""),
                 ", ".join(r["tasks"]),
@@ -159,7 +181,15 @@ def format_table(rows: list[dict], setup: TrainingSetup) -> str:
                 f"* QLoRA stays 16-bit for {', '.join(sorted(QLORA_NOT_QUANTIZED))}: "
                 + "; ".join(QLORA_NOT_QUANTIZED.values())
             ]
-            if any(not r["qlora_4bit"] for r in rows)
+            if any(not r["qlora_4bit"] and r["memory"] for r in rows)
+            else []
+        ),
+        *(
+            [
+                "Vision models (-): no memory estimate, it models token sequences; images are resized to the "
+                "context's side; QLoRA is not offered for image classification."
+            ]
+            if any(r["memory"] is None for r in rows)
             else []
         ),
         "Any hub id or local folder of another architecture transformers knows also works: LoRA then targets every "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +242,19 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+@contextmanager
+def transformers_warnings_off() -> Iterator[None]:
+    """transformers' warnings off for a call whose warnings tuneforge expects and says better itself."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
 def load_tokenizer(model_path: str, *, hf_token: str | None = None, relative_is_local: bool = True):
     from transformers import AutoTokenizer
 
@@ -253,6 +267,29 @@ def load_tokenizer(model_path: str, *, hf_token: str | None = None, relative_is_
         # Padding positions never reach the loss (labels are masked), so any id works; EOS is the usual choice.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_image_processor(model_path: str, *, hf_token: str | None = None, relative_is_local: bool = True):
+    """The vision model's own image processor (preprocessor_config.json): its resize, crop and normalisation, so
+    training and inference see images exactly as the model was pretrained on them."""
+    from transformers import AutoImageProcessor
+
+    quiet_transformers()
+    resolved = resolve_model(model_path, relative_is_local=relative_is_local)
+    try:
+        # Without torchvision, transformers warns that it falls back to the processor's PIL backend: the one wanted.
+        with transformers_warnings_off():
+            return AutoImageProcessor.from_pretrained(
+                resolved.load_from, token=hf_token, local_files_only=resolved.is_local
+            )
+    except (OSError, ValueError) as exc:
+        raise TuneforgeError(
+            f"pretrainedmodel_config.model_path: {resolved.model_id!r} has no image processor "
+            f"(preprocessor_config.json), which data_config.task 'image_classification' resizes and normalises "
+            f"images with: {str(exc).splitlines()[0]}",
+            field="pretrainedmodel_config.model_path",
+            value=model_path,
+        ) from None
 
 
 # --- the exact base ------------------------------------------------------------------------------------------------

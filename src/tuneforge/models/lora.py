@@ -8,6 +8,7 @@ quantized again (double quantization), and dequantized to the compute dtype for 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ import torch
 
 from ..errors import TuneforgeError
 from ..runtime import Runtime
-from .loader import ResolvedModel, quiet_transformers
+from .loader import ResolvedModel, quiet_transformers, transformers_warnings_off
 from .targets import default_target_modules, default_target_parameters, inspect_linear_modules, missing_target_modules
 
 
@@ -32,6 +33,10 @@ class LoraSettings:
 class QuantSettings:
     quant_type: str = "nf4"
     double_quant: bool = True
+    # The dtype the packed 4-bit weights are stored as (two 4-bit values per byte, viewed as this dtype): uint8 by
+    # default; FSDP sets it to the compute dtype so the packed weights can be sharded like the base's other
+    # weights (bitsandbytes' FSDP-QLoRA guide).
+    storage_dtype: torch.dtype = torch.uint8
 
 
 def _bnb_config(quant: QuantSettings, compute_dtype: torch.dtype):
@@ -50,6 +55,7 @@ def _bnb_config(quant: QuantSettings, compute_dtype: torch.dtype):
         bnb_4bit_quant_type=quant.quant_type,
         bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=quant.storage_dtype,
     )
 
 
@@ -62,18 +68,25 @@ def load_base_model(
     for_training: bool = True,
     labels: list[str] | None = None,
     pad_token_id: int | None = None,
+    vision: bool = False,
     seq2seq: bool = False,
 ):
     """The frozen base model on the runtime's device: a causal LM, or with `labels` a sequence classifier with a new
-    head of len(labels) outputs (models/classifier.py; `pad_token_id` lets a decoder find each row's last token),
-    or with `seq2seq` an encoder-decoder with its LM head (models/seq2seq.py).
+    head of len(labels) outputs (models/classifier.py; `pad_token_id` lets a decoder find each row's last token), or
+    with `vision` too an image classifier whose hub head (ImageNet's 1000 classes) is replaced by a new one, or with
+    `seq2seq` an encoder-decoder with its LM head (models/seq2seq.py).
 
     Without quantization on the CPU, embeddings and norms stay fp32 (so the residual stream keeps fp32 precision)
     while the frozen linear weights are stored in the compute dtype: under autocast they would be cast to it for
     every matmul anyway, so storing them that way halves their memory and removes the per-step cast. On CUDA the
     whole base is loaded in the compute dtype, as is usual.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
 
     quiet_transformers()
     kwargs: dict = {"token": hf_token}
@@ -81,10 +94,12 @@ def load_base_model(
     if labels is not None:
         from .classifier import label_maps
 
-        auto = AutoModelForSequenceClassification
+        auto = AutoModelForImageClassification if vision else AutoModelForSequenceClassification
         id2label, label2id = label_maps(labels)
         kwargs.update(num_labels=len(labels), id2label=id2label, label2id=label2id)
-        if pad_token_id is not None:
+        if vision:  # the checkpoint's head has its own class count: a new head of len(labels) replaces it
+            kwargs["ignore_mismatched_sizes"] = True
+        if pad_token_id is not None and not vision:
             kwargs["pad_token_id"] = pad_token_id
     elif seq2seq:
         auto = AutoModelForSeq2SeqLM
@@ -97,7 +112,10 @@ def load_base_model(
     else:
         kwargs["dtype"] = runtime.compute_dtype if runtime.is_cuda else torch.float32
     try:
-        model = auto.from_pretrained(resolved.load_from, **kwargs)
+        # Replacing an image checkpoint's ImageNet head is the point (the recipe's log line names the new head): not
+        # worth transformers' size-mismatch table.
+        with transformers_warnings_off() if vision else nullcontext():
+            model = auto.from_pretrained(resolved.load_from, **kwargs)
     except OSError as exc:
         raise TuneforgeError(
             f"pretrainedmodel_config.model_path: could not load {resolved.model_id!r}: {exc}"
@@ -105,7 +123,9 @@ def load_base_model(
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "model type" in str(exc):
             kind = (
-                "a sequence classifier"
+                "an image classifier"
+                if vision
+                else "a sequence classifier"
                 if labels is not None
                 else "an encoder-decoder (seq2seq) model"
                 if seq2seq
@@ -140,7 +160,10 @@ def load_base_model(
 
 
 def _linear_weights_to(model, dtype: torch.dtype) -> None:
-    tied = model.get_input_embeddings().weight
+    try:
+        tied = model.get_input_embeddings().weight
+    except (NotImplementedError, AttributeError):  # vision models: a conv stem or patch projection, nothing tied
+        tied = None
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.weight is not tied:
             module.to(dtype)
@@ -155,10 +178,12 @@ def apply_lora(
     gradient_checkpointing: bool,
     seed: int,
     classification: bool = False,
+    vision: bool = False,
     seq2seq: bool = False,
 ):
     """Wrap `model` with a fresh LoRA adapter; returns (peft_model, target_modules, how they were chosen).
-    `classification`: a sequence classifier (models/classifier.py): LoRA inside the backbone, the head trained fully.
+    `classification`: a sequence classifier (models/classifier.py): LoRA inside the backbone, the head trained fully;
+    with `vision`, an image classifier (the same, without PEFT's text task type).
     `seq2seq`: an encoder-decoder (models/seq2seq.py): LoRA in both stacks, saved as a SEQ_2_SEQ_LM adapter."""
     from peft import LoraConfig, get_peft_model
 
@@ -172,7 +197,7 @@ def apply_lora(
                 field="pretrainedmodel_config.target_modules",
                 value=missing,
             )
-    elif classification:
+    elif classification or vision:
         from .classifier import backbone_targets
 
         targets, how = backbone_targets(model, None)
@@ -190,17 +215,23 @@ def apply_lora(
         for module in model.modules():
             if "norm" in type(module).__name__.lower():
                 module.to(torch.float32)
-    if gradient_checkpointing:
+    if gradient_checkpointing and not model.supports_gradient_checkpointing:
+        # e.g. ResNet and ConvNeXt in transformers: their activations are small next to a transformer's anyway
+        how += "; no gradient checkpointing (the architecture does not support it)"
+    elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        if not vision:  # non-reentrant checkpointing needs no grad on the inputs; vision stems are not embeddings
+            model.enable_input_require_grads()
     task_kwargs: dict[str, Any] = {"target_modules": targets, "task_type": "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM"}
-    if classification:
+    if classification or vision:
         from .classifier import backbone_target_regex, head_modules
 
         heads = head_modules(model)
         task_kwargs = {
             "target_modules": backbone_target_regex(model, targets),
-            "task_type": "SEQ_CLS",
+            # PEFT's SEQ_CLS model passes input_ids; an image classifier takes pixel_values: the plain PeftModel (as
+            # PEFT's image-classification guide does), which forwards every keyword to the base.
+            "task_type": None if vision else "SEQ_CLS",
             "modules_to_save": heads,
         }
         how += f"; the new head ({', '.join(heads)}) trains fully"
@@ -225,7 +256,7 @@ def parameter_counts(model) -> tuple[int, int]:
     for p in model.parameters():
         n = p.numel()
         if p.__class__.__name__ == "Params4bit":
-            n *= 2  # two 4-bit values per stored byte
+            n *= 2 * p.element_size()  # two 4-bit values per byte of the storage dtype (uint8, or FSDP's float)
         total += n
         if p.requires_grad:
             trainable += n

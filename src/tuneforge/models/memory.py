@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
-from ..runtime import default_device, pick_runtime, resolve_optimizer
+from ..runtime import default_device, default_nproc_per_node, pick_runtime, resolve_optimizer
 from .loss_path import FAST_PATH_TYPES, chunk_tokens_for
 from .targets import TARGET_PARAMETERS, _linear_types, default_target_modules
 
@@ -309,6 +309,10 @@ class TrainingSetup:
     device: Literal["cuda", "cpu"] = "cuda"
     double_quant: bool = True  # QLoRA only
     optimizer: str = "adamw"  # a key of OPTIMIZER_STATE_BYTES
+    # training_config.distributed: how a multi-process run holds the model, its processes per machine and in all.
+    strategy: Literal["none", "ddp", "fsdp"] = "none"
+    nproc_per_node: int = 1
+    world_size: int = 1
 
     def __post_init__(self):
         for name in ("batch_size", "seq_len", "lora_r"):
@@ -322,6 +326,13 @@ class TrainingSetup:
             raise ValueError(f"device must be 'cuda' or 'cpu', not {self.device!r}")
         if self.optimizer not in OPTIMIZER_STATE_BYTES:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATE_BYTES)}, not {self.optimizer!r}")
+        if self.strategy not in ("none", "ddp", "fsdp"):
+            raise ValueError(f"strategy must be 'none', 'ddp' or 'fsdp', not {self.strategy!r}")
+        if not 1 <= self.nproc_per_node <= self.world_size or (self.strategy == "none" and self.world_size != 1):
+            raise ValueError(
+                f"nproc_per_node {self.nproc_per_node} and world_size {self.world_size} do not fit strategy "
+                f"{self.strategy!r}: 1 <= nproc_per_node <= world_size, and world_size 1 without a strategy"
+            )
 
     @classmethod
     def from_spec(cls, spec, *, device: str | None = None) -> TrainingSetup:
@@ -331,6 +342,11 @@ class TrainingSetup:
         runtime = pick_runtime(t.precision, device)
         quantized = bool(p.use_quantization)
         optimizer = resolve_optimizer(t.optimizer, quantized=quantized, device_type=runtime.device.type)
+        dist = t.distributed
+        per_node = (
+            (dist.nproc_per_node or default_nproc_per_node(runtime.device.type)) if dist.strategy != "none" else 1
+        )
+        per_node = max(per_node, 1)  # a CUDA spec estimated on a machine without GPUs: one process
         return cls(
             method="qlora" if quantized else "lora",
             # Preference tuning runs the chosen and the rejected sequence of each pair in one pass: twice the rows.
@@ -344,6 +360,9 @@ class TrainingSetup:
             device="cuda" if runtime.is_cuda else "cpu",
             double_quant=bool(p.double_quantization),
             optimizer=optimizer if optimizer in OPTIMIZER_STATE_BYTES else "adamw",
+            strategy=dist.strategy,
+            nproc_per_node=per_node,
+            world_size=per_node * (dist.nnodes if dist.strategy != "none" else 1),
         )
 
 
@@ -366,6 +385,9 @@ class MemoryEstimate:
     loading: int  # peak while loading the weights (before training starts), without overhead
     trainable_params: int
     setup: TrainingSetup = field(compare=False)
+    # Processes whose peaks add up in the device's memory: on the CPU every process of a multi-process run on this
+    # machine (they share its memory), on CUDA one (each has its own GPU). The terms above are per process.
+    processes_per_device: int = 1
 
     @property
     def training(self) -> int:
@@ -381,8 +403,13 @@ class MemoryEstimate:
         )
 
     @property
-    def total(self) -> int:
+    def per_process(self) -> int:
         return max(self.training, self.loading + self.overhead)
+
+    @property
+    def total(self) -> int:
+        """The peak in the device's memory: one process's, times the processes that share the device."""
+        return self.per_process * self.processes_per_device
 
     def to_dict(self) -> dict:
         terms = (
@@ -399,6 +426,8 @@ class MemoryEstimate:
         return {
             "total_bytes": self.total,
             "total_gib": round(self.total / GiB, 2),
+            "per_process_bytes": self.per_process,
+            "processes_per_device": self.processes_per_device,
             "breakdown_bytes": {name: getattr(self, name) for name in terms},
             "trainable_params": self.trainable_params,
             "setup": dataclasses.asdict(self.setup),
@@ -414,6 +443,8 @@ class MemoryEstimate:
             "overhead": self.overhead,
         }
         parts = ", ".join(f"{name} {format_bytes(size)}" for name, size in terms.items() if size >= 0.05 * GiB)
+        if self.processes_per_device > 1:
+            return f"{format_bytes(self.total)} ({self.processes_per_device} processes of {format_bytes(self.per_process)}: {parts} each)"
         return f"{format_bytes(self.total)} ({parts})"
 
 
@@ -451,6 +482,12 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
         workspace = 0
 
     # -- LoRA (Hu et al. 2021, arXiv:2106.09685): r * (in + out) parameters per adapted m x n weight
+    if s.strategy == "fsdp" and s.world_size > 1:
+        weights = _fsdp_weights(model, s, weights, embedding_bytes=4 if (on_cpu and s.method == "lora") else compute)
+        if not on_cpu:
+            # The base is loaded into host memory and each GPU receives only its shard (train/recipe.py).
+            loading = weights
+
     targets = s.target_modules or model.default_targets
     per_rank = sum(model.lora_dims.get(name, 0) for name in targets)
     if s.lora_on_experts:
@@ -458,6 +495,11 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
     trainable = s.lora_r * per_rank
     lora = trainable * LORA_PARAM_BYTES
     gradients = trainable * LORA_PARAM_BYTES
+    if s.world_size > 1:
+        # The cross-process sum of the LoRA gradients goes through a second buffer of their size (DDP's gradient
+        # buckets; FSDP: the flat buffer of train/distributed.Parallel.finish_backward). The LoRA weights, their
+        # gradients and optimizer state are whole on every process under both strategies: never divided.
+        gradients *= 2
     optimizer = trainable * OPTIMIZER_STATE_BYTES[s.optimizer]
 
     # -- activations: what autograd keeps for the backward pass, per token and decoder layer (measured layer by layer
@@ -526,7 +568,28 @@ def estimate_training_memory(model: ModelShape, setup: TrainingSetup | None = No
         loading=int(loading),
         trainable_params=int(trainable),
         setup=s,
+        processes_per_device=s.nproc_per_node if on_cpu else 1,
     )
+
+
+# How many decoder blocks FSDP2 holds gathered at once: the one computing and the next, whose all-gather is
+# prefetched to overlap with it (forward and backward alike).
+FSDP_GATHERED_BLOCKS = 2
+
+
+def _fsdp_weights(model: ModelShape, s: TrainingSetup, weights: float, *, embedding_bytes: int) -> float:
+    """One process's share of the base under FSDP (train/distributed.py): its 1/world_size shard of every weight,
+    plus, gathered whole while they compute, the root unit (embeddings, output head, final norm; for the whole
+    forward and again for the backward) and FSDP_GATHERED_BLOCKS decoder blocks. 4-bit quantization constants are
+    not sharded: every process holds all of them, beside the layer they belong to."""
+    constants = model.quantizable_params * NF4_CONSTANT_BITS[s.double_quant] / 8 if s.method == "qlora" else 0.0
+    sharded = weights - constants
+    compute = _DTYPE_BYTES[s.precision]
+    root = model.vocab_size * model.hidden_size * embedding_bytes + model.untied_head_params * compute
+    block = max(sharded - root, 0.0) / max(model.num_layers, 1)
+    gathered = root + min(FSDP_GATHERED_BLOCKS, model.num_layers) * block
+    # The all-gather output is a buffer of its own: the process's shard stays allocated beside it.
+    return sharded / s.world_size + gathered + constants
 
 
 def device_memory(device: str | None = None) -> tuple[int, str]:

@@ -80,6 +80,19 @@ def seq2seq_target_modules(model_type: str, *, gated: bool) -> list[str]:
     return names
 
 
+# Vision backbones for image classification by transformers model_type. The ViT/DeiT `query,value` are the
+# attention's query and value projections (LoRA paper sec. 7.1: W_q and W_v), which transformers 5 names q_proj/v_proj.
+# ConvNeXt: the pointwise (1x1, nn.Linear) convolutions of each block's MLP. ResNet: every Conv2d (its `convolution`
+# layers: stem, bottleneck/basic blocks and shortcuts); PEFT's LoRA for Conv2d is a k x k conv down to r channels
+# followed by a 1x1 conv back up.
+IMAGE_TARGET_MODULES: dict[str, list[str]] = {
+    "vit": ["q_proj", "v_proj"],
+    "deit": ["q_proj", "v_proj"],
+    "convnext": ["pwconv1", "pwconv2"],
+    "resnet": ["convolution"],
+}
+
+
 # Fused 3-D expert weights, as PEFT `target_parameters` names (suffixes of the parameter names).
 TARGET_PARAMETERS: dict[str, list[str]] = {
     "mixtral": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],

@@ -14,6 +14,10 @@ ClassificationRequest/ClassificationResponse):
         "usage": {"prompt_tokens": 7, "total_tokens": 7, "completion_tokens": 0}}
 
 `probs` are in label-id order (the adapter card's id2label); labels are named as in the training data.
+
+An image classifier (task image_classification) answers the same route in the same shape; its `input` is an image as
+a data URL (`data:image/png;base64,...`, as OpenAI's and vLLM's image inputs are given) or a list of them, prepared by
+the image processor saved with the adapter. `usage` counts text tokens: 0 for images.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..adapter_card import read_card
+from ..data.images import ImageRef, open_image
 from ..errors import TuneforgeError
 from .engine import UnknownModelError
 from .openai_routes import Auth, OpenAIErrorRoute
@@ -38,9 +43,35 @@ from .openai_routes import Auth, OpenAIErrorRoute
 MAX_INPUTS = 2048  # texts per request: a bound on one request's memory and time
 
 
+CLASSIFIER_TASKS = ("classification", "image_classification")
+
+
 def is_classifier(adapter_dir: str | Path) -> bool:
     card = read_card(adapter_dir)
-    return card is not None and card.task == "classification"
+    return card is not None and card.task in CLASSIFIER_TASKS
+
+
+def decode_data_url(value: Any, index: int) -> bytes:
+    """The image bytes of a `data:image/...;base64,...` URL; a TuneforgeError naming input[index] otherwise."""
+    import base64
+    import binascii
+
+    head, _, payload = value.partition(",") if isinstance(value, str) else ("", "", "")
+    if not (head.startswith("data:image/") and head.endswith(";base64") and payload):
+        shown = (
+            repr(value[:40]) + ("..." if len(value) > 40 else "") if isinstance(value, str) else type(value).__name__
+        )
+        raise TuneforgeError(
+            f"input[{index}]: {shown} is not an image data URL; this classifier labels images, given as "
+            "'data:image/png;base64,...' (or jpeg, webp, ...)",
+            field=f"input[{index}]",
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise TuneforgeError(
+            f"input[{index}]: the data URL's payload is not valid base64", field=f"input[{index}]"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -56,7 +87,7 @@ class LoadedClassifier:
         from ..inference import load_for_inference
 
         card = read_card(adapter_dir)
-        if card is None or card.task != "classification":
+        if card is None or card.task not in CLASSIFIER_TASKS:
             raise TuneforgeError(
                 f"{adapter_dir}: not a classifier adapter (its tuneforge_adapter.json does not say task "
                 "'classification'); generation adapters are served on /v1/completions and /v1/chat/completions",
@@ -68,6 +99,8 @@ class LoadedClassifier:
         self.labels = card.labels
         self.max_length = card.max_length or 512
         self.text_column = card.text_column or "text"
+        self.vision = card.task == "image_classification"  # then self.tokenizer is the model's image processor
+        self.image_column = card.image_column or "image"
         self.lock = threading.Lock()  # one forward pass at a time per model: torch's CPU threads are shared anyway
 
     @torch.no_grad()
@@ -90,8 +123,44 @@ class LoadedClassifier:
                 logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
                 for i, p in zip(idx, logits.softmax(-1).cpu().tolist(), strict=True):
                     probs[i] = p
-        preds = [Prediction(self.labels[max(range(len(p)), key=p.__getitem__)], p) for p in probs]
-        return preds, sum(len(e) for e in enc)
+        return self._predictions(probs), sum(len(e) for e in enc)
+
+    def probe(self) -> None:
+        """One prediction on a made-up input (a word, or a grey image): the head and the adapter fit this base."""
+        if not self.vision:
+            self.predict(["Hello"])
+            return
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (128, 128, 128)).save(buf, format="PNG")
+        self.predict_images([buf.getvalue()])
+
+    def _predictions(self, probs: list[list[float]]) -> list[Prediction]:
+        return [Prediction(self.labels[max(range(len(p)), key=p.__getitem__)], p) for p in probs]
+
+    @torch.no_grad()
+    def predict_images(self, images: Sequence[ImageRef], *, batch_size: int = 32) -> list[Prediction]:
+        """One Prediction per image (a path or encoded bytes), in order; decoded and prepared batch by batch by the
+        adapter's image processor. Raises TuneforgeError naming the index of an image that cannot be decoded."""
+        from ..train.tasks import pixel_batch
+
+        probs: list[list[float]] = []
+        with self.lock:
+            for start in range(0, len(images), batch_size):
+                decoded = []
+                for i, ref in enumerate(images[start : start + batch_size], start=start):
+                    try:
+                        decoded.append(open_image(ref))
+                    except (OSError, ValueError, SyntaxError) as err:
+                        raise TuneforgeError(
+                            f"input[{i}]: cannot be decoded as an image: {err}", field=f"input[{i}]"
+                        ) from None
+                pixels = pixel_batch(self.tokenizer, decoded).to(self.model.device, self.model.dtype)
+                probs += self.model(pixel_values=pixels).logits.float().softmax(-1).cpu().tolist()
+        return self._predictions(probs)
 
 
 class ClassifierPool:
@@ -130,7 +199,10 @@ class ClassificationRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # vLLM's other fields (user, priority, ...) do not change the answer
 
     model: str = Field(description="The classifier adapter's name.")
-    input: str | list[str] = Field(description="A text or a list of texts to classify.")
+    input: str | list[str] = Field(
+        description="A text or a list of texts to classify; for an image classifier, an image data URL "
+        "('data:image/png;base64,...') or a list of them."
+    )
 
 
 class ClassificationData(BaseModel):
@@ -179,7 +251,11 @@ def classify_router(pool: Classifiers, auth: Auth) -> APIRouter:
                 f"input: give 1 to {MAX_INPUTS} texts, not {len(texts)}", field="input", value=len(texts)
             )
         classifier = await run_in_threadpool(pool.get, body.model)
-        preds, tokens = await run_in_threadpool(classifier.predict, texts)
+        if classifier.vision:
+            images: list[ImageRef] = [decode_data_url(t, i) for i, t in enumerate(texts)]
+            preds, tokens = await run_in_threadpool(classifier.predict_images, images), 0
+        else:
+            preds, tokens = await run_in_threadpool(classifier.predict, texts)
         return {
             "id": f"classify-{uuid.uuid4().hex}",
             "object": "list",

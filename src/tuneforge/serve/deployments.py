@@ -410,12 +410,12 @@ class DeploymentManager:
         self.log(deployment_id, f"live: answering as model {row['name']!r} on {routes}")
 
     def _load_classifier(self, row: dict, folder: str, deployment_id: str) -> LoadedClassifier:
-        """A classifier adapter (serve/classify.py): its own merged copy of the base, checked on one text."""
+        """A classifier adapter (serve/classify.py): its own merged copy of the base, checked on one text (or image)."""
         check_adapter_folder(folder, field="loramodel_path")
         self.log(deployment_id, f"loading classifier: base {row['model_load']!r} with its adapter merged in")
         t = time.monotonic()
         classifier = LoadedClassifier(folder, model_path=row["model_load"], device=self.device)
-        classifier.predict(["Hello"])  # the probe: the head and the adapter fit this base
+        classifier.probe()  # the head and the adapter fit this base
         self.log(
             deployment_id,
             f"classifier loaded and checked in {time.monotonic() - t:.1f}s: {len(classifier.labels)} labels "
@@ -562,6 +562,35 @@ class DeploymentManager:
     def model_names(self) -> builtins.list[str]:
         with self._lock:
             return sorted({d["name"] for d in self._live.values()})
+
+    def serving(self, deployment_id: str) -> tuple[InferenceEngine, str] | None:
+        """The engine a live text-generation deployment runs on and the model name its requests are counted under
+        (its metrics' `model` label); None for a classifier or a deployment that is not live."""
+        with self._lock:
+            d = self._live.get(deployment_id)
+        if d is None or d.get("engine") is None:
+            return None
+        return d["engine"], d["model"]
+
+    def classifier_labels(self, deployment_id: str) -> tuple[str, ...] | None:
+        """A live classifier deployment's labels, in the order of `POST /v1/classify`'s `probs`; else None."""
+        with self._lock:
+            d = self._live.get(deployment_id)
+        classifier = d.get("classifier") if d is not None else None
+        return tuple(classifier.labels) if classifier is not None else None
+
+    def task(self, deployment_id: str) -> str | None:
+        """What a live deployment answers, as data_config.task names it: "classification" or "image_classification"
+        (POST /v1/classify), "seq2seq" (POST /v1/completions through the encoder-decoder) or "causal_lm"; None when
+        it is not live."""
+        with self._lock:
+            d = self._live.get(deployment_id)
+        if d is None:
+            return None
+        classifier = d.get("classifier")
+        if classifier is not None:
+            return "image_classification" if classifier.vision else "classification"
+        return "seq2seq" if d.get("seq2seq") is not None else "causal_lm"
 
     def live(self, name: str) -> dict | None:
         """The live deployment called `name` that this request's `deployment_auth` chose (names are per owner, so

@@ -113,6 +113,73 @@ class _EngineGauges(Collector):
 REGISTRY.register(_EngineGauges())
 
 
+def _samples(metric: Counter | Histogram, base: str, model: str | None = None) -> list[tuple[str, dict, float]]:
+    out = []
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.labels.get("base") == base and (model is None or sample.labels.get("model") == model):
+                out.append((sample.name, sample.labels, sample.value))
+    return out
+
+
+def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """The q-quantile of a histogram from its cumulative (upper bound, count) buckets, interpolated linearly within
+    the bucket it falls in, as Prometheus' histogram_quantile() does; None without observations. A quantile in the
+    +Inf bucket is reported as the highest finite bound (what Prometheus returns too)."""
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            width = count - lower_count
+            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / width if width else 1.0)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def _latency(metric: Histogram, base: str, model: str) -> dict[str, float | int | None]:
+    samples = _samples(metric, base, model)
+    buckets = sorted((float(labels["le"]), v) for name, labels, v in samples if name.endswith("_bucket"))
+    count = next((v for name, _, v in samples if name.endswith("_count")), 0.0)
+    total = next((v for name, _, v in samples if name.endswith("_sum")), 0.0)
+    return {
+        "count": int(count),
+        "mean": total / count if count else None,
+        **{f"p{int(q * 100)}": quantile(q, buckets) for q in (0.5, 0.9, 0.99)},
+    }
+
+
+def snapshot(engine: InferenceEngine, model: str) -> dict:
+    """What the Prometheus text says about one model (a deployment's name) on one engine, as plain figures: the
+    requests it answered by finish reason, its tokens, its TTFT/TPOT percentiles, and its engine's live gauges."""
+    base = engine.base_name
+    requests = {
+        labels["finish_reason"]: int(v)
+        for name, labels, v in _samples(REQUESTS, base, model)
+        if name.endswith("_total")
+    }
+    tokens = sum(v for name, _, v in _samples(GENERATED_TOKENS, base, model) if name.endswith("_total"))
+    prompt = sum(v for name, _, v in _samples(PROMPT_TOKENS, base, model) if name.endswith("_total"))
+    rejected = sum(v for name, _, v in _samples(REJECTED, base) if name.endswith("_total"))
+    stats = engine.stats
+    return {
+        "requests": sum(requests.values()),
+        "requests_by_finish_reason": requests,
+        "prompt_tokens": int(prompt),
+        "generated_tokens": int(tokens),
+        "ttft_seconds": _latency(TTFT, base, model),
+        "tpot_seconds": _latency(TPOT, base, model),
+        "queue_depth": engine.queued,
+        "running_requests": stats.batch_size,
+        "loaded_adapters": len(stats.loaded),
+        "registered_adapters": len(engine.adapters()),
+        "rejected_requests": int(rejected),
+    }
+
+
 def exposition() -> bytes:
     """The text format Prometheus scrapes."""
     return generate_latest(REGISTRY)

@@ -16,7 +16,9 @@ group (NCCL on CUDA, one GPU per process; gloo on the CPU) and runs the same rec
   backward pass, with a summing communication hook); `fsdp` shards the frozen base with FSDP2 (`fully_shard` on
   every decoder layer and on the root) and leaves the LoRA weights out of the sharding (`ignored_params`): they
   are a fraction of a percent of the model, so keeping them whole on every rank costs nothing and lets the adapter,
-  checkpoints and resume work unchanged; their gradients are all-reduced after the backward pass.
+  checkpoints and resume work unchanged; their gradients are all-reduced after the backward pass. A 4-bit (QLoRA)
+  base is sharded too: its packed weights are stored in the compute dtype and each 4-bit layer finds its
+  quantization state on its module once FSDP has gathered the weight (see "FSDP over a 4-bit base" below).
 * Files: rank 0 alone writes the run folder (metrics, checkpoints, adapter, report, plot); the others read the
   checkpoint it wrote when resuming, so several machines need the output folder on storage they all share.
 """
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from ..errors import TuneforgeError
-from ..runtime import die_with_parent, local_device_type
+from ..runtime import default_nproc_per_node, die_with_parent, local_device_type
 from ..spec import JobSpec, parse_spec
 from .checkpoint import latest_checkpoint
 from .plan import work_dir_for
@@ -112,7 +114,7 @@ def resolve_launch(spec: JobSpec, nproc: int | None = None) -> JobSpec:
         if strategy == "none" and nproc > 1:
             strategy = "ddp"
     device = local_device_type()
-    per_node = nproc or d.nproc_per_node or (torch.cuda.device_count() if device == "cuda" else 1)
+    per_node = nproc or d.nproc_per_node or default_nproc_per_node(device)
     if strategy == "none":  # one process (a spec without a strategy, --nproc 1 or none): nothing to launch
         return _with_distributed(spec, strategy="none", nproc_per_node=1)
     if not torch.distributed.is_available():
@@ -421,6 +423,9 @@ def _shard(root: _LossModule, model: torch.nn.Module, lora: set[torch.nn.Paramet
             value="fsdp",
         )
     device_type = "cuda" if local_device_type() == "cuda" else "cpu"
+    device = torch.device(ctx.device())
+    storage = next((p.dtype for p in model.parameters() if type(p).__name__ == "Params4bit"), None)
+    four_bit = _prepare_four_bit(model, device) if storage is not None else {}
     mesh = init_device_mesh(device_type, (ctx.world_size,))
     for block in blocks:
         fully_shard(block, mesh=mesh, ignored_params=lora)
@@ -428,4 +433,87 @@ def _shard(root: _LossModule, model: torch.nn.Module, lora: set[torch.nn.Paramet
     # alone saves adapters (a state_dict call, which reshards), and every rank must then gather the same units in
     # the next forward pass.
     fully_shard(root, mesh=mesh, ignored_params=lora, reshard_after_forward=True)
+    if storage is not None:
+        _check_four_bit_gather(root, blocks, four_bit, device, storage)
     return root
+
+
+# --- FSDP over a 4-bit (QLoRA) base -----------------------------------------------------------------------------------
+#
+# bitsandbytes keeps a 4-bit layer's weight as a Params4bit: the packed 4-bit values (stored as the compute dtype under
+# FSDP, QuantSettings.storage_dtype, so FSDP shards them like any other weight) plus a quant_state (per-block absmax,
+# the NF4 code book) that lives on the tensor object. FSDP2 shards the packed values and, before each forward and
+# backward, gathers them into a plain tensor: the Params4bit object and its quant_state are gone. Linear4bit.forward
+# re-attaches the state it finds on the module (`module.quant_state`, bitsandbytes' own FSDP hook), so every 4-bit
+# layer gets it here, whole on every rank (it is ~3% of the packed weights with double quantization), on the
+# device the layer computes on. Whether the gathered bytes are the loaded bytes depends on the platform: FSDP2 on
+# CUDA has been seen to rewrite packed bytes that read as NaN in the float storage dtype (bitsandbytes issue #1945),
+# which turns weights into other weights without any error. So the gather is checked once, byte for byte (by
+# fingerprint), before training, and a mismatch stops the run.
+
+
+def _prepare_four_bit(model: torch.nn.Module, device: torch.device) -> dict[str, tuple[int, int]]:
+    """Attach each 4-bit layer's quant_state to its module (on `device`); the fingerprints of their packed weights,
+    by module name."""
+    from bitsandbytes.nn import Linear4bit
+
+    prints = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Linear4bit):
+            state = module.weight.quant_state  # type: ignore[attr-defined]  # a Params4bit attribute
+            state.to(device)  # in place; fully_shard moves the packed weights, not the state beside them
+            module.quant_state = state
+            prints[name] = _fingerprint(module.weight)
+    return prints
+
+
+def _fingerprint(t: torch.Tensor) -> tuple[int, int]:
+    """The sum of a tensor's bytes and their position-weighted sum: any rewritten byte changes it. In slices, so
+    a large weight costs a bounded amount of scratch memory."""
+    data = t.detach().reshape(-1).view(torch.uint8)
+    total = weighted = 0
+    for piece in data.split(1 << 24):
+        values = piece.to(torch.int64)
+        total += int(values.sum())
+        weighted += int((values * torch.arange(1, len(values) + 1, device=values.device)).sum())
+    return total, weighted
+
+
+def _check_four_bit_gather(
+    root: torch.nn.Module,
+    blocks: list[torch.nn.Module],
+    expected: dict[str, tuple[int, int]],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """Gather every FSDP unit once (the root first: it must be the first one initialized) and compare each 4-bit
+    layer's gathered weight with the one loaded; a difference on any rank stops every rank with the same error."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    modules = dict(root.named_modules())
+    changed, checked = [], set()
+    for unit in [root, *blocks]:
+        assert isinstance(unit, FSDPModule)
+        unit.unshard()
+        for name, fingerprint in expected.items():
+            weight = modules[f"model.{name}"].weight
+            if name not in checked and not isinstance(weight, DTensor):
+                checked.add(name)
+                if _fingerprint(weight) != fingerprint:
+                    changed.append(name)
+        unit.reshard()
+    assert checked == set(expected), f"4-bit layers outside every FSDP unit: {set(expected) - checked}"
+    count = torch.tensor([len(changed)], device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    if count.item():
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise TuneforgeError(
+            f"{FIELD}.strategy 'fsdp': FSDP changed the 4-bit weights of {shown or 'a 4-bit layer on another rank'} "
+            f"when it gathered them (packed 4-bit values stored as {dtype} are rewritten on this platform, "
+            "bitsandbytes issue #1945), so QLoRA would train on corrupted weights; use strategy 'ddp' (the 4-bit "
+            "base whole on each device) or use_quantization false",
+            field=f"{FIELD}.strategy",
+            value="fsdp",
+        )

@@ -46,11 +46,11 @@ from ..data.example import Example
 from ..data.pairs import PairExample
 from ..data.seq2seq import Seq2SeqExample
 from ..errors import TuneforgeError
-from ..models.loader import base_record, load_tokenizer, resolve_model
+from ..models.loader import base_record, load_image_processor, load_tokenizer, resolve_model
 from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts, weight_bytes
 from ..models.memory import TrainingSetup
 from ..runtime import Runtime, pick_runtime, resolve_optimizer
-from ..spec import JobSpec
+from ..spec import CLASSIFIER_TASKS, JobSpec
 from .batching import collate, epoch_batches
 from .checkpoint import (
     TrainerState,
@@ -68,7 +68,7 @@ from .plan import Plan, is_finished_run, make_plan, prepare_spec_data, work_dir_
 from .preference import PreferenceObjective
 from .schedule import WarmupPlateau, build_scheduler
 from .seq2seq import Seq2SeqTask
-from .tasks import ClassificationTask, plot_confusion
+from .tasks import ClassificationTask, ImageClassificationTask, plot_confusion
 
 if TYPE_CHECKING:
     from .distributed import Dist, Parallel
@@ -202,7 +202,7 @@ class Session:
     runtime: Runtime
     model_id: str
     quant: QuantSettings | None
-    tokenizer: Any
+    tokenizer: Any  # image_classification: the model's image processor (saved with the adapter the same way)
     train_set: list[Example]
     val_set: list[Example]
     plan: Plan
@@ -220,9 +220,15 @@ class Session:
     tracker: _WandbTracker | None = None
     eval_set: Any = None  # evaluate.EvalSet of the held-out test rows, or None without any
     objective: PreferenceObjective | None = None  # None: SFT
-    task: ClassificationTask | Seq2SeqTask | None = None  # data_config.task classification or seq2seq; None: causal LM
-    test_set: list = dataclasses_field(default_factory=list)  # classification, seq2seq: the held-out test examples
+    # classification, image_classification (ImageClassificationTask) or seq2seq; None: causal LM
+    task: ClassificationTask | Seq2SeqTask | None = None
+    test_set: list = dataclasses_field(default_factory=list)  # every task but causal_lm: the held-out test examples
     parallel: Parallel | None = None  # a distributed run (train/distributed.py); None: one process
+
+    @property
+    def pad_id(self) -> int | None:
+        """The tokenizer's padding id (None for an image processor: images are not padded)."""
+        return getattr(self.tokenizer, "pad_token_id", None)
 
     @property
     def is_main(self) -> bool:
@@ -259,9 +265,10 @@ def setup(
     runtime = pick_runtime(t.precision, device)
     # A bad model id, or one too large for this device by the estimate, is refused before any download or work.
     resolved = resolve_model(p.model_path, setup=TrainingSetup.from_spec(spec, device=device))
-    classifier, seq2seq = d.task == "classification", d.task == "seq2seq"
-    # A model that cannot do the task (no classification head; seq2seq on a decoder-only model, causal_lm on T5) is
-    # refused before the data is read.
+    classifier, seq2seq = d.task in CLASSIFIER_TASKS, d.task == "seq2seq"
+    vision = d.task == "image_classification"
+    # A model that cannot do the task (no classification head; a vision model for a text task; seq2seq on a
+    # decoder-only model, causal_lm on T5) is refused by name before the data is read.
     from transformers import AutoConfig
 
     from ..models.classifier import check_task
@@ -270,7 +277,10 @@ def setup(
     _seed_everything(t.seed)
 
     # Validate the data before anything is written: a bad dataset leaves no output folder behind.
-    tokenizer = load_tokenizer(p.model_path, hf_token=hf_token)
+    if vision:
+        tokenizer = load_image_processor(p.model_path, hf_token=hf_token)
+    else:
+        tokenizer = load_tokenizer(p.model_path, hf_token=hf_token)
     data = prepare_spec_data(spec, tokenizer)
     for warning in data.report.warnings:
         console.log(f"data warning: {warning}")
@@ -288,6 +298,10 @@ def setup(
         work = _prepare_output(output_dir, resume=resume, overwrite=overwrite)
 
     quant = QuantSettings(p.quantization_type, p.double_quantization) if p.use_quantization else None
+    if quant is not None and dist is not None and dist.strategy == "fsdp":
+        # FSDP shards the packed 4-bit weights with the others: stored in the compute dtype (bitsandbytes'
+        # FSDP-QLoRA guide). The bits are the same as with uint8 storage, only viewed as another dtype.
+        quant = replace(quant, storage_dtype=runtime.compute_dtype)
     load_runtime = runtime
     if dist is not None and dist.strategy == "fsdp" and runtime.is_cuda:
         # FSDP: the base goes to host memory first and each GPU receives only its shard (distributed._shard), so a
@@ -300,7 +314,8 @@ def setup(
         quant=quant,
         hf_token=hf_token,
         labels=labels,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=getattr(tokenizer, "pad_token_id", None),
+        vision=vision,
         seq2seq=seq2seq,
     )
     lora = LoraSettings(p.lora_r, p.lora_alpha, p.lora_dropout, p.lora_bias, p.target_modules)
@@ -312,6 +327,7 @@ def setup(
         gradient_checkpointing=p.use_gradient_checkpointing,
         seed=t.seed,
         classification=classifier,
+        vision=vision,
         seq2seq=seq2seq,
     )
     trainable, total_params = parameter_counts(model)
@@ -354,7 +370,7 @@ def setup(
         eval_set=eval_set,
         objective=preference_objective(spec),
         parallel=parallel,
-        task=ClassificationTask(data.labels) if classifier else Seq2SeqTask(tokenizer) if seq2seq else None,
+        task=_task(spec, data.labels, tokenizer) if classifier else Seq2SeqTask(tokenizer) if seq2seq else None,
         test_set=list(data.test) if d.task != "causal_lm" else [],
     )
     _restore(session, resume=resume)
@@ -364,10 +380,22 @@ def setup(
     return session
 
 
+def _task(spec: JobSpec, labels: list[str], tokenizer: Any) -> ClassificationTask:
+    """The classification task of the job: over texts, or over images with the model's image processor."""
+    d = spec.data_config
+    if d.task == "image_classification":
+        return ImageClassificationTask(labels, tokenizer, augment_train=d.image_augmentation)
+    return ClassificationTask(labels)
+
+
 def _card(spec: JobSpec, data: Any, resolved: Any) -> AdapterCard:
     """How the adapter is trained (format, training prompt, shared system prompt; a classifier's labels) and on
     which exact base."""
     d = spec.data_config
+    if d.task == "image_classification":
+        return classification_card(
+            data.labels, image_column=d.image_column, task=d.task, base_model=base_record(resolved)
+        )
     if d.task == "classification":
         return classification_card(
             data.labels, text_column=d.text_column, max_length=d.cutoff_len, base_model=base_record(resolved)
@@ -533,10 +561,8 @@ def _run_eval(s: Session) -> None:
         )
         loss = values["eval_loss"]
     elif s.task is not None:
-        rows = cast("list[Any]", s.val_set)  # prepare_dataset kept the task's examples (ClassExample, Seq2SeqExample)
-        values = s.task.evaluate(
-            s.model, rows, batch_size=t.batch_size * 2, pad_id=s.tokenizer.pad_token_id, runtime=s.runtime
-        )
+        rows = cast("list[Any]", s.val_set)  # the task's examples (ClassExample, ImageExample, Seq2SeqExample)
+        values = s.task.evaluate(s.model, rows, batch_size=t.batch_size * 2, pad_id=s.pad_id, runtime=s.runtime)
         loss = values["eval_loss"]
     else:
         loss = evaluate(
@@ -662,7 +688,7 @@ def _run(
             if s.parallel is not None:
                 micro_batches = [s.parallel.share(mb) for mb in micro_batches]
             common = dict(
-                pad_id=s.tokenizer.pad_token_id,
+                pad_id=s.pad_id,
                 runtime=s.runtime,
                 optimizer=s.optimizer,
                 scheduler=s.scheduler,
@@ -889,7 +915,8 @@ def publish(s: Session, *, wall_start: float) -> RunResult:
     s.console.log(
         f"done: {state.global_step} steps, train loss {state.last_train_loss:.4f}"
         + (f", validation loss {state.best_eval_loss:.4f}" if state.best_eval_loss is not None else "")
-        + f", {report['tokens_per_second']:.0f} tokens/s; adapter in {output_dir / 'adapter'}"
+        + f", {report['tokens_per_second']:.0f} {'images' if isinstance(s.task, ImageClassificationTask) else 'tokens'}"
+        + f"/s; adapter in {output_dir / 'adapter'}"
     )
     return RunResult(output_dir=output_dir, adapter_dir=output_dir / "adapter", report=report)
 
@@ -905,7 +932,7 @@ def _score_classifier(s: Session) -> dict | None:
         s.model,
         cast("list[ClassExample]", rows),
         batch_size=s.spec.training_config.batch_size * 2,
-        pad_id=s.tokenizer.pad_token_id,
+        pad_id=s.pad_id,
         runtime=s.runtime,
     )
     plot_confusion(

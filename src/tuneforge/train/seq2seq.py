@@ -161,8 +161,10 @@ class Seq2SeqTask:
         return {"loss": loss, **summary, "examples": len(examples), "samples": samples}
 
     def evaluate(
-        self, model, examples: Sequence[Seq2SeqExample], *, batch_size: int, pad_id: int, runtime: Runtime
+        self, model, examples: Sequence[Seq2SeqExample], *, batch_size: int, pad_id: int | None, runtime: Runtime
     ) -> dict[str, float]:
-        """The eval record's values: eval_loss (per target token), eval_exact_match, eval_chrf, eval_rouge_l."""
-        s = self.scores(model, examples, batch_size=batch_size, pad_id=pad_id, runtime=runtime)
+        """The eval record's values: eval_loss (per target token), eval_exact_match, eval_chrf, eval_rouge_l.
+        `pad_id` None (the recipe's session passes its tokenizer's, which T5 and BART always have): the tokenizer's."""
+        pad = self.tokenizer.pad_token_id if pad_id is None else pad_id
+        s = self.scores(model, examples, batch_size=batch_size, pad_id=pad, runtime=runtime)
         return {"eval_loss": s["loss"], **{f"eval_{m}": s[m] for m in SEQ2SEQ_METRICS}}

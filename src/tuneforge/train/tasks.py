@@ -1,22 +1,28 @@
-"""Task-specific parts of training, beside the causal-LM path of recipe.py: sequence classification.
+"""Task-specific parts of training, beside the causal-LM path of recipe.py: sequence and image classification.
 
 The recipe stays one loop; for `data_config.task: classification` it hands batches to `ClassificationTask` instead
 of `train_step`/`evaluate`: the loss is the cross-entropy of the head's logits against each row's label, averaged
 over the step's rows however they are split into micro-batches (as SFT averages over target tokens), and each
 evaluation records accuracy and macro-F1 beside the loss. After training, `scores` gives the published adapter's
 accuracy, macro-F1, per-class precision/recall and confusion matrix on the held-out rows.
+
+`ImageClassificationTask` is the same over images: a batch is the images decoded and run through the model's own
+image processor (resize, crop, normalise), with an optional light augmentation of the training batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 
 from ..data.classify import ClassExample
+from ..data.images import ImageExample, open_image
 from ..evaluate.metrics import classification_scores
+from ..models.classifier import freeze_batch_norm
 from ..runtime import Runtime
 
 
@@ -44,12 +50,25 @@ class ClassificationTask:
     def __init__(self, labels: list[str]):
         self.labels = labels
 
+    def collate(self, examples: Sequence, pad_id: int | None, *, train: bool = False) -> dict[str, torch.Tensor]:
+        """The model's inputs and `labels` for `examples`."""
+        assert pad_id is not None
+        return collate_classes(examples, pad_id)
+
+    def logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return class_logits(model, batch)
+
+    @staticmethod
+    def size(batch: dict[str, torch.Tensor]) -> int:
+        """What the throughput counts: real tokens (images: one per image)."""
+        return int(batch["attention_mask"].sum())
+
     def step(
         self,
         model,
         micro_batches: list[list[ClassExample]],
         *,
-        pad_id: int,
+        pad_id: int | None,
         runtime: Runtime,
         optimizer,
         scheduler,
@@ -59,11 +78,11 @@ class ClassificationTask:
         rows = sum(len(mb) for mb in micro_batches)
         total, tokens = 0.0, 0
         for mb in micro_batches:
-            batch = collate_classes(mb, pad_id)
-            tokens += int(batch["attention_mask"].sum())
+            batch = self.collate(mb, pad_id, train=True)
+            tokens += self.size(batch)
             batch = {k: v.to(runtime.device, non_blocking=True) for k, v in batch.items()}
             with runtime.autocast():
-                loss = F.cross_entropy(class_logits(model, batch), batch["labels"], reduction="sum")
+                loss = F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="sum")
             (loss / rows).backward()
             total += float(loss.detach())
         if max_grad_norm > 0:
@@ -75,7 +94,7 @@ class ClassificationTask:
 
     @torch.no_grad()
     def predict(
-        self, model, examples: Sequence[ClassExample], *, batch_size: int, pad_id: int, runtime: Runtime
+        self, model, examples: Sequence[ClassExample], *, batch_size: int, pad_id: int | None, runtime: Runtime
     ) -> torch.Tensor:
         """(N, k) class probabilities in the order of `examples` (batched in length order to pad little)."""
         was_training = model.training
@@ -84,16 +103,16 @@ class ClassificationTask:
         probs = torch.empty((len(examples), len(self.labels)))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = collate_classes([examples[i] for i in idx], pad_id)
+            batch = self.collate([examples[i] for i in idx], pad_id)
             batch = {k: v.to(runtime.device) for k, v in batch.items()}
             with runtime.autocast():
-                probs[idx] = class_logits(model, batch).softmax(-1).cpu()
+                probs[idx] = self.logits(model, batch).softmax(-1).cpu()
         if was_training:
             model.train()
         return probs
 
     def scores(
-        self, model, examples: Sequence[ClassExample], *, batch_size: int, pad_id: int, runtime: Runtime
+        self, model, examples: Sequence[ClassExample], *, batch_size: int, pad_id: int | None, runtime: Runtime
     ) -> dict:
         """Loss (mean cross-entropy per row) and `evaluate.metrics.classification_scores` on `examples`."""
         probs = self.predict(model, examples, batch_size=batch_size, pad_id=pad_id, runtime=runtime)
@@ -103,11 +122,58 @@ class ClassificationTask:
         return {"loss": loss, **scored}
 
     def evaluate(
-        self, model, examples: Sequence[ClassExample], *, batch_size: int, pad_id: int, runtime: Runtime
+        self, model, examples: Sequence[ClassExample], *, batch_size: int, pad_id: int | None, runtime: Runtime
     ) -> dict[str, float]:
         """The eval record's values: eval_loss, eval_accuracy, eval_macro_f1."""
         s = self.scores(model, examples, batch_size=batch_size, pad_id=pad_id, runtime=runtime)
         return {"eval_loss": s["loss"], "eval_accuracy": s["accuracy"], "eval_macro_f1": s["macro_f1"]}
+
+
+def pixel_batch(processor, images: Sequence) -> torch.Tensor:
+    """(B, 3, H, W) pixel values of PIL `images` as the model's image processor prepares them."""
+    return processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+
+def augment(image):
+    """A light training-time augmentation: a random horizontal flip and a random crop of 80-100% of each side
+    (before the processor's resize), the usual "light" setting of timm / torchvision recipes for fine-tuning. Drawn
+    from torch's global generator, which checkpoints save and restore, so a resumed run augments as an uninterrupted
+    one would."""
+    from PIL import Image
+
+    flip, fw, fh, fx, fy = torch.rand(5).tolist()
+    if flip < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    w, h = image.size
+    cw, ch = max(1, round(w * (0.8 + 0.2 * fw))), max(1, round(h * (0.8 + 0.2 * fh)))
+    left, top = int(fx * (w - cw + 1)), int(fy * (h - ch + 1))
+    return image.crop((left, top, left + cw, top + ch))
+
+
+class ImageClassificationTask(ClassificationTask):
+    """`ClassificationTask` over images (data/images.py ImageExample): decoded batch by batch and prepared by the
+    model's image processor; `augment_train`: flip and crop the training batches (never the evaluated ones)."""
+
+    def __init__(self, labels: list[str], processor, *, augment_train: bool = False):
+        super().__init__(labels)
+        self.processor = processor
+        self.augment_train = augment_train
+
+    def collate(self, examples: Sequence, pad_id: int | None, *, train: bool = False) -> dict[str, torch.Tensor]:
+        images = [open_image(cast("ImageExample", e).image) for e in examples]
+        if train and self.augment_train:
+            images = [augment(im) for im in images]
+        labels = torch.tensor([e.label for e in examples], dtype=torch.long)
+        return {"pixel_values": pixel_batch(self.processor, images), "labels": labels}
+
+    def logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if model.training:
+            freeze_batch_norm(model)  # the recipe's model.train() turns them back on: see freeze_batch_norm
+        return model(pixel_values=batch["pixel_values"]).logits.float()
+
+    @staticmethod
+    def size(batch: dict[str, torch.Tensor]) -> int:
+        return len(batch["labels"])
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], out_png: Path, title: str = "") -> None:

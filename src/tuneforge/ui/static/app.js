@@ -154,6 +154,8 @@
     jobs: (root, parts) => (parts[1] ? pageJob(root, decodeURIComponent(parts[1])) : pageJobs(root)),
     new: pageNew,
     playground: pagePlayground,
+    compare: pageCompare,
+    deployments: (root, parts) => pageDeployment(root, decodeURIComponent(parts[1] || "")),
   };
 
   // The sign-in page remembers where the user was going (a deep link to a job), and goes there after sign-in.
@@ -163,7 +165,7 @@
   }
   function nextHash(params) {
     const next = params.get("next") || "";
-    return /^#\/(jobs|new|playground)\b/.test(next) ? next : "#/jobs";
+    return /^#\/(jobs|new|playground|compare|deployments)\b/.test(next) ? next : "#/jobs";
   }
 
   async function route() {
@@ -248,24 +250,41 @@
     const box = h("div", { class: "panel", "aria-live": "polite" }, h("p", { class: "muted" }, "Loading jobs…"));
     root.append(h("div", { class: "row" }, h("h1", { class: "grow" }, "Fine-tuning jobs"),
       h("a", { class: "button primary", href: "#/new" }, "Create new fine-tuning job")), box);
+    // Jobs ticked for comparison; kept across the table's live updates.
+    const picked = new Set();
+    const compare = h("a", { class: "button", id: "compare-jobs", "aria-disabled": "true", role: "link" }, "Compare selected");
+    const pickedNote = h("span", { class: "small muted", id: "compare-note", "aria-live": "polite" });
+    const updateCompare = () => {
+      const ok = picked.size >= 2;
+      compare.textContent = `Compare selected (${picked.size})`;
+      if (ok) { compare.href = `#/compare?jobs=${[...picked].map(encodeURIComponent).join(",")}`; compare.removeAttribute("aria-disabled"); }
+      else { compare.removeAttribute("href"); compare.setAttribute("aria-disabled", "true"); }
+      pickedNote.textContent = ok ? "" : "Tick two or more jobs to compare their curves and results.";
+    };
+    updateCompare();
+    const onPick = (id, on) => { if (on) picked.add(id); else picked.delete(id); updateCompare(); };
     every(2000, async () => {
       const data = await api("/v1/finetune/llm?limit=100");
       await datasetNames(data.jobs.map((j) => j.data_path));
-      put(box, jobsTable(data));
+      const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.pick : null;
+      put(box, data.jobs.length ? h("div", { class: "row compare-bar" }, compare, pickedNote) : null, jobsTable(data, picked, onPick));
+      if (focused) { const el = box.querySelector(`[data-pick="${CSS.escape(focused)}"]`); if (el) el.focus(); }
       return data.jobs.some((j) => ACTIVE.has(j.status)) ? 2000 : 6000;
     });
   }
 
-  function jobsTable(data) {
+  function jobsTable(data, picked, onPick) {
     if (!data.jobs.length) {
       return h("p", {}, "No jobs yet. ", h("a", { href: "#/new" }, "Create your first fine-tuning job"), ".");
     }
     return h("div", { class: "scroll wide" }, h("table", { id: "jobs-table" },
       h("caption", { class: "muted small", style: "text-align:left;caption-side:bottom;padding-top:6px" },
         `${data.total} job${data.total === 1 ? "" : "s"}; updates live.`),
-      h("thead", {}, h("tr", {}, ["Job", "Status", "Base model", "Data", "Progress", "Train loss", "Best val. loss",
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Compare")), ["Job", "Status", "Base model", "Data", "Progress", "Train loss", "Best val. loss",
         "Created"].map((t) => h("th", { scope: "col", class: /loss/.test(t) ? "num" : null }, t)))),
       h("tbody", {}, data.jobs.map((j) => h("tr", { "data-job": j.job_id },
+        h("td", {}, h("input", { type: "checkbox", "data-pick": j.job_id, checked: picked.has(j.job_id),
+          "aria-label": `Compare job ${jobName(j)}`, onchange: (e) => onPick(j.job_id, e.target.checked) })),
         h("td", {}, h("a", { href: `#/jobs/${j.job_id}`, class: j.suffix ? "job-name" : "mono" }, jobName(j)),
           j.suffix ? h("div", { class: "mono small muted" }, j.job_id.slice(0, 8)) : null),
         h("td", {}, badge(j.status), j.cancel_requested && j.status !== "cancelled" ? " (cancelling)" : "",
@@ -345,7 +364,7 @@
   // A chart's drawing width is its box's width on screen, so that its 11 px labels stay 11 px on a phone.
   const boxWidth = (el, dflt) => Math.round(el.clientWidth) || dflt;
 
-  /* series: [{name, color, points: [[x, y], ...], dots}]; marker: {x, label} draws a dashed vertical line (the kept
+  /* series: [{name, color, points: [[x, y], ...], dots, dash}]; marker: {x, label} draws a dashed vertical line (the kept
      step); returns an <svg> with role=img and a text summary. */
   function lineChart({ series, width = 720, height = 260, xLabel = "step", yLabel = "", id, summary, marker }) {
     const m = { l: 56, r: 14, t: 12, b: 38 };
@@ -380,7 +399,8 @@
       if (!se.points.length) continue;
       const pts = se.points.map(([x, y]) => `${X(x).toFixed(1)},${Y(y).toFixed(1)}`).join(" ");
       svg.append(s("polyline", { points: pts, fill: "none", stroke: se.color, "stroke-width": 2,
-        "stroke-linejoin": "round", "data-series": se.name, "data-n": se.points.length }));
+        "stroke-linejoin": "round", "data-series": se.name, "data-n": se.points.length,
+        "stroke-dasharray": se.dash ? "6 4" : null }));
       if (se.dots || se.points.length === 1) {
         for (const [x, y] of se.points) svg.append(s("circle", { cx: X(x), cy: Y(y), r: 3.5, fill: se.color }));
       }
@@ -566,7 +586,7 @@
     "pretrainedmodel_config.use_quantization", "pretrainedmodel_config.parallelization", "data_config.data_path",
     "data_config.prompt_template", "data_config.data_split_config", "data_config.data_source_type",
     "data_config.prevalidated", "training_config.preference_optimization", "hf_config.hf_model_path",
-    "data_config.task", "data_config.text_column", "data_config.label_column",  // section 3's task and column pickers
+    "data_config.task", "data_config.text_column", "data_config.label_column", "data_config.image_column",  // section 3
     // A nested section (processes, devices), not a form field: the service decides how a job is placed.
     "training_config.distributed"]);
   const SECTIONS = [["pretrainedmodel_config", "PretrainedModelConfig", "LoRA"], ["data_config", "DataConfig", "Data"],
@@ -912,30 +932,37 @@
     const taskSelect = h("select", { id: "f-task", name: "data_config.task", "aria-describedby": "f-task-help" },
       h("option", { value: "causal_lm" }, "Generate text (causal LM)"),
       h("option", { value: "classification" }, "Classify text (one label per row)"),
+      h("option", { value: "image_classification" }, "Classify images (one label per image)"),
       h("option", { value: "seq2seq" }, "Rewrite text (seq2seq: T5, BART)"));
     taskSelect.value = defaults.data_config.task || "causal_lm";
     const columnSelect = (which) => h("select", { id: `f-${which}-column`, name: `data_config.${which}_column`,
       "aria-describedby": `f-${which}-column-help` });
-    const textColumn = columnSelect("text"), labelColumn = columnSelect("label");
+    const textColumn = columnSelect("text"), labelColumn = columnSelect("label"), imageColumn = columnSelect("image");
     const columnsProblem = h("span", { class: "problem", id: "class-columns-problem", "aria-live": "polite" });
     const templateBox = h("div", { id: "template-box" },
       h("div", { class: "field" }, h("label", { for: "prompt-template" }, "Prompt template"), templateArea,
         fieldHelp("prompt-template-help", tplProp.description, "prompt_template")),
       h("div", { class: "small", style: "margin-top:8px" }, h("span", { id: "chips-label" }, "Insert a column of the dataset:"), chips));
-    // The two column pickers' words per task (the spec fields are text_column and label_column for both).
+    // The column pickers' words per task: the text tasks read text_column and label_column; image classification
+    // reads image_column (its own picker, the text one hidden) and label_column, with classification's words.
+    const labelWords = "The column holding each row's label (strings or integers); the dataset check lists the " +
+      "classes and their rows.";
     const columnWords = {
-      classification: ["Text column", "The column holding the text to classify.", "Label column",
-        "The column holding each row's label (strings or integers); the dataset check lists the classes and their rows."],
+      classification: ["Text column", "The column holding the text to classify.", "Label column", labelWords],
       seq2seq: ["Source column", "The column holding the source text the encoder reads (with any task prefix, e.g. " +
         "\"translate English to German: \").", "Target column", "The column holding the text the model learns to write."],
     };
     const textLabel = h("label", { for: "f-text-column" }), labelLabel = h("label", { for: "f-label-column" });
     const textHelp = h("span", {}), labelHelp = h("span", {});  // the words before each help's spec name
     const withWords = (help, words) => { help.prepend(words); return help; };
+    const textField = h("div", { class: "field", id: "text-column-field" }, textLabel, textColumn,
+      withWords(fieldHelp("f-text-column-help", "", "text_column"), textHelp));
+    const imageField = h("div", { class: "field", id: "image-column-field" },
+      h("label", { for: "f-image-column" }, "Image column"), imageColumn,
+      fieldHelp("f-image-column-help", dcProps.image_column.description, "image_column"));
     const classBox = h("div", { id: "class-columns" },
       h("div", { class: "grid" },
-        h("div", { class: "field" }, textLabel, textColumn,
-          withWords(fieldHelp("f-text-column-help", "", "text_column"), textHelp)),
+        textField, imageField,
         h("div", { class: "field" }, labelLabel, labelColumn,
           withWords(fieldHelp("f-label-column-help", "", "label_column"), labelHelp))),
       columnsProblem);
@@ -944,7 +971,15 @@
         taskSelect, fieldHelp("f-task-help", dcProps.task.description, "task")),
       templateBox, classBox);
     root.append(tplFs);
+    const isImages = () => taskSelect.value === "image_classification";
     const isClassifier = () => taskSelect.value !== "causal_lm";  // a task that reads two columns (no template)
+    const inputColumn = () => (isImages() ? imageColumn : textColumn);  // the column the model reads
+    // "text and label", "image and label", "source and target": the two columns the task reads.
+    const columnPair = () => {
+      const [input, , label] = columnWords[taskSelect.value] || columnWords.classification;
+      const name = (words) => words.toLowerCase().replace(" column", "");
+      return `${isImages() ? "image" : name(input)} and ${name(label)}`;
+    };
     // A column select offers the dataset's columns; before they are known, the wanted name alone (a draft's).
     function fillColumns(sel, cols, wanted) {
       const names = cols.length ? cols : [wanted];
@@ -958,15 +993,16 @@
       // Keep the user's picks; else the spec's defaults (text, label) where the dataset has them, else two columns.
       const text = textColumn.value || defaults.data_config.text_column || "text";
       const label = labelColumn.value || defaults.data_config.label_column || "label";
+      const image = imageColumn.value || defaults.data_config.image_column || "image";
       fillColumns(textColumn, cols, text);
-      fillColumns(labelColumn, cols, cols.includes(label) ? label : cols.find((c) => c !== textColumn.value) ?? label);
+      fillColumns(imageColumn, cols, image);
+      fillColumns(labelColumn, cols, cols.includes(label) ? label : cols.find((c) => c !== inputColumn().value) ?? label);
       columnsCheck();
     }
     function columnsCheck() {
-      const same = isClassifier() && textColumn.value === labelColumn.value;
-      const [text, , label] = columnWords[taskSelect.value] || columnWords.classification;
-      columnsProblem.textContent = same ?
-        `The ${text.toLowerCase().replace(" column", "")} and ${label.toLowerCase()}s are both ${textColumn.value}: pick two columns.` : "";
+      const input = inputColumn();
+      const same = isClassifier() && input.value === labelColumn.value;
+      columnsProblem.textContent = same ? `The ${columnPair()} columns are both ${input.value}: pick two columns.` : "";
       labelColumn.setAttribute("aria-invalid", String(same));
       return same;
     }
@@ -978,16 +1014,21 @@
       labelLabel.textContent = label;
       textHelp.textContent = textWhat;
       labelHelp.textContent = labelWhat;
+      textField.hidden = isImages();
+      imageField.hidden = !isImages();
       columnsCheck();
     }
     showTask();
     taskSelect.addEventListener("change", () => { showTask(); reinspect(); refreshProblems(); });
-    for (const sel of [textColumn, labelColumn]) {
+    for (const sel of [textColumn, imageColumn, labelColumn]) {
       sel.addEventListener("change", () => { columnsCheck(); reinspect(); refreshProblems(); });
     }
     // How to read the data, as the job's data_config says it: the fields of the chosen task only (the spec refuses
     // template and format settings for a classifier).
     function dataOptions() {
+      if (isImages()) {
+        return { task: "image_classification", image_column: imageColumn.value, label_column: labelColumn.value };
+      }
       if (isClassifier()) {
         return { task: taskSelect.value, text_column: textColumn.value, label_column: labelColumn.value };
       }
@@ -1141,7 +1182,7 @@
       else if (st.modelCheck && !st.modelCheck.ok) out.push({ text: "The base model cannot be used (section 1).", el: modelCheckBox });
       if (!st.dataPath) out.push({ text: "Choose a dataset (section 2).", el: dataFs });
       else if (st.report && needsTemplate(st.report)) out.push({ text: "Write a prompt template (section 3).", el: templateArea });
-      else if (columnsCheck()) out.push({ text: "Pick two different columns for the text and the label (section 3).", el: labelColumn });
+      else if (columnsCheck()) out.push({ text: `Pick two different columns for the ${columnPair()} (section 3).`, el: labelColumn });
       else if (st.report && !st.report.ok) out.push({ text: "The dataset check found errors: fix the data or the template first.", el: reportBox });
       if (isClassifier() && qlora.checked) {
         const who = taskSelect.value === "seq2seq" ? "A seq2seq model" : "A classifier";
@@ -1198,6 +1239,7 @@
       taskSelect.value = d.task || "causal_lm";
       if (d.text_column) fillColumns(textColumn, [], d.text_column);
       if (d.label_column) fillColumns(labelColumn, [], d.label_column);
+      if (d.image_column) fillColumns(imageColumn, [], d.image_column);
       showTask();
       const split = d.data_split_config || {};
       splitInput.value = split.validation ?? 0;
@@ -1349,7 +1391,9 @@
     const classFig = h("figure", { class: "chart", id: "class-figure", hidden: true },
       h("figcaption", {}, "Validation accuracy and macro-F1"));
     const classBox = h("div", { class: "panel", id: "job-classification", hidden: true });
-    root.append(progressBox, h("div", { class: "panel" }, actions, actionStatus, deployBox), classBox, evalBox,
+    // A succeeded job's adapter merged into its base: a Hugging Face folder (zip) or one GGUF file.
+    const exportBox = h("section", { class: "panel", id: "job-export", hidden: true, "aria-labelledby": "export-title" });
+    root.append(progressBox, h("div", { class: "panel" }, actions, actionStatus, deployBox), exportBox, classBox, evalBox,
       h("div", { class: "panel" }, h("h2", {}, "Training curves"),
         h("div", { class: "charts" }, lossFig, lrFig, rewardFig, classFig)),
       h("div", { class: "panel" }, h("h2", {}, "Log"), logPre), h("div", { class: "panel" }, details));
@@ -1650,6 +1694,84 @@
       }
     }
 
+    // Exports run on the server (minutes for a large model); the page follows each one's stage and downloads the
+    // file once it is ready. Finished exports are kept by the server: they are listed again after a reload.
+    let exportsShown = false;
+    function renderExports() {
+      if (exportsShown || job.status !== "succeeded") return;
+      exportsShown = true;
+      exportBox.hidden = false;
+      // GGUF (llama.cpp's converter) is offered for decoder-only text generation: not for a classifier's head nor
+      // an encoder-decoder (the export route refuses both).
+      const task = (job.result || {}).task || "causal_lm", classifier = task !== "causal_lm";
+      const ggufType = h("select", { id: "gguf-type", "aria-describedby": "gguf-type-help" },
+        h("option", { value: "q8_0" }, "q8_0 — 8-bit weights (about half the size of f16)"),
+        h("option", { value: "f16" }, "f16 — 16-bit weights"));
+      const status = h("div", { id: "export-status", "aria-live": "polite" });
+      const mergedBtn = h("button", { type: "button", id: "export-merged" }, "Download merged model (.zip)");
+      const ggufBtn = h("button", { type: "button", id: "export-gguf" }, "Export GGUF");
+      const lines = {};  // export id -> its line in the status list
+      const line = (id) => lines[id] || (lines[id] = status.appendChild(h("div", { class: "export-line", "data-export": id })));
+      put(exportBox, h("h2", { id: "export-title" }, "Export"),
+        h("p", { class: "muted" }, "The adapter merged into its base model: a plain model that runs at the base " +
+          "model's speed without PEFT. " + (classifier ? "" : "GGUF is the single-file format of llama.cpp, Ollama and LM Studio.")),
+        h("div", { class: "row" }, mergedBtn),
+        classifier ? h("p", { class: "small muted", id: "gguf-classifier" },
+          `GGUF is for decoder-only text-generation models; this job trained ${task === "seq2seq" ?
+            "an encoder-decoder (seq2seq)" : task === "image_classification" ? "an image classifier" : "a classifier"}.`) :
+          h("div", { class: "row export-gguf" },
+            h("div", { class: "field" }, h("label", { for: "gguf-type" }, "GGUF weights"), ggufType,
+              h("span", { class: "help", id: "gguf-type-help" }, "q8_0 keeps nearly all of the quality at half the size.")),
+            ggufBtn),
+        status);
+
+      async function follow(view, download) {
+        const el = line(view.id);
+        const what = view.format === "merged" ? "Merged model" : `GGUF (${view.gguf_type})`;
+        for (;;) {
+          if (view.status === "succeeded") {
+            put(el, h("p", { class: "success" }, `${what} ready: ${view.file_name} (${fmtBytes(view.size_bytes)}). `,
+              h("button", { type: "button", class: "link", "data-download": view.id, onclick: () => save(view, el) }, "Download")));
+            if (download) await save(view, el);
+            return;
+          }
+          if (view.status === "failed") { put(el, alertBox(view.error, `${what} export failed:`)); return; }
+          const took = fmtDuration(Date.now() / 1000 - view.started_at);
+          put(el, h("p", { class: "muted" }, view.stage === "packing" ?
+            `${what}: packing the files… ${view.percent ?? 0}% (${took})` :
+            `${what}: merging the adapter into its base${view.format === "gguf" ? " and converting" : ""}… (${took})`));
+          await sleep(1000);
+          if (!root.isConnected) return;  // the page was left: the export goes on on the server
+          view = await api(view.url);
+        }
+      }
+      async function save(view, el) {
+        const note = h("p", { class: "muted" }, `Downloading ${view.file_name}…`);
+        el.append(note);
+        try {
+          const r = await api(view.download_url, { raw: true });
+          const blob = await r.blob();
+          const url = URL.createObjectURL(blob);
+          const a = h("a", { href: url, download: view.file_name });
+          document.body.append(a); a.click(); a.remove();
+          setTimeout(() => URL.revokeObjectURL(url), 60000);
+          put(note, `Downloaded ${view.file_name} (${fmtBytes(blob.size)}).`);
+          note.className = "success export-downloaded";
+        } catch (e) { note.replaceWith(alertBox(e, "Download failed:")); }
+      }
+      async function start(body, button) {
+        button.disabled = true;
+        try {
+          await follow(await api(`/v1/finetune/llm/${jobId}/exports`, { method: "POST", json: body }), true);
+        } catch (e) { put(line(body.format === "merged" ? "merged" : `gguf-${body.gguf_type}`), alertBox(e, "Export failed:")); }
+        button.disabled = false;
+      }
+      mergedBtn.addEventListener("click", () => start({ format: "merged" }, mergedBtn));
+      ggufBtn.addEventListener("click", () => start({ format: "gguf", gguf_type: ggufType.value }, ggufBtn));
+      api(`/v1/finetune/llm/${jobId}/exports`).then((r) => r.exports.forEach((v) => follow(v, false)))
+        .catch((e) => put(status, alertBox(e, "Exports could not be listed:")));
+    }
+
     async function downloadAdapter() {
       put(actionStatus, h("p", { class: "muted" }, "Preparing the download…"));
       try {
@@ -1699,8 +1821,10 @@
             const ds = $("#deploy-status", out); if (ds) put(ds, badge(cur.status));
             if (cur.status !== "building") {
               if (cur.status === "live") {
-                put(info, h("a", { class: "button primary", id: "open-playground",
-                  href: `#/playground?adapter=${encodeURIComponent(d.deployment_id)}` }, "Open in the playground"));
+                put(info, h("div", { class: "row" }, h("a", { class: "button primary", id: "open-playground",
+                  href: `#/playground?adapter=${encodeURIComponent(d.deployment_id)}` }, "Open in the playground"),
+                  h("a", { class: "button", id: "open-deployment", href: `#/deployments/${encodeURIComponent(d.deployment_id)}` },
+                    "Deployment page (serving figures)")));
               } else put(info, alertBox(cur.error || `deployment ${cur.status}`));
               break;
             }
@@ -1721,6 +1845,7 @@
       renderProgress();
       drawCharts();
       renderActions();
+      renderExports();
       renderEvaluation();
       renderClassification();
       put(details, h("summary", {}, "Job spec and result"),
@@ -1730,6 +1855,210 @@
     await refresh();
     every(2000, refresh);
     onLeave(streamEvents(jobId, onEvent, () => { refresh(); }));
+  }
+
+  // ------------------------------------------------------------------------------------------ compare
+  // Two or more jobs side by side: their loss curves on one chart, their settings (those that differ marked) and
+  // their results. The URL names the jobs (#/compare?jobs=ID,ID), so a comparison can be bookmarked or shared.
+  const COMPARE_COLORS = ["#2952cc", "#d62728", "#2ca02c", "#9467bd", "#e377c2", "#8c564b", "#17becf", "#7f7f7f"];
+  async function pageCompare(root, parts, params) {
+    document.title = "Compare jobs · tuneforge";
+    const ids = [...new Set((params.get("jobs") || "").split(",").map((x) => x.trim()).filter(Boolean))];
+    root.append(h("p", { class: "small" }, h("a", { href: "#/jobs" }, "← All jobs")), h("h1", {}, "Compare jobs"));
+    if (ids.length < 2) {
+      root.append(h("div", { class: "panel" }, h("p", {}, "Choose two or more jobs to compare: tick them in the ",
+        h("a", { href: "#/jobs" }, "jobs list"), ".")));
+      return;
+    }
+    const jobs = await Promise.all(ids.map((id) => api(`/v1/finetune/llm/${encodeURIComponent(id)}`)));
+    const curves = await Promise.all(ids.map(jobCurves));
+    await datasetNames(jobs.map((j) => j.data_path));
+    const names = uniqueNames(jobs);
+    const color = (i) => COMPARE_COLORS[i % COMPARE_COLORS.length];
+
+    const fig = h("figure", { class: "chart", id: "compare-figure" }, h("figcaption", {}, "Loss"));
+    const draw = () => {
+      const series = jobs.flatMap((j, i) => [
+        { name: `${names[i]} train`, color: color(i), points: curves[i].train },
+        { name: `${names[i]} validation`, color: color(i), points: curves[i].evals, dots: true, dash: true }]);
+      const summary = "Loss by step of " + jobs.map((j, i) => `${names[i]}: training ${curveText(curves[i].train)}, ` +
+        `validation ${curveText(curves[i].evals)}`).join("; ") + ".";
+      put(fig, h("figcaption", {}, "Loss (solid: training, dashed with dots: validation)"),
+        lineChart({ id: "compare-chart", yLabel: "loss", width: boxWidth(fig, 900), height: 300, summary, series }),
+        h("div", { class: "legend", id: "compare-legend", "aria-hidden": "true" }, jobs.map((j, i) =>
+          h("span", { "data-job": j.job_id }, h("i", { style: `background:${color(i)}` }), names[i]))));
+    };
+    const head = () => h("thead", {}, h("tr", {}, h("th", { scope: "col" }, ""),
+      jobs.map((j, i) => h("th", { scope: "col", "data-job": j.job_id },
+        h("i", { class: "swatch", style: `background:${color(i)}`, "aria-hidden": "true" }),
+        h("a", { href: `#/jobs/${j.job_id}` }, names[i])))));
+
+    // Settings: every field of the specs; those that differ between the jobs are marked (not by colour alone).
+    const flat = jobs.map((j) => flattenSpec(j.spec));
+    const keys = [...new Set(flat.flatMap((f) => Object.keys(f)))].sort(specOrder);
+    const differs = (k) => new Set(flat.map((f) => JSON.stringify(f[k] ?? null))).size > 1;
+    const nDiffer = keys.filter(differs).length;
+    const onlyDiff = h("input", { type: "checkbox", id: "only-differing" });
+    const settings = h("div", { class: "scroll wide" });
+    const drawSettings = () => put(settings, h("table", { id: "compare-settings" }, head(),
+      h("tbody", {}, keys.filter((k) => !onlyDiff.checked || differs(k)).map((k) => {
+        const d = differs(k);
+        return h("tr", { "data-setting": k, class: d ? "differs" : null },
+          h("th", { scope: "row" }, h("code", {}, k), d ? h("span", { class: "tag differs-tag" }, "differs") : null),
+          flat.map((f) => h("td", { class: "mono" }, fmtSetting(f[k]))));
+      }))));
+    onlyDiff.addEventListener("change", drawSettings);
+
+    // Results: what each run came to.
+    const results = jobs.map(compareResults);
+    const rowsOf = [...new Set(results.flatMap((r) => Object.keys(r)))];
+    const resultsTable = h("div", { class: "scroll wide" }, h("table", { id: "compare-results" }, head(),
+      h("tbody", {}, rowsOf.map((k) => h("tr", { "data-result": k }, h("th", { scope: "row" }, k),
+        results.map((r) => h("td", { class: "num" }, r[k] ?? "—")))))));
+
+    root.append(h("div", { class: "panel" }, fig),
+      h("section", { class: "panel", "aria-labelledby": "compare-results-title" },
+        h("h2", { id: "compare-results-title" }, "Results"), resultsTable),
+      h("section", { class: "panel", "aria-labelledby": "compare-settings-title" },
+        h("h2", { id: "compare-settings-title" }, "Settings"),
+        h("p", { class: "muted small", id: "compare-differ-count" },
+          nDiffer ? `${nDiffer} setting${nDiffer === 1 ? "" : "s"} differ${nDiffer === 1 ? "s" : ""} (marked).` : "The jobs have the same settings."),
+        h("div", { class: "field check" }, onlyDiff, h("label", { for: "only-differing" }, "Show only the settings that differ")),
+        settings));
+    draw();
+    drawSettings();
+    const onResize = debounce(draw, 150);
+    window.addEventListener("resize", onResize);
+    onLeave(() => { onResize.cancel(); window.removeEventListener("resize", onResize); });
+  }
+
+  // A job's training and validation loss by step, from its events (a resumed job's later values count).
+  async function jobCurves(id) {
+    const train = [], evals = [];
+    const upsert = (arr, x, y) => { while (arr.length && arr[arr.length - 1][0] >= x) arr.pop(); arr.push([x, y]); };
+    for (let after = 0; ;) {
+      const page = await api(`/v1/finetune/llm/${encodeURIComponent(id)}/events?after=${after}&limit=5000`);
+      for (const ev of page.events) {
+        if (ev.type === "train" && ev.loss !== undefined && ev.loss !== null) upsert(train, ev.step, ev.loss);
+        else if (ev.type === "eval" && ev.eval_loss !== undefined && ev.eval_loss !== null) upsert(evals, ev.step, ev.eval_loss);
+      }
+      if (!page.events.length || page.next_after === after) return { train, evals };
+      after = page.next_after;
+    }
+  }
+  const curveText = (pts) => (pts.length ? `${fmtNum(pts[0][1])} to ${fmtNum(pts[pts.length - 1][1])} over ${pts.length} points` : "none");
+  // Job names (suffixes) can repeat: a repeated one gets its id's start.
+  function uniqueNames(jobs) {
+    const count = new Map();
+    for (const j of jobs) count.set(jobName(j), (count.get(jobName(j)) || 0) + 1);
+    return jobs.map((j) => (count.get(jobName(j)) > 1 ? `${jobName(j)} (${j.job_id.slice(0, 8)})` : jobName(j)));
+  }
+  function flattenSpec(spec, prefix = "", out = {}) {
+    for (const [k, v] of Object.entries(spec || {})) {
+      if (prefix === "" && (k === "suffix" || k === "logging_config")) continue;  // the name; wandb bookkeeping
+      const key = prefix ? `${prefix}.${k}` : k;
+      if (v && typeof v === "object" && !Array.isArray(v)) flattenSpec(v, key, out);
+      else out[key] = v;
+    }
+    return out;
+  }
+  // The model, data and training sections in the order the form shows them; fields alphabetically within.
+  const SECTION_ORDER = ["pretrainedmodel_config", "data_config", "training_config"];
+  function specOrder(a, b) {
+    const rank = (k) => { const i = SECTION_ORDER.indexOf(k.split(".")[0]); return i < 0 ? SECTION_ORDER.length : i; };
+    return rank(a) - rank(b) || a.localeCompare(b);
+  }
+  function fmtSetting(v) {
+    if (v === null || v === undefined) return "—";
+    if (typeof v === "number") return String(v);  // as the spec has it: 0.0001, not a rounded 1.00e-4
+    if (typeof v === "string" && v.startsWith("/")) return shortPath(v);
+    return typeof v === "string" ? v : JSON.stringify(v);
+  }
+  function compareResults(j) {
+    const r = j.result || {}, l = j.losses, p = j.progress, out = {};
+    out.Status = badge(j.status);
+    out.Steps = p.total_steps ? `${p.step} / ${p.total_steps}` : String(p.step);
+    out["Final training loss"] = fmtNum(l.train_loss);
+    out["Final validation loss"] = fmtNum(l.eval_loss);
+    out["Kept step"] = l.best_step === null || l.best_step === undefined ? "—" : String(l.best_step);
+    out["Kept validation loss"] = fmtNum(l.best_eval_loss);
+    if (r.wall_time_seconds) out["Training time"] = fmtDuration(r.wall_time_seconds);
+    const c = r.classification;
+    if (c) { out.Accuracy = fmtPct(c.accuracy); out["Macro-F1"] = fmtNum(c.macro_f1); }
+    const ev = j.evaluation;
+    if (ev && ev.results) {
+      for (const m of ev.metrics || Object.keys(ev.results.adapter || {})) {
+        const f = m.startsWith("test_") ? fmtNum : fmtPct;
+        out[`Held-out ${m.replace(/_/g, " ")}: base → fine-tuned`] =
+          `${f((ev.results.base || {})[m])} → ${f((ev.results.adapter || {})[m])}`;
+      }
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------------------------------------ deployment
+  // One deployment: what it serves, and while it is live its serving figures, refreshed every 2 s: counters since
+  // the server started, tokens/s from the last two readings, latency percentiles and the engine's queue now.
+  async function pageDeployment(root, id) {
+    document.title = "Deployment · tuneforge";
+    const nameSlot = h("code", { id: "deployment-name" }, id.slice(0, 8));
+    const statusSlot = h("span", { id: "deployment-status" });
+    root.append(h("p", { class: "small" }, h("a", { href: "#/playground" }, "← Playground")),
+      h("h1", {}, "Deployment ", nameSlot, " ", statusSlot));
+    const info = h("div", { class: "panel", id: "deployment-info" });
+    const serving = h("section", { class: "panel", id: "serving-metrics", "aria-labelledby": "serving-title", hidden: true });
+    root.append(info, serving);
+    let prev = null, rate = null, d = null;
+    const ms = (x) => (x === null || x === undefined ? "—" : x < 1 ? `${(1000 * x).toFixed(x < 0.01 ? 1 : 0)} ms` : `${fmtNum(x, 3)} s`);
+    const stat = (k, v, sid, title) => h("div", { class: "stat", id: sid, title }, h("div", { class: "k" }, k), h("div", { class: "v" }, v));
+    const pct = (l) => `${ms(l.p50)} / ${ms(l.p90)} / ${ms(l.p99)}`;
+    every(2000, async () => {
+      d = await api(`/v1/deploy/status/${encodeURIComponent(id)}`);
+      document.title = `Deployment ${d.deployment_name} · tuneforge`;
+      nameSlot.textContent = d.deployment_name;
+      put(statusSlot, badge(d.status));
+      const job = /^[0-9a-f-]{36}$/.test(d.loramodel_path || "") ? d.loramodel_path : null;
+      put(info, h("dl", { class: "facts" },
+        h("dt", {}, "Base model"), h("dd", {}, shortPath(d.basemodel_path)),
+        h("dt", {}, "Adapter"), h("dd", {}, job ? h("a", { href: `#/jobs/${job}` }, `job ${job.slice(0, 8)}`) : (d.loramodel_path || "none (the base model)")),
+        h("dt", {}, "Answers"), h("dd", { id: "deployment-answers" },
+          d.task === "classification" ? ["POST /v1/classify: ", (d.labels || []).join(", ")] :
+          d.task === "image_classification" ? ["POST /v1/classify (image data URLs): ", (d.labels || []).join(", ")] :
+          d.task === "seq2seq" ? "/v1/completions (an encoder-decoder: no chat)" :
+          d.task ? "/v1/chat/completions and /v1/completions" : "(known once live)"),
+        h("dt", {}, "OpenAI base URL"), h("dd", { class: "mono" }, d.URL), h("dt", {}, "model"), h("dd", { class: "mono" }, d.model),
+        h("dt", {}, "Live since"), h("dd", {}, fmtTime(d.live_at))),
+        d.error ? alertBox(d.error) : null,
+        d.status === "live" ? h("a", { class: "button primary", id: "deployment-playground",
+          href: `#/playground?adapter=${encodeURIComponent(d.deployment_id)}` }, "Open in the playground") : null);
+      if (d.status !== "live" || d.task !== "causal_lm") {
+        serving.hidden = d.status !== "live";
+        if (d.status === "live") put(serving, h("h2", { id: "serving-title" }, "Serving"),
+          h("p", { class: "muted" }, d.task === "seq2seq" ?
+            "A seq2seq model generates with transformers outside the engine's queue: no engine figures." :
+            "A classifier answers each request at once, without a generation queue: no generation figures."));
+        return d.status === "building" ? 1500 : 0;
+      }
+      const m = await api(`/v1/deploy/metrics/${encodeURIComponent(id)}`);
+      if (prev && m.time > prev.time) rate = (m.generated_tokens - prev.generated_tokens) / (m.time - prev.time);
+      prev = m;
+      serving.hidden = false;
+      put(serving, h("h2", { id: "serving-title" }, "Serving"),
+        h("p", { class: "small muted" }, "Since the server started; refreshed every 2 s. The queue and batch are the " +
+          "engine's, shared by the deployments of this base model."),
+        h("div", { class: "stats" },
+          stat("Requests", String(m.requests), "metric-requests",
+            Object.entries(m.requests_by_finish_reason).map(([k, v]) => `${k}: ${v}`).join(", ")),
+          stat("Tokens generated", String(m.generated_tokens), "metric-tokens"),
+          stat("Tokens/s now", rate === null ? "—" : fmtNum(rate, 3), "metric-rate"),
+          stat("Time to first token p50 / p90 / p99", pct(m.ttft_seconds), "metric-ttft"),
+          stat("Time per output token p50 / p90 / p99", pct(m.tpot_seconds), "metric-tpot"),
+          stat("Queue depth", String(m.queue_depth), "metric-queue"),
+          stat("Running requests", String(m.running_requests), "metric-running"),
+          stat("Loaded adapters", `${m.loaded_adapters} of ${m.registered_adapters}`, "metric-adapters"),
+          m.rejected_requests ? stat("Refused (queue full)", String(m.rejected_requests), "metric-rejected") : null));
+      return 2000;
+    });
   }
 
   // ------------------------------------------------------------------------------------------ playground
@@ -1774,7 +2103,45 @@
       h("div", { class: "field" }, h("label", { for: "chat-input" }, "Message"), message,
         h("span", { class: "help", id: "chat-input-help" }, "Sent to both models; each keeps its own conversation.")),
       h("div", { class: "row", style: "margin-top:8px" }, send, stop, clear));
-    root.append(h("div", { class: "two", style: "margin-bottom:16px" }, panes.map((p) => p.el)), chatForm);
+    const chatArea = h("div", { id: "chat-area" }, h("div", { class: "two", style: "margin-bottom:16px" }, panes.map((p) => p.el)), chatForm);
+    // A classifier deployment answers POST /v1/classify: a text in, its label and every class's probability out.
+    const classifyText = h("textarea", { id: "classify-input", rows: 3, placeholder: "Type a text; Ctrl+Enter classifies",
+      "aria-describedby": "classify-input-help" });
+    const classifyBtn = h("button", { type: "submit", class: "primary", id: "classify-send" }, "Classify");
+    const classifyOut = h("div", { id: "classify-result", "aria-live": "polite" });
+    const classifyHead = h("h2", { id: "classify-title" }, "Classify a text");
+    const classifyForm = h("form", { class: "panel", id: "classify-box", hidden: true, "aria-labelledby": "classify-title" },
+      classifyHead,
+      h("div", { class: "field" }, h("label", { for: "classify-input" }, "Text"), classifyText,
+        h("span", { class: "help", id: "classify-input-help" }, "Sent to the classifier, which answers the most likely " +
+          "label and the probability of each label.")),
+      h("div", { class: "row", style: "margin-top:8px" }, classifyBtn), classifyOut);
+    // An image classifier takes image data URLs, which a text box cannot send: a note instead of a playground.
+    const imageNote = h("div", { class: "panel note", id: "classify-image-note", hidden: true });
+    root.append(chatArea, classifyForm, imageNote);
+    classifyForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const d = selected(adapterSel), text = classifyText.value.trim();
+      if (!d || !text) { put(classifyOut, alertBox(d ? "Type a text to classify." : "Choose a classifier deployment.")); return; }
+      classifyBtn.disabled = true;
+      try {
+        const r = await api("/v1/classify", { method: "POST", json: { model: d.deployment_name, input: text } });
+        const res = r.data[0], labels = d.labels || res.probs.map((_, i) => `class ${i}`);
+        const order = res.probs.map((p, i) => [labels[i], p]).sort((a, b) => b[1] - a[1]);
+        put(classifyOut, h("p", { id: "classify-label" }, "Label: ", h("strong", {}, res.label),
+            ` (${fmtPct(Math.max(...res.probs))})`),
+          h("ul", { class: "probs", id: "classify-probs", "aria-label": "Probability of each label" },
+            order.map(([label, p]) => h("li", { "data-label": label, class: label === res.label ? "best" : null },
+              h("span", { class: "prob-label" }, label),
+              h("span", { class: "prob-bar", "aria-hidden": "true" }, h("span", { style: `width:${(100 * p).toFixed(1)}%` })),
+              h("span", { class: "prob-value mono" }, fmtPct(p))))),
+          h("p", { class: "small muted" }, `${r.usage.prompt_tokens} tokens.`));
+      } catch (err) { put(classifyOut, alertBox(err, "Not classified:")); }
+      classifyBtn.disabled = false;
+    });
+    classifyText.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); classifyForm.requestSubmit(); }
+    });
 
     let deployments = [];
     let modeChosen = false;  // the user picked the prompt format: it is no longer set from the adapter
@@ -1795,8 +2162,38 @@
       d.prompt_template : null);
     const promptPart = (t) => t.split("{completion}")[0];
 
+    // The fields of a chat (base model, prompt format, max tokens, temperature) mean nothing to a classifier.
+    const chatFields = [baseSel, modeSel, maxTokens, temperature].map((el) => el.closest(".field"));
+    function updateTask() {
+      const a = selected(adapterSel);
+      const images = !!a && a.task === "image_classification";
+      const classifier = images || (!!a && a.task === "classification");
+      chatArea.hidden = classifier;
+      classifyForm.hidden = !classifier || images;
+      imageNote.hidden = !images;
+      for (const f of chatFields) if (f) f.hidden = classifier;
+      modeNote.hidden = classifier;
+      if (images) {
+        put(imageNote, h("p", {}, h("code", {}, a.deployment_name), " is an image classifier: the playground " +
+          "classifies texts only. Send images to ", h("code", {}, "POST /v1/classify"), " as data URLs (",
+          h("code", {}, '"input": ["data:image/png;base64,..."]'), "); each answer has the label and every class's " +
+          "probability."));
+      } else if (classifier) put(classifyHead, "Classify a text with ", h("code", {}, a.deployment_name));
+      return classifier;
+    }
+
     function updateMode() {
+      if (updateTask()) return;
       const a = selected(adapterSel), b = selected(baseSel), tpl = trainedTemplate(a);
+      const seq2seq = !!a && a.task === "seq2seq";
+      modeSel.disabled = seq2seq;  // an encoder-decoder answers /v1/completions only
+      if (seq2seq) {
+        modeSel.value = "completion";
+        put(modeNote, h("strong", {}, "Prompt format: "), "none: ", h("code", {}, a.deployment_name), " is an " +
+          "encoder-decoder (seq2seq). Your message goes to its encoder as it is (with any task prefix it was trained " +
+          "with, e.g. \"translate English to German: \") through /v1/completions; chat is not offered.");
+        return;
+      }
       if (!modeChosen && a && (a.status === "live" || tpl)) modeSel.value = tpl ? "completion" : "chat";
       modeSel.options[0].textContent = tpl ? "Training prompt template (as the adapter was trained)" :
         "Completion (each deployment's prompt template)";
@@ -1826,7 +2223,7 @@
       }
       const a = selected(adapterSel);
       put(baseHelp);
-      if (a && !deployments.some((x) => !x.loramodel_path && x.basemodel_path === a.basemodel_path && usable(x))) {
+      if (a && a.task !== "classification" && !deployments.some((x) => !x.loramodel_path && x.basemodel_path === a.basemodel_path && usable(x))) {
         const btn = h("button", { type: "button", id: "deploy-base", onclick: async () => {
           btn.disabled = true;
           try {
@@ -1851,7 +2248,8 @@
       fill(baseSel, bases, bases.length ? "(none)" : "(no base model deployed)", selectBase || (baseSel.value ? null : match && match.deployment_id));
       put(deployTable, deployments.length ? h("table", {},
         h("thead", {}, h("tr", {}, ["Name", "Status", "Base model", "Adapter", "Created", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
-        h("tbody", {}, deployments.map((d) => h("tr", {}, h("td", { class: "mono" }, d.deployment_name), h("td", {}, badge(d.status)),
+        h("tbody", {}, deployments.map((d) => h("tr", {}, h("td", { class: "mono" },
+          h("a", { href: `#/deployments/${encodeURIComponent(d.deployment_id)}` }, d.deployment_name)), h("td", {}, badge(d.status)),
           h("td", {}, shortPath(d.basemodel_path)), h("td", { class: "mono" }, d.loramodel_path || "—"), h("td", {}, fmtTime(d.created_at)),
           h("td", {}, d.status === "live" || d.status === "building" ? h("button", { type: "button", class: "danger",
             "aria-label": `Terminate ${d.deployment_name}`, onclick: async () => {
