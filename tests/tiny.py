@@ -261,3 +261,86 @@ def write_class_data(path: Path, n: int = 96, labels: tuple = ("negative", "posi
             )
             fh.write(json.dumps({"text": f"{filler} {word} {filler}", "label": label}) + "\n")
     return path
+
+
+# Encoder-decoders (data_config.task: seq2seq), in each config class's own field names; dropout off (the tests
+# compare outputs before and after training and merging).
+TINY_SEQ2SEQ_CONFIGS: dict[str, dict] = {
+    "t5": dict(
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        relative_attention_num_buckets=8,
+        initializer_factor=1.0,
+    ),
+    # Flan-T5 / T5 v1.1: gated-GELU MLP (wi_0, wi_1), untied LM head
+    "t5:gated": dict(
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    ),
+    "bart": dict(
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=128,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        init_std=0.2,
+        forced_eos_token_id=None,
+    ),
+}
+
+
+def save_tiny_seq2seq(folder: Path, arch: str = "t5") -> Path:
+    """A tiny random encoder-decoder with build_tokenizer()'s vocabulary: padding 0, end of sequence 2; T5 starts
+    the decoder with the padding id, BART with the end-of-sequence id, as the real checkpoints do."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    tok = build_tokenizer()
+    model_type = arch.split(":")[0]
+    start = tok.pad_token_id if model_type == "t5" else tok.eos_token_id
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=start,
+        **({"bos_token_id": tok.eos_token_id} if model_type == "bart" else {}),
+        **TINY_SEQ2SEQ_CONFIGS[arch],
+    )
+    torch.manual_seed(0)
+    AutoModelForSeq2SeqLM.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def write_seq2seq_data(path: Path, n: int = 96) -> Path:
+    """A learnable seq2seq set: the target is the source's words reversed (JSON Lines, source/target)."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    words = ["fox", "dog", "quick", "lazy", "over", "the"]
+    with open(path, "w") as fh:
+        for _ in range(n):
+            seq = [rng.choice(words) for _ in range(rng.randint(2, 4))]
+            fh.write(json.dumps({"source": "reverse: " + " ".join(seq), "target": " ".join(reversed(seq))}) + "\n")
+    return path

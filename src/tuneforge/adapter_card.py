@@ -48,14 +48,17 @@ class AdapterCard:
     base_model: dict[str, Any] = field(default_factory=dict)
     version: int = 1
     # data_config.task; "classification": a sequence classifier over id2label; "image_classification": an image
-    # classifier over id2label (AutoModelForImageClassification; its image processor is saved with the adapter)
+    # classifier over id2label (AutoModelForImageClassification; its image processor is saved with the adapter);
+    # "seq2seq": an encoder-decoder whose source is text_column and target completion_column
     task: str = "causal_lm"
     # Classifiers: the label names by id (JSON object keys are strings: "0", "1", ...) and back, as transformers'
     # configs hold them; the base is loaded with AutoModelForSequenceClassification(num_labels=len(id2label)).
     id2label: dict[str, str] | None = None
     label2id: dict[str, int] | None = None
-    max_length: int | None = None  # classifiers: texts are cut to this many tokens, as in training (cutoff_len)
-    text_column: str | None = None  # classifiers: the column `tuneforge predict` reads by default
+    max_length: int | None = (
+        None  # classifiers, seq2seq: texts are cut to this many tokens, as in training (cutoff_len)
+    )
+    text_column: str | None = None  # classifiers, seq2seq: the column `tuneforge predict` reads by default
     image_column: str | None = None  # image classifiers: the image column `tuneforge predict` reads by default
 
     @property
@@ -234,6 +237,20 @@ def classification_card(
         max_length=max_length,
         text_column=text_column,
         image_column=image_column,
+    )
+
+
+def seq2seq_card(
+    *, text_column: str, target_column: str, max_length: int, base_model: dict[str, Any] | None = None
+) -> AdapterCard:
+    """The card of an encoder-decoder adapter: no prompt (the source goes to the encoder as it is)."""
+    return AdapterCard(
+        data_format="seq2seq",
+        base_model=dict(base_model or {}),
+        task="seq2seq",
+        max_length=max_length,
+        text_column=text_column,
+        completion_column=target_column,
     )
 
 

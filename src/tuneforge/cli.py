@@ -71,6 +71,9 @@ def _cmd_train(args) -> int:
     if r.get("classification"):  # classifiers: the held-out scores of the published adapter
         c = r["classification"]
         summary = {**summary, "split": c["split"], "accuracy": c["accuracy"], "macro_f1": c["macro_f1"]}
+    if r.get("seq2seq"):  # seq2seq: the held-out generations of the published adapter, scored
+        g = r["seq2seq"]
+        summary = {**summary, "split": g["split"], **{m: g[m] for m in ("exact_match", "chrf", "rouge_l")}}
     print(json.dumps({"output": str(result.output_dir), **summary}, indent=2))
     return 0
 
@@ -320,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     _chat_template_arg(p, "chat requests to an adapter")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("predict", help="label every row of a file with a classifier adapter (JSONL or CSV out)")
+    p = sub.add_parser(
+        "predict",
+        help="label every row of a file with a classifier adapter, or generate its target with a seq2seq adapter (JSONL or CSV out)",
+    )
     from .commands.predict import add_predict_arguments
 
     add_predict_arguments(p)

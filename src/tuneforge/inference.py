@@ -22,7 +22,7 @@ def load_for_inference(
     """(model, tokenizer): the base model, with the adapter applied unmerged when given. A classifier's adapter
     (its tuneforge_adapter.json says task classification) gets its base as a sequence classifier over the
     adapter's labels; an image classifier's (task image_classification) its base as an image classifier, and its
-    image processor in place of the tokenizer.
+    image processor in place of the tokenizer; a seq2seq adapter's (task seq2seq) its base as an encoder-decoder.
 
     Without `model_path`, the base recorded in the adapter's config is used (tuneforge records the model id the
     user trained on, so this works across machines).
@@ -81,6 +81,12 @@ def load_for_inference(
                 id2label=id2label,
                 label2id=label2id,
                 pad_token_id=tokenizer.pad_token_id,
+            ).to(dev)
+        elif card is not None and card.task == "seq2seq":
+            from transformers import AutoModelForSeq2SeqLM
+
+            model = AutoModelForSeq2SeqLM.from_pretrained(
+                resolved.load_from, dtype=dtype, local_files_only=resolved.is_local
             ).to(dev)
         else:
             # transformers wraps .to() in a decorator that mypy reads as taking the model
@@ -141,6 +147,8 @@ def format_prompt(
     if chat is False:
         return prompt
     card = read_card(adapter_dir) if adapter_dir else None
+    if card is not None and card.task == "seq2seq":
+        return prompt  # the encoder reads the source text as it was trained: no template
     if card is not None and card.template_for(chat_template) is not None:
         return render_chat(tokenizer, [{"role": "user", "content": prompt}], card, chat_template)
     if chat or tokenizer.chat_template:
@@ -175,7 +183,9 @@ def generate(
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    # A decoder-only model's output repeats the prompt; an encoder-decoder's (seq2seq) is only the decoder's text.
+    new = out[0] if getattr(model.config, "is_encoder_decoder", False) else out[0, enc["input_ids"].shape[1] :]
+    return tokenizer.decode(new, skip_special_tokens=True)
 
 
 def merge_adapter(

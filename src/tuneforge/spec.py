@@ -67,8 +67,9 @@ SCHEDULERS = (
 
 # data_config.task: what the model learns. causal_lm (MonsterAPI's only task) is the default, so MonsterAPI payloads
 # are unchanged; classification trains a sequence-classification head (train/tasks.py); image_classification an
-# image-classification head on a vision model (data/images.py, models/classifier.py).
-Task = Literal["causal_lm", "classification", "image_classification"]
+# image-classification head on a vision model (data/images.py, models/classifier.py); seq2seq trains an
+# encoder-decoder (T5, BART) to write label_column's text from text_column's (train/seq2seq.py).
+Task = Literal["causal_lm", "classification", "image_classification", "seq2seq"]
 # The tasks that train a new classification head over labels read from data_config.label_column.
 CLASSIFIER_TASKS = ("classification", "image_classification")
 GGUFType = Literal["f16", "q8_0"]  # the GGUF weight types `tuneforge export` and the export route offer
@@ -205,16 +206,22 @@ class DataConfig(_Section):
     )
     task: Task = Field(
         "causal_lm",
-        description="(tuneforge) What the model learns: causal_lm (generate text: every field above applies) or "
+        description="(tuneforge) What the model learns: causal_lm (generate text: every field above applies), "
         "classification (one label per text with a sequence-classification head on an encoder such as BERT or a "
-        "decoder such as Llama; the labels are read from label_column, strings or integers) or "
+        "decoder such as Llama; the labels are read from label_column, strings or integers), "
         "image_classification (one label per image with an image-classification head on a vision model such as "
         "ViT, DeiT, ConvNeXt or ResNet; data_path is a folder with one subfolder per class, or a file with "
-        "image_column and label_column).",
+        "image_column and label_column) or seq2seq (an encoder-decoder such as T5, Flan-T5 or BART reads "
+        "text_column and learns to write label_column; the loss is on the target only; a task prefix such as "
+        "'translate English to German: ' belongs in text_column's text).",
     )
-    text_column: str = Field("text", description="(tuneforge) classification: the column holding the text.")
+    text_column: str = Field(
+        "text", description="(tuneforge) classification: the column holding the text; seq2seq: the source text."
+    )
     label_column: str = Field(
-        "label", description="(tuneforge) classification, image_classification: the column holding the label."
+        "label",
+        description="(tuneforge) classification, image_classification: the column holding the label; seq2seq: the "
+        "target text.",
     )
     image_column: str = Field(
         "image",
@@ -528,7 +535,7 @@ class JobSpec(_Section):
                 f"preference tuning ({t.preference}) runs in one process: set training_config.distributed.strategy "
                 "to 'none' (and drop --nproc)"
             )
-        if d.task in CLASSIFIER_TASKS and t.distributed.strategy != "none":
+        if d.task != "causal_lm" and t.distributed.strategy != "none":
             raise ValueError(
                 f"data_config.task {d.task!r} trains in one process: set training_config.distributed.strategy "
                 "to 'none' (and drop --nproc)"
@@ -554,8 +561,9 @@ class JobSpec(_Section):
             raise ValueError(
                 f"data_config.image_augmentation is for data_config.task 'image_classification', not {d.task!r}"
             )
-        if d.task in CLASSIFIER_TASKS:
-            # These fields shape generated text; a classifier reads its input column and label_column only.
+        if d.task != "causal_lm":
+            # These fields shape a causal LM's prompt; classifiers and seq2seq models read their input column and
+            # label_column only.
             reads = "data_config.image_column" if d.task == "image_classification" else "data_config.text_column"
             causal_only = {
                 "data_config.prompt_template": d.prompt_template,
@@ -563,13 +571,14 @@ class JobSpec(_Section):
                 "data_config.train_on_inputs": d.train_on_inputs,
                 "data_config.data_format": d.data_format != "auto",
                 "training_config.preference_method": t.preference,
-                # QLoRA would quantize the new head too (bitsandbytes leaves only the LM head in full precision)
+                # Classifiers: QLoRA would quantize the new head too (bitsandbytes leaves only the LM head in full
+                # precision). Seq2seq: QLoRA on T5/BART is not proven by the test suite, so it is not offered.
                 "pretrainedmodel_config.use_quantization": self.pretrainedmodel_config.use_quantization,
             }
             given = [name for name, value in causal_only.items() if value]
             if given:
                 raise ValueError(
-                    f"{', '.join(given)} cannot be used with data_config.task {d.task!r} (a classifier reads "
+                    f"{', '.join(given)} cannot be used with data_config.task {d.task!r} (it reads "
                     f"{reads} and data_config.label_column): remove it or set task to 'causal_lm'"
                 )
             column = d.image_column if d.task == "image_classification" else d.text_column

@@ -107,6 +107,7 @@ def test_missing_wrong_and_revoked_keys_get_401(svc):
             "did you mean 'validation'",
         ),
         (lambda p: p.update(extra_section={}), "extra_section", "unknown field"),
+        (lambda p: p["data_config"].update(task="seq2sq"), "data_config.task", "'seq2seq'"),
     ],
 )
 def test_bad_payloads_get_422_with_the_field_path_and_nothing_is_stored(svc, mutate, field, words):
@@ -427,3 +428,43 @@ def test_an_uploaded_classification_dataset_reports_its_labels(svc):
     r = c["alice"].post(f"/v1/datasets/{r.json()['id']}/validate", json={"task": "classification"})
     assert r.status_code == 200 and not r.json()["report"]["ok"]
     assert "no column 'text'" in r.json()["report"]["errors"][0]["message"]
+
+
+def test_seq2seq_on_a_decoder_and_causal_lm_on_t5_are_refused_at_submission(svc):
+    from transformers import AutoConfig
+
+    server, c, _ = svc
+    before = _jobs_in_db(server)
+    body = payload(server.home)  # the tiny decoder-only model
+    body["data_config"].pop("prompt_template")
+    body["data_config"].update(task="seq2seq", text_column="question", label_column="answer")
+    r = c["alice"].post("/v1/finetune/llm", json=body)
+    assert r.status_code == 422, r.text
+    (problem,) = r.json()["problems"]
+    assert problem["field"] == "pretrainedmodel_config.model_path"
+    assert "is not an encoder-decoder model" in problem["message"] and "T5, Flan-T5, BART" in problem["message"]
+
+    folder = server.home / "models" / "tiny-t5"
+    AutoConfig.for_model("t5", d_model=64, num_layers=2, num_heads=4).save_pretrained(folder)
+    body = payload(server.home)
+    body["pretrainedmodel_config"]["model_path"] = str(folder)
+    r = c["alice"].post("/v1/finetune/llm", json=body)
+    assert r.status_code == 422, r.text
+    (problem,) = r.json()["problems"]
+    assert "(t5) is an encoder-decoder model" in problem["message"] and "'seq2seq'" in problem["message"]
+    assert _jobs_in_db(server) == before
+
+
+def test_an_uploaded_seq2seq_dataset_is_checked_row_by_row(svc):
+    _server, c, _ = svc
+    rows = [{"en": f"hello {i}", "de": f"hallo {i}"} for i in range(6)]
+    rows[3]["de"] = " "
+    r = c["alice"].post(
+        "/v1/datasets",
+        files={"file": ("pairs.jsonl", "".join(json.dumps(x) + "\n" for x in rows).encode())},
+        data={"task": "seq2seq", "text_column": "en", "label_column": "de"},
+    )
+    assert r.status_code in (200, 201), r.text
+    report = r.json()["report"]
+    assert report["format"] == "seq2seq" and report["columns_used"] == ["en", "de"] and not report["ok"]
+    assert "line 4: 'de' is empty; every row needs a target text" in report["errors"][0]["message"]

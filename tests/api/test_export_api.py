@@ -132,3 +132,19 @@ def test_an_export_cut_short_by_a_restart_reads_interrupted_and_starts_again(tmp
         assert not list(home.rglob(".merged.work"))  # the first attempt's scratch folder is gone too
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("task", ["classification", "image_classification", "seq2seq"])
+def test_gguf_is_refused_for_every_task_but_causal_lm(tmp_path, task):
+    """llama.cpp's converter is for decoder-only language models here: a classifier's head (text or image) and an
+    encoder-decoder are refused before anything is written, naming the task and the format that works."""
+    from tuneforge.adapter_card import AdapterCard
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.jobs.exports import start_export
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    AdapterCard(data_format=task, task=task).write(adapter)
+    with pytest.raises(TuneforgeError, match=rf"GGUF is for decoder-only .*data_config.task '{task}'.*format 'merged'"):
+        start_export({"id": "job-1"}, tmp_path, "gguf", "f16")
+    assert not (tmp_path / "exports").exists()

@@ -310,3 +310,32 @@ def test_a_two_process_ddp_job_trains_through_the_api_and_its_cancel_stops_every
     assert alice.post(f"/v1/finetune/llm/{job_id}/cancel").status_code == 200
     alice.wait_status(job_id, ("cancelled",), 30, server)
     wait_for(lambda: not any(pid_alive(p) for p in [pid, *ranks]), 15, what="the launcher and its ranks to exit")
+
+
+def test_a_seq2seq_job_on_t5_trains_through_the_queue_and_reports_its_generation_scores(svc):
+    """A T5 seq2seq job submitted like any other: the worker trains it, the job's result carries the held-out
+    exact match / chrF / ROUGE-L and its events the generation scores of every evaluation."""
+    from tiny import save_tiny_seq2seq, write_seq2seq_data
+
+    server, keys = svc
+    t5 = save_tiny_seq2seq(server.home / "models" / "t5", "t5")
+    data = write_seq2seq_data(server.home / "datasets" / "reverse.jsonl", n=60)
+    body = payload(server.home, data_path=str(data), max_steps=6, eval_steps=3, learning_rate=1e-2)
+    body["pretrainedmodel_config"]["model_path"] = str(t5)
+    body["data_config"].pop("prompt_template")
+    body["data_config"].update(
+        task="seq2seq",
+        text_column="source",
+        label_column="target",
+        data_split_config={"train": 0.8, "validation": 0.1, "test": 0.1},
+    )
+    alice = Client(server.url, keys["alice"])
+    r = alice.post("/v1/finetune/llm", json=body)
+    assert r.status_code == 201, r.text
+    job = alice.wait_status(r.json()["job_id"], ("succeeded", "failed"), 180, server)
+    assert job["status"] == "succeeded", (job, server.log_tail())
+    result = job["result"]
+    assert result["task"] == "seq2seq" and result["seq2seq"]["split"] == "test" and result["seq2seq"]["examples"] == 6
+    evals = [e for e in alice.events(job["job_id"]) if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 3, 6] and all("eval_chrf" in e for e in evals)
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]

@@ -121,7 +121,7 @@ def test_the_task_the_model_cannot_do_is_refused_by_name():
 
     vit = AutoConfig.for_model("vit", **TINY_VISION_CONFIGS["vit"])
     check_task(vit, "image_classification", "tiny-vit")
-    for task in ("causal_lm", "classification"):
+    for task in ("causal_lm", "classification", "seq2seq"):
         with pytest.raises(TuneforgeError, match=rf"'tiny-vit' \(vit\) is a vision model.*data_config.task '{task}'"):
             check_task(vit, task, "tiny-vit")
     bert = AutoConfig.for_model("bert")

@@ -133,6 +133,6 @@ def test_serve_routes_classifier_adapters_to_classify_and_loads_no_lm_for_them(c
     from tuneforge.serve.app import build_serving
 
     base_dir, adapter = classifier
-    engine, pool = build_serving(str(base_dir), {"sentiment": str(adapter)})
+    engine, pool, _ = build_serving(str(base_dir), {"sentiment": str(adapter)})
     assert engine is None and pool is not None and pool.names() == ["sentiment"]
     assert pool.get("sentiment").labels == LABELS

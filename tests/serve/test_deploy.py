@@ -422,3 +422,88 @@ def test_a_classifier_adapter_deploys_and_answers_classify(svc):
         live.url + "/v1/completions", json={"model": "alice-clf", "prompt": "a", "max_tokens": 2}, headers=headers
     )
     assert r.status_code == 400 and "POST /v1/classify" in r.json()["error"]["message"]
+
+
+def test_an_image_classifier_adapter_deploys_as_one(svc):
+    """An image classifier (a tiny ViT) deployed like the text one: its status says image_classification with its
+    labels (the UI shows no text playground for it), and /v1/classify takes image data URLs."""
+    import base64
+
+    from tiny_images import png_bytes, save_tiny_vision_base
+    from tuneforge.adapter_card import classification_card
+    from tuneforge.models.loader import load_image_processor, resolve_model
+    from tuneforge.models.lora import LoraSettings, apply_lora, load_base_model
+    from tuneforge.runtime import pick_runtime
+
+    live, home, keys, _, _ = svc
+    labels = ["blue", "red"]
+    base_dir = save_tiny_vision_base(home / "models" / "vit", "vit")
+    resolved = resolve_model(str(base_dir))
+    base = load_base_model(resolved, pick_runtime("fp32"), labels=labels, vision=True)
+    model, _, _ = apply_lora(
+        base, LoraSettings(r=4, alpha=8), model_id=resolved.model_id, quantized=False,
+        gradient_checkpointing=False, seed=0, vision=True,
+    )  # fmt: skip
+    folder = home / "models" / "adapters" / "colours"
+    model.save_pretrained(folder)
+    load_image_processor(str(base_dir)).save_pretrained(folder)
+    classification_card(labels, task="image_classification", image_column="image", base_model={}).write(folder)
+
+    alice = mclient(live, keys["alice"])
+    ret = alice.deploy("llm", payload(home, "colours", deployment_name="alice-colours", basemodel_path=str(base_dir)))
+    st = wait_live(alice, ret["deployment_id"])
+    assert st["status"] == "live", st
+    assert st["task"] == "image_classification" and st["labels"] == labels, st
+    headers = {"Authorization": f"Bearer {ret['api_auth_token']}"}
+    url = "data:image/png;base64," + base64.b64encode(png_bytes("red", 0)).decode()
+    r = requests.post(live.url + "/v1/classify", json={"model": "alice-colours", "input": [url]}, headers=headers)
+    assert r.status_code == 200, r.text
+    (item,) = r.json()["data"]
+    assert item["label"] in labels and item["num_classes"] == 2
+    alice.terminate_deployment(ret["deployment_id"])
+
+
+def test_a_seq2seq_adapter_deploys_and_answers_completions(svc):
+    """A seq2seq adapter on a tiny T5 deployed like any other: it answers POST /v1/completions to its token only,
+    is listed with the other deployments, and refuses chat requests naming the route to use."""
+    from tiny import save_tiny_seq2seq
+    from tuneforge.adapter_card import seq2seq_card
+    from tuneforge.models.loader import resolve_model
+    from tuneforge.models.lora import LoraSettings, apply_lora, load_base_model
+    from tuneforge.runtime import pick_runtime
+
+    live, home, keys, _, _ = svc
+    base_dir = save_tiny_seq2seq(home / "models" / "t5", "t5")
+    resolved = resolve_model(str(base_dir))
+    base = load_base_model(resolved, pick_runtime("fp32"), seq2seq=True)
+    model, _, _ = apply_lora(
+        base, LoraSettings(r=4, alpha=8), model_id=resolved.model_id, quantized=False,
+        gradient_checkpointing=False, seed=0, seq2seq=True,
+    )  # fmt: skip
+    folder = home / "models" / "adapters" / "s2s"
+    model.save_pretrained(folder)
+    seq2seq_card(text_column="source", target_column="target", max_length=32).write(folder)
+
+    alice = mclient(live, keys["alice"])
+    ret = alice.deploy("llm", payload(home, "s2s", deployment_name="alice-s2s", basemodel_path=str(base_dir)))
+    st = wait_live(alice, ret["deployment_id"])
+    assert st["status"] == "live", st
+    assert st["task"] == "seq2seq" and st["labels"] is None, st
+    owner = {"Authorization": f"Bearer {keys['alice']}"}
+    r = requests.get(f"{live.url}/v1/deploy/metrics/{ret['deployment_id']}", headers=owner, timeout=30)
+    assert r.status_code == 409 and "a seq2seq model" in r.json()["detail"], r.text
+    headers = {"Authorization": f"Bearer {ret['api_auth_token']}"}
+    body = {"model": "alice-s2s", "prompt": ["reverse: fox dog", "over"], "max_tokens": 4, "temperature": 0}
+    r = requests.post(live.url + "/v1/completions", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["model"] == "alice-s2s" and [c["index"] for c in answer["choices"]] == [0, 1]
+    assert answer["usage"]["completion_tokens"] > 0
+    models = requests.get(live.url + "/v1/models", headers=headers).json()["data"]
+    assert [m["id"] for m in models].count("alice-s2s") == 1
+    other = {"Authorization": f"Bearer {keys['bob']}"}
+    assert requests.post(live.url + "/v1/completions", json=body, headers=other).status_code == 404
+    chat = {"model": "alice-s2s", "messages": [{"role": "user", "content": "a"}], "max_tokens": 2}
+    r = requests.post(live.url + "/v1/chat/completions", json=chat, headers=headers)
+    assert r.status_code == 400 and "POST /v1/completions" in r.json()["error"]["message"]
+    alice.terminate_deployment(ret["deployment_id"])

@@ -63,3 +63,58 @@ def test_the_form_offers_image_classification_with_its_column_pickers(ui_server,
         "colour",
     )
     no_js_errors(page)
+
+
+def test_an_image_classifier_deployment_gets_a_note_not_the_text_playground(ui_server, page, shot, sign_in):
+    """A text box cannot send images: the playground says how to call /v1/classify with image data URLs instead of
+    offering the text classifier's form or a chat, and the deployment page says what the deployment answers."""
+    from tfservice import Client, wait_for
+
+    from tiny_images import save_tiny_vision_base
+    from tuneforge.adapter_card import classification_card
+    from tuneforge.models.loader import load_image_processor, resolve_model
+    from tuneforge.models.lora import LoraSettings, apply_lora, load_base_model
+    from tuneforge.runtime import pick_runtime
+
+    server, key = ui_server
+    labels = ["blue", "red"]
+    base_dir = save_tiny_vision_base(server.home / "models" / "vit", "vit")
+    resolved = resolve_model(str(base_dir))
+    base = load_base_model(resolved, pick_runtime("fp32"), labels=labels, vision=True)
+    model, _, _ = apply_lora(
+        base, LoraSettings(r=4, alpha=8), model_id=resolved.model_id, quantized=False,
+        gradient_checkpointing=False, seed=0, vision=True,
+    )  # fmt: skip
+    folder = server.home / "models" / "adapters" / "colours"
+    model.save_pretrained(folder)
+    load_image_processor(str(base_dir)).save_pretrained(folder)
+    classification_card(labels, task="image_classification", image_column="image", base_model={}).write(folder)
+    client = Client(server.url, key)
+    body = {"basemodel_path": str(base_dir), "loramodel_path": str(folder), "deployment_name": "colours"}
+    r = client.post("/v1/deploy/llm", json=body)
+    assert r.status_code == 200, r.text
+    dep_id = r.json()["deployment_id"]
+
+    def live():
+        d = client.get(f"/v1/deploy/status/{dep_id}").json()
+        return d if d["status"] in ("live", "failed") else None
+
+    d = wait_for(live, 180, interval=0.5, what="the deployment to go live")
+    assert d["status"] == "live" and d["task"] == "image_classification" and d["labels"] == labels, d
+
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/#/playground?adapter={dep_id}")
+    note = page.locator("#classify-image-note")
+    note.wait_for()
+    assert "is an image classifier" in note.inner_text() and "POST /v1/classify" in note.inner_text()
+    assert page.locator("#classify-box").is_hidden() and page.locator("#chat-area").is_hidden()
+    assert page.get_by_label("Prompt format").is_hidden()
+    shot(page, "playground-image-classifier")
+    axe_check(page, "image classifier playground")
+
+    page.goto(f"{server.url}/#/deployments/{dep_id}")
+    answers = page.locator("#deployment-answers")
+    answers.wait_for()
+    assert answers.inner_text() == "POST /v1/classify (image data URLs): blue, red"
+    no_js_errors(page)
+    assert client.post("/v1/deploy/terminate", json={"deployment_id": dep_id}).status_code == 200

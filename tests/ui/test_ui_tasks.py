@@ -202,3 +202,91 @@ def test_the_form_creates_a_classification_job_with_columns_picked_from_the_data
         None,
     )
     no_js_errors(page)
+
+
+def test_the_form_offers_seq2seq_with_source_and_target_pickers(ui_server, page, tmp_path, shot, sign_in):
+    server, key = ui_server
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"en": f"good film {i}", "de": f"guter Film {i}"}) + "\n" for i in range(30)))
+    sign_in(page, server, key)
+    page.goto(server.url + "/#/new")
+    page.get_by_text(re.compile(r"Catalog \(\d+ models\)")).wait_for(timeout=180_000)
+    page.get_by_label("Dataset file").set_input_files(str(pairs))
+    page.get_by_role("button", name="Upload and check").click()
+    page.locator("#dataset-id").wait_for()
+
+    page.get_by_label("Task", exact=True).select_option("seq2seq")
+    assert not page.get_by_label("Prompt template").is_visible()
+    source, target = page.get_by_label("Source column"), page.get_by_label("Target column")
+    assert source.locator("option").all_inner_texts() == ["en", "de"]
+    source.select_option("en")
+    target.select_option("en")
+    assert "source and target columns are both en" in page.locator("#class-columns-problem").inner_text()
+    target.select_option("de")
+    # The dataset check reads the file as seq2seq rows: the first example's source and target.
+    page.locator("#data-report .verdict").get_by_text("Trainable").wait_for(timeout=60_000)
+    first = page.locator("#first-example").inner_text()
+    assert "good film 0" in first and "guter Film 0" in first
+    page.locator("#template-section").scroll_into_view_if_needed()
+    shot(page, "new-job-seq2seq")
+    axe_check(page, "new job, seq2seq")
+
+    # The tiny base is decoder-only: the server refuses the task, naming the model and what is allowed.
+    page.get_by_role("button", name="Create fine-tuning job").click()
+    page.get_by_text(re.compile("is not an encoder-decoder model")).first.wait_for()
+    no_js_errors(page)
+
+
+def test_a_seq2seq_deployment_gets_completions_only_in_the_playground(ui_server, page, shot, sign_in):
+    """A seq2seq deployment answers /v1/completions only: the playground fixes the prompt format to the source text
+    as it is (no chat), and the deployment page says so and shows no engine figures."""
+    from tfservice import wait_for
+
+    from tiny import save_tiny_seq2seq
+    from tuneforge.adapter_card import seq2seq_card
+    from tuneforge.models.loader import resolve_model
+    from tuneforge.models.lora import LoraSettings, apply_lora, load_base_model
+    from tuneforge.runtime import pick_runtime
+
+    server, key = ui_server
+    base_dir = save_tiny_seq2seq(server.home / "models" / "t5", "t5")
+    resolved = resolve_model(str(base_dir))
+    base = load_base_model(resolved, pick_runtime("fp32"), seq2seq=True)
+    model, _, _ = apply_lora(
+        base, LoraSettings(r=4, alpha=8), model_id=resolved.model_id, quantized=False,
+        gradient_checkpointing=False, seed=0, seq2seq=True,
+    )  # fmt: skip
+    folder = server.home / "models" / "adapters" / "reverser"
+    model.save_pretrained(folder)
+    seq2seq_card(text_column="source", target_column="target", max_length=32).write(folder)
+    client = Client(server.url, key)
+    body = {"basemodel_path": str(base_dir), "loramodel_path": str(folder), "deployment_name": "reverser"}
+    r = client.post("/v1/deploy/llm", json=body)
+    assert r.status_code == 200, r.text
+    dep_id = r.json()["deployment_id"]
+
+    def live():
+        d = client.get(f"/v1/deploy/status/{dep_id}").json()
+        return d if d["status"] in ("live", "failed") else None
+
+    d = wait_for(live, 180, interval=0.5, what="the deployment to go live")
+    assert d["status"] == "live" and d["task"] == "seq2seq" and d["labels"] is None, d
+
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/#/playground?adapter={dep_id}")
+    note = page.locator("#mode-note")
+    page.get_by_text(re.compile("is an encoder-decoder")).wait_for()
+    assert "chat is not offered" in note.inner_text()
+    mode = page.get_by_label("Prompt format")
+    assert mode.is_disabled() and mode.input_value() == "completion"
+    assert page.locator("#chat-area").is_visible() and page.locator("#classify-box").is_hidden()
+    shot(page, "playground-seq2seq")
+    axe_check(page, "seq2seq playground")
+
+    page.goto(f"{server.url}/#/deployments/{dep_id}")
+    answers = page.locator("#deployment-answers")
+    answers.wait_for()
+    assert answers.inner_text() == "/v1/completions (an encoder-decoder: no chat)"
+    page.get_by_text("no engine figures").wait_for()
+    no_js_errors(page)
+    assert client.post("/v1/deploy/terminate", json={"deployment_id": dep_id}).status_code == 200

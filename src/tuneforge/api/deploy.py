@@ -27,10 +27,11 @@ from ..jobs.store import Store
 from ..serve import metrics
 from ..serve.classify import LoadedClassifier, classify_router
 from ..serve.deployments import DeploymentManager, DeployRequest, deployment_auth
-from ..serve.engine import Generation, SamplingParams
+from ..serve.engine import Generation, SamplingParams, UnknownModelError
 from ..serve.openai_routes import Auth, openai_router
+from ..serve.seq2seq import LoadedSeq2Seq, seq2seq_router
 from ..settings import Settings
-from ..spec import SpecError
+from ..spec import CLASSIFIER_TASKS, SpecError
 from .auth import CurrentPrincipal, SettingsDep, StoreDep
 from .errors import Responses
 from .limits import client_address, throttled
@@ -87,14 +88,13 @@ def _view(request: Request, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _task(request: Request, row: dict[str, Any]) -> dict[str, Any]:
-    """What a live deployment answers: text generation, or classification with its labels (known once live)."""
+    """What a live deployment answers: text generation (causal_lm or seq2seq), or text or image classification with
+    its labels (known once live)."""
     if row["status"] != "live":
         return {"task": None, "labels": None}
-    labels = _manager(request).classifier_labels(row["id"])
-    return {
-        "task": "classification" if labels is not None else "causal_lm",
-        "labels": list(labels) if labels is not None else None,
-    }
+    manager = _manager(request)
+    labels = manager.classifier_labels(row["id"])
+    return {"task": manager.task(row["id"]), "labels": list(labels) if labels is not None else None}
 
 
 @router.post("/llm", summary="Deploy a base model with a LoRA adapter as an API endpoint", responses=_ERRORS)
@@ -159,9 +159,17 @@ def deployment_metrics(deployment_id: str, manager: Manager, principal: CurrentP
     row = manager.visible(deployment_id, principal)
     serving = manager.serving(row["id"])
     if serving is None:
-        why = "a classifier (no generation metrics)" if manager.classifier_labels(row["id"]) else row["status"]
+        task = manager.task(row["id"])
+        why = (
+            "a classifier (no generation metrics)"
+            if task in CLASSIFIER_TASKS
+            else "a seq2seq model (it generates outside the engine: no engine metrics)"
+            if task == "seq2seq"
+            else row["status"]
+        )
         raise Conflict(
-            f"deployment {row['name']!r} is {why}; serving metrics are kept for live text-generation deployments",
+            f"deployment {row['name']!r} is {why}; serving metrics are kept for live causal text-generation "
+            "deployments",
             field="deployment_id",
             value=deployment_id,
         )
@@ -330,7 +338,10 @@ def install(app: FastAPI, settings: Settings, store: Store) -> DeploymentManager
     app.include_router(router)
     auth = throttled_auth(deployment_auth(manager, store.authenticate, key_active=store.key_active))
     app.state.deployment_auth = auth  # MonsterAPI's /generate checks callers the same way
-    app.include_router(openai_router(manager, auth))
+    engine_routes = openai_router(manager, auth)
+    # First: seq2seq deployments answer /v1/completions themselves; every other model goes on to the engine routes.
+    app.include_router(seq2seq_router(_DeployedSeq2Seq(manager), auth, fallback=engine_routes))
+    app.include_router(engine_routes)
     app.include_router(classify_router(_DeployedClassifiers(manager), auth))  # classifier deployments
     manager.restore()
     return manager
@@ -344,6 +355,26 @@ class _DeployedClassifiers:
 
     def get(self, name: str) -> LoadedClassifier:
         return self.manager.classifier(name)
+
+
+class _DeployedSeq2Seq:
+    """The live seq2seq deployments as the seq2seq router's models (serve/seq2seq.py)."""
+
+    def __init__(self, manager: DeploymentManager):
+        self.manager = manager
+        self.created = manager.created
+
+    def names(self) -> list[str]:
+        return []  # every live deployment is listed by the engine routes' GET /v1/models already
+
+    def has(self, name: str) -> bool:
+        return self.manager.seq2seq(name) is not None
+
+    def get(self, name: str) -> LoadedSeq2Seq:
+        model = self.manager.seq2seq(name)
+        if model is None:
+            raise UnknownModelError(f"model {name!r} is not a live seq2seq deployment here", field="model", value=name)
+        return model
 
 
 def throttled_auth(auth: Auth) -> Auth:

@@ -199,9 +199,10 @@ class Deployment(_Response):
     updated_at: str | None
     live_at: str | None
     terminated_at: str | None
-    task: Literal["causal_lm", "classification"] | None = Field(
-        description="What the live deployment answers: text generation (/v1/completions, /v1/chat/completions) or "
-        "classification (/v1/classify); null until it is live."
+    task: Literal["causal_lm", "classification", "image_classification", "seq2seq"] | None = Field(
+        description="What the live deployment answers: text generation (causal_lm: /v1/completions, "
+        "/v1/chat/completions; seq2seq, an encoder-decoder: /v1/completions), or text or image classification "
+        "(/v1/classify; an image classifier takes image data URLs); null until it is live."
     )
     labels: list[str] | None = Field(
         description="A classifier's labels, in the order of /v1/classify's `probs` (null for text generation)."

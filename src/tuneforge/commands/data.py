@@ -50,11 +50,16 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
         default="causal_lm",
         choices=TASKS,
         help="what the data trains: causal_lm (text generation, the default), classification (a text column and "
-        "a label column; the report counts rows per class) or image_classification (a folder with one subfolder per "
-        "class, or an image column and a label column; every image is decoded)",
+        "a label column; the report counts rows per class), image_classification (a folder with one subfolder per "
+        "class, or an image column and a label column; every image is decoded) or seq2seq (a source and a target "
+        "text column)",
     )
-    parser.add_argument("--text-column", default="text", help="classification: the text column (default text)")
-    parser.add_argument("--label-column", default="label", help="classification: the label column (default label)")
+    parser.add_argument(
+        "--text-column", default="text", help="classification: the text column; seq2seq: the source (default text)"
+    )
+    parser.add_argument(
+        "--label-column", default="label", help="classification: the label column; seq2seq: the target (default label)"
+    )
     parser.add_argument(
         "--image-column", default="image", help="image_classification: the image column (default image)"
     )

@@ -1,4 +1,5 @@
-"""`tuneforge predict ADAPTER FILE`: label every row of a file with a classifier adapter, in batches.
+"""`tuneforge predict ADAPTER FILE`: label every row of a file with a classifier adapter, or write each row's
+generated target with a seq2seq adapter (T5, BART), in batches.
 
 FILE is anything the data layer reads (.jsonl/.json/.csv/.parquet, a datasets folder, a hub id, a URL). For an image
 classifier it is a folder of images (every image file in it and its subfolders, as `{"image": path}` rows) or a file
@@ -8,6 +9,9 @@ keeps each row's own fields and adds the prediction:
 - JSON Lines (default, `FILE.predictions.jsonl`): `"predicted_label": "positive"` and `"probs": {"negative": 0.01,
   "neutral": 0.04, "positive": 0.95}` (in label-id order);
 - CSV (`--output x.csv`): the row's columns, then `predicted_label` and one `prob_<label>` column per label.
+
+A seq2seq adapter adds `"generated_text"` (JSON Lines and CSV alike): the greedy generation from the row's source
+text, at most `--max-new-tokens` tokens (default: the trained cutoff_len).
 
 Rows whose text is missing or empty, or whose image is missing or cannot be decoded, are refused before any model
 loads, by line/row (and file). The output is written beside
@@ -34,7 +38,7 @@ CHUNK = 1024  # rows read, predicted and written at a time: memory stays bounded
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("adapter", help="a classifier adapter folder (a run's adapter/, or the run folder)")
+    parser.add_argument("adapter", help="a classifier or seq2seq adapter folder (a run's adapter/, or the run folder)")
     parser.add_argument("file", help="rows to label: .jsonl/.json/.csv/.parquet, a datasets folder, a hub id or a URL")
     parser.add_argument(
         "--output",
@@ -48,6 +52,12 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", "-m", default=None, help="base model (default: the one the adapter names)")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="seq2seq: the most tokens generated per row (default: the adapter's trained cutoff_len)",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
@@ -56,11 +66,11 @@ def _adapter_dir(path: str) -> Path:
     if (folder / "adapter" / "adapter_config.json").is_file():
         folder = folder / "adapter"  # a run folder
     card = read_card(folder) if (folder / "adapter_config.json").is_file() else None
-    if card is None or card.task not in ("classification", "image_classification"):
+    if card is None or card.task not in ("classification", "image_classification", "seq2seq"):
         raise TuneforgeError(
-            f"adapter: {path!r} is not a classifier adapter (a folder with adapter_config.json and a "
-            "tuneforge_adapter.json of task 'classification' or 'image_classification'); `tuneforge generate` runs "
-            "generation adapters",
+            f"adapter: {path!r} is not a classifier or seq2seq adapter (a folder with adapter_config.json and a "
+            "tuneforge_adapter.json of task 'classification', 'image_classification' or 'seq2seq'); "
+            "`tuneforge generate` runs generation adapters",
             field="adapter",
             value=path,
         )
@@ -78,9 +88,12 @@ def _output_path(file: str, output: str | None) -> Path:
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..serve.classify import LoadedClassifier
+    from ..serve.seq2seq import LoadedSeq2Seq
 
     if args.batch_size <= 0:
         raise TuneforgeError(f"--batch-size must be positive, not {args.batch_size}", field="--batch-size")
+    if args.max_new_tokens is not None and args.max_new_tokens <= 0:
+        raise TuneforgeError(f"--max-new-tokens must be positive, not {args.max_new_tokens}", field="--max-new-tokens")
     adapter = _adapter_dir(args.adapter)
     card = read_card(adapter)
     assert card is not None
@@ -92,36 +105,50 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         column = args.text_column or card.text_column or "text"
         rows, refs = _text_rows(args.file, column), []
-    classifier = LoadedClassifier(adapter, model_path=args.model, device=args.device)
-    labels = classifier.labels
+    jsonl = out.suffix.lower() == ".jsonl"
+    if card.task == "seq2seq":
+        generator = LoadedSeq2Seq(adapter, model_path=args.model, device=args.device)
+
+        def outputs(start: int, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            answers, _ = generator.generate(
+                [r[column] for r in chunk], max_tokens=args.max_new_tokens, temperature=0.0, batch_size=args.batch_size
+            )
+            return [{"generated_text": a[0].text} for a in answers]
+
+        done = "written (generated_text)"
+    else:
+        classifier = LoadedClassifier(adapter, model_path=args.model, device=args.device)
+        labels = classifier.labels
+
+        def outputs(start: int, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            if vision:
+                preds = classifier.predict_images(refs[start : start + len(chunk)], batch_size=args.batch_size)
+            else:
+                preds, _ = classifier.predict([r[column] for r in chunk], batch_size=args.batch_size)
+            if jsonl:
+                return [{"predicted_label": p.label, "probs": dict(zip(labels, p.probs, strict=True))} for p in preds]
+            return [
+                {"predicted_label": p.label, **{f"prob_{n}": v for n, v in zip(labels, p.probs, strict=True)}}
+                for p in preds
+            ]
+
+        done = f"labelled ({', '.join(labels)})"
     tmp = out.with_name(out.name + ".partial")
     with open(tmp, "w", encoding="utf-8", newline="") as fh:
         writer = None
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start : start + CHUNK]
-            if vision:
-                preds = classifier.predict_images(refs[start : start + CHUNK], batch_size=args.batch_size)
-            else:
-                preds, _ = classifier.predict([r[column] for r in chunk], batch_size=args.batch_size)
-            for row, p in zip(chunk, preds, strict=True):
-                if out.suffix.lower() == ".jsonl":
-                    record = {**row, "predicted_label": p.label, "probs": dict(zip(labels, p.probs, strict=True))}
-                    fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            for row, extra in zip(chunk, outputs(start, chunk), strict=True):
+                if jsonl:
+                    fh.write(json.dumps({**row, **extra}, ensure_ascii=False, default=str) + "\n")
                     continue
                 if writer is None:
-                    fields = [*row, "predicted_label", *(f"prob_{name}" for name in labels)]
-                    writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+                    writer = csv.DictWriter(fh, fieldnames=[*row, *extra], extrasaction="ignore")
                     writer.writeheader()
-                writer.writerow(
-                    {
-                        **row,
-                        "predicted_label": p.label,
-                        **{f"prob_{n}": v for n, v in zip(labels, p.probs, strict=True)},
-                    }
-                )
-            print(f"labelled {min(start + CHUNK, len(rows)):,} of {len(rows):,} rows", file=sys.stderr)
+                writer.writerow({**row, **extra})
+            print(f"predicted {min(start + CHUNK, len(rows)):,} of {len(rows):,} rows", file=sys.stderr)
     os.replace(tmp, out)
-    print(f"{out}: {plural(len(rows), 'row')} labelled ({', '.join(labels)})")
+    print(f"{out}: {plural(len(rows), 'row')} {done}")
     return 0
 
 

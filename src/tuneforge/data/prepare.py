@@ -138,7 +138,7 @@ def prepare_dataset(
     if not report.ok:
         raise DataValidationError(report)
     classification = options.task in ("classification", "image_classification")
-    assert classification or (result.fmt is not None and result.encoder is not None)
+    assert options.task != "causal_lm" or (result.fmt is not None and result.encoder is not None)
     fmt_name = result.fmt.name if result.fmt is not None else options.data_format
     labels = list(report.labels or {})
     kept = result.kept

@@ -182,6 +182,12 @@ class ValidationReport:
                 f"median {s['median']}, p95 {s['p95']}, max {s['max']}; truncated {s['truncated']:,} "
                 f"({s['truncated_share']:.1%})"
             )
+            if "target" in s:  # seq2seq (data/seq2seq.py): the lines above are the sources
+                t = s["target"]
+                out.append(
+                    f"Target lengths: min {t['min']}, median {t['median']}, p95 {t['p95']}, max {t['max']}; "
+                    f"truncated {t['truncated']:,}"
+                )
         elif self.tokenizer_used is None and self.format != "image_classification":  # images have no tokens
             out.append(f"Token lengths: skipped ({TOKENS_SKIPPED})")
 

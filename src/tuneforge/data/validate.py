@@ -28,6 +28,7 @@ from .tokenize import ChatTemplateError, Encoder, chat_example, pair_example
 if TYPE_CHECKING:
     from .classify import ClassExample
     from .images import ImageExample
+    from .seq2seq import Seq2SeqExample
 
 HEAD_ROWS = 100  # good records read before choosing the format (JSON has no header to learn the columns from)
 BATCH = 256  # rows tokenized per call
@@ -48,7 +49,7 @@ class Kept:
     """A row that passed validation, with its example (None when validating without a tokenizer)."""
 
     data: dict[str, Any]
-    example: Example | PairExample | ClassExample | ImageExample | None
+    example: Example | PairExample | ClassExample | ImageExample | Seq2SeqExample | None
     line: int | None
     row: int
 
@@ -97,6 +98,10 @@ def scan_path(
                 from .classify import ClassificationScan
 
                 return ClassificationScan(source, report, options, tokenizer=tokenizer, keep=keep).run()
+            if options.task == "seq2seq":
+                from .seq2seq import Seq2SeqScan
+
+                return Seq2SeqScan(source, report, options, tokenizer=tokenizer, keep=keep).run()
             return _Scan(source, report, options, tokenizer=tokenizer, keep=keep).run()
     except SourceError as err:
         report.add_error(err.issue)

@@ -134,10 +134,12 @@ def start_export(job: Row, run_dir: Path, fmt: str, gguf_type: str | None) -> tu
     adapter = run_dir / "adapter"
     if fmt == "gguf":
         card = read_card(adapter)
-        if card is not None and card.task == "classification":
+        if card is not None and card.task != "causal_lm":
+            # llama.cpp's converter is used here for decoder-only language models: not for a classification head
+            # (text or image) nor for an encoder-decoder.
             raise TuneforgeError(
-                f"format: GGUF is for text-generation models, and job {job['id']!r} trained a classifier; "
-                "export it as format 'merged' (a Hugging Face folder)",
+                f"format: GGUF is for decoder-only text-generation models, and job {job['id']!r} trained "
+                f"data_config.task {card.task!r}; export it as format 'merged' (a Hugging Face folder)",
                 field="format",
                 value=fmt,
             )

@@ -240,8 +240,8 @@ def _target_module_problems(spec: JobSpec) -> list[str]:
 
 def _task_problems(spec: JobSpec) -> list[str]:
     """A data_config.task the model cannot be trained for (e.g. classification on a model without a
-    sequence-classification head, image classification on a text model, a text task on a vision model), known from
-    its config alone."""
+    sequence-classification head, image classification on a text model, a text task on a vision model, seq2seq on a
+    decoder-only model, causal_lm on T5), known from its config alone."""
     from ..models.classifier import task_problem
 
     try:

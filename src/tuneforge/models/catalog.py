@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from .targets import ENCODER_TARGET_MODULES, IMAGE_TARGET_MODULES, TARGET_MODULES, TARGET_PARAMETERS
+from .targets import (
+    ENCODER_TARGET_MODULES,
+    IMAGE_TARGET_MODULES,
+    SEQ2SEQ_TARGET_MODULES,
+    TARGET_MODULES,
+    TARGET_PARAMETERS,
+    seq2seq_target_modules,
+)
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -56,6 +63,9 @@ CLASSIFIER_ARCHITECTURES = frozenset(
     {"bert", "roberta", "deberta-v2", "distilbert", "modernbert", "llama", "qwen2", "mistral"}
 )
 
+# transformers `model_type`s whose *ForConditionalGeneration trains with LoRA in both stacks, round-trips through PEFT
+# and merges (tests/models/test_seq2seq_architectures.py): data_config.task "seq2seq".
+SEQ2SEQ_ARCHITECTURES = frozenset({"t5", "bart"})
 # transformers `model_type`s whose *ForImageClassification trains with LoRA + a new fully trained head, round-trips
 # through PEFT and merges (tests/models/test_image_classifier_architectures.py): data_config.task
 # "image_classification".
@@ -87,6 +97,8 @@ PROMPT_STYLES: Mapping[str, str] = MappingProxyType(
         "phi2-qa": "Instruct: {user}\\nOutput: (QA format from the model card; no chat template)",
         "gemma": "<start_of_turn>user\\n{user}<end_of_turn>\\n<start_of_turn>model\\n",
         "encoder": "encoder (no generation): classifies the text as it is; data_config.task 'classification'",
+        "seq2seq": "encoder-decoder: the source text goes to the encoder as it is (T5: with a task prefix such as "
+        "'summarize: '); data_config.task 'seq2seq'",
         "vision": "vision model (images, no text): data_config.task 'image_classification'",
     }
 )
@@ -111,6 +123,9 @@ class CatalogEntry:
     def target_modules(self) -> list[str]:
         if self.vision:
             return list(IMAGE_TARGET_MODULES[self.architecture])
+        if self.architecture in SEQ2SEQ_TARGET_MODULES:
+            gated = str(self.config.get("feed_forward_proj", "")).startswith("gated")
+            return seq2seq_target_modules(self.architecture, gated=gated)
         return list(TARGET_MODULES.get(self.architecture) or ENCODER_TARGET_MODULES[self.architecture])
 
     @property
@@ -120,7 +135,11 @@ class CatalogEntry:
             return ("image_classification",) if self.architecture in IMAGE_CLASSIFIER_ARCHITECTURES else ()
         return tuple(
             task
-            for task, proven in (("causal_lm", PROVEN_ARCHITECTURES), ("classification", CLASSIFIER_ARCHITECTURES))
+            for task, proven in (
+                ("causal_lm", PROVEN_ARCHITECTURES),
+                ("classification", CLASSIFIER_ARCHITECTURES),
+                ("seq2seq", SEQ2SEQ_ARCHITECTURES),
+            )
             if self.architecture in proven
         )
 
@@ -140,7 +159,7 @@ class CatalogEntry:
 
     @property
     def chat(self) -> bool:
-        return self.prompt_style not in {"base", "instruct-plain", "phi2-qa", "encoder", "vision"}
+        return self.prompt_style not in {"base", "instruct-plain", "phi2-qa", "encoder", "seq2seq", "vision"}
 
     def transformers_config(self) -> PretrainedConfig:
         """The transformers config with this entry's sizes (other fields at the class defaults)."""
@@ -1719,6 +1738,89 @@ ENCODER_CATALOG: tuple[CatalogEntry, ...] = (
     ),
 )
 
+# Encoder-decoders for seq2seq only (data_config.task 'seq2seq'): sizes from each model's config.json on the hub,
+# parameters as transformers counts them: transformers 5 always ties T5's LM head to the shared embeddings
+# (T5Config forces tie_word_embeddings; the old False only switches off the decoder-output scaling), so Flan-T5
+# counts 16M (small) / 25M (base) fewer than its card.
+_T5 = dict(vocab_size=32128, d_kv=64, relative_attention_num_buckets=32)
+SEQ2SEQ_CATALOG: tuple[CatalogEntry, ...] = (
+    CatalogEntry(
+        "google/flan-t5-small",
+        "flan-t5-small",
+        "Flan-T5",
+        "t5",
+        0.0605,  # 77M on the model card, which counts an untied LM head; transformers 5 ties T5's (see below)
+        512,
+        "seq2seq",
+        "Apache-2.0",
+        _cfg(
+            **_T5,
+            d_model=512,
+            d_ff=1024,
+            num_layers=8,
+            num_decoder_layers=8,
+            num_heads=6,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+        ),
+        notes="instruction-tuned T5 v1.1; relative positions: longer inputs work, 512 is the trained length",
+    ),
+    CatalogEntry(
+        "google/flan-t5-base",
+        "flan-t5-base",
+        "Flan-T5",
+        "t5",
+        0.223,  # 248M on the model card, which counts an untied LM head; transformers 5 ties T5's (see below)
+        512,
+        "seq2seq",
+        "Apache-2.0",
+        _cfg(
+            **_T5,
+            d_model=768,
+            d_ff=2048,
+            num_layers=12,
+            num_decoder_layers=12,
+            num_heads=12,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+        ),
+        notes="instruction-tuned T5 v1.1; relative positions: longer inputs work, 512 is the trained length",
+    ),
+    CatalogEntry(
+        "google-t5/t5-small",
+        "t5-small",
+        "T5",
+        "t5",
+        0.0605,
+        512,
+        "seq2seq",
+        "Apache-2.0",
+        _cfg(**_T5, d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8),
+        notes="the original T5: task prefixes ('translate English to German: ', 'summarize: ')",
+    ),
+    CatalogEntry(
+        "facebook/bart-base",
+        "bart-base",
+        "BART",
+        "bart",
+        0.139,
+        1024,
+        "seq2seq",
+        "Apache-2.0",
+        _cfg(
+            vocab_size=50265,
+            d_model=768,
+            encoder_layers=6,
+            decoder_layers=6,
+            encoder_attention_heads=12,
+            decoder_attention_heads=12,
+            encoder_ffn_dim=3072,
+            decoder_ffn_dim=3072,
+            max_position_embeddings=1024,
+        ),
+    ),
+)
+
 # Vision models for image classification: hub checkpoints with an ImageNet head, which tuneforge replaces by a head
 # over the data's labels. context_length is the side of the images they were trained on (224 x 224). Sizes from each
 # model's config.json on the hub; parameters as the model cards state them (ImageNet-1k head included).
@@ -1786,7 +1888,7 @@ VISION_CATALOG: tuple[CatalogEntry, ...] = (
     ),
 )
 
-_ALL = (*CATALOG, *ENCODER_CATALOG, *VISION_CATALOG)
+_ALL = (*CATALOG, *ENCODER_CATALOG, *SEQ2SEQ_CATALOG, *VISION_CATALOG)
 _BY_ID = {entry.id: entry for entry in _ALL}
 _BY_ALIAS = {entry.alias: entry for entry in _ALL}
 # The name after the owner also works, in any case ("Llama-3.2-1B-Instruct", "gpt2-xl").

@@ -54,12 +54,19 @@ def task_problem(config: Any, task: str, model_id: str) -> str | None:
                 "(`tuneforge models --task image_classification` lists them)"
             )
         return None
-    text_types = sequence_classification_types() if task == "classification" else _causal_lm_types()
+    from .seq2seq import seq2seq_task_problem, seq2seq_types
+
+    text_types = {
+        "classification": sequence_classification_types,
+        "seq2seq": seq2seq_types,
+    }.get(task, _causal_lm_types)()
     if model_type in image_classification_types() and model_type not in text_types:
         return (
             f"{named} is a vision model: it reads images, not text, so data_config.task {task!r} cannot train it; "
             "set data_config.task to 'image_classification' or choose a text model"
         )
+    if task in ("seq2seq", "causal_lm"):  # whether the model is an encoder-decoder: models/seq2seq.py
+        return seq2seq_task_problem(config, task, model_id)
     if task == "classification" and model_type not in text_types:
         return (
             f"{named} has no "

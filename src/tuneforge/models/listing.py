@@ -13,7 +13,15 @@ import sys
 from ..errors import TuneforgeError
 from ..runtime import resolve_optimizer
 from ..spec import TASKS
-from .catalog import CATALOG, ENCODER_CATALOG, PROMPT_STYLES, QLORA_NOT_QUANTIZED, VISION_CATALOG, CatalogEntry
+from .catalog import (
+    CATALOG,
+    ENCODER_CATALOG,
+    PROMPT_STYLES,
+    QLORA_NOT_QUANTIZED,
+    SEQ2SEQ_CATALOG,
+    VISION_CATALOG,
+    CatalogEntry,
+)
 from .memory import ModelShape, TrainingSetup, estimate_training_memory
 
 # The reference job the table's memory columns assume (a typical single-GPU fine-tune); all adjustable by options.
@@ -31,7 +39,7 @@ def add_models_arguments(parser: argparse.ArgumentParser) -> None:
         default="causal_lm",
         help="models for this data_config.task: causal_lm (text generation, the default), classification (encoders "
         "such as BERT and decoders with a classification head), image_classification (ViT, DeiT, ConvNeXt, ResNet), "
-        "or all",
+        "seq2seq (encoder-decoders such as T5 and BART), or all",
     )
     parser.add_argument(
         "--batch-size",
@@ -64,7 +72,7 @@ def catalog_rows(setup: TrainingSetup = REFERENCE, family: str | None = None, ta
     """One dict per catalog entry that trains for `task` ("all": every entry): its facts, tasks, LoRA targets, and
     the LoRA and QLoRA memory estimates for `setup`."""
     rows = []
-    for entry in (*CATALOG, *ENCODER_CATALOG, *VISION_CATALOG):
+    for entry in (*CATALOG, *ENCODER_CATALOG, *SEQ2SEQ_CATALOG, *VISION_CATALOG):
         if family and family.lower() not in f"{entry.family} {entry.architecture}".lower():
             continue
         if task != "all" and task not in entry.tasks:

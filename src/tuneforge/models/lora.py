@@ -69,17 +69,24 @@ def load_base_model(
     labels: list[str] | None = None,
     pad_token_id: int | None = None,
     vision: bool = False,
+    seq2seq: bool = False,
 ):
     """The frozen base model on the runtime's device: a causal LM, or with `labels` a sequence classifier with a new
     head of len(labels) outputs (models/classifier.py; `pad_token_id` lets a decoder find each row's last token), or
-    with `vision` too an image classifier whose hub head (ImageNet's 1000 classes) is replaced by a new one.
+    with `vision` too an image classifier whose hub head (ImageNet's 1000 classes) is replaced by a new one, or with
+    `seq2seq` an encoder-decoder with its LM head (models/seq2seq.py).
 
     Without quantization on the CPU, embeddings and norms stay fp32 (so the residual stream keeps fp32 precision)
     while the frozen linear weights are stored in the compute dtype: under autocast they would be cast to it for
     every matmul anyway, so storing them that way halves their memory and removes the per-step cast. On CUDA the
     whole base is loaded in the compute dtype, as is usual.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
 
     quiet_transformers()
     kwargs: dict = {"token": hf_token}
@@ -94,6 +101,8 @@ def load_base_model(
             kwargs["ignore_mismatched_sizes"] = True
         if pad_token_id is not None and not vision:
             kwargs["pad_token_id"] = pad_token_id
+    elif seq2seq:
+        auto = AutoModelForSeq2SeqLM
     if quant is not None:
         kwargs["quantization_config"] = _bnb_config(quant, runtime.compute_dtype)
         kwargs["device_map"] = {"": runtime.device}
@@ -118,6 +127,8 @@ def load_base_model(
                 if vision
                 else "a sequence classifier"
                 if labels is not None
+                else "an encoder-decoder (seq2seq) model"
+                if seq2seq
                 else "a causal language model"
             )
             raise TuneforgeError(
@@ -168,10 +179,12 @@ def apply_lora(
     seed: int,
     classification: bool = False,
     vision: bool = False,
+    seq2seq: bool = False,
 ):
     """Wrap `model` with a fresh LoRA adapter; returns (peft_model, target_modules, how they were chosen).
     `classification`: a sequence classifier (models/classifier.py): LoRA inside the backbone, the head trained fully;
-    with `vision`, an image classifier (the same, without PEFT's text task type)."""
+    with `vision`, an image classifier (the same, without PEFT's text task type).
+    `seq2seq`: an encoder-decoder (models/seq2seq.py): LoRA in both stacks, saved as a SEQ_2_SEQ_LM adapter."""
     from peft import LoraConfig, get_peft_model
 
     if lora.target_modules:
@@ -209,7 +222,7 @@ def apply_lora(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not vision:  # non-reentrant checkpointing needs no grad on the inputs; vision stems are not embeddings
             model.enable_input_require_grads()
-    task_kwargs: dict[str, Any] = {"target_modules": targets, "task_type": "CAUSAL_LM"}
+    task_kwargs: dict[str, Any] = {"target_modules": targets, "task_type": "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM"}
     if classification or vision:
         from .classifier import backbone_target_regex, head_modules
 

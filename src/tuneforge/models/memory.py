@@ -125,7 +125,7 @@ class ModelShape:
             conv1d_params=grow(one.conv1d_params, two.conv1d_params),
             lora_dims=grow_dims(one.lora_dims, two.lora_dims),
             expert_lora_dims=grow_dims(one.expert_lora_dims, two.expert_lora_dims),
-            num_layers=n,
+            num_layers=n + _decoder_stack_layers(config),
         )
 
     @classmethod
@@ -204,7 +204,7 @@ class ModelShape:
             expert_lora_dims=expert_lora_dims,
             default_targets=tuple(default_target_modules(model)[0]),
             hidden_size=hidden,
-            num_layers=int(config.num_hidden_layers),
+            num_layers=int(config.num_hidden_layers) + _decoder_stack_layers(config),
             vocab_size=int(config.vocab_size),
             layer_linears=dict(sorted(layer_linears.items())),
             layer_experts=(int(expert_in), int(expert_out)),
@@ -225,6 +225,15 @@ def _bnb_quantizes(module) -> bool:
 
     name = type(module).__name__
     return type(module) is nn.Linear or name in ("Conv1D", "Linear4bit", "Linear8bitLt")
+
+
+def _decoder_stack_layers(config) -> int:
+    """An encoder-decoder's decoder layers (T5 num_decoder_layers, BART decoder_layers; num_hidden_layers counts the
+    encoder's): the activation estimate counts both stacks, each layer like an encoder layer (the decoder's
+    cross-attention makes it a little larger). 0 for decoder-only models."""
+    if not getattr(config, "is_encoder_decoder", False):
+        return 0
+    return int(getattr(config, "num_decoder_layers", None) or getattr(config, "decoder_layers", None) or 0)
 
 
 def _decoder_layers(model, n_layers: int):
@@ -268,7 +277,12 @@ def _shape_from_config_json(config_json: str) -> ModelShape:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
             try:
-                model = AutoModelForCausalLM.from_config(config)
+                if getattr(config, "is_encoder_decoder", False):  # T5, BART (BART also has a decoder-only class)
+                    from transformers import AutoModelForSeq2SeqLM
+
+                    model = AutoModelForSeq2SeqLM.from_config(config)
+                else:
+                    model = AutoModelForCausalLM.from_config(config)
             except ValueError:
                 # Encoders without a causal LM class (DistilBERT, DeBERTa-v2, ModernBERT) train only as classifiers:
                 # their backbone is what LoRA adapts; the small head's parameters do not change the estimate.

@@ -56,6 +56,30 @@ ENCODER_TARGET_MODULES: dict[str, list[str]] = {
     "modernbert": ["Wqkv", "Wo", "Wi"],  # fused q/k/v and gated MLP input
 }
 
+_BART_LIKE = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # self- and cross-attention, the MLP
+
+# Encoder-decoders (data_config.task seq2seq) by model_type: the self- and cross-attention projections and the MLP of
+# both stacks. T5's MLP input is `wi`, or `wi_0`/`wi_1` in the gated-GELU variants (T5 v1.1, Flan-T5, mT5): see
+# seq2seq_target_modules.
+SEQ2SEQ_TARGET_MODULES: dict[str, list[str]] = {
+    "t5": ["q", "k", "v", "o", "wi", "wo"],
+    "mt5": ["q", "k", "v", "o", "wi_0", "wi_1", "wo"],
+    "umt5": ["q", "k", "v", "o", "wi_0", "wi_1", "wo"],
+    "bart": _BART_LIKE,
+    "mbart": _BART_LIKE,
+    "pegasus": _BART_LIKE,
+    "marian": _BART_LIKE,
+}
+
+
+def seq2seq_target_modules(model_type: str, *, gated: bool) -> list[str]:
+    """SEQ2SEQ_TARGET_MODULES[model_type], with T5's gated MLP input (`is_gated_act`) named as it is."""
+    names = list(SEQ2SEQ_TARGET_MODULES[model_type])
+    if gated and "wi" in names:
+        names[names.index("wi") : names.index("wi") + 1] = ["wi_0", "wi_1"]
+    return names
+
+
 # Vision backbones for image classification by transformers model_type. The issue's ViT/DeiT `query,value` are the
 # attention's query and value projections (LoRA paper sec. 7.1: W_q and W_v), which transformers 5 names q_proj/v_proj.
 # ConvNeXt: the pointwise (1x1, nn.Linear) convolutions of each block's MLP. ResNet: every Conv2d (its `convolution`
@@ -112,18 +136,24 @@ def skeleton_model(config: PretrainedConfig) -> PreTrainedModel:
     import copy
 
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     config = copy.deepcopy(config)
     if getattr(config, "num_hidden_layers", None):
         config.num_hidden_layers = min(config.num_hidden_layers, 2)
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return auto.from_config(config)
 
 
 def default_target_modules(model) -> tuple[list[str], str]:
     """(module names, how they were chosen) for a loaded model."""
     model_type = getattr(model.config, "model_type", "")
+    if model_type in SEQ2SEQ_TARGET_MODULES:
+        gated = bool(getattr(model.config, "is_gated_act", False))
+        return seq2seq_target_modules(model_type, gated=gated), (
+            f"the {model_type} self- and cross-attention and MLP projections of the encoder and the decoder"
+        )
     if model_type in ENCODER_TARGET_MODULES:
         return list(ENCODER_TARGET_MODULES[model_type]), f"the {model_type} attention and MLP projections"
     if model_type in TARGET_MODULES:

@@ -11,13 +11,19 @@ from . import metrics
 from .classify import ClassifierPool, classify_router, is_classifier
 from .engine import InferenceEngine
 from .openai_routes import _call_auth, bearer_key_auth, openai_router
+from .seq2seq import Seq2SeqPool, is_seq2seq, seq2seq_router
 
 
 def create_app(
-    engine: InferenceEngine | None, *, api_key: str | None = None, classifiers: ClassifierPool | None = None
+    engine: InferenceEngine | None,
+    *,
+    api_key: str | None = None,
+    classifiers: ClassifierPool | None = None,
+    seq2seq: Seq2SeqPool | None = None,
 ):
-    """A FastAPI app serving `engine` on /v1 (OpenAI-compatible) and the `classifiers` on `POST /v1/classify`
-    (serve/classify.py), plus `GET /health`. Either may be absent (a server of classifiers only loads no LM)."""
+    """A FastAPI app serving `engine` on /v1 (OpenAI-compatible), the `classifiers` on `POST /v1/classify`
+    (serve/classify.py) and the `seq2seq` models on `POST /v1/completions` (serve/seq2seq.py), plus `GET /health`.
+    Any may be absent (a server of classifiers or seq2seq models only loads no causal LM)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -34,8 +40,11 @@ def create_app(
         lifespan=lifespan,
     )
     auth = bearer_key_auth(api_key)
-    if engine is not None:
-        app.include_router(openai_router(engine, auth))
+    engine_routes = openai_router(engine, auth) if engine is not None else None
+    if seq2seq is not None:  # first: it answers for its own models and passes the others on to the engine's routes
+        app.include_router(seq2seq_router(seq2seq, auth, fallback=engine_routes))
+    if engine_routes is not None:
+        app.include_router(engine_routes)
     if classifiers is not None:
         app.include_router(classify_router(classifiers, auth))
 
@@ -55,6 +64,8 @@ def create_app(
             }
         if classifiers is not None:
             status["classifiers"] = classifiers.names()
+        if seq2seq is not None:
+            status["seq2seq"] = seq2seq.names()
         return status
 
     return app
@@ -86,15 +97,17 @@ def build_serving(
     chat_template: str = "training",
     dtype: str = "auto",
     **engine_options,
-) -> tuple[InferenceEngine | None, ClassifierPool | None]:
-    """The engine for generation adapters (and the base) and the pool of classifier adapters (task classification
-    in their tuneforge_adapter.json: they answer /v1/classify). Only classifiers: no language model is loaded, and
-    without --model each classifier loads the base its adapter names. `engine_options`: the engine's weights and
-    batching settings (InferenceEngine's keyword arguments)."""
+) -> tuple[InferenceEngine | None, ClassifierPool | None, Seq2SeqPool | None]:
+    """The engine for generation adapters (and the base), the pool of classifier adapters (task classification
+    in their tuneforge_adapter.json: they answer /v1/classify) and the pool of seq2seq adapters (task seq2seq: they
+    answer /v1/completions). Only classifiers and seq2seq adapters: no causal language model is loaded, and without
+    --model each loads the base its adapter names. `engine_options`: the engine's weights and batching settings
+    (InferenceEngine's keyword arguments)."""
     classifiers = {name: path for name, path in adapters.items() if is_classifier(path)}
-    generators = {name: path for name, path in adapters.items() if name not in classifiers}
+    encoder_decoders = {name: path for name, path in adapters.items() if is_seq2seq(path)}
+    generators = {name: path for name, path in adapters.items() if name not in classifiers | encoder_decoders}
     engine = None
-    if generators or not classifiers:
+    if generators or not (classifiers or encoder_decoders):
         engine = InferenceEngine(
             model or "smollm2",
             adapters=generators,
@@ -105,7 +118,8 @@ def build_serving(
             **engine_options,
         )
     pool = ClassifierPool(classifiers, model_path=model) if classifiers else None
-    return engine, pool
+    seq2seq = Seq2SeqPool(encoder_decoders, model_path=model) if encoder_decoders else None
+    return engine, pool, seq2seq
 
 
 def run_server(
@@ -128,7 +142,7 @@ def run_server(
 ) -> int:
     import uvicorn
 
-    engine, pool = build_serving(
+    engine, pool, seq2seq = build_serving(
         model,
         parse_adapter_args(adapters),
         max_adapters=max_adapters,
@@ -142,9 +156,13 @@ def run_server(
         kv_cache_mb=kv_cache_mb,
         max_waiting=max_waiting,
     )
-    app = create_app(engine, api_key=api_key, classifiers=pool)
+    app = create_app(engine, api_key=api_key, classifiers=pool, seq2seq=seq2seq)
     shown = "localhost" if host in ("0.0.0.0", "::") else host
-    names = (engine.model_names() if engine else []) + [f"{n} (classifier)" for n in (pool.names() if pool else [])]
+    names = (
+        (engine.model_names() if engine else [])
+        + [f"{n} (classifier)" for n in (pool.names() if pool else [])]
+        + [f"{n} (seq2seq)" for n in (seq2seq.names() if seq2seq else [])]
+    )
     print(f"tuneforge serve: {', '.join(names)}")
     print(f"  OpenAI base URL: http://{shown}:{port}/v1" + ("  (API key required)" if api_key else ""))
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -42,6 +42,7 @@ from ..models.loader import _hf_cached_snapshot, hub_reachable
 from .classify import LoadedClassifier, is_classifier
 from .engine import InferenceEngine, SamplingParams, UnknownModelError, check_name
 from .openai_routes import Auth
+from .seq2seq import LoadedSeq2Seq, is_seq2seq
 
 STATUSES = ("building", "live", "failed", "terminated")
 # The deployment chosen for the current request by `deployment_auth` (set in the request's own context, read by
@@ -343,6 +344,10 @@ class DeploymentManager:
                 classifier = self._load_classifier(row, folder, deployment_id)
                 self._go_live(deployment_id, row, engine=None, model=deployment_id, classifier=classifier)
                 return
+            if folder is not None and is_seq2seq(folder):
+                seq2seq = self._load_seq2seq(row, folder, deployment_id)
+                self._go_live(deployment_id, row, engine=None, model=deployment_id, seq2seq=seq2seq)
+                return
             engine = self._engine_for(row["model_load"], deployment_id)
             model = engine.base_name
             mode = json.loads(row["params"] or "{}").get("chat_template", "training")
@@ -378,7 +383,9 @@ class DeploymentManager:
             return
         self._go_live(deployment_id, row, engine=engine, model=model)
 
-    def _go_live(self, deployment_id: str, row: dict, *, engine, model: str, classifier: Any = None) -> None:
+    def _go_live(
+        self, deployment_id: str, row: dict, *, engine, model: str, classifier: Any = None, seq2seq: Any = None
+    ) -> None:
         with self._lock:
             current = self.get(deployment_id)
             if current is None or current["status"] != "building":  # terminated while building
@@ -391,8 +398,15 @@ class DeploymentManager:
                 "engine": engine,
                 "model": model,
                 "classifier": classifier,
+                "seq2seq": seq2seq,
             }
-        routes = "POST /v1/classify" if classifier is not None else "/v1/chat/completions and /v1/completions"
+        routes = (
+            "POST /v1/classify"
+            if classifier is not None
+            else "POST /v1/completions"
+            if seq2seq is not None
+            else "/v1/chat/completions and /v1/completions"
+        )
         self.log(deployment_id, f"live: answering as model {row['name']!r} on {routes}")
 
     def _load_classifier(self, row: dict, folder: str, deployment_id: str) -> LoadedClassifier:
@@ -408,6 +422,22 @@ class DeploymentManager:
             f"({', '.join(classifier.labels)})",
         )
         return classifier
+
+    def _load_seq2seq(self, row: dict, folder: str, deployment_id: str) -> LoadedSeq2Seq:
+        """A seq2seq adapter (serve/seq2seq.py): its own merged encoder-decoder, checked on one greedy token."""
+        check_adapter_folder(folder, field="loramodel_path")
+        self.log(deployment_id, f"loading seq2seq model: base {row['model_load']!r} with its adapter merged in")
+        t = time.monotonic()
+        model = LoadedSeq2Seq(folder, model_path=row["model_load"], device=self.device)
+        model.generate(["Hello"], max_tokens=1, temperature=0.0)  # the probe: the adapter fits this base
+        self.log(deployment_id, f"seq2seq model loaded and checked in {time.monotonic() - t:.1f}s")
+        return model
+
+    def seq2seq(self, name: str) -> LoadedSeq2Seq | None:
+        """The live seq2seq deployment `name` this request may use (see `live`), or None when `name` is not one."""
+        d = self.live(name)
+        model: LoadedSeq2Seq | None = d.get("seq2seq") if d is not None else None
+        return model
 
     def classifier(self, name: str) -> LoadedClassifier:
         """The live classifier deployment `name` this request may use (see `live`); `POST /v1/classify`'s pool."""
@@ -549,6 +579,19 @@ class DeploymentManager:
         classifier = d.get("classifier") if d is not None else None
         return tuple(classifier.labels) if classifier is not None else None
 
+    def task(self, deployment_id: str) -> str | None:
+        """What a live deployment answers, as data_config.task names it: "classification" or "image_classification"
+        (POST /v1/classify), "seq2seq" (POST /v1/completions through the encoder-decoder) or "causal_lm"; None when
+        it is not live."""
+        with self._lock:
+            d = self._live.get(deployment_id)
+        if d is None:
+            return None
+        classifier = d.get("classifier")
+        if classifier is not None:
+            return "image_classification" if classifier.vision else "classification"
+        return "seq2seq" if d.get("seq2seq") is not None else "causal_lm"
+
     def live(self, name: str) -> dict | None:
         """The live deployment called `name` that this request's `deployment_auth` chose (names are per owner, so
         two tenants may both serve an `orders`); without that choice, the only live one of that name."""
@@ -580,6 +623,13 @@ class DeploymentManager:
         if d.get("classifier") is not None:
             raise TuneforgeError(
                 f"model {model!r} is a classifier: send its texts to POST /v1/classify", field="model", value=model
+            )
+        if d.get("seq2seq") is not None:
+            raise TuneforgeError(
+                f"model {model!r} is a seq2seq (encoder-decoder) model: send its source text as `prompt` to "
+                "POST /v1/completions",
+                field="model",
+                value=model,
             )
         if input_variables is not None:
             prompt = render_completion_prompt(d["prompt_template"], variables=input_variables)

@@ -38,10 +38,20 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
+# The second panel of loss.png for tasks scored beyond their loss: (eval record keys with their labels, title).
+_SCORE_PANELS = (
+    ((("eval_accuracy", "accuracy"), ("eval_macro_f1", "macro-F1")), "validation accuracy and macro-F1"),  # classifiers
+    (  # seq2seq (train/seq2seq.py): the greedy generations
+        (("eval_exact_match", "exact match"), ("eval_chrf", "chrF"), ("eval_rouge_l", "ROUGE-L")),
+        "validation generations: exact match, chrF, ROUGE-L",
+    ),
+)
+
+
 def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
     """Train and validation loss; for preference runs a second panel with the validation reward accuracy and
-    margin (what tells whether the model has learned to prefer the chosen answers), for classifiers one with the
-    validation accuracy and macro-F1."""
+    margin (what tells whether the model has learned to prefer the chosen answers), for classifiers and seq2seq
+    models one with their validation scores (_SCORE_PANELS)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,12 +65,9 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
         for r in records
         if r.get("type") == "eval" and "eval_reward_accuracy" in r
     ]
-    # Classifiers (train/tasks.py): validation accuracy and macro-F1 beside the loss.
-    scores = [
-        (r["step"], r["eval_accuracy"], r["eval_macro_f1"])
-        for r in records
-        if r.get("type") == "eval" and "eval_accuracy" in r
-    ]
+    panel = next((p for p in _SCORE_PANELS if any(r.get("type") == "eval" and p[0][0][0] in r for r in records)), None)
+    scored = [r for r in records if r.get("type") == "eval" and panel and panel[0][0][0] in r]
+    scores = bool(panel and scored)
     if rewards or scores:
         fig, (ax, rax) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     else:
@@ -74,7 +81,7 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
         "preference loss (per pair)"
         if rewards
         else "cross-entropy (nats/row)"
-        if scores
+        if scores and panel is _SCORE_PANELS[0]
         else "cross-entropy (nats/token)"
     )
     ax.set_title(title or "tuneforge training")
@@ -94,15 +101,18 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "") -> None:
         rax.legend(lines, [line.get_label() for line in lines], loc="lower right")
         rax.set_title("chosen vs rejected (validation pairs)")
     if scores:
-        steps, acc, f1 = zip(*scores, strict=True)
-        rax.plot(steps, acc, label="accuracy", color="#2ca02c", marker="o")
-        rax.plot(steps, f1, label="macro-F1", color="#9467bd", marker="s", linestyle="--")
+        assert panel is not None
+        at = [r["step"] for r in scored]
+        for (key, label), color, marker, style in zip(
+            panel[0], ("#2ca02c", "#9467bd", "#ff7f0e"), "os^", ("-", "--", ":"), strict=False
+        ):
+            rax.plot(at, [r[key] for r in scored], label=label, color=color, marker=marker, linestyle=style)
         rax.set_ylim(-0.02, 1.02)
         rax.set_xlabel("optimizer step")
         rax.set_ylabel("validation score")
         rax.grid(alpha=0.3)
         rax.legend(loc="lower right")
-        rax.set_title("validation accuracy and macro-F1")
+        rax.set_title(panel[1])
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)

@@ -40,10 +40,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..adapter_card import AdapterCard, build_card, classification_card
+from ..adapter_card import AdapterCard, build_card, classification_card, seq2seq_card
 from ..data.classify import ClassExample
 from ..data.example import Example
 from ..data.pairs import PairExample
+from ..data.seq2seq import Seq2SeqExample
 from ..errors import TuneforgeError
 from ..models.loader import base_record, load_image_processor, load_tokenizer, resolve_model
 from ..models.lora import LoraSettings, QuantSettings, apply_lora, load_base_model, parameter_counts, weight_bytes
@@ -66,6 +67,7 @@ from .metrics import MetricsLog, plot_loss
 from .plan import Plan, is_finished_run, make_plan, prepare_spec_data, work_dir_for
 from .preference import PreferenceObjective
 from .schedule import WarmupPlateau, build_scheduler
+from .seq2seq import Seq2SeqTask
 from .tasks import ClassificationTask, ImageClassificationTask, plot_confusion
 
 if TYPE_CHECKING:
@@ -218,8 +220,9 @@ class Session:
     tracker: _WandbTracker | None = None
     eval_set: Any = None  # evaluate.EvalSet of the held-out test rows, or None without any
     objective: PreferenceObjective | None = None  # None: SFT
-    task: ClassificationTask | None = None  # data_config.task classification; None: causal LM
-    test_set: list = dataclasses_field(default_factory=list)  # classification: the held-out test examples
+    # classification, image_classification (ImageClassificationTask) or seq2seq; None: causal LM
+    task: ClassificationTask | Seq2SeqTask | None = None
+    test_set: list = dataclasses_field(default_factory=list)  # every task but causal_lm: the held-out test examples
     parallel: Parallel | None = None  # a distributed run (train/distributed.py); None: one process
 
     @property
@@ -262,16 +265,15 @@ def setup(
     runtime = pick_runtime(t.precision, device)
     # A bad model id, or one too large for this device by the estimate, is refused before any download or work.
     resolved = resolve_model(p.model_path, setup=TrainingSetup.from_spec(spec, device=device))
-    classifier = d.task in CLASSIFIER_TASKS
+    classifier, seq2seq = d.task in CLASSIFIER_TASKS, d.task == "seq2seq"
     vision = d.task == "image_classification"
-    if classifier or _is_vision_folder(resolved.load_from):
-        # A model that cannot do the task (no classification head; a vision model for a text task) is refused by
-        # name before the data is read.
-        from transformers import AutoConfig
+    # A model that cannot do the task (no classification head; a vision model for a text task; seq2seq on a
+    # decoder-only model, causal_lm on T5) is refused by name before the data is read.
+    from transformers import AutoConfig
 
-        from ..models.classifier import check_task
+    from ..models.classifier import check_task
 
-        check_task(AutoConfig.from_pretrained(resolved.load_from, token=hf_token), d.task, resolved.model_id)
+    check_task(AutoConfig.from_pretrained(resolved.load_from, token=hf_token), d.task, resolved.model_id)
     _seed_everything(t.seed)
 
     # Validate the data before anything is written: a bad dataset leaves no output folder behind.
@@ -286,8 +288,9 @@ def setup(
         raise TuneforgeError(f"data_config.data_path: no training examples in {d.data_path!r}")
     from ..evaluate.runner import job_eval_set
 
-    # Checked now: rows without a reference answer fail before training. A classifier scores its test rows itself.
-    eval_set = None if classifier else job_eval_set(data, tokenizer)
+    # Checked now: rows without a reference answer fail before training. Classifiers and seq2seq models score
+    # their test rows themselves.
+    eval_set = job_eval_set(data, tokenizer) if d.task == "causal_lm" else None
     plan = make_plan(spec, len(data.train), world_size=dist.world_size if dist is not None else 1)
     if dist is not None:
         work = dist.rank0_first(lambda: _prepare_output(output_dir, resume=resume, overwrite=overwrite))
@@ -313,6 +316,7 @@ def setup(
         labels=labels,
         pad_token_id=getattr(tokenizer, "pad_token_id", None),
         vision=vision,
+        seq2seq=seq2seq,
     )
     lora = LoraSettings(p.lora_r, p.lora_alpha, p.lora_dropout, p.lora_bias, p.target_modules)
     model, targets, how = apply_lora(
@@ -324,6 +328,7 @@ def setup(
         seed=t.seed,
         classification=classifier,
         vision=vision,
+        seq2seq=seq2seq,
     )
     trainable, total_params = parameter_counts(model)
     parallel = None
@@ -365,20 +370,14 @@ def setup(
         eval_set=eval_set,
         objective=preference_objective(spec),
         parallel=parallel,
-        task=_task(spec, data.labels, tokenizer) if classifier else None,
-        test_set=list(data.test) if classifier else [],
+        task=_task(spec, data.labels, tokenizer) if classifier else Seq2SeqTask(tokenizer) if seq2seq else None,
+        test_set=list(data.test) if d.task != "causal_lm" else [],
     )
     _restore(session, resume=resume)
     if session.is_main:
         (work / "spec.json").write_text(json.dumps(_resolved_spec(spec, targets, plan), indent=2))
         session.tracker = _wandb_tracker(spec, output_dir, console) if spec.logging_config.use_wandb else None
     return session
-
-
-def _is_vision_folder(folder: str | Path) -> bool:
-    """A local model folder that ships an image processor and no tokenizer: a vision model."""
-    f = Path(folder)
-    return (f / "preprocessor_config.json").is_file() and not (f / "tokenizer_config.json").is_file()
 
 
 def _task(spec: JobSpec, labels: list[str], tokenizer: Any) -> ClassificationTask:
@@ -400,6 +399,13 @@ def _card(spec: JobSpec, data: Any, resolved: Any) -> AdapterCard:
     if d.task == "classification":
         return classification_card(
             data.labels, text_column=d.text_column, max_length=d.cutoff_len, base_model=base_record(resolved)
+        )
+    if d.task == "seq2seq":
+        return seq2seq_card(
+            text_column=d.text_column,
+            target_column=d.label_column,
+            max_length=d.cutoff_len,
+            base_model=base_record(resolved),
         )
     renderer = data.renderer
     assert renderer is not None, "prepare_dataset always sets the renderer of trainable data"
@@ -555,7 +561,7 @@ def _run_eval(s: Session) -> None:
         )
         loss = values["eval_loss"]
     elif s.task is not None:
-        rows = cast("list[ClassExample]", s.val_set)  # classification data: ClassExamples (or ImageExamples)
+        rows = cast("list[Any]", s.val_set)  # the task's examples (ClassExample, ImageExample, Seq2SeqExample)
         values = s.task.evaluate(s.model, rows, batch_size=t.batch_size * 2, pad_id=s.pad_id, runtime=s.runtime)
         loss = values["eval_loss"]
     else:
@@ -691,7 +697,7 @@ def _run(
             if s.objective is not None:
                 step = preference_step(s.objective, s.model, micro_batches, **common)
             elif s.task is not None:
-                rows_mb = cast("list[list[ClassExample]]", micro_batches)
+                rows_mb = cast("list[list[Any]]", micro_batches)  # the task's examples
                 loss, rows, tokens = s.task.step(s.model, rows_mb, **common)
                 step = StepResult(loss=loss, target_tokens=rows, tokens=tokens)
             else:
@@ -784,13 +790,21 @@ class TrainReport:
     # Classification: the published adapter on the held-out rows (test split, else validation): accuracy,
     # macro_f1, per_class precision/recall/f1/support, labels, confusion_matrix, examples, split, loss.
     classification: dict | None = None
+    # Seq2seq: the published adapter's greedy generations on the held-out rows (test split, else validation):
+    # exact_match, chrf, rouge_l, loss (per target token), examples, split, and a few samples.
+    seq2seq: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def build_report(
-    s: Session, *, wall_start: float, evaluation: dict | None = None, classification: dict | None = None
+    s: Session,
+    *,
+    wall_start: float,
+    evaluation: dict | None = None,
+    classification: dict | None = None,
+    seq2seq: dict | None = None,
 ) -> TrainReport:
     state, quant, runtime = s.state, s.quant, s.runtime
     t = s.spec.training_config
@@ -818,7 +832,7 @@ def build_report(
         eval_loss=state.best_eval_loss,
         eval_perplexity=(
             math.exp(min(state.best_eval_loss, 50))
-            if state.best_eval_loss is not None and s.objective is None and s.task is None
+            if state.best_eval_loss is not None and s.objective is None and not isinstance(s.task, ClassificationTask)
             else None
         ),
         final_eval_loss=state.last_eval_loss,
@@ -846,6 +860,7 @@ def build_report(
         preference=preference,
         task=s.spec.data_config.task,
         classification=classification,
+        seq2seq=seq2seq,
     )
 
 
@@ -876,8 +891,11 @@ def publish(s: Session, *, wall_start: float) -> RunResult:
             log=s.console.log,
         )
         s.console.event({"type": "evaluation", **evaluation, "time": time.time()})
-    classification = _score_classifier(s) if s.task is not None else None
-    report = build_report(s, wall_start=wall_start, evaluation=evaluation, classification=classification).to_dict()
+    classification = _score_classifier(s) if isinstance(s.task, ClassificationTask) else None
+    seq2seq = _score_seq2seq(s) if isinstance(s.task, Seq2SeqTask) else None
+    report = build_report(
+        s, wall_start=wall_start, evaluation=evaluation, classification=classification, seq2seq=seq2seq
+    ).to_dict()
     (work / "report.json").write_text(json.dumps(report, indent=2))
     method = s.spec.training_config.preference
     plot_loss(
@@ -906,7 +924,7 @@ def publish(s: Session, *, wall_start: float) -> RunResult:
 def _score_classifier(s: Session) -> dict | None:
     """The published classifier on the test rows (the validation rows when there are none): report.json's
     `classification`, and confusion_matrix.png in the run folder."""
-    assert s.task is not None
+    assert isinstance(s.task, ClassificationTask)
     split, rows = ("test", s.test_set) if s.test_set else ("validation", s.val_set)
     if not rows:
         return None
@@ -926,6 +944,29 @@ def _score_classifier(s: Session) -> dict | None:
     s.console.log(f"{split} rows ({len(rows):,}): accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}")
     result = {"split": split, **scores}
     s.console.event({"type": "classification", **result, "time": time.time()})
+    return result
+
+
+def _score_seq2seq(s: Session) -> dict | None:
+    """The published seq2seq adapter's greedy generations on the test rows (the validation rows when there are
+    none), scored: report.json's `seq2seq`."""
+    assert isinstance(s.task, Seq2SeqTask)
+    split, rows = ("test", s.test_set) if s.test_set else ("validation", s.val_set)
+    if not rows:
+        return None
+    scores = s.task.scores(
+        s.model,
+        cast("list[Seq2SeqExample]", rows),
+        batch_size=s.spec.training_config.batch_size * 2,
+        pad_id=s.tokenizer.pad_token_id,
+        runtime=s.runtime,
+    )
+    s.console.log(
+        f"{split} rows ({len(rows):,}): exact match {scores['exact_match']:.4f}, chrF {scores['chrf']:.4f}, "
+        f"ROUGE-L {scores['rouge_l']:.4f}"
+    )
+    result = {"split": split, **scores}
+    s.console.event({"type": "seq2seq", **result, "time": time.time()})
     return result
 
 

@@ -925,13 +925,15 @@
     const templateArea = h("textarea", { id: "prompt-template", name: "data_config.prompt_template", rows: 4,
       "aria-describedby": "prompt-template-help", placeholder: "Question: {question}\nAnswer: {answer}" });
     const chips = h("div", { class: "row", id: "column-chips", style: "gap:6px;margin-top:6px" });
-    // The task (data_config.task): text generation from a prompt template, or a classifier that reads a text
-    // column and a label column (picked from the dataset's columns) and learns a classification head.
+    // The task (data_config.task): text generation from a prompt template, or a task that reads two of the dataset's
+    // columns: a classifier (text and label: it learns a classification head) or seq2seq (source and target text for
+    // an encoder-decoder such as T5 or BART).
     const dcProps = defs.DataConfig.properties;
     const taskSelect = h("select", { id: "f-task", name: "data_config.task", "aria-describedby": "f-task-help" },
       h("option", { value: "causal_lm" }, "Generate text (causal LM)"),
       h("option", { value: "classification" }, "Classify text (one label per row)"),
-      h("option", { value: "image_classification" }, "Classify images (one label per image)"));
+      h("option", { value: "image_classification" }, "Classify images (one label per image)"),
+      h("option", { value: "seq2seq" }, "Rewrite text (seq2seq: T5, BART)"));
     taskSelect.value = defaults.data_config.task || "causal_lm";
     const columnSelect = (which) => h("select", { id: `f-${which}-column`, name: `data_config.${which}_column`,
       "aria-describedby": `f-${which}-column-help` });
@@ -941,18 +943,28 @@
       h("div", { class: "field" }, h("label", { for: "prompt-template" }, "Prompt template"), templateArea,
         fieldHelp("prompt-template-help", tplProp.description, "prompt_template")),
       h("div", { class: "small", style: "margin-top:8px" }, h("span", { id: "chips-label" }, "Insert a column of the dataset:"), chips));
-    const textField = h("div", { class: "field", id: "text-column-field" },
-      h("label", { for: "f-text-column" }, "Text column"), textColumn,
-      fieldHelp("f-text-column-help", "The column holding the text to classify.", "text_column"));
+    // The column pickers' words per task: the text tasks read text_column and label_column; image classification
+    // reads image_column (its own picker, the text one hidden) and label_column, with classification's words.
+    const labelWords = "The column holding each row's label (strings or integers); the dataset check lists the " +
+      "classes and their rows.";
+    const columnWords = {
+      classification: ["Text column", "The column holding the text to classify.", "Label column", labelWords],
+      seq2seq: ["Source column", "The column holding the source text the encoder reads (with any task prefix, e.g. " +
+        "\"translate English to German: \").", "Target column", "The column holding the text the model learns to write."],
+    };
+    const textLabel = h("label", { for: "f-text-column" }), labelLabel = h("label", { for: "f-label-column" });
+    const textHelp = h("span", {}), labelHelp = h("span", {});  // the words before each help's spec name
+    const withWords = (help, words) => { help.prepend(words); return help; };
+    const textField = h("div", { class: "field", id: "text-column-field" }, textLabel, textColumn,
+      withWords(fieldHelp("f-text-column-help", "", "text_column"), textHelp));
     const imageField = h("div", { class: "field", id: "image-column-field" },
       h("label", { for: "f-image-column" }, "Image column"), imageColumn,
       fieldHelp("f-image-column-help", dcProps.image_column.description, "image_column"));
     const classBox = h("div", { id: "class-columns" },
       h("div", { class: "grid" },
         textField, imageField,
-        h("div", { class: "field" }, h("label", { for: "f-label-column" }, "Label column"), labelColumn,
-          fieldHelp("f-label-column-help", "The column holding each row's label (strings or integers); the " +
-            "dataset check lists the classes and their rows.", "label_column"))),
+        h("div", { class: "field" }, labelLabel, labelColumn,
+          withWords(fieldHelp("f-label-column-help", "", "label_column"), labelHelp))),
       columnsProblem);
     const tplFs = h("fieldset", { class: "panel", id: "template-section" }, h("legend", {}, "3. What the model learns"),
       h("div", { class: "field", style: "max-width:420px;margin-bottom:12px" }, h("label", { for: "f-task" }, "Task"),
@@ -960,8 +972,14 @@
       templateBox, classBox);
     root.append(tplFs);
     const isImages = () => taskSelect.value === "image_classification";
-    const isClassifier = () => taskSelect.value === "classification" || isImages();
-    const inputColumn = () => (isImages() ? imageColumn : textColumn);  // what the classifier reads
+    const isClassifier = () => taskSelect.value !== "causal_lm";  // a task that reads two columns (no template)
+    const inputColumn = () => (isImages() ? imageColumn : textColumn);  // the column the model reads
+    // "text and label", "image and label", "source and target": the two columns the task reads.
+    const columnPair = () => {
+      const [input, , label] = columnWords[taskSelect.value] || columnWords.classification;
+      const name = (words) => words.toLowerCase().replace(" column", "");
+      return `${isImages() ? "image" : name(input)} and ${name(label)}`;
+    };
     // A column select offers the dataset's columns; before they are known, the wanted name alone (a draft's).
     function fillColumns(sel, cols, wanted) {
       const names = cols.length ? cols : [wanted];
@@ -982,15 +1000,20 @@
       columnsCheck();
     }
     function columnsCheck() {
-      const input = inputColumn(), what = isImages() ? "image" : "text";
+      const input = inputColumn();
       const same = isClassifier() && input.value === labelColumn.value;
-      columnsProblem.textContent = same ? `The ${what} and label columns are both ${input.value}: pick two columns.` : "";
+      columnsProblem.textContent = same ? `The ${columnPair()} columns are both ${input.value}: pick two columns.` : "";
       labelColumn.setAttribute("aria-invalid", String(same));
       return same;
     }
     function showTask() {
       templateBox.hidden = isClassifier();
       classBox.hidden = !isClassifier();
+      const [text, textWhat, label, labelWhat] = columnWords[taskSelect.value] || columnWords.classification;
+      textLabel.textContent = text;
+      labelLabel.textContent = label;
+      textHelp.textContent = textWhat;
+      labelHelp.textContent = labelWhat;
       textField.hidden = isImages();
       imageField.hidden = !isImages();
       columnsCheck();
@@ -1007,7 +1030,7 @@
         return { task: "image_classification", image_column: imageColumn.value, label_column: labelColumn.value };
       }
       if (isClassifier()) {
-        return { task: "classification", text_column: textColumn.value, label_column: labelColumn.value };
+        return { task: taskSelect.value, text_column: textColumn.value, label_column: labelColumn.value };
       }
       const out = { task: "causal_lm", prompt_template: templateArea.value.trim() || null,
         train_on_inputs: !!(fields["data_config.train_on_inputs"] || { get: () => false }).get() };
@@ -1159,10 +1182,11 @@
       else if (st.modelCheck && !st.modelCheck.ok) out.push({ text: "The base model cannot be used (section 1).", el: modelCheckBox });
       if (!st.dataPath) out.push({ text: "Choose a dataset (section 2).", el: dataFs });
       else if (st.report && needsTemplate(st.report)) out.push({ text: "Write a prompt template (section 3).", el: templateArea });
-      else if (columnsCheck()) out.push({ text: `Pick two different columns for the ${isImages() ? "image" : "text"} and the label (section 3).`, el: labelColumn });
+      else if (columnsCheck()) out.push({ text: `Pick two different columns for the ${columnPair()} (section 3).`, el: labelColumn });
       else if (st.report && !st.report.ok) out.push({ text: "The dataset check found errors: fix the data or the template first.", el: reportBox });
       if (isClassifier() && qlora.checked) {
-        out.push({ text: "A classifier trains without QLoRA: turn off the 4-bit base model (section 4).", el: qlora });
+        const who = taskSelect.value === "seq2seq" ? "A seq2seq model" : "A classifier";
+        out.push({ text: `${who} trains without QLoRA: turn off the 4-bit base model (section 4).`, el: qlora });
       }
       const sp = splitProblem();
       if (sp) out.push({ text: "Validation or test share", el: splitInput, link: true });
@@ -1677,7 +1701,9 @@
       if (exportsShown || job.status !== "succeeded") return;
       exportsShown = true;
       exportBox.hidden = false;
-      const classifier = (job.result || {}).task === "classification";
+      // GGUF (llama.cpp's converter) is offered for decoder-only text generation: not for a classifier's head nor
+      // an encoder-decoder (the export route refuses both).
+      const task = (job.result || {}).task || "causal_lm", classifier = task !== "causal_lm";
       const ggufType = h("select", { id: "gguf-type", "aria-describedby": "gguf-type-help" },
         h("option", { value: "q8_0" }, "q8_0 — 8-bit weights (about half the size of f16)"),
         h("option", { value: "f16" }, "f16 — 16-bit weights"));
@@ -1691,7 +1717,8 @@
           "model's speed without PEFT. " + (classifier ? "" : "GGUF is the single-file format of llama.cpp, Ollama and LM Studio.")),
         h("div", { class: "row" }, mergedBtn),
         classifier ? h("p", { class: "small muted", id: "gguf-classifier" },
-          "GGUF is for text-generation models; this job trained a classifier.") :
+          `GGUF is for decoder-only text-generation models; this job trained ${task === "seq2seq" ?
+            "an encoder-decoder (seq2seq)" : task === "image_classification" ? "an image classifier" : "a classifier"}.`) :
           h("div", { class: "row export-gguf" },
             h("div", { class: "field" }, h("label", { for: "gguf-type" }, "GGUF weights"), ggufType,
               h("span", { class: "help", id: "gguf-type-help" }, "q8_0 keeps nearly all of the quality at half the size.")),
@@ -1994,7 +2021,10 @@
       put(info, h("dl", { class: "facts" },
         h("dt", {}, "Base model"), h("dd", {}, shortPath(d.basemodel_path)),
         h("dt", {}, "Adapter"), h("dd", {}, job ? h("a", { href: `#/jobs/${job}` }, `job ${job.slice(0, 8)}`) : (d.loramodel_path || "none (the base model)")),
-        h("dt", {}, "Answers"), h("dd", {}, d.task === "classification" ? ["POST /v1/classify: ", (d.labels || []).join(", ")] :
+        h("dt", {}, "Answers"), h("dd", { id: "deployment-answers" },
+          d.task === "classification" ? ["POST /v1/classify: ", (d.labels || []).join(", ")] :
+          d.task === "image_classification" ? ["POST /v1/classify (image data URLs): ", (d.labels || []).join(", ")] :
+          d.task === "seq2seq" ? "/v1/completions (an encoder-decoder: no chat)" :
           d.task ? "/v1/chat/completions and /v1/completions" : "(known once live)"),
         h("dt", {}, "OpenAI base URL"), h("dd", { class: "mono" }, d.URL), h("dt", {}, "model"), h("dd", { class: "mono" }, d.model),
         h("dt", {}, "Live since"), h("dd", {}, fmtTime(d.live_at))),
@@ -2004,7 +2034,9 @@
       if (d.status !== "live" || d.task !== "causal_lm") {
         serving.hidden = d.status !== "live";
         if (d.status === "live") put(serving, h("h2", { id: "serving-title" }, "Serving"),
-          h("p", { class: "muted" }, "A classifier answers each request at once, without a generation queue: no generation figures."));
+          h("p", { class: "muted" }, d.task === "seq2seq" ?
+            "A seq2seq model generates with transformers outside the engine's queue: no engine figures." :
+            "A classifier answers each request at once, without a generation queue: no generation figures."));
         return d.status === "building" ? 1500 : 0;
       }
       const m = await api(`/v1/deploy/metrics/${encodeURIComponent(id)}`);
@@ -2084,7 +2116,9 @@
         h("span", { class: "help", id: "classify-input-help" }, "Sent to the classifier, which answers the most likely " +
           "label and the probability of each label.")),
       h("div", { class: "row", style: "margin-top:8px" }, classifyBtn), classifyOut);
-    root.append(chatArea, classifyForm);
+    // An image classifier takes image data URLs, which a text box cannot send: a note instead of a playground.
+    const imageNote = h("div", { class: "panel note", id: "classify-image-note", hidden: true });
+    root.append(chatArea, classifyForm, imageNote);
     classifyForm.addEventListener("submit", async (e) => {
       e.preventDefault();
       const d = selected(adapterSel), text = classifyText.value.trim();
@@ -2131,18 +2165,35 @@
     // The fields of a chat (base model, prompt format, max tokens, temperature) mean nothing to a classifier.
     const chatFields = [baseSel, modeSel, maxTokens, temperature].map((el) => el.closest(".field"));
     function updateTask() {
-      const a = selected(adapterSel), classifier = !!a && a.task === "classification";
+      const a = selected(adapterSel);
+      const images = !!a && a.task === "image_classification";
+      const classifier = images || (!!a && a.task === "classification");
       chatArea.hidden = classifier;
-      classifyForm.hidden = !classifier;
+      classifyForm.hidden = !classifier || images;
+      imageNote.hidden = !images;
       for (const f of chatFields) if (f) f.hidden = classifier;
       modeNote.hidden = classifier;
-      if (classifier) put(classifyHead, "Classify a text with ", h("code", {}, a.deployment_name));
+      if (images) {
+        put(imageNote, h("p", {}, h("code", {}, a.deployment_name), " is an image classifier: the playground " +
+          "classifies texts only. Send images to ", h("code", {}, "POST /v1/classify"), " as data URLs (",
+          h("code", {}, '"input": ["data:image/png;base64,..."]'), "); each answer has the label and every class's " +
+          "probability."));
+      } else if (classifier) put(classifyHead, "Classify a text with ", h("code", {}, a.deployment_name));
       return classifier;
     }
 
     function updateMode() {
       if (updateTask()) return;
       const a = selected(adapterSel), b = selected(baseSel), tpl = trainedTemplate(a);
+      const seq2seq = !!a && a.task === "seq2seq";
+      modeSel.disabled = seq2seq;  // an encoder-decoder answers /v1/completions only
+      if (seq2seq) {
+        modeSel.value = "completion";
+        put(modeNote, h("strong", {}, "Prompt format: "), "none: ", h("code", {}, a.deployment_name), " is an " +
+          "encoder-decoder (seq2seq). Your message goes to its encoder as it is (with any task prefix it was trained " +
+          "with, e.g. \"translate English to German: \") through /v1/completions; chat is not offered.");
+        return;
+      }
       if (!modeChosen && a && (a.status === "live" || tpl)) modeSel.value = tpl ? "completion" : "chat";
       modeSel.options[0].textContent = tpl ? "Training prompt template (as the adapter was trained)" :
         "Completion (each deployment's prompt template)";
