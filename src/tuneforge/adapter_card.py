@@ -128,6 +128,18 @@ def read_card(adapter_dir: str | Path) -> AdapterCard | None:
 # --- the training prompt as a chat template ---------------------------------------------------------------------
 
 
+def gguf_refusal(adapter_dir: str | Path) -> str | None:
+    """Why the adapter cannot be exported to GGUF, or None. llama.cpp's converter is used here for decoder-only
+    language models: not for a classification head (text or image) nor for an encoder-decoder."""
+    card = read_card(adapter_dir)
+    if card is None or card.task == "causal_lm":
+        return None
+    return (
+        "GGUF is for decoder-only text-generation models, and this adapter was trained with data_config.task "
+        f"{card.task!r}"
+    )
+
+
 def _lit(text: str) -> str:
     """A Jinja expression printing `text` exactly (a JSON string is a valid Jinja string literal)."""
     return "{{ " + json.dumps(text) + " }}" if text else ""

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .adapter_card import gguf_refusal
 from .errors import TuneforgeError
 from .models.adapters import read_adapter_config
 
@@ -177,6 +178,9 @@ def export(
     if gguf_type not in GGUF_TYPES:
         raise TuneforgeError(f"--gguf-type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
     config = read_adapter_config(adapter_dir)  # a clear error for a wrong folder before anything is loaded
+    refusal = gguf_refusal(adapter_dir) if gguf is not None else None
+    if refusal is not None:
+        raise TuneforgeError(f"--gguf: {refusal}; export it with --merged DIR (a Hugging Face folder)", field="gguf")
     name = name or export_name(adapter_dir, model_path or config.get("base_model_name_or_path") or "model")
     if gguf is not None and Path(gguf).expanduser().exists():
         raise TuneforgeError(f"--gguf {str(gguf)!r} exists already", field="gguf", value=str(gguf))

@@ -52,6 +52,21 @@ def test_export_errors(adapters, tmp_path, capsys):
     assert "exists and is not empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("task", ["classification", "image_classification", "seq2seq"])
+def test_cli_refuses_gguf_for_every_task_but_causal_lm(adapters, tmp_path, capsys, task):
+    """The CLI gives the export route's answer: GGUF only for decoder-only LMs, refused before the merge starts."""
+    import shutil
+
+    from tuneforge.adapter_card import AdapterCard
+
+    adapter = shutil.copytree(adapters["alpha"], tmp_path / "adapter")
+    AdapterCard(data_format=task, task=task).write(adapter)
+    assert main(["export", str(adapter), "--gguf", str(tmp_path / "c.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "GGUF is for decoder-only text-generation models" in err and f"data_config.task '{task}'" in err
+    assert "--merged DIR" in err and not (tmp_path / "c.gguf").exists()
+
+
 @pytest.mark.slow
 def test_gguf_of_a_tokenizer_the_converter_does_not_know_is_a_clear_error(tiny_model_dir, adapters, tmp_path, capsys):
     code = main(["export", str(adapters["alpha"]), "--gguf", str(tmp_path / "t.gguf"), "--model", str(tiny_model_dir)])

@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, get_args
 
-from ..adapter_card import read_card
+from ..adapter_card import gguf_refusal
 from ..errors import Conflict, NotFound, TuneforgeError
 from ..spec import GGUFType
 from .store import Row
@@ -133,13 +133,10 @@ def start_export(job: Row, run_dir: Path, fmt: str, gguf_type: str | None) -> tu
     One that runs or has succeeded is returned as it is; a failed one is started again."""
     adapter = run_dir / "adapter"
     if fmt == "gguf":
-        card = read_card(adapter)
-        if card is not None and card.task != "causal_lm":
-            # llama.cpp's converter is used here for decoder-only language models: not for a classification head
-            # (text or image) nor for an encoder-decoder.
+        refusal = gguf_refusal(adapter)
+        if refusal is not None:
             raise TuneforgeError(
-                f"format: GGUF is for decoder-only text-generation models, and job {job['id']!r} trained "
-                f"data_config.task {card.task!r}; export it as format 'merged' (a Hugging Face folder)",
+                f"format: {refusal} (job {job['id']!r}); export it as format 'merged' (a Hugging Face folder)",
                 field="format",
                 value=fmt,
             )
