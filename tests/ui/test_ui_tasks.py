@@ -290,3 +290,59 @@ def test_a_seq2seq_deployment_gets_completions_only_in_the_playground(ui_server,
     page.get_by_text("no engine figures").wait_for()
     no_js_errors(page)
     assert client.post("/v1/deploy/terminate", json={"deployment_id": dep_id}).status_code == 200
+
+
+def test_a_seq2seq_job_shows_its_generation_scores(ui_server, page, browser, shot, sign_in):
+    """A finished T5 job's page shows the held-out exact match, chrF and ROUGE-L from its result and the first
+    generations beside their references, on a desktop and at 390 px."""
+    from tiny import save_tiny_seq2seq, write_seq2seq_data
+
+    server, key = ui_server
+    t5 = save_tiny_seq2seq(server.home / "models" / "t5-job", "t5")
+    data = write_seq2seq_data(server.home / "datasets" / "reverse.jsonl", n=60)
+    body = payload(server.home, data_path=str(data), max_steps=6, eval_steps=3, learning_rate=1e-2)
+    body["pretrainedmodel_config"]["model_path"] = str(t5)
+    body["data_config"].pop("prompt_template")
+    body["data_config"].update(
+        task="seq2seq",
+        text_column="source",
+        label_column="target",
+        data_split_config={"train": 0.8, "validation": 0.1, "test": 0.1},
+    )
+    client = Client(server.url, key)
+    r = client.post("/v1/finetune/llm", json=body)
+    assert r.status_code == 201, r.text
+    job = client.wait_status(r.json()["job_id"], ("succeeded", "failed"), 240, server)
+    assert job["status"] == "succeeded", job
+    q = job["result"]["seq2seq"]
+
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/#/jobs/{job['job_id']}")
+    box = page.locator("#job-seq2seq")
+    box.wait_for()
+    assert page.locator("#stat-exact-match .v").inner_text() == f"{100 * q['exact_match']:.1f}%"
+    assert page.locator("#stat-chrf .v").inner_text() == str(round(q["chrf"], 3)).rstrip("0").rstrip(".")
+    assert page.locator("#stat-rouge-l .v").inner_text() == str(round(q["rouge_l"], 3)).rstrip("0").rstrip(".")
+    assert f"{q['examples']} test rows" in box.inner_text()
+    references = page.locator("#seq2seq-samples tbody tr td:first-child").all_inner_texts()
+    assert references == [s["reference"] for s in q["samples"]] and references
+    assert page.locator("#job-classification").is_hidden()
+    shot(page, "job-seq2seq")
+    axe_check(page, "seq2seq job page")
+    no_js_errors(page)
+
+    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    context.set_default_timeout(20_000)
+    phone = context.new_page()
+    try:
+        phone.goto(server.url + "/")
+        phone.get_by_label("API key").fill(key)
+        phone.get_by_role("button", name="Sign in").click()
+        phone.get_by_role("heading", name="Fine-tuning jobs").wait_for()
+        phone.goto(f"{server.url}/#/jobs/{job['job_id']}")
+        phone.locator("#job-seq2seq").wait_for()
+        fits(phone, "seq2seq job")
+        shot(phone, "mobile-job-seq2seq")
+        axe_check(phone, "seq2seq job at 390 px")
+    finally:
+        context.close()

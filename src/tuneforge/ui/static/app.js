@@ -1391,9 +1391,10 @@
     const classFig = h("figure", { class: "chart", id: "class-figure", hidden: true },
       h("figcaption", {}, "Validation accuracy and macro-F1"));
     const classBox = h("div", { class: "panel", id: "job-classification", hidden: true });
+    const seq2seqBox = h("div", { class: "panel", id: "job-seq2seq", hidden: true });
     // A succeeded job's adapter merged into its base: a Hugging Face folder (zip) or one GGUF file.
     const exportBox = h("section", { class: "panel", id: "job-export", hidden: true, "aria-labelledby": "export-title" });
-    root.append(progressBox, h("div", { class: "panel" }, actions, actionStatus, deployBox), exportBox, classBox, evalBox,
+    root.append(progressBox, h("div", { class: "panel" }, actions, actionStatus, deployBox), exportBox, classBox, seq2seqBox, evalBox,
       h("div", { class: "panel" }, h("h2", {}, "Training curves"),
         h("div", { class: "charts" }, lossFig, lrFig, rewardFig, classFig)),
       h("div", { class: "panel" }, h("h2", {}, "Log"), logPre), h("div", { class: "panel" }, details));
@@ -1655,6 +1656,29 @@
               "the row's examples."), matrix)));
       classBox.hidden = false;
     }
+    // A seq2seq adapter's held-out scores (report.json's `seq2seq`): exact match, chrF and ROUGE-L of its greedy
+    // generations, and the first few beside their references.
+    let shownSeq2seq = false;
+    function renderSeq2seq() {
+      const q = (job.result || {}).seq2seq;
+      if (!q || shownSeq2seq) return;
+      shownSeq2seq = true;
+      const samples = q.samples || [];
+      put(seq2seqBox, h("h2", {}, "Generations on the held-out rows"),
+        h("p", { class: "muted small" }, `The kept adapter's greedy output on ${q.examples.toLocaleString()} ${q.split} ` +
+          `rows never seen in training${q.loss !== undefined && q.loss !== null ? `; loss ${fmtNum(q.loss)}` : ""}.`),
+        h("div", { class: "stats" }, stat("Exact match", fmtPct(q.exact_match), "stat-exact-match"),
+          stat("chrF", fmtNum(q.chrf, 3), "stat-chrf"), stat("ROUGE-L", fmtNum(q.rouge_l, 3), "stat-rouge-l")),
+        samples.length ? h("div", { class: "scroll wide", tabindex: "0", role: "region", "aria-label": "Generated samples" },
+          h("table", { id: "seq2seq-samples", class: "eval-rows" },
+          h("caption", { class: "sr-only" }, "Generated text beside the reference"),
+          h("thead", {}, h("tr", {}, ["Reference", "Generated"].map((t) => h("th", { scope: "col" }, t)))),
+          h("tbody", {}, samples.map((r) => h("tr", {},
+            h("td", {}, h("pre", { class: "example" }, r.reference)),
+            h("td", {}, h("pre", { class: `example ${r.prediction === r.reference ? "good" : ""}` }, r.prediction))))))) :
+          null);
+      seq2seqBox.hidden = false;
+    }
     // A cell's background from white to a full colour by `share` (green on the diagonal, red off it), and the text
     // colour, black or white, with the higher contrast against it (WCAG relative luminance).
     function shade(share, diagonal) {
@@ -1848,6 +1872,7 @@
       renderExports();
       renderEvaluation();
       renderClassification();
+      renderSeq2seq();
       put(details, h("summary", {}, "Job spec and result"),
         h("pre", { class: "example" }, JSON.stringify({ spec: job.spec, result: job.result }, null, 2)));
       return ACTIVE.has(job.status) ? 2000 : 0;
