@@ -1675,7 +1675,8 @@
           h("thead", {}, h("tr", {}, ["Reference", "Generated"].map((t) => h("th", { scope: "col" }, t)))),
           h("tbody", {}, samples.map((r) => h("tr", {},
             h("td", {}, h("pre", { class: "example" }, r.reference)),
-            h("td", {}, h("pre", { class: `example ${r.prediction === r.reference ? "good" : ""}` }, r.prediction))))))) :
+            h("td", {}, r.prediction ? h("pre", { class: `example ${r.prediction === r.reference ? "good" : ""}` },
+              r.prediction) : h("span", { class: "muted small" }, "(nothing: end of sequence first)"))))))) :
           null);
       seq2seqBox.hidden = false;
     }
