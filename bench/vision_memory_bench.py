@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    parser.add_argument("--only", default=None, help="only the models whose name contains this")
     parser.add_argument("--no-rss", action="store_true", help="only the saved-tensor comparison")
     parser.add_argument("--_train", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -115,6 +116,8 @@ def main() -> None:
     print(f"precision {args.precision}, batch {args.batch_size}, LoRA r=8 on the default targets, CPU")
     print(f"{'model':<24} {'saved':>9} {'est.':>9} {'ratio':>6} {'peak RSS':>9} {'est.':>9} {'ratio':>6}")
     for name, arch, sizes, image_size in cases:
+        if args.only and args.only not in name:
+            continue
         sizes = {k: v for k, v in sizes.items() if k != "num_labels"}
         with tempfile.TemporaryDirectory() as tmp:
             build(Path(tmp), arch, sizes)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
+    from .data.images import ImageExample
     from .models.memory import MemoryEstimate
 
 from .models.fit import distribution, model_shape
@@ -136,7 +137,8 @@ def _estimate_image_job(spec, *, device: str, gpu_memory_gb: float | None) -> Jo
     processor = load_image_processor(p.model_path, hf_token=spec.hf_config.hf_token)
     data = prepare_spec_data(spec, processor)
     # The processor's output side (resize, then centre crop) for one training image: what every batch has.
-    side = int(pixel_batch(processor, [open_image(data.train[0].image)]).shape[-1])
+    first = cast("ImageExample", data.train[0])
+    side = int(pixel_batch(processor, [open_image(first.image)]).shape[-1])
     config = AutoConfig.from_pretrained(resolved.load_from)
     shape = VisionShape.from_config(config, image_size=side, num_labels=len(data.labels))
     here = device == "cpu" or torch.cuda.is_available()

@@ -150,7 +150,7 @@ def _vision_shape(model_type: str, config_json: str, image_size: int) -> VisionS
         backbone=backbone,
         image_size=image_size,
         head_params=int(head_params),
-        num_labels=int(config.num_labels),
+        num_labels=int(labels) if (labels := config.num_labels) is not None else 0,
         tokens=tokens,
         stem_elements=stem,
         block_elements=blocks,
