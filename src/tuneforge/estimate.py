@@ -7,6 +7,9 @@ Time: tokens per epoch (from the tokenized data) x training FLOPs per token / (t
 model-FLOPs utilisation tuneforge reaches on it). The CPU's peak is measured on the spot (a 1024^3 matmul in the
 compute dtype); a GPU's is measured when one is present, else taken from --gpu-tflops. The utilisation constants
 come from bench/train_bench.py runs (bench/RESULTS.md).
+
+Image classification (data_config.task 'image_classification'): memory only, from models/vision_memory.py at the
+side the model's image processor produces and the data's label count; no time estimate (see _estimate_image_job).
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
+    from .data.images import ImageExample
     from .models.memory import MemoryEstimate
 
-from .errors import TuneforgeError
 from .models.fit import distribution, model_shape
-from .models.loader import load_tokenizer, resolve_model
+from .models.loader import load_image_processor, load_tokenizer, resolve_model
 from .models.memory import GiB, ModelShape, TrainingSetup, device_memory, estimate_training_memory, format_bytes
+from .models.vision_memory import VisionShape, estimate_image_training_memory
 from .runtime import auto_precision, default_device, dtype_of, resolve_optimizer
 from .train.plan import make_plan, prepare_spec_data
 
@@ -80,6 +84,8 @@ class JobEstimate:
     peak_source: str
     seconds_per_epoch: float | None
     steps_per_epoch: int
+    image_size: int | None = None  # image classification: the side of the images the model sees (no tokens)
+    image_tokens: int | None = None  # ViT/DeiT: patches + [CLS] through the encoder
 
     def to_dict(self) -> dict:
         return {
@@ -95,7 +101,66 @@ class JobEstimate:
             "peak_flops": self.peak_flops,
             "peak_source": self.peak_source,
             "seconds_per_epoch": self.seconds_per_epoch,
+            "image_size": self.image_size,
+            "image_tokens": self.image_tokens,
         }
+
+
+def _setup_for(spec, device: str, here: bool) -> TrainingSetup:
+    """The spec's training setup on `device`; for a GPU elsewhere (`here` False), precision and optimizer resolved
+    as a CUDA run would (bf16; paged AdamW 8-bit for QLoRA)."""
+    import dataclasses
+
+    if here:
+        return TrainingSetup.from_spec(spec, device=device)
+    t, p = spec.training_config, spec.pretrainedmodel_config
+    return dataclasses.replace(
+        TrainingSetup.from_spec(spec, device="cpu"),
+        device="cuda",
+        precision=auto_precision("cuda") if t.precision == "auto" else t.precision,
+        optimizer=resolve_optimizer(t.optimizer, quantized=bool(p.use_quantization), device_type="cuda"),
+    )
+
+
+def _estimate_image_job(spec, *, device: str, gpu_memory_gb: float | None) -> JobEstimate:
+    """Memory of an image-classification job (models/vision_memory.py) at the image size the model's processor
+    produces and the data's label count. No time estimate: the utilisation constants are measured on transformer
+    matmuls, and a CNN's convolutions reach a different share of the peak."""
+    import torch
+    from transformers import AutoConfig
+
+    from .data.images import open_image
+    from .train.tasks import pixel_batch
+
+    p = spec.pretrainedmodel_config
+    resolved = resolve_model(p.model_path, setup=None)
+    processor = load_image_processor(p.model_path, hf_token=spec.hf_config.hf_token)
+    data = prepare_spec_data(spec, processor)
+    # The processor's output side (resize, then centre crop) for one training image: what every batch has.
+    first = cast("ImageExample", data.train[0])
+    side = int(pixel_batch(processor, [open_image(first.image)]).shape[-1])
+    config = AutoConfig.from_pretrained(resolved.load_from)
+    shape = VisionShape.from_config(config, image_size=side, num_labels=len(data.labels))
+    here = device == "cpu" or torch.cuda.is_available()
+    memory = estimate_image_training_memory(shape, _setup_for(spec, device, here))
+    available = int(gpu_memory_gb * GiB) if gpu_memory_gb else (device_memory(device)[0] if here else None)
+    n = len(data.train)
+    return JobEstimate(
+        memory=memory,
+        device=device,
+        device_memory_bytes=available,
+        fits=None if available is None else memory.total <= available,
+        train_examples=n,
+        tokens_per_epoch=0,
+        longest_example=0,
+        flops_per_token=0.0,
+        peak_flops=None,
+        peak_source="not estimated for image classification (run a few steps with training_config.max_steps)",
+        seconds_per_epoch=None,
+        steps_per_epoch=make_plan(spec, n).steps_per_epoch,
+        image_size=side,
+        image_tokens=shape.tokens or None,
+    )
 
 
 def estimate_job(
@@ -109,15 +174,7 @@ def estimate_job(
     device = default_device(device)
     p, d = spec.pretrainedmodel_config, spec.data_config
     if d.task == "image_classification":
-        # The estimate models batches of token sequences through a transformer's layers (models/memory.py); a
-        # vision model's activations follow the image size and, for CNNs, the feature maps of each stage.
-        raise TuneforgeError(
-            "estimate: data_config.task 'image_classification' has no memory or time estimate (it models token "
-            "sequences); the catalog's vision models are under 0.1B parameters: run a few steps with max_steps "
-            "to measure",
-            field="data_config.task",
-            value=d.task,
-        )
+        return _estimate_image_job(spec, device=device, gpu_memory_gb=gpu_memory_gb)
     resolved = resolve_model(p.model_path, setup=None)
     tokenizer = load_tokenizer(p.model_path, hf_token=spec.hf_config.hf_token)
     data = prepare_spec_data(spec, tokenizer)
@@ -127,16 +184,7 @@ def estimate_job(
     if shape is None:
         shape = ModelShape.from_config(AutoConfig.from_pretrained(resolved.load_from))
     here = device == "cpu" or torch.cuda.is_available()
-    if here:
-        setup = TrainingSetup.from_spec(spec, device=device)
-    else:  # a GPU elsewhere: resolve precision and optimizer as a CUDA run would (bf16; paged AdamW 8-bit for QLoRA)
-        t = spec.training_config
-        setup = dataclasses.replace(
-            TrainingSetup.from_spec(spec, device="cpu"),
-            device="cuda",
-            precision=auto_precision("cuda") if t.precision == "auto" else t.precision,
-            optimizer=resolve_optimizer(t.optimizer, quantized=bool(p.use_quantization), device_type="cuda"),
-        )
+    setup = _setup_for(spec, device, here)
     # The longest batch sets the activation peak: the data's longest example, not the cutoff it may never reach.
     setup = dataclasses.replace(setup, seq_len=min(longest, d.cutoff_len))
     memory = estimate_training_memory(shape, setup)
@@ -168,13 +216,25 @@ def estimate_job(
     )
 
 
+def _data_line(est: JobEstimate) -> str:
+    if est.image_size is not None:
+        tokens = f" ({est.image_tokens} tokens through the encoder)" if est.image_tokens else ""
+        return (
+            f"data              {est.train_examples} training images at {est.image_size}x{est.image_size} "
+            f"pixels{tokens}, {est.steps_per_epoch} optimizer steps per epoch"
+        )
+    return (
+        f"data              {est.train_examples} training examples, {est.tokens_per_epoch:,} tokens per epoch, "
+        f"longest {est.longest_example} tokens, {est.steps_per_epoch} optimizer steps per epoch"
+    )
+
+
 def format_estimate(est: JobEstimate) -> str:
     m = est.memory
     lines = [
         f"device            {est.device}"
         + (f" ({format_bytes(est.device_memory_bytes)} available)" if est.device_memory_bytes else ""),
-        f"data              {est.train_examples} training examples, {est.tokens_per_epoch:,} tokens per epoch, "
-        f"longest {est.longest_example} tokens, {est.steps_per_epoch} optimizer steps per epoch",
+        _data_line(est),
         f"peak memory       {format_bytes(m.total)}"
         + ("" if est.fits is None else ("  (fits)" if est.fits else "  (DOES NOT FIT)")),
     ]

@@ -137,9 +137,10 @@ def test_cli_bad_image_input_exits_2(vit_dir, images, tmp_path, capsys):
     assert "(vit) is a vision model: it reads images, not text" in capsys.readouterr().err
 
 
-def test_estimate_says_it_does_not_cover_images(vit_dir, images, tmp_path, capsys):
+def test_estimate_of_a_vit_job_counts_patches_and_cls(vit_dir, images, tmp_path, capsys):
     spec = tmp_path / "job.json"
     spec.write_text(json.dumps(_spec(vit_dir, images).to_dict()))
-    assert main(["estimate", str(spec), "--device", "cpu"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("tuneforge: error: estimate: data_config.task 'image_classification' has no memory")
+    assert main(["estimate", str(spec), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    # 32x32 images in 8x8 patches: 16 patches + [CLS] (models/vision_memory.py; more in tests/models)
+    assert "training images at 32x32 pixels (17 tokens through the encoder)" in out and "(fits)" in out

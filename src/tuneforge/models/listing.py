@@ -23,6 +23,7 @@ from .catalog import (
     CatalogEntry,
 )
 from .memory import ModelShape, TrainingSetup, estimate_training_memory
+from .vision_memory import VisionShape, estimate_image_training_memory
 
 # The reference job the table's memory columns assume (a typical single-GPU fine-tune); all adjustable by options.
 REFERENCE = TrainingSetup(
@@ -77,8 +78,8 @@ def catalog_rows(setup: TrainingSetup = REFERENCE, family: str | None = None, ta
             continue
         if task != "all" and task not in entry.tasks:
             continue
-        if entry.vision:  # no estimate for images (memory.py models token sequences); QLoRA is refused for them
-            rows.append(_vision_row(entry))
+        if entry.vision:  # models/vision_memory at the published image side; QLoRA is refused for image classification
+            rows.append(_vision_row(entry, setup))
             continue
         shape = ModelShape.from_config(entry.transformers_config(), extrapolate=True)
         memory = {
@@ -122,9 +123,10 @@ def _row(entry: CatalogEntry, shape: ModelShape | None, memory: dict) -> dict:
     }
 
 
-def _vision_row(entry: CatalogEntry) -> dict:
-    row = _row(entry, None, {})
-    row.update(params_exact=None, memory=None, qlora_4bit=False)
+def _vision_row(entry: CatalogEntry, setup: TrainingSetup) -> dict:
+    shape = VisionShape.from_config(entry.transformers_config(), image_size=entry.context_length)
+    row = _row(entry, shape.backbone, {"lora": estimate_image_training_memory(shape, setup)})
+    row.update(qlora_4bit=False)
     return row
 
 
@@ -151,7 +153,7 @@ def format_table(rows: list[dict], setup: TrainingSetup) -> str:
                 f"{r['context_length']:,}" + ("px" if r["prompt_style"] == "vision" else ""),
                 f"{r['memory']['lora']['total_gib']:.1f} GiB" if r["memory"] else "-",
                 f"{r['memory']['qlora']['total_gib']:.1f} GiB" + ("" if r["qlora_4bit"] else "*")
-                if r["memory"]
+                if r["memory"] and "qlora" in r["memory"]
                 else "-",
                 r["prompt_style"],
                 _short_licence(r["licence"]) + (" [gated]" if r["gated"] else ""),
@@ -181,15 +183,16 @@ def format_table(rows: list[dict], setup: TrainingSetup) -> str:
                 f"* QLoRA stays 16-bit for {', '.join(sorted(QLORA_NOT_QUANTIZED))}: "
                 + "; ".join(QLORA_NOT_QUANTIZED.values())
             ]
-            if any(not r["qlora_4bit"] and r["memory"] for r in rows)
+            if any(not r["qlora_4bit"] and "qlora" in r["memory"] for r in rows)
             else []
         ),
         *(
             [
-                "Vision models (-): no memory estimate, it models token sequences; images are resized to the "
-                "context's side; QLoRA is not offered for image classification."
+                f"Vision models: batch {setup.batch_size} images at the context's side (patches + [CLS] through "
+                "ViT/DeiT; no gradient checkpointing for ConvNeXt/ResNet), the new head trained fully; QLoRA (-) is "
+                "not offered for image classification."
             ]
-            if any(r["memory"] is None for r in rows)
+            if any(r["prompt_style"] == "vision" for r in rows)
             else []
         ),
         "Any hub id or local folder of another architecture transformers knows also works: LoRA then targets every "
