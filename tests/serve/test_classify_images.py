@@ -65,10 +65,10 @@ def _data_url(label, seed):
 @pytest.fixture(scope="module")
 def server(classifier):
     from tuneforge.serve.app import create_app
-    from tuneforge.serve.classify import ClassifierPool
+    from tuneforge.serve.classify import classifier_pool
 
     base_dir, adapter = classifier
-    pool = ClassifierPool({"colours": str(adapter)}, model_path=str(base_dir), device="cpu")
+    pool = classifier_pool({"colours": str(adapter)}, model_path=str(base_dir), device="cpu")
     with LiveServer(create_app(None, api_key="s3cret", classifiers=pool)) as live:
         yield live
 

@@ -63,10 +63,10 @@ def _reference(base_dir, adapter, sources, max_new_tokens=12):
 @pytest.fixture(scope="module")
 def server(t5_adapter, engine):
     from tuneforge.serve.app import create_app
-    from tuneforge.serve.seq2seq import Seq2SeqPool
+    from tuneforge.serve.seq2seq import seq2seq_pool
 
     base_dir, adapter = t5_adapter
-    pool = Seq2SeqPool({"reverser": str(adapter)}, model_path=str(base_dir), device="cpu")
+    pool = seq2seq_pool({"reverser": str(adapter)}, model_path=str(base_dir), device="cpu")
     with LiveServer(create_app(engine, seq2seq=pool)) as live:
         yield live
 

@@ -8,18 +8,19 @@ from fastapi import Request, Response
 
 from ..errors import TuneforgeError
 from . import metrics
-from .classify import ClassifierPool, classify_router, is_classifier
+from .classify import LoadedClassifier, classifier_pool, classify_router, is_classifier
 from .engine import InferenceEngine
 from .openai_routes import _call_auth, bearer_key_auth, openai_router
-from .seq2seq import Seq2SeqPool, is_seq2seq, seq2seq_router
+from .pool import AdapterPool
+from .seq2seq import LoadedSeq2Seq, is_seq2seq, seq2seq_pool, seq2seq_router
 
 
 def create_app(
     engine: InferenceEngine | None,
     *,
     api_key: str | None = None,
-    classifiers: ClassifierPool | None = None,
-    seq2seq: Seq2SeqPool | None = None,
+    classifiers: AdapterPool[LoadedClassifier] | None = None,
+    seq2seq: AdapterPool[LoadedSeq2Seq] | None = None,
 ):
     """A FastAPI app serving `engine` on /v1 (OpenAI-compatible), the `classifiers` on `POST /v1/classify`
     (serve/classify.py) and the `seq2seq` models on `POST /v1/completions` (serve/seq2seq.py), plus `GET /health`.
@@ -97,7 +98,7 @@ def build_serving(
     chat_template: str = "training",
     dtype: str = "auto",
     **engine_options,
-) -> tuple[InferenceEngine | None, ClassifierPool | None, Seq2SeqPool | None]:
+) -> tuple[InferenceEngine | None, AdapterPool[LoadedClassifier] | None, AdapterPool[LoadedSeq2Seq] | None]:
     """The engine for generation adapters (and the base), the pool of classifier adapters (task classification
     in their tuneforge_adapter.json: they answer /v1/classify) and the pool of seq2seq adapters (task seq2seq: they
     answer /v1/completions). Only classifiers and seq2seq adapters: no causal language model is loaded, and without
@@ -117,8 +118,8 @@ def build_serving(
             dtype=dtype,
             **engine_options,
         )
-    pool = ClassifierPool(classifiers, model_path=model) if classifiers else None
-    seq2seq = Seq2SeqPool(encoder_decoders, model_path=model) if encoder_decoders else None
+    pool = classifier_pool(classifiers, model_path=model) if classifiers else None
+    seq2seq = seq2seq_pool(encoder_decoders, model_path=model) if encoder_decoders else None
     return engine, pool, seq2seq
 
 

@@ -37,8 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..adapter_card import read_card
 from ..data.images import ImageRef, open_image
 from ..errors import TuneforgeError
-from .engine import UnknownModelError
 from .openai_routes import Auth, OpenAIErrorRoute
+from .pool import AdapterPool
 
 MAX_INPUTS = 2048  # texts per request: a bound on one request's memory and time
 
@@ -163,35 +163,19 @@ class LoadedClassifier:
         return self._predictions(probs)
 
 
-class ClassifierPool:
+def classifier_pool(
+    adapters: dict[str, str], *, model_path: str | None = None, device: str | None = None
+) -> AdapterPool[LoadedClassifier]:
     """Classifier adapters by name, loaded on first use."""
-
-    def __init__(self, adapters: dict[str, str], *, model_path: str | None = None, device: str | None = None):
-        for name, folder in adapters.items():
-            if not is_classifier(folder):
-                raise TuneforgeError(
-                    f"--adapter {name}={folder}: not a classifier adapter", field="--adapter", value=folder
-                )
-        self.adapters = dict(adapters)
-        self.model_path, self.device = model_path, device
-        self.loaded: dict[str, LoadedClassifier] = {}
-        self.lock = threading.Lock()
-        self.created = int(time.time())
-
-    def names(self) -> list[str]:
-        return list(self.adapters)
-
-    def get(self, name: str) -> LoadedClassifier:
-        if name not in self.adapters:
-            raise UnknownModelError(
-                f"model {name!r} is not a classifier served here; classifiers: {', '.join(self.adapters) or 'none'}"
-            )
-        with self.lock:
-            if name not in self.loaded:
-                self.loaded[name] = LoadedClassifier(
-                    self.adapters[name], model_path=self.model_path, device=self.device
-                )
-            return self.loaded[name]
+    return AdapterPool(
+        adapters,
+        check=is_classifier,
+        load=LoadedClassifier,
+        adapter_kind="classifier",
+        model_kind="classifier",
+        model_path=model_path,
+        device=device,
+    )
 
 
 # ------------------------------------------------------------------------------------------ HTTP
@@ -232,7 +216,7 @@ class Classifiers(Protocol):
 
 
 def classify_router(pool: Classifiers, auth: Auth) -> APIRouter:
-    """`POST /v1/classify` over `pool` (a ClassifierPool, or the service's deployments), with the same auth and
+    """`POST /v1/classify` over `pool` (a classifier_pool, or the service's deployments), with the same auth and
     OpenAI-shaped errors as the other /v1 routes."""
     import inspect
 

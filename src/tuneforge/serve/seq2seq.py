@@ -32,6 +32,7 @@ from ..adapter_card import read_card
 from ..errors import TuneforgeError
 from .engine import UnknownModelError
 from .openai_routes import MAX_N, Auth, ChatCompletionRequest, CompletionRequest, OpenAIErrorRoute, _call_auth
+from .pool import AdapterPool
 
 MAX_PROMPTS = 256  # prompts per request: a bound on one request's memory and time
 
@@ -244,7 +245,7 @@ class Seq2SeqStream:
 
 
 class Seq2SeqModels(Protocol):
-    """What the router needs of the served seq2seq models (a Seq2SeqPool, or the service's deployments)."""
+    """What the router needs of the served seq2seq models (a seq2seq_pool, or the service's deployments)."""
 
     created: int
 
@@ -255,37 +256,19 @@ class Seq2SeqModels(Protocol):
     def get(self, name: str) -> LoadedSeq2Seq: ...
 
 
-class Seq2SeqPool:
+def seq2seq_pool(
+    adapters: dict[str, str], *, model_path: str | None = None, device: str | None = None
+) -> AdapterPool[LoadedSeq2Seq]:
     """Seq2seq adapters by name, loaded on first use."""
-
-    def __init__(self, adapters: dict[str, str], *, model_path: str | None = None, device: str | None = None):
-        for name, folder in adapters.items():
-            if not is_seq2seq(folder):
-                raise TuneforgeError(
-                    f"--adapter {name}={folder}: not a seq2seq adapter", field="--adapter", value=folder
-                )
-        self.adapters = dict(adapters)
-        self.model_path, self.device = model_path, device
-        self.loaded: dict[str, LoadedSeq2Seq] = {}
-        self.lock = threading.Lock()
-        self.created = int(time.time())
-
-    def names(self) -> list[str]:
-        return list(self.adapters)
-
-    def has(self, name: str) -> bool:
-        return name in self.adapters
-
-    def get(self, name: str) -> LoadedSeq2Seq:
-        if name not in self.adapters:
-            raise UnknownModelError(
-                f"model {name!r} is not a seq2seq model served here; seq2seq models: "
-                f"{', '.join(self.adapters) or 'none'}"
-            )
-        with self.lock:
-            if name not in self.loaded:
-                self.loaded[name] = LoadedSeq2Seq(self.adapters[name], model_path=self.model_path, device=self.device)
-            return self.loaded[name]
+    return AdapterPool(
+        adapters,
+        check=is_seq2seq,
+        load=LoadedSeq2Seq,
+        adapter_kind="seq2seq",
+        model_kind="seq2seq model",
+        model_path=model_path,
+        device=device,
+    )
 
 
 def _prompts(body: CompletionRequest) -> list[str]:
