@@ -40,10 +40,11 @@ Design (why it is shaped this way):
   the batch), or a failure mid-request (round-robin: the request's cache is handed back to a transformers
   cache) keeps or puts that work on the plain forward, with one log line. Weights are bf16 on CUDA and on CPUs
   with native bf16 (AVX512-BF16/AMX), fp32 elsewhere (`serving_dtype`). `weights="int8"` (`--weights int8`,
-  opt-in, CPU) runs the lean step's projections and output head on int8 copies of the weights
-  (`fast_decode.Int8Linear`): faster per token on a memory-bound CPU, not bit-identical, so its warm-up check
-  is a bound on the next-token distributions' KL divergence (see `_check_lean`); if it fails, the lean step
-  runs on the model's own weights.
+  opt-in, CPU) runs the lean step's projections and output head on q8_0 copies of the weights
+  (`cpu_kernels.Q8Linear`), and a single sequence's whole decode step as one C call (`cpu_kernels.NativeStep`):
+  ~4x faster per token on a memory-bound CPU, not bit-identical, so its warm-up check is a bound on the
+  next-token distributions' KL divergence (see `_check_lean`); if the kernels do not build or the check fails,
+  the lean step runs on the model's own weights.
 * **Base-model requests** run with the LoRA layers disabled (no merge), so the same process serves the base and
   every adapter. `tuneforge export --merged` folds one adapter into the weights when no added latency is wanted.
 
@@ -169,10 +170,10 @@ def serving_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype
 
 
 def check_weights(weights: str, dtype: torch.dtype, device: torch.device) -> str:
-    """The lean step's weight format (--weights): "dense" (the model's own weights) or "int8" (per-channel int8
-    weights with 7-bit dynamic activations, FBGEMM's CPU kernel: 1.9-4x faster per token than the fp32 lean step on
-    an AVX2 CPU; the same next token as fp32 at 59 of 64 teacher-forced positions on SmolLM2; bench/RESULTS.md).
-    int8 is opt-in, for CPU serving in float32."""
+    """The lean step's weight format (--weights): "dense" (the model's own weights) or "int8" (llama.cpp's q8_0:
+    int8 weights and activations with one scale per block of 32, tuneforge's C kernels; ~4x faster per token than
+    the fp32 lean step on a 2-core AVX2 CPU, next-token KL ~0.005 nats and the same greedy token as fp32 at 59-62
+    of 64 teacher-forced positions on SmolLM2; bench/RESULTS.md). int8 is opt-in, for CPU serving in float32."""
     if weights not in WEIGHT_FORMATS:
         raise TuneforgeError(
             f"--weights: {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}", field="weights", value=weights
@@ -1050,12 +1051,11 @@ class InferenceEngine:
             ):
                 diff = float((mine.float() - expected.float()).abs().max())
                 raise ValueError(f"its {what} logits differ from the model's forward by up to {diff:.3g}")
-        # int8 (8-bit weights, 7-bit activations) is never bit-exact, and its logits' largest absolute difference
-        # says little (SmolLM2: 15-30% of the largest |logit| with the same greedy tokens). What matters is the
-        # next-token distribution, so the bound is on KL(model ‖ int8), the measure llama.cpp's
-        # `perplexity --kl-divergence` uses for quantized weights: SmolLM2-135M measured a mean of 0.12 nats here
-        # (0.06-0.08 per token, median over 64 greedy tokens; 5/5 and 56-60/65 top-1), one activation scale for the
-        # whole prompt (the bug fixed in `Int8Linear`) 0.73, a kernel off by 30% 4.5, a kernel of garbage 7.7.
+        # int8 (q8_0: 8-bit weights and activations per block of 32) is never bit-exact, and its logits' largest
+        # absolute difference says little. What matters is the next-token distribution, so the bound is on
+        # KL(model ‖ int8), the measure llama.cpp's `perplexity --kl-divergence` uses for quantized weights:
+        # SmolLM2-135M measured a mean of 0.0055 nats here (5/5 top-1), FBGEMM's earlier per-channel int8 with 7-bit
+        # activations 0.12, one activation scale for a whole prompt 0.73, a kernel off by 30% 4.5, garbage 7.7.
         if kls and (mean := sum(kls) / len(kls)) > INT8_MAX_KL:
             raise ValueError(
                 f"its next-token distributions diverge from the model's forward by a mean KL of {mean:.3g} nats over "

@@ -17,8 +17,9 @@ tensors:
   touched.
 
 * Each projection is a weight-format object called as `wb(x)`: `DenseLinear` over the model's own tensors, or
-  `Int8Linear` (`weights="int8"`, CPU: int8 copies run by FBGEMM's dynamic int8 kernel, ~4x fewer bytes per token;
-  not bit-identical, checked by tolerance).
+  `Q8Linear` (`weights="int8"`, CPU: llama.cpp's q8_0 blocks run by tuneforge's C kernels, `cpu_kernels`, ~4x
+  fewer bytes per token; not bit-identical, checked by tolerance). With int8 weights a single sequence's decode
+  step is one C call (`cpu_kernels.NativeStep`): the same weights without ~600 PyTorch ops per token.
 
 Numerics (dense weights): the same ops in the same dtype as the Hugging Face + PEFT forward (the rotary embedding and activation
 are the model's own modules, the RMSNorm the fused kernel of the same formula), so fp32 greedy decoding is
@@ -38,13 +39,14 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from tuneforge.serve.cpu_kernels import NativeStep, Q8Linear
 
 # model_type -> what it needs beyond a plain Llama layer. These share LlamaDecoderLayer's structure:
 # pre-norm attention (q/k/v/o, optional biases) and a gated MLP (gate/up/down).
@@ -114,57 +116,10 @@ class DenseLinear(NamedTuple):
         return F.linear(x, self.weight, self.bias)
 
 
-class Int8Linear:
-    """The same projection with int8 weights: per-output-channel symmetric scales (w ≈ scale[o]·q[o, i], q in
-    [-127, 127]), run by FBGEMM's dynamic-quantization kernel (`quantized::linear_dynamic`: each call quantizes the
-    activations to 7 bits with one scale per tensor, made per row here (see `__call__`), and accumulates in int32,
-    as llama.cpp's q8_0 does per block of 32).
-
-    Why this kernel: at decode shapes (one row, K = 576) on an AVX2 CPU it was the only int8 path faster than fp32
-    `F.linear` (bench/RESULTS.md): `aten._weight_int8pack_mm` (gpt-fast/torchao's weight-only CPU path) and
-    `torch._int_mm` have no AVX2-vectorised kernel in torch 2.13 and measured 2-100x slower than fp32. A token
-    reads 1 byte per weight instead of 4, which is what a memory-bound decode step pays for.
-
-    `reduce_range` keeps activations to 7 bits: without VNNI, AVX2's u8·s8 pair-multiply (vpmaddubsw) saturates
-    at int16 for full-range inputs (PyTorch's dynamic quantization makes the same choice on x86). The fp32 weights
-    are not touched (the prefill and the plain forward keep using them); this holds a packed int8 copy."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        w = weight.detach().float()
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        self.in_features, self.out_features = w.shape[1], w.shape[0]
-        with warnings.catch_warnings():
-            # torch 2.13 deprecates quantized tensor creation (pytorch#184982); the kernel itself is current. If a
-            # later torch drops it, building this raises and the engine's warm-up serves fp32 with one log line.
-            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-            qw = torch._make_per_channel_quantized_tensor(
-                q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
-            )
-            self.packed = torch.ops.quantized.linear_prepack(qw, None)
-        self.bias = None if bias is None else bias.detach().float()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features)
-        if x2.shape[0] == 1:  # one row (single-stream decode): the kernel's per-tensor scale is per row already
-            y = torch.ops.quantized.linear_dynamic(x2, self.packed, True)
-        else:
-            # The kernel quantizes all rows with ONE scale. Rows differ in magnitude by orders: a Llama's first
-            # prompt position carries the "attention sink" activations (SmolLM2: |h| ~25000 there, ~500 elsewhere),
-            # which would leave every other row of a prefill with ~0 of its 7 bits. Each row is divided by its own
-            # max |x| first, then scaled back: per-row (per-token) activation scales, as LLM.int8() and SmoothQuant
-            # use, from the per-tensor kernel (x·Wᵀ is linear in each row, so this is exact up to rounding).
-            s = x2.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(x2.dtype).tiny)
-            y = torch.ops.quantized.linear_dynamic(x2 / s, self.packed, True).mul_(s)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], self.out_features)
-
-
 WEIGHT_FORMATS = ("dense", "int8")  # --weights
-# The int8 step's warm-up bound: mean KL(model ‖ int8) of the next-token distribution, in nats (measurements: the
-# engine's `_check_lean`)
-INT8_MAX_KL = 0.35
+# The int8 step's warm-up bound: mean KL(model ‖ int8) of the next-token distribution, in nats. SmolLM2-135M's q8_0
+# step measures 0.003-0.006 (the engine's `_check_lean`, and 64-token chat answers); a kernel off by 30% ~4.5.
+INT8_MAX_KL = 0.05
 
 
 def next_token_kl(ref: torch.Tensor, mine: torch.Tensor) -> float:
@@ -184,6 +139,13 @@ def _norm(module):
         shape = (weight.shape[0],)
         return lambda x: F.rms_norm(x, shape, weight, eps)
     return module
+
+
+def _rms_norm_params(module) -> tuple[torch.Tensor | None, float]:
+    """(weight, epsilon) of a plain RMSNorm (what `_norm` fuses), (None, None) for any other norm."""
+    if _norm(module) is module:
+        return None, math.nan
+    return module.weight.detach(), float(module.variance_epsilon)
 
 
 @dataclass
@@ -211,7 +173,12 @@ def _lora_group(a_parts: list[torch.Tensor], parts: list, out: int, fuse_b: bool
     return LoraGroup(a=a, parts=parts, b=b)
 
 
-AdapterPlan = list[dict[str, LoraGroup]]  # per layer: group name -> LoraGroup (absent groups are not adapted)
+class AdapterPlan(list[dict[str, LoraGroup]]):
+    """Per layer: group name -> LoraGroup (absent groups are not adapted)."""
+
+    native: object = None  # the C step's view of these tensors (`NativeStep.lora_groups`), built on first use
+
+
 # Rows of a batch that share one adapter: (their row indices, None for all rows; their plan, None for the base)
 Segments = list[tuple[torch.Tensor | None, AdapterPlan | None]]
 _PROJ_PARENT = {
@@ -369,8 +336,9 @@ class FastDecoder:
         self.dtype = self.layers[0]["qkv"].weight.dtype
         self.device = self.layers[0]["qkv"].weight.device
         head = _base_linear(model.lm_head)
-        self.head: DenseLinear | Int8Linear = DenseLinear(head.weight, head.bias)
+        self.head: DenseLinear | Q8Linear = DenseLinear(head.weight, head.bias)
         self.weights = weights
+        self.native: NativeStep | None = None
         if weights == "int8":
             if self.dtype != torch.float32 or self.device.type != "cpu":
                 raise ValueError(f"int8 weights run on CPU over float32 models (this one: {self.dtype}, {self.device})")
@@ -378,10 +346,27 @@ class FastDecoder:
             # norms and LoRA weights stay fp32
             for layer in self.layers:
                 for group in _GROUPS:
-                    layer[group] = Int8Linear(*layer[group])
-            self.head = Int8Linear(*self.head)
+                    layer[group] = Q8Linear(*layer[group])
+            self.head = Q8Linear(*self.head)
+            self.native = self._native_step()
         elif weights != "dense":
             raise ValueError(f"weight format {weights!r} (one of {', '.join(WEIGHT_FORMATS)})")
+
+    def _native_step(self) -> NativeStep | None:
+        """The whole one-sequence step in C when every norm is a plain RMSNorm of one epsilon (None otherwise: the
+        PyTorch step runs it, over the same q8_0 weights)."""
+        inner = self.model.model
+        modules = [inner.norm]
+        for layer in self.layers:
+            modules += [layer["module"].input_layernorm, layer["module"].post_attention_layernorm]
+        params = [_rms_norm_params(m) for m in modules]
+        weights = [w for w, _ in params if w is not None]
+        if len(weights) != len(params) or len({eps for _, eps in params}) != 1:
+            return None
+        try:
+            return NativeStep(self, weights, params[0][1])
+        except ValueError:
+            return None
 
     # ------------------------------------------------------------------ adapters
     def adapter_plan(self, peft_model, name: str) -> AdapterPlan:
@@ -399,7 +384,7 @@ class FastDecoder:
                 raise ValueError(f"fully trained modules ({mod_name})")
         if name in (getattr(self.model.lm_head, "lora_A", None) or {}):
             raise ValueError("LoRA on the output head")
-        plan: AdapterPlan = []
+        plan = AdapterPlan()
         for layer in self.layers:
             # the modules as they are now: PEFT replaced the projections with LoRA wrappers after __init__
             attn, mlp = layer["module"].self_attn, layer["module"].mlp
@@ -487,7 +472,7 @@ class FastDecoder:
             )
         if not weights:
             raise AdapterMismatchError(f"{path}: the adapter holds no LoRA tensors")
-        plan: AdapterPlan = []
+        plan = AdapterPlan()
         for i, layer_weights in enumerate(self.layers):
             groups: dict[str, LoraGroup] = {}
             for group, projs in _GROUPS.items():
@@ -529,7 +514,7 @@ class FastDecoder:
 
     # ------------------------------------------------------------------ the step
     @staticmethod
-    def _linear(x: torch.Tensor, wb: DenseLinear | Int8Linear, lora: LoraGroup | None) -> torch.Tensor:
+    def _linear(x: torch.Tensor, wb: DenseLinear | Q8Linear, lora: LoraGroup | None) -> torch.Tensor:
         y = wb(x)  # the base projection in its weight format; LoRA stays fp32 on top, unmerged
         if lora is not None:
             # The same ops as PEFT's `result + lora_B(lora_A(x)) * scaling`, so fp32 stays bit-identical: the
@@ -545,7 +530,7 @@ class FastDecoder:
         return y
 
     def _project(
-        self, x: torch.Tensor, wb: DenseLinear | Int8Linear, layer: int, group: str, segments: Segments
+        self, x: torch.Tensor, wb: DenseLinear | Q8Linear, layer: int, group: str, segments: Segments
     ) -> torch.Tensor:
         """`x`'s projection through a group's weights, each row with its own adapter: one matmul over the whole
         batch for the base weights, then per adapter x[rows]·Aᵀ·Bᵀ on its rows (gathered, added back in place)."""
@@ -583,6 +568,9 @@ class FastDecoder:
         end = max(start) + t
         if end > keys.shape[3]:
             raise ValueError(f"the KV cache is full ({keys.shape[3]} positions)")
+        if self.native is not None and rows == t == 1 and len(segments) == 1 and segments[0][0] is None:
+            # one sequence, one token, one adapter: the whole step in C over the same weights and cache
+            return self.native(keys, values, int(tokens[0, 0]), start[0], segments[0][1])
         device = tokens.device
         offsets = torch.arange(t, device=device)
         first = torch.tensor(start, dtype=torch.long, device=device)
