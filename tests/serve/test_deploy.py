@@ -507,3 +507,33 @@ def test_a_seq2seq_adapter_deploys_and_answers_completions(svc):
     r = requests.post(live.url + "/v1/chat/completions", json=chat, headers=headers)
     assert r.status_code == 400 and "POST /v1/completions" in r.json()["error"]["message"]
     alice.terminate_deployment(ret["deployment_id"])
+
+
+def test_int8_weights_for_cpu_deployments(tmp_path):
+    """`TUNEFORGE_SERVE_WEIGHTS=int8`: deployments on a CPU decode with the q8_0 step (over float32 activations, the
+    format's requirement, even where `auto` would pick bf16); a GPU deployment keeps its dense weights."""
+    import pydantic
+
+    from tuneforge.api.app import create_app
+    from tuneforge.jobs.store import Store
+    from tuneforge.serve.deployments import engine_options_for
+    from tuneforge.settings import Settings
+
+    assert engine_options_for({"weights": "int8", "max_batch_size": 4}, "cpu") == {
+        "weights": "int8",
+        "dtype": "float32",
+        "max_batch_size": 4,
+    }
+    assert engine_options_for({"weights": "int8"}, "cuda:0") == {"weights": "dense"}
+    assert engine_options_for({"weights": "dense"}, "cpu") == {"weights": "dense"}
+    with pytest.raises(pydantic.ValidationError, match="serve_weights"):
+        Settings(home=tmp_path, serve_weights="int4")
+    settings = Settings(home=tmp_path, serve_weights="int8")
+    settings.ensure_dirs()
+    store = Store(settings.database_url)
+    app = create_app(settings, store=store)
+    try:
+        assert app.state.deployments.engine_options["weights"] == "int8"
+    finally:
+        app.state.deployments.close()
+        store.close()

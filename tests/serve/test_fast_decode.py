@@ -363,6 +363,40 @@ def test_native_step_writes_into_a_batch_caches_row_view(tiny_model_dir):
     assert not bool((batch.keys[:, 0, :, : ids.shape[1]] == 0).all())
 
 
+def test_native_step_refuses_a_token_outside_the_vocabulary():
+    """The C step reads the embedding row without bounds checks: an id nn.Embedding would refuse is refused before
+    the call (the engine then fails that request, not the process)."""
+    fast = FastDecoder(build_model("llama").eval(), weights="int8")
+    state = fast.new_state(1, 4)
+    vocab = fast.embed.weight.shape[0]
+    with pytest.raises(IndexError, match=f"token id {vocab} is outside the vocabulary \\(0..{vocab - 1}\\)"):
+        fast.decode_step(state, torch.tensor([vocab]))
+    assert fast.decode_step(state, torch.tensor([vocab - 1])).shape == (1, fast.head.out_features)
+
+
+def test_portable_kernels_without_avx2_compute_the_same(tiny_model_dir, monkeypatch):
+    """The C file's scalar path (what a CPU without AVX2/FMA, e.g. ARM, compiles) gives the same q8_0 results."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ids = torch.randint(3, model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(2))
+    simd = FastDecoder(model, weights="int8")
+    flags = [f for f in cpu_kernels.build_flags() if f not in ("-mavx2", "-mfma")]
+    monkeypatch.setattr(cpu_kernels, "build_flags", lambda: flags)
+    cpu_kernels.library.cache_clear()
+    try:
+        assert cpu_kernels.library().tf_kernels_simd() == 0
+        scalar = FastDecoder(model, weights="int8")
+        x = torch.randn(3, model.config.hidden_size)
+        assert torch.allclose(scalar.layers[0]["qkv"](x), simd.layers[0]["qkv"](x), rtol=0, atol=1e-4)
+        native_scalar, _ = native_and_torch(scalar, ids, None)
+        native_simd, _ = native_and_torch(simd, ids, None)
+        assert torch.allclose(native_scalar, native_simd, rtol=0, atol=1e-3)
+    finally:
+        monkeypatch.undo()
+        cpu_kernels.library.cache_clear()
+
+
 def test_kernel_build_failure_falls_back_to_the_model_weights(tiny_model_dir, monkeypatch, caplog):
     """No working C compiler: one log line with the compiler's error, and the lean step runs the dense weights."""
     monkeypatch.setenv("CC", "/nonexistent/cc")

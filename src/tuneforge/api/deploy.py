@@ -332,6 +332,7 @@ def install(app: FastAPI, settings: Settings, store: Store) -> DeploymentManager
             "max_batch_size": settings.serve_max_batch_size,
             "kv_cache_mb": settings.serve_kv_cache_mb,
             "max_waiting": settings.serve_max_waiting,
+            "weights": settings.serve_weights,
         },
     )
     app.state.deployments = manager

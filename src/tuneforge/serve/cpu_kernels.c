@@ -20,6 +20,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define TF_AVX2 1
@@ -139,16 +142,26 @@ static void quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q, float
     }
 }
 
+static inline int thread_index(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 /* y (m, rows) = x (m, cols) W^T + bias, plus the LoRA group's B (A x) when adapted. `xq`/`xd` are x quantized;
-   `xa` is scratch of m * lora->r floats. Output rows are split across the threads of the enclosing parallel
-   region (it must be called by all of them). */
+   `xa` is scratch of m * lora->r floats per thread. Output rows are split across the threads of the enclosing
+   parallel region (it must be called by all of them). */
 static void linear_in_region(const q8_matrix *w, const float *x, const int8_t *xq, const float *xd, int64_t m,
                              const lora_group *lora, float *xa, float *y) {
     const int64_t k = w->cols, nb = k / QK, n = w->rows;
     const int adapted = lora != NULL && lora->a != NULL;
     if (adapted) {
+        /* every thread computes all of A x (r * k multiply-adds, ~2 us for SmolLM2's q/k/v at rank 8) into its own
+           scratch: cheaper than a barrier, which on a busy 2-core machine can wait a whole time slice */
         const int64_t r = lora->r;
-#pragma omp for schedule(static)
+        xa += (int64_t)thread_index() * m * r;
         for (int64_t t = 0; t < m * r; t++) xa[t] = dot_f32(lora->a + (t % r) * k, x + (t / r) * k, k);
     }
 #pragma omp for schedule(static)
@@ -166,6 +179,7 @@ static void linear_in_region(const q8_matrix *w, const float *x, const int8_t *x
 
 /* y (m, rows) = x (m, cols) W^T + bias: the matmul the PyTorch path uses for several rows (prefill, batches) */
 void tf_q8_matmul(const float *x, int64_t m, const q8_matrix *w, float *y, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
     const int64_t k = w->cols;
     int8_t *xq = malloc((size_t)(m * k));
     float *xd = malloc(sizeof(float) * (size_t)(m * (k / QK)));
@@ -199,6 +213,7 @@ static void rope(float *x, const float *cos, const float *sin, int64_t hd) {
 void tf_q8_step(const q8_model *md, int64_t token, int64_t pos, float *keys, float *values, int64_t layer_stride,
                 int64_t head_stride, const float *cos, const float *sin, const lora_group *lora, float *logits,
                 int nthreads) {
+    if (nthreads < 1) nthreads = 1;
     const int64_t H = md->hidden, hd = md->head_dim, nh = md->n_heads, nkv = md->n_kv, I = md->inter;
     const int64_t qs = nh * hd, kvs = nkv * hd, group = nh / nkv, ctx = pos + 1;
     const int64_t kmax = I > qs ? (I > H ? I : H) : (qs > H ? qs : H);
@@ -212,7 +227,7 @@ void tf_q8_step(const q8_model *md, int64_t token, int64_t pos, float *keys, flo
     float *gu = malloc(sizeof(float) * (size_t)(2 * I));
     float *out = malloc(sizeof(float) * (size_t)H);
     float *scores = malloc(sizeof(float) * (size_t)(nh * ctx));
-    float *xa = malloc(sizeof(float) * (size_t)(rmax > 0 ? rmax : 1));
+    float *xa = malloc(sizeof(float) * (size_t)(nthreads * (rmax > 0 ? rmax : 1)));
     int8_t *xq = malloc((size_t)kmax);
     float *xd = malloc(sizeof(float) * (size_t)(kmax / QK));
     memcpy(h, md->embed + token * H, sizeof(float) * (size_t)H);

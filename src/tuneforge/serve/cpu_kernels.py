@@ -217,6 +217,7 @@ class NativeStep:
         self.decoder, self.vocab = d, d.head.out_features
         self._keep = [t.float().contiguous() for t in (d.embed.weight.detach(), *norms)]  # alive while C reads them
         embed, final, per_layer = self._keep[0], self._keep[1], self._keep[2:]
+        self.embed_rows = embed.shape[0]
         layers = (_Layer * len(d.layers))()
         for i, layer in enumerate(d.layers):
             layers[i] = _Layer(
@@ -275,6 +276,12 @@ class NativeStep:
     def __call__(self, keys: torch.Tensor, values: torch.Tensor, token: int, pos: int, plan) -> torch.Tensor:
         """Logits (1, vocab) after `token` at `pos`, whose key and value are written into row 0 of `keys`/`values`
         ((layers, rows, kv_heads, capacity, head_dim) views; positions 0..pos attended)."""
+        if not 0 <= token < self.embed_rows:
+            # C reads the embedding row without bounds: refuse here what nn.Embedding would refuse
+            raise IndexError(f"token id {token} is outside the vocabulary (0..{self.embed_rows - 1})")
+        hd = self.model.head_dim
+        if keys.dtype != torch.float32 or keys.stride()[3:] != (hd, 1) or values.stride() != keys.stride():
+            raise ValueError(f"the C step needs float32 caches with rows of {hd} contiguous floats")
         cos, sin = self._rope_at(pos)
         logits = torch.empty(1, self.vocab)
         self.lib.tf_q8_step(

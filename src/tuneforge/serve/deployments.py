@@ -39,6 +39,7 @@ from ..errors import Conflict, NotFound, TuneforgeError
 from ..keys import Principal, hash_key
 from ..models.adapters import check_adapter_folder
 from ..models.loader import _hf_cached_snapshot, hub_reachable
+from ..runtime import default_device
 from .classify import LoadedClassifier, is_classifier
 from .engine import InferenceEngine, SamplingParams, UnknownModelError, check_name
 from .openai_routes import Auth
@@ -151,6 +152,19 @@ def render_completion_prompt(template: str, prompt: str | None = None, variables
         )
     head = template.split("{completion}", 1)[0]
     return head.format_map({k: str(v) for k, v in variables.items()})
+
+
+def engine_options_for(options: dict[str, Any], device: str | None) -> dict[str, Any]:
+    """The service's engine options (`serve_*` settings) for a base loaded on `device`. `weights="int8"` is a CPU
+    format over float32 activations (`check_weights`): a CPU deployment gets float32 with it (also on CPUs whose
+    `auto` dtype would be bf16: the int8 step is faster than bf16 matmuls there), any other keeps dense weights."""
+    options = dict(options)
+    if options.get("weights") == "int8":
+        if default_device(device).partition(":")[0] == "cpu":
+            options["dtype"] = "float32"
+        else:
+            options["weights"] = "dense"
+    return options
 
 
 class DeploymentManager:
@@ -324,7 +338,7 @@ class DeploymentManager:
                     max_loaded_adapters=self.max_loaded_adapters,
                     device=self.device,
                     relative_is_local=False,
-                    **self.engine_options,
+                    **engine_options_for(self.engine_options, self.device),
                 )
                 self.log(deployment_id, f"base model loaded in {time.monotonic() - t:.1f}s on {engine.device}")
                 with self._lock:
