@@ -11,7 +11,8 @@ Default model SmolLM2-135M-Instruct, greedy, end of sequence ignored, chat promp
   engine: plain forward     the base through the engine with its lean decode step off (`fast_decode=False`): the
                             Hugging Face forward per token, i.e. the engine before the lean step;
   engine: ... int8 weights  the base and the unmerged adapter with `weights="int8"` (`tuneforge serve --weights
-                            int8`: int8 projections and output head, LoRA in fp32 on top), on a CPU in fp32;
+                            int8`: q8_0 projections and output head, LoRA in fp32 on top, one sequence's step
+                            as one call into tuneforge's C kernels), on a CPU in fp32;
   transformers generate     `model.generate` on the base, same dtype, no tuneforge code;
   ..., static cache + CUDA graphs   (CUDA only) the same with `cache_implementation="static"`, with which
                             transformers compiles the decode step with torch.compile(mode="reduce-overhead");
@@ -25,7 +26,8 @@ models and between the merged and unmerged adapter in fp32 (in bf16: the first 8
 int8 is checked by greedy top-1 agreement instead: the int8 engine's tokens against the fp32 engine's, position by
 position over the long run, printed as a fraction (not part of the exit status: 8-bit arithmetic is not bit-exact).
 Last line: `single_stream_tokens_per_s=X vs_transformers=Y vs_llama_cpp=Z` where X is the slower of the engine's
-base and unmerged-adapter figures (with `--weights int8`: of the int8 engine's), Y = X / transformers generate,
+base and unmerged-adapter figures (with `--weights int8`, the default on a CPU in float32: of the int8 engine's),
+Y = X / transformers generate,
 Z = X / llama.cpp q8_0 (omitted without it).
 """
 
@@ -85,7 +87,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument(
-        "--weights", default="dense", choices=("dense", "int8"), help="the engine the last line reports (see above)"
+        "--weights",
+        default=None,
+        choices=("dense", "int8"),
+        help="the engine the last line reports (default: int8 on a CPU in float32, where it runs; dense elsewhere)",
     )
     args = ap.parse_args()
     if args.threads:
@@ -113,6 +118,8 @@ def main() -> int:
     elif args.weights == "int8":
         print(f"--weights int8 runs on a CPU in float32, not {device.type} {dtype}")
         return 2
+    if args.weights is None:
+        args.weights = "int8" if with_int8 else "dense"
     messages = [
         {
             "role": "user",
@@ -219,6 +226,8 @@ def main() -> int:
     print()
     for what, ok in checks.items():
         print(f"{what} (greedy, {'all' if exact else 'first 8'} tokens): {ok}")
+    if with_int8 and engines["int8"].weights != "int8":
+        print("the int8 engine fell back to dense weights (its log line says why): its rows are fp32")
     if with_int8:
         # greedy top-1 agreement of the int8 engine with the fp32 one, position by position (the re-encoded texts;
         # after the first difference the two continue from different tokens, so this is a lower bound)
