@@ -363,6 +363,23 @@ def test_native_step_writes_into_a_batch_caches_row_view(tiny_model_dir):
     assert not bool((batch.keys[:, 0, :, : ids.shape[1]] == 0).all())
 
 
+def test_int8_prefill_runs_the_fp32_projections(tiny_model_dir):
+    """A prompt chunk under int8 runs the model's own fp32 projections (compute-bound: faster than the q8_0 kernel
+    on AVX2, and exact): its KV cache is bit-identical to the dense step's; the head (one row) stays q8_0."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ids = torch.randint(3, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(3))
+    caches = []
+    for weights in ("dense", "int8"):
+        fast = FastDecoder(model, weights=weights)
+        state = fast.new_state(1, 16)
+        with torch.no_grad():
+            fast.forward(state.keys, state.values, ids, [0], [(None, None)])
+        caches.append(state)
+    assert torch.equal(caches[0].keys, caches[1].keys) and torch.equal(caches[0].values, caches[1].values)
+
+
 def test_native_step_refuses_a_token_outside_the_vocabulary():
     """The C step reads the embedding row without bounds checks: an id nn.Embedding would refuse is refused before
     the call (the engine then fails that request, not the process)."""
@@ -404,6 +421,10 @@ def test_kernel_build_failure_falls_back_to_the_model_weights(tiny_model_dir, mo
     try:
         with pytest.raises(KernelBuildError, match="/nonexistent/cc --version failed"):
             cpu_kernels.library()
+        monkeypatch.setenv("CC", "false")  # a compiler that fails without a word
+        with pytest.raises(KernelBuildError, match=r"false failed on cpu_kernels\.c: exit status 1"):
+            cpu_kernels.library()
+        monkeypatch.setenv("CC", "/nonexistent/cc")
         with caplog.at_level(logging.WARNING, logger="tuneforge.serve"):
             engine = InferenceEngine(str(tiny_model_dir), weights="int8")
             try:
@@ -459,7 +480,7 @@ def test_engine_serves_int8_weights(tiny_model_dir, adapters, caplog):
 
 def test_int8_warm_up_failure_falls_back_to_the_model_weights(tiny_model_dir, monkeypatch, caplog):
     """A kernel that computes garbage fails the tolerance check: the lean step runs on the dense weights."""
-    monkeypatch.setattr(Q8Linear, "__call__", lambda self, x: x.new_zeros(*x.shape[:-1], self.out_features) + 7)
+    monkeypatch.setattr(cpu_kernels.NativeStep, "__call__", lambda self, *args: torch.full((1, self.vocab), 7.0))
     with caplog.at_level(logging.WARNING, logger="tuneforge.serve"):
         engine = InferenceEngine(str(tiny_model_dir), weights="int8")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastapi import Request, Response
@@ -143,6 +144,14 @@ def run_server(
 ) -> int:
     import uvicorn
 
+    # The engine's INFO lines go to the console beside uvicorn's: which decode path serves ("lean decode on (cpu,
+    # float32, int8 weights)"), adapters served by the plain forward and why. Warnings show either way.
+    serve_log = logging.getLogger("tuneforge.serve")
+    if not serve_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        serve_log.addHandler(handler)
+        serve_log.setLevel(logging.INFO)
     engine, pool, seq2seq = build_serving(
         model,
         parse_adapter_args(adapters),

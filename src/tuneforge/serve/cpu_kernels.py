@@ -123,8 +123,10 @@ def library() -> ctypes.CDLL:
                 [cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300
             )
             if done.returncode != 0:
-                message = (done.stderr or done.stdout).strip().splitlines()
-                raise KernelBuildError(f"{cc} failed on {_SOURCE.name}: {message[0] if message else done.returncode}")
+                # gcc opens with "file.c: In function ...": the first line naming an error says more
+                lines = (done.stderr or done.stdout).strip().splitlines() or [f"exit status {done.returncode}"]
+                message = next((line for line in lines if "error" in line), lines[0])
+                raise KernelBuildError(f"{cc} failed on {_SOURCE.name}: {message}")
             os.replace(tmp, target)
         except (OSError, subprocess.SubprocessError) as exc:
             raise KernelBuildError(f"{cc} could not build {_SOURCE.name}: {exc}") from None
