@@ -103,7 +103,7 @@ def build_flags() -> list[str]:
 @cache
 def library() -> ctypes.CDLL:
     """The compiled kernels (built once per source + compiler + flags, cached on disk; KernelBuildError if not)."""
-    from tuneforge.models.loader import cache_dir
+    from ..models.loader import cache_dir
 
     cc, flags = _compiler(), build_flags()
     source = _SOURCE.read_bytes()

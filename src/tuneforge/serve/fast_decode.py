@@ -46,7 +46,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from tuneforge.serve.cpu_kernels import NativeStep, Q8Linear
+from .cpu_kernels import NativeStep, Q8Linear
 
 # model_type -> what it needs beyond a plain Llama layer. These share LlamaDecoderLayer's structure:
 # pre-norm attention (q/k/v/o, optional biases) and a gated MLP (gate/up/down).
@@ -142,7 +142,7 @@ def _norm(module):
 
 
 def _rms_norm_params(module) -> tuple[torch.Tensor | None, float]:
-    """(weight, epsilon) of a plain RMSNorm (what `_norm` fuses), (None, None) for any other norm."""
+    """(weight, epsilon) of a plain RMSNorm (what `_norm` fuses), (None, nan) for any other norm."""
     if _norm(module) is module:
         return None, math.nan
     return module.weight.detach(), float(module.variance_epsilon)
