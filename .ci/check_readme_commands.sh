@@ -144,4 +144,14 @@ PORT="$(free_port)"
 serve_bg "tuneforge serve --model smollm2 --adapter orders=runs/orders/adapter" "--port $PORT" \
          "http://127.0.0.1:$PORT/v1/models" 180
 curl -sf "http://127.0.0.1:$PORT/v1/models" | grep -q '"orders"' || fail "tuneforge serve does not list the adapter"
+# --- the fast CPU decode step: its C kernels build on first use and answer for the adapter
+PORT="$(free_port)"
+serve_bg "tuneforge serve --model smollm2 --adapter orders=runs/orders/adapter --weights int8" "--port $PORT" \
+         "http://127.0.0.1:$PORT/v1/models" 180
+curl -sf "http://127.0.0.1:$PORT/v1/chat/completions" -H 'content-type: application/json' \
+     -d '{"model": "orders", "messages": [{"role": "user", "content": "Ann wants 2 lamps."}], "max_tokens": 8}' \
+    | grep -q '"chat.completion"' || fail "tuneforge serve --weights int8 did not answer a chat request"
+grep -q "lean decode on (cpu, float32, int8 weights)" "$LOG" \
+    || { tail -20 "$LOG" >&2; fail "tuneforge serve --weights int8 did not decode with the int8 step"; }
+echo "ok   chat completion from the int8 step"
 echo "all README commands ran from a plain clone ($SECONDS s)"
