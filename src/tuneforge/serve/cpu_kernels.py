@@ -216,7 +216,7 @@ class NativeStep:
             raise ValueError(f"activation {cfg.hidden_act!r} (the C step runs SiLU)")
         if d.n_heads % d.n_kv:
             raise ValueError(f"{d.n_heads} heads over {d.n_kv} key/value heads")
-        self.decoder, self.vocab = d, d.head.out_features
+        self.rotary, self.vocab = d.rotary, d.head.out_features  # the model's own RoPE module, for `_rope_at`
         self._keep = [t.float().contiguous() for t in (d.embed.weight.detach(), *norms)]  # alive while C reads them
         embed, final, per_layer = self._keep[0], self._keep[1], self._keep[2:]
         self.embed_rows = embed.shape[0]
@@ -256,7 +256,7 @@ class NativeStep:
             with self._lock:
                 n = max(256, 1 << pos.bit_length())
                 h = torch.zeros(1, 1, 1)
-                cos, sin = self.decoder.rotary(h, torch.arange(n).view(1, n))
+                cos, sin = self.rotary(h, torch.arange(n).view(1, n))
                 self._rope = _Rope(cos[0].float().contiguous(), sin[0].float().contiguous())
         rope = self._rope
         return rope.cos[pos], rope.sin[pos]
