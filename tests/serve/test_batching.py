@@ -182,6 +182,35 @@ def test_cold_adapter_load_does_not_stall_running_streams(tiny_model_dir, adapte
         engine.close()
 
 
+def test_model_thread_sleeps_while_only_a_cold_load_is_pending(tiny_model_dir, adapters, monkeypatch):
+    # A turn that only waits for the loader must block, not spin: a spinning model thread holds the GIL the loader
+    # needs (a first load imports PEFT), and a cold load took over a minute under `tuneforge serve`.
+    gated = _GatedLoads(monkeypatch)
+    turns = 0
+    resolve = InferenceEngine._resolve_adapters
+
+    def counted(self, *args):
+        nonlocal turns
+        turns += 1
+        return resolve(self, *args)
+
+    monkeypatch.setattr(InferenceEngine, "_resolve_adapters", counted)
+    engine = InferenceEngine(str(tiny_model_dir), adapters={"beta": str(adapters["beta"])}, model_name="tiny")
+    try:
+        cold = engine.submit("beta", prompt(2), greedy(3))
+        assert gated.started.wait(30)
+        before = turns
+        threading.Event().wait(1.0)
+        assert turns - before <= 2, f"the model thread took {turns - before} turns in 1 s waiting on one load"
+        cold.cancel()  # a cancel wakes the blocked thread: the request ends without waiting for the load
+        assert cold.result().finish_reason == "cancelled"
+        gated.gate.set()
+        assert engine.submit("beta", prompt(2), greedy(3)).result().completion_tokens == 3
+    finally:
+        gated.gate.set()
+        engine.close()
+
+
 def test_admission_control_waits_or_refuses(tiny_model_dir, adapters, monkeypatch):
     # KV budget: 0.375 MiB = 768 positions of the tiny model (2 layers x 2 kv heads x 16 x 2 x 4 bytes); rows of
     # ~300 positions fit two at a time (2 slots x 320), the others wait their turn instead of failing.

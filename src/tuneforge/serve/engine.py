@@ -317,6 +317,7 @@ class Generation:
 
     def cancel(self) -> None:
         self._cancelled.set()
+        self._engine._inbox.put(None)  # wake the model thread if it is blocked, so the request ends now
 
     @property
     def cancelled(self) -> bool:
@@ -809,8 +810,11 @@ class InferenceEngine:
         prefill: Generation | None = None  # the request whose prompt is being prefilled, chunk by chunk
         plain: list[Generation] = []  # requests for adapters the lean step does not model: the plain forward
         while True:
-            busy = bool(waiting or running or prefill or plain)
-            try:  # block only when there is nothing to do (a finished adapter load wakes us through the inbox)
+            # Requests whose adapter is still loading are not work: spinning over them would hold the GIL the
+            # loader thread needs (a first load imports PEFT), so block until the load's callback wakes us.
+            loading_only = all(not g._ready and g.adapter in self._loading for g in waiting)
+            busy = bool(running or prefill or plain or (waiting and not loading_only))
+            try:  # block only when there is nothing to do (a finished load or a cancel wakes us through the inbox)
                 item = self._inbox.get() if not busy else self._inbox.get_nowait()
             except queue.Empty:
                 item = _DONE
