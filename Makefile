@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/tuneforge demo
 
+# The 25 slowest tests close the log: where CI time goes, and which test to look at when a run grows.
 test: $(STAMP)
-	$(PY) -m pytest -m "not gpu"
+	$(PY) -m pytest -m "not gpu" --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not slow and not browser"
