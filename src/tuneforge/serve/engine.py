@@ -812,8 +812,7 @@ class InferenceEngine:
         while True:
             # Requests whose adapter is still loading are not work: spinning over them would hold the GIL the
             # loader thread needs (a first load imports PEFT), so block until the load's callback wakes us.
-            loading_only = all(not g._ready and g.adapter in self._loading for g in waiting)
-            busy = bool(running or prefill or plain or (waiting and not loading_only))
+            busy = bool(running or prefill or plain) or any(g._ready or g.adapter not in self._loading for g in waiting)
             try:  # block only when there is nothing to do (a finished load or a cancel wakes us through the inbox)
                 item = self._inbox.get() if not busy else self._inbox.get_nowait()
             except queue.Empty:
